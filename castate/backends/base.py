@@ -1,0 +1,192 @@
+"""The storage backend contract: bytes by key, and refs that move only by compare-and-swap.
+
+A backend never sees JSON state. It stores *frames* (the encoded form of one object,
+see ``castate.codec.objects``) under their 32-byte ids, and *refs*: names that point at
+a commit id. Every method that touches storage is async and batch-shaped, so a
+save or a tree level of a restore costs one round trip (or one worker-thread hop),
+not one per object.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import AsyncIterator, Collection, Sequence
+from dataclasses import dataclass
+from typing import ClassVar, Final
+
+
+class _Any:
+    """Sentinel type: a ref update that does not check the current value."""
+
+    def __repr__(self) -> str:
+        return "ANY"
+
+
+ANY: Final = _Any()
+
+
+@dataclass(frozen=True, slots=True)
+class RefUpdate:
+    """Move ``name`` to ``new`` (None deletes) if it currently is ``expected`` (None: absent)."""
+
+    name: str
+    new: bytes | None
+    expected: bytes | _Any | None = ANY
+
+
+@dataclass(frozen=True, slots=True)
+class ReflogEntry:
+    """One change of one ref, as recorded when it happened."""
+
+    name: str
+    old: bytes | None
+    new: bytes | None
+    time_ns: int
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectInfo:
+    """An object's id, stored size and write time (for gc's grace period)."""
+
+    id: bytes
+    size: int
+    time_ns: int
+
+
+class Backend(abc.ABC):
+    """Abstract storage backend. Subclasses: memory, local directory, and (later) servers."""
+
+    #: True when the backend compresses batches itself and wants raw (uncompressed) frames.
+    packs_objects: ClassVar[bool] = False
+    #: A short description for messages, e.g. the directory or URL.
+    location: str = ""
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def open(self) -> None:  # noqa: B027 - optional hook
+        """Connect or create what the backend needs; called once before use."""
+
+    async def close(self) -> None:  # noqa: B027 - optional hook
+        """Release files, connections and threads."""
+
+    # -- objects ------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, bytes]:
+        """Frames of the objects that exist among ``ids`` (missing ids are simply absent)."""
+
+    @abc.abstractmethod
+    async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
+        """The subset of ``ids`` that exist."""
+
+    @abc.abstractmethod
+    async def put_objects(self, items: Sequence[tuple[bytes, bytes]], *, stream: str = "") -> int:
+        """Store (id, frame) pairs durably, skipping ids that exist; returns how many were new.
+
+        ``stream`` is a hint that successive batches belong together (one session), which
+        lets a packing backend compress a batch against the previous one.
+        """
+
+    @abc.abstractmethod
+    async def delete_objects(self, ids: Collection[bytes]) -> int:
+        """Remove objects; returns how many existed. Only gc calls this."""
+
+    @abc.abstractmethod
+    def iter_objects(self) -> AsyncIterator[ObjectInfo]:
+        """Every stored object with its size and write time (for gc and fsck)."""
+
+    # -- refs ---------------------------------------------------------------------------
+
+    @abc.abstractmethod
+    async def get_refs(self, names: Collection[str]) -> dict[str, bytes]:
+        """Current targets of the refs that exist among ``names``."""
+
+    @abc.abstractmethod
+    async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
+        """Every ref whose name starts with ``prefix``, with its target."""
+
+    @abc.abstractmethod
+    async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
+        """Apply all updates atomically, or none: raise ConflictError if any expectation fails.
+
+        Each applied change is appended to the reflog with ``message``.
+        """
+
+    @abc.abstractmethod
+    async def reflog(self, name: str | None = None) -> list[ReflogEntry]:
+        """The recorded changes of one ref (or of all refs), oldest first."""
+
+    # -- combined -------------------------------------------------------------------------
+
+    async def commit(
+        self,
+        items: Sequence[tuple[bytes, bytes]],
+        updates: Sequence[RefUpdate],
+        *,
+        message: str = "",
+        stream: str = "",
+    ) -> int:
+        """Store objects, then move refs: the objects are durable before any ref points at them."""
+        written = await self.put_objects(items, stream=stream) if items else 0
+        if updates:
+            await self.update_refs(updates, message=message)
+        return written
+
+    async def copy_ref(
+        self, source: str, target: str, *, expected: bytes | _Any | None = None, message: str = ""
+    ) -> bytes:
+        """Point ``target`` at ``source``'s commit (O(1)); returns it. NotFoundError without ``source``.
+
+        Backends override this to read and write in one step.
+        """
+        from castate.errors import NotFoundError
+
+        value = await self.get_ref(source)
+        if value is None:
+            raise NotFoundError(f"no ref {source}")
+        await self.update_refs([RefUpdate(target, value, expected)], message=message)
+        return value
+
+    async def get_ref(self, name: str) -> bytes | None:
+        return (await self.get_refs((name,))).get(name)
+
+    async def stats(self) -> dict[str, int]:
+        """Backend-specific numbers (objects, bytes on disk, files...) for reports."""
+        count = size = 0
+        async for info in self.iter_objects():
+            count += 1
+            size += info.size
+        return {"objects": count, "object_bytes": size}
+
+
+MAX_REF_NAME = 4096
+
+
+def check_ref_name(name: str) -> None:
+    """Ref names are built by the repository; anything else is a programming error."""
+    if not name or len(name) > MAX_REF_NAME or not name.isascii() or not name.isprintable():
+        raise ValueError(f"bad ref name {name[:80]!r}")
+
+
+def plan_ref_updates(
+    current: dict[str, bytes], updates: Sequence[RefUpdate]
+) -> list[tuple[str, bytes | None, bytes | None]]:
+    """Check every expectation against ``current``; (name, old, new) per change, or ConflictError.
+
+    Several updates of one name apply in order, each seeing the previous one's result.
+    """
+    from castate.errors import ConflictError
+
+    view: dict[str, bytes | None] = {}
+    changes: list[tuple[str, bytes | None, bytes | None]] = []
+    for u in updates:
+        check_ref_name(u.name)
+        old = view[u.name] if u.name in view else current.get(u.name)
+        if not isinstance(u.expected, _Any) and u.expected != old:
+            want = "absent" if u.expected is None else u.expected.hex()[:12]
+            have = "absent" if old is None else old.hex()[:12]
+            raise ConflictError(f"ref {u.name} is {have}, expected {want}: another writer moved it", u.name)
+        view[u.name] = u.new
+        changes.append((u.name, old, u.new))
+    return changes

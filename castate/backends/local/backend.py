@@ -1,0 +1,545 @@
+"""The local-directory backend: castate's embedded default.
+
+Layout of a store directory (docs/format.md has the bytes)::
+
+    castate.json        format version and store id
+    packs/*.pack        pack files (one writer each; a save appends one record)
+    objects/ab/cdef...  loose objects, one frame per file (readable; written in loose mode)
+    refs.journal        every ref change (refs and reflog in one append-only file)
+    locks/              lock files: refs.lock (journal writers), gc.lock (saves vs gc)
+
+Every public method makes one hop to a worker thread, so a save, a ref update or one
+tree level of a restore costs one hop whatever the number of objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import os
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import orjson
+
+from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate
+from castate.backends.local import packs as packfmt
+from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, write_all
+from castate.backends.local.journal import RefJournal
+from castate.backends.local.locks import FileLock
+from castate.errors import CorruptFileError, StoreError, UnsupportedFormatError
+
+STORE_VERSION = 1
+CONFIG = "castate.json"
+PACK_MAX = 256 << 20  # a writer starts a new pack file past this size
+
+Durability = Literal["durable", "relaxed"]
+T = TypeVar("T")
+
+
+class LocalBackend(Backend):
+    """A castate store in a local directory (created on first open when missing or empty)."""
+
+    packs_objects = True
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        durability: Durability = "durable",
+        loose: bool = False,
+        create: bool = True,
+        cache_bytes: int = 64 << 20,
+        lock_timeout: float = 60.0,
+    ) -> None:
+        if durability not in ("durable", "relaxed"):
+            raise ValueError("durability must be 'durable' or 'relaxed'")
+        self.root = Path(path)
+        self.location = str(self.root)
+        self.durable = durability == "durable"
+        self.loose = loose
+        self.create = create
+        self._mutex = threading.RLock()
+        self._cache = packfmt.ChainCache(cache_bytes)
+        self._packs: dict[str, packfmt.Pack] = {}
+        self._index: dict[bytes, packfmt.Pack] = {}
+        self._chains = packfmt.ChainSet()
+        self._pack_fd: int | None = None
+        self._pack: packfmt.Pack | None = None
+        self._pack_size = 0
+        self._lock_timeout = lock_timeout
+        self._journal: RefJournal | None = None
+        self._gc_lock: FileLock | None = None
+        self._opened = False
+        self.store_id = ""
+
+    # -- paths ----------------------------------------------------------------------------
+
+    @property
+    def packs_dir(self) -> Path:
+        return self.root / "packs"
+
+    @property
+    def objects_dir(self) -> Path:
+        return self.root / "objects"
+
+    def _loose_path(self, oid: bytes) -> Path:
+        h = oid.hex()
+        return self.objects_dir / h[:2] / h[2:]
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def _run(self, fn: Callable[..., T], *args: Any) -> T:
+        if not self._opened:
+            raise StoreError(f"store {self.location} is not open")
+        return await asyncio.to_thread(fn, *args)
+
+    async def open(self) -> None:
+        if not self._opened:
+            await asyncio.to_thread(self.open_sync)
+
+    def open_sync(self) -> None:
+        with self._mutex:
+            if self._opened:
+                return
+            self._init_or_check()
+            locks = self.root / "locks"
+            self._journal = RefJournal(
+                self.root / "refs.journal", FileLock(locks / "refs.lock", self._lock_timeout), self.durable
+            )
+            self._gc_lock = FileLock(locks / "gc.lock", self._lock_timeout)
+            self._journal.refresh()
+            self._refresh_packs()
+            self._opened = True
+
+    def _init_or_check(self) -> None:
+        root = self.root
+        config = root / CONFIG
+        if not config.exists():
+            if root.exists() and not root.is_dir():
+                raise StoreError(f"{root} is not a directory")
+            if root.exists() and any(p.name not in ("packs", "objects", "locks") for p in root.iterdir()):
+                raise StoreError(
+                    f"{root} is not a castate store: it holds files but no {CONFIG} "
+                    "(pick an empty or new directory, or import the old data with `castate import`)"
+                )
+            if not self.create:
+                raise StoreError(f"no castate store at {root}")
+            for d in (root, self.packs_dir, self.objects_dir, root / "locks"):
+                make_dirs(d)
+            body = {
+                "castate": "store",
+                "version": STORE_VERSION,
+                "id": uuid.uuid4().hex,
+                "created_ns": time.time_ns(),
+            }
+            atomic_write(config, orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", exclusive=True)
+            RefJournal(root / "refs.journal", FileLock(root / "locks" / "refs.lock"), self.durable).create()
+        try:
+            meta = orjson.loads(config.read_bytes())
+            version = meta["version"]
+            if meta.get("castate") != "store" or type(version) is not int:
+                raise ValueError("not a castate config")
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise CorruptFileError(str(config), f"unreadable store config: {exc}") from None
+        if version > STORE_VERSION:
+            raise UnsupportedFormatError(
+                f"store {root} has format version {version}; this castate reads up to {STORE_VERSION} (upgrade castate)"
+            )
+        self.store_id = str(meta.get("id", ""))
+        for d in (self.packs_dir, self.objects_dir, root / "locks"):
+            make_dirs(d)
+        if not (root / "refs.journal").exists():
+            raise CorruptFileError(str(root / "refs.journal"), "the ref journal is missing")
+
+    async def close(self) -> None:
+        with self._mutex:
+            self._seal()
+            for p in self._packs.values():
+                p.close()
+            for lock in (self._journal.lock if self._journal else None, self._gc_lock):
+                if lock is not None:
+                    lock.close()
+            self._opened = False
+
+    # -- objects ------------------------------------------------------------------------------
+
+    async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, bytes]:
+        return await self._run(self.get_objects_sync, ids)
+
+    def get_objects_sync(self, ids: Collection[bytes]) -> dict[bytes, Any]:
+        with self._mutex:
+            out: dict[bytes, Any] = {}
+            missing = []
+            for oid in ids:
+                frame = self._read(oid)
+                if frame is None:
+                    missing.append(oid)
+                else:
+                    out[oid] = frame
+            if missing:
+                self._refresh_packs()
+                for oid in missing:
+                    frame = self._read(oid)
+                    if frame is not None:
+                        out[oid] = frame
+            return out
+
+    def _read(self, oid: bytes) -> Any:
+        pack = self._index.get(oid)
+        if pack is not None:
+            rec_off, off, n = pack.entries[oid]
+            try:
+                raw = self._cache.record_bytes(pack, pack.records[rec_off])
+            except FileNotFoundError:
+                return None  # removed by gc in another process: a refresh finds the new copy
+            return memoryview(raw)[off : off + n]
+        try:
+            return self._loose_path(oid).read_bytes()
+        except FileNotFoundError:
+            return None
+
+    async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
+        return await self._run(self.has_objects_sync, ids)
+
+    def has_objects_sync(self, ids: Collection[bytes]) -> set[bytes]:
+        with self._mutex:
+            return {oid for oid in ids if self._has(oid)}
+
+    def _has(self, oid: bytes) -> bool:
+        return oid in self._index or self._loose_path(oid).exists()
+
+    async def put_objects(self, items: Sequence[tuple[bytes, bytes]], *, stream: str = "") -> int:
+        return await self._run(self.put_objects_sync, items, stream)
+
+    def put_objects_sync(self, items: Sequence[tuple[bytes, bytes]], stream: str = "") -> int:
+        with self._mutex:
+            seen: set[bytes] = set()
+            new = []
+            for oid, frame in items:
+                if oid not in seen and not self._has(oid):
+                    seen.add(oid)
+                    new.append((oid, frame))
+            if not new:
+                return 0
+            if self.loose:
+                for oid, frame in new:
+                    self._write_loose(oid, frame)
+            else:
+                self._append(new, stream)
+            return len(new)
+
+    def _write_loose(self, oid: bytes, frame: bytes) -> None:
+        path = self._loose_path(oid)
+        if not path.parent.exists():
+            make_dirs(path.parent)
+            if self.durable:
+                fsync_dir(path.parent.parent)
+        atomic_write(path, bytes(frame), durable=self.durable, exclusive=True)
+
+    def _append(self, items: list[tuple[bytes, bytes]], stream: str) -> None:
+        if self._pack_fd is None or self._pack_size >= PACK_MAX:
+            self._new_pack()
+        assert self._pack is not None
+        assert self._pack_fd is not None
+        raw = b"".join(bytes(f) for _, f in items)
+        chain = self._chains.get(stream, len(raw))
+        prev = chain.last
+        now = time.time_ns()
+        offset = self._pack_size
+        try:
+            comp = chain.compress(raw)
+            data = packfmt.encode_record(items, comp, len(raw), prev, now)
+            write_all(self._pack_fd, data)
+            if self.durable:
+                os.fdatasync(self._pack_fd)
+        except BaseException:
+            self._seal()  # never append after a record that may be torn
+            raise
+        pack = self._pack
+        chain.last = offset
+        chain.raw += len(raw)
+        self._pack_size += len(data)
+        comp_start = offset + len(data) - 4 - len(comp)
+        if prev == 0:
+            info = packfmt.RecInfo(offset, offset, now, len(raw), comp_start, len(comp))
+            pack.chains[offset] = [offset]
+        else:
+            info = packfmt.RecInfo(offset, pack.records[prev].chain, now, len(raw), comp_start, len(comp))
+            pack.chains[info.chain].append(offset)
+        pack.records[offset] = info
+        pos = 0
+        for oid, frame in items:
+            pack.entries.setdefault(oid, (offset, pos, len(frame)))
+            self._index.setdefault(oid, pack)
+            pos += len(frame)
+        pack.scanned = self._pack_size
+
+    def _new_pack(self) -> None:
+        self._seal()
+        name = f"{time.time_ns():016x}-{uuid.uuid4().hex[:12]}.pack"
+        path = self.packs_dir / name
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # marks the pack active: gc leaves it alone
+            write_all(fd, packfmt.PACK_HEADER)
+            if self.durable:
+                os.fsync(fd)
+                fsync_dir(self.packs_dir)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._pack_fd = fd
+        self._pack_size = len(packfmt.PACK_HEADER)
+        self._pack = packfmt.Pack(path)
+        self._packs[name] = self._pack
+
+    def _seal(self) -> None:
+        """Stop appending to the current pack (it stays readable)."""
+        if self._pack_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._pack_fd)
+        self._pack_fd = None
+        self._pack = None
+        self._chains.clear()
+
+    def _refresh_packs(self) -> None:
+        try:
+            names = {p.name for p in os.scandir(self.packs_dir) if p.name.endswith(".pack")}
+        except FileNotFoundError:
+            raise CorruptFileError(str(self.packs_dir), "the packs directory is missing") from None
+        gone = [n for n in self._packs if n not in names]
+        for name in gone:
+            self._packs.pop(name).close()
+            self._cache.forget_pack(name)
+        if gone:
+            self._index = {}
+            for pack in self._packs.values():
+                for oid in pack.entries:
+                    self._index.setdefault(oid, pack)
+        for name in sorted(names):
+            pack = self._packs.get(name)
+            if pack is None:
+                pack = self._packs[name] = packfmt.Pack(self.packs_dir / name)
+            elif pack is self._pack:
+                continue
+            try:
+                new = packfmt.scan_pack(pack)
+            except FileNotFoundError:
+                self._packs.pop(name).close()
+                continue
+            for oid in new:
+                self._index.setdefault(oid, pack)
+
+    async def delete_objects(self, ids: Collection[bytes]) -> int:
+        return await self._run(self.delete_objects_sync, ids)
+
+    def delete_objects_sync(self, ids: Collection[bytes]) -> int:
+        """Remove objects: unlink loose files and rewrite the packs that hold the rest.
+
+        A pack that another live writer is still appending to is left alone (its objects
+        stay); the count says how many objects are gone.
+        """
+        doomed = set(ids)
+        with self._mutex:
+            self._refresh_packs()
+            removed: set[bytes] = set()
+            for oid in doomed:
+                with contextlib.suppress(FileNotFoundError):
+                    self._loose_path(oid).unlink()
+                    removed.add(oid)
+            for pack in [p for p in self._packs.values() if not doomed.isdisjoint(p.entries)]:
+                if pack is self._pack:
+                    self._seal()
+                if self._rewrite_pack(pack, doomed):
+                    removed.update(doomed.intersection(pack.entries))
+            if removed:
+                self._index = {}
+                for pack in self._packs.values():
+                    for oid in pack.entries:
+                        self._index.setdefault(oid, pack)
+            return len({oid for oid in removed if oid not in self._index})
+
+    def _rewrite_pack(self, pack: packfmt.Pack, doomed: set[bytes]) -> bool:
+        """Copy a pack's surviving objects into a new pack, then delete it; False if it is active."""
+        fd = os.open(pack.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            keep = [oid for oid in pack.entries if oid not in doomed]
+            by_record: dict[int, list[bytes]] = {}
+            for oid in keep:
+                by_record.setdefault(pack.entries[oid][0], []).append(oid)
+            batch: list[tuple[bytes, bytes]] = []
+            size = 0
+            for rec_off in sorted(by_record):
+                raw = self._cache.record_bytes(pack, pack.records[rec_off])
+                for oid in by_record[rec_off]:
+                    _, off, n = pack.entries[oid]
+                    batch.append((oid, raw[off : off + n]))
+                    size += n
+                if size >= packfmt.CHAIN_MAX_RAW // 4:
+                    self._append(batch, "gc")
+                    batch, size = [], 0
+            if batch:
+                self._append(batch, "gc")
+            if keep and self._pack_fd is not None and self.durable:
+                os.fsync(self._pack_fd)
+            self._seal()
+            pack.path.unlink()
+            if self.durable:
+                fsync_dir(self.packs_dir)
+        finally:
+            os.close(fd)
+        self._packs.pop(pack.name, None)
+        pack.close()
+        self._cache.forget_pack(pack.name)
+        return True
+
+    async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
+        infos = await self._run(self.list_objects_sync)
+        for info in infos:
+            yield info
+
+    def list_objects_sync(self) -> list[ObjectInfo]:
+        with self._mutex:
+            self._refresh_packs()
+            out = []
+            for oid, pack in self._index.items():
+                rec_off, _, n = pack.entries[oid]
+                out.append(ObjectInfo(oid, n, pack.records[rec_off].time_ns))
+            for sub in sorted(os.scandir(self.objects_dir), key=lambda e: e.name):
+                if not sub.is_dir() or len(sub.name) != 2:
+                    continue
+                for f in os.scandir(sub.path):
+                    if f.name.startswith("."):
+                        continue
+                    try:
+                        oid = bytes.fromhex(sub.name + f.name)
+                        st = f.stat()
+                    except (ValueError, FileNotFoundError):
+                        continue
+                    if len(oid) == 32 and oid not in self._index:
+                        out.append(ObjectInfo(oid, st.st_size, st.st_mtime_ns))
+            return out
+
+    # -- refs ----------------------------------------------------------------------------------
+
+    def _refs(self) -> RefJournal:
+        assert self._journal is not None
+        return self._journal
+
+    async def get_refs(self, names: Collection[str]) -> dict[str, bytes]:
+        return await self._run(self.get_refs_sync, names)
+
+    def get_refs_sync(self, names: Collection[str]) -> dict[str, bytes]:
+        with self._mutex:
+            j = self._refs()
+            j.refresh()
+            return {n: j.refs[n] for n in names if n in j.refs}
+
+    async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
+        return await self._run(self.list_refs_sync, prefix)
+
+    def list_refs_sync(self, prefix: str = "") -> dict[str, bytes]:
+        with self._mutex:
+            j = self._refs()
+            j.refresh()
+            return {n: v for n, v in j.refs.items() if n.startswith(prefix)}
+
+    async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
+        await self._run(self.update_refs_sync, updates, message)
+
+    def update_refs_sync(self, updates: Sequence[RefUpdate], message: str = "") -> None:
+        with self._mutex:
+            self._refs().update(updates, message)
+
+    async def copy_ref(self, source: str, target: str, *, expected: Any = None, message: str = "") -> bytes:
+        return await self._run(self.copy_ref_sync, source, target, expected, message)
+
+    def copy_ref_sync(self, source: str, target: str, expected: Any = None, message: str = "") -> bytes:
+        with self._mutex:
+            return self._refs().copy(source, target, expected, message)
+
+    async def reflog(self, name: str | None = None) -> list[ReflogEntry]:
+        return await self._run(self.reflog_sync, name)
+
+    def reflog_sync(self, name: str | None = None) -> list[ReflogEntry]:
+        with self._mutex:
+            j = self._refs()
+            j.refresh()
+            return j.reflog(name)
+
+    async def commit(
+        self,
+        items: Sequence[tuple[bytes, bytes]],
+        updates: Sequence[RefUpdate],
+        *,
+        message: str = "",
+        stream: str = "",
+    ) -> int:
+        return await self._run(self.commit_sync, items, updates, message, stream)
+
+    def commit_sync(
+        self,
+        items: Sequence[tuple[bytes, bytes]],
+        updates: Sequence[RefUpdate],
+        message: str = "",
+        stream: str = "",
+    ) -> int:
+        """Objects durable first, then the refs: one hop, a shared gc lock held throughout."""
+        assert self._gc_lock is not None
+        with self._mutex, self._gc_lock.hold(exclusive=False):
+            written = self.put_objects_sync(items, stream) if items else 0
+            if updates:
+                self._refs().update(updates, message)
+            return written
+
+    # -- store-wide ------------------------------------------------------------------------------
+
+    async def stats(self) -> dict[str, int]:
+        return await self._run(self.stats_sync)
+
+    def stats_sync(self) -> dict[str, int]:
+        with self._mutex:
+            self._refresh_packs()
+            files = apparent = allocated = 0
+            for dirpath, _, filenames in os.walk(self.root):
+                for f in filenames:
+                    try:
+                        st = os.stat(os.path.join(dirpath, f))
+                    except FileNotFoundError:
+                        continue
+                    files += 1
+                    apparent += st.st_size
+                    allocated += st.st_blocks * 512
+            return {
+                "objects": len(self._index) + sum(1 for _ in self._loose_ids()),
+                "packs": len(self._packs),
+                "files": files,
+                "bytes_apparent": apparent,
+                "bytes_allocated": allocated,
+            }
+
+    def _loose_ids(self) -> list[bytes]:
+        out = []
+        for sub in os.scandir(self.objects_dir):
+            if sub.is_dir() and len(sub.name) == 2:
+                out.extend(bytes.fromhex(sub.name + f.name) for f in os.scandir(sub.path) if not f.name.startswith("."))
+        return out
+
+    def gc_lock(self) -> FileLock:
+        """The lock saves hold shared and gc holds exclusive while it deletes."""
+        assert self._gc_lock is not None
+        return self._gc_lock
+
+    def compact_reflog(self, keep_since_ns: int | None) -> int:
+        with self._mutex:
+            return self._refs().compact(keep_since_ns)

@@ -1,0 +1,325 @@
+"""The ref journal: every ref change of a local store, appended to one file.
+
+The journal is both the refs and the reflog. Replaying it gives each ref's current
+target; its records are the history. A record holds one atomic group of updates and is
+framed by magic, length and CRC, so a record torn by a crash is recognised and ignored.
+Writers append under an exclusive lock after checking compare-and-swap expectations
+against the replayed state; readers replay new records without a lock.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import time
+import uuid
+import zlib
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from castate.backends.base import ReflogEntry, RefUpdate, plan_ref_updates
+from castate.backends.local.files import FILE_MODE, atomic_write, write_all
+from castate.backends.local.locks import FileLock
+from castate.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
+
+MAGIC = b"CASTREFS"
+VERSION = 1
+HEADER_SIZE = 32  # magic, version, 7 reserved bytes, 16-byte generation
+REC_MAGIC = b"CREF"
+KIND_UPDATE = 0
+KIND_SNAPSHOT = 1  # replaces every ref (written by compaction)
+MAX_RECORD = 64 << 20
+
+_REC_HEAD = struct.Struct("<4sI")
+_PAYLOAD_HEAD = struct.Struct("<BQQH")
+_U32 = struct.Struct("<I")
+_U16 = struct.Struct("<H")
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    kind: int
+    seq: int
+    time_ns: int
+    message: str
+    changes: tuple[tuple[str, bytes | None, bytes | None], ...]
+
+
+def encode_record(rec: Record) -> bytes:
+    msg = rec.message.encode("utf-8", "replace")[:65535]
+    parts = [_PAYLOAD_HEAD.pack(rec.kind, rec.seq, rec.time_ns, len(msg)), msg, _U32.pack(len(rec.changes))]
+    for name, old, new in rec.changes:
+        raw = name.encode("ascii")
+        parts.append(_U16.pack(len(raw)) + raw + bytes(((old is not None) | ((new is not None) << 1),)))
+        if old is not None:
+            parts.append(old)
+        if new is not None:
+            parts.append(new)
+    payload = b"".join(parts)
+    return _REC_HEAD.pack(REC_MAGIC, len(payload)) + payload + _U32.pack(zlib.crc32(payload))
+
+
+def decode_payload(payload: bytes | memoryview) -> Record:
+    kind, seq, t, mlen = _PAYLOAD_HEAD.unpack_from(payload, 0)
+    off = _PAYLOAD_HEAD.size
+    message = bytes(payload[off : off + mlen]).decode("utf-8", "replace")
+    off += mlen
+    (n,) = _U32.unpack_from(payload, off)
+    off += 4
+    changes = []
+    for _ in range(n):
+        (nlen,) = _U16.unpack_from(payload, off)
+        off += 2
+        name = bytes(payload[off : off + nlen]).decode("ascii")
+        off += nlen
+        flags = payload[off]
+        off += 1
+        old = new = None
+        if flags & 1:
+            old = bytes(payload[off : off + 32])
+            off += 32
+        if flags & 2:
+            new = bytes(payload[off : off + 32])
+            off += 32
+        if (old is not None and len(old) != 32) or (new is not None and len(new) != 32):
+            raise ValueError("truncated id")
+        changes.append((name, old, new))
+    if off != len(payload) or kind not in (KIND_UPDATE, KIND_SNAPSHOT):
+        raise ValueError("malformed record")
+    return Record(kind, seq, t, message, tuple(changes))
+
+
+def scan(buf: bytes, start: int) -> tuple[list[Record], int, bool]:
+    """Records from ``start``; the offset after the last good one; whether bytes remain after it.
+
+    Raises ValueError when a bad record is followed by a good one (damage, not a torn tail).
+    """
+    records: list[Record] = []
+    off = start
+    end = len(buf)
+    while off < end:
+        rec = _record_at(buf, off)
+        if rec is None:
+            if _good_record_after(buf, off + 1):
+                raise ValueError(f"damaged record at offset {off}")
+            return records, off, True
+        records.append(rec[0])
+        off = rec[1]
+    return records, off, False
+
+
+def _record_at(buf: bytes, off: int) -> tuple[Record, int] | None:
+    if off + _REC_HEAD.size > len(buf):
+        return None
+    magic, size = _REC_HEAD.unpack_from(buf, off)
+    body = off + _REC_HEAD.size
+    stop = body + size + 4
+    if magic != REC_MAGIC or size > MAX_RECORD or stop > len(buf):
+        return None
+    payload = memoryview(buf)[body : body + size]
+    if _U32.unpack_from(buf, body + size)[0] != zlib.crc32(payload):
+        return None
+    try:
+        return decode_payload(payload), stop
+    except (ValueError, struct.error, IndexError, UnicodeDecodeError):
+        return None
+
+
+def _good_record_after(buf: bytes, off: int) -> bool:
+    while True:
+        off = buf.find(REC_MAGIC, off)
+        if off < 0:
+            return False
+        if _record_at(buf, off) is not None:
+            return True
+        off += 1
+
+
+class RefJournal:
+    """Refs and reflog of one local store, replayed from ``refs.journal``."""
+
+    def __init__(self, path: Path, lock: FileLock, durable: bool = True) -> None:
+        self.path = path
+        self.lock = lock
+        self.durable = durable
+        self.refs: dict[str, bytes] = {}
+        self.records: list[Record] = []
+        self._seq = 0
+        self._offset = 0
+        self._ino: int | None = None
+        self._generation = b""
+
+    # -- reading ------------------------------------------------------------------------
+
+    def create(self) -> None:
+        """Write an empty journal if there is none (called under the store's init)."""
+        atomic_write(self.path, self._header(uuid.uuid4().bytes), durable=self.durable, exclusive=True)
+
+    @staticmethod
+    def _header(generation: bytes) -> bytes:
+        return MAGIC + bytes((VERSION,)) + bytes(7) + generation
+
+    def refresh(self) -> bool:
+        """Replay records appended since the last call; True if a torn tail was left unread."""
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        except FileNotFoundError:
+            raise CorruptFileError(str(self.path), "the ref journal is missing") from None
+        try:
+            st = os.fstat(fd)
+            head = os.pread(fd, HEADER_SIZE, 0)
+            self._check_header(head)
+            if head[16:32] != self._generation or st.st_ino != self._ino:
+                self._reset(st.st_ino, head[16:32])
+            if st.st_size < self._offset:
+                raise CorruptFileError(str(self.path), "the ref journal shrank")
+            if st.st_size == self._offset:
+                return False
+            buf = _read_from(fd, self._offset, st.st_size)
+        finally:
+            os.close(fd)
+        try:
+            records, used, leftover = scan(buf, 0)
+        except ValueError as exc:
+            raise CorruptFileError(str(self.path), f"{exc} (run `castate fsck` to recover refs)") from None
+        for rec in records:
+            self._apply(rec)
+        self._offset += used
+        return leftover
+
+    def _check_header(self, head: bytes) -> None:
+        if len(head) < HEADER_SIZE or head[:8] != MAGIC:
+            raise CorruptFileError(str(self.path), "bad header")
+        if head[8] > VERSION:
+            raise UnsupportedFormatError(f"{self.path} has ref journal version {head[8]}; this castate reads {VERSION}")
+
+    def _reset(self, ino: int, generation: bytes) -> None:
+        self.refs = {}
+        self.records = []
+        self._seq = 0
+        self._offset = HEADER_SIZE
+        self._ino = ino
+        self._generation = generation
+
+    def _apply(self, rec: Record) -> None:
+        if self.records and rec.seq != self._seq + 1:
+            raise CorruptFileError(str(self.path), f"record {rec.seq} follows {self._seq}: records are missing")
+        if rec.kind == KIND_SNAPSHOT:
+            self.refs = {name: new for name, _, new in rec.changes if new is not None}
+        else:
+            for name, old, new in rec.changes:
+                if self.refs.get(name) != old:
+                    raise CorruptFileError(str(self.path), f"record {rec.seq} does not follow the state of {name}")
+                if new is None:
+                    self.refs.pop(name, None)
+                else:
+                    self.refs[name] = new
+        self.records.append(rec)
+        self._seq = rec.seq
+
+    def reflog(self, name: str | None = None) -> list[ReflogEntry]:
+        out = []
+        for rec in self.records:
+            if rec.kind != KIND_UPDATE:
+                continue
+            for n, old, new in rec.changes:
+                if name is None or n == name:
+                    out.append(ReflogEntry(n, old, new, rec.time_ns, rec.message))
+        return out
+
+    # -- writing ------------------------------------------------------------------------
+
+    def update(self, updates: Sequence[RefUpdate], message: str) -> None:
+        """Check and append one atomic group of updates (takes the journal lock)."""
+        with self.lock.hold(exclusive=True):
+            if self.refresh():
+                self._rewrite(self.records)  # a crashed writer left a torn record: drop it
+            self._append(plan_ref_updates(self.refs, updates), message)
+
+    def _append(self, changes: list[tuple[str, bytes | None, bytes | None]], message: str) -> None:
+        """Append one record (the caller holds the lock and has refreshed)."""
+        if not changes:
+            return
+        rec = Record(KIND_UPDATE, self._seq + 1, time.time_ns(), message, tuple(changes))
+        data = encode_record(rec)
+        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        try:
+            write_all(fd, data)
+            if self.durable:
+                os.fdatasync(fd)
+        finally:
+            os.close(fd)
+        self._apply(rec)
+        self._offset += len(data)
+
+    def copy(self, source: str, target: str, expected: bytes | object | None, message: str) -> bytes:
+        """Point ``target`` at ``source``'s value in one locked step; NotFoundError without a source."""
+        with self.lock.hold(exclusive=True):
+            if self.refresh():
+                self._rewrite(self.records)
+            value = self.refs.get(source)
+            if value is None:
+                raise NotFoundError(f"no ref {source}")
+            self._append(plan_ref_updates(self.refs, [RefUpdate(target, value, expected)]), message)  # type: ignore[arg-type]
+            return value
+
+    def compact(self, keep_since_ns: int | None) -> int:
+        """Rewrite the journal: current refs plus records newer than ``keep_since_ns``.
+
+        Returns how many records were dropped. Readers notice the new file and replay it.
+        """
+        with self.lock.hold(exclusive=True):
+            self.refresh()
+            if keep_since_ns is None:
+                return 0
+            keep_from = len(self.records)
+            while keep_from > 0 and self.records[keep_from - 1].time_ns >= keep_since_ns:
+                keep_from -= 1
+            if keep_from == 0:
+                return 0
+            base = _replay(self.records[:keep_from])
+            snapshot = Record(
+                KIND_SNAPSHOT,
+                1,
+                time.time_ns(),
+                "compacted",
+                tuple((n, None, v) for n, v in sorted(base.items())),
+            )
+            kept = [snapshot]
+            for i, rec in enumerate(self.records[keep_from:], 2):
+                kept.append(Record(rec.kind, i, rec.time_ns, rec.message, rec.changes))
+            self._rewrite(kept)
+            return keep_from
+
+    def _rewrite(self, records: list[Record]) -> None:
+        data = self._header(uuid.uuid4().bytes) + b"".join(encode_record(r) for r in records)
+        atomic_write(self.path, data, durable=self.durable)
+        self._ino = None
+        self.refresh()
+
+
+def _replay(records: list[Record]) -> dict[str, bytes]:
+    refs: dict[str, bytes] = {}
+    for rec in records:
+        if rec.kind == KIND_SNAPSHOT:
+            refs = {n: v for n, _, v in rec.changes if v is not None}
+            continue
+        for name, _, new in rec.changes:
+            if new is None:
+                refs.pop(name, None)
+            else:
+                refs[name] = new
+    return refs
+
+
+def _read_from(fd: int, start: int, end: int) -> bytes:
+    chunks = []
+    pos = start
+    while pos < end:
+        chunk = os.pread(fd, min(end - pos, 1 << 24), pos)
+        if not chunk:
+            break
+        chunks.append(chunk)
+        pos += len(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,77 @@
+"""Inter-process locks on lock files (flock), usable from worker threads."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from castate.backends.local.files import FILE_MODE
+from castate.errors import StoreError
+
+
+class FileLock:
+    """A shared/exclusive flock on one file, plus a thread lock so threads of one process queue.
+
+    flock locks belong to an open file description, so each FileLock opens its own
+    descriptor: two FileLocks on one path exclude each other even within one process.
+    """
+
+    def __init__(self, path: Path, timeout: float = 60.0) -> None:
+        self.path = path
+        self.timeout = timeout
+        self._fd: int | None = None
+        self._thread_lock = threading.Lock()
+
+    def _open(self) -> int:
+        if self._fd is None:
+            self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, FILE_MODE)
+        return self._fd
+
+    @contextmanager
+    def hold(self, exclusive: bool = True, blocking: bool = True) -> Iterator[bool]:
+        """Hold the lock for the block; yields False when ``blocking`` is off and it is taken."""
+        if not self._thread_lock.acquire(timeout=self.timeout if blocking else 0):
+            if not blocking:
+                yield False
+                return
+            raise StoreError(f"timed out after {self.timeout:.0f}s waiting for {self.path}")
+        try:
+            fd = self._open()
+            op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
+            if not self._flock(fd, op, blocking):
+                yield False
+                return
+            try:
+                yield True
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            self._thread_lock.release()
+
+    def _flock(self, fd: int, op: int, blocking: bool) -> bool:
+        deadline = time.monotonic() + self.timeout
+        delay = 0.001
+        while True:
+            try:
+                fcntl.flock(fd, op | fcntl.LOCK_NB)
+                return True
+            except BlockingIOError:
+                if not blocking:
+                    return False
+                if time.monotonic() > deadline:
+                    raise StoreError(
+                        f"timed out after {self.timeout:.0f}s waiting for {self.path} "
+                        "(another castate process holds it)"
+                    ) from None
+                time.sleep(delay)
+                delay = min(delay * 2, 0.05)
+
+    def close(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None

@@ -1,0 +1,307 @@
+"""Pack files: many objects per file, compressed together, appended one record per save.
+
+A pack is written by one writer (one open backend) and read by everyone. Each save
+appends one *record*: a table of the objects it holds (id, offset, length) and their
+frames, zstd-compressed as the continuation of a *chain*: one zstd stream that spans
+successive records of one stream (session), so a save compresses against the saves
+before it. Chains are cut after ``CHAIN_MAX_RAW`` bytes, so reading one object never
+decompresses more than that. Records are framed by magic, lengths and CRCs; a record
+torn by a crash is ignored, and a pack whose append failed is never appended to again.
+See docs/format.md for the bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+import zlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import zstandard
+
+from castate.errors import CorruptFileError, UnsupportedFormatError
+
+PACK_MAGIC = b"CASTPACK"
+PACK_VERSION = 1
+PACK_HEADER = PACK_MAGIC + bytes((PACK_VERSION,)) + bytes(7)
+REC_MAGIC = b"CREC"
+FLAG_CHAIN_START = 1
+
+CHAIN_MAX_RAW = 4 << 20  # frame bytes per chain: bounds read amplification
+ZSTD_LEVEL = 3
+
+_REC_START = struct.Struct("<4sI")  # magic, head length
+_HEAD = struct.Struct("<BQQIII")  # flags, time_ns, previous record of the chain, raw_len, comp_len, n
+_ENTRY = struct.Struct("<32sII")  # id, offset in the record's raw bytes, length
+_U32 = struct.Struct("<I")
+MAX_HEAD = 64 << 20
+
+
+@dataclass(slots=True)
+class RecInfo:
+    offset: int
+    chain: int  # offset of the record that starts its chain
+    time_ns: int
+    raw_len: int
+    comp_start: int
+    comp_len: int
+
+
+@dataclass(slots=True, eq=False)
+class Pack:
+    """What a reader knows of one pack file."""
+
+    path: Path
+    records: dict[int, RecInfo] = field(default_factory=dict)
+    chains: dict[int, list[int]] = field(default_factory=dict)  # chain start -> its record offsets
+    entries: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)  # id -> (record, off, len)
+    scanned: int = len(PACK_HEADER)
+    torn: bool = False
+    fd: int | None = None
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    def file(self) -> int:
+        if self.fd is None:
+            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+        return self.fd
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+
+# -- writing -------------------------------------------------------------------------------
+
+
+def encode_record(items: Sequence[tuple[bytes, bytes]], comp: bytes, raw_len: int, prev: int, time_ns: int) -> bytes:
+    """One record: start, head (with the object table), head CRC, compressed frames, data CRC."""
+    entries = []
+    off = 0
+    for oid, frame in items:
+        entries.append(_ENTRY.pack(oid, off, len(frame)))
+        off += len(frame)
+    flags = 0 if prev else FLAG_CHAIN_START
+    head = _HEAD.pack(flags, time_ns, prev, raw_len, len(comp), len(items)) + b"".join(entries)
+    return b"".join(
+        (
+            _REC_START.pack(REC_MAGIC, len(head)),
+            head,
+            _U32.pack(zlib.crc32(head)),
+            comp,
+            _U32.pack(zlib.crc32(comp)),
+        )
+    )
+
+
+class Chain:
+    """The compressor state of one open chain in the writer's current pack."""
+
+    def __init__(self) -> None:
+        self.cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).compressobj()
+        self.last = 0  # offset of the chain's latest record; 0 before the first
+        self.raw = 0
+
+    def compress(self, raw: bytes) -> bytes:
+        return self.cobj.compress(raw) + self.cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+
+
+class ChainSet:
+    """Open chains of one writer, by stream, least recently used dropped first."""
+
+    def __init__(self, max_streams: int = 8) -> None:
+        self.max_streams = max_streams
+        self._chains: OrderedDict[str, Chain] = OrderedDict()
+
+    def get(self, stream: str, incoming: int) -> Chain:
+        chain = self._chains.get(stream)
+        if chain is None or chain.raw + incoming > CHAIN_MAX_RAW:
+            chain = Chain()
+            self._chains[stream] = chain
+        self._chains.move_to_end(stream)
+        while len(self._chains) > self.max_streams:
+            self._chains.popitem(last=False)
+        return chain
+
+    def clear(self) -> None:
+        self._chains.clear()
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+def _pread(fd: int, size: int, offset: int) -> bytes:
+    data = os.pread(fd, size, offset)
+    while len(data) < size:
+        more = os.pread(fd, size - len(data), offset + len(data))
+        if not more:
+            break
+        data += more
+    return data
+
+
+def scan_pack(pack: Pack) -> list[bytes]:
+    """Read the record tables appended since the last scan into ``pack``; returns new ids.
+
+    Stops quietly at a torn or unfinished record at the end of the file; damage that is
+    followed by good records raises CorruptFileError.
+    """
+    fd = pack.file()
+    size = os.fstat(fd).st_size
+    if pack.scanned == len(PACK_HEADER) and not pack.records:
+        header = _pread(fd, len(PACK_HEADER), 0)
+        if len(header) < len(PACK_HEADER):
+            pack.torn = True
+            return []
+        if header[:8] != PACK_MAGIC:
+            raise CorruptFileError(str(pack.path), "bad pack header")
+        if header[8] > PACK_VERSION:
+            raise UnsupportedFormatError(f"{pack.path} has pack version {header[8]}; this castate reads {PACK_VERSION}")
+    new: list[bytes] = []
+    off = pack.scanned
+    while off < size:
+        rec = _read_head(fd, off, size)
+        if rec is None:
+            if _good_record_after(fd, off + 1, size):
+                raise CorruptFileError(str(pack.path), f"damaged record at offset {off}")
+            pack.torn = True
+            break
+        flags, prev, info, entries, end = rec
+        if flags & FLAG_CHAIN_START:
+            info.chain = off
+            pack.chains[off] = [off]
+        else:
+            before = pack.records.get(prev)
+            if before is None or pack.chains[before.chain][-1] != prev:
+                raise CorruptFileError(str(pack.path), f"record at {off} does not continue a chain")
+            info.chain = before.chain
+            pack.chains[info.chain].append(off)
+        pack.records[off] = info
+        for oid, o, n in entries:
+            if o + n > info.raw_len:
+                raise CorruptFileError(str(pack.path), f"record at {off} lists an object past its end")
+            if oid not in pack.entries:
+                pack.entries[oid] = (off, o, n)
+                new.append(oid)
+        off = end
+    pack.scanned = off
+    return new
+
+
+def _read_head(fd: int, off: int, size: int) -> tuple[int, int, RecInfo, list[tuple[bytes, int, int]], int] | None:
+    start = _pread(fd, _REC_START.size, off)
+    if len(start) < _REC_START.size:
+        return None
+    magic, head_len = _REC_START.unpack(start)
+    head_off = off + _REC_START.size
+    if magic != REC_MAGIC or not _HEAD.size <= head_len <= MAX_HEAD or head_off + head_len + 4 > size:
+        return None
+    blob = _pread(fd, head_len + 4, head_off)
+    head = blob[:head_len]
+    if len(blob) < head_len + 4 or _U32.unpack_from(blob, head_len)[0] != zlib.crc32(head):
+        return None
+    flags, t, prev, raw_len, comp_len, n = _HEAD.unpack_from(head, 0)
+    if _HEAD.size + n * _ENTRY.size != head_len:
+        return None
+    comp_start = head_off + head_len + 4
+    end = comp_start + comp_len + 4
+    if end > size:
+        return None
+    if end + _REC_START.size > size:
+        # The last record of a file may be torn inside its data: check the data CRC now.
+        data = _pread(fd, comp_len + 4, comp_start)
+        if _U32.unpack_from(data, comp_len)[0] != zlib.crc32(memoryview(data)[:comp_len]):
+            return None
+    entries = list(_ENTRY.iter_unpack(memoryview(head)[_HEAD.size :]))
+    return flags, prev, RecInfo(off, -1, t, raw_len, comp_start, comp_len), entries, end
+
+
+def _good_record_after(fd: int, off: int, size: int) -> bool:
+    window = _pread(fd, min(size - off, 1 << 22), off) if off < size else b""
+    pos = 0
+    while True:
+        pos = window.find(REC_MAGIC, pos)
+        if pos < 0:
+            return False
+        if _read_head(fd, off + pos, size) is not None:
+            return True
+        pos += 1
+
+
+@dataclass(slots=True)
+class _Decoded:
+    dobj: object
+    raws: dict[int, bytes]  # record offset -> decompressed bytes
+    done: int  # how many records of the chain are decompressed
+    size: int = 0
+
+
+class ChainCache:
+    """Decompressed chain prefixes, least recently used dropped first, bounded in bytes."""
+
+    def __init__(self, max_bytes: int = 64 << 20) -> None:
+        self.max_bytes = max_bytes
+        self._items: OrderedDict[tuple[str, int], _Decoded] = OrderedDict()
+        self._bytes = 0
+
+    def record_bytes(self, pack: Pack, rec: RecInfo) -> bytes:
+        """The raw (decompressed) bytes of one record."""
+        key = (pack.name, rec.chain)
+        item = self._items.get(key)
+        if item is None:
+            item = _Decoded(zstandard.ZstdDecompressor().decompressobj(), {}, 0)
+            self._items[key] = item
+        self._items.move_to_end(key)
+        raw = item.raws.get(rec.offset)
+        if raw is not None:
+            return raw
+        order = pack.chains[rec.chain]
+        fd = pack.file()
+        while raw is None:
+            if item.done >= len(order):
+                self._drop(key)
+                raise CorruptFileError(str(pack.path), f"record {rec.offset} is not in its chain")
+            r = pack.records[order[item.done]]
+            data = _pread(fd, r.comp_len + 4, r.comp_start)
+            comp = memoryview(data)[: r.comp_len]
+            if len(data) < r.comp_len + 4 or _U32.unpack_from(data, r.comp_len)[0] != zlib.crc32(comp):
+                self._drop(key)
+                raise CorruptFileError(str(pack.path), f"record at offset {r.offset}: data CRC mismatch")
+            try:
+                out = item.dobj.decompress(comp)  # type: ignore[attr-defined]
+            except zstandard.ZstdError as exc:
+                self._drop(key)
+                raise CorruptFileError(str(pack.path), f"record at offset {r.offset}: {exc}") from None
+            if len(out) != r.raw_len:
+                self._drop(key)
+                raise CorruptFileError(str(pack.path), f"record at offset {r.offset} decompressed to a wrong size")
+            item.raws[r.offset] = out
+            item.size += len(out)
+            self._bytes += len(out)
+            item.done += 1
+            if r.offset == rec.offset:
+                raw = out
+        self._evict(keep=key)
+        return raw
+
+    def _drop(self, key: tuple[str, int]) -> None:
+        item = self._items.pop(key, None)
+        if item is not None:
+            self._bytes -= item.size
+
+    def _evict(self, keep: tuple[str, int]) -> None:
+        for key in list(self._items):
+            if self._bytes <= self.max_bytes:
+                break
+            if key != keep:
+                self._drop(key)
+
+    def forget_pack(self, name: str) -> None:
+        for key in [k for k in self._items if k[0] == name]:
+            self._drop(key)

@@ -1,0 +1,184 @@
+"""Byte layouts of node contents: dict/list nodes, index nodes, chunk lists and commits.
+
+Every parser here is strict: anything malformed raises CorruptObjectError, never a
+Python error from deep inside, because hashed content can still be malicious.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+
+from castate.codec.objects import (
+    ID_SIZE,
+    KIND_BYTES,
+    KIND_DICT,
+    KIND_INDEX,
+    KIND_LIST,
+    KIND_STR,
+)
+from castate.errors import CorruptObjectError
+
+# Tags of the entries a node holds out of line ("specials").
+TAG_REF = 0x72  # "r": a 32-byte object id
+TAG_BYTES = 0x62  # "b": an inline bytes value
+
+_U32 = struct.Struct("<I")
+_SPECIAL_REF = struct.Struct("<IB32s")
+_SPECIAL_BYTES = struct.Struct("<IBI")
+_INDEX_ENTRY = struct.Struct("<32sQ")
+_CHUNK_ENTRY = struct.Struct("<32sI")
+_CHUNKED_HEAD = struct.Struct("<BQ")
+NO_SPECIALS = b"\x00\x00\x00\x00"
+
+INDEX_LIST = 0
+INDEX_DICT = 1
+
+Special = tuple[int, int, bytes]  # (position, tag, id or raw bytes)
+
+
+def encode_node(specials: list[Special], body: bytes) -> bytes:
+    """Content of a dict or list node: the specials table, then the JSON body."""
+    if not specials:
+        return NO_SPECIALS + body
+    parts = [_U32.pack(len(specials))]
+    for pos, tag, payload in specials:
+        if tag == TAG_REF:
+            parts.append(_SPECIAL_REF.pack(pos, tag, payload))
+        else:
+            parts.append(_SPECIAL_BYTES.pack(pos, tag, len(payload)))
+            parts.append(payload)
+    parts.append(body)
+    return b"".join(parts)
+
+
+def parse_specials(oid: bytes, content: bytes | memoryview) -> tuple[list[Special], int]:
+    """The specials table of a dict or list node and the offset where its JSON body starts."""
+    try:
+        n = _U32.unpack_from(content, 0)[0]
+        off = 4
+        specials: list[Special] = []
+        last = -1
+        for _ in range(n):
+            pos, tag = _U32.unpack_from(content, off)[0], content[off + 4]
+            if pos <= last:
+                raise ValueError("specials out of order")
+            last = pos
+            if tag == TAG_REF:
+                ref = bytes(content[off + 5 : off + 5 + ID_SIZE])
+                if len(ref) != ID_SIZE:
+                    raise ValueError("truncated ref")
+                specials.append((pos, tag, ref))
+                off += _SPECIAL_REF.size
+            elif tag == TAG_BYTES:
+                size = _U32.unpack_from(content, off + 5)[0]
+                off += _SPECIAL_BYTES.size
+                raw = bytes(content[off : off + size])
+                if len(raw) != size:
+                    raise ValueError("truncated bytes")
+                specials.append((pos, tag, raw))
+                off += size
+            else:
+                raise ValueError(f"unknown special tag {tag}")
+    except (struct.error, IndexError, ValueError) as exc:
+        raise CorruptObjectError(oid.hex(), f"bad node: {exc}") from None
+    return specials, off
+
+
+def parse_node(oid: bytes, kind: int, content: bytes | memoryview) -> tuple[Any, list[Special]]:
+    """The JSON body (specials still null) and the specials table of a dict or list node."""
+    specials, off = parse_specials(oid, content)
+    try:
+        body = orjson.loads(content[off:])
+    except orjson.JSONDecodeError as exc:
+        raise CorruptObjectError(oid.hex(), f"bad node body: {exc}") from None
+    want = dict if kind == KIND_DICT else list
+    if type(body) is not want:
+        raise CorruptObjectError(oid.hex(), f"node body is not a {want.__name__}")
+    if specials and specials[-1][0] >= len(body):
+        raise CorruptObjectError(oid.hex(), "special position out of range")
+    return body, specials
+
+
+def encode_index(flavor: int, children: list[tuple[bytes, int]]) -> bytes:
+    """Content of an index node over runs: flavor byte, then (child id, element count) pairs."""
+    return bytes((flavor,)) + b"".join(_INDEX_ENTRY.pack(cid, count) for cid, count in children)
+
+
+def parse_index(oid: bytes, content: bytes | memoryview) -> tuple[int, list[tuple[bytes, int]]]:
+    if len(content) < 1 + _INDEX_ENTRY.size or (len(content) - 1) % _INDEX_ENTRY.size:
+        raise CorruptObjectError(oid.hex(), "bad index node length")
+    flavor = content[0]
+    if flavor not in (INDEX_LIST, INDEX_DICT):
+        raise CorruptObjectError(oid.hex(), f"unknown index flavor {flavor}")
+    return flavor, list(_INDEX_ENTRY.iter_unpack(memoryview(content)[1:]))
+
+
+CHUNKED_TARGETS = (KIND_STR, KIND_BYTES)
+
+
+def encode_chunked(target: int, total: int, chunks: list[tuple[bytes, int]]) -> bytes:
+    """Content of a chunk list: target kind, total length, then (chunk id, length) pairs."""
+    return _CHUNKED_HEAD.pack(target, total) + b"".join(_CHUNK_ENTRY.pack(c, n) for c, n in chunks)
+
+
+def parse_chunked(oid: bytes, content: bytes | memoryview) -> tuple[int, int, list[tuple[bytes, int]]]:
+    head = _CHUNKED_HEAD.size
+    if len(content) < head or (len(content) - head) % _CHUNK_ENTRY.size:
+        raise CorruptObjectError(oid.hex(), "bad chunk list length")
+    target, total = _CHUNKED_HEAD.unpack_from(content, 0)
+    if target not in CHUNKED_TARGETS:
+        raise CorruptObjectError(oid.hex(), f"unknown chunked target kind {target}")
+    chunks = list(_CHUNK_ENTRY.iter_unpack(memoryview(content)[head:]))
+    if sum(n for _, n in chunks) != total:
+        raise CorruptObjectError(oid.hex(), "chunk lengths do not add up")
+    return target, total, chunks
+
+
+@dataclass(frozen=True, slots=True)
+class Commit:
+    """One save of a state: its root, parents, session, optional name, time and user metadata."""
+
+    root: bytes
+    parents: tuple[bytes, ...]
+    session: str | None
+    time_ns: int
+    name: str | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+def encode_commit(c: Commit) -> bytes:
+    body = orjson.dumps(
+        {"meta": c.meta, "name": c.name, "session": c.session, "time": c.time_ns},
+        option=orjson.OPT_SORT_KEYS,
+    )
+    return c.root + _U32.pack(len(c.parents)) + b"".join(c.parents) + body
+
+
+def parse_commit(oid: bytes, content: bytes | memoryview) -> Commit:
+    try:
+        root = bytes(content[:ID_SIZE])
+        n = _U32.unpack_from(content, ID_SIZE)[0]
+        off = ID_SIZE + 4
+        parents = tuple(bytes(content[off + i * ID_SIZE : off + (i + 1) * ID_SIZE]) for i in range(n))
+        off += n * ID_SIZE
+        if len(root) != ID_SIZE or any(len(p) != ID_SIZE for p in parents):
+            raise ValueError("truncated ids")
+        body = orjson.loads(content[off:])
+        session, name, t, meta = body["session"], body["name"], body["time"], body["meta"]
+        if not (
+            (session is None or type(session) is str)
+            and (name is None or type(name) is str)
+            and type(t) is int
+            and type(meta) is dict
+        ):
+            raise ValueError("bad commit field types")
+    except (struct.error, KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+        raise CorruptObjectError(oid.hex(), f"bad commit: {exc}") from None
+    return Commit(root=root, parents=parents, session=session, time_ns=t, name=name, meta=meta)
+
+
+NODE_KINDS = (KIND_DICT, KIND_LIST, KIND_INDEX)

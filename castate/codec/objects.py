@@ -1,0 +1,130 @@
+"""Object kinds, object ids and the frame every stored object travels in.
+
+An object is immutable bytes of one kind, named by ``blake3(kind || content)``. It is
+stored as a *frame*: a 3-byte header (format version, kind, codec) and the content,
+raw or zstd-compressed. Reading a frame always decompresses with a size limit and
+checks the id before any byte of the content is used.
+"""
+
+from __future__ import annotations
+
+import threading
+
+import blake3
+import zstandard
+
+from castate.errors import CorruptObjectError, UnsupportedFormatError
+
+FORMAT_VERSION = 1
+ID_SIZE = 32
+
+# Object kinds (one ASCII byte each; part of the hashed bytes).
+KIND_STR = 0x53  # "S": a str value stored on its own, UTF-8
+KIND_BYTES = 0x59  # "Y": a bytes value stored on its own
+KIND_CHUNK = 0x52  # "R": one content-defined piece of a chunked value
+KIND_CHUNKED = 0x43  # "C": the ordered chunk list of a large value or node
+KIND_DICT = 0x44  # "D": a dict node
+KIND_LIST = 0x4C  # "L": a list node, or one run of a long list
+KIND_INDEX = 0x49  # "I": an index over runs of a long list or dict
+KIND_COMMIT = 0x4B  # "K": a commit (a session save)
+
+KIND_NAMES = {
+    KIND_STR: "str",
+    KIND_BYTES: "bytes",
+    KIND_CHUNK: "chunk",
+    KIND_CHUNKED: "chunked",
+    KIND_DICT: "dict",
+    KIND_LIST: "list",
+    KIND_INDEX: "index",
+    KIND_COMMIT: "commit",
+}
+
+CODEC_RAW = 0
+CODEC_ZSTD = 1
+
+# No object content may exceed this; bigger values are chunked long before it.
+MAX_CONTENT = 64 << 20
+ZSTD_LEVEL = 3
+# Compressing tiny frames wastes CPU and often grows them.
+COMPRESS_MIN = 64
+
+_tls = threading.local()
+
+
+def _compressor() -> zstandard.ZstdCompressor:
+    c = getattr(_tls, "cctx", None)
+    if c is None:
+        c = _tls.cctx = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False)
+    return c
+
+
+def _decompressor() -> zstandard.ZstdDecompressor:
+    d = getattr(_tls, "dctx", None)
+    if d is None:
+        d = _tls.dctx = zstandard.ZstdDecompressor()
+    return d
+
+
+def object_id(kind: int, content: bytes | memoryview) -> bytes:
+    """The 32-byte id of an object: blake3 over the kind byte and the canonical content."""
+    h = blake3.blake3(bytes((kind,)))
+    h.update(content)
+    return h.digest()
+
+
+def hex_id(oid: bytes) -> str:
+    return oid.hex()
+
+
+def parse_hex_id(text: str) -> bytes:
+    """Turn a 64-digit hex id back into bytes; ValueError if it is not one."""
+    if len(text) != 2 * ID_SIZE:
+        raise ValueError(f"not an object id: {text!r}")
+    return bytes.fromhex(text)
+
+
+def encode_frame(kind: int, content: bytes, *, compress: bool = True) -> bytes:
+    """The stored form of one object: header plus raw or zstd content, whichever is smaller."""
+    if compress and len(content) >= COMPRESS_MIN:
+        packed = _compressor().compress(content)
+        if len(packed) < len(content):
+            return bytes((FORMAT_VERSION, kind, CODEC_ZSTD)) + packed
+    return bytes((FORMAT_VERSION, kind, CODEC_RAW)) + content
+
+
+def decode_frame(oid: bytes, frame: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+    """Check a frame against its id and return (kind, content). Raises CorruptObjectError."""
+    if len(frame) < 3:
+        raise CorruptObjectError(oid.hex(), "frame shorter than its header")
+    version, kind, codec = frame[0], frame[1], frame[2]
+    if version != FORMAT_VERSION:
+        if version > FORMAT_VERSION:
+            raise UnsupportedFormatError(
+                f"object {oid.hex()} has format version {version}; this castate reads {FORMAT_VERSION}"
+            )
+        raise CorruptObjectError(oid.hex(), f"unknown format version {version}")
+    if kind not in KIND_NAMES:
+        raise CorruptObjectError(oid.hex(), f"unknown object kind {kind}")
+    payload = memoryview(frame)[3:]
+    if codec == CODEC_RAW:
+        content: bytes | memoryview = payload
+    elif codec == CODEC_ZSTD:
+        content = _decompress(oid, payload)
+    else:
+        raise CorruptObjectError(oid.hex(), f"unknown codec {codec}")
+    if object_id(kind, content) != oid:
+        raise CorruptObjectError(oid.hex(), "content does not match its id")
+    return kind, content
+
+
+def _decompress(oid: bytes, payload: memoryview) -> bytes:
+    try:
+        size = zstandard.frame_content_size(payload)
+    except zstandard.ZstdError as exc:
+        raise CorruptObjectError(oid.hex(), f"bad zstd frame: {exc}") from None
+    if size < 0 or size > MAX_CONTENT:
+        raise CorruptObjectError(oid.hex(), f"zstd frame declares an unusable size {size}")
+    try:
+        return _decompressor().decompress(payload, max_output_size=size)
+    except zstandard.ZstdError as exc:
+        raise CorruptObjectError(oid.hex(), f"zstd: {exc}") from None

@@ -1,0 +1,72 @@
+"""castate's exception hierarchy: every error castate raises on purpose is a CastateError."""
+
+from __future__ import annotations
+
+
+class CastateError(Exception):
+    """Base class of every error castate raises on purpose."""
+
+
+class NotFoundError(CastateError, KeyError):
+    """A session, checkpoint, ref or commit that was asked for does not exist."""
+
+    def __str__(self) -> str:  # KeyError would otherwise quote the message
+        return str(self.args[0]) if self.args else "not found"
+
+
+class InvalidKeyError(CastateError, ValueError):
+    """A session id, key or checkpoint name that castate cannot store safely."""
+
+
+class UnsupportedValueError(CastateError, TypeError):
+    """A value outside castate's value domain; ``path`` names where it sits in the state."""
+
+    def __init__(self, message: str, path: str = "state") -> None:
+        super().__init__(f"{message} at {path}")
+        self.path = path
+
+
+class ConflictError(CastateError):
+    """A compare-and-swap on a ref lost a race: another writer moved the ref first."""
+
+    def __init__(self, message: str, ref: str | None = None) -> None:
+        super().__init__(message)
+        self.ref = ref
+
+
+class StoreError(CastateError):
+    """The store cannot be used as asked (not a castate store, closed, locked, I/O failure)."""
+
+
+class UnsupportedFormatError(StoreError):
+    """The store or an object was written in a format version this castate cannot read."""
+
+
+class CorruptionError(StoreError):
+    """Stored bytes do not match what was written: never returned as data."""
+
+
+class CorruptObjectError(CorruptionError):
+    """An object failed verification (hash mismatch, undecodable frame or node); names its id."""
+
+    def __init__(self, object_id: str, reason: str) -> None:
+        super().__init__(f"corrupt object {object_id}: {reason}")
+        self.object_id = object_id
+        self.reason = reason
+
+
+class MissingObjectError(CorruptionError):
+    """An object that a reachable node points at is not in the store; names its id."""
+
+    def __init__(self, object_id: str, detail: str = "") -> None:
+        super().__init__(f"missing object {object_id}" + (f" ({detail})" if detail else ""))
+        self.object_id = object_id
+
+
+class CorruptFileError(CorruptionError):
+    """A store file (pack, ref journal, config) is damaged; names the file and where."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"corrupt store file {path}: {reason}")
+        self.path = path
+        self.reason = reason

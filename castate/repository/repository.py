@@ -1,0 +1,251 @@
+"""The repository: states as commits of content-addressed trees, named by refs.
+
+A save encodes the state (reusing what the previous save of the same ref encoded),
+writes only objects the store lacks plus one commit, and moves the ref by
+compare-and-swap, all in one backend call. A ref's expected value is the head this
+repository last saw for it, so a save never silently replaces a head that another
+writer moved in the meantime (unless ``overwrite`` asks for exactly that).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from castate.backends.base import ANY, Backend, ReflogEntry, RefUpdate
+from castate.codec import Commit, Shadow, encode_commit, object_id, parse_commit
+from castate.codec.encoder import Default
+from castate.codec.objects import KIND_COMMIT, KIND_NAMES
+from castate.errors import ConflictError, CorruptObjectError, NotFoundError
+from castate.repository.snapshot import encode_state, fetch_objects, frames, read_state
+
+MAX_SHADOWS = 64  # refs whose last save is remembered for incremental encoding
+MAX_COMMITS = 4096
+OVERWRITE_ATTEMPTS = 8
+
+
+@dataclass(frozen=True, slots=True)
+class SaveResult:
+    """What a save did: the commit now at the ref, its root, and whether anything changed."""
+
+    commit: bytes
+    root: bytes
+    changed: bool
+    objects_written: int
+
+
+@dataclass(slots=True)
+class _Head:
+    commit: bytes
+    root: bytes
+    shadow: Shadow | None
+
+
+class Repository:
+    """Commits, refs and snapshots over one backend."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.backend = backend
+        self._heads: OrderedDict[str, _Head] = OrderedDict()
+        self._commits: OrderedDict[bytes, Commit] = OrderedDict()
+        self._open_lock = asyncio.Lock()
+        self._opened = False
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    async def open(self) -> Repository:
+        async with self._open_lock:
+            if not self._opened:
+                await self.backend.open()
+                self._opened = True
+        return self
+
+    async def close(self) -> None:
+        if self._opened:
+            await self.backend.close()
+            self._opened = False
+        self._heads.clear()
+
+    async def __aenter__(self) -> Repository:
+        return await self.open()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    async def save(
+        self,
+        ref: str,
+        state: Any,
+        *,
+        session: str | None = None,
+        name: str | None = None,
+        meta: dict[str, Any] | None = None,
+        default: Default | None = None,
+        message: str = "save",
+        overwrite: bool = False,
+        extra_updates: Sequence[RefUpdate] = (),
+    ) -> SaveResult:
+        """Save ``state`` as the new head of ``ref``.
+
+        Raises ConflictError when the head moved since this repository last saw it, unless
+        ``overwrite``. A state equal to the head's is a no-op (no objects, no commit).
+        """
+        await self.open()
+        for _ in range(OVERWRITE_ATTEMPTS):
+            head = await self._known_head(ref)
+            try:
+                return await self._save_once(ref, state, head, session, name, meta, default, message, extra_updates)
+            except ConflictError:
+                self._heads.pop(ref, None)
+                if not overwrite:
+                    raise
+        raise ConflictError(f"ref {ref} kept moving during {OVERWRITE_ATTEMPTS} attempts to overwrite it", ref)
+
+    async def _known_head(self, ref: str) -> _Head | None:
+        head = self._heads.get(ref)
+        if head is not None:
+            self._heads.move_to_end(ref)
+            return head
+        cid = await self.backend.get_ref(ref)
+        if cid is None:
+            return None
+        commit = await self.read_commit(cid)
+        return self._remember(ref, _Head(cid, commit.root, None))
+
+    def _remember(self, ref: str, head: _Head) -> _Head:
+        self._heads[ref] = head
+        self._heads.move_to_end(ref)
+        while len(self._heads) > MAX_SHADOWS:
+            self._heads.popitem(last=False)
+        return head
+
+    async def _save_once(
+        self,
+        ref: str,
+        state: Any,
+        head: _Head | None,
+        session: str | None,
+        name: str | None,
+        meta: dict[str, Any] | None,
+        default: Default | None,
+        message: str,
+        extra_updates: Sequence[RefUpdate],
+    ) -> SaveResult:
+        root, shadow, objects = encode_state(state, head.shadow if head else None, default)
+        if head is not None and root == head.root and not extra_updates:
+            head.shadow = shadow
+            return SaveResult(head.commit, root, False, 0)
+        commit = Commit(
+            root=root,
+            parents=(head.commit,) if head else (),
+            session=session,
+            time_ns=time.time_ns(),
+            name=name,
+            meta=dict(meta or {}),
+        )
+        content = encode_commit(commit)
+        cid = object_id(KIND_COMMIT, content)
+        objects[cid] = (KIND_COMMIT, content)
+        items = frames(objects, compress=not self.backend.packs_objects)
+        update = RefUpdate(ref, cid, head.commit if head else None)
+        written = await self.backend.commit(items, [update, *extra_updates], message=message, stream=ref)
+        self._cache_commit(cid, commit)
+        self._remember(ref, _Head(cid, root, shadow))
+        return SaveResult(cid, root, True, written)
+
+    async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
+        await self.open()
+        try:
+            await self.backend.update_refs(updates, message=message)
+        finally:
+            for u in updates:
+                self._heads.pop(u.name, None)
+
+    async def copy_ref(self, source: str, target: str, *, message: str = "") -> bytes:
+        """Create ``target`` pointing at ``source``'s current commit (O(1)); NotFoundError without it."""
+        await self.open()
+        return await self.backend.copy_ref(source, target, expected=None, message=message)
+
+    async def delete_refs(self, names: Sequence[str], *, message: str = "delete") -> int:
+        """Delete refs atomically (those that exist); returns how many went."""
+        await self.open()
+        current = await self.backend.get_refs(names)
+        if current:
+            await self.update_refs([RefUpdate(n, None, v) for n, v in current.items()], message=message)
+        return len(current)
+
+    # -- reading ------------------------------------------------------------------------------
+
+    async def head(self, ref: str) -> bytes | None:
+        await self.open()
+        return await self.backend.get_ref(ref)
+
+    async def load(self, ref: str) -> Any | None:
+        """The state at ``ref``'s head, or None when the ref does not exist."""
+        await self.open()
+        cid = await self.backend.get_ref(ref)
+        if cid is None:
+            return None
+        commit = await self.read_commit(cid)
+        state = await read_state(self.backend, commit.root)
+        known = self._heads.get(ref)
+        if known is None or known.commit != cid:
+            self._remember(ref, _Head(cid, commit.root, None))
+        return state
+
+    async def read_state(self, root: bytes) -> Any:
+        await self.open()
+        return await read_state(self.backend, root)
+
+    async def read_commit(self, cid: bytes) -> Commit:
+        return (await self.read_commits([cid]))[cid]
+
+    async def read_commits(self, cids: Sequence[bytes]) -> dict[bytes, Commit]:
+        await self.open()
+        out = {c: self._commits[c] for c in cids if c in self._commits}
+        missing = [c for c in cids if c not in out]
+        if missing:
+            for cid, (kind, content) in (await fetch_objects(self.backend, missing)).items():
+                if kind != KIND_COMMIT:
+                    raise CorruptObjectError(cid.hex(), f"expected a commit, found a {KIND_NAMES[kind]} object")
+                out[cid] = self._cache_commit(cid, parse_commit(cid, content))
+        return out
+
+    def _cache_commit(self, cid: bytes, commit: Commit) -> Commit:
+        self._commits[cid] = commit
+        while len(self._commits) > MAX_COMMITS:
+            self._commits.popitem(last=False)
+        return commit
+
+    async def resolve(self, ref: str) -> Commit:
+        cid = await self.head(ref)
+        if cid is None:
+            raise NotFoundError(f"no ref {ref}")
+        return await self.read_commit(cid)
+
+    async def log(self, ref: str, limit: int | None = None) -> list[tuple[bytes, Commit]]:
+        """Commits from the head of ``ref`` back along first parents, newest first."""
+        cid = await self.head(ref)
+        out: list[tuple[bytes, Commit]] = []
+        while cid is not None and (limit is None or len(out) < limit):
+            commit = await self.read_commit(cid)
+            out.append((cid, commit))
+            cid = commit.parents[0] if commit.parents else None
+        return out
+
+    async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
+        await self.open()
+        return await self.backend.list_refs(prefix)
+
+    async def reflog(self, name: str | None = None) -> list[ReflogEntry]:
+        await self.open()
+        return await self.backend.reflog(name)
+
+
+__all__ = ["ANY", "Repository", "SaveResult"]

@@ -1,0 +1,58 @@
+"""Snapshots <-> objects: encode a state for writing, fetch and rebuild a state for reading."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from castate.backends.base import Backend
+from castate.codec import Decoder, Encoder, Shadow, child_ids, decode_frame, encode_frame
+from castate.codec.decoder import Content
+from castate.codec.encoder import Default
+from castate.errors import MissingObjectError
+
+
+def encode_state(
+    state: Any, shadow: Shadow | None, default: Default | None
+) -> tuple[bytes, Shadow | None, dict[bytes, tuple[int, bytes]]]:
+    """Root id, new shadow and the objects of ``state`` (only those the shadow did not know)."""
+    enc = Encoder(default)
+    root, new_shadow = enc.encode_root(state, shadow)
+    return root, new_shadow, enc.objects
+
+
+def frames(objects: dict[bytes, tuple[int, bytes]], compress: bool) -> list[tuple[bytes, bytes]]:
+    return [(oid, encode_frame(kind, content, compress=compress)) for oid, (kind, content) in objects.items()]
+
+
+async def fetch_objects(backend: Backend, ids: Iterable[bytes]) -> dict[bytes, tuple[int, Content]]:
+    """Read and verify objects; raise MissingObjectError for the first one that is absent."""
+    wanted = list(dict.fromkeys(ids))
+    got = await backend.get_objects(wanted)
+    out: dict[bytes, tuple[int, Content]] = {}
+    for oid in wanted:
+        frame = got.get(oid)
+        if frame is None:
+            raise MissingObjectError(oid.hex())
+        out[oid] = decode_frame(oid, frame)
+    return out
+
+
+async def fetch_tree(backend: Backend, root: bytes) -> dict[bytes, tuple[int, Content]]:
+    """Every object of the tree under ``root``, one batch per tree level."""
+    contents: dict[bytes, tuple[int, Content]] = {}
+    frontier = [root]
+    while frontier:
+        level = await fetch_objects(backend, frontier)
+        contents.update(level)
+        nxt: dict[bytes, None] = {}
+        for oid, (kind, content) in level.items():
+            for child in child_ids(oid, kind, content):
+                if child not in contents:
+                    nxt[child] = None
+        frontier = list(nxt)
+    return contents
+
+
+async def read_state(backend: Backend, root: bytes) -> Any:
+    return Decoder(await fetch_tree(backend, root)).build(root)

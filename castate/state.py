@@ -1,0 +1,332 @@
+"""StateManager: sessions and checkpoints of workflow state.
+
+Over a castate store (``FileStorageBackend``, a ``Backend`` or a path) a session is a
+ref to its latest commit, a save writes only what changed, and a checkpoint is a new
+ref to the session's current commit: O(1), never a copy. Over any other object with
+the dict storage interface it still works, by storing plain dict copies.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from castate.backends.base import Backend, RefUpdate
+from castate.codec import Commit, encode_commit, object_id
+from castate.codec.encoder import Default
+from castate.codec.objects import KIND_COMMIT
+from castate.errors import ConflictError, NotFoundError
+from castate.repository import Repository
+from castate.repository import refs as names
+from castate.repository.snapshot import frames
+from castate.storage import FileStorageBackend, StorageBackend
+
+
+class _Record(Mapping[str, Any]):
+    """Read-only record with attribute and item access (``r.session_id`` and ``r["session_id"]``)."""
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self._names():
+            raise KeyError(key)
+        return getattr(self, key)
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._names())
+
+    def __len__(self) -> int:
+        return len(self._names())
+
+    def _names(self) -> tuple[str, ...]:
+        return tuple(f.name for f in fields(self))  # type: ignore[arg-type]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in self._names()}
+
+
+@dataclass(frozen=True, eq=True)
+class SessionInfo(_Record):
+    """One session: its id, when it was last saved (epoch seconds), its checkpoints."""
+
+    session_id: str
+    timestamp: float
+    checkpoint_count: int
+    head: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def paused(self) -> bool:
+        return bool(self.metadata.get("paused", False))
+
+
+@dataclass(frozen=True, eq=True)
+class CheckpointInfo(_Record):
+    """One checkpoint: its id, session, name, creation time (epoch seconds) and commit."""
+
+    checkpoint_id: str
+    session_id: str
+    name: str
+    timestamp: float
+    commit: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+class StateManager:
+    """Save, load, checkpoint and restore session states."""
+
+    def __init__(
+        self,
+        storage_backend: StorageBackend | Backend | str | os.PathLike[str] | None = None,
+        *,
+        default: Default | None = None,
+    ) -> None:
+        if storage_backend is None:
+            storage_backend = "./state"
+        if isinstance(storage_backend, str | os.PathLike):
+            storage_backend = FileStorageBackend(storage_backend, default=default)
+        self.storage = storage_backend
+        self.default = default
+        self._repo: Repository | None
+        if isinstance(storage_backend, FileStorageBackend):
+            self._repo = storage_backend.repository
+            self.default = default if default is not None else storage_backend.default
+        elif isinstance(storage_backend, Backend):
+            self._repo = Repository(storage_backend)
+        elif isinstance(storage_backend, Repository):
+            self._repo = storage_backend
+        else:
+            self._repo = None
+            self._plain = _PlainSessions(storage_backend)
+
+    @property
+    def repository(self) -> Repository:
+        """The castate repository underneath (only when the storage is a castate store)."""
+        if self._repo is None:
+            raise TypeError("this StateManager stores plain dict copies; it has no castate repository")
+        return self._repo
+
+    async def close(self) -> None:
+        if self._repo is not None:
+            await self._repo.close()
+
+    async def __aenter__(self) -> StateManager:
+        if self._repo is not None:
+            await self._repo.open()
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- sessions ----------------------------------------------------------------------------
+
+    async def save_session(
+        self, session_id: str, state: dict[str, Any], *, metadata: dict[str, Any] | None = None
+    ) -> str | None:
+        """Save ``state`` as the session's current state; returns the commit id (hex).
+
+        Raises ConflictError when another writer saved this session since this manager last
+        read or wrote it; load it again to continue from that state.
+        """
+        if self._repo is None:
+            await self._plain.save(session_id, state, metadata)
+            return None
+        result = await self._repo.save(
+            names.session_ref(session_id),
+            state,
+            session=session_id,
+            meta=metadata,
+            default=self.default,
+            message=f"save {session_id}"[:200],
+        )
+        return result.commit.hex()
+
+    async def load_session(self, session_id: str) -> dict[str, Any] | None:
+        """The session's current state, or None when there is no such session."""
+        if self._repo is None:
+            return await self._plain.load(session_id)
+        return await self._repo.load(names.session_ref(session_id))
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        """Every session, sorted by id."""
+        if self._repo is None:
+            return await self._plain.list_sessions()
+        heads = await self._repo.list_refs(names.SESSIONS)
+        checkpoints = await self._repo.list_refs(names.CHECKPOINTS)
+        counts: dict[str, int] = {}
+        for ref in checkpoints:
+            part = ref[len(names.CHECKPOINTS) :].split("/", 1)[0]
+            counts[part] = counts.get(part, 0) + 1
+        commits = await self._repo.read_commits(list(heads.values()))
+        out = []
+        for ref, cid in heads.items():
+            sid = names.session_of_ref(ref)
+            c = commits[cid]
+            out.append(
+                SessionInfo(sid, c.time_ns / 1e9, counts.get(names.encode_part(sid), 0), cid.hex(), dict(c.meta))
+            )
+        return sorted(out, key=lambda s: s.session_id)
+
+    async def delete_session(self, session_id: str) -> int:
+        """Delete the session and its checkpoints (refs only; gc frees the bytes). Returns refs removed."""
+        if self._repo is None:
+            return await self._plain.delete(session_id)
+        ref = names.session_ref(session_id)
+        cps = await self._repo.list_refs(names.checkpoint_prefix(session_id))
+        return await self._repo.delete_refs([ref, *cps], message=f"delete session {session_id}"[:200])
+
+    # -- checkpoints -----------------------------------------------------------------------------
+
+    async def create_checkpoint(
+        self,
+        session_id: str,
+        name: str | None = None,
+        *,
+        checkpoint_name: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Checkpoint the session's current state; returns the checkpoint id. O(1): a new ref."""
+        if name is not None and checkpoint_name is not None and name != checkpoint_name:
+            raise ValueError("pass the checkpoint name once: name= or checkpoint_name=")
+        label = name if name is not None else checkpoint_name if checkpoint_name is not None else "checkpoint"
+        names.check_name(label, "checkpoint name")
+        if self._repo is None:
+            return await self._plain.checkpoint(session_id, label, metadata)
+        repo = self._repo
+        session_ref = names.session_ref(session_id)
+        for _ in range(3):
+            cpid = names.new_checkpoint_id(session_id, label)
+            try:
+                if not metadata:
+                    await repo.copy_ref(session_ref, names.checkpoint_ref(cpid), message=f"checkpoint {label}"[:200])
+                    return cpid
+                head = await repo.head(session_ref)
+                if head is None:
+                    raise NotFoundError(f"no session {session_id!r}")
+                root = (await repo.read_commit(head)).root
+                commit = Commit(root, (head,), session_id, time.time_ns(), label, dict(metadata))
+                content = encode_commit(commit)
+                target = object_id(KIND_COMMIT, content)
+                await repo.backend.commit(
+                    frames({target: (KIND_COMMIT, content)}, compress=not repo.backend.packs_objects),
+                    [RefUpdate(names.checkpoint_ref(cpid), target, None)],
+                    message=f"checkpoint {label}"[:200],
+                    stream=session_ref,
+                )
+                return cpid
+            except NotFoundError:
+                raise NotFoundError(f"no session {session_id!r} to checkpoint") from None
+            except ConflictError:  # the same id drawn twice: draw again
+                continue
+        raise ConflictError(f"could not allocate a checkpoint id for {session_id!r}")
+
+    async def restore_checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
+        """The state saved in a checkpoint (the session itself is not changed)."""
+        if self._repo is None:
+            return await self._plain.restore(checkpoint_id)
+        ref = names.checkpoint_ref(checkpoint_id)
+        cid = await self._repo.head(ref)
+        if cid is None:
+            raise NotFoundError(f"no checkpoint {checkpoint_id!r}")
+        return await self._repo.read_state((await self._repo.read_commit(cid)).root)
+
+    async def list_checkpoints(self, session_id: str) -> list[CheckpointInfo]:
+        """The session's checkpoints, newest first."""
+        if self._repo is None:
+            return await self._plain.list_checkpoints(session_id)
+        refs = await self._repo.list_refs(names.checkpoint_prefix(session_id))
+        commits = await self._repo.read_commits(list(set(refs.values())))
+        out = []
+        for ref, cid in refs.items():
+            cpid = ref[len(names.CHECKPOINTS) :]
+            _, label, stamp = names.parse_checkpoint_id(cpid)
+            meta = dict(commits[cid].meta) if commits[cid].name == label else {}
+            out.append(CheckpointInfo(cpid, session_id, label, names.checkpoint_time(stamp), cid.hex(), meta))
+        return sorted(out, key=lambda c: (c.timestamp, c.checkpoint_id), reverse=True)
+
+
+class _PlainSessions:
+    """Sessions and checkpoints as plain dict copies over any dict storage backend."""
+
+    def __init__(self, storage: Any) -> None:
+        for method in ("save", "load", "delete", "list_keys"):
+            if not callable(getattr(storage, method, None)):
+                raise TypeError(
+                    f"{type(storage).__name__} is not a storage backend: it has no {method}() "
+                    "(pass a path, a castate FileStorageBackend, or an object with save/load/delete/list_keys)"
+                )
+        self.storage = storage
+
+    @staticmethod
+    def _session_key(session_id: str) -> str:
+        return "session_" + names.check_name(session_id, "session id")
+
+    @staticmethod
+    def _checkpoint_key(checkpoint_id: str) -> str:
+        names.parse_checkpoint_id(checkpoint_id)
+        return "checkpoint_" + checkpoint_id.replace("/", "!")
+
+    async def save(self, session_id: str, state: dict[str, Any], metadata: dict[str, Any] | None) -> None:
+        record = {"session_id": session_id, "timestamp": time.time(), "state": state, "metadata": metadata or {}}
+        await self.storage.save(self._session_key(session_id), record)
+
+    async def load(self, session_id: str) -> dict[str, Any] | None:
+        record = await self.storage.load(self._session_key(session_id))
+        return None if record is None else record["state"]
+
+    async def checkpoint(self, session_id: str, name: str, metadata: dict[str, Any] | None) -> str:
+        record = await self.storage.load(self._session_key(session_id))
+        if record is None:
+            raise NotFoundError(f"no session {session_id!r} to checkpoint")
+        cpid = names.new_checkpoint_id(session_id, name)
+        copy = dict(record, checkpoint_id=cpid, checkpoint_name=name, checkpoint_time=time.time())
+        copy["metadata"] = dict(metadata or {})
+        await self.storage.save(self._checkpoint_key(cpid), copy)
+        return cpid
+
+    async def restore(self, checkpoint_id: str) -> dict[str, Any]:
+        record = await self.storage.load(self._checkpoint_key(checkpoint_id))
+        if record is None:
+            raise NotFoundError(f"no checkpoint {checkpoint_id!r}")
+        return record["state"]
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        out = []
+        for key in await self.storage.list_keys("session_"):
+            record = await self.storage.load(key)
+            if record is None:
+                continue
+            sid = record["session_id"]
+            count = len(await self._checkpoint_keys(sid))
+            out.append(SessionInfo(sid, record["timestamp"], count, "", dict(record.get("metadata") or {})))
+        return sorted(out, key=lambda s: s.session_id)
+
+    async def _checkpoint_keys(self, session_id: str) -> list[str]:
+        prefix = "checkpoint_" + names.encode_part(names.check_name(session_id, "session id")) + "!"
+        return list(await self.storage.list_keys(prefix))
+
+    async def list_checkpoints(self, session_id: str) -> list[CheckpointInfo]:
+        out = []
+        for key in await self._checkpoint_keys(session_id):
+            record = await self.storage.load(key)
+            if record is None:
+                continue
+            out.append(
+                CheckpointInfo(
+                    record["checkpoint_id"],
+                    session_id,
+                    record["checkpoint_name"],
+                    record["checkpoint_time"],
+                    "",
+                    dict(record.get("metadata") or {}),
+                )
+            )
+        return sorted(out, key=lambda c: (c.timestamp, c.checkpoint_id), reverse=True)
+
+    async def delete(self, session_id: str) -> int:
+        keys = [self._session_key(session_id), *await self._checkpoint_keys(session_id)]
+        present = [k for k in keys if await self.storage.load(k) is not None]
+        for key in present:
+            await self.storage.delete(key)
+        return len(present)
