@@ -1,10 +1,10 @@
 """castate: a content-addressed snapshot store for the state of long-running workflows.
 
-    import castate
-    sm = castate.StateManager(castate.FileStorageBackend("./state"))
-    await sm.save_session("run-1", state)
-    cp = await sm.create_checkpoint("run-1", name="before_api_call")
-    state = await sm.restore_checkpoint(cp)
+import castate
+sm = castate.StateManager(castate.FileStorageBackend("./state"))
+await sm.save_session("run-1", state)
+cp = await sm.create_checkpoint("run-1", name="before_api_call")
+state = await sm.restore_checkpoint(cp)
 """
 
 from castate.backends import Backend, LocalBackend, MemoryBackend

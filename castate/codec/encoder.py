@@ -179,7 +179,13 @@ class Encoder:
                 children[k] = child
             entries.append((k, entry))
         self._active.discard(id(d))
-        entry = self._dict_entry(entries, force_node)
+        sink, self.objects = self.objects, {}
+        try:
+            entry = self._dict_entry(entries, force_node)
+        finally:
+            made, self.objects = self.objects, sink
+        if shadow is None or entry != shadow.entry:  # an unchanged node is stored already
+            sink.update(made)
         return entry, (DictShadow(entry, children) if entry[0] == REF else None)
 
     def _list_tracked(
@@ -275,6 +281,13 @@ class Encoder:
         for k in d:
             if type(k) is not str:
                 raise UnsupportedValueError(f"dict key {k!r} is not a str", format_path(path))
+            if not k.isascii():
+                try:
+                    k.encode("utf-8")
+                except UnicodeEncodeError:
+                    raise UnsupportedValueError(
+                        f"dict key {k!r} has a lone surrogate (not valid UTF-8)", format_path(path)
+                    ) from None
         return sorted(d)
 
     # -- strings and bytes ----------------------------------------------------------------

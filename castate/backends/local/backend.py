@@ -32,7 +32,7 @@ from castate.backends.local import packs as packfmt
 from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, write_all
 from castate.backends.local.journal import RefJournal
 from castate.backends.local.locks import FileLock
-from castate.errors import CorruptFileError, StoreError, UnsupportedFormatError
+from castate.errors import CorruptFileError, CorruptObjectError, StoreError, UnsupportedFormatError
 
 STORE_VERSION = 1
 CONFIG = "castate.json"
@@ -198,6 +198,8 @@ class LocalBackend(Backend):
                 raw = self._cache.record_bytes(pack, pack.records[rec_off])
             except FileNotFoundError:
                 return None  # removed by gc in another process: a refresh finds the new copy
+            except CorruptFileError as exc:
+                raise CorruptObjectError(oid.hex(), f"stored in {exc.path}: {exc.reason}") from None
             return memoryview(raw)[off : off + n]
         try:
             return self._loose_path(oid).read_bytes()

@@ -60,6 +60,7 @@ class Pack:
     entries: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)  # id -> (record, off, len)
     scanned: int = len(PACK_HEADER)
     torn: bool = False
+    damaged: list[tuple[int, int]] = field(default_factory=list)  # (start, end) of unreadable spans
     fd: int | None = None
 
     @property
@@ -149,8 +150,8 @@ def _pread(fd: int, size: int, offset: int) -> bytes:
 def scan_pack(pack: Pack) -> list[bytes]:
     """Read the record tables appended since the last scan into ``pack``; returns new ids.
 
-    Stops quietly at a torn or unfinished record at the end of the file; damage that is
-    followed by good records raises CorruptFileError.
+    Stops quietly at a torn or unfinished record at the end of the file. A damaged record
+    followed by good ones is skipped and listed in ``pack.damaged``.
     """
     fd = pack.file()
     size = os.fstat(fd).st_size
@@ -168,25 +169,27 @@ def scan_pack(pack: Pack) -> list[bytes]:
     while off < size:
         rec = _read_head(fd, off, size)
         if rec is None:
-            if _good_record_after(fd, off + 1, size):
-                raise CorruptFileError(str(pack.path), f"damaged record at offset {off}")
-            pack.torn = True
-            break
+            nxt = _next_good_record(fd, off + 1, size)
+            if nxt is None:
+                pack.torn = True  # an unfinished or torn last record: not (yet) data
+                break
+            pack.damaged.append((off, nxt))  # bit rot or tampering: skip it, report it
+            off = nxt
+            continue
         flags, prev, info, entries, end = rec
         if flags & FLAG_CHAIN_START:
             info.chain = off
             pack.chains[off] = [off]
         else:
             before = pack.records.get(prev)
-            if before is None or pack.chains[before.chain][-1] != prev:
-                raise CorruptFileError(str(pack.path), f"record at {off} does not continue a chain")
-            info.chain = before.chain
-            pack.chains[info.chain].append(off)
+            if before is not None and before.chain >= 0 and pack.chains[before.chain][-1] == prev:
+                info.chain = before.chain
+                pack.chains[info.chain].append(off)
+            else:
+                info.chain = -1  # its chain is broken by damage: its objects cannot be read
         pack.records[off] = info
         for oid, o, n in entries:
-            if o + n > info.raw_len:
-                raise CorruptFileError(str(pack.path), f"record at {off} lists an object past its end")
-            if oid not in pack.entries:
+            if o + n <= info.raw_len and oid not in pack.entries:
                 pack.entries[oid] = (off, o, n)
                 new.append(oid)
         off = end
@@ -222,16 +225,20 @@ def _read_head(fd: int, off: int, size: int) -> tuple[int, int, RecInfo, list[tu
     return flags, prev, RecInfo(off, -1, t, raw_len, comp_start, comp_len), entries, end
 
 
-def _good_record_after(fd: int, off: int, size: int) -> bool:
-    window = _pread(fd, min(size - off, 1 << 22), off) if off < size else b""
-    pos = 0
-    while True:
-        pos = window.find(REC_MAGIC, pos)
-        if pos < 0:
-            return False
-        if _read_head(fd, off + pos, size) is not None:
-            return True
-        pos += 1
+def _next_good_record(fd: int, off: int, size: int) -> int | None:
+    """Offset of the first intact record at or after ``off`` (found by its magic), if any."""
+    while off < size:
+        window = _pread(fd, min(size - off, 1 << 22), off)
+        pos = 0
+        while True:
+            pos = window.find(REC_MAGIC, pos)
+            if pos < 0:
+                break
+            if _read_head(fd, off + pos, size) is not None:
+                return off + pos
+            pos += 1
+        off += max(len(window) - len(REC_MAGIC), 1)
+    return None
 
 
 @dataclass(slots=True)
@@ -252,6 +259,8 @@ class ChainCache:
 
     def record_bytes(self, pack: Pack, rec: RecInfo) -> bytes:
         """The raw (decompressed) bytes of one record."""
+        if rec.chain < 0:
+            raise CorruptFileError(str(pack.path), f"record at offset {rec.offset} follows a damaged record")
         key = (pack.name, rec.chain)
         item = self._items.get(key)
         if item is None:

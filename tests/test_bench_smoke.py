@@ -1,0 +1,96 @@
+"""Smoke test of the benchmark harness (tools/bench): a short run, real checks, no timing assertions."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import orjson
+
+from tools.bench.ideal import Ideal
+from tools.bench.workload import Workload
+
+ROOT = Path(__file__).resolve().parents[1]
+STEPS = 30
+
+
+def test_workload_is_deterministic_and_aliases_messages():
+    a, b = Workload(7, STEPS), Workload(7, STEPS)
+    for _ in range(STEPS):
+        assert orjson.dumps(a.step()) == orjson.dumps(b.step())
+    assert orjson.dumps(a.state) == orjson.dumps(b.state)
+    assert orjson.dumps(Workload(8, STEPS).state) != orjson.dumps(Workload(7, STEPS).state)
+    state = a.state
+    assert state["step"] == STEPS
+    assert state["status"] == "done"
+    in_memory = {id(m) for agent in state["agents"].values() for m in agent["memory"]}
+    chat = [m for m in state["messages"] if m["role"] != "tool"]
+    assert all(id(m) in in_memory for m in chat)  # the same dict objects, not copies
+    try:
+        a.step()
+    except RuntimeError:
+        pass
+    else:
+        raise AssertionError("stepping past the end must fail")
+
+
+def test_ideal_counts_each_step():
+    w = Workload(0, STEPS)
+    ideal = Ideal(w.state)
+    for _ in range(STEPS):
+        ideal.add(w.step())
+    assert len(ideal.per_step) == STEPS
+    assert all(n > 0 for n in ideal.per_step)
+    assert ideal.total == ideal.initial + sum(ideal.per_step)
+    assert ideal.total < len(orjson.dumps(w.state))
+
+
+def test_bench_run_castate_and_naive(tmp_path):
+    out = tmp_path / "report.json"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tools.bench.run",
+            "--steps",
+            str(STEPS),
+            "--systems",
+            "castate,naive",
+            "--out",
+            str(out),
+            "--dir",
+            str(tmp_path),
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    for key in ("meta", "params", "workload", "ideal", "floor", "systems", "ratios", "table"):
+        assert key in report
+    assert report["params"]["steps"] == STEPS
+    assert report["ideal"]["bytes"] > 0
+    assert report["floor"]["seconds"] > 0
+    assert set(report["systems"]) == {"castate", "naive"}
+    for name, r in report["systems"].items():
+        assert r["ok"], (name, r.get("traceback"))
+        assert r["restored_equal"]
+        assert r["restore_step"] == STEPS // 2
+        assert len(r["checkpoint_times_s"]) == STEPS
+        assert len(r["restore_times_s"]) == 5
+        assert r["final_state_bytes"] == report["workload"]["final_state_bytes"]
+        for field in ("files", "bytes_apparent", "bytes_allocated"):
+            assert r["disk"][field] > 0
+        assert set(report["ratios"][name]) >= {"disk_allocated_over_ideal", "last_over_floor", "last_over_castate"}
+    castate, naive = report["systems"]["castate"], report["systems"]["naive"]
+    assert castate["stats"]["objects"] > 0
+    assert naive["disk"]["files"] == STEPS
+    assert castate["disk"]["bytes_apparent"] < naive["disk"]["bytes_apparent"]
+    assert castate["disk"]["bytes_allocated"] < naive["disk"]["bytes_allocated"]
+    assert "| castate |" in report["table"]
+    assert not list(tmp_path.glob("castate-bench-*")), "the stores must be removed after the run"

@@ -1,0 +1,121 @@
+"""Decoding: malformed node contents raise castate's own errors, never a crash."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from castate.codec import Decoder, Encoder, child_ids
+from castate.codec.nodes import encode_index, encode_node, parse_chunked, parse_commit, parse_index, parse_node
+from castate.codec.objects import (
+    KIND_BYTES,
+    KIND_CHUNKED,
+    KIND_COMMIT,
+    KIND_DICT,
+    KIND_INDEX,
+    KIND_LIST,
+    KIND_STR,
+    object_id,
+)
+from castate.errors import CastateError, CorruptObjectError, MissingObjectError
+
+KINDS = [KIND_STR, KIND_BYTES, KIND_CHUNKED, KIND_DICT, KIND_LIST, KIND_INDEX]
+
+
+def decode_one(kind: int, content: bytes) -> Any:
+    oid = object_id(kind, content)
+    return Decoder({oid: (kind, content)}).build(oid)
+
+
+@given(st.sampled_from(KINDS), st.binary(max_size=300))
+@settings(max_examples=400, deadline=None)
+def test_random_bytes_raise_only_castate_errors(kind: int, content: bytes) -> None:
+    try:
+        child_ids(object_id(kind, content), kind, content)
+        decode_one(kind, content)
+    except CastateError:
+        pass
+
+
+def _valid_contents() -> list[tuple[int, bytes]]:
+    enc = Encoder()
+    enc.encode_root(
+        {"a": [1, {"b": b"\x00" * 10, "c": "x" * 5000}], "l": list(range(3000)), "d": {str(i): i for i in range(900)}},
+        None,
+    )
+    return sorted(enc.objects.values())
+
+
+@given(st.data())
+@settings(max_examples=300, deadline=None)
+def test_mutated_valid_nodes_raise_only_castate_errors(data: st.DataObject) -> None:
+    kind, content = data.draw(st.sampled_from(_valid_contents()))
+    buf = bytearray(content)
+    for _ in range(data.draw(st.integers(1, 4))):
+        if not buf:
+            break
+        op = data.draw(st.sampled_from(["flip", "cut", "insert"]))
+        i = data.draw(st.integers(0, len(buf) - 1))
+        if op == "flip":
+            buf[i] ^= 1 << data.draw(st.integers(0, 7))
+        elif op == "cut":
+            del buf[i:]
+        else:
+            buf[i:i] = data.draw(st.binary(min_size=1, max_size=8))
+    mutated = bytes(buf)
+    oid = object_id(kind, mutated)
+    try:
+        kids = child_ids(oid, kind, mutated)
+        Decoder({oid: (kind, mutated), **{k: (KIND_STR, b"") for k in kids}}).build(oid)
+    except CastateError:
+        pass
+
+
+def test_parsers_reject_malformed_input() -> None:
+    oid = b"\x00" * 32
+    with pytest.raises(CorruptObjectError):
+        parse_node(oid, KIND_DICT, b"\x01\x00")
+    with pytest.raises(CorruptObjectError):
+        parse_node(oid, KIND_DICT, encode_node([], b"[1,2]"))  # a list body in a dict node
+    with pytest.raises(CorruptObjectError):
+        parse_node(oid, KIND_LIST, encode_node([(5, 0x72, b"\x01" * 32)], b"[null]"))
+    with pytest.raises(CorruptObjectError):
+        parse_node(oid, KIND_LIST, encode_node([(0, 0x72, b"\x01" * 32), (0, 0x72, b"\x01" * 32)], b"[null]"))
+    with pytest.raises(CorruptObjectError):
+        parse_index(oid, b"\x00" + b"\x01" * 39)
+    with pytest.raises(CorruptObjectError):
+        parse_index(oid, b"\x07" + encode_index(0, [(b"\x01" * 32, 1)])[1:])
+    with pytest.raises(CorruptObjectError):
+        parse_chunked(oid, b"\x53" + b"\x00" * 7)
+    with pytest.raises(CorruptObjectError):
+        parse_commit(oid, b"\x00" * 36 + b"{}")
+
+
+def test_index_children_must_have_the_counts_they_claim() -> None:
+    enc = Encoder()
+    leaf = enc._list_node([(0, b"1"), (0, b"2")])  # a two-element run
+    bad = encode_index(0, [(leaf, 3), (leaf, 2)])
+    oid = object_id(KIND_INDEX, bad)
+    with pytest.raises(CorruptObjectError, match="3-element"):
+        Decoder({oid: (KIND_INDEX, bad), **enc.objects}).build(oid)
+
+
+def test_a_missing_child_is_named() -> None:
+    enc = Encoder()
+    root, _ = enc.encode_root({"doc": "x" * 10_000}, None)
+    contents = dict(enc.objects)
+    blob = next(k for k, (kind, _) in contents.items() if kind == KIND_STR)
+    del contents[blob]
+    with pytest.raises(MissingObjectError, match=blob.hex()):
+        Decoder(contents).build(root)
+
+
+def test_a_commit_is_not_a_value() -> None:
+    content = b"\x00" * 32 + b"\x00\x00\x00\x00" + b'{"meta":{},"name":null,"session":null,"time":1}'
+    oid = object_id(KIND_COMMIT, content)
+    assert parse_commit(oid, content).time_ns == 1
+    with pytest.raises(CorruptObjectError, match="where a value belongs"):
+        Decoder({oid: (KIND_COMMIT, content)}).build(oid)

@@ -1,0 +1,177 @@
+"""Pack files of the local backend: chains, torn tails, damaged records, rewriting."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from castate.backends import LocalBackend
+from castate.backends.local import packs
+from castate.codec.objects import KIND_STR, encode_frame, object_id
+from castate.errors import CorruptObjectError
+
+
+def item(text: str) -> tuple[bytes, bytes]:
+    content = text.encode()
+    return object_id(KIND_STR, content), encode_frame(KIND_STR, content, compress=False)
+
+
+def batch(step: int, n: int = 5) -> list[tuple[bytes, bytes]]:
+    return [item(f"step {step} object {i} " + "shared text " * 30) for i in range(n)]
+
+
+async def fill(path: Path, steps: int, stream: str = "s", first: int = 0) -> list[list[tuple[bytes, bytes]]]:
+    b = LocalBackend(path)
+    await b.open()
+    batches = [batch(s) for s in range(first, first + steps)]
+    for one in batches:
+        await b.put_objects(one, stream=stream)
+    await b.close()
+    return batches
+
+
+async def read_all(path: Path, ids: list[bytes]) -> dict[bytes, bytes]:
+    b = LocalBackend(path)
+    await b.open()
+    try:
+        return {k: bytes(v) for k, v in (await b.get_objects(ids)).items()}
+    finally:
+        await b.close()
+
+
+def only_pack(path: Path) -> Path:
+    (pack,) = (path / "packs").glob("*.pack")
+    return pack
+
+
+async def test_one_pack_per_writer_and_records_chain(tmp_path: Path) -> None:
+    batches = await fill(tmp_path, 30)
+    pack = only_pack(tmp_path)
+    p = packs.Pack(pack)
+    packs.scan_pack(p)
+    assert len(p.records) == 30
+    assert len(p.chains) == 1  # one stream: one chain
+    raw = sum(len(f) for one in batches for _, f in one)
+    assert pack.stat().st_size < raw / 4  # later saves compress against earlier ones
+    got = await read_all(tmp_path, [oid for one in batches for oid, _ in one])
+    assert got == {oid: f for one in batches for oid, f in one}
+
+
+async def test_chains_are_cut_to_bound_reads(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packs, "CHAIN_MAX_RAW", 4096)
+    batches = await fill(tmp_path, 20)
+    p = packs.Pack(only_pack(tmp_path))
+    packs.scan_pack(p)
+    assert len(p.chains) > 3
+    assert await read_all(tmp_path, [batches[-1][0][0]]) == {batches[-1][0][0]: batches[-1][0][1]}
+
+
+async def test_interleaved_streams_get_their_own_chains(tmp_path: Path) -> None:
+    b = LocalBackend(tmp_path)
+    await b.open()
+    ids = []
+    for s in range(10):
+        for stream in ("a", "b", "c"):
+            one = batch(s * 10 + ord(stream))
+            ids += [oid for oid, _ in one]
+            await b.put_objects(one, stream=stream)
+    await b.close()
+    p = packs.Pack(only_pack(tmp_path))
+    packs.scan_pack(p)
+    assert len(p.chains) == 3
+    assert len(await read_all(tmp_path, ids)) == len(ids)
+
+
+async def test_a_torn_last_record_is_ignored(tmp_path: Path) -> None:
+    batches = await fill(tmp_path, 10)
+    pack = only_pack(tmp_path)
+    size = pack.stat().st_size
+    for cut in (1, 7, 60):
+        os.truncate(pack, size - cut)
+        got = await read_all(tmp_path, [oid for one in batches for oid, _ in one])
+        assert set(got) == {oid for one in batches[:-1] for oid, _ in one}  # the torn save is gone, nothing else
+        assert all(got[oid] == f for one in batches[:-1] for oid, f in one)
+
+
+async def test_writer_never_appends_after_a_torn_record(tmp_path: Path) -> None:
+    await fill(tmp_path, 3)
+    pack = only_pack(tmp_path)
+    os.truncate(pack, pack.stat().st_size - 5)
+    more = await fill(tmp_path, 2, first=100)  # a new writer: a new pack
+    assert len(list((tmp_path / "packs").glob("*.pack"))) == 2
+    got = await read_all(tmp_path, [oid for one in more for oid, _ in one])
+    assert len(got) == 10
+
+
+async def test_a_damaged_record_in_the_middle_is_skipped_and_named(tmp_path: Path) -> None:
+    batches = await fill(tmp_path, 6, stream="")
+    pack = only_pack(tmp_path)
+    p = packs.Pack(pack)
+    packs.scan_pack(p)
+    victim = sorted(p.records)[2]
+    data = bytearray(pack.read_bytes())
+    data[victim + 12] ^= 0xFF  # inside the record head: its table is unreadable
+    pack.write_bytes(bytes(data))
+    p2 = packs.Pack(pack)
+    packs.scan_pack(p2)
+    assert p2.damaged and p2.damaged[0][0] == victim
+    b = LocalBackend(tmp_path)
+    await b.open()
+    try:
+        assert set(await b.get_objects([oid for oid, _ in batches[1]])) == {oid for oid, _ in batches[1]}
+        assert await b.get_objects([oid for oid, _ in batches[2]]) == {}
+        with pytest.raises(CorruptObjectError, match="damaged"):
+            await b.get_objects([batches[3][0][0]])  # same chain, after the damage
+    finally:
+        await b.close()
+
+
+async def test_readers_see_other_writers(tmp_path: Path) -> None:
+    w1, w2 = LocalBackend(tmp_path), LocalBackend(tmp_path)
+    await w1.open()
+    await w2.open()
+    try:
+        a, c = batch(1), batch(2)
+        await w1.put_objects(a)
+        await w2.put_objects(c)
+        assert len(list((tmp_path / "packs").glob("*.pack"))) == 2
+        assert len(await w1.get_objects([oid for oid, _ in c])) == 5
+        assert len(await w2.get_objects([oid for oid, _ in a])) == 5
+    finally:
+        await w1.close()
+        await w2.close()
+
+
+async def test_delete_rewrites_packs_and_keeps_survivors(tmp_path: Path) -> None:
+    batches = await fill(tmp_path, 8)
+    old = only_pack(tmp_path)
+    doomed = [oid for one in batches[::2] for oid, _ in one]
+    keep = {oid: f for one in batches[1::2] for oid, f in one}
+    b = LocalBackend(tmp_path)
+    await b.open()
+    try:
+        assert await b.delete_objects(doomed) == len(doomed)
+        assert not old.exists()
+        assert await b.get_objects(doomed) == {}
+        got = await b.get_objects(list(keep))
+        assert {k: bytes(v) for k, v in got.items()} == keep
+    finally:
+        await b.close()
+    assert await read_all(tmp_path, list(keep)) == keep
+
+
+async def test_delete_leaves_packs_of_live_writers_alone(tmp_path: Path) -> None:
+    live = LocalBackend(tmp_path)
+    await live.open()
+    other = LocalBackend(tmp_path)
+    await other.open()
+    try:
+        one = batch(1)
+        await live.put_objects(one)
+        assert await other.delete_objects([one[0][0]]) == 0
+        assert len(await other.get_objects([one[0][0]])) == 1
+    finally:
+        await live.close()
+        await other.close()

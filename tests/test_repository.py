@@ -1,0 +1,100 @@
+"""The repository: saves as commits, compare-and-swap on refs, history, and no-op saves."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import castate
+from castate.backends import MemoryBackend, RefUpdate
+from castate.errors import ConflictError, NotFoundError
+
+
+async def count_objects(repo: castate.Repository) -> int:
+    return sum([1 async for _ in repo.backend.iter_objects()])
+
+
+async def test_save_and_load(repo: castate.Repository) -> None:
+    state = {"a": [1, 2, 3], "b": {"c": "d"}}
+    result = await repo.save("sessions/x", state, session="x")
+    assert result.changed
+    assert await repo.load("sessions/x") == state
+    assert await repo.load("sessions/missing") is None
+
+
+async def test_saving_the_same_state_twice_writes_nothing(repo: castate.Repository) -> None:
+    state = {"messages": [{"content": f"m{i}" * 50} for i in range(500)], "n": 1}
+    first = await repo.save("sessions/x", state)
+    before = await count_objects(repo)
+    again = await repo.save("sessions/x", state)
+    assert not again.changed
+    assert again.commit == first.commit
+    assert again.objects_written == 0
+    assert await count_objects(repo) == before
+
+
+async def test_saves_form_a_history(repo: castate.Repository) -> None:
+    commits = []
+    for i in range(5):
+        commits.append((await repo.save("sessions/h", {"step": i}, session="h", meta={"i": i})).commit)
+    log = await repo.log("sessions/h")
+    assert [cid for cid, _ in log] == commits[::-1]
+    assert [c.meta["i"] for _, c in log] == [4, 3, 2, 1, 0]
+    assert log[-1][1].parents == ()
+    assert all(c.session == "h" for _, c in log)
+    assert [c.parents for _, c in log[:-1]] == [(p,) for p in commits[::-1][1:]]
+    assert (await repo.resolve("sessions/h")).meta == {"i": 4}
+    with pytest.raises(NotFoundError):
+        await repo.resolve("sessions/none")
+
+
+async def test_a_stale_writer_gets_a_conflict(store_path: Path) -> None:
+    a = castate.Repository(castate.LocalBackend(store_path))
+    b = castate.Repository(castate.LocalBackend(store_path))
+    try:
+        await a.save("sessions/s", {"v": 1})
+        assert await b.load("sessions/s") == {"v": 1}
+        await b.save("sessions/s", {"v": 2})
+        with pytest.raises(ConflictError):
+            await a.save("sessions/s", {"v": 3})
+        assert await a.load("sessions/s") == {"v": 2}
+        await a.save("sessions/s", {"v": 3})  # after reading the new head, a can continue
+        assert await b.load("sessions/s") == {"v": 3}
+        await a.save("sessions/s", {"v": 4})
+        await b.save("sessions/s", {"v": 5}, overwrite=True)
+        assert await a.load("sessions/s") == {"v": 5}
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_incremental_saves_write_only_what_changed() -> None:
+    repo = castate.Repository(MemoryBackend())
+    state: dict[str, Any] = {"messages": [{"content": f"message {i} " * 30} for i in range(5_000)], "step": 0}
+    await repo.save("sessions/big", state)
+    for step in range(1, 20):
+        state["messages"].append({"content": f"new message {step} " * 30})
+        state["step"] = step
+        result = await repo.save("sessions/big", state)
+        assert result.objects_written <= 8
+    assert await repo.load("sessions/big") == state
+
+
+async def test_atomic_extra_updates(repo: castate.Repository) -> None:
+    saved = await repo.save("sessions/x", {"v": 1})
+    await repo.save("sessions/x", {"v": 2}, extra_updates=[RefUpdate("checkpoints/x/first", saved.commit, None)])
+    assert await repo.head("checkpoints/x/first") == saved.commit
+    with pytest.raises(ConflictError):
+        await repo.save("sessions/x", {"v": 3}, extra_updates=[RefUpdate("checkpoints/x/first", saved.commit, None)])
+    assert await repo.load("sessions/x") == {"v": 2}
+
+
+async def test_copy_and_delete_refs(repo: castate.Repository) -> None:
+    saved = await repo.save("sessions/x", {"v": 1})
+    assert await repo.copy_ref("sessions/x", "checkpoints/x/a") == saved.commit
+    assert await repo.delete_refs(["checkpoints/x/a", "checkpoints/x/none"]) == 1
+    assert await repo.list_refs("checkpoints/") == {}
+    log = await repo.reflog("checkpoints/x/a")
+    assert [(e.old, e.new) for e in log] == [(None, saved.commit), (saved.commit, None)]

@@ -1,0 +1,1 @@
+"""Developer tools for castate (not part of the installed package)."""

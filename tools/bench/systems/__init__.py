@@ -1,0 +1,34 @@
+"""The systems the benchmark can run, by name.
+
+Each entry names a ``System`` subclass as ``module:Class`` and is imported only when it
+runs, so a peer whose package is not installed does not break the others. To add a peer
+(planned: ``marsys`` = MARSYS 0.2.1 FileStorageBackend + StateManager, ``langgraph-sqlite``
+= LangGraph SqliteSaver), write ``tools/bench/systems/<peer>.py`` with a ``System``
+subclass and add its name here.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+from tools.bench.systems.base import System
+
+REGISTRY: dict[str, str] = {
+    "castate": "tools.bench.systems.castate_sys:Castate",
+    "castate-relaxed": "tools.bench.systems.castate_sys:CastateRelaxed",
+    "naive": "tools.bench.systems.naive:Naive",
+    "naive-nofsync": "tools.bench.systems.naive:NaiveNoFsync",
+}
+
+
+def make(name: str) -> System:
+    """A fresh instance of the system called ``name``."""
+    try:
+        target = REGISTRY[name]
+    except KeyError:
+        raise ValueError(f"unknown system {name!r}; known: {', '.join(REGISTRY)}") from None
+    module, cls = target.split(":")
+    return getattr(importlib.import_module(module), cls)()
+
+
+__all__ = ["REGISTRY", "System", "make"]
