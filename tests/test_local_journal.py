@@ -58,7 +58,7 @@ def test_damage_in_the_middle_is_an_error_not_a_silent_rollback(tmp_path: Path) 
     data = bytearray(j.path.read_bytes())
     data[60] ^= 0xFF
     j.path.write_bytes(bytes(data))
-    with pytest.raises(CorruptFileError, match="refs.journal"):
+    with pytest.raises(CorruptFileError, match=r"refs\.journal"):
         journal(tmp_path)
 
 

@@ -116,7 +116,8 @@ async def test_a_damaged_record_in_the_middle_is_skipped_and_named(tmp_path: Pat
     pack.write_bytes(bytes(data))
     p2 = packs.Pack(pack)
     packs.scan_pack(p2)
-    assert p2.damaged and p2.damaged[0][0] == victim
+    assert p2.damaged
+    assert p2.damaged[0][0] == victim
     b = LocalBackend(tmp_path)
     await b.open()
     try:

@@ -308,7 +308,7 @@ class Encoder:
             js = b"{" + b",".join(orjson.dumps(k) + b":" + e[1] for k, e in entries) + b"}"
             if len(js) <= INLINE_MAX:
                 return (INLINE, js)
-        weights = [len(k) + 3 + (len(e[1]) if e[0] == INLINE else REF_WEIGHT) for k, e in entries]
+        weights = [len(orjson.dumps(k)) + 1 + _weight(e) for k, e in entries]
         if sum(weights) <= chunking.RUN_MAX:
             return (REF, self._dict_node(entries))
         hashes = [_hash32(e, k) for k, e in entries]
