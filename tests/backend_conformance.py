@@ -160,6 +160,32 @@ class BackendConformance:
             await backend.commit([obj("c3")], [RefUpdate("sessions/c", items[1][0], None)])
         assert await backend.get_ref("sessions/c") == items[0][0]
 
+    # -- maintenance -------------------------------------------------------------------------
+
+    async def test_expire_reflog_keeps_refs(self, backend: Backend) -> None:
+        await backend.update_refs([RefUpdate("sessions/e", cid(1), None)], message="old")
+        cutoff = (await backend.reflog("sessions/e"))[-1].time_ns + 1
+        await backend.update_refs([RefUpdate("sessions/e", cid(2), cid(1))], message="new")
+        await backend.update_refs([RefUpdate("sessions/f", cid(3), None)], message="newer")
+        assert await backend.expire_reflog(cutoff) >= 1
+        assert [e.message for e in await backend.reflog()] == ["new", "newer"]
+        assert await backend.get_refs(["sessions/e", "sessions/f"]) == {"sessions/e": cid(2), "sessions/f": cid(3)}
+        await backend.update_refs([RefUpdate("sessions/e", cid(4), cid(2))], message="after")
+        assert await backend.get_ref("sessions/e") == cid(4)
+
+    async def test_quarantine_moves_objects_out(self, backend: Backend) -> None:
+        items = [obj(f"q{i}") for i in range(4)]
+        await backend.put_objects(items)
+        assert await backend.quarantine_objects([items[0][0], items[1][0], obj("never")[0]]) == 2
+        assert await backend.has_objects([oid for oid, _ in items]) == {items[2][0], items[3][0]}
+        got = await backend.get_objects([items[3][0]])
+        assert bytes(got[items[3][0]]) == items[3][1]
+
+    async def test_commits_wait_for_gc(self, backend: Backend) -> None:
+        async with backend.gc_exclusive():
+            pass
+        assert await backend.commit([obj("after gc")], [RefUpdate("sessions/g", cid(1), None)]) == 1
+
 
 class PersistentBackendConformance(BackendConformance):
     """More behaviour for backends whose data outlives the backend object."""

@@ -10,6 +10,7 @@ not one per object.
 from __future__ import annotations
 
 import abc
+import contextlib
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
@@ -150,6 +151,25 @@ class Backend(abc.ABC):
 
     async def get_ref(self, name: str) -> bytes | None:
         return (await self.get_refs((name,))).get(name)
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def gc_exclusive(self) -> AsyncIterator[None]:
+        """Held by gc while it deletes. ``commit`` holds the shared side from its dedup check
+        to its ref move, so no save can come to depend on an object gc is deleting.
+
+        The default suits backends used by one process only (memory)."""
+        yield
+
+    @abc.abstractmethod
+    async def expire_reflog(self, before_ns: int) -> int:
+        """Forget reflog entries older than ``before_ns`` (refs stay); returns how many went."""
+
+    @abc.abstractmethod
+    async def quarantine_objects(self, ids: Collection[bytes]) -> int:
+        """Move objects out of the store into a quarantine area (kept for inspection, never
+        read as data again); returns how many were moved. fsck uses it for corrupt objects."""
 
     async def stats(self) -> dict[str, int]:
         """Backend-specific numbers (objects, bytes on disk, files...) for reports."""

@@ -18,6 +18,7 @@ class MemoryBackend(Backend):
         self._objects: dict[bytes, tuple[bytes, int]] = {}
         self._refs: dict[str, bytes] = {}
         self._log: list[ReflogEntry] = []
+        self.quarantine: dict[bytes, bytes] = {}
         self._lock = asyncio.Lock()
 
     async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, bytes]:
@@ -64,3 +65,18 @@ class MemoryBackend(Backend):
 
     async def reflog(self, name: str | None = None) -> list[ReflogEntry]:
         return [e for e in self._log if name is None or e.name == name]
+
+    async def expire_reflog(self, before_ns: int) -> int:
+        keep = [e for e in self._log if e.time_ns >= before_ns]
+        dropped = len(self._log) - len(keep)
+        self._log = keep
+        return dropped
+
+    async def quarantine_objects(self, ids: Collection[bytes]) -> int:
+        moved = 0
+        for oid in ids:
+            item = self._objects.pop(oid, None)
+            if item is not None:
+                self.quarantine[oid] = item[0]
+                moved += 1
+        return moved

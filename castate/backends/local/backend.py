@@ -498,7 +498,8 @@ class LocalBackend(Backend):
     ) -> int:
         """Objects durable first, then the refs: one hop, a shared gc lock held throughout."""
         assert self._gc_lock is not None
-        with self._mutex, self._gc_lock.hold(exclusive=False):
+        # The gc lock first: a save waits for gc without holding the mutex gc's deletes need.
+        with self._gc_lock.hold(exclusive=False), self._mutex:
             written = self.put_objects_sync(items, stream) if items else 0
             if updates:
                 self._refs().update(updates, message)
@@ -537,11 +538,53 @@ class LocalBackend(Backend):
                 out.extend(bytes.fromhex(sub.name + f.name) for f in os.scandir(sub.path) if not f.name.startswith("."))
         return out
 
-    def gc_lock(self) -> FileLock:
-        """The lock saves hold shared and gc holds exclusive while it deletes."""
-        assert self._gc_lock is not None
-        return self._gc_lock
+    @contextlib.asynccontextmanager
+    async def gc_exclusive(self) -> AsyncIterator[None]:
+        lock = self._gc_lock
+        assert lock is not None
+        held = lock.hold(exclusive=True)
+        await self._run(held.__enter__)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(held.__exit__, None, None, None)
 
-    def compact_reflog(self, keep_since_ns: int | None) -> int:
+    async def expire_reflog(self, before_ns: int) -> int:
+        return await self._run(self.expire_reflog_sync, before_ns)
+
+    def expire_reflog_sync(self, before_ns: int) -> int:
         with self._mutex:
-            return self._refs().compact(keep_since_ns)
+            return self._refs().compact(before_ns)
+
+    @property
+    def quarantine_dir(self) -> Path:
+        return self.root / "quarantine"
+
+    async def quarantine_objects(self, ids: Collection[bytes]) -> int:
+        return await self._run(self.quarantine_objects_sync, ids)
+
+    def quarantine_objects_sync(self, ids: Collection[bytes]) -> int:
+        """Save each object's stored bytes (as they are, damaged or not) under quarantine/, then delete it."""
+        wanted = set(ids)
+        with self._mutex:
+            self._refresh_packs()
+            make_dirs(self.quarantine_dir)
+            saved: set[bytes] = set()
+            for oid in wanted:
+                data: bytes | None = None
+                loose = self._loose_path(oid)
+                if loose.exists():
+                    data = loose.read_bytes()
+                elif oid in self._index:
+                    pack = self._index[oid]
+                    rec_off, off, n = pack.entries[oid]
+                    try:
+                        data = bytes(self._cache.record_bytes(pack, pack.records[rec_off])[off : off + n])
+                    except CorruptFileError as exc:
+                        data = f"unreadable: {exc}".encode()
+                if data is not None:
+                    atomic_write(self.quarantine_dir / oid.hex(), data, durable=self.durable)
+                    saved.add(oid)
+            if saved:
+                self.delete_objects_sync(saved)
+            return len(saved)
