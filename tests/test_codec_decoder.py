@@ -9,7 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from castate.codec import Decoder, Encoder, child_ids
-from castate.codec.nodes import encode_index, encode_node, parse_chunked, parse_commit, parse_index, parse_node
+from castate.codec.nodes import (
+    Commit,
+    encode_commit,
+    encode_index,
+    encode_node,
+    parse_chunked,
+    parse_commit,
+    parse_index,
+    parse_node,
+)
 from castate.codec.objects import (
     KIND_BYTES,
     KIND_CHUNKED,
@@ -79,11 +88,13 @@ def test_parsers_reject_malformed_input() -> None:
     with pytest.raises(CorruptObjectError):
         parse_node(oid, KIND_DICT, b"\x01\x00")
     with pytest.raises(CorruptObjectError):
-        parse_node(oid, KIND_DICT, encode_node([], b"[1,2]"))  # a list body in a dict node
+        parse_node(oid, KIND_DICT, encode_node([], b"\x92\x01\x02"))  # a list body in a dict node
     with pytest.raises(CorruptObjectError):
-        parse_node(oid, KIND_LIST, encode_node([(5, 0x72, b"\x01" * 32)], b"[null]"))
+        parse_node(oid, KIND_LIST, encode_node([(5, 0x72, b"\x01" * 32)], b"\x91\xc0"))
     with pytest.raises(CorruptObjectError):
-        parse_node(oid, KIND_LIST, encode_node([(0, 0x72, b"\x01" * 32), (0, 0x72, b"\x01" * 32)], b"[null]"))
+        parse_node(oid, KIND_LIST, encode_node([(0, 0x72, b"\x01" * 32), (0, 0x72, b"\x01" * 32)], b"\x91\xc0"))
+    with pytest.raises(CorruptObjectError):
+        parse_node(oid, KIND_LIST, encode_node([], b"\xc1"))  # never-used msgpack byte
     with pytest.raises(CorruptObjectError):
         parse_index(oid, b"\x00" + b"\x01" * 39)
     with pytest.raises(CorruptObjectError):
@@ -114,7 +125,7 @@ def test_a_missing_child_is_named() -> None:
 
 
 def test_a_commit_is_not_a_value() -> None:
-    content = b"\x00" * 32 + b"\x00\x00\x00\x00" + b'{"meta":{},"name":null,"session":null,"time":1}'
+    content = encode_commit(Commit(root=b"\x00" * 32, parents=(), session=None, time_ns=1))
     oid = object_id(KIND_COMMIT, content)
     assert parse_commit(oid, content).time_ns == 1
     with pytest.raises(CorruptObjectError, match="where a value belongs"):

@@ -222,3 +222,39 @@ def test_shared_dicts_are_encoded_once_and_decoded_apart() -> None:
     out = Decoder(objects).build(root)
     assert out == state
     assert out["messages"][0] is not out["agents"]["a"]["memory"][0]
+
+
+@pytest.mark.parametrize(
+    ("old", "new"),
+    [
+        (None, math.nan),
+        ([1, 2], (1, 2)),
+        ("00000000-0000-0000-0000-000000000001", uuid.UUID(int=1)),
+        ("2024-01-01 00:00:00", datetime.datetime(2024, 1, 1)),
+        (1, 2**70),
+    ],
+    ids=["nan-for-none", "tuple-for-list", "uuid-for-str", "datetime-for-str", "bigint"],
+)
+def test_out_of_domain_values_are_caught_in_old_content_too(old: Any, new: Any) -> None:
+    """An in-place replacement inside an unchanged-looking run still takes the exact path."""
+    items: list[Any] = [{"i": i, "text": f"item {i} " * 10} for i in range(3_000)]
+    items[100] = old
+    state = {"items": items}
+    _, shadow, _ = encode(state)
+    items[100] = new
+    with pytest.raises(UnsupportedValueError) as info:
+        encode(state, shadow)
+    assert info.value.path == "state['items'][100]"
+
+
+class Status(str, __import__("enum").Enum):
+    DONE = "done"
+
+
+def test_str_enum_replacing_its_value_is_caught() -> None:
+    items: list[Any] = ["done"] + [f"x{i}" * 20 for i in range(3_000)]
+    state = {"items": items}
+    _, shadow, _ = encode(state)
+    items[0] = Status.DONE
+    with pytest.raises(UnsupportedValueError, match="Status"):
+        encode(state, shadow)

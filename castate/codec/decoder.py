@@ -14,7 +14,6 @@ from castate.codec.nodes import (
     INDEX_DICT,
     INDEX_LIST,
     NO_SPECIALS,
-    TAG_REF,
     parse_chunked,
     parse_index,
     parse_node,
@@ -38,12 +37,11 @@ Content = bytes | memoryview
 
 
 def child_ids(oid: bytes, kind: int, content: Content) -> list[bytes]:
-    """Ids of the objects a value object points at (without parsing JSON bodies)."""
+    """Ids of the objects a value object points at (without decoding node bodies)."""
     if kind in (KIND_DICT, KIND_LIST):
         if content[:4] == NO_SPECIALS:
             return []
-        specials, _ = parse_specials(oid, content)
-        return [p for _, tag, p in specials if tag == TAG_REF]
+        return [ref for _, _, ref in parse_specials(oid, content)[0]]
     if kind == KIND_INDEX:
         return [cid for cid, _ in parse_index(oid, content)[1]]
     if kind == KIND_CHUNKED:
@@ -69,9 +67,8 @@ class Decoder:
             body, specials = parse_node(oid, kind, content)
             if specials:
                 keys = list(body) if kind == KIND_DICT else None
-                for pos, tag, payload in specials:
-                    value = self._value(payload, oid) if tag == TAG_REF else payload
-                    body[keys[pos] if keys is not None else pos] = value
+                for pos, _, ref in specials:
+                    body[keys[pos] if keys is not None else pos] = self._value(ref, oid)
             return body
         if kind == KIND_STR:
             return _utf8(oid, content)

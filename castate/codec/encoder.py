@@ -5,11 +5,13 @@ canonical JSON; dicts and lists that grow past ``INLINE_MAX`` become nodes of th
 long lists and big dicts are cut into content-defined runs under index nodes; large
 strings and bytes become blobs, very large ones content-defined chunks.
 
-The walk is exact for new content and checks every value against the value domain.
-Content that the previous save of the same session already encoded is recognised
-without per-element Python work: each run of a long list keeps a blake3 digest of its
-elements' JSON (one C-speed ``orjson.dumps`` per run), and a run whose digest is
-unchanged keeps its node. The caller keeps the returned ``Shadow`` for the next save.
+Values are encoded as canonical MessagePack. The walk is exact for new content and
+checks every value against the value domain. Content that the previous save of the same
+session already encoded is recognised without per-element Python work: each run of a
+long list keeps a blake3 digest of its elements' MessagePack (one C-speed
+``ormsgpack.packb`` per run, which refuses every type outside the domain), and a run
+whose digest is unchanged keeps its node. The caller keeps the returned ``Shadow`` for
+the next save.
 """
 
 from __future__ import annotations
@@ -20,13 +22,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import blake3
-import orjson
+import ormsgpack
 
 from castate.codec import chunking
 from castate.codec.nodes import (
     INDEX_DICT,
     INDEX_LIST,
-    TAG_BYTES,
+    NIL,
     TAG_REF,
     Special,
     encode_chunked,
@@ -46,20 +48,30 @@ from castate.codec.objects import (
 from castate.errors import UnsupportedValueError
 
 # An entry is how a value sits inside its parent node: (tag, payload).
-INLINE = 0  # payload: canonical JSON of the value (no bytes and no refs inside)
+INLINE = 0  # payload: canonical MessagePack of the value (no refs inside)
 REF = 1  # payload: the 32-byte id of the object holding the value
-RAW = 2  # payload: a short bytes value, kept in the node's specials table
 Entry = tuple[int, bytes]
 
-INLINE_MAX = 256  # a dict or list whose JSON is longer becomes a node of its own
-BLOB_MIN = 2048  # a str whose JSON (or bytes whose length) is longer is stored on its own
+INLINE_MAX = 256  # a dict or list whose encoding is longer becomes a node of its own
+BLOB_MIN = 2048  # a str or bytes whose encoding is longer is stored on its own
 CHUNK_MIN = 65536  # a str/bytes value longer than this is content-defined chunked
 MAX_DEPTH = 200  # containers nested deeper than this are refused
 INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1
 REF_WEIGHT = 40
 
-_NULL, _TRUE, _FALSE = b"null", b"true", b"false"
-_DIGEST_OPTS = orjson.OPT_PASSTHROUGH_SUBCLASS | orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_PASSTHROUGH_DATACLASS
+_NIL, _TRUE, _FALSE = NIL, b"\xc3", b"\xc2"
+# Hand everything outside the value domain to ``default`` (which refuses) instead of encoding it.
+_STRICT = (
+    ormsgpack.OPT_PASSTHROUGH_SUBCLASS
+    | ormsgpack.OPT_PASSTHROUGH_TUPLE
+    | ormsgpack.OPT_PASSTHROUGH_DATACLASS
+    | ormsgpack.OPT_PASSTHROUGH_DATETIME
+    | ormsgpack.OPT_PASSTHROUGH_ENUM
+    | ormsgpack.OPT_PASSTHROUGH_UUID
+    | ormsgpack.OPT_PASSTHROUGH_BIG_INT
+)
+_pack = ormsgpack.packb
+_SURROGATE = "str with a lone surrogate (not valid UTF-8)"
 
 Default = Callable[[Any], Any]
 Path = tuple[Any, ...] | None  # linked list (parent, key): built per container, formatted on error
@@ -76,16 +88,28 @@ def format_path(path: Path) -> str:
     return "state" + "".join("[...]" if k is ... else f"[{k!r}]" for k in keys)
 
 
-def _digest_refuse(_value: Any) -> Any:
-    raise TypeError("not a plain JSON value")
+def _refuse(_value: Any) -> Any:
+    raise TypeError("outside the value domain")
 
 
 def run_digest(items: list[Any]) -> bytes | None:
-    """blake3 of the elements' plain JSON, or None when they hold anything but plain JSON."""
+    """blake3 of the elements' MessagePack, or None when they hold anything outside the domain."""
     try:
-        return blake3.blake3(orjson.dumps(items, default=_digest_refuse, option=_DIGEST_OPTS)).digest()
-    except (TypeError, orjson.JSONEncodeError):
+        return blake3.blake3(_pack(items, default=_refuse, option=_STRICT)).digest()
+    except (TypeError, ormsgpack.MsgpackEncodeError):
         return None
+
+
+def map_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x80 | n,))
+    return b"\xde" + n.to_bytes(2, "big") if n < 65536 else b"\xdf" + n.to_bytes(4, "big")
+
+
+def array_header(n: int) -> bytes:
+    if n < 16:
+        return bytes((0x90 | n,))
+    return b"\xdc" + n.to_bytes(2, "big") if n < 65536 else b"\xdd" + n.to_bytes(4, "big")
 
 
 # -- shadows: what the previous save remembers about the containers it encoded --------
@@ -209,28 +233,28 @@ class Encoder:
         if t is str:
             if len(value) <= BLOB_MIN:
                 try:
-                    js = orjson.dumps(value)
-                except orjson.JSONEncodeError:
+                    mp = _pack(value)
+                except ormsgpack.MsgpackEncodeError:
                     raise UnsupportedValueError(
                         "str with a lone surrogate (not valid UTF-8)", format_path(path)
                     ) from None
-                if len(js) <= BLOB_MIN:
-                    return (INLINE, js)
+                if len(mp) <= BLOB_MIN:
+                    return (INLINE, mp)
             try:
                 data = value.encode("utf-8")
             except UnicodeEncodeError:
-                raise UnsupportedValueError("str with a lone surrogate (not valid UTF-8)", format_path(path)) from None
+                raise UnsupportedValueError(_SURROGATE, format_path(path)) from None
             return (REF, self._blob(KIND_STR, data))
         if t is int:
             if value < INT_MIN or value > INT_MAX:
                 raise UnsupportedValueError("int outside the 64-bit range [-2**63, 2**64-1]", format_path(path))
-            return (INLINE, str(value).encode())
+            return (INLINE, _pack(value))
         if t is float:
             if not math.isfinite(value):
                 raise UnsupportedValueError(f"non-finite float {value!r}", format_path(path))
-            return (INLINE, orjson.dumps(value))
+            return (INLINE, _pack(value))
         if value is None:
-            return (INLINE, _NULL)
+            return (INLINE, _NIL)
         if t is bool:
             return (INLINE, _TRUE if value else _FALSE)
         if t is dict or t is list:
@@ -251,7 +275,7 @@ class Encoder:
             return entry
         if t is bytes:
             if len(value) <= BLOB_MIN:
-                return (RAW, value)
+                return (INLINE, _pack(value))
             return (REF, self._blob(KIND_BYTES, value))
         return self._convert(value, path, depth)
 
@@ -305,10 +329,10 @@ class Encoder:
         """Inline JSON for a small plain dict, else a dict node (cut into runs when big)."""
         plain = all(e[0] == INLINE for _, e in entries)
         if plain and not force_node:
-            js = b"{" + b",".join(orjson.dumps(k) + b":" + e[1] for k, e in entries) + b"}"
-            if len(js) <= INLINE_MAX:
-                return (INLINE, js)
-        weights = [len(orjson.dumps(k)) + 1 + _weight(e) for k, e in entries]
+            mp = map_header(len(entries)) + b"".join(_pack(k) + e[1] for k, e in entries)
+            if len(mp) <= INLINE_MAX:
+                return (INLINE, mp)
+        weights = [len(_pack(k)) + _weight(e) for k, e in entries]
         if sum(weights) <= chunking.RUN_MAX:
             return (REF, self._dict_node(entries))
         hashes = [_hash32(e, k) for k, e in entries]
@@ -323,23 +347,24 @@ class Encoder:
 
     def _dict_node(self, entries: list[tuple[str, Entry]]) -> bytes:
         specials: list[Special] = []
-        parts = []
+        parts = [map_header(len(entries))]
         for i, (k, (tag, payload)) in enumerate(entries):
+            parts.append(_pack(k))
             if tag == INLINE:
-                parts.append(orjson.dumps(k) + b":" + payload)
+                parts.append(payload)
             else:
-                parts.append(orjson.dumps(k) + b":null")
-                specials.append((i, TAG_REF if tag == REF else TAG_BYTES, payload))
-        return self._put(KIND_DICT, encode_node(specials, b"{" + b",".join(parts) + b"}"))
+                parts.append(_NIL)
+                specials.append((i, TAG_REF, payload))
+        return self._put(KIND_DICT, encode_node(specials, b"".join(parts)))
 
     # -- lists ------------------------------------------------------------------------------
 
     def _list_fresh(self, lst: list[Any], path: Path, depth: int, keep_shadow: bool) -> tuple[Entry, ListShadow | None]:
         entries = [self.encode(x, (path, i), depth + 1) for i, x in enumerate(lst)]
         if all(e[0] == INLINE for e in entries):
-            js = b"[" + b",".join(e[1] for e in entries) + b"]"
-            if len(js) <= INLINE_MAX:
-                return (INLINE, js), None
+            mp = array_header(len(entries)) + b"".join(e[1] for e in entries)
+            if len(mp) <= INLINE_MAX:
+                return (INLINE, mp), None
         entry, shadow = self._list_from_runs(lst, [], entries, 0, frozenset(), keep_shadow)
         return entry, shadow
 
@@ -347,7 +372,7 @@ class Encoder:
         self, lst: list[Any], shadow: ListShadow, path: Path, depth: int
     ) -> tuple[Entry, Shadow | None]:
         n = len(lst)
-        if n <= INLINE_MAX // 2 and _plain_json_len(lst) <= INLINE_MAX:
+        if n <= INLINE_MAX and _plain_len(lst) <= INLINE_MAX:
             return self._list_fresh(lst, path, depth, keep_shadow=True)
         runs = shadow.runs
         # Prefix: old runs whose elements are unchanged at the same offsets.
@@ -447,14 +472,14 @@ class Encoder:
 
     def _list_node(self, entries: list[Entry]) -> bytes:
         specials: list[Special] = []
-        parts = []
+        parts = [array_header(len(entries))]
         for i, (tag, payload) in enumerate(entries):
             if tag == INLINE:
                 parts.append(payload)
             else:
-                parts.append(_NULL)
-                specials.append((i, TAG_REF if tag == REF else TAG_BYTES, payload))
-        return self._put(KIND_LIST, encode_node(specials, b"[" + b",".join(parts) + b"]"))
+                parts.append(_NIL)
+                specials.append((i, TAG_REF, payload))
+        return self._put(KIND_LIST, encode_node(specials, b"".join(parts)))
 
     # -- index nodes --------------------------------------------------------------------------
 
@@ -500,18 +525,13 @@ def _hash32(entry: Entry, key: str | None = None) -> int:
     return int.from_bytes(h.digest(4), "little")
 
 
-def _plain_json_len(lst: list[Any]) -> int:
-    """Length of a list's JSON when it holds only plain JSON values, else a huge number."""
+def _plain_len(lst: list[Any]) -> int:
+    """Length of a list's encoding when it holds only in-domain values, else a huge number."""
     try:
-        return len(orjson.dumps(lst, default=_digest_refuse, option=_DIGEST_OPTS))
-    except (TypeError, orjson.JSONEncodeError):
+        return len(_pack(lst, default=_refuse, option=_STRICT))
+    except (TypeError, ormsgpack.MsgpackEncodeError):
         return 1 << 62
 
 
 def _weight(entry: Entry) -> int:
-    tag, payload = entry
-    if tag == INLINE:
-        return len(payload) + 1
-    if tag == REF:
-        return REF_WEIGHT
-    return len(payload) + 10
+    return len(entry[1]) + 1 if entry[0] == INLINE else REF_WEIGHT

@@ -1,16 +1,18 @@
 """Byte layouts of node contents: dict/list nodes, index nodes, chunk lists and commits.
 
-Every parser here is strict: anything malformed raises CorruptObjectError, never a
-Python error from deep inside, because hashed content can still be malicious.
+Node bodies are MessagePack (decoded by ormsgpack). Every parser here is strict: anything
+malformed raises CorruptObjectError, never a Python error from deep inside, because
+hashed content can still be malicious.
 """
 
 from __future__ import annotations
 
+import operator
 import struct
 from dataclasses import dataclass, field
 from typing import Any
 
-import orjson
+import ormsgpack
 
 from castate.codec.objects import (
     ID_SIZE,
@@ -22,13 +24,11 @@ from castate.codec.objects import (
 )
 from castate.errors import CorruptObjectError
 
-# Tags of the entries a node holds out of line ("specials").
-TAG_REF = 0x72  # "r": a 32-byte object id
-TAG_BYTES = 0x62  # "b": an inline bytes value
+# The tag of an entry held out of line (a "special"): a 32-byte object id.
+TAG_REF = 0x72
 
 _U32 = struct.Struct("<I")
-_SPECIAL_REF = struct.Struct("<IB32s")
-_SPECIAL_BYTES = struct.Struct("<IBI")
+_SPECIAL_REF = struct.Struct("<I32s")
 _INDEX_ENTRY = struct.Struct("<32sQ")
 _CHUNK_ENTRY = struct.Struct("<32sI")
 _CHUNKED_HEAD = struct.Struct("<BQ")
@@ -37,69 +37,47 @@ NO_SPECIALS = b"\x00\x00\x00\x00"
 INDEX_LIST = 0
 INDEX_DICT = 1
 
-Special = tuple[int, int, bytes]  # (position, tag, id or raw bytes)
+Special = tuple[int, int, bytes]  # (position, TAG_REF, object id)
+NIL = b"\xc0"
 
 
 def encode_node(specials: list[Special], body: bytes) -> bytes:
-    """Content of a dict or list node: the specials table, then the JSON body."""
+    """Content of a dict or list node: the table of refs, then the MessagePack body."""
     if not specials:
         return NO_SPECIALS + body
-    parts = [_U32.pack(len(specials))]
-    for pos, tag, payload in specials:
-        if tag == TAG_REF:
-            parts.append(_SPECIAL_REF.pack(pos, tag, payload))
-        else:
-            parts.append(_SPECIAL_BYTES.pack(pos, tag, len(payload)))
-            parts.append(payload)
-    parts.append(body)
-    return b"".join(parts)
+    return _U32.pack(len(specials)) + b"".join(_SPECIAL_REF.pack(pos, ref) for pos, _, ref in specials) + body
 
 
 def parse_specials(oid: bytes, content: bytes | memoryview) -> tuple[list[Special], int]:
-    """The specials table of a dict or list node and the offset where its JSON body starts."""
+    """The refs table of a dict or list node and the offset where its body starts."""
     try:
         n = _U32.unpack_from(content, 0)[0]
-        off = 4
-        specials: list[Special] = []
-        last = -1
-        for _ in range(n):
-            pos, tag = _U32.unpack_from(content, off)[0], content[off + 4]
-            if pos <= last:
-                raise ValueError("specials out of order")
-            last = pos
-            if tag == TAG_REF:
-                ref = bytes(content[off + 5 : off + 5 + ID_SIZE])
-                if len(ref) != ID_SIZE:
-                    raise ValueError("truncated ref")
-                specials.append((pos, tag, ref))
-                off += _SPECIAL_REF.size
-            elif tag == TAG_BYTES:
-                size = _U32.unpack_from(content, off + 5)[0]
-                off += _SPECIAL_BYTES.size
-                raw = bytes(content[off : off + size])
-                if len(raw) != size:
-                    raise ValueError("truncated bytes")
-                specials.append((pos, tag, raw))
-                off += size
-            else:
-                raise ValueError(f"unknown special tag {tag}")
-    except (struct.error, IndexError, ValueError) as exc:
+        if n == 0:
+            return [], 4
+        end = 4 + _SPECIAL_REF.size * n
+        if end > len(content):
+            raise ValueError("truncated refs table")
+        specials = [(pos, TAG_REF, ref) for pos, ref in _SPECIAL_REF.iter_unpack(content[4:end])]
+    except (struct.error, ValueError) as exc:
         raise CorruptObjectError(oid.hex(), f"bad node: {exc}") from None
-    return specials, off
+    positions = [s[0] for s in specials]
+    if not all(map(operator.lt, positions, positions[1:])):
+        raise CorruptObjectError(oid.hex(), "bad node: refs out of order")
+    return specials, end
 
 
 def parse_node(oid: bytes, kind: int, content: bytes | memoryview) -> tuple[Any, list[Special]]:
-    """The JSON body (specials still null) and the specials table of a dict or list node."""
+    """The body (refs still nil) and the refs table of a dict or list node."""
     specials, off = parse_specials(oid, content)
     try:
-        body = orjson.loads(content[off:])
-    except orjson.JSONDecodeError as exc:
+        body = ormsgpack.unpackb(content[off:])
+    except (ormsgpack.MsgpackDecodeError, ValueError, TypeError) as exc:
         raise CorruptObjectError(oid.hex(), f"bad node body: {exc}") from None
     want = dict if kind == KIND_DICT else list
     if type(body) is not want:
         raise CorruptObjectError(oid.hex(), f"node body is not a {want.__name__}")
     if specials and specials[-1][0] >= len(body):
-        raise CorruptObjectError(oid.hex(), "special position out of range")
+        raise CorruptObjectError(oid.hex(), "ref position out of range")
     return body, specials
 
 
@@ -151,9 +129,9 @@ class Commit:
 
 
 def encode_commit(c: Commit) -> bytes:
-    body = orjson.dumps(
+    body = ormsgpack.packb(
         {"meta": c.meta, "name": c.name, "session": c.session, "time": c.time_ns},
-        option=orjson.OPT_SORT_KEYS,
+        option=ormsgpack.OPT_SORT_KEYS,
     )
     return c.root + _U32.pack(len(c.parents)) + b"".join(c.parents) + body
 
@@ -167,7 +145,7 @@ def parse_commit(oid: bytes, content: bytes | memoryview) -> Commit:
         off += n * ID_SIZE
         if len(root) != ID_SIZE or any(len(p) != ID_SIZE for p in parents):
             raise ValueError("truncated ids")
-        body = orjson.loads(content[off:])
+        body = ormsgpack.unpackb(content[off:])
         session, name, t, meta = body["session"], body["name"], body["time"], body["meta"]
         if not (
             (session is None or type(session) is str)
@@ -176,7 +154,7 @@ def parse_commit(oid: bytes, content: bytes | memoryview) -> Commit:
             and type(meta) is dict
         ):
             raise ValueError("bad commit field types")
-    except (struct.error, KeyError, TypeError, ValueError, orjson.JSONDecodeError) as exc:
+    except (struct.error, KeyError, TypeError, ValueError, ormsgpack.MsgpackDecodeError) as exc:
         raise CorruptObjectError(oid.hex(), f"bad commit: {exc}") from None
     return Commit(root=root, parents=parents, session=session, time_ns=t, name=name, meta=meta)
 

@@ -175,36 +175,34 @@ class LocalBackend(Backend):
     def get_objects_sync(self, ids: Collection[bytes]) -> dict[bytes, Any]:
         with self._mutex:
             out: dict[bytes, Any] = {}
-            missing = []
-            for oid in ids:
-                frame = self._read(oid)
-                if frame is None:
-                    missing.append(oid)
-                else:
-                    out[oid] = frame
+            records: dict[tuple[packfmt.Pack, int], bytes] = {}
+            missing = [oid for oid in ids if not self._read_into(oid, out, records)]
             if missing:
                 self._refresh_packs()
                 for oid in missing:
-                    frame = self._read(oid)
-                    if frame is not None:
-                        out[oid] = frame
+                    self._read_into(oid, out, records)
             return out
 
-    def _read(self, oid: bytes) -> Any:
+    def _read_into(self, oid: bytes, out: dict[bytes, Any], records: dict[tuple[packfmt.Pack, int], bytes]) -> bool:
+        """Put the frame of ``oid`` into ``out`` (as a view into its record); False when absent."""
         pack = self._index.get(oid)
         if pack is not None:
             rec_off, off, n = pack.entries[oid]
-            try:
-                raw = self._cache.record_bytes(pack, pack.records[rec_off])
-            except FileNotFoundError:
-                return None  # removed by gc in another process: a refresh finds the new copy
-            except CorruptFileError as exc:
-                raise CorruptObjectError(oid.hex(), f"stored in {exc.path}: {exc.reason}") from None
-            return memoryview(raw)[off : off + n]
+            raw = records.get((pack, rec_off))
+            if raw is None:
+                try:
+                    raw = records[pack, rec_off] = self._cache.record_bytes(pack, pack.records[rec_off])
+                except FileNotFoundError:
+                    return False  # removed by gc in another process: a refresh finds the new copy
+                except CorruptFileError as exc:
+                    raise CorruptObjectError(oid.hex(), f"stored in {exc.path}: {exc.reason}") from None
+            out[oid] = memoryview(raw)[off : off + n]
+            return True
         try:
-            return self._loose_path(oid).read_bytes()
+            out[oid] = self._loose_path(oid).read_bytes()
         except FileNotFoundError:
-            return None
+            return False
+        return True
 
     async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
         return await self._run(self.has_objects_sync, ids)

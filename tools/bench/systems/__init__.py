@@ -1,10 +1,9 @@
 """The systems the benchmark can run, by name.
 
 Each entry names a ``System`` subclass as ``module:Class`` and is imported only when it
-runs, so a peer whose package is not installed does not break the others. To add a peer
-(planned: ``marsys`` = MARSYS 0.2.1 FileStorageBackend + StateManager, ``langgraph-sqlite``
-= LangGraph SqliteSaver), write ``tools/bench/systems/<peer>.py`` with a ``System``
-subclass and add its name here.
+runs, so a peer whose package is not installed does not break the others. The peers
+(``marsys``, ``langgraph-sqlite``) live only in the benchmark's own environment
+(``tools/bench/setup-env.sh``), never in castate's dependencies.
 """
 
 from __future__ import annotations
@@ -18,6 +17,8 @@ REGISTRY: dict[str, str] = {
     "castate-relaxed": "tools.bench.systems.castate_sys:CastateRelaxed",
     "naive": "tools.bench.systems.naive:Naive",
     "naive-nofsync": "tools.bench.systems.naive:NaiveNoFsync",
+    "marsys": "tools.bench.systems.marsys_peer:Marsys",
+    "langgraph-sqlite": "tools.bench.systems.langgraph_sqlite:LangGraphSqlite",
 }
 
 
