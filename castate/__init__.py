@@ -24,6 +24,7 @@ from castate.errors import (
 from castate.repository import Repository, SaveResult
 from castate.state import CheckpointInfo, SessionInfo, StateManager
 from castate.storage import FileStorageBackend, StorageBackend
+from castate.tracking import TrackedDict, TrackedList, tracked
 
 __version__ = "0.1.0"
 
@@ -47,6 +48,9 @@ __all__ = [
     "StateManager",
     "StorageBackend",
     "StoreError",
+    "TrackedDict",
+    "TrackedList",
     "UnsupportedFormatError",
     "UnsupportedValueError",
+    "tracked",
 ]

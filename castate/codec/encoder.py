@@ -16,6 +16,7 @@ the next save.
 
 from __future__ import annotations
 
+import bisect
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -46,6 +47,7 @@ from castate.codec.objects import (
     object_id,
 )
 from castate.errors import UnsupportedValueError
+from castate.tracking import TrackedDict, TrackedList
 
 # An entry is how a value sits inside its parent node: (tag, payload).
 INLINE = 0  # payload: canonical MessagePack of the value (no refs inside)
@@ -70,6 +72,8 @@ _STRICT = (
     | ormsgpack.OPT_PASSTHROUGH_UUID
     | ormsgpack.OPT_PASSTHROUGH_BIG_INT
 )
+# Tracked lists hold TrackedDict/TrackedList elements: digest them as plain dicts and lists.
+_STRICT_TRACKED = _STRICT & ~ormsgpack.OPT_PASSTHROUGH_SUBCLASS
 _pack = ormsgpack.packb
 _SURROGATE = "str with a lone surrogate (not valid UTF-8)"
 
@@ -92,10 +96,10 @@ def _refuse(_value: Any) -> Any:
     raise TypeError("outside the value domain")
 
 
-def run_digest(items: list[Any]) -> bytes | None:
+def run_digest(items: list[Any], tracked: bool = False) -> bytes | None:
     """blake3 of the elements' MessagePack, or None when they hold anything outside the domain."""
     try:
-        return blake3.blake3(_pack(items, default=_refuse, option=_STRICT)).digest()
+        return blake3.blake3(_pack(items, default=_refuse, option=_STRICT_TRACKED if tracked else _STRICT)).digest()
     except (TypeError, ormsgpack.MsgpackEncodeError):
         return None
 
@@ -123,18 +127,29 @@ class Run:
     closed: bool
 
 
+Level = tuple[list[int], list[tuple[bytes, int]]]  # (ends of the groups closed by a cut, group (id, count)s)
+
+
 @dataclass(slots=True)
 class ListShadow:
     entry: Entry
     runs: list[Run]
     tail: list[Entry]  # entries of the last run when it is open (ended by the list's end)
-    index_ids: frozenset[bytes]
+    levels: list[Level]  # the index above the runs, bottom level first (empty for one run)
+    # For a TrackedList: the list itself and its version stamps when it was encoded.
+    source: Any = None
+    version: int = 0
+    shape: int = 0
+    child: int = 0
+    length: int = 0
 
 
 @dataclass(slots=True)
 class DictShadow:
     entry: Entry
     children: dict[str, Any]  # key -> shadow of that value, for values that have one
+    source: Any = None  # for a TrackedDict: the dict itself and its version when it was encoded
+    version: int = 0
 
 
 @dataclass(slots=True)
@@ -165,7 +180,7 @@ class Encoder:
 
     def encode_root(self, state: Any, shadow: Shadow | None) -> tuple[bytes, Shadow | None]:
         """The id of the root object of ``state``; the root is always an object."""
-        if type(state) is not dict:
+        if type(state) is not dict and type(state) is not TrackedDict:
             raise UnsupportedValueError(f"a state must be a dict, not {type(state).__name__}", "state")
         entry, new_shadow = self.encode_tracked(state, shadow, None, 0, force_node=True)
         return entry[1], new_shadow
@@ -176,9 +191,9 @@ class Encoder:
         self, value: Any, shadow: Shadow | None, path: Path, depth: int, force_node: bool = False
     ) -> tuple[Entry, Shadow | None]:
         t = type(value)
-        if t is dict:
+        if t is dict or t is TrackedDict:
             return self._dict_tracked(value, shadow if type(shadow) is DictShadow else None, path, depth, force_node)
-        if t is list:
+        if t is list or t is TrackedList:
             return self._list_tracked(value, shadow if type(shadow) is ListShadow else None, path, depth)
         if (t is str or t is bytes) and len(value) > BLOB_MIN // 2:
             if type(shadow) is LeafShadow and shadow.value is value:
@@ -192,6 +207,10 @@ class Encoder:
     ) -> tuple[Entry, Shadow | None]:
         if depth >= MAX_DEPTH:
             raise UnsupportedValueError(f"state nested deeper than {MAX_DEPTH} levels", format_path(path))
+        tracked = type(d) is TrackedDict
+        if tracked and shadow is not None and shadow.source is d and shadow.version == d._version:
+            return shadow.entry, shadow  # nothing under it changed since the last save
+        version = d._version if tracked else 0
         keys = self._sorted_keys(d, path)
         old = shadow.children if shadow is not None else {}
         children: dict[str, Any] = {}
@@ -210,20 +229,40 @@ class Encoder:
             made, self.objects = self.objects, sink
         if shadow is None or entry != shadow.entry:  # an unchanged node is stored already
             sink.update(made)
-        return entry, (DictShadow(entry, children) if entry[0] == REF else None)
+        if entry[0] != REF:
+            return entry, None
+        return entry, DictShadow(entry, children, d if tracked else None, version)
 
     def _list_tracked(
         self, lst: list[Any], shadow: ListShadow | None, path: Path, depth: int
     ) -> tuple[Entry, Shadow | None]:
         if depth >= MAX_DEPTH:
             raise UnsupportedValueError(f"state nested deeper than {MAX_DEPTH} levels", format_path(path))
+        tracked = type(lst) is TrackedList
+        stamps = (lst._version, lst._shape, lst._child) if tracked else (0, 0, 0)
+        if tracked and shadow is not None and shadow.source is lst:
+            if shadow.version == stamps[0]:
+                return shadow.entry, shadow  # nothing under it changed since the last save
+            if shadow.shape == stamps[1] and shadow.child == stamps[2] and len(lst) > shadow.length:
+                entry, new = self._list_appended(lst, shadow, shadow.length, path, depth)
+                return entry, self._stamp(new, lst, stamps)
         self._enter(lst, path)
         try:
             if shadow is None:
-                return self._list_fresh(lst, path, depth, keep_shadow=True)
-            return self._list_incremental(lst, shadow, path, depth)
+                entry, new = self._list_fresh(lst, path, depth, keep_shadow=True)
+            else:
+                entry, new = self._list_incremental(lst, shadow, path, depth)
         finally:
             self._active.discard(id(lst))
+        return entry, (self._stamp(new, lst, stamps) if tracked else new)
+
+    @staticmethod
+    def _stamp(shadow: Shadow | None, lst: list[Any], stamps: tuple[int, int, int]) -> Shadow | None:
+        if type(shadow) is ListShadow:
+            shadow.source = lst
+            shadow.version, shadow.shape, shadow.child = stamps
+            shadow.length = len(lst)
+        return shadow
 
     # -- plain values: no shadows below this point ------------------------------------
 
@@ -257,14 +296,14 @@ class Encoder:
             return (INLINE, _NIL)
         if t is bool:
             return (INLINE, _TRUE if value else _FALSE)
-        if t is dict or t is list:
+        if t is dict or t is list or t is TrackedDict or t is TrackedList:
             if depth >= MAX_DEPTH:
                 raise UnsupportedValueError(f"state nested deeper than {MAX_DEPTH} levels", format_path(path))
             hit = self._memo.get(id(value))
             if hit is not None and hit[0] is value:
                 return hit[1]
             self._enter(value, path)
-            if t is dict:
+            if t is dict or t is TrackedDict:
                 keys = self._sorted_keys(value, path)
                 entries = [(k, self.encode(value[k], (path, k), depth + 1)) for k in keys]
                 entry = self._dict_entry(entries, False)
@@ -343,7 +382,7 @@ class Encoder:
         for end in ends:
             runs.append((self._dict_node(entries[start:end]), end - start))
             start = end
-        return (REF, self._index(INDEX_DICT, runs, frozenset()))
+        return (REF, self._index(INDEX_DICT, runs)[0])
 
     def _dict_node(self, entries: list[tuple[str, Entry]]) -> bytes:
         specials: list[Special] = []
@@ -365,7 +404,7 @@ class Encoder:
             mp = array_header(len(entries)) + b"".join(e[1] for e in entries)
             if len(mp) <= INLINE_MAX:
                 return (INLINE, mp), None
-        entry, shadow = self._list_from_runs(lst, [], entries, 0, frozenset(), keep_shadow)
+        entry, shadow = self._list_from_runs(lst, [], entries, 0, [], keep_shadow)
         return entry, shadow
 
     def _list_incremental(
@@ -379,24 +418,19 @@ class Encoder:
         p = k = 0
         while k < len(runs):
             c = runs[k].count
-            if p + c > n or runs[k].digest is None or run_digest(lst[p : p + c]) != runs[k].digest:
+            if p + c > n or runs[k].digest is None or _digest(lst, p, p + c) != runs[k].digest:
                 break
             p += c
             k += 1
         if k == len(runs):
             if p == n:
                 return shadow.entry, shadow
-            # Appended: continue the open tail run, or start after a closed one.
-            new = self._encode_slice(lst, p, n, path, depth)
-            if runs[-1].closed:
-                return self._list_from_runs(lst, runs, new, p, shadow.index_ids, True)
-            last = runs[-1]
-            return self._list_from_runs(lst, runs[:-1], shadow.tail + new, p - last.count, shadow.index_ids, True)
+            return self._list_appended(lst, shadow, p, path, depth)
         # Suffix: old runs whose elements are unchanged at the same distance from the end.
         q, j = n, len(runs)
         while j > k:
             c = runs[j - 1].count
-            if q - c < p or runs[j - 1].digest is None or run_digest(lst[q - c : q]) != runs[j - 1].digest:
+            if q - c < p or runs[j - 1].digest is None or _digest(lst, q - c, q) != runs[j - 1].digest:
                 break
             q -= c
             j -= 1
@@ -424,7 +458,18 @@ class Encoder:
             tail = shadow.tail if not out[-1].closed else []
         else:
             tail = pending[ends[-1] if ends else 0 :] if not out[-1].closed else []
-        return self._assemble(out, tail, shadow.index_ids)
+        return self._assemble(out, tail, shadow.levels, k)
+
+    def _list_appended(
+        self, lst: list[Any], shadow: ListShadow, p: int, path: Path, depth: int
+    ) -> tuple[Entry, ListShadow | None]:
+        """Elements from ``p`` on were appended: continue the open tail run, or start after a closed one."""
+        runs = shadow.runs
+        new = self._encode_slice(lst, p, len(lst), path, depth)
+        if runs[-1].closed:
+            return self._list_from_runs(lst, runs, new, p, shadow.levels, True)
+        last = runs[-1]
+        return self._list_from_runs(lst, runs[:-1], shadow.tail + new, p - last.count, shadow.levels, True)
 
     def _encode_slice(self, lst: list[Any], a: int, b: int, path: Path, depth: int) -> list[Entry]:
         return [self.encode(lst[i], (path, i), depth + 1) for i in range(a, b)]
@@ -439,7 +484,7 @@ class Encoder:
         for e in bounds:
             if e == s:
                 continue
-            digest = run_digest(lst[start + s : start + e]) if keep_shadow else None
+            digest = _digest(lst, start + s, start + e) if keep_shadow else None
             runs.append(Run(e - s, digest, self._list_node(entries[s:e]), closed=e in ends))
             s = e
         return runs
@@ -450,25 +495,26 @@ class Encoder:
         kept: list[Run],
         entries: list[Entry],
         start: int,
-        old_index: frozenset[bytes],
+        old_levels: list[Level],
         keep_shadow: bool,
     ) -> tuple[Entry, ListShadow | None]:
         """Cut ``entries`` (elements from ``start``) into runs that follow the ``kept`` runs."""
         ends, rest = chunking.cut([_hash32(e) for e in entries], [_weight(e) for e in entries])
         runs = kept + self._make_runs(lst, start, entries, ends, keep_shadow)
         tail = entries[ends[-1] if ends else 0 :] if rest else []
-        entry, shadow = self._assemble(runs, tail, old_index)
+        entry, shadow = self._assemble(runs, tail, old_levels, len(kept))
         return entry, (shadow if keep_shadow else None)
 
-    def _assemble(self, runs: list[Run], tail: list[Entry], old_index: frozenset[bytes]) -> tuple[Entry, ListShadow]:
+    def _assemble(
+        self, runs: list[Run], tail: list[Entry], old_levels: list[Level], same: int
+    ) -> tuple[Entry, ListShadow]:
+        """The list's root over its runs; ``same`` leading runs are those of ``old_levels``'s list."""
         if len(runs) == 1:
-            root, index_ids = runs[0].node, frozenset[bytes]()
+            root, levels = runs[0].node, []
         else:
-            made: set[bytes] = set()
-            root = self._index(INDEX_LIST, [(r.node, r.count) for r in runs], old_index, made)
-            index_ids = frozenset(made)
+            root, levels = self._index(INDEX_LIST, [(r.node, r.count) for r in runs], old_levels, same)
         entry = (REF, root)
-        return entry, ListShadow(entry, runs, tail, index_ids)
+        return entry, ListShadow(entry, runs, tail, levels)
 
     def _list_node(self, entries: list[Entry]) -> bytes:
         specials: list[Special] = []
@@ -487,31 +533,43 @@ class Encoder:
         self,
         flavor: int,
         children: list[tuple[bytes, int]],
-        known: frozenset[bytes],
-        made: set[bytes] | None = None,
-    ) -> bytes:
-        """Build index levels over (child id, count) pairs until one root remains."""
+        old_levels: list[Level] | None = None,
+        same: int = 0,
+    ) -> tuple[bytes, list[Level]]:
+        """Index levels over (child id, count) pairs until one root remains; returns it and the levels.
+
+        With ``old_levels`` of the same list and its first ``same`` children unchanged, each
+        level keeps the groups its cutter closed before the first change and re-cuts only
+        from there, so an append rewrites O(log n) small nodes.
+        """
+        levels: list[Level] = []
         level = children
+        depth = 0
         while True:
-            hashes = [int.from_bytes(cid[:4], "little") for cid, _ in level]
-            ends, _ = chunking.cut(hashes, [REF_WEIGHT] * len(level))
-            if not ends or ends[-1] != len(level):
-                ends.append(len(level))
-            nxt: list[tuple[bytes, int]] = []
-            s = 0
-            for e in ends:
+            old = old_levels[depth] if old_levels and depth < len(old_levels) else None
+            keep = bisect.bisect_right(old[0], same) if old is not None and same else 0
+            assert old is not None or keep == 0
+            start = old[0][keep - 1] if keep else 0
+            ends = old[0][:keep] if keep else []
+            groups = old[1][:keep] if keep else []
+            rest = level[start:]
+            cuts, _ = chunking.cut([int.from_bytes(cid[:4], "little") for cid, _ in rest], [REF_WEIGHT] * len(rest))
+            ends = ends + [start + c for c in cuts]
+            bounds = [start + c for c in cuts]
+            if not bounds or bounds[-1] != len(level):
+                bounds.append(len(level))
+            s = start
+            for e in bounds:
                 group = level[s:e]
                 content = encode_index(flavor, group)
                 oid = object_id(KIND_INDEX, content)
-                if oid not in known:
-                    self.objects.setdefault(oid, (KIND_INDEX, content))
-                if made is not None:
-                    made.add(oid)
-                nxt.append((oid, sum(c for _, c in group)))
+                self.objects.setdefault(oid, (KIND_INDEX, content))
+                groups.append((oid, sum(c for _, c in group)))
                 s = e
-            if len(nxt) == 1:
-                return nxt[0][0]
-            level = nxt
+            levels.append((ends, groups))
+            if len(groups) == 1:
+                return groups[0][0], levels
+            level, same, depth = groups, keep, depth + 1
 
 
 def _hash32(entry: Entry, key: str | None = None) -> int:
@@ -525,10 +583,14 @@ def _hash32(entry: Entry, key: str | None = None) -> int:
     return int.from_bytes(h.digest(4), "little")
 
 
+def _digest(lst: list[Any], a: int, b: int) -> bytes | None:
+    return run_digest(lst[a:b], type(lst) is TrackedList)
+
+
 def _plain_len(lst: list[Any]) -> int:
     """Length of a list's encoding when it holds only in-domain values, else a huge number."""
     try:
-        return len(_pack(lst, default=_refuse, option=_STRICT))
+        return len(_pack(lst, default=_refuse, option=_STRICT_TRACKED if type(lst) is TrackedList else _STRICT))
     except (TypeError, ormsgpack.MsgpackEncodeError):
         return 1 << 62
 

@@ -1,0 +1,218 @@
+"""Opt-in change tracking: dicts and lists that remember when they (or anything under them) changed.
+
+``castate.tracked(state)`` turns a state's dicts and lists into ``TrackedDict`` and
+``TrackedList``. Every mutation stamps the container and all its ancestors with a new
+version, so a save can skip, in O(1), every subtree that has not changed since the
+session's previous save, and encode an appended list tail without looking at the
+elements before it. Checkpoint CPU then grows with what changed, not with the state.
+
+The tracked tree owns its containers: a plain dict or list stored into it is converted
+(copied) on the way in, so keep working through the state (``state["messages"][-1]``),
+or build new values with ``castate.tracked(...)`` when you keep references to them.
+A value tracked once is never copied again, so one message can sit in two lists.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from typing import Any, SupportsIndex
+
+_clock = itertools.count(1)
+
+
+def _adopt(value: Any, parent: TrackedDict | TrackedList) -> Any:
+    """The tracked form of ``value`` (converted if plain), registered under ``parent``."""
+    t = type(value)
+    if t is dict or t is list:
+        value = _convert(value, {})
+    elif t is not TrackedDict and t is not TrackedList:
+        return value
+    parents = value._parents
+    if not any(p is parent for p in parents):
+        parents.append(parent)
+    return value
+
+
+def _convert(value: Any, memo: dict[int, Any]) -> Any:
+    t = type(value)
+    if t is not dict and t is not list:
+        return value
+    seen = memo.get(id(value))
+    if seen is not None:
+        return seen
+    if t is dict:
+        out: Any = TrackedDict()
+        memo[id(value)] = out
+        for k, v in value.items():
+            dict.__setitem__(out, k, _link(_convert(v, memo), out))
+    else:
+        out = TrackedList()
+        memo[id(value)] = out
+        list.extend(out, [_link(_convert(v, memo), out) for v in value])
+    return out
+
+
+def _link(child: Any, parent: Any) -> Any:
+    if (type(child) is TrackedDict or type(child) is TrackedList) and not any(p is parent for p in child._parents):
+        child._parents.append(parent)
+    return child
+
+
+def _stamp(node: TrackedDict | TrackedList, version: int) -> None:
+    """Mark ``node`` and its ancestors changed at ``version`` (each visited once)."""
+    stack = [node]
+    while stack:
+        n = stack.pop()
+        if n._version == version:
+            continue
+        n._version = version
+        for p in n._parents:
+            if type(p) is TrackedList:
+                p._child = version
+            stack.append(p)
+
+
+def tracked(value: Any) -> Any:
+    """A tracked copy of a state (dicts and lists converted; shared containers stay shared)."""
+    return _convert(value, {})
+
+
+class TrackedDict(dict):  # type: ignore[type-arg]
+    """A dict that stamps itself and its ancestors on every change."""
+
+    __slots__ = ("_parents", "_version")
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__()
+        self._parents: list[Any] = []
+        self._version = next(_clock)
+        if args or kwargs:
+            self.update(*args, **kwargs)
+
+    def _touch(self) -> None:
+        _stamp(self, next(_clock))
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, _adopt(value, self))
+        self._touch()
+
+    def __delitem__(self, key: Any) -> None:
+        super().__delitem__(key)
+        self._touch()
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+        for k, v in dict(*args, **kwargs).items():
+            super().__setitem__(k, _adopt(v, self))
+        self._touch()
+
+    def __ior__(self, other: Any) -> TrackedDict:  # type: ignore[override,misc]
+        self.update(other)
+        return self
+
+    def setdefault(self, key: Any, default: Any = None) -> Any:
+        if key in self:
+            return self[key]
+        self[key] = default
+        return self[key]
+
+    def pop(self, key: Any, *default: Any) -> Any:
+        had = key in self
+        value = super().pop(key, *default)
+        if had:
+            self._touch()
+        return value
+
+    def popitem(self) -> tuple[Any, Any]:
+        item = super().popitem()
+        self._touch()
+        return item
+
+    def clear(self) -> None:
+        super().clear()
+        self._touch()
+
+    def __reduce__(self) -> Any:
+        return (dict, (dict(self),))
+
+
+class TrackedList(list):  # type: ignore[type-arg]
+    """A list that stamps itself and its ancestors on every change.
+
+    Besides its version it keeps ``_shape``, the version of its last change other than an
+    append, and ``_child``, the version of the last change inside one of its elements: a
+    list whose only changes since a save were appends can be encoded from its old tail.
+    """
+
+    __slots__ = ("_child", "_parents", "_shape", "_version")
+
+    def __init__(self, iterable: Iterable[Any] = ()) -> None:
+        super().__init__()
+        self._parents: list[Any] = []
+        self._version = self._shape = self._child = next(_clock)
+        if iterable:
+            super().extend(_adopt(v, self) for v in iterable)
+
+    def _grow(self) -> None:
+        _stamp(self, next(_clock))
+
+    def _reshape(self) -> None:
+        v = next(_clock)
+        self._shape = v
+        _stamp(self, v)
+
+    def append(self, value: Any) -> None:
+        super().append(_adopt(value, self))
+        self._grow()
+
+    def extend(self, values: Iterable[Any]) -> None:
+        super().extend([_adopt(v, self) for v in values])
+        self._grow()
+
+    def __iadd__(self, values: Iterable[Any]) -> TrackedList:  # type: ignore[override,misc]
+        self.extend(values)
+        return self
+
+    def insert(self, index: SupportsIndex, value: Any) -> None:
+        super().insert(index, _adopt(value, self))
+        self._reshape()
+
+    def __setitem__(self, index: Any, value: Any) -> None:
+        if isinstance(index, slice):
+            super().__setitem__(index, [_adopt(v, self) for v in value])
+        else:
+            super().__setitem__(index, _adopt(value, self))
+        self._reshape()
+
+    def __delitem__(self, index: Any) -> None:
+        super().__delitem__(index)
+        self._reshape()
+
+    def pop(self, index: SupportsIndex = -1) -> Any:
+        value = super().pop(index)
+        self._reshape()
+        return value
+
+    def remove(self, value: Any) -> None:
+        super().remove(value)
+        self._reshape()
+
+    def clear(self) -> None:
+        super().clear()
+        self._reshape()
+
+    def sort(self, *args: Any, **kwargs: Any) -> None:
+        super().sort(*args, **kwargs)
+        self._reshape()
+
+    def reverse(self) -> None:
+        super().reverse()
+        self._reshape()
+
+    def __imul__(self, n: SupportsIndex) -> TrackedList:  # type: ignore[override,misc]
+        super().__imul__(n)
+        self._reshape()
+        return self
+
+    def __reduce__(self) -> Any:
+        return (list, (list(self),))
