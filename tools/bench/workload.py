@@ -212,7 +212,7 @@ class Workload:
 
         for msg in new:
             state["messages"].append(msg)
-            memory.append(msg)  # the same dict object: aliasing
+            memory.append(state["messages"][-1])  # the same dict object: aliasing
             pieces.append(msg)
             counters["tokens_out" if msg["role"] == "assistant" else "tokens_in"] += msg["tokens"]
         counters["messages"] += len(new)

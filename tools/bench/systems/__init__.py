@@ -15,6 +15,7 @@ from tools.bench.systems.base import System
 REGISTRY: dict[str, str] = {
     "castate": "tools.bench.systems.castate_sys:Castate",
     "castate-relaxed": "tools.bench.systems.castate_sys:CastateRelaxed",
+    "castate-tracked": "tools.bench.systems.castate_sys:CastateTracked",
     "naive": "tools.bench.systems.naive:Naive",
     "naive-nofsync": "tools.bench.systems.naive:NaiveNoFsync",
     "marsys": "tools.bench.systems.marsys_peer:Marsys",

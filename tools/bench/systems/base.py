@@ -33,6 +33,8 @@ class System(abc.ABC):
 
     name: str = ""
     durable: bool = True
+    #: Whether the workload's state should be turned into castate tracked containers first.
+    tracked: bool = False
 
     def __init__(self) -> None:
         self.root: Path | None = None
@@ -52,6 +54,9 @@ class System(abc.ABC):
     async def stats(self) -> dict[str, Any]:
         """System-specific numbers (e.g. object counts), taken before ``close``."""
         return {}
+
+    async def reopen(self) -> None:  # noqa: B027 - optional hook; stateless systems keep the default
+        """Drop in-process caches as a new process would start (restores are timed after this)."""
 
     @abc.abstractmethod
     async def close(self) -> None:

@@ -34,6 +34,12 @@ class Castate(System):
         assert self.sm is not None
         return await self.sm.restore_checkpoint(handle)
 
+    async def reopen(self) -> None:
+        assert self.sm is not None
+        assert self.root is not None
+        await self.sm.close()
+        self.sm = castate.StateManager(castate.FileStorageBackend(self.root, durability=self.durability))
+
     async def stats(self) -> dict[str, Any]:
         assert self.sm is not None
         return dict(await self.sm.storage.repository.backend.stats())
@@ -46,3 +52,13 @@ class Castate(System):
 class CastateRelaxed(Castate):
     def __init__(self) -> None:
         super().__init__("relaxed")
+
+
+class CastateTracked(Castate):
+    """castate with opt-in change tracking: the workload mutates castate.tracked() containers."""
+
+    tracked = True
+
+    def __init__(self) -> None:
+        super().__init__("durable")
+        self.name = "castate-tracked"
