@@ -9,6 +9,7 @@ state = await sm.restore_checkpoint(cp)
 
 from castate.backends import Backend, LocalBackend, MemoryBackend
 from castate.errors import (
+    BackendUnavailableError,
     CastateError,
     ConflictError,
     CorruptFileError,
@@ -29,6 +30,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
+    "BackendUnavailableError",
     "CastateError",
     "CheckpointInfo",
     "ConflictError",
