@@ -84,7 +84,7 @@ async def test_gc_waits_for_a_save_in_flight(postgres_url: str) -> None:
     """A save's transaction holds the shared lock: gc's exclusive lock waits until it commits."""
     b = PostgresBackend(postgres_url)
     await b.open()
-    conninfo, schema = split_url(postgres_url)
+    conninfo = split_url(postgres_url)[0]
     try:
         async with await psycopg.AsyncConnection.connect(conninfo) as conn:  # a save, paused mid-transaction
             await conn.execute("SELECT pg_advisory_xact_lock_shared(%s)", (b._gc_key,))

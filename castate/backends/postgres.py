@@ -38,7 +38,7 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from castate.backends.base import _Any, Backend, ObjectInfo, ReflogEntry, RefUpdate, check_ref_name
+from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate, _Any, check_ref_name
 from castate.errors import (
     BackendUnavailableError,
     ConflictError,
@@ -203,7 +203,7 @@ class PostgresBackend(Backend):
         self._open_lock = asyncio.Lock()
         s = schema
         self._sql_commit = (
-            f"SELECT {s}.commit(%s::bytea[], %s::bytea[], %s::text[], %s::text[], %s::bytea[], %s::bytea[], %s, %s)"  # noqa: E501
+            f"SELECT {s}.commit(%s::bytea[], %s::bytea[], %s::text[], %s::text[], %s::bytea[], %s::bytea[], %s, %s)"
         )
         self._sql_copy = f"SELECT {s}.copy_ref(%s, %s, %s, %s::bytea, %s)"
 
@@ -243,50 +243,50 @@ class PostgresBackend(Backend):
 
     async def _migrate(self) -> None:
         s = self.schema
-        async with await psycopg.AsyncConnection.connect(self.conninfo, **self._conn_kwargs()) as conn:
-            async with conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(s, "migrate"),))
-                exists = await (
-                    await conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (s,))
-                ).fetchone()
-                if exists:
-                    tables = {
-                        r[0]
-                        for r in await (
-                            await conn.execute(
-                                "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (s,)
-                            )
-                        ).fetchall()
-                    }
-                    if tables and "schema_version" not in tables:
-                        raise StoreError(f"schema {s} of {self.location} holds tables but is not a castate store")
-                else:
-                    await conn.execute(f"CREATE SCHEMA {s}")
-                await conn.execute(
-                    f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer PRIMARY KEY, "
-                    "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
-                )
-                row = await (await conn.execute(f"SELECT coalesce(max(version), 0) FROM {s}.schema_version")).fetchone()
-                version = int(row[0]) if row else 0
-                if version > SCHEMA_VERSION:
-                    raise UnsupportedFormatError(
-                        f"store {self.location} has schema version {version}; this castate reads up to "
-                        f"{SCHEMA_VERSION} (upgrade castate)"
-                    )
-                for v in range(version + 1, SCHEMA_VERSION + 1):
-                    description, sql = MIGRATIONS[v - 1]
-                    await conn.execute(sql.replace("{s}", s).encode())
-                    await conn.execute(
-                        f"INSERT INTO {s}.schema_version (version, description) VALUES (%s, %s)", (v, description)
-                    )
-                    if v == 1:
+        async with (
+            await psycopg.AsyncConnection.connect(self.conninfo, **self._conn_kwargs()) as conn,
+            conn.transaction(),
+        ):
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(s, "migrate"),))
+            exists = await (
+                await conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (s,))
+            ).fetchone()
+            if exists:
+                tables = {
+                    r[0]
+                    for r in await (
                         await conn.execute(
-                            f"INSERT INTO {s}.meta VALUES ('castate', 'store'), ('id', md5(random()::text))"
+                            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (s,)
                         )
-                meta = dict(await (await conn.execute(f"SELECT key, value FROM {s}.meta")).fetchall())
-                if meta.get("castate") != "store":
-                    raise StoreError(f"schema {s} of {self.location} is not a castate store")
-                self.store_id = meta.get("id", "")
+                    ).fetchall()
+                }
+                if tables and "schema_version" not in tables:
+                    raise StoreError(f"schema {s} of {self.location} holds tables but is not a castate store")
+            else:
+                await conn.execute(f"CREATE SCHEMA {s}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer PRIMARY KEY, "
+                "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = await (await conn.execute(f"SELECT coalesce(max(version), 0) FROM {s}.schema_version")).fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise UnsupportedFormatError(
+                    f"store {self.location} has schema version {version}; this castate reads up to "
+                    f"{SCHEMA_VERSION} (upgrade castate)"
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                description, sql = MIGRATIONS[v - 1]
+                await conn.execute(sql.replace("{s}", s).encode())
+                await conn.execute(
+                    f"INSERT INTO {s}.schema_version (version, description) VALUES (%s, %s)", (v, description)
+                )
+                if v == 1:
+                    await conn.execute(f"INSERT INTO {s}.meta VALUES ('castate', 'store'), ('id', md5(random()::text))")
+            meta = dict(await (await conn.execute(f"SELECT key, value FROM {s}.meta")).fetchall())
+            if meta.get("castate") != "store":
+                raise StoreError(f"schema {s} of {self.location} is not a castate store")
+            self.store_id = meta.get("id", "")
 
     async def close(self) -> None:
         pool, self._pool = self._pool, None
