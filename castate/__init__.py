@@ -5,9 +5,13 @@ sm = castate.StateManager(castate.FileStorageBackend("./state"))
 await sm.save_session("run-1", state)
 cp = await sm.create_checkpoint("run-1", name="before_api_call")
 state = await sm.restore_checkpoint(cp)
+
+StateManager, FileStorageBackend and castate.open(url) also take store URLs:
+sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0.
 """
 
 from castate.backends import Backend, LocalBackend, MemoryBackend
+from castate.backends.urls import open_backend as open
 from castate.errors import (
     BackendUnavailableError,
     CastateError,
@@ -51,4 +55,5 @@ __all__ = [
     "StoreError",
     "UnsupportedFormatError",
     "UnsupportedValueError",
+    "open",
 ]
