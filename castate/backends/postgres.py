@@ -199,6 +199,7 @@ class PostgresBackend(Backend):
         self.store_id = ""
         self._gc_key = _lock_key(schema, "gc")
         self._pool: AsyncConnectionPool | None = None
+        self._stale = False  # a connection failed: replace the pool before the next call
         self._gc_conn: psycopg.AsyncConnection[Any] | None = None
         self._open_lock = asyncio.Lock()
         s = schema
@@ -224,22 +225,37 @@ class PostgresBackend(Backend):
             if self._pool is not None:
                 return
             await self._guard(self._migrate(), "open")
-            pool: AsyncConnectionPool = AsyncConnectionPool(
-                self.conninfo,
-                kwargs=self._conn_kwargs(),
-                min_size=1,
-                max_size=self.pool_size,
-                open=False,
-                timeout=self.timeout,
-                check=AsyncConnectionPool.check_connection,
-                name=f"castate-{self.schema}",
-            )
-            try:
-                await self._guard(pool.open(wait=True, timeout=self.timeout), "open")
-            except BaseException:
-                await pool.close()
-                raise
-            self._pool = pool
+            self._pool = await self._new_pool("open")
+
+    async def _new_pool(self, what: str) -> AsyncConnectionPool:
+        pool: AsyncConnectionPool = AsyncConnectionPool(
+            self.conninfo,
+            kwargs=self._conn_kwargs(),
+            min_size=1,
+            max_size=self.pool_size,
+            open=False,
+            timeout=self.timeout,
+            check=AsyncConnectionPool.check_connection,  # a dead connection is never handed out
+            name=f"castate-{self.schema}",
+        )
+        try:
+            await self._guard(pool.open(wait=True, timeout=self.timeout), what)
+        except BaseException:
+            await pool.close(timeout=1)
+            raise
+        return pool
+
+    async def _ready_pool(self, what: str) -> AsyncConnectionPool:
+        """The pool; after a connection failure, a new one (the old one may be backing off for seconds)."""
+        pool = self._require_pool()
+        if not self._stale:
+            return pool
+        async with self._open_lock:
+            if self._stale and self._pool is not None:
+                fresh = await self._new_pool(what)
+                old, self._pool, self._stale = self._pool, fresh, False
+                await old.close(timeout=1)
+            return self._require_pool()
 
     async def _migrate(self) -> None:
         s = self.schema
@@ -337,10 +353,10 @@ class PostgresBackend(Backend):
         self, what: str, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], *, idempotent: bool
     ) -> T:
         """Run ``fn`` on a pooled connection; retry once on a dropped connection when that is safe."""
-        pool = self._require_pool()
         attempts = 2 if idempotent else 1
         for attempt in range(RETRIES):
             try:
+                pool = await self._ready_pool(what)
                 async with pool.connection() as conn:
                     return await fn(conn)
             except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
@@ -351,8 +367,10 @@ class PostgresBackend(Backend):
                     continue
                 raise ConflictError(f"{what}: kept losing races against other writers on {self.location}") from None
             except psycopg.OperationalError as exc:
-                if attempt + 1 < attempts and not isinstance(exc, PoolTimeout | psycopg.errors.QueryCanceled):
-                    continue  # the pool hands out a checked connection next time
+                if not isinstance(exc, psycopg.errors.QueryCanceled):
+                    self._stale = True
+                    if attempt + 1 < attempts and not isinstance(exc, PoolTimeout):
+                        continue
                 raise self._error(exc, what) from exc
             except psycopg.Error as exc:
                 raise self._error(exc, what) from exc
