@@ -137,3 +137,19 @@ async def test_racing_creators_of_one_ref(postgres_url: str) -> None:
     finally:
         for b in backends:
             await b.close()
+
+
+async def test_a_save_gives_up_waiting_for_gc_clearly(postgres_url: str) -> None:
+    gc_side, writer = PostgresBackend(postgres_url), PostgresBackend(postgres_url, lock_timeout=0.3)
+    await gc_side.open()
+    await writer.open()
+    try:
+        async with gc_side.gc_exclusive():
+            with pytest.raises(StoreError, match="waiting for gc"):
+                await writer.commit([obj("late")], [RefUpdate("sessions/l", cid(1), None)])
+        assert await writer.get_ref("sessions/l") is None
+        assert await writer.has_objects([obj("late")[0]]) == set()
+        assert await writer.commit([obj("late")], [RefUpdate("sessions/l", cid(1), None)]) == 1
+    finally:
+        await gc_side.close()
+        await writer.close()

@@ -16,6 +16,9 @@ from tools.bench.systems.base import System
 REGISTRY: dict[str, str] = {
     "castate": "tools.bench.systems.castate_sys:Castate",
     "castate-relaxed": "tools.bench.systems.castate_sys:CastateRelaxed",
+    "castate-sqlite": "tools.bench.systems.castate_backends:CastateSQLite",
+    "castate-postgres": "tools.bench.systems.castate_backends:CastatePostgres",
+    "castate-redis": "tools.bench.systems.castate_backends:CastateRedis",
     "naive": "tools.bench.systems.naive:Naive",
     "naive-nofsync": "tools.bench.systems.naive:NaiveNoFsync",
 }
