@@ -4,8 +4,11 @@
 
 Every worker's state holds the same large document and the same system prompt (content
 shared across workers, so the store should keep it once) plus messages of its own. Each
-step saves the session; every third step takes a checkpoint; each step also saves and
-then deletes a scratch session, which leaves garbage for gc. The worker writes the
+step saves the session; every third step takes a checkpoint; each step also saves a
+draft (large enough to be an object of its own) in a scratch session and deletes that
+session, which leaves garbage for gc, and a message five steps later quotes that draft
+word for word: a save that dedups against garbage, the case gc must not race. The worker
+writes the
 blake3 digest of the canonical JSON of every state it was promised (checkpoints and the
 final session head) to OUT.json.
 """
@@ -44,17 +47,21 @@ async def main(url: str, worker: int, steps: int, out: str) -> None:
         "step": 0,
     }
     promised: dict[str, str] = {}
+    drafts: list[str] = []
     session = f"worker-{worker}"
     async with castate.StateManager(url) as sm:
         for step in range(1, steps + 1):
             state["step"] = step
             words = " ".join(rng.choice(WORDS) for _ in range(rng.randint(30, 200)))
-            state["messages"].append({"role": "assistant", "worker": worker, "step": step, "content": words})
+            drafts.append(f"draft {worker}/{step}: " + " ".join(rng.choice(WORDS) for _ in range(700)))
+            quoted = drafts[-6] if len(drafts) > 5 else ""
+            message = {"role": "assistant", "worker": worker, "step": step, "content": words, "quote": quoted}
+            state["messages"].append(message)
             await sm.save_session(session, state)
             if step % 3 == 0:
                 promised[await sm.create_checkpoint(session, f"step-{step}")] = digest(state)
             scratch = f"scratch-{worker}-{step}"
-            await sm.save_session(scratch, {"draft": words * 3, "n": step})
+            await sm.save_session(scratch, {"draft": drafts[-1], "n": step})
             await sm.delete_session(scratch)
         promised["session:" + session] = digest(state)
     with open(out, "wb") as f:

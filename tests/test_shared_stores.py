@@ -43,7 +43,7 @@ async def _run_workers_while_gc(url: str, tmp_path: Path) -> tuple[dict[str, str
     passes = deleted = 0
     try:
         while not all(w.done() for w in waits):
-            deleted += await collect_garbage(backend, grace_s=0.3)
+            deleted += await collect_garbage(backend, grace_s=0.05)
             passes += 1
             await asyncio.sleep(0.05)
     finally:
