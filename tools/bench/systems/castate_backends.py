@@ -13,6 +13,7 @@ the store's own share of the server is reported in place of a directory walk: Po
 
 from __future__ import annotations
 
+import atexit
 from pathlib import Path
 from typing import Any
 
@@ -85,7 +86,9 @@ class CastatePostgres(_Server):
 
     async def setup(self, directory: Path) -> None:
         await super().setup(directory)
-        self.server = PostgresServer(durable=True).start()
+        self.server = PostgresServer(durable=True)
+        atexit.register(self.server.cleanup)  # also when the run fails before close()
+        self.server.start()
         self.sm = castate.StateManager(self.server.url)
 
     async def measure(self) -> dict[str, int]:
@@ -102,7 +105,9 @@ class CastateRedis(_Server):
 
     async def setup(self, directory: Path) -> None:
         await super().setup(directory)
-        self.server = RedisServer(persistence="aof-always").start()
+        self.server = RedisServer(persistence="aof-always")
+        atexit.register(self.server.cleanup)
+        self.server.start()
         self.sm = castate.StateManager(self.server.url)
 
     async def measure(self) -> dict[str, int]:
