@@ -11,7 +11,7 @@ sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0.
 """
 
 from castate.backends import Backend, LocalBackend, MemoryBackend
-from castate.backends.urls import open_backend as open
+from castate.backends.urls import open_backend as open  # noqa: F401 - public as castate.open, kept out of __all__
 from castate.errors import (
     BackendUnavailableError,
     CastateError,
@@ -55,5 +55,5 @@ __all__ = [
     "StoreError",
     "UnsupportedFormatError",
     "UnsupportedValueError",
-    "open",
 ]
+# castate.open is public but stays out of __all__, so `from castate import *` never shadows the builtin.
