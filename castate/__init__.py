@@ -5,10 +5,15 @@ sm = castate.StateManager(castate.FileStorageBackend("./state"))
 await sm.save_session("run-1", state)
 cp = await sm.create_checkpoint("run-1", name="before_api_call")
 state = await sm.restore_checkpoint(cp)
+
+StateManager, FileStorageBackend and castate.open(url) also take store URLs:
+sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0.
 """
 
 from castate.backends import Backend, LocalBackend, MemoryBackend
+from castate.backends.urls import open_backend as open  # noqa: F401 - public as castate.open, kept out of __all__
 from castate.errors import (
+    BackendUnavailableError,
     CastateError,
     ConflictError,
     CorruptFileError,
@@ -30,6 +35,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Backend",
+    "BackendUnavailableError",
     "CastateError",
     "CheckpointInfo",
     "ConflictError",
@@ -54,3 +60,4 @@ __all__ = [
     "UnsupportedValueError",
     "tracked",
 ]
+# castate.open is public but stays out of __all__, so `from castate import *` never shadows the builtin.

@@ -38,6 +38,15 @@ class StoreError(CastateError):
     """The store cannot be used as asked (not a castate store, closed, locked, I/O failure)."""
 
 
+class BackendUnavailableError(StoreError):
+    """The store's server could not be reached, dropped the connection or did not answer in time.
+
+    Whatever the call was, no ref is half-moved: a ref update either happened whole or not at
+    all (when the connection broke during a commit, the error says the outcome is unknown;
+    reload the ref to see). The next call reconnects once the server is back.
+    """
+
+
 class UnsupportedFormatError(StoreError):
     """The store or an object was written in a format version this castate cannot read."""
 

@@ -12,8 +12,8 @@ import abc
 import os
 from typing import Any
 
-from castate.backends.local import LocalBackend
 from castate.backends.local.backend import Durability
+from castate.backends.urls import open_backend
 from castate.codec.encoder import Default
 from castate.errors import UnsupportedValueError
 from castate.repository import Repository
@@ -45,7 +45,10 @@ class StorageBackend(abc.ABC):
 
 
 class FileStorageBackend(StorageBackend):
-    """A castate store in a local directory, behind the dict storage interface.
+    """A castate store behind the dict storage interface: a local directory, or a store URL.
+
+    ``base_path`` is a directory path or any URL ``castate.open`` accepts (``sqlite:///...``,
+    ``postgresql://...``, ``redis://...``).
 
     ``default`` converts values outside castate's value domain (like ``json.dumps``'s
     ``default``); without it such values raise UnsupportedValueError naming their path.
@@ -60,7 +63,7 @@ class FileStorageBackend(StorageBackend):
     ) -> None:
         self.base_path = base_path
         self.default = default
-        self.repository = Repository(LocalBackend(base_path, durability=durability))
+        self.repository = Repository(open_backend(base_path, durability=durability))
 
     async def save(self, key: str, data: dict[str, Any]) -> None:
         ref = kv_ref(key)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
 
 import castate
+from tools.servers import PostgresServer, RedisServer
 
 
 @pytest.fixture
@@ -28,3 +30,31 @@ async def repo(store_path: Path) -> AsyncIterator[castate.Repository]:
     await r.open()
     yield r
     await r.close()
+
+
+# -- servers: real PostgreSQL and Redis, one throwaway instance each per test session --------------
+# A test that needs a server and cannot start or reach it fails (never skips).
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[PostgresServer]:
+    with PostgresServer() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[RedisServer]:
+    with RedisServer() as server:
+        yield server
+
+
+@pytest.fixture
+def postgres_url(postgres_server: PostgresServer) -> str:
+    """A URL of a fresh, empty castate store (its own schema) on the session's PostgreSQL."""
+    return f"{postgres_server.url}?schema=t_{uuid.uuid4().hex[:12]}"
+
+
+@pytest.fixture
+def redis_url(redis_server: RedisServer) -> str:
+    """A URL of a fresh, empty castate store (its own key prefix) on the session's Redis."""
+    return f"{redis_server.url}?prefix=t{uuid.uuid4().hex[:12]}:"

@@ -94,3 +94,26 @@ def test_bench_run_castate_and_naive(tmp_path):
     assert castate["disk"]["bytes_allocated"] < naive["disk"]["bytes_allocated"]
     assert "| castate |" in report["table"]
     assert not list(tmp_path.glob("castate-bench-*")), "the stores must be removed after the run"
+
+
+def test_bench_runs_the_database_backends(tmp_path):
+    """The SQLite, PostgreSQL and Redis bench systems run (starting their own servers) and restore exactly."""
+    out = tmp_path / "report.json"
+    names = "castate-sqlite,castate-postgres,castate-redis"
+    cmd = [sys.executable, "-m", "tools.bench.run", "--steps", "10", "--systems", names]
+    proc = subprocess.run(
+        [*cmd, "--out", str(out), "--dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    report = json.loads(out.read_text())
+    for name in names.split(","):
+        r = report["systems"][name]
+        assert r["ok"], (name, r.get("traceback"))
+        assert r["stats"]["objects"] > 0
+        assert r["disk"]["bytes_apparent"] > 0
+        assert len(r["checkpoint_times_s"]) == 10

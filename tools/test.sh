@@ -4,6 +4,24 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The backend tests start throwaway PostgreSQL and Redis servers (tools/servers.py): install the
+# Debian packages when their binaries are missing (CI runs as root on a fresh Debian machine).
+need=()
+command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
+  need+=(postgresql)
+fi
+if [ ${#need[@]} -gt 0 ]; then
+  if [ "$(id -u)" -ne 0 ]; then
+    echo "tools/test.sh: the tests need ${need[*]}; install with: sudo apt-get install ${need[*]}" >&2
+    exit 1
+  fi
+  echo "== apt-get install ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq >/dev/null
+  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
 PYTHON=${PYTHON:-python3}
 if [ ! -x .venv/bin/python ]; then
   "$PYTHON" -m venv .venv

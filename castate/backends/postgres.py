@@ -1,0 +1,581 @@
+"""The PostgreSQL backend: one shared store for workers on many machines (psycopg 3, async).
+
+Everything lives in one PostgreSQL schema (``castate`` unless the URL says
+``?schema=NAME``)::
+
+    schema_version (version, description, applied_at)   migrations applied so far
+    meta       (key, value)                 'castate' = 'store', 'id' = store id
+    objects    (id, data, size, time_ns)    one row per object frame (already zstd-compressed)
+    refs       (name, target)               current ref targets
+    reflog     (seq, name, old, new, time_ns, message)
+    quarantine (id, data, time_ns, quarantined_ns)
+
+A save is one statement, ``SELECT castate.commit(...)``: a server-side function that takes
+the shared side of the store's gc advisory lock, inserts the absent objects
+(``ON CONFLICT DO NOTHING``), refreshes the write time of the present ones, then moves the
+refs by compare-and-swap and appends the reflog, all in one transaction and one round
+trip. gc holds the exclusive side of that advisory lock on a connection of its own while
+it deletes, so no save on any machine is between its dedup check and its ref move
+meanwhile; deletes made under ``gc_exclusive`` go through that connection, so if it drops
+(and the lock with it) they fail instead of racing a save.
+
+Times come from the server's clock (one clock for every writer). Schema migrations are
+applied at open, in one transaction under an advisory lock, so two processes opening a
+new store at once do not race.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+import blake3
+import psycopg
+import psycopg.errors
+from psycopg_pool import AsyncConnectionPool, PoolTimeout
+
+from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate, _Any, check_ref_name
+from castate.errors import (
+    BackendUnavailableError,
+    ConflictError,
+    NotFoundError,
+    StoreError,
+    UnsupportedFormatError,
+)
+
+T = TypeVar("T")
+SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
+RETRIES = 5  # for transactions that lost a race on a brand-new ref or a deadlock: they changed nothing
+
+# Each migration is (description, SQL). ``{s}`` is the schema name; the SQL runs in one transaction.
+MIGRATIONS: list[tuple[str, str]] = [
+    (
+        "objects, refs, reflog, quarantine; commit, update_refs and copy_ref functions",
+        """
+CREATE TABLE {s}.meta (key text PRIMARY KEY, value text NOT NULL);
+CREATE TABLE {s}.objects (
+    id bytea PRIMARY KEY, data bytea NOT NULL, size integer NOT NULL, time_ns bigint NOT NULL);
+-- frames arrive zstd-compressed: store them out of line without trying to compress them again
+ALTER TABLE {s}.objects ALTER COLUMN data SET STORAGE EXTERNAL;
+CREATE TABLE {s}.refs (name text COLLATE "C" PRIMARY KEY, target bytea NOT NULL);
+CREATE TABLE {s}.reflog (
+    seq bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, name text COLLATE "C" NOT NULL,
+    old bytea, new bytea, time_ns bigint NOT NULL, message text NOT NULL);
+CREATE INDEX reflog_by_name ON {s}.reflog (name, seq);
+CREATE TABLE {s}.quarantine (
+    id bytea PRIMARY KEY, data bytea NOT NULL, time_ns bigint NOT NULL, quarantined_ns bigint NOT NULL);
+
+CREATE FUNCTION {s}.now_ns() RETURNS bigint LANGUAGE sql VOLATILE AS
+$$ SELECT (extract(epoch FROM clock_timestamp()) * 1000000000)::bigint $$;
+
+-- Move one ref by compare-and-swap and log it. p_mode: 'any', 'absent' or 'value' (p_expected).
+-- Raises SQLSTATE CAS01 (message: the ref, detail: its current value in hex) on a mismatch.
+CREATE FUNCTION {s}.move_ref(p_name text, p_mode text, p_expected bytea, p_new bytea, p_now bigint, p_message text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_cur bytea;
+BEGIN
+    SELECT target INTO v_cur FROM {s}.refs WHERE name = p_name FOR UPDATE;
+    IF (p_mode = 'absent' AND v_cur IS NOT NULL)
+       OR (p_mode = 'value' AND (v_cur IS NULL OR v_cur <> p_expected)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'CAS01', MESSAGE = p_name, DETAIL = coalesce(encode(v_cur, 'hex'), '');
+    END IF;
+    IF p_new IS NULL THEN
+        DELETE FROM {s}.refs WHERE name = p_name;
+    ELSIF v_cur IS NULL THEN
+        INSERT INTO {s}.refs (name, target) VALUES (p_name, p_new);  -- a racing creator: unique_violation
+    ELSE
+        UPDATE {s}.refs SET target = p_new WHERE name = p_name;
+    END IF;
+    INSERT INTO {s}.reflog (name, old, new, time_ns, message) VALUES (p_name, v_cur, p_new, p_now, p_message);
+END $$;
+
+-- A save: objects (put-if-absent, refreshing present ones), then refs, in one transaction.
+-- p_gc_key: the gc advisory lock to hold shared, or NULL. Returns how many objects were new.
+CREATE FUNCTION {s}.commit(
+    p_ids bytea[], p_data bytea[], p_names text[], p_modes text[], p_expected bytea[], p_new bytea[],
+    p_message text, p_gc_key bigint)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_now bigint := {s}.now_ns();
+    v_written integer := 0;
+BEGIN
+    IF p_gc_key IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock_shared(p_gc_key);
+    END IF;
+    IF cardinality(p_ids) > 0 THEN
+        WITH ins AS (
+            INSERT INTO {s}.objects (id, data, size, time_ns)
+            SELECT i, d, length(d), v_now FROM unnest(p_ids, p_data) AS t(i, d)
+            ON CONFLICT (id) DO NOTHING RETURNING 1)
+        SELECT count(*) INTO v_written FROM ins;
+        IF v_written < cardinality(p_ids) THEN
+            UPDATE {s}.objects SET time_ns = v_now WHERE id = ANY(p_ids) AND time_ns < v_now;
+        END IF;
+    END IF;
+    FOR i IN 1 .. coalesce(cardinality(p_names), 0) LOOP
+        PERFORM {s}.move_ref(p_names[i], p_modes[i], p_expected[i], p_new[i], v_now, p_message);
+    END LOOP;
+    RETURN v_written;
+END $$;
+
+-- Point p_target at p_source's commit. Raises CAS02 when p_source does not exist.
+CREATE FUNCTION {s}.copy_ref(p_source text, p_target text, p_mode text, p_expected bytea, p_message text)
+RETURNS bytea LANGUAGE plpgsql AS $$
+DECLARE
+    v_value bytea;
+BEGIN
+    SELECT target INTO v_value FROM {s}.refs WHERE name = p_source FOR SHARE;
+    IF v_value IS NULL THEN
+        RAISE EXCEPTION USING ERRCODE = 'CAS02', MESSAGE = p_source;
+    END IF;
+    PERFORM {s}.move_ref(p_target, p_mode, p_expected, v_value, {s}.now_ns(), p_message);
+    RETURN v_value;
+END $$;
+""",
+    ),
+]
+SCHEMA_VERSION = len(MIGRATIONS)
+
+
+def _lock_key(schema: str, what: str) -> int:
+    """A 64-bit advisory lock key, distinct per schema (store) and purpose."""
+    return int.from_bytes(blake3.blake3(f"castate {what} {schema}".encode()).digest()[:8], "big", signed=True)
+
+
+def _mode(expected: bytes | _Any | None) -> tuple[str, bytes | None]:
+    if isinstance(expected, _Any):
+        return "any", None
+    return ("absent", None) if expected is None else ("value", bytes(expected))
+
+
+def split_url(url: str) -> tuple[str, str]:
+    """(libpq conninfo URL without castate's own parameters, schema name)."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    schema = "castate"
+    kept = []
+    for key, value in query:
+        if key == "schema":
+            schema = value
+        else:
+            kept.append((key, value))
+    return urlunsplit(parts._replace(query=urlencode(kept))), schema
+
+
+class PostgresBackend(Backend):
+    """A castate store in a PostgreSQL database (tables created on first open).
+
+    ``url`` is a libpq URL (``postgresql://user:password@host:5432/db``; any libpq
+    parameter may follow in the query string) plus castate's ``schema=NAME``.
+    ``timeout`` bounds connecting and each statement (seconds); ``lock_timeout`` bounds how
+    long a save waits for gc (and gc for the saves in flight). ``pool_size`` is the most
+    connections this backend object opens at once.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        schema: str | None = None,
+        timeout: float = 30.0,
+        lock_timeout: float = 60.0,
+        pool_size: int = 4,
+    ) -> None:
+        conninfo, url_schema = split_url(url)
+        schema = schema or url_schema
+        if not SCHEMA_RE.fullmatch(schema):
+            raise ValueError(f"bad schema name {schema!r}: use lowercase letters, digits and _")
+        self.conninfo = conninfo
+        self.schema = schema
+        self.location = _redact(conninfo) + ("" if schema == "castate" else f" (schema {schema})")
+        self.timeout = timeout
+        self.lock_timeout = lock_timeout
+        self.pool_size = pool_size
+        self.store_id = ""
+        self._gc_key = _lock_key(schema, "gc")
+        self._pool: AsyncConnectionPool | None = None
+        self._stale = False  # a connection failed: replace the pool before the next call
+        self._gc_conn: psycopg.AsyncConnection[Any] | None = None
+        self._open_lock = asyncio.Lock()
+        s = schema
+        self._sql_commit = (
+            f"SELECT {s}.commit(%s::bytea[], %s::bytea[], %s::text[], %s::text[], %s::bytea[], %s::bytea[], %s, %s)"
+        )
+        self._sql_copy = f"SELECT {s}.copy_ref(%s, %s, %s, %s::bytea, %s)"
+
+    # -- connections ----------------------------------------------------------------------------
+
+    def _conn_kwargs(self) -> dict[str, Any]:
+        return {
+            "autocommit": True,
+            "connect_timeout": max(1, round(self.timeout)),
+            "application_name": "castate",
+            # statements (a save waiting for gc included) give up server-side
+            "options": f"-c statement_timeout={int((self.timeout + self.lock_timeout) * 1000)} "
+            f"-c lock_timeout={int(self.lock_timeout * 1000)}",
+        }
+
+    async def open(self) -> None:
+        async with self._open_lock:
+            if self._pool is not None:
+                return
+            await self._guard(self._migrate(), "open")
+            self._pool = await self._new_pool("open")
+
+    async def _new_pool(self, what: str) -> AsyncConnectionPool:
+        pool: AsyncConnectionPool = AsyncConnectionPool(
+            self.conninfo,
+            kwargs=self._conn_kwargs(),
+            min_size=1,
+            max_size=self.pool_size,
+            open=False,
+            timeout=self.timeout,
+            check=AsyncConnectionPool.check_connection,  # a dead connection is never handed out
+            name=f"castate-{self.schema}",
+        )
+        try:
+            await self._guard(pool.open(wait=True, timeout=self.timeout), what)
+        except BaseException:
+            await pool.close(timeout=1)
+            raise
+        return pool
+
+    async def _ready_pool(self, what: str) -> AsyncConnectionPool:
+        """The pool; after a connection failure, a new one (the old one may be backing off for seconds)."""
+        pool = self._require_pool()
+        if not self._stale:
+            return pool
+        async with self._open_lock:
+            if self._stale and self._pool is not None:
+                fresh = await self._new_pool(what)
+                old, self._pool, self._stale = self._pool, fresh, False
+                await old.close(timeout=1)
+            return self._require_pool()
+
+    async def _migrate(self) -> None:
+        s = self.schema
+        async with (
+            await psycopg.AsyncConnection.connect(self.conninfo, **self._conn_kwargs()) as conn,
+            conn.transaction(),
+        ):
+            await conn.execute("SELECT pg_advisory_xact_lock(%s)", (_lock_key(s, "migrate"),))
+            exists = await (
+                await conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (s,))
+            ).fetchone()
+            if exists:
+                tables = {
+                    r[0]
+                    for r in await (
+                        await conn.execute(
+                            "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", (s,)
+                        )
+                    ).fetchall()
+                }
+                if tables and "schema_version" not in tables:
+                    raise StoreError(f"schema {s} of {self.location} holds tables but is not a castate store")
+            else:
+                await conn.execute(f"CREATE SCHEMA {s}")
+            await conn.execute(
+                f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer PRIMARY KEY, "
+                "description text NOT NULL, applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            row = await (await conn.execute(f"SELECT coalesce(max(version), 0) FROM {s}.schema_version")).fetchone()
+            version = int(row[0]) if row else 0
+            if version > SCHEMA_VERSION:
+                raise UnsupportedFormatError(
+                    f"store {self.location} has schema version {version}; this castate reads up to "
+                    f"{SCHEMA_VERSION} (upgrade castate)"
+                )
+            for v in range(version + 1, SCHEMA_VERSION + 1):
+                description, sql = MIGRATIONS[v - 1]
+                await conn.execute(sql.replace("{s}", s).encode())
+                await conn.execute(
+                    f"INSERT INTO {s}.schema_version (version, description) VALUES (%s, %s)", (v, description)
+                )
+                if v == 1:
+                    await conn.execute(f"INSERT INTO {s}.meta VALUES ('castate', 'store'), ('id', md5(random()::text))")
+            meta = dict(await (await conn.execute(f"SELECT key, value FROM {s}.meta")).fetchall())
+            if meta.get("castate") != "store":
+                raise StoreError(f"schema {s} of {self.location} is not a castate store")
+            self.store_id = meta.get("id", "")
+
+    async def close(self) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            await pool.close()
+
+    def _require_pool(self) -> AsyncConnectionPool:
+        if self._pool is None:
+            raise StoreError(f"store {self.location} is not open")
+        return self._pool
+
+    async def _guard(self, aw: Awaitable[T], what: str) -> T:
+        """Await ``aw``, turning psycopg's errors into castate's."""
+        try:
+            return await aw
+        except psycopg.Error as exc:
+            raise self._error(exc, what) from exc
+
+    def _error(self, exc: psycopg.Error, what: str) -> Exception:
+        code = getattr(exc, "sqlstate", None)
+        if code == "CAS01":
+            diag = exc.diag
+            ref = diag.message_primary or "?"
+            have = diag.message_detail or ""
+            return ConflictError(
+                f"ref {ref} is {have[:12] or 'absent'}, not what this writer expected: another writer moved it", ref
+            )
+        if code == "CAS02":
+            return NotFoundError(f"no ref {exc.diag.message_primary}")
+        if isinstance(exc, psycopg.errors.LockNotAvailable):
+            return StoreError(f"{what}: timed out after {self.lock_timeout:.0f}s waiting for gc on {self.location}")
+        if isinstance(exc, psycopg.errors.QueryCanceled):
+            return BackendUnavailableError(f"{what}: {self.location} did not answer in time ({exc})")
+        if isinstance(exc, PoolTimeout):
+            return BackendUnavailableError(
+                f"{what}: no connection to {self.location} within {self.timeout:.0f}s (is the server up?)"
+            )
+        if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError):
+            detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            unknown = " (the connection broke mid-call: the refs moved whole or not at all; reload to see)"
+            return BackendUnavailableError(
+                f"{what}: lost or could not open the connection to {self.location}: {detail}"
+                + (unknown if what in ("commit", "update_refs", "copy_ref") else "")
+            )
+        return StoreError(f"{what} on {self.location}: {exc}")
+
+    async def _call(
+        self, what: str, fn: Callable[[psycopg.AsyncConnection[Any]], Awaitable[T]], *, idempotent: bool
+    ) -> T:
+        """Run ``fn`` on a pooled connection; retry once on a dropped connection when that is safe."""
+        attempts = 2 if idempotent else 1
+        for attempt in range(RETRIES):
+            try:
+                pool = await self._ready_pool(what)
+                async with pool.connection() as conn:
+                    return await fn(conn)
+            except (psycopg.errors.UniqueViolation, psycopg.errors.DeadlockDetected):
+                # a racing writer created the same new ref first, or the two locked refs in opposite
+                # orders: the transaction rolled back whole, so running it again is safe
+                if attempt + 1 < RETRIES:
+                    await asyncio.sleep(0.001 * (attempt + 1))
+                    continue
+                raise ConflictError(f"{what}: kept losing races against other writers on {self.location}") from None
+            except psycopg.OperationalError as exc:
+                if not isinstance(exc, psycopg.errors.QueryCanceled):
+                    self._stale = True
+                    if attempt + 1 < attempts and not isinstance(exc, PoolTimeout):
+                        continue
+                raise self._error(exc, what) from exc
+            except psycopg.Error as exc:
+                raise self._error(exc, what) from exc
+        raise AssertionError("unreachable")
+
+    async def _fetch(self, what: str, sql: str, params: Sequence[Any] = ()) -> list[tuple[Any, ...]]:
+        async def run(conn: psycopg.AsyncConnection[Any]) -> list[tuple[Any, ...]]:
+            cur = await conn.cursor(binary=True).execute(sql, params)
+            return await cur.fetchall()
+
+        return await self._call(what, run, idempotent=True)
+
+    # -- objects --------------------------------------------------------------------------------
+
+    async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, bytes]:
+        if not ids:
+            return {}
+        rows = await self._fetch(
+            "get_objects", f"SELECT id, data FROM {self.schema}.objects WHERE id = ANY(%s::bytea[])", (list(ids),)
+        )
+        return dict(rows)  # type: ignore[arg-type]
+
+    async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
+        if not ids:
+            return set()
+        rows = await self._fetch(
+            "has_objects", f"SELECT id FROM {self.schema}.objects WHERE id = ANY(%s::bytea[])", (list(ids),)
+        )
+        return {r[0] for r in rows}
+
+    async def put_objects(self, items: Sequence[tuple[bytes, bytes]], *, stream: str = "") -> int:
+        if not items:
+            return 0
+        return await self._commit(items, [], "", gc=False, what="put_objects")
+
+    async def delete_objects(self, ids: Collection[bytes]) -> int:
+        sql = f"DELETE FROM {self.schema}.objects WHERE id = ANY(%s::bytea[])"
+        return await self._maintenance("delete_objects", sql, (list(ids),))
+
+    async def _maintenance(self, what: str, sql: str, params: Sequence[Any]) -> int:
+        """A write gc makes: on the gc lock's own connection while ``gc_exclusive`` is held."""
+        gc_conn = self._gc_conn
+        if gc_conn is not None:
+            cur = await self._guard(gc_conn.execute(sql, params), f"{what} (under the gc lock)")
+            return cur.rowcount
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            return (await conn.execute(sql, params)).rowcount
+
+        return await self._call(what, run, idempotent=False)
+
+    async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
+        rows = await self._fetch("iter_objects", f"SELECT id, size, time_ns FROM {self.schema}.objects")
+        for oid, size, t in rows:
+            yield ObjectInfo(oid, size, t)
+
+    # -- refs -----------------------------------------------------------------------------------
+
+    async def get_refs(self, names: Collection[str]) -> dict[str, bytes]:
+        if not names:
+            return {}
+        rows = await self._fetch(
+            "get_refs", f"SELECT name, target FROM {self.schema}.refs WHERE name = ANY(%s::text[])", (list(names),)
+        )
+        return dict(rows)  # type: ignore[arg-type]
+
+    async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
+        # names are printable ASCII in "C" order, so every name with the prefix sorts below prefix + DEL
+        rows = await self._fetch(
+            "list_refs",
+            f"SELECT name, target FROM {self.schema}.refs WHERE name >= %s AND name < %s",
+            (prefix, prefix + "\x7f"),
+        )
+        return dict(rows)  # type: ignore[arg-type]
+
+    async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
+        if updates:
+            await self._commit([], updates, message, gc=False, what="update_refs")
+
+    async def commit(
+        self,
+        items: Sequence[tuple[bytes, bytes]],
+        updates: Sequence[RefUpdate],
+        *,
+        message: str = "",
+        stream: str = "",
+    ) -> int:
+        return await self._commit(items, updates, message, gc=True, what="commit")
+
+    async def _commit(
+        self, items: Sequence[tuple[bytes, bytes]], updates: Sequence[RefUpdate], message: str, *, gc: bool, what: str
+    ) -> int:
+        unique = dict(items)
+        names, modes, expected, new = [], [], [], []
+        for u in updates:
+            check_ref_name(u.name)
+            mode, exp = _mode(u.expected)
+            names.append(u.name)
+            modes.append(mode)
+            expected.append(exp)
+            new.append(None if u.new is None else bytes(u.new))
+        params = (
+            list(unique),
+            [bytes(f) for f in unique.values()],
+            names,
+            modes,
+            expected,
+            new,
+            message,
+            self._gc_key if gc else None,
+        )
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            row = await (await conn.execute(self._sql_commit, params)).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._call(what, run, idempotent=False)
+
+    async def copy_ref(self, source: str, target: str, *, expected: Any = None, message: str = "") -> bytes:
+        check_ref_name(target)
+        mode, exp = _mode(expected)
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> bytes:
+            row = await (await conn.execute(self._sql_copy, (source, target, mode, exp, message))).fetchone()
+            assert row is not None
+            return bytes(row[0])
+
+        return await self._call("copy_ref", run, idempotent=False)
+
+    async def reflog(self, name: str | None = None) -> list[ReflogEntry]:
+        sql = f"SELECT name, old, new, time_ns, message FROM {self.schema}.reflog"
+        if name is None:
+            rows = await self._fetch("reflog", sql + " ORDER BY seq")
+        else:
+            rows = await self._fetch("reflog", sql + " WHERE name = %s ORDER BY seq", (name,))
+        return [ReflogEntry(n, o, w, t, m) for n, o, w, t, m in rows]
+
+    # -- maintenance ----------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def gc_exclusive(self) -> AsyncIterator[None]:
+        """Hold the store's gc lock exclusive on a dedicated connection (waits for saves in flight)."""
+        self._require_pool()
+        if self._gc_conn is not None:
+            raise StoreError(f"gc_exclusive is already held by this backend on {self.location}")
+        conn = await self._guard(psycopg.AsyncConnection.connect(self.conninfo, **self._conn_kwargs()), "gc_exclusive")
+        try:
+            await self._guard(conn.execute("SELECT pg_advisory_lock(%s)", (self._gc_key,)), "gc_exclusive")
+            self._gc_conn = conn
+            try:
+                yield
+            finally:
+                self._gc_conn = None
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("SELECT pg_advisory_unlock(%s)", (self._gc_key,))
+        finally:
+            await conn.close()  # a closed session releases its advisory locks in any case
+
+    async def expire_reflog(self, before_ns: int) -> int:
+        return await self._maintenance(
+            "expire_reflog", f"DELETE FROM {self.schema}.reflog WHERE time_ns < %s", (before_ns,)
+        )
+
+    async def quarantine_objects(self, ids: Collection[bytes]) -> int:
+        s = self.schema
+        sql = (
+            f"WITH moved AS (DELETE FROM {s}.objects WHERE id = ANY(%s::bytea[]) RETURNING id, data, time_ns) "
+            f"INSERT INTO {s}.quarantine (id, data, time_ns, quarantined_ns) "
+            f"SELECT id, data, time_ns, {s}.now_ns() FROM moved "
+            "ON CONFLICT (id) DO UPDATE SET data = excluded.data, quarantined_ns = excluded.quarantined_ns"
+        )
+        return await self._maintenance("quarantine_objects", sql, (list(ids),))
+
+    async def stats(self) -> dict[str, int]:
+        s = self.schema
+        rows = await self._fetch(
+            "stats",
+            f"SELECT (SELECT count(*) FROM {s}.objects), (SELECT coalesce(sum(size), 0) FROM {s}.objects), "
+            f"(SELECT count(*) FROM {s}.refs), (SELECT count(*) FROM {s}.reflog), "
+            f"(SELECT count(*) FROM {s}.quarantine), "
+            "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
+            "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r')",
+            (s,),
+        )
+        objects, size, refs, log, quarantined, table_bytes = (int(x) for x in rows[0])
+        return {
+            "objects": objects,
+            "object_bytes": size,
+            "refs": refs,
+            "reflog_entries": log,
+            "quarantined": quarantined,
+            "table_bytes": table_bytes,
+        }
+
+
+def _redact(url: str) -> str:
+    """The URL without its password, for messages."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    host = parts.hostname or ""
+    if parts.port:
+        host += f":{parts.port}"
+    user = f"{parts.username}:***@" if parts.username else ""
+    return urlunsplit(parts._replace(netloc=user + host))
+
+
+__all__ = ["SCHEMA_VERSION", "PostgresBackend", "split_url"]

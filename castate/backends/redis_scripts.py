@@ -1,0 +1,185 @@
+"""The Lua scripts of the Redis backend (castate/backends/redis.py has the key layout).
+
+Redis runs each script atomically, so every castate write is all-or-nothing on the
+server. Numbers that Lua would round (microsecond and nanosecond times) are built as
+decimal strings.
+"""
+
+from __future__ import annotations
+
+_CAS = """
+local function cas(refs, base, m)
+  -- check every expectation against a view of the refs, so a conflict changes nothing
+  local view, olds = {}, {}
+  for j = 0, m - 1 do
+    local k = base + 5 * j
+    local name, mode, exp, op, new = ARGV[k], ARGV[k + 1], ARGV[k + 2], ARGV[k + 3], ARGV[k + 4]
+    local cur
+    if view[name] ~= nil then cur = view[name] else cur = redis.call('HGET', refs, name) end
+    if (mode == 'absent' and cur) or (mode == 'value' and (not cur or cur ~= exp)) then
+      return nil, {'conflict', name, cur or ''}
+    end
+    olds[j] = cur
+    if op == 'del' then view[name] = false else view[name] = new end
+  end
+  return olds, nil
+end
+
+local function now()
+  local t = redis.call('TIME')
+  local us = t[1] .. string.format('%06d', tonumber(t[2]))
+  return us, us .. '000'
+end
+
+local function apply(refs, refnames, reflog, base, m, olds, ns, msg)
+  for j = 0, m - 1 do
+    local k = base + 5 * j
+    local name, op, new = ARGV[k], ARGV[k + 3], ARGV[k + 4]
+    if op == 'del' then
+      redis.call('HDEL', refs, name)
+      redis.call('ZREM', refnames, name)
+    else
+      redis.call('HSET', refs, name, new)
+      redis.call('ZADD', refnames, 0, name)
+    end
+    local fields = {'n', name, 't', ns, 'm', msg}
+    if olds[j] then fields[#fields + 1] = 'o'; fields[#fields + 1] = olds[j] end
+    if op ~= 'del' then fields[#fields + 1] = 'w'; fields[#fields + 1] = new end
+    redis.call('XADD', reflog, '*', unpack(fields))
+  end
+end
+"""
+
+# KEYS: store, gc, objects, refs, refnames, reflog, bytes, request, then one key per object
+# ARGV: check_gc, n, m, message, ids (n), frames (n), then m x (name, mode, expected, op, new)
+# The request key records a done commit for a minute, so a resend after a lost reply is a no-op.
+COMMIT = (
+    _CAS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
+local done = redis.call('GET', KEYS[8])
+if done then return {'ok', tonumber(done)} end
+if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {'gc'} end
+local n, m, msg = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
+local base = 5 + 2 * n
+local olds, err = cas(KEYS[4], base, m)
+if err then return err end
+local us, ns = now()
+local written = 0
+for i = 1, n do
+  local frame = ARGV[4 + n + i]
+  if redis.call('SET', KEYS[8 + i], frame, 'NX') then
+    written = written + 1
+    redis.call('INCRBY', KEYS[7], #frame)
+  end
+  redis.call('ZADD', KEYS[3], us, ARGV[4 + i])
+end
+apply(KEYS[4], KEYS[5], KEYS[6], base, m, olds, ns, msg)
+redis.call('SET', KEYS[8], written, 'PX', 60000)
+return {'ok', written}
+"""
+)
+
+# KEYS: store, refs, refnames, reflog, request.  ARGV: source, message, then one (name, mode, expected, op, new)
+COPY_REF = (
+    _CAS
+    + """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
+local done = redis.call('GET', KEYS[5])
+if done then return {'ok', done} end
+local value = redis.call('HGET', KEYS[2], ARGV[1])
+if not value then return {'missing'} end
+ARGV[7] = value
+local olds, err = cas(KEYS[2], 3, 1)
+if err then return err end
+local _, ns = now()
+apply(KEYS[2], KEYS[3], KEYS[4], 3, 1, olds, ns, ARGV[2])
+redis.call('SET', KEYS[5], value, 'PX', 60000)
+return {'ok', value}
+"""
+)
+
+# KEYS: store, refs.  ARGV: names
+GET_REFS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
+return {'ok', redis.call('HMGET', KEYS[2], unpack(ARGV))}
+"""
+
+# KEYS: store, refs, refnames.  ARGV: prefix.  Returns names and targets, page by page of names.
+LIST_REFS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
+local names
+if ARGV[1] == '' then
+  names = redis.call('ZRANGE', KEYS[3], 0, -1)
+else
+  names = redis.call('ZRANGEBYLEX', KEYS[3], '[' .. ARGV[1], '(' .. ARGV[1] .. '\\127')
+end
+local out = {'ok'}
+for i = 1, #names, 1000 do
+  local part = {}
+  for j = i, math.min(i + 999, #names) do part[#part + 1] = names[j] end
+  local values = redis.call('HMGET', KEYS[2], unpack(part))
+  for j = 1, #part do out[#out + 1] = part[j]; out[#out + 1] = values[j] end
+end
+return out
+"""
+
+# KEYS: store, gc, objects, bytes, then one key per object.  ARGV: gc token ('' = none), ids
+DELETE = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'gclost'} end
+local gone = 0
+for i = 5, #KEYS do
+  local size = redis.call('STRLEN', KEYS[i])
+  if redis.call('DEL', KEYS[i]) == 1 then
+    gone = gone + 1
+    redis.call('DECRBY', KEYS[4], size)
+  end
+  redis.call('ZREM', KEYS[3], ARGV[i - 3])
+end
+return {'ok', gone}
+"""
+
+# KEYS: store, gc, objects, bytes, quarantine, then pairs (object key, quarantine key).
+# ARGV: gc token ('' = none), ids
+QUARANTINE = """
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'gclost'} end
+local t = redis.call('TIME')
+local us = t[1] .. string.format('%06d', tonumber(t[2]))
+local moved = 0
+for i = 0, (#KEYS - 5) / 2 - 1 do
+  local key, qkey, id = KEYS[6 + 2 * i], KEYS[7 + 2 * i], ARGV[2 + i]
+  if redis.call('EXISTS', key) == 1 then
+    redis.call('DECRBY', KEYS[4], redis.call('STRLEN', key))
+    redis.call('RENAME', key, qkey)
+    redis.call('ZREM', KEYS[3], id)
+    redis.call('ZADD', KEYS[5], us, id)
+    moved = moved + 1
+  end
+end
+return {'ok', moved}
+"""
+
+# KEYS: reflog.  ARGV: before (ns, decimal), most entries to drop.  Entries are in time order.
+EXPIRE = """
+local function older(a, b) return #a < #b or (#a == #b and a < b) end
+local dropped, limit = 0, tonumber(ARGV[2])
+while dropped < limit do
+  local entries = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 500)
+  if #entries == 0 then return dropped end
+  for _, e in ipairs(entries) do
+    local f, t = e[2], nil
+    for i = 1, #f, 2 do if f[i] == 't' then t = f[i + 1] end end
+    if not older(t, ARGV[1]) then return dropped end
+    redis.call('XDEL', KEYS[1], e[1])
+    dropped = dropped + 1
+  end
+end
+return dropped
+"""
+
+# KEYS: gc.  ARGV: token, lease ms ('' = release)
+GC_LEASE = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[2] == '' then return redis.call('DEL', KEYS[1]) end
+return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+"""

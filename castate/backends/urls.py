@@ -1,0 +1,74 @@
+"""Store URLs: which backend a string names.
+
+    ./state, /var/lib/castate, file:///var/lib/castate   the local directory backend
+    sqlite:///state.db (relative), sqlite:////abs/state.db  one SQLite file
+    postgresql://user:pw@host:5432/db?schema=castate       PostgreSQL (``postgres://`` too)
+    redis://host:6379/0?prefix=castate:                    Redis (``rediss://``, ``unix:///path.sock``)
+    memory://                                              in-process, for tests
+
+SQLite URLs follow SQLAlchemy's convention: what follows ``sqlite:///`` is the path, so an
+absolute path has four slashes. PostgreSQL and Redis URLs are passed to psycopg and
+redis-py as they are, less castate's own ``schema`` and ``prefix`` parameters.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+from urllib.parse import unquote, urlsplit
+
+from castate.backends.base import Backend
+from castate.backends.local import LocalBackend
+from castate.backends.memory import MemoryBackend
+from castate.errors import StoreError
+
+POSTGRES_SCHEMES = ("postgresql", "postgres")
+REDIS_SCHEMES = ("redis", "rediss", "unix")
+
+
+def scheme_of(target: str | os.PathLike[str]) -> str:
+    """The URL scheme of ``target`` in lowercase, or "" for a plain path."""
+    if not isinstance(target, str) or "://" not in target:
+        return ""
+    return target.split("://", 1)[0].lower()
+
+
+def open_backend(target: str | os.PathLike[str], *, durability: str = "durable", **options: Any) -> Backend:
+    """The backend for a store URL or a directory path, not yet connected.
+
+    A ``Repository`` or ``StateManager`` opens it on first use (or call ``await b.open()``).
+    ``durability`` applies to the stores castate writes to disk itself (local directory,
+    SQLite); a server's durability is its own configuration. Other keyword arguments go to
+    the backend's constructor (e.g. ``timeout=`` for PostgreSQL and Redis).
+    """
+    scheme = scheme_of(target)
+    if not scheme:
+        return LocalBackend(os.fspath(target), durability=durability, **options)  # type: ignore[arg-type]
+    assert isinstance(target, str)
+    if scheme == "file":
+        return LocalBackend(unquote(urlsplit(target).path), durability=durability, **options)  # type: ignore[arg-type]
+    if scheme == "memory":
+        return MemoryBackend()
+    if scheme == "sqlite":
+        from castate.backends.sqlite import SQLiteBackend
+
+        path = unquote(target.split("://", 1)[1].split("?", 1)[0])
+        if not path.startswith("/") or path == "/":
+            raise ValueError(f"bad SQLite URL {target!r}: use sqlite:///relative/path.db or sqlite:////absolute.db")
+        return SQLiteBackend(path[1:], durability=durability, **options)  # type: ignore[arg-type]
+    if scheme in POSTGRES_SCHEMES:
+        try:
+            from castate.backends.postgres import PostgresBackend
+        except ImportError as exc:
+            raise StoreError(f"{scheme}:// stores need psycopg: pip install 'castate[postgres]' ({exc})") from None
+        return PostgresBackend(target, **options)
+    if scheme in REDIS_SCHEMES:
+        try:
+            from castate.backends.redis import RedisBackend
+        except ImportError as exc:
+            raise StoreError(f"{scheme}:// stores need redis-py: pip install 'castate[redis]' ({exc})") from None
+        return RedisBackend(target, **options)
+    raise ValueError(
+        f"unknown store URL scheme {scheme!r} in {target!r}: use a directory path, sqlite:///, "
+        "postgresql://, redis:// or memory://"
+    )

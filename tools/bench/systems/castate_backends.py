@@ -1,0 +1,125 @@
+"""castate over its other backends: SQLite, PostgreSQL and Redis, with the same steps as ``castate``.
+
+Each step is ``save_session`` then ``create_checkpoint`` through a ``StateManager`` opened on
+a store URL. The PostgreSQL and Redis systems start a throwaway server on loopback
+(``tools.servers``), durable like the local store: PostgreSQL with fsync on and
+synchronous_commit on, Redis with ``appendonly yes`` and ``appendfsync always``.
+
+Bytes: SQLite is measured like the local store (its files after close). For the servers,
+the store's own share of the server is reported in place of a directory walk: PostgreSQL,
+``pg_total_relation_size`` of the store's tables (heap, TOAST and indexes); Redis,
+``used_memory_dataset`` (its keys in RAM). Both are taken just before close.
+"""
+
+from __future__ import annotations
+
+import atexit
+from pathlib import Path
+from typing import Any
+
+import castate
+from tools.bench.systems.base import System
+from tools.servers import PostgresServer, RedisServer
+
+SESSION = "bench"
+
+
+class _OverURL(System):
+    url = ""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sm: castate.StateManager | None = None
+
+    async def checkpoint(self, state: dict[str, Any], step: int) -> str:
+        assert self.sm is not None
+        await self.sm.save_session(SESSION, state)
+        return await self.sm.create_checkpoint(SESSION, f"step-{step:06d}")
+
+    async def restore(self, handle: str) -> dict[str, Any]:
+        assert self.sm is not None
+        return await self.sm.restore_checkpoint(handle)
+
+    async def stats(self) -> dict[str, Any]:
+        assert self.sm is not None
+        return dict(await self.sm.repository.backend.stats())
+
+    async def close(self) -> None:
+        if self.sm is not None:
+            await self.sm.close()
+
+
+class CastateSQLite(_OverURL):
+    name = "castate-sqlite"
+
+    async def setup(self, directory: Path) -> None:
+        await super().setup(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        self.sm = castate.StateManager(f"sqlite:///{directory / 'state.db'}")
+
+
+class _Server(_OverURL):
+    """A system whose store lives in a server: ``disk()`` reports the store's share of it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.measured: dict[str, int] = {}
+
+    async def measure(self) -> dict[str, int]:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    async def close(self) -> None:
+        if self.sm is not None:
+            self.measured = await self.measure()
+        await super().close()
+        self.stop_server()
+
+    def stop_server(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def disk(self) -> dict[str, int]:
+        return dict(self.measured)
+
+
+class CastatePostgres(_Server):
+    name = "castate-postgres"
+
+    async def setup(self, directory: Path) -> None:
+        await super().setup(directory)
+        self.server = PostgresServer(durable=True)
+        atexit.register(self.server.cleanup)  # also when the run fails before close()
+        self.server.start()
+        self.sm = castate.StateManager(self.server.url)
+
+    async def measure(self) -> dict[str, int]:
+        assert self.sm is not None
+        s = await self.sm.repository.backend.stats()
+        return {"files": 0, "bytes_apparent": s["table_bytes"], "bytes_allocated": s["table_bytes"]}
+
+    def stop_server(self) -> None:
+        self.server.cleanup()
+
+
+class CastateRedis(_Server):
+    name = "castate-redis"
+
+    async def setup(self, directory: Path) -> None:
+        await super().setup(directory)
+        self.server = RedisServer(persistence="aof-always")
+        atexit.register(self.server.cleanup)
+        self.server.start()
+        self.sm = castate.StateManager(self.server.url)
+
+    async def measure(self) -> dict[str, int]:
+        import redis.asyncio as aioredis
+
+        r = aioredis.Redis.from_url(self.server.url)
+        try:
+            info = await r.info("memory")
+        finally:
+            await r.aclose()
+        used = int(info["used_memory_dataset"])
+        return {"files": 0, "bytes_apparent": used, "bytes_allocated": used}
+
+    def stop_server(self) -> None:
+        self.server.cleanup()

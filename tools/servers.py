@@ -1,0 +1,209 @@
+"""Throwaway PostgreSQL and Redis servers on loopback, for the tests and the benchmark.
+
+Each server gets its own temporary data directory and a free port, runs from the Debian
+packages' binaries (``tools/test.sh`` installs them), and is removed by ``cleanup()``.
+PostgreSQL refuses to run as root, so when we are root its commands run as the
+``postgres`` user (created by the Debian package) through ``runuser``.
+
+    with PostgresServer() as pg:          # or RedisServer(persistence="aof")
+        url = pg.url                      # postgresql://postgres@127.0.0.1:PORT/postgres
+        pg.stop(); pg.start()             # a real restart, same data and port
+"""
+
+from __future__ import annotations
+
+import contextlib
+import glob
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+from typing import Literal, Self
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"server on port {port} exited with {proc.returncode} while starting")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"nothing listens on 127.0.0.1:{port} after {timeout:.0f}s")
+        time.sleep(0.05)
+
+
+def postgres_bindir() -> Path:
+    """The directory of initdb/pg_ctl: on PATH, or the newest Debian /usr/lib/postgresql/N/bin."""
+    found = shutil.which("pg_ctl")
+    if found:
+        return Path(os.path.realpath(found)).parent
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), key=lambda p: int(p.split("/")[4]))
+    if not candidates:
+        raise RuntimeError("PostgreSQL is not installed (run tools/test.sh, or apt-get install postgresql)")
+    return Path(candidates[-1]).parent
+
+
+class PostgresServer:
+    """A PostgreSQL cluster in a temporary directory, listening on 127.0.0.1 only (trust auth)."""
+
+    def __init__(self, *, durable: bool = False, port: int | None = None) -> None:
+        self.durable = durable
+        self.port = port or free_port()
+        self.bindir = postgres_bindir()
+        self.root = Path(tempfile.mkdtemp(prefix="castate-pg-"))
+        self.data = self.root / "data"
+        self._as_postgres = os.geteuid() == 0
+        self._initialized = False
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def _run(self, *args: str) -> None:
+        cmd = [str(self.bindir / args[0]), *args[1:]]
+        if self._as_postgres:
+            cmd = ["runuser", "-u", "postgres", "--", *cmd]
+        proc = subprocess.run(cmd, capture_output=True, text=True, check=False, cwd=self.root)
+        if proc.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:2])} failed ({proc.returncode}): {proc.stderr or proc.stdout}")
+
+    def _init(self) -> None:
+        if self._as_postgres:
+            pw = pwd.getpwnam("postgres")
+            os.chown(self.root, pw.pw_uid, pw.pw_gid)
+            os.chmod(self.root, 0o700)
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "-N")
+        settings = {
+            "listen_addresses": "'127.0.0.1'",
+            "port": str(self.port),
+            "unix_socket_directories": f"'{self.root}'",
+            "fsync": "on" if self.durable else "off",
+            "full_page_writes": "on" if self.durable else "off",
+            "max_connections": "60",
+            "shared_buffers": "64MB",
+            "logging_collector": "off",
+        }
+        with open(self.data / "postgresql.conf", "a") as f:
+            f.writelines(f"{k} = {v}\n" for k, v in settings.items())
+        self._initialized = True
+
+    def start(self) -> Self:
+        if not self._initialized:
+            self._init()
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.root / "server.log"), "-w", "-t", "60", "start")
+        _wait_port(self.port, 30)
+        return self
+
+    def stop(self, mode: Literal["fast", "immediate"] = "fast") -> None:
+        """Stop the server (``immediate``: like a crash, no shutdown checkpoint)."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "-t", "60", "stop")
+
+    def cleanup(self) -> None:
+        with contextlib.suppress(RuntimeError):
+            if (self.data / "postmaster.pid").exists():
+                self.stop("immediate")
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+Persistence = Literal["none", "aof", "aof-always"]
+
+
+class RedisServer:
+    """A redis-server in a temporary directory on 127.0.0.1.
+
+    ``persistence``: ``"none"`` (no RDB, no AOF: a restart empties it), ``"aof"``
+    (append-only file, fsync every second) or ``"aof-always"`` (fsync on every write).
+    """
+
+    def __init__(self, *, persistence: Persistence = "none", port: int | None = None) -> None:
+        exe = shutil.which("redis-server")
+        if exe is None:
+            raise RuntimeError("redis-server is not installed (run tools/test.sh, or apt-get install redis-server)")
+        self.exe = exe
+        self.persistence = persistence
+        self.port = port or free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="castate-redis-"))
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> Self:
+        aof = self.persistence != "none"
+        cmd = [
+            self.exe,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.root),
+            "--save", "",
+            "--appendonly", "yes" if aof else "no",
+            "--appendfsync", "always" if self.persistence == "aof-always" else "everysec",
+            "--daemonize", "no",
+            "--logfile", str(self.root / "server.log"),
+            "--maxmemory-policy", "noeviction",
+        ]  # fmt: skip
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        _wait_port(self.port, 30, self.proc)
+        return self
+
+    def stop(self, *, kill: bool = False) -> None:
+        """Stop the server: SIGTERM (a clean shutdown), or SIGKILL (a crash)."""
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self.proc = None
+
+    def cleanup(self) -> None:
+        self.stop(kill=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def data_bytes(self) -> int:
+        """Bytes of the server's files on disk (AOF/RDB), without its log."""
+        total = 0
+        for dirpath, _, files in os.walk(self.root):
+            for name in files:
+                if name != "server.log":
+                    with contextlib.suppress(FileNotFoundError):
+                        total += os.stat(os.path.join(dirpath, name)).st_size
+        return total
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
