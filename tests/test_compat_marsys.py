@@ -13,6 +13,8 @@ import datetime
 import decimal
 import enum
 import json
+import subprocess
+import sys
 import time
 import uuid
 from pathlib import Path
@@ -23,6 +25,8 @@ import pytest
 from castate import LocalBackend, MemoryBackend
 from castate.compat.marsys import MarsysBytesBackend, MarsysStorageBackend, marsys_json
 from castate.errors import InvalidKeyError, KeyNotFoundError, StoreError, UnsupportedValueError
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 class Color(enum.Enum):
@@ -368,3 +372,22 @@ async def test_a_ref_that_holds_something_else_is_a_clear_error() -> None:
 def test_marsys_json_is_json_roundtrip() -> None:
     data = awkward_values()
     assert marsys_json(data) == json.loads(json.dumps(data, default=str))
+
+
+def test_importing_the_adapters_does_not_import_marsys_and_works_without_it() -> None:
+    code = (
+        "import sys, asyncio, tempfile\n"
+        "import castate, castate.compat.marsys as m, castate.migrate\n"
+        "assert 'marsys' not in sys.modules, 'imported marsys eagerly'\n"
+        "sys.modules['marsys'] = None  # as if marsys were not installed\n"
+        "assert m.marsys_storage_interface() is None\n"
+        "assert m.MarsysStorageBackend.__bases__ == (m.MarsysJsonStorage,)\n"
+        "async def main():\n"
+        "    async with m.MarsysStorageBackend(tempfile.mkdtemp()) as fs:\n"
+        "        await fs.save('session_a', {'v': {1, 2}})\n"
+        "        print(await fs.load('session_a'))\n"
+        "asyncio.run(main())\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "{'v': '{1, 2}'}"

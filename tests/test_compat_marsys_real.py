@@ -40,7 +40,7 @@ from marsys.coordination.branches.types import (
 )
 from marsys.models import ModelConfig
 
-from castate.compat.marsys import MARSYS_STORAGE_BACKEND, MarsysBytesBackend, MarsysStorageBackend
+from castate.compat.marsys import MarsysBytesBackend, MarsysStorageBackend, marsys_storage_interface
 
 logging.getLogger("marsys").setLevel(logging.ERROR)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:marsys.*")
@@ -102,7 +102,8 @@ def without_save_time(raw: dict[str, Any]) -> dict[str, Any]:
 
 
 def test_the_backend_is_a_marsys_storage_backend(tmp_path: Path) -> None:
-    assert MARSYS_STORAGE_BACKEND is marsys_state.StorageBackend
+    assert marsys_storage_interface() is marsys_state.StorageBackend
+    assert issubclass(MarsysStorageBackend, marsys_state.StorageBackend)
     assert isinstance(MarsysStorageBackend(tmp_path / "store"), marsys_state.StorageBackend)
 
 

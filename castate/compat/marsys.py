@@ -16,15 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import os
+import sys
 import time
 import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import PurePosixPath
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from castate.backends.base import Backend, RefUpdate
@@ -40,11 +42,11 @@ BYTES = "bytes/"  # ref namespace of MarsysBytesBackend keys
 EXPIRE_ATTEMPTS = 5
 
 
-def _marsys_dict_interface() -> type | None:
-    """MARSYS 0.2.1's ``StorageBackend`` ABC when marsys is installed (None otherwise).
+def marsys_storage_interface() -> type | None:
+    """MARSYS 0.2.1's dict ``StorageBackend`` ABC when marsys is installed (None otherwise).
 
-    MARSYS's unreleased design reuses the name for its bytes Protocol; only the dict ABC is
-    a base class here.
+    MARSYS's unreleased design reuses the name for its bytes Protocol; only the dict ABC counts.
+    Importing marsys takes seconds, so this runs only when ``MarsysStorageBackend`` is first used.
     """
     try:
         from marsys.coordination.state import StorageBackend
@@ -53,21 +55,6 @@ def _marsys_dict_interface() -> type | None:
     if "save" not in getattr(StorageBackend, "__abstractmethods__", ()):
         return None
     return StorageBackend
-
-
-def _marsys_storage_entry() -> type | None:
-    """MARSYS's own ``StorageEntry`` model, in marsys versions that have one."""
-    try:
-        from marsys.coordination.state.storage import StorageEntry
-    except ImportError:
-        return None
-    return StorageEntry
-
-
-MARSYS_STORAGE_BACKEND = _marsys_dict_interface()
-_DICT_BASES: tuple[type, ...] = (FileStorageBackend,) + (
-    (MARSYS_STORAGE_BACKEND,) if MARSYS_STORAGE_BACKEND is not None else ()
-)
 
 
 def marsys_json(data: Any) -> Any:
@@ -83,18 +70,19 @@ def marsys_json(data: Any) -> Any:
     return json.loads(text)
 
 
-class MarsysStorageBackend(*_DICT_BASES):  # type: ignore[misc]
+class MarsysJsonStorage(FileStorageBackend):
     """A castate store in ``base_path`` behind MARSYS 0.2.1's dict storage interface.
 
-    Subclasses MARSYS's ``StorageBackend`` when marsys is installed. ``load`` returns None for
-    a missing key, ``delete`` of a missing key is fine, ``list_keys(prefix)`` returns the saved
-    keys that start with ``prefix``, sorted. ``save`` serializes at call time, so later
-    changes to the caller's objects do not reach the store.
+    ``load`` returns None for a missing key, ``delete`` of a missing key is fine,
+    ``list_keys(prefix)`` returns the saved keys that start with ``prefix``, sorted. ``save``
+    stores what MARSYS's ``json.dump(data, default=str)`` file would load back, serialized at
+    call time, so later changes to the caller's objects do not reach the store.
 
     Differences from MARSYS's file backend: dicts load with their keys sorted; damaged
     stored data raises a ``CorruptionError`` instead of loading as None; values JSON allows
     but castate cannot hold (NaN, infinities, ints beyond 64 bits, strings with lone
     surrogates) raise ``UnsupportedValueError`` before anything is written.
+    ``MarsysStorageBackend`` is this class with MARSYS's own ABC as a base as well.
     """
 
     def __init__(self, base_path: str | os.PathLike[str], *, durability: Durability = "durable") -> None:
@@ -119,6 +107,25 @@ class MarsysStorageBackend(*_DICT_BASES):  # type: ignore[misc]
         return result.changed
 
 
+@functools.cache
+def _marsys_storage_backend() -> type[MarsysJsonStorage]:
+    base = marsys_storage_interface()
+    bases: tuple[type, ...] = (MarsysJsonStorage,) if base is None else (MarsysJsonStorage, base)
+    doc = "``MarsysJsonStorage``, a subclass of MARSYS's ``StorageBackend`` ABC when marsys is installed."
+    return type("MarsysStorageBackend", bases, {"__module__": __name__, "__doc__": doc})
+
+
+if TYPE_CHECKING:
+    MarsysStorageBackend = MarsysJsonStorage
+else:
+
+    def __getattr__(name: str) -> Any:
+        # Built on first use, so importing this module never imports marsys (slow) by itself.
+        if name == "MarsysStorageBackend":
+            return _marsys_storage_backend()
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 @dataclass(frozen=True, slots=True)
 class StorageEntry:
     """One stored key of the bytes interface: its size in bytes and when it was last written (UTC)."""
@@ -126,6 +133,12 @@ class StorageEntry:
     key: str
     size_bytes: int
     modified_at: datetime
+
+
+def _storage_entry_type() -> type:
+    """MARSYS's own ``StorageEntry`` model when the marsys that uses this backend defines one."""
+    module = sys.modules.get("marsys.coordination.state.storage")
+    return getattr(module, "StorageEntry", StorageEntry)
 
 
 def _key_ref(key: object) -> tuple[str, str]:
@@ -161,7 +174,7 @@ class MarsysBytesBackend:
         backend = root if isinstance(root, Backend) else LocalBackend(root, durability=durability)
         self.repository = Repository(backend)
         self._clock = clock
-        self._entry = _marsys_storage_entry() or StorageEntry
+        self._entry = _storage_entry_type()
 
     async def close(self) -> None:
         await self.repository.close()
@@ -247,9 +260,10 @@ class MarsysBytesBackend:
 
 
 __all__ = [
-    "MARSYS_STORAGE_BACKEND",
     "MarsysBytesBackend",
+    "MarsysJsonStorage",
     "MarsysStorageBackend",
     "StorageEntry",
     "marsys_json",
+    "marsys_storage_interface",
 ]
