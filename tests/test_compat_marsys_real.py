@@ -41,6 +41,7 @@ from marsys.coordination.branches.types import (
 from marsys.models import ModelConfig
 
 from castate.compat.marsys import MarsysBytesBackend, MarsysStorageBackend, marsys_storage_interface
+from castate.migrate import import_marsys_directory
 
 logging.getLogger("marsys").setLevel(logging.ERROR)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:marsys.*")
@@ -285,3 +286,37 @@ async def test_pydantic_snapshots_round_trip_byte_exact_and_deduplicate(tmp_path
         assert Snapshot.model_validate_json(await store.read("sess-1/snapshot.json")).branches["main"].memory[-1]
         grown = (await backend.stats())["bytes_apparent"] - before
         assert grown < 0.05 * len(second), (grown, len(second))
+
+
+async def test_a_marsys_directory_imports_and_marsys_reads_it_unchanged(tmp_path: Path) -> None:
+    file_backend = marsys_state.FileStorageBackend(tmp_path / "marsys")
+    sm = marsys_state.StateManager(file_backend)
+    checkpoints = []
+    for step in range(5):
+        await sm.save_session("s1", execution_state("s1", messages=100 + 20 * step))
+        checkpoints.append(await sm.create_checkpoint("s1", f"step{step}"))
+    await sm.save_session("s2", execution_state("s2", messages=10))
+
+    report = await import_marsys_directory(tmp_path / "marsys", tmp_path / "castate")
+    assert report.ok, report.summary()
+    assert len(report.imported) == 7
+    assert report.store_bytes_added < report.source_bytes / 10, report.summary()
+
+    backend = MarsysStorageBackend(tmp_path / "castate")
+    try:
+        assert await backend.list_keys() == await file_backend.list_keys()
+        on_castate = marsys_state.StateManager(backend)
+        for sid in ("s1", "s2"):
+            loaded = await on_castate.load_session(sid)  # fresh manager: checksum validated
+            assert loaded is not None
+            assert (
+                loaded["branch_results"]
+                == (await marsys_state.StateManager(file_backend).load_session(sid))["branch_results"]
+            )
+        for cp in checkpoints:
+            assert await on_castate.restore_checkpoint(cp) == await sm.restore_checkpoint(cp)
+        listed = await marsys_state.CheckpointManager(on_castate).list_checkpoints("s1")
+        expected = await marsys_state.CheckpointManager(sm).list_checkpoints("s1")
+        assert [c.checkpoint_id for c in listed] == [c.checkpoint_id for c in expected]
+    finally:
+        await backend.close()
