@@ -82,6 +82,7 @@ async def test_bytes_backend_roundtrip_through_a_real_store(doc: Any, style: dic
         b'{\n\t"a": 1\n}',  # tab indent
         b'{"a": 1}  ',  # trailing spaces
         b'{"a": "\\u00e9", "b": "\xc3\xa9"}',  # one escaped and one raw non-ASCII character
+        b"[" * 5000 + b"]" * 5000,  # deeper than Python's recursion limit
         b"\xff\xfe{not json",
         b'"a bare string"',
         b"123",
@@ -130,7 +131,13 @@ def test_bytes_state_and_errors() -> None:
 
 async def test_json_that_castate_cannot_hold_is_kept_as_bytes() -> None:
     async with MarsysBytesBackend(MemoryBackend()) as store:
-        for data in [b'{"n": NaN}', b'{"big": 123456789012345678901234567890}', b'{"s": "\\ud800"}']:
+        cases = [
+            b'{"n": NaN}',
+            b'{"big": 123456789012345678901234567890}',
+            b'{"s": "\\ud800"}',
+            b"[" * 300 + b"]" * 300,  # deeper than castate nests
+        ]
+        for data in cases:
             await store.write("k", data)
             assert await store.read("k") == data
             stored = await store.repository.load("bytes/k")

@@ -31,11 +31,11 @@ def json_state(data: bytes) -> dict[str, Any] | None:
     try:
         text = data.decode("utf-8")
         value = json.loads(text)
+        order = _order(value)
     except (UnicodeDecodeError, ValueError, RecursionError):
         return None
     newline = text.endswith("\n")
     body = text[:-1] if newline else text
-    order = _order(value)
     for style in _styles(body):
         state = {"format": FORMAT_JSON, "style": style, "newline": newline, "value": value, "order": order}
         try:
