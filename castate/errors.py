@@ -79,3 +79,7 @@ class CorruptFileError(CorruptionError):
         super().__init__(f"corrupt store file {path}: {reason}")
         self.path = path
         self.reason = reason
+
+
+class KeyNotFoundError(NotFoundError, FileNotFoundError):
+    """A key of the bytes storage interface does not exist (a FileNotFoundError, as that interface requires)."""

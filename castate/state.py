@@ -11,9 +11,12 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Iterator, Mapping
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from castate import lifecycle
+from castate.autocheckpoint import AutoCheckpoint, AutoCheckpointer
 from castate.backends.base import Backend, RefUpdate
 from castate.codec import Commit, encode_commit, object_id
 from castate.codec.encoder import Default
@@ -81,6 +84,7 @@ class StateManager:
         storage_backend: StorageBackend | Backend | str | os.PathLike[str] | None = None,
         *,
         default: Default | None = None,
+        auto_checkpoint: AutoCheckpoint | None = None,
     ) -> None:
         if storage_backend is None:
             storage_backend = "./state"
@@ -99,6 +103,11 @@ class StateManager:
         else:
             self._repo = None
             self._plain = _PlainSessions(storage_backend)
+        self.auto_checkpointer: AutoCheckpointer | None = None
+        if auto_checkpoint is not None:
+            if self._repo is None:
+                raise TypeError("auto_checkpoint needs a castate store (a path, FileStorageBackend or Backend)")
+            self.auto_checkpointer = AutoCheckpointer(auto_checkpoint)
 
     @property
     def repository(self) -> Repository:
@@ -132,21 +141,30 @@ class StateManager:
         if self._repo is None:
             await self._plain.save(session_id, state, metadata)
             return None
+        ref = names.session_ref(session_id)
+        carried = await lifecycle.carried_meta(self._repo, ref)  # paused flag and times stay
         result = await self._repo.save(
-            names.session_ref(session_id),
+            ref,
             state,
             session=session_id,
-            meta=metadata,
+            meta={**carried, **(metadata or {})},
             default=self.default,
             message=f"save {session_id}"[:200],
         )
+        if self.auto_checkpointer is not None:
+            reasons = self.auto_checkpointer.due(session_id, state)
+            if reasons:
+                await self.auto_checkpointer.checkpoint(self._repo, session_id, result.commit, reasons)
         return result.commit.hex()
 
     async def load_session(self, session_id: str) -> dict[str, Any] | None:
         """The session's current state, or None when there is no such session."""
         if self._repo is None:
             return await self._plain.load(session_id)
-        return await self._repo.load(names.session_ref(session_id))
+        state = await self._repo.load(names.session_ref(session_id))
+        if self.auto_checkpointer is not None:
+            self.auto_checkpointer.observe(session_id, state)
+        return state
 
     async def list_sessions(self) -> list[SessionInfo]:
         """Every session, sorted by id."""
@@ -244,6 +262,31 @@ class StateManager:
             meta = dict(commits[cid].meta) if commits[cid].name == label else {}
             out.append(CheckpointInfo(cpid, session_id, label, names.checkpoint_time(stamp), cid.hex(), meta))
         return sorted(out, key=lambda c: (c.timestamp, c.checkpoint_id), reverse=True)
+
+    # -- lifecycle (castate/lifecycle.py) ----------------------------------------------------------
+
+    def checkpointed(
+        self, session_id: str, name: str = "checkpointed", *, metadata: dict[str, Any] | None = None
+    ) -> AbstractAsyncContextManager[str]:
+        """``async with sm.checkpointed(sid, name) as cp:`` checkpoints on entry; if the block raises,
+        the session's head moves back to that checkpoint (recorded in the reflog) and the error
+        propagates."""
+        return lifecycle.checkpointed(self, self.repository, session_id, name, metadata)
+
+    async def pause_session(self, session_id: str, *, reason: str | None = None) -> str:
+        """Mark the session paused, with the time (and ``reason``), in the store; returns the head commit.
+
+        Saves keep the session paused until ``resume_session``. Pausing a paused session is a no-op.
+        """
+        return await lifecycle.pause(self.repository, session_id, reason)
+
+    async def resume_session(self, session_id: str) -> dict[str, Any]:
+        """Mark the session resumed (with the time) in the store; returns its state to continue from."""
+        await lifecycle.resume(self.repository, session_id)
+        state = await self.load_session(session_id)
+        if state is None:
+            raise NotFoundError(f"no session {session_id!r}")
+        return state
 
 
 class _PlainSessions:

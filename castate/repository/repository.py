@@ -159,6 +159,26 @@ class Repository:
         self._remember(ref, _Head(cid, root, shadow))
         return SaveResult(cid, root, True, written)
 
+    async def recommit(
+        self, ref: str, head: bytes, *, meta: dict[str, Any], name: str | None = None, message: str = "recommit"
+    ) -> bytes:
+        """Move ``ref`` from ``head`` to a new commit of the same root with ``meta``; returns it.
+
+        For changes that are not the state's (a pause, a resume, a write of equal content):
+        the state is not encoded again. ConflictError when ``ref`` is no longer at ``head``.
+        """
+        await self.open()
+        old = await self.read_commit(head)
+        commit = Commit(old.root, (head,), old.session, time.time_ns(), name, dict(meta))
+        content = encode_commit(commit)
+        cid = object_id(KIND_COMMIT, content)
+        items = frames({cid: (KIND_COMMIT, content)}, compress=not self.backend.packs_objects)
+        known = self._heads.pop(ref, None)
+        await self.backend.commit(items, [RefUpdate(ref, cid, head)], message=message, stream=ref)
+        self._cache_commit(cid, commit)
+        self._remember(ref, _Head(cid, old.root, known.shadow if known and known.commit == head else None))
+        return cid
+
     async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
         await self.open()
         try:
@@ -198,6 +218,18 @@ class Repository:
         if known is None or known.commit != cid:
             self._remember(ref, _Head(cid, commit.root, None))
         return state
+
+    async def head_commit(self, ref: str) -> tuple[bytes, Commit] | None:
+        """The head this repository last saw for ``ref`` (read from the store if none) and its commit.
+
+        No I/O when this repository last saved or loaded ``ref``. If another writer moved the
+        ref since, the next save of ``ref`` raises ConflictError, so a save may build on this.
+        """
+        await self.open()
+        head = await self._known_head(ref)
+        if head is None:
+            return None
+        return head.commit, await self.read_commit(head.commit)
 
     async def read_state(self, root: bytes) -> Any:
         await self.open()
