@@ -93,3 +93,25 @@ async def test_refuses_a_directory_that_is_not_a_store(tmp_path: Path) -> None:
     fs = castate.FileStorageBackend(tmp_path)
     with pytest.raises(StoreError, match="not a castate store"):
         await fs.load("a")
+
+
+async def test_concurrent_load_modify_save_loops_in_one_process(store_path: Path) -> None:
+    """Five tasks increment a counter under one key (MARSYS's own concurrency test shape)."""
+    import asyncio
+
+    async with castate.FileStorageBackend(store_path) as fs:
+        await fs.save("counter", {"n": 0, "writers": {}})
+
+        async def writer(i: int) -> None:
+            for _ in range(10):
+                data = await fs.load("counter")
+                assert data is not None
+                data["n"] += 1
+                data["writers"][f"w{i}"] = True
+                await fs.save("counter", data)
+
+        await asyncio.gather(*(writer(i) for i in range(5)))
+        final = await fs.load("counter")
+        assert final is not None
+        assert final["n"] >= 10  # last writer wins between load and save, as with files
+        assert len(await fs.repository.reflog("kv/counter")) >= 10

@@ -14,14 +14,12 @@ snapshots share their unchanged parts, and reads return the written bytes exactl
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import json
 import os
 import sys
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -87,7 +85,6 @@ class MarsysJsonStorage(FileStorageBackend):
 
     def __init__(self, base_path: str | os.PathLike[str], *, durability: Durability = "durable") -> None:
         FileStorageBackend.__init__(self, base_path, durability=durability)
-        self._key_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
 
     async def save(self, key: str, data: dict[str, Any]) -> None:
         await self.save_json(key, marsys_json(data))
@@ -97,13 +94,7 @@ class MarsysJsonStorage(FileStorageBackend):
         if type(value) is not dict:
             raise UnsupportedValueError(f"save() takes a dict, not {type(value).__name__}", "data")
         ref = kv_ref(key)
-        # Saves of one key from this process queue up, as MARSYS's blocking file writes do;
-        # racing each other's compare-and-swap, many concurrent writers could starve one.
-        lock = self._key_locks.get(ref)
-        if lock is None:
-            lock = self._key_locks[ref] = asyncio.Lock()
-        async with lock:
-            result = await self.repository.save(ref, value, overwrite=True, message=f"save {ref}"[:200])
+        result = await self.repository.save(ref, value, overwrite=True, message=f"save {ref}"[:200])
         return result.changed
 
 

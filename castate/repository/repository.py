@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import time
+import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -53,6 +54,7 @@ class Repository:
         self._heads: OrderedDict[str, _Head] = OrderedDict()
         self._commits: OrderedDict[bytes, Commit] = OrderedDict()
         self._open_lock = asyncio.Lock()
+        self._ref_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._opened = False
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -97,14 +99,20 @@ class Repository:
         ``overwrite``. A state equal to the head's is a no-op (no objects, no commit).
         """
         await self.open()
-        for _ in range(OVERWRITE_ATTEMPTS):
-            head = await self._known_head(ref)
-            try:
-                return await self._save_once(ref, state, head, session, name, meta, default, message, extra_updates)
-            except ConflictError:
-                self._heads.pop(ref, None)
-                if not overwrite:
-                    raise
+        # Saves of one ref from this repository take turns: each builds on the one before, as
+        # sequential saves do, instead of racing each other's compare-and-swap.
+        lock = self._ref_locks.get(ref)
+        if lock is None:
+            lock = self._ref_locks[ref] = asyncio.Lock()
+        async with lock:
+            for _ in range(OVERWRITE_ATTEMPTS):
+                head = await self._known_head(ref)
+                try:
+                    return await self._save_once(ref, state, head, session, name, meta, default, message, extra_updates)
+                except ConflictError:
+                    self._heads.pop(ref, None)
+                    if not overwrite:
+                        raise
         raise ConflictError(f"ref {ref} kept moving during {OVERWRITE_ATTEMPTS} attempts to overwrite it", ref)
 
     async def _known_head(self, ref: str) -> _Head | None:
