@@ -158,7 +158,13 @@ class LeafShadow:
     entry: Entry
 
 
-Shadow = ListShadow | DictShadow | LeafShadow
+@dataclass(slots=True)
+class PackedShadow:
+    packed: bytes  # the small container's MessagePack (insertion order) when it was encoded
+    entry: Entry  # its inline entry
+
+
+Shadow = ListShadow | DictShadow | LeafShadow | PackedShadow
 
 
 class Encoder:
@@ -191,10 +197,19 @@ class Encoder:
         self, value: Any, shadow: Shadow | None, path: Path, depth: int, force_node: bool = False
     ) -> tuple[Entry, Shadow | None]:
         t = type(value)
+        if type(shadow) is PackedShadow:
+            # A small container that was inline last time: one C-speed encoding tells if it changed.
+            packed = _packed(value)
+            if packed is not None and packed == shadow.packed:
+                return shadow.entry, shadow
         if t is dict or t is TrackedDict:
-            return self._dict_tracked(value, shadow if type(shadow) is DictShadow else None, path, depth, force_node)
+            entry, new = self._dict_tracked(
+                value, shadow if type(shadow) is DictShadow else None, path, depth, force_node
+            )
+            return entry, (new if entry[0] == REF else _packed_shadow(value, entry))
         if t is list or t is TrackedList:
-            return self._list_tracked(value, shadow if type(shadow) is ListShadow else None, path, depth)
+            entry, new = self._list_tracked(value, shadow if type(shadow) is ListShadow else None, path, depth)
+            return entry, (new if entry[0] == REF else _packed_shadow(value, entry))
         if (t is str or t is bytes) and len(value) > BLOB_MIN // 2:
             if type(shadow) is LeafShadow and shadow.value is value:
                 return shadow.entry, shadow
@@ -581,6 +596,18 @@ def _hash32(entry: Entry, key: str | None = None) -> int:
         h.update(key.encode("utf-8"))
     h.update(payload)
     return int.from_bytes(h.digest(4), "little")
+
+
+def _packed(value: Any) -> bytes | None:
+    try:
+        return _pack(value, default=_refuse, option=_STRICT_TRACKED)
+    except (TypeError, ormsgpack.MsgpackEncodeError):
+        return None
+
+
+def _packed_shadow(value: Any, entry: Entry) -> PackedShadow | None:
+    packed = _packed(value)
+    return None if packed is None else PackedShadow(packed, entry)
 
 
 def _digest(lst: list[Any], a: int, b: int) -> bytes | None:
