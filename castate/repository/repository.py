@@ -90,17 +90,22 @@ class Repository:
         message: str = "save",
         overwrite: bool = False,
         extra_updates: Sequence[RefUpdate] = (),
+        stream: str | None = None,
     ) -> SaveResult:
         """Save ``state`` as the new head of ``ref``.
 
         Raises ConflictError when the head moved since this repository last saw it, unless
         ``overwrite``. A state equal to the head's is a no-op (no objects, no commit).
+        ``stream`` (default: ``ref``) groups saves for the backend's compression: saves of
+        many refs that share content (one ref per checkpoint) compress best as one stream.
         """
         await self.open()
         for _ in range(OVERWRITE_ATTEMPTS):
             head = await self._known_head(ref)
             try:
-                return await self._save_once(ref, state, head, session, name, meta, default, message, extra_updates)
+                return await self._save_once(
+                    ref, state, head, session, name, meta, default, message, extra_updates, stream or ref
+                )
             except ConflictError:
                 self._heads.pop(ref, None)
                 if not overwrite:
@@ -136,6 +141,7 @@ class Repository:
         default: Default | None,
         message: str,
         extra_updates: Sequence[RefUpdate],
+        stream: str,
     ) -> SaveResult:
         root, shadow, objects = encode_state(state, head.shadow if head else None, default)
         if head is not None and root == head.root and not extra_updates:
@@ -154,7 +160,7 @@ class Repository:
         objects[cid] = (KIND_COMMIT, content)
         items = frames(objects, compress=not self.backend.packs_objects)
         update = RefUpdate(ref, cid, head.commit if head else None)
-        written = await self.backend.commit(items, [update, *extra_updates], message=message, stream=ref)
+        written = await self.backend.commit(items, [update, *extra_updates], message=message, stream=stream)
         self._cache_commit(cid, commit)
         self._remember(ref, _Head(cid, root, shadow))
         return SaveResult(cid, root, True, written)
