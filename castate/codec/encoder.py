@@ -8,13 +8,15 @@ strings and bytes become blobs, very large ones content-defined chunks.
 The walk is exact for new content and checks every value against the value domain.
 Content that the previous save of the same session already encoded is recognised
 without per-element Python work: each run of a long list keeps a blake3 digest of its
-elements' JSON (one C-speed ``orjson.dumps`` per run), and a run whose digest is
-unchanged keeps its node. The caller keeps the returned ``Shadow`` for the next save.
+elements' JSON (one C-speed ``orjson.dumps`` per run; a run of bytes values hashes their
+bytes), and a run whose digest is unchanged keeps its node. The caller keeps the returned ``Shadow`` for the next save.
 """
 
 from __future__ import annotations
 
+import array
 import math
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -81,11 +83,30 @@ def _digest_refuse(_value: Any) -> Any:
 
 
 def run_digest(items: list[Any]) -> bytes | None:
-    """blake3 of the elements' plain JSON, or None when they hold anything but plain JSON."""
+    """blake3 of the elements' plain JSON, or of their bytes when all are bytes; else None."""
+    if items and type(items[0]) is bytes:
+        return _bytes_digest(items)
     try:
         return blake3.blake3(orjson.dumps(items, default=_digest_refuse, option=_DIGEST_OPTS)).digest()
     except (TypeError, orjson.JSONEncodeError):
         return None
+
+
+def _bytes_digest(items: list[Any]) -> bytes | None:
+    """Digest of a run of exact ``bytes`` values (such as serialized messages), None for any other run.
+
+    It hashes a 0x00 byte, the count, every length (u64) and then the values back to back:
+    JSON never starts with 0x00, so this digest never equals the JSON digest of a run.
+    """
+    if set(map(type, items)) != {bytes}:
+        return None
+    lengths = array.array("Q", map(len, items))
+    if sys.byteorder != "little":
+        lengths.byteswap()
+    h = blake3.blake3(b"\x00" + len(items).to_bytes(8, "little"))
+    h.update(lengths.tobytes())
+    h.update(b"".join(items))
+    return h.digest()
 
 
 # -- shadows: what the previous save remembers about the containers it encoded --------

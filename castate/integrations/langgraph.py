@@ -11,9 +11,14 @@ Refs (user strings percent-encoded; ``~`` marks a part that may be empty)::
 
     langgraph/<thread>/~<ns>/<checkpoint id>            -> commit of one checkpoint
     langgraph/<thread>/~<ns>/<checkpoint id>/~<task id> -> commit of that task's pending writes
+    langgraph/<thread>/~<ns>/@tip                       -> the namespace's last put (working ref)
 
 A thread's refs share one prefix, so listing a thread is one ref listing and deleting,
-pruning or copying it is one atomic ref update. Trees (``docs/langgraph.md`` has more)::
+pruning or copying it is one atomic ref update. A put saves through the namespace's
+``@tip`` and points the checkpoint's ref at the same commit in the same update: castate
+then encodes each checkpoint against the one before (an appended message costs a few
+small nodes, not a walk of the whole history), and the objects that encoding reuses stay
+referenced by the tip until the new commit references them. Trees (``docs/langgraph.md`` has more)::
 
     checkpoint: {"checkpoint": {"t", "b"}, "values": {channel: value}}
                 commit meta {"parent": id | None, "run_id": str | None, "metadata": [type, base64]}
@@ -63,9 +68,11 @@ from castate.repository import Repository
 from castate.repository.refs import check_name, encode_part
 
 ROOT = "langgraph/"
+TIP = "@tip"
 READ_BATCH = 32  # checkpoints whose commits one listing step reads at once
 CACHE_ENTRIES = 1024  # serialized channel values remembered per saver (by channel version)
 MERGE_ATTEMPTS = 8
+KNOWN_WRITES = 4096
 STRATEGIES = ("keep_latest", "delete")
 
 T = TypeVar("T")
@@ -85,6 +92,10 @@ def ns_prefix(thread_id: str, ns: str) -> str:
 
 def checkpoint_ref(thread_id: str, ns: str, checkpoint_id: str) -> str:
     return ns_prefix(thread_id, ns) + encode_part(check_name(checkpoint_id, "checkpoint id"))
+
+
+def tip_ref(thread_id: str, ns: str) -> str:
+    return ns_prefix(thread_id, ns) + TIP  # "@" is always percent-encoded in a checkpoint id
 
 
 def writes_ref(thread_id: str, ns: str, checkpoint_id: str, task_id: str) -> str:
@@ -107,13 +118,17 @@ def parse_ref(name: str) -> tuple[Key, str | None] | None:
 
 
 class _Listing:
-    """The checkpoints and pending-write refs found under one prefix."""
+    """The checkpoints, pending-write refs and tips found under one prefix."""
 
     def __init__(self, refs: dict[str, bytes]) -> None:
         self.checkpoints: dict[Key, bytes] = {}
         self.writes: dict[Key, dict[str, bytes]] = {}
         self.names: dict[Key, list[str]] = {}  # every ref of a checkpoint (its own and its writes)
+        self.tips: dict[str, bytes] = {}  # tip ref name -> commit
         for name, target in refs.items():
+            if name.startswith(ROOT) and name.endswith("/" + TIP):
+                self.tips[name] = target
+                continue
             parsed = parse_ref(name)
             if parsed is None:
                 continue
@@ -171,6 +186,7 @@ class _Store:
     def __init__(self, repo: Repository) -> None:
         self.repo = repo
         self._merge_lock: asyncio.Lock | None = None
+        self._known_writes: OrderedDict[str, None] = OrderedDict()  # writes refs this saver saved
 
     async def listing(self, prefix: str) -> _Listing:
         return _Listing(await self.repo.list_refs(prefix))
@@ -178,14 +194,15 @@ class _Store:
     async def put_checkpoint(self, key: Key, tree: dict[str, Any], meta: dict[str, Any]) -> None:
         thread, ns, cid = key
         await self.repo.save(
-            checkpoint_ref(thread, ns, cid),
+            tip_ref(thread, ns),
             tree,
             session=thread,
             name=cid,
             meta=meta,
             message="langgraph put",
-            overwrite=True,  # putting a checkpoint id again replaces it, as other savers do
+            overwrite=True,  # another writer's put moved the tip: encode afresh on top of it
             stream=thread_prefix(thread),
+            also=[checkpoint_ref(thread, ns, cid)],  # replaces a checkpoint put again, as other savers do
         )
 
     async def merge_writes(
@@ -196,8 +213,9 @@ class _Store:
             self._merge_lock = asyncio.Lock()
         ref = writes_ref(*key, task_id)
         async with self._merge_lock:  # one writer per saver; compare-and-swap covers other processes
+            # Most tasks write once: try creating the ref before reading anything.
+            old: dict[str, Any] | None = None if ref not in self._known_writes else await self.repo.load(ref)
             for _ in range(MERGE_ATTEMPTS):
-                old = await self.repo.load(ref)
                 writes = dict(old["writes"]) if old else {}
                 for idx, channel, value in items:
                     if idx >= 0 and str(idx) in writes:
@@ -211,10 +229,15 @@ class _Store:
                         name=key[2],
                         message="langgraph put_writes",
                         stream=thread_prefix(key[0]),
+                        new=old is None,
                     )
-                    return
                 except ConflictError:
+                    old = await self.repo.load(ref)
                     continue
+                self._known_writes[ref] = None
+                while len(self._known_writes) > KNOWN_WRITES:
+                    self._known_writes.popitem(last=False)
+                return
             raise ConflictError(f"writes of task {task_id!r} kept changing during {MERGE_ATTEMPTS} attempts", ref)
 
     async def commits(self, ids: Sequence[bytes]) -> dict[bytes, Commit]:
@@ -232,7 +255,7 @@ class _Store:
             await self.repo.delete_refs(names, message=message)
 
     async def copy(self, source: str, target: str) -> None:
-        refs = await self.repo.list_refs(source)
+        refs = {n: c for n, c in (await self.repo.list_refs(source)).items() if parse_ref(n) is not None}
         if refs:
             updates = [RefUpdate(target + name[len(source) :], cid, ANY) for name, cid in sorted(refs.items())]
             await self.repo.update_refs(updates, message="langgraph copy_thread")
@@ -475,6 +498,8 @@ class CastateSaver(BaseCheckpointSaver[str]):
                     latest[ns] = key
             keep = set(latest.values())
             doomed.extend(n for key, names in listing.names.items() if key not in keep for n in names)
+            kept = {listing.checkpoints[k] for k in keep}
+            doomed.extend(n for n, target in listing.tips.items() if target not in kept)
         await self._store.delete(doomed, "langgraph prune")
 
     async def _delete_for_runs(self, run_ids: Sequence[str]) -> None:
@@ -484,9 +509,9 @@ class CastateSaver(BaseCheckpointSaver[str]):
         listing = await self._store.listing(ROOT)
         keys = list(listing.checkpoints)
         commits = await self._store.commits([listing.checkpoints[k] for k in keys])
-        doomed = [
-            n for k in keys if commits[listing.checkpoints[k]].meta.get("run_id") in wanted for n in listing.names[k]
-        ]
+        gone = {listing.checkpoints[k] for k in keys if commits[listing.checkpoints[k]].meta.get("run_id") in wanted}
+        doomed = [n for k in keys if listing.checkpoints[k] in gone for n in listing.names[k]]
+        doomed.extend(n for n, target in listing.tips.items() if target in gone)
         await self._store.delete(doomed, "langgraph delete_for_runs")
 
     # -- prepared writes (serialized on the caller's thread) -------------------------------------
