@@ -69,7 +69,7 @@ from castate.repository.refs import check_name, encode_part
 
 ROOT = "langgraph/"
 TIP = "@tip"
-READ_BATCH = 32  # checkpoints whose commits one listing step reads at once
+READ_BATCH = 16  # checkpoints one page of a listing reads at once
 CACHE_ENTRIES = 1024  # serialized channel values remembered per saver (by channel version)
 MERGE_ATTEMPTS = 8
 KNOWN_WRITES = 4096
@@ -109,12 +109,14 @@ def parse_ref(name: str) -> tuple[Key, str | None] | None:
     parts = name[len(ROOT) :].split("/")
     if len(parts) not in (3, 4) or not parts[1].startswith("~") or (len(parts) == 4 and not parts[3].startswith("~")):
         return None
+    raw = [parts[0], parts[1][1:], parts[2], *(p[1:] for p in parts[3:])]
     try:
-        key = (unquote(parts[0], errors="strict"), unquote(parts[1][1:], errors="strict"), unquote(parts[2]))
-        task = unquote(parts[3][1:], errors="strict") if len(parts) == 4 else None
+        decoded = [unquote(p, errors="strict") for p in raw]
     except UnicodeDecodeError:
         return None
-    return key, task
+    if any(encode_part(d) != p for d, p in zip(decoded, raw, strict=True)) or not decoded[0] or not decoded[2]:
+        return None  # not a name this module makes (the tip, or a foreign ref)
+    return (decoded[0], decoded[1], decoded[2]), (decoded[3] if len(decoded) == 4 else None)
 
 
 class _Listing:
@@ -320,29 +322,31 @@ class CastateSaver(BaseCheckpointSaver[str]):
     async def _arun(self, coro: Coroutine[Any, Any, T]) -> T:
         return await asyncio.wrap_future(self._submit(coro))
 
-    def _iterate(self, agen: AsyncIterator[T]) -> Iterator[T]:
+    def _iterate(self, pages: AsyncIterator[list[T]]) -> Iterator[T]:
+        """Drive an async generator of pages on the private loop, one hop per page."""
         try:
             while True:
                 try:
-                    item = self._run(_anext(agen))
+                    page = self._run(_anext(pages))
                 except StopAsyncIteration:
                     return
-                yield item
+                yield from page
         finally:
             if not self._closed:
-                self._run(_aclose(agen))
+                self._run(_aclose(pages))
 
-    async def _aiterate(self, agen: AsyncIterator[T]) -> AsyncIterator[T]:
+    async def _aiterate(self, pages: AsyncIterator[list[T]]) -> AsyncIterator[T]:
         try:
             while True:
                 try:
-                    item = await self._arun(_anext(agen))
+                    page = await self._arun(_anext(pages))
                 except StopAsyncIteration:
                     return
-                yield item
+                for item in page:
+                    yield item
         finally:
             if not self._closed:
-                await self._arun(_aclose(agen))
+                await self._arun(_aclose(pages))
 
     # -- values <-> castate values ----------------------------------------------------------------
 
@@ -447,7 +451,8 @@ class CastateSaver(BaseCheckpointSaver[str]):
         filter: dict[str, Any] | None,
         before: RunnableConfig | None,
         limit: int | None,
-    ) -> AsyncIterator[CheckpointTuple]:
+    ) -> AsyncIterator[list[CheckpointTuple]]:
+        """Matching checkpoints, newest first, in pages."""
         if config is None:
             listing = await self._store.listing(ROOT)
             keys = listing.newest_first()
@@ -460,21 +465,27 @@ class CastateSaver(BaseCheckpointSaver[str]):
                 keys = [k for k in keys if k[2] == cid]
         if before is not None and (before_id := get_checkpoint_id(before)) is not None:
             keys = [k for k in keys if k[2] < before_id]
+        # Pages grow from one checkpoint (get_state and limit=1 stay cheap) to READ_BATCH.
         remaining = limit
-        for start in range(0, len(keys), READ_BATCH):
-            batch = keys[start : start + READ_BATCH]
+        start, size = 0, 1
+        while start < len(keys) and (remaining is None or remaining > 0):
+            batch = keys[start : start + size]
+            start, size = start + size, min(size * 4, READ_BATCH)
             commits = await self._store.commits([listing.checkpoints[k] for k in batch])
+            chosen: list[tuple[Key, Commit, CheckpointMetadata]] = []
             for key in batch:
-                if remaining is not None and remaining <= 0:
-                    return
                 commit = commits[listing.checkpoints[key]]
                 md = self._metadata(commit)
                 if filter and not all(md.get(k) == v for k, v in filter.items()):
                     continue
-                tree, writes = await self._store.read(commit, listing.writes.get(key, {}))
-                yield self._tuple(key, commit, tree, writes, md)
+                chosen.append((key, commit, md))
                 if remaining is not None:
                     remaining -= 1
+                    if remaining <= 0:
+                        break
+            reads = await asyncio.gather(*(self._store.read(c, listing.writes.get(k, {})) for k, c, _ in chosen))
+            if chosen:
+                yield [self._tuple(k, c, tree, w, md) for (k, c, md), (tree, w) in zip(chosen, reads, strict=True)]
 
     # -- maintenance (coroutines for the private loop) ----------------------------------------
 
