@@ -66,7 +66,8 @@ async def run_conformance(factory: Any) -> None:
     results = report.to_dict()
     assert {cap for cap, r in report.results.items() if r.detected} == CAPABILITIES, results
     assert all(r.tests_failed == 0 and r.tests_passed > 0 for r in report.results.values()), results
-    assert report.passed_all() and report.conformance_level() == "FULL", results
+    assert report.passed_all(), results
+    assert report.conformance_level() == "FULL", results
 
 
 async def test_conformance_on_memory_backend() -> None:
@@ -209,7 +210,8 @@ def test_threads_share_equal_messages(saver: CastateSaver) -> None:
     # Only the checkpoints' own nodes are new; the message runs are shared.
     assert objects(saver) - before < 100 * 6
     one, two = saver.get_tuple(cfg("one")), saver.get_tuple(cfg("two"))
-    assert one is not None and two is not None
+    assert one is not None
+    assert two is not None
     assert one.checkpoint["channel_values"]["messages"] == two.checkpoint["channel_values"]["messages"]
 
 
@@ -229,7 +231,8 @@ def test_copy_thread_adds_refs_not_objects(saver: CastateSaver) -> None:
         == [("task-1", "messages", [AIMessage(content="pending", id="p")])]
     )
     assert dst[0].config["configurable"]["thread_id"] == "dst"
-    assert dst[0].parent_config is not None and dst[0].parent_config["configurable"]["thread_id"] == "dst"
+    assert dst[0].parent_config is not None
+    assert dst[0].parent_config["configurable"]["thread_id"] == "dst"
     saver.delete_thread("src")
     assert saver.get_tuple(cfg("src")) is None
     assert [t.checkpoint for t in saver.list(cfg("dst"))] == [t.checkpoint for t in src]
@@ -346,7 +349,8 @@ def test_delete_thread_is_one_atomic_ref_update(saver: CastateSaver) -> None:
     saver.delete_thread("t")
     log = saver._run(saver._store.repo.reflog())
     deleted = [e for e in log if e.message == "langgraph delete_thread"]
-    assert {e.name for e in deleted} == names and all(e.new is None for e in deleted)
+    assert {e.name for e in deleted} == names
+    assert all(e.new is None for e in deleted)
     assert len({e.time_ns for e in deleted}) == 1  # applied together
     assert saver.get_tuple(cfg("t")) is None
 

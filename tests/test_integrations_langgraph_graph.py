@@ -6,6 +6,7 @@ returns must equal the reference's, step by step.
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -64,7 +65,7 @@ def test_long_run_history_resume_and_fork(tmp_path: Path) -> None:
         assert len(out["messages"]) == 1 + turns + turns // 3
         assert len(history) == checkpoints_of(LIMIT)
         assert [s.metadata["step"] for s in history] == list(range(len(history) - 2, -2, -1))
-        for newer, older in zip(history, history[1:], strict=False):
+        for newer, older in itertools.pairwise(history):
             assert newer.parent_config is not None
             assert newer.parent_config["configurable"]["checkpoint_id"] == older.config["configurable"]["checkpoint_id"]
         for s in history:
