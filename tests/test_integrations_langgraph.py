@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import pickle
+import subprocess
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator, Sequence
 from pathlib import Path
@@ -458,3 +460,15 @@ def test_a_closed_saver_refuses_work() -> None:
     saver.close()  # idempotent
     with pytest.raises(StoreError, match="closed"):
         saver.get_tuple(cfg("t"))
+
+
+def test_castate_core_never_imports_langgraph() -> None:
+    code = (
+        "import sys, pkgutil, importlib, castate\n"
+        "for m in pkgutil.walk_packages(castate.__path__, 'castate.'):\n"
+        "    if not m.name.startswith(('castate.integrations.', 'castate.demo')):\n"
+        "        importlib.import_module(m.name)\n"
+        "print(sorted(n for n in sys.modules if n.split('.')[0] in ('langgraph', 'langchain_core')))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -1,14 +1,15 @@
 """LangGraph checkpointers side by side: the same agent graph on castate and on SqliteSaver.
 
-    python -m tools.bench.langgraph_bench --turns 225 --words 60
-    python -m tools.bench.langgraph_bench --quick        # 30 turns, for a smoke run
+    python -m tools.bench.langgraph_bench --turns 225 --words 60 --repeat 3
+    python -m tools.bench.langgraph_bench --quick        # 30 turns, one run each, for a smoke run
 
 One child process per system runs the agent of ``langgraph_agent.py`` for ``--turns``
 model turns on one thread (one checkpoint per node step), then reads the whole history
 back. It reports the wall time per step, the time spent inside the checkpointer's
 ``put``/``put_writes`` per step, the bytes the store takes on disk after closing, and the
-time to read the latest state and the whole history. The parent prints a markdown table
-with ratios against SqliteSaver and writes every number to ``--out``.
+time to read the latest state and the whole history. Each system runs ``--repeat`` times,
+round-robin; the parent prints a markdown table of the median runs, with ratios against
+SqliteSaver, and writes every number to ``--out``.
 """
 
 from __future__ import annotations
@@ -133,6 +134,18 @@ def _final_state_bytes(turns: int, words: int) -> int:
     return len(JsonPlusSerializer().dumps_typed(out["messages"])[1])
 
 
+def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One system's repeats: the run with the median wall time per step, plus every run's numbers."""
+    errors = [r for r in runs if "error" in r]
+    if errors:
+        return errors[0]
+    ordered = sorted(runs, key=lambda r: r["step_ms"])
+    median = dict(ordered[len(ordered) // 2])
+    median["ok"] = all(r["ok"] for r in runs)
+    median["repeats"] = [{k: v for k, v in r.items() if k != "system"} for r in runs]
+    return median
+
+
 def _table(results: list[dict[str, Any]], full_copy: int) -> str:
     peer = next((r for r in results if r["system"] == "sqlite" and "error" not in r), None)
 
@@ -165,13 +178,16 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--words", type=int, default=60, help="words per model reply (tool results: 3x)")
     ap.add_argument("--durability", default="sync", choices=("sync", "async", "exit"))
     ap.add_argument("--systems", default=",".join(SYSTEMS))
-    ap.add_argument("--quick", action="store_true", help="30 turns")
+    ap.add_argument("--repeat", type=int, default=3, help="runs per system; the table shows the median")
+    ap.add_argument("--quick", action="store_true", help="30 turns, one run per system")
     ap.add_argument("--dir", default=None, help="where the stores go (default: the temp dir)")
     ap.add_argument("--out", default=None, help="JSON report (default tools/bench/results/langgraph-<time>.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--store", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     turns = 30 if args.quick else args.turns
+    if args.quick:
+        args.repeat = 1
 
     if args.child:
         result = child(args.child, turns, args.words, args.durability, Path(args.store))
@@ -179,19 +195,23 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     base = Path(tempfile.mkdtemp(prefix="castate-lgbench-", dir=args.dir))
-    results: list[dict[str, Any]] = []
+    names = args.systems.split(",")
+    runs: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     try:
-        for name in args.systems.split(","):
-            store = base / name
-            cmd = [sys.executable, "-m", "tools.bench.langgraph_bench", "--child", name, "--store", str(store)]
-            cmd += ["--turns", str(turns), "--words", str(args.words), "--durability", args.durability]
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
-            if proc.returncode != 0:
-                results.append({"system": name, "error": proc.stderr.strip() or f"exit {proc.returncode}"})
-            else:
-                results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+        for rep in range(args.repeat):  # round-robin, so a slow spell of the machine hits every system
+            for name in names:
+                store = base / f"{name}-{rep}"
+                cmd = [sys.executable, "-m", "tools.bench.langgraph_bench", "--child", name, "--store", str(store)]
+                cmd += ["--turns", str(turns), "--words", str(args.words), "--durability", args.durability]
+                proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, check=False)
+                if proc.returncode != 0:
+                    runs[name].append({"system": name, "error": proc.stderr.strip() or f"exit {proc.returncode}"})
+                else:
+                    runs[name].append(json.loads(proc.stdout.strip().splitlines()[-1]))
+                shutil.rmtree(store, ignore_errors=True)
     finally:
         shutil.rmtree(base, ignore_errors=True)
+    results = [_median_run(runs[name]) for name in names]
 
     full_copy = _final_state_bytes(turns, args.words)
     table = _table(results, full_copy)
@@ -204,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
         "turns": turns,
         "words": args.words,
         "durability": args.durability,
+        "repeat": args.repeat,
         "final_messages_serialized_bytes": full_copy,
         "results": results,
         "table": table,
