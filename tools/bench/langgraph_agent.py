@@ -3,8 +3,8 @@
 The agent node answers each turn with an AIMessage of ``words`` words drawn from
 ``random.Random(turn)`` (deterministic, no network); every third turn it calls the
 ``lookup`` tool, whose node answers with a ToolMessage three times as long. The graph
-loops agent -> (tool ->) agent until ``turns`` reaches ``limit``, so one invoke runs
-one checkpoint per node step (``checkpoints_of``).
+loops agent -> (tool ->) agent until ``turns`` reaches ``limit``; LangGraph takes one
+checkpoint per node step (``checkpoints_of`` counts them).
 """
 
 from __future__ import annotations
