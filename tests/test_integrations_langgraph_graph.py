@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 from langchain_core.messages import HumanMessage
 from langgraph.checkpoint.base import BaseCheckpointSaver
 from langgraph.checkpoint.memory import InMemorySaver
-from langgraph.types import StateSnapshot
+from langgraph.graph import END, START, StateGraph
+from langgraph.types import Command, StateSnapshot, interrupt
 
 from castate.integrations.langgraph import CastateSaver
 from tools.bench.langgraph_agent import build, checkpoints_of, final_turn, run_config, start
@@ -110,3 +111,39 @@ async def test_async_graph_matches_the_reference(tmp_path: Path) -> None:
         got = await run(saver)
     assert len(got) > checkpoints_of(30)
     assert got == await run(InMemorySaver())
+
+
+def test_an_interrupted_run_resumes_from_the_store(tmp_path: Path) -> None:
+    """Human in the loop: the interrupt is a pending write; a new saver on the same store resumes."""
+
+    class Review(TypedDict):
+        draft: str
+        verdict: str
+
+    def write(state: Review) -> dict[str, Any]:
+        return {"draft": "a draft"}
+
+    def review(state: Review) -> dict[str, Any]:
+        return {"verdict": interrupt({"question": "approve?", "draft": state["draft"]})}
+
+    def builder() -> StateGraph[Any]:
+        g = StateGraph(Review)
+        g.add_node("write", write)
+        g.add_node("review", review)
+        g.add_edge(START, "write")
+        g.add_edge("write", "review")
+        g.add_edge("review", END)
+        return g
+
+    config = {"configurable": {"thread_id": "review-1"}}
+    with CastateSaver(tmp_path / "store") as saver:
+        first = builder().compile(checkpointer=saver).invoke({"draft": "", "verdict": ""}, config)
+        assert first["__interrupt__"][0].value == {"question": "approve?", "draft": "a draft"}
+    with CastateSaver(tmp_path / "store") as saver:  # a new process, say
+        graph = builder().compile(checkpointer=saver)
+        pending = graph.get_state(config)
+        assert pending.next == ("review",)
+        assert pending.tasks[0].interrupts[0].value["question"] == "approve?"
+        done = graph.invoke(Command(resume="approved"), config)
+        assert done == {"draft": "a draft", "verdict": "approved"}
+        assert graph.get_state(config).next == ()
