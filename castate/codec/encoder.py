@@ -9,7 +9,8 @@ The walk is exact for new content and checks every value against the value domai
 Content that the previous save of the same session already encoded is recognised
 without per-element Python work: each run of a long list keeps a blake3 digest of its
 elements' JSON (one C-speed ``orjson.dumps`` per run; a run of bytes values hashes their
-bytes), and a run whose digest is unchanged keeps its node. The caller keeps the returned ``Shadow`` for the next save.
+bytes), and a run whose digest is unchanged keeps its node. The caller keeps the
+returned ``Shadow`` for the next save.
 """
 
 from __future__ import annotations
