@@ -258,3 +258,32 @@ def test_str_enum_replacing_its_value_is_caught() -> None:
     items[0] = Status.DONE
     with pytest.raises(UnsupportedValueError, match="Status"):
         encode(state, shadow)
+
+
+def _blobs(n: int) -> list[bytes]:
+    return [b"\x92\xa4item" + i.to_bytes(4, "little") + bytes(range(200)) for i in range(n)]
+
+
+def test_appending_to_a_list_of_bytes_reuses_its_runs() -> None:
+    state: dict[str, Any] = {"items": _blobs(2_000)}
+    _, shadow, stored = encode(state)
+    for step in range(5):
+        state["items"] = [*state["items"], b"new " + bytes([step]) * 300]
+        root, shadow, new = encode(state, shadow)
+        assert len(new) <= 6, kinds(new)  # the tail run, the index path and the root
+        assert root == encode({"items": list(state["items"])})[0]
+        stored.update(new)
+    assert Decoder(stored).build(root) == state
+
+
+def test_an_edited_bytes_run_is_detected() -> None:
+    items = _blobs(1_000)
+    _, shadow, first = encode({"items": items})
+    edited = list(items)
+    edited[500] = edited[500][:-1] + b"X"  # same length, one byte differs
+    root, _, new = encode({"items": edited}, shadow)
+    assert root == encode({"items": edited})[0]
+    assert Decoder({**first, **new}).build(root) == {"items": edited}
+    # bytes and a str with the same characters stay apart
+    mixed = [*items[:-1], items[-1].decode("latin-1")]
+    assert encode({"items": mixed}, shadow)[0] == encode({"items": mixed})[0]

@@ -98,3 +98,42 @@ async def test_copy_and_delete_refs(repo: castate.Repository) -> None:
     assert await repo.list_refs("checkpoints/") == {}
     log = await repo.reflog("checkpoints/x/a")
     assert [(e.old, e.new) for e in log] == [(None, saved.commit), (saved.commit, None)]
+
+
+async def test_save_also_points_more_refs_at_the_new_commit(repo: castate.Repository) -> None:
+    first = await repo.save("work/tip", {"v": 1}, also=["checkpoints/a"])
+    assert await repo.head("checkpoints/a") == first.commit
+    second = await repo.save("work/tip", {"v": 1}, also=["checkpoints/b"])  # same state, still a commit
+    assert second.changed
+    assert await repo.head("checkpoints/b") == second.commit
+    assert await repo.head("checkpoints/a") == first.commit
+    log = await repo.reflog()
+    assert {e.name for e in log if e.new == second.commit} == {"work/tip", "checkpoints/b"}
+    assert len({e.time_ns for e in log if e.new == second.commit}) == 1  # one atomic update
+    # a ref moved through ``also`` is not assumed unchanged by a later save of that ref
+    third = await repo.save("work/tip", {"v": 3}, also=["checkpoints/a"])
+    fourth = await repo.save("checkpoints/a", {"v": 4})
+    assert (await repo.read_commit(fourth.commit)).parents == (third.commit,)
+
+
+async def test_save_new_creates_without_looking_and_refuses_an_existing_ref(repo: castate.Repository) -> None:
+    made = await repo.save("kv/one", {"v": 1}, new=True)
+    assert await repo.load("kv/one") == {"v": 1}
+    with pytest.raises(ConflictError):
+        await repo.save("kv/one", {"v": 2}, new=True)
+    assert await repo.head("kv/one") == made.commit
+
+
+async def test_saves_of_one_stream_share_a_compression_chain(store_path: Path) -> None:
+    backend = castate.LocalBackend(store_path)
+    async with castate.Repository(backend) as repo:
+        text = "shared words " * 400
+        for i in range(3):
+            await repo.save(f"checkpoints/t/{i}", {"doc": text + str(i)}, stream="thread-t")
+        await repo.save("sessions/other", {"doc": text}, stream="other")
+        packs = list(backend._packs.values())
+        assert len(packs) == 1
+        chains = packs[0].chains
+        assert sorted(len(records) for records in chains.values()) == [1, 3]
+        for i in range(3):
+            assert await repo.load(f"checkpoints/t/{i}") == {"doc": text + str(i)}

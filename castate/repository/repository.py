@@ -92,13 +92,26 @@ class Repository:
         message: str = "save",
         overwrite: bool = False,
         extra_updates: Sequence[RefUpdate] = (),
+        stream: str | None = None,
+        also: Sequence[str] = (),
+        new: bool = False,
     ) -> SaveResult:
         """Save ``state`` as the new head of ``ref``.
 
         Raises ConflictError when the head moved since this repository last saw it, unless
         ``overwrite``. A state equal to the head's is a no-op (no objects, no commit).
+        ``stream`` (default: ``ref``) groups saves for the backend's compression: saves of
+        many refs that share content (one ref per checkpoint) compress best as one stream.
+        ``also`` names refs to point at the new commit too, in the same atomic ref update
+        (whatever they pointed at before): a ref per checkpoint whose saves are encoded
+        incrementally through one working ref. ``new`` says the ref must not exist yet: the
+        save skips looking it up and raises ConflictError if it does exist.
         """
         await self.open()
+        if new:
+            return await self._save_once(
+                ref, state, None, session, name, meta, default, message, extra_updates, stream or ref, also
+            )
         # Saves of one ref from this repository take turns: each builds on the one before, as
         # sequential saves do, instead of racing each other's compare-and-swap.
         lock = self._ref_locks.get(ref)
@@ -108,7 +121,9 @@ class Repository:
             for _ in range(OVERWRITE_ATTEMPTS):
                 head = await self._known_head(ref)
                 try:
-                    return await self._save_once(ref, state, head, session, name, meta, default, message, extra_updates)
+                    return await self._save_once(
+                        ref, state, head, session, name, meta, default, message, extra_updates, stream or ref, also
+                    )
                 except ConflictError:
                     self._heads.pop(ref, None)
                     if not overwrite:
@@ -144,9 +159,11 @@ class Repository:
         default: Default | None,
         message: str,
         extra_updates: Sequence[RefUpdate],
+        stream: str,
+        also: Sequence[str],
     ) -> SaveResult:
         root, shadow, objects = encode_state(state, head.shadow if head else None, default)
-        if head is not None and root == head.root and not extra_updates:
+        if head is not None and root == head.root and not extra_updates and not also:
             head.shadow = shadow
             return SaveResult(head.commit, root, False, 0)
         commit = Commit(
@@ -162,7 +179,10 @@ class Repository:
         objects[cid] = (KIND_COMMIT, content)
         items = frames(objects, compress=not self.backend.packs_objects)
         update = RefUpdate(ref, cid, head.commit if head else None)
-        written = await self.backend.commit(items, [update, *extra_updates], message=message, stream=ref)
+        updates = [update, *(RefUpdate(name, cid, ANY) for name in also), *extra_updates]
+        written = await self.backend.commit(items, updates, message=message, stream=stream)
+        for other in also:
+            self._heads.pop(other, None)
         self._cache_commit(cid, commit)
         self._remember(ref, _Head(cid, root, shadow))
         return SaveResult(cid, root, True, written)
