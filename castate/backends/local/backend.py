@@ -549,6 +549,39 @@ class LocalBackend(Backend):
         finally:
             await asyncio.to_thread(held.__exit__, None, None, None)
 
+    @contextlib.asynccontextmanager
+    async def gc_shared(self) -> AsyncIterator[None]:
+        # A lock object of its own (its own descriptor): shared flocks of this process's
+        # saves and of other holders do not wait for each other.
+        lock = FileLock(self.root / "locks" / "gc.lock", self._lock_timeout)
+        held = lock.hold(exclusive=False)
+        await self._run(held.__enter__)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(held.__exit__, None, None, None)
+            lock.close()
+
+    async def check_storage(self) -> list[str]:
+        return await self._run(self.check_storage_sync)
+
+    def check_storage_sync(self) -> list[str]:
+        """Damaged spans of packs, and records whose chain a damaged record broke."""
+        with self._mutex:
+            self._refresh_packs()
+            out = []
+            for pack in sorted(self._packs.values(), key=lambda p: p.name):
+                for start, end in pack.damaged:
+                    out.append(f"pack {pack.path}: damaged record(s) in bytes {start}-{end}, skipped")
+                broken = [r for r in pack.records.values() if r.chain < 0]
+                if broken:
+                    lost = sum(1 for rec_off, _, _ in pack.entries.values() if pack.records[rec_off].chain < 0)
+                    out.append(
+                        f"pack {pack.path}: {len(broken)} record(s) follow a damaged record; "
+                        f"their {lost} object(s) cannot be read"
+                    )
+            return out
+
     async def expire_reflog(self, before_ns: int) -> int:
         return await self._run(self.expire_reflog_sync, before_ns)
 
