@@ -377,8 +377,8 @@ async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int
     expire = parse_duration(args.reflog_expire)
     if grace == 0:
         out.warn(
-            "--grace 0 is meant for an idle store: saves in other processes stay protected by the gc lock, "
-            "but objects written outside a save (a half-done import by an older castate, a crashed writer) are not"
+            "--grace 0 drops the safety margin for writers that do not take the gc lock "
+            "(other tools, backends without one); use it on an idle store"
         )
     started = time.monotonic()
     with out.progress("gc") as update:
