@@ -75,6 +75,7 @@ class LocalBackend(Backend):
         self._lock_timeout = lock_timeout
         self._journal: RefJournal | None = None
         self._gc_lock: FileLock | None = None
+        self._gc_seen: tuple[int, int] | None = None
         self._opened = False
         self.store_id = ""
 
@@ -114,6 +115,7 @@ class LocalBackend(Backend):
             )
             self._gc_lock = FileLock(locks / "gc.lock", self._lock_timeout)
             self._journal.refresh()
+            self._gc_seen = self._gc_signature()
             self._refresh_packs()
             self._opened = True
 
@@ -211,6 +213,7 @@ class LocalBackend(Backend):
 
     def has_objects_sync(self, ids: Collection[bytes]) -> set[bytes]:
         with self._mutex:
+            self._sync_with_gc()
             return {oid for oid in ids if self._has(oid)}
 
     def _has(self, oid: bytes) -> bool:
@@ -221,6 +224,7 @@ class LocalBackend(Backend):
 
     def put_objects_sync(self, items: Sequence[tuple[bytes, bytes]], stream: str = "") -> int:
         with self._mutex:
+            self._sync_with_gc()
             seen: set[bytes] = set()
             new = []
             for oid, frame in items:
@@ -365,7 +369,34 @@ class LocalBackend(Backend):
                 for pack in self._packs.values():
                     for oid in pack.entries:
                         self._index.setdefault(oid, pack)
+            if removed:
+                # Tell every other open backend that its pack index may list deleted objects.
+                atomic_write(self._gc_marker, uuid.uuid4().bytes, durable=self.durable)
+                self._gc_seen = self._gc_signature()
             return len({oid for oid in removed if oid not in self._index})
+
+    @property
+    def _gc_marker(self) -> Path:
+        return self.root / "locks" / "gc.generation"
+
+    def _gc_signature(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._gc_marker)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def _sync_with_gc(self) -> None:
+        """Forget packs that gc removed since this backend last looked (one stat).
+
+        Dedup checks trust the in-memory pack index; after a gc in another process that
+        index may still list objects gc deleted, and a save that skipped writing them would
+        point at nothing. Saves run this under the shared gc lock, so gc cannot delete
+        between the check and the ref move."""
+        sig = self._gc_signature()
+        if sig != self._gc_seen:
+            self._gc_seen = sig
+            self._refresh_packs()
 
     def _rewrite_pack(self, pack: packfmt.Pack, doomed: set[bytes]) -> bool:
         """Copy a pack's surviving objects into a new pack, then delete it; False if it is active."""
