@@ -12,9 +12,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import castate
+import castate.repository.snapshot
 from castate.backends import MemoryBackend
 from castate.codec import Encoder
-import castate.repository.snapshot
 from castate.repository.diff import diff_trees, to_patch
 from tests.strategies import same, states, values
 
