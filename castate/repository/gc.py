@@ -42,8 +42,8 @@ class GcReport:
     reflog_expire: float
     objects: int = 0
     object_bytes: int = 0
-    reachable: int = 0
-    recent: int = 0  # unreachable but younger than the grace period: kept
+    reachable: int = 0  # from refs and recent reflog entries
+    recent: int = 0  # kept for the grace period: young objects, what they point at, saves made during gc
     candidates: int = 0  # unreachable and older than the grace period
     deleted: int = 0
     deleted_bytes: int = 0
@@ -86,6 +86,7 @@ async def collect_garbage(
 
     walker = Walker(backend, fetch_chunks=False, progress=(lambda n: progress("mark", n, None)) if progress else None)
     await _mark_refs(backend, walker, log_cutoff, report)
+    report.reachable = sum(1 for oid in infos if oid in walker.seen)
     young = [oid for oid, i in infos.items() if i.time_ns >= object_cutoff and oid not in walker.seen]
     before = dict(walker.problems)
     await walker.walk(young)
@@ -93,7 +94,7 @@ async def collect_garbage(
 
     if dry_run:
         doomed = _doomed(infos, walker.seen, object_cutoff)
-        _count(report, infos, walker.seen, object_cutoff, doomed)
+        _count(report, doomed)
         report.deleted = len(doomed)
         report.deleted_bytes = sum(infos[o].size for o in doomed)
         return report
@@ -108,7 +109,7 @@ async def collect_garbage(
         if progress is not None:
             progress("delete", len(doomed), len(doomed))
     left = await backend.has_objects(doomed) if doomed else set()
-    _count(report, infos, walker.seen, object_cutoff, doomed)
+    _count(report, doomed)
     report.left = len(left)
     report.deleted = len(doomed) - len(left)
     report.deleted_bytes = sum(infos[o].size for o in doomed if o not in left)
@@ -144,12 +145,9 @@ def _doomed(infos: dict[bytes, ObjectInfo], seen: set[bytes], cutoff: int) -> li
     return [oid for oid, i in infos.items() if oid not in seen and i.time_ns < cutoff]
 
 
-def _count(
-    report: GcReport, infos: dict[bytes, ObjectInfo], seen: set[bytes], cutoff: int, doomed: list[bytes]
-) -> None:
-    report.reachable = sum(1 for oid in infos if oid in seen)
+def _count(report: GcReport, doomed: list[bytes]) -> None:
     report.candidates = len(doomed)
-    report.recent = sum(1 for oid, i in infos.items() if oid not in seen and i.time_ns >= cutoff)
+    report.recent = report.objects - report.reachable - len(doomed)
 
 
 def _disk_bytes(stats: dict[str, int]) -> int | None:

@@ -46,6 +46,9 @@ async def resolve(repo: Repository, text: str) -> Revision:
         base = await _resolve_exact(repo, m.group(1))
         if base is not None:
             return await _ancestor(repo, base, int(m.group(2)), text)
+    kind, sep, rest = text.partition(":")
+    if sep and kind in ("session", "checkpoint", "commit"):
+        raise NotFoundError(f"no {kind} {rest!r}")
     raise NotFoundError(f"no session, checkpoint or commit named {text!r} (see `castate sessions` and `castate log`)")
 
 
@@ -53,10 +56,10 @@ async def _resolve_exact(repo: Repository, text: str) -> Revision | None:
     kind, sep, rest = text.partition(":")
     if sep and kind in ("session", "checkpoint", "commit"):
         if kind == "session":
-            return await _session(repo, rest) or _missing(f"no session {rest!r}")
+            return await _session(repo, rest)
         if kind == "checkpoint":
-            return await _checkpoint(repo, rest) or _missing(f"no checkpoint {rest!r}")
-        return await _commit(repo, rest) or _missing(f"no commit {rest!r}")
+            return await _checkpoint(repo, rest)
+        return await _commit(repo, rest)
     try:
         names.parse_checkpoint_id(text)
     except InvalidKeyError:
@@ -69,10 +72,6 @@ async def _resolve_exact(repo: Repository, text: str) -> Revision | None:
     if found is not None:
         return found
     return await _commit(repo, text)
-
-
-def _missing(message: str) -> Revision:
-    raise NotFoundError(message)
 
 
 async def _session(repo: Repository, session_id: str) -> Revision | None:
