@@ -453,9 +453,11 @@ async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> i
         out.line(f"storage: {line}", "red")
     for p in report.problems:
         parent = f" (referenced by {p.parent.hex()[:12]})" if p.parent else ""
-        out.line(f"{p.what}: {p.id.hex()}{parent}: {p.detail}", "red")
+        detail = p.detail if p.id.hex() in p.detail else f"{p.id.hex()}: {p.detail}"
+        out.line(f"{p.what}{parent}: {detail}", "red")
     for p in report.stored_corrupt:
-        out.line(f"corrupt (unreachable): {p.id.hex()}: {p.detail}", "red")
+        detail = p.detail if p.id.hex() in p.detail else f"{p.id.hex()}: {p.detail}"
+        out.line(f"corrupt (unreachable): {detail}", "red")
     for ref, bad in report.damaged_refs.items():
         out.line(f"damaged ref {ref}: {len(bad)} bad object(s) under it", "red")
     if report.quarantined:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from castate.backends.base import Backend
 from castate.codec import decode_frame
 from castate.errors import CorruptionError, UnsupportedFormatError
-from castate.repository.walk import BATCH, Problem, Walker, ancestors, links
+from castate.repository.walk import BATCH, Problem, Walker, ancestors, get_frames, links
 
 #: progress(phase, done, total): phases "refs" and "stored"; total None when unknown.
 FsckProgress = Callable[[str, int, int | None], None]
@@ -75,8 +75,11 @@ async def fsck(
         report.stored_checked = len(stored) - len(todo)
         for start in range(0, len(todo), BATCH):
             part = todo[start : start + BATCH]
-            frames = await backend.get_objects([i.id for i in part])
+            frames, unreadable = await get_frames(backend, [i.id for i in part])
             for info in part:
+                if info.id in unreadable:
+                    report.stored_corrupt.append(Problem(info.id, "corrupt", unreadable[info.id], None))
+                    continue
                 frame = frames.get(info.id)
                 if frame is None:
                     continue  # removed meanwhile (gc)

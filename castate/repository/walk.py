@@ -135,8 +135,12 @@ class Walker:
                 part = level[i : i + self.batch]
                 for oid, _ in part:
                     self.seen.add(oid)
-                frames = await self.backend.get_objects([oid for oid, _ in part])
+                frames, unreadable = await get_frames(self.backend, [oid for oid, _ in part])
                 for oid, (want, parent) in part:
+                    if oid in unreadable:
+                        self.visited += 1
+                        self.problems[oid] = Problem(oid, "corrupt", unreadable[oid], parent)
+                        continue
                     for child, child_allowed in self._visit(oid, frames.get(oid), want, parent):
                         if child in self.seen or child in frontier:
                             continue
@@ -174,6 +178,25 @@ class Walker:
         return out
 
 
+async def get_frames(backend: Backend, ids: list[bytes]) -> tuple[dict[bytes, bytes | memoryview], dict[bytes, str]]:
+    """Frames of ``ids``, and the ids the backend itself reports as unreadable (a damaged
+    pack record), each with the reason: one bad object does not hide the rest of a batch."""
+    unreadable: dict[bytes, str] = {}
+    todo = list(ids)
+    while True:
+        try:
+            return await backend.get_objects(todo), unreadable
+        except CorruptObjectError as exc:
+            try:
+                oid = bytes.fromhex(exc.object_id)
+            except ValueError:
+                raise exc from None
+            if oid not in todo:
+                raise
+            unreadable[oid] = str(exc)
+            todo.remove(oid)
+
+
 def _names(kinds: frozenset[int]) -> str:
     return " or ".join(sorted(KIND_NAMES[k] for k in kinds))
 
@@ -195,4 +218,4 @@ def ancestors(children: dict[bytes, list[bytes]], bad: Iterable[bytes]) -> set[b
     return out
 
 
-__all__ = ["BATCH", "Problem", "Walker", "ancestors", "links"]
+__all__ = ["BATCH", "Problem", "Walker", "ancestors", "get_frames", "links"]

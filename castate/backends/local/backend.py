@@ -412,8 +412,13 @@ class LocalBackend(Backend):
                 by_record.setdefault(pack.entries[oid][0], []).append(oid)
             batch: list[tuple[bytes, bytes]] = []
             size = 0
+            damaged = bool(pack.damaged)
             for rec_off in sorted(by_record):
-                raw = self._cache.record_bytes(pack, pack.records[rec_off])
+                try:
+                    raw = self._cache.record_bytes(pack, pack.records[rec_off])
+                except CorruptFileError:
+                    damaged = True  # these objects cannot be read anywhere: nothing to copy
+                    continue
                 for oid in by_record[rec_off]:
                     _, off, n = pack.entries[oid]
                     batch.append((oid, raw[off : off + n]))
@@ -426,7 +431,11 @@ class LocalBackend(Backend):
             if keep and self._pack_fd is not None and self.durable:
                 os.fsync(self._pack_fd)
             self._seal()
-            pack.path.unlink()
+            if damaged:  # keep the damaged file's bytes for inspection, never just delete them
+                make_dirs(self.quarantine_dir)
+                os.replace(pack.path, self.quarantine_dir / pack.name)
+            else:
+                pack.path.unlink()
             if self.durable:
                 fsync_dir(self.packs_dir)
         finally:
