@@ -22,7 +22,9 @@ from castate.errors import (
     UnsupportedValueError,
 )
 from castate.repository import Repository, SaveResult
-from castate.state import CheckpointInfo, SessionInfo, StateManager
+from castate.repository.diff import Change, to_patch
+from castate.repository.retention import Policy as RetentionPolicy
+from castate.state import CheckpointInfo, RestoreResult, SessionInfo, StateManager
 from castate.storage import FileStorageBackend, StorageBackend
 
 __version__ = "0.1.0"
@@ -30,6 +32,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Backend",
     "CastateError",
+    "Change",
     "CheckpointInfo",
     "ConflictError",
     "CorruptFileError",
@@ -42,6 +45,8 @@ __all__ = [
     "MissingObjectError",
     "NotFoundError",
     "Repository",
+    "RestoreResult",
+    "RetentionPolicy",
     "SaveResult",
     "SessionInfo",
     "StateManager",
@@ -49,4 +54,5 @@ __all__ = [
     "StoreError",
     "UnsupportedFormatError",
     "UnsupportedValueError",
+    "to_patch",
 ]
