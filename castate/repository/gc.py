@@ -49,6 +49,7 @@ class GcReport:
     deleted_bytes: int = 0
     left: int = 0  # candidates the backend could not delete yet (e.g. in a live writer's pack)
     reflog_expired: int = 0
+    recent_incomplete: int = 0  # objects below recent unreferenced objects that are gone already
     store_bytes_before: int | None = None
     store_bytes_after: int | None = None
     warnings: list[str] = field(default_factory=list)
@@ -88,9 +89,12 @@ async def collect_garbage(
     await _mark_refs(backend, walker, log_cutoff, report)
     report.reachable = sum(1 for oid in infos if oid in walker.seen)
     young = [oid for oid, i in infos.items() if i.time_ns >= object_cutoff and oid not in walker.seen]
-    before = dict(walker.problems)
+    before = len(walker.problems)
     await walker.walk(young)
-    _note(report, walker.problems, before, "below a recent unreferenced object")
+    # Unreferenced and partly collected: a copy of garbage that survived in a pack its
+    # writer still held while the rest of its tree went. Not damage: nothing refers to it,
+    # and a save that needs it again writes its whole tree (dedup is per object).
+    report.recent_incomplete = len(walker.problems) - before
 
     if dry_run:
         doomed = _doomed(infos, walker.seen, object_cutoff)
