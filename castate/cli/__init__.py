@@ -52,7 +52,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"castate {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def add(name: str, help_: str, example: str, fn: Command, *, json: bool = True) -> argparse.ArgumentParser:
+    def add(name: str, help_: str, example: str, fn: Command | None, *, json: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(
             name,
             help=help_,
@@ -65,8 +65,7 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="print JSON for scripts")
         return sp
 
-    sp = add("init", "create an empty store", "castate --store ./state init", _init, json=False)
-    sp.add_argument("--loose", action="store_true", help=argparse.SUPPRESS)
+    add("init", "create an empty store", "castate --store ./state init", None, json=False)
 
     add(
         "sessions", "list sessions with their last save and checkpoint count", "castate sessions --json", c.cmd_sessions
@@ -232,13 +231,9 @@ def _positive(text: str) -> int:
     return n
 
 
-async def _init(_sm: StateManager, args: argparse.Namespace, out: Output) -> int:
-    raise AssertionError("init is run without a manager")  # pragma: no cover
-
-
 async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
     existed = os.path.exists(os.path.join(path, "castate.json"))
-    backend = LocalBackend(path, create=True, loose=bool(args.loose))
+    backend = LocalBackend(path, create=True)
     await backend.open()
     await backend.close()
     if existed:
@@ -252,7 +247,7 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
     path = args.store or os.environ.get("CASTATE_STORE") or DEFAULT_STORE
     if "://" in path:
         raise InvalidKeyError(f"{path!r}: this castate opens local store directories only")
-    if args.func is _init:
+    if args.command == "init":  # the one command that may create the store
         return await _run_init(path, args, out)
     sm = StateManager(LocalBackend(path, create=False))
     try:
