@@ -27,7 +27,9 @@ from castate.errors import (
     UnsupportedValueError,
 )
 from castate.repository import Repository, SaveResult
-from castate.state import CheckpointInfo, SessionInfo, StateManager
+from castate.repository.diff import Change, to_patch
+from castate.repository.retention import Policy as RetentionPolicy
+from castate.state import CheckpointInfo, RestoreResult, SessionInfo, StateManager
 from castate.storage import FileStorageBackend, StorageBackend
 from castate.tracking import TrackedDict, TrackedList, tracked
 
@@ -37,6 +39,7 @@ __all__ = [
     "Backend",
     "BackendUnavailableError",
     "CastateError",
+    "Change",
     "CheckpointInfo",
     "ConflictError",
     "CorruptFileError",
@@ -49,6 +52,8 @@ __all__ = [
     "MissingObjectError",
     "NotFoundError",
     "Repository",
+    "RestoreResult",
+    "RetentionPolicy",
     "SaveResult",
     "SessionInfo",
     "StateManager",
@@ -58,6 +63,7 @@ __all__ = [
     "TrackedList",
     "UnsupportedFormatError",
     "UnsupportedValueError",
+    "to_patch",
     "tracked",
 ]
 # castate.open is public but stays out of __all__, so `from castate import *` never shadows the builtin.

@@ -21,10 +21,17 @@ from castate.backends.base import Backend, RefUpdate
 from castate.codec import Commit, encode_commit, object_id
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT
-from castate.errors import ConflictError, NotFoundError
+from castate.errors import ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository import Repository
 from castate.repository import refs as names
+from castate.repository.bundle import BundleProgress, BundleReport, export_session, import_bundle
+from castate.repository.diff import Change
+from castate.repository.fsck import FsckProgress, FsckReport, fsck
+from castate.repository.gc import DEFAULT_GRACE, DEFAULT_REFLOG_EXPIRE, GcProgress, GcReport, collect_garbage
+from castate.repository.retention import ForgetReport, Policy, forget
+from castate.repository.revisions import Revision, resolve
 from castate.repository.snapshot import frames
+from castate.repository.stats import StoreStats, store_stats
 from castate.storage import FileStorageBackend, StorageBackend
 
 
@@ -74,6 +81,16 @@ class CheckpointInfo(_Record):
     timestamp: float
     commit: str
     metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=True)
+class RestoreResult(_Record):
+    """A restore into a session: its head before (None if it had none) and after, as hex ids."""
+
+    session_id: str
+    previous: str | None
+    current: str
+    changed: bool
 
 
 class StateManager:
@@ -287,6 +304,113 @@ class StateManager:
         if state is None:
             raise NotFoundError(f"no session {session_id!r}")
         return state
+
+    # -- history: diff, fork, restore ------------------------------------------------------
+
+    async def resolve(self, revision: str) -> Revision:
+        """The commit a session id, checkpoint id or commit id names (see ``castate.repository.revisions``)."""
+        return await resolve(self.repository, revision)
+
+    async def diff(self, a: str, b: str) -> list[Change]:
+        """The changes from state ``a`` to state ``b``: each a session id (its head), a
+        checkpoint id or a commit id, in any sessions. Cost grows with the change."""
+        ra, rb = await self.resolve(a), await self.resolve(b)
+        return await self.repository.diff(ra.commit, rb.commit)
+
+    async def _check_complete_root(self, commit_id: bytes) -> None:
+        repo = self.repository
+        root = (await repo.read_commit(commit_id)).root
+        if not await repo.backend.has_objects([root]):
+            raise MissingObjectError(root.hex(), f"root of commit {commit_id.hex()}, removed by gc")
+
+    async def fork(self, source: str, new_session_id: str) -> str:
+        """A new session whose head is ``source`` (a checkpoint, session or commit): one new
+        ref, no copy. Returns the commit id (hex). ConflictError if the session exists."""
+        repo = self.repository
+        rev = await self.resolve(source)
+        target = names.session_ref(new_session_id)
+        async with repo.backend.gc_shared():  # the commit cannot be collected before the ref exists
+            await self._check_complete_root(rev.commit)
+            try:
+                await repo.update_refs([RefUpdate(target, rev.commit, None)], message=f"fork {rev.label}"[:200])
+            except ConflictError:
+                raise ConflictError(f"session {new_session_id!r} already exists; pick another id", target) from None
+        return rev.commit.hex()
+
+    async def restore_into_session(self, source: str, session_id: str | None = None) -> RestoreResult:
+        """Make ``source`` (a checkpoint or commit) the current state of ``session_id`` (by
+        default the session the checkpoint belongs to). A ref move, recorded in the reflog:
+        restoring ``result.previous`` undoes it."""
+        repo = self.repository
+        rev = await self.resolve(source)
+        sid = session_id if session_id is not None else rev.session
+        if sid is None:
+            raise InvalidKeyError(f"{source!r} belongs to no session: name the session to restore into")
+        ref = names.session_ref(sid)
+        async with repo.backend.gc_shared():
+            await self._check_complete_root(rev.commit)
+            current = await repo.head(ref)
+            if current == rev.commit:
+                return RestoreResult(sid, current.hex(), current.hex(), False)
+            await repo.update_refs([RefUpdate(ref, rev.commit, current)], message=f"restore {rev.label}"[:200])
+        return RestoreResult(sid, current.hex() if current else None, rev.commit.hex(), True)
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    async def forget(
+        self,
+        policy: Policy,
+        *,
+        session_ids: list[str] | None = None,
+        whole_sessions: bool = False,
+        dry_run: bool = False,
+    ) -> ForgetReport:
+        """Apply a retention policy to checkpoints (or with ``whole_sessions``, to sessions);
+        removes refs only. See ``castate.repository.retention``."""
+        return await forget(
+            self.repository, policy, sessions=session_ids, whole_sessions=whole_sessions, dry_run=dry_run
+        )
+
+    async def gc(
+        self,
+        *,
+        grace: float = DEFAULT_GRACE,
+        reflog_expire: float = DEFAULT_REFLOG_EXPIRE,
+        dry_run: bool = False,
+        progress: GcProgress | None = None,
+    ) -> GcReport:
+        """Delete unreachable objects older than ``grace`` seconds (see ``castate.repository.gc``)."""
+        repo = await self.repository.open()
+        return await collect_garbage(
+            repo.backend, grace=grace, reflog_expire=reflog_expire, dry_run=dry_run, progress=progress
+        )
+
+    async def fsck(
+        self, *, full: bool = False, quarantine: bool = True, progress: FsckProgress | None = None
+    ) -> FsckReport:
+        """Check every ref's data (and with ``full`` every stored object)."""
+        repo = await self.repository.open()
+        return await fsck(repo.backend, full=full, quarantine=quarantine, progress=progress)
+
+    async def stats(self, *, top: int = 10) -> StoreStats:
+        repo = await self.repository.open()
+        return await store_stats(repo.backend, top=top)
+
+    async def export_session(
+        self, session_id: str, path: str | os.PathLike[str], *, progress: BundleProgress | None = None
+    ) -> BundleReport:
+        """Write the session, its checkpoints and all their objects to one bundle file."""
+        return await export_session(self.repository, session_id, path, progress=progress)
+
+    async def import_session(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        session_id: str | None = None,
+        progress: BundleProgress | None = None,
+    ) -> BundleReport:
+        """Import a bundle (optionally under another session id); writes only missing objects."""
+        return await import_bundle(self.repository, path, session_id=session_id, progress=progress)
 
 
 class _PlainSessions:

@@ -186,6 +186,19 @@ class BackendConformance:
             pass
         assert await backend.commit([obj("after gc")], [RefUpdate("sessions/g", cid(1), None)]) == 1
 
+    async def test_saves_proceed_under_gc_shared(self, backend: Backend) -> None:
+        item = obj("under gc_shared")
+        async with backend.gc_shared():
+            assert await backend.has_objects([item[0]]) == set()
+            assert await backend.commit([item], [RefUpdate("sessions/gs", item[0], None)]) == 1
+        async with backend.gc_exclusive():
+            pass
+        assert await backend.get_ref("sessions/gs") == item[0]
+
+    async def test_check_storage_finds_nothing_on_a_healthy_store(self, backend: Backend) -> None:
+        await backend.commit([obj("healthy")], [RefUpdate("sessions/h", cid(1), None)])
+        assert await backend.check_storage() == []
+
 
 class PersistentBackendConformance(BackendConformance):
     """More behaviour for backends whose data outlives the backend object."""

@@ -54,3 +54,50 @@ async def test_saves_wait_while_gc_deletes(tmp_path: Path) -> None:
     finally:
         await gc_side.close()
         await writer.close()
+
+
+async def test_gc_waits_while_another_backend_holds_gc_shared(tmp_path: Path) -> None:
+    import asyncio
+
+    holder, gc_side = LocalBackend(tmp_path), LocalBackend(tmp_path)
+    await holder.open()
+    await gc_side.open()
+
+    async def exclusive() -> None:
+        async with gc_side.gc_exclusive():
+            pass
+
+    try:
+        async with holder.gc_shared():
+            task = asyncio.create_task(exclusive())
+            await asyncio.sleep(0.3)
+            assert not task.done()
+        await asyncio.wait_for(task, 10)
+    finally:
+        await holder.close()
+        await gc_side.close()
+
+
+async def test_dedup_notices_objects_that_gc_deleted_in_another_backend(tmp_path: Path) -> None:
+    """A writer's pack index may still list what gc just deleted; a save must write it again."""
+    from castate.backends import RefUpdate
+    from tests.backend_conformance import obj
+
+    item = obj("garbage, then needed again")
+    first = LocalBackend(tmp_path)
+    await first.open()
+    await first.put_objects([item])
+    await first.close()  # its pack is sealed: gc may rewrite it
+    writer, gc_side = LocalBackend(tmp_path), LocalBackend(tmp_path)
+    await writer.open()
+    await gc_side.open()
+    try:
+        assert await writer.has_objects([item[0]]) == {item[0]}
+        async with gc_side.gc_exclusive():
+            assert await gc_side.delete_objects([item[0]]) == 1
+        assert await writer.has_objects([item[0]]) == set()
+        assert await writer.commit([item], [RefUpdate("sessions/w", item[0], None)]) == 1
+        assert bytes((await gc_side.get_objects([item[0]]))[item[0]]) == item[1]
+    finally:
+        await writer.close()
+        await gc_side.close()

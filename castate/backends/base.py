@@ -162,6 +162,20 @@ class Backend(abc.ABC):
         The default suits backends used by one process only (memory)."""
         yield
 
+    @contextlib.asynccontextmanager
+    async def gc_shared(self) -> AsyncIterator[None]:
+        """The shared side of ``gc_exclusive``, for a writer whose dedup checks and ref moves
+        span several calls (an import): objects it found present stay until it leaves.
+
+        Hold it briefly: gc waits for it. The default suits backends used by one process
+        only (memory)."""
+        yield
+
+    async def check_storage(self) -> list[str]:
+        """Damage the backend found in its own files or tables (not objects: fsck reads those),
+        one line per problem. The default has nothing to check."""
+        return []
+
     @abc.abstractmethod
     async def expire_reflog(self, before_ns: int) -> int:
         """Forget reflog entries older than ``before_ns`` (refs stay); returns how many went."""

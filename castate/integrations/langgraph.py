@@ -18,7 +18,7 @@ pruning or copying it is one atomic ref update. A put saves through the namespac
 ``@tip`` and points the checkpoint's ref at the same commit in the same update: castate
 then encodes each checkpoint against the one before (an appended message costs a few
 small nodes, not a walk of the whole history), and the objects that encoding reuses stay
-referenced by the tip until the new commit references them. Trees (docs/format.md §2.1 has the details)::
+referenced by the tip until the new commit references them. Trees (docs/format.md §2.3 has the details)::
 
     checkpoint: {"checkpoint": {"t", "b"}, "values": {channel: value}}
                 commit meta {"parent": id | None, "run_id": str | None, "metadata": [type, base64]}

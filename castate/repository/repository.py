@@ -21,7 +21,8 @@ from castate.backends.base import ANY, Backend, ReflogEntry, RefUpdate
 from castate.codec import Commit, Shadow, encode_commit, object_id, parse_commit
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT, KIND_NAMES
-from castate.errors import ConflictError, CorruptObjectError, NotFoundError
+from castate.errors import ConflictError, CorruptObjectError, MissingObjectError, NotFoundError
+from castate.repository.diff import Change, diff_trees
 from castate.repository.snapshot import encode_state, fetch_objects, frames, read_state
 
 MAX_SHADOWS = 64  # refs whose last save is remembered for incremental encoding
@@ -290,14 +291,28 @@ class Repository:
         return await self.read_commit(cid)
 
     async def log(self, ref: str, limit: int | None = None) -> list[tuple[bytes, Commit]]:
-        """Commits from the head of ``ref`` back along first parents, newest first."""
+        """Commits from the head of ``ref`` back along first parents, newest first.
+
+        History ends early where gc removed older saves (kept only by the reflog for a
+        while; see ``castate.repository.gc``): the last commit then still lists a parent.
+        """
         cid = await self.head(ref)
         out: list[tuple[bytes, Commit]] = []
         while cid is not None and (limit is None or len(out) < limit):
-            commit = await self.read_commit(cid)
+            try:
+                commit = await self.read_commit(cid)
+            except MissingObjectError:
+                if not out:
+                    raise
+                break
             out.append((cid, commit))
             cid = commit.parents[0] if commit.parents else None
         return out
+
+    async def diff(self, a: bytes, b: bytes) -> list[Change]:
+        """The changes that turn commit ``a``'s state into commit ``b``'s (see ``castate.repository.diff``)."""
+        commits = await self.read_commits([a, b])
+        return await diff_trees(self.backend, commits[a].root, commits[b].root)
 
     async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
         await self.open()

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from castate.backends.base import Backend
@@ -10,6 +10,8 @@ from castate.codec import Decoder, Encoder, Shadow, child_ids, decode_frame, enc
 from castate.codec.decoder import Content
 from castate.codec.encoder import Default
 from castate.errors import MissingObjectError
+
+Fetch = Callable[[list[bytes]], Awaitable[dict[bytes, tuple[int, Content]]]]
 
 
 def encode_state(
@@ -41,17 +43,27 @@ async def fetch_objects(backend: Backend, ids: Iterable[bytes]) -> dict[bytes, t
 async def fetch_tree(backend: Backend, root: bytes) -> dict[bytes, tuple[int, Content]]:
     """Every object of the tree under ``root``, one batch per tree level."""
     contents: dict[bytes, tuple[int, Content]] = {}
-    frontier = [root]
+    await fetch_levels(lambda ids: fetch_objects(backend, ids), [root], contents)
+    return contents
+
+
+async def fetch_levels(fetch: Fetch, roots: Iterable[bytes], contents: dict[bytes, tuple[int, Content]]) -> None:
+    """Bring every object under ``roots`` into ``contents``, calling ``fetch`` once per tree
+    level for the objects ``contents`` lacks."""
+    visited: set[bytes] = set()
+    frontier = list(dict.fromkeys(roots))
     while frontier:
-        level = await fetch_objects(backend, frontier)
-        contents.update(level)
+        need = [oid for oid in frontier if oid not in contents]
+        if need:
+            contents.update(await fetch(need))
+        visited.update(frontier)
         nxt: dict[bytes, None] = {}
-        for oid, (kind, content) in level.items():
+        for oid in frontier:
+            kind, content = contents[oid]
             for child in child_ids(oid, kind, content):
-                if child not in contents:
+                if child not in visited:
                     nxt[child] = None
         frontier = list(nxt)
-    return contents
 
 
 async def read_state(backend: Backend, root: bytes) -> Any:

@@ -75,6 +75,7 @@ class LocalBackend(Backend):
         self._lock_timeout = lock_timeout
         self._journal: RefJournal | None = None
         self._gc_lock: FileLock | None = None
+        self._gc_seen: tuple[int, int] | None = None
         self._opened = False
         self.store_id = ""
 
@@ -114,6 +115,7 @@ class LocalBackend(Backend):
             )
             self._gc_lock = FileLock(locks / "gc.lock", self._lock_timeout)
             self._journal.refresh()
+            self._gc_seen = self._gc_signature()
             self._refresh_packs()
             self._opened = True
 
@@ -209,6 +211,7 @@ class LocalBackend(Backend):
 
     def has_objects_sync(self, ids: Collection[bytes]) -> set[bytes]:
         with self._mutex:
+            self._sync_with_gc()
             return {oid for oid in ids if self._has(oid)}
 
     def _has(self, oid: bytes) -> bool:
@@ -219,6 +222,7 @@ class LocalBackend(Backend):
 
     def put_objects_sync(self, items: Sequence[tuple[bytes, bytes]], stream: str = "") -> int:
         with self._mutex:
+            self._sync_with_gc()
             seen: set[bytes] = set()
             new = []
             for oid, frame in items:
@@ -363,7 +367,34 @@ class LocalBackend(Backend):
                 for pack in self._packs.values():
                     for oid in pack.entries:
                         self._index.setdefault(oid, pack)
+            if removed:
+                # Tell every other open backend that its pack index may list deleted objects.
+                atomic_write(self._gc_marker, uuid.uuid4().bytes, durable=self.durable)
+                self._gc_seen = self._gc_signature()
             return len({oid for oid in removed if oid not in self._index})
+
+    @property
+    def _gc_marker(self) -> Path:
+        return self.root / "locks" / "gc.generation"
+
+    def _gc_signature(self) -> tuple[int, int] | None:
+        try:
+            st = os.stat(self._gc_marker)
+        except FileNotFoundError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
+    def _sync_with_gc(self) -> None:
+        """Forget packs that gc removed since this backend last looked (one stat).
+
+        Dedup checks trust the in-memory pack index; after a gc in another process that
+        index may still list objects gc deleted, and a save that skipped writing them would
+        point at nothing. Saves run this under the shared gc lock, so gc cannot delete
+        between the check and the ref move."""
+        sig = self._gc_signature()
+        if sig != self._gc_seen:
+            self._gc_seen = sig
+            self._refresh_packs()
 
     def _rewrite_pack(self, pack: packfmt.Pack, doomed: set[bytes]) -> bool:
         """Copy a pack's surviving objects into a new pack, then delete it; False if it is active."""
@@ -379,8 +410,13 @@ class LocalBackend(Backend):
                 by_record.setdefault(pack.entries[oid][0], []).append(oid)
             batch: list[tuple[bytes, bytes]] = []
             size = 0
+            damaged = bool(pack.damaged)
             for rec_off in sorted(by_record):
-                raw = self._cache.record_bytes(pack, pack.records[rec_off])
+                try:
+                    raw = self._cache.record_bytes(pack, pack.records[rec_off])
+                except CorruptFileError:
+                    damaged = True  # these objects cannot be read anywhere: nothing to copy
+                    continue
                 for oid in by_record[rec_off]:
                     _, off, n = pack.entries[oid]
                     batch.append((oid, raw[off : off + n]))
@@ -393,7 +429,11 @@ class LocalBackend(Backend):
             if keep and self._pack_fd is not None and self.durable:
                 os.fsync(self._pack_fd)
             self._seal()
-            pack.path.unlink()
+            if damaged:  # keep the damaged file's bytes for inspection, never just delete them
+                make_dirs(self.quarantine_dir)
+                os.replace(pack.path, self.quarantine_dir / pack.name)
+            else:
+                pack.path.unlink()
             if self.durable:
                 fsync_dir(self.packs_dir)
         finally:
@@ -546,6 +586,39 @@ class LocalBackend(Backend):
             yield
         finally:
             await asyncio.to_thread(held.__exit__, None, None, None)
+
+    @contextlib.asynccontextmanager
+    async def gc_shared(self) -> AsyncIterator[None]:
+        # A lock object of its own (its own descriptor): shared flocks of this process's
+        # saves and of other holders do not wait for each other.
+        lock = FileLock(self.root / "locks" / "gc.lock", self._lock_timeout)
+        held = lock.hold(exclusive=False)
+        await self._run(held.__enter__)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(held.__exit__, None, None, None)
+            lock.close()
+
+    async def check_storage(self) -> list[str]:
+        return await self._run(self.check_storage_sync)
+
+    def check_storage_sync(self) -> list[str]:
+        """Damaged spans of packs, and records whose chain a damaged record broke."""
+        with self._mutex:
+            self._refresh_packs()
+            out = []
+            for pack in sorted(self._packs.values(), key=lambda p: p.name):
+                for start, end in pack.damaged:
+                    out.append(f"pack {pack.path}: damaged record(s) in bytes {start}-{end}, skipped")
+                broken = [r for r in pack.records.values() if r.chain < 0]
+                if broken:
+                    lost = sum(1 for rec_off, _, _ in pack.entries.values() if pack.records[rec_off].chain < 0)
+                    out.append(
+                        f"pack {pack.path}: {len(broken)} record(s) follow a damaged record; "
+                        f"their {lost} object(s) cannot be read"
+                    )
+            return out
 
     async def expire_reflog(self, before_ns: int) -> int:
         return await self._run(self.expire_reflog_sync, before_ns)

@@ -1,0 +1,305 @@
+"""The ``castate`` command: inspect, roll back, fork and clean up a castate store from a shell.
+
+``castate [--store PATH] COMMAND ...``; the store is ``--store``, else ``$CASTATE_STORE``,
+else ``./state``. docs/cli.md lists every command. Exit codes: 0 ok, 1 fsck found
+damage, 2 bad usage (bad arguments, unknown names), 3 the command failed, 130 interrupted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+import traceback
+from collections.abc import Awaitable, Callable, Sequence
+
+from castate.backends.local import LocalBackend
+from castate.cli import commands as c
+from castate.cli.output import Output
+from castate.errors import (
+    CastateError,
+    ConflictError,
+    CorruptionError,
+    InvalidKeyError,
+    NotFoundError,
+    StoreError,
+    UnsupportedFormatError,
+)
+from castate.state import StateManager
+
+DEFAULT_STORE = "./state"
+Command = Callable[[StateManager, argparse.Namespace, Output], Awaitable[int]]
+
+EPILOG = """exit codes: 0 ok, 1 fsck found damage, 2 bad usage or unknown name, 3 the command failed
+store: --store PATH, else $CASTATE_STORE, else ./state
+examples:
+  castate sessions
+  castate diff run-1/before_api/20261127T110102.123456Z-3fa9c1 run-1
+  castate forget --all --keep-last 5 --dry-run && castate gc
+"""
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="castate",
+        description="Inspect, roll back, fork and clean up a castate store.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--store", metavar="PATH", help="the store directory (default: $CASTATE_STORE or ./state)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of errors")
+    p.add_argument("--version", action="version", version=f"castate {_version()}")
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, help_: str, example: str, fn: Command | None, *, json: bool = True) -> argparse.ArgumentParser:
+        sp = sub.add_parser(
+            name,
+            help=help_,
+            description=help_[0].upper() + help_[1:] + ".",
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        sp.set_defaults(func=fn)
+        if json:
+            sp.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return sp
+
+    add("init", "create an empty store", "castate --store ./state init", None, json=False)
+
+    add(
+        "sessions", "list sessions with their last save and checkpoint count", "castate sessions --json", c.cmd_sessions
+    )
+
+    sp = add(
+        "checkpoints", "list a session's checkpoints, newest first", "castate checkpoints run-1", c.cmd_checkpoints
+    )
+    sp.add_argument("session", metavar="SESSION")
+
+    sp = add("log", "list a session's saves, newest first", "castate log run-1 -n 20", c.cmd_log)
+    sp.add_argument("session", metavar="SESSION")
+    sp.add_argument("-n", "--limit", type=_positive, metavar="N", help="show at most N saves")
+
+    sp = add(
+        "reflog",
+        "list ref changes (saves, checkpoints, restores, removals), newest first",
+        "castate reflog run-1 -n 10",
+        c.cmd_reflog,
+    )
+    sp.add_argument("session", metavar="SESSION", nargs="?", help="only this session's head and checkpoints")
+    sp.add_argument("-n", "--limit", type=_positive, metavar="N", help="show at most N changes")
+
+    sp = add(
+        "show",
+        "print a state (or the part at --path) as JSON",
+        "castate show run-1 --path /messages/0",
+        c.cmd_show,
+        json=False,
+    )
+    sp.add_argument("ref", metavar="REF", help="a session, checkpoint id or commit id (REF~N: N saves before)")
+    sp.add_argument("--path", metavar="POINTER", help="a JSON pointer (RFC 6901) into the state, e.g. /agents/coder")
+    sp.add_argument("--commit", action="store_true", help="print the commit (time, parents, metadata) instead")
+
+    sp = add(
+        "diff",
+        "show what changed from state A to state B",
+        "castate diff run-1~1 run-1 --patch",
+        c.cmd_diff,
+        json=False,
+    )
+    sp.add_argument("a", metavar="A", help="a session, checkpoint id or commit id")
+    sp.add_argument("b", metavar="B", help="a session, checkpoint id or commit id")
+    fmt = sp.add_mutually_exclusive_group()
+    fmt.add_argument("--json", action="store_true", help="print the changes as JSON (op, path, old, new)")
+    fmt.add_argument("--patch", action="store_true", help="print an RFC 6902 JSON Patch")
+
+    sp = add(
+        "checkpoint", "checkpoint a session's current state", "castate checkpoint run-1 before_deploy", c.cmd_checkpoint
+    )
+    sp.add_argument("session", metavar="SESSION")
+    sp.add_argument("name", metavar="NAME")
+    sp.add_argument("--meta", action="append", metavar="KEY=VALUE", help="metadata to record (repeatable)")
+
+    sp = add(
+        "restore",
+        "make a checkpoint (or commit) the current state of its session",
+        "castate restore run-1/before_deploy/20261127T110102.123456Z-3fa9c1",
+        c.cmd_restore,
+    )
+    sp.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint id or commit id")
+    sp.add_argument("--session", metavar="S", help="the session to restore into (default: the checkpoint's own)")
+
+    sp = add(
+        "fork",
+        "start a new session from a checkpoint, session or commit (no copy)",
+        "castate fork run-1/before_deploy/20261127T110102.123456Z-3fa9c1 run-1-retry",
+        c.cmd_fork,
+    )
+    sp.add_argument("checkpoint", metavar="CHECKPOINT")
+    sp.add_argument("new_session", metavar="NEW_SESSION")
+
+    sp = add(
+        "rm",
+        "remove sessions with their checkpoints (refs only; gc frees the bytes)",
+        "castate rm run-1 run-2",
+        c.cmd_rm,
+    )
+    sp.add_argument("sessions", metavar="SESSION", nargs="+")
+
+    sp = add(
+        "forget",
+        "remove the checkpoints (or whole sessions) a retention policy does not keep",
+        "castate forget --all --keep-last 10 --keep-daily 7 --dry-run",
+        c.cmd_forget,
+    )
+    sp.add_argument("sessions", metavar="SESSION", nargs="*", help="sessions whose checkpoints to consider")
+    sp.add_argument("--all", action="store_true", help="consider the checkpoints of every session")
+    sp.add_argument(
+        "--sessions",
+        dest="whole_sessions",
+        action="store_true",
+        help="decide on whole sessions (timed by their last save) instead of checkpoints",
+    )
+    sp.add_argument("--keep-last", type=_count, metavar="N", help="keep the newest N")
+    sp.add_argument("--keep-within", metavar="DURATION", help="keep everything younger than DURATION (30d, 12h, 2w)")
+    sp.add_argument("--keep-hourly", type=_count, metavar="N", help="keep the newest of each of the last N hours")
+    sp.add_argument("--keep-daily", type=_count, metavar="N", help="keep the newest of each of the last N days")
+    sp.add_argument("--keep-weekly", type=_count, metavar="N", help="keep the newest of each of the last N weeks")
+    sp.add_argument("--keep-monthly", type=_count, metavar="N", help="keep the newest of each of the last N months")
+    sp.add_argument("--forget-named", action="store_true", help="apply the policy to named checkpoints too")
+    sp.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
+
+    sp = add("gc", "delete objects that nothing refers to any more", "castate gc --dry-run", c.cmd_gc)
+    sp.add_argument(
+        "--grace", default="1h", metavar="DURATION", help="keep unreferenced objects younger than this (default 1h)"
+    )
+    sp.add_argument(
+        "--reflog-expire",
+        default="7d",
+        metavar="DURATION",
+        help="keep what the reflog recorded within this, and forget older entries (default 7d)",
+    )
+    sp.add_argument("--dry-run", action="store_true", help="count what would go; delete nothing")
+
+    sp = add("fsck", "check that every ref leads to complete, intact data", "castate fsck --full", c.cmd_fsck)
+    sp.add_argument("--full", action="store_true", help="also verify every stored object and count dangling ones")
+    sp.add_argument("--no-quarantine", action="store_true", help="report corrupt objects but leave them in place")
+
+    sp = add("stats", "show objects, bytes, logical sizes and the dedup ratio", "castate stats --top 5", c.cmd_stats)
+    sp.add_argument("--top", type=_count, default=10, metavar="N", help="list the N largest sessions (default 10)")
+
+    sp = add(
+        "export",
+        "write a session with its checkpoints to one bundle file",
+        "castate export run-1 run-1.castate",
+        c.cmd_export,
+    )
+    sp.add_argument("session", metavar="SESSION")
+    sp.add_argument("file", metavar="FILE")
+
+    sp = add(
+        "import",
+        "import a session from a bundle file",
+        "castate import run-1.castate --session run-1-copy",
+        c.cmd_import,
+    )
+    sp.add_argument("file", metavar="FILE")
+    sp.add_argument("--session", metavar="S", help="import under this session id instead of the bundle's")
+    return p
+
+
+def _version() -> str:
+    from castate import __version__
+
+    return __version__
+
+
+def _count(text: str) -> int:
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if n < 0:
+        raise argparse.ArgumentTypeError("must not be negative")
+    return n
+
+
+def _positive(text: str) -> int:
+    n = _count(text)
+    if n == 0:
+        raise argparse.ArgumentTypeError("must be at least 1")
+    return n
+
+
+async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
+    existed = os.path.exists(os.path.join(path, "castate.json"))
+    backend = LocalBackend(path, create=True)
+    await backend.open()
+    await backend.close()
+    if existed:
+        out.line(f"{path} is already a castate store.")
+    else:
+        out.line(f"Created an empty castate store at {path}.")
+    return c.EXIT_OK
+
+
+async def _run(args: argparse.Namespace, out: Output) -> int:
+    path = args.store or os.environ.get("CASTATE_STORE") or DEFAULT_STORE
+    if "://" in path:
+        raise InvalidKeyError(f"{path!r}: this castate opens local store directories only")
+    if args.command == "init":  # the one command that may create the store
+        return await _run_init(path, args, out)
+    sm = StateManager(LocalBackend(path, create=False))
+    try:
+        await sm.repository.open()
+        return int(await args.func(sm, args, out))
+    finally:
+        await sm.close()
+
+
+_HINTS: list[tuple[type[BaseException], str, int]] = [
+    (NotFoundError, "list what exists with `castate sessions` or `castate checkpoints SESSION`", c.EXIT_USAGE),
+    (InvalidKeyError, "see `castate COMMAND --help`", c.EXIT_USAGE),
+    (ConflictError, "another process changed it meanwhile; look again and retry", c.EXIT_FAILED),
+    (UnsupportedFormatError, "upgrade castate to read this store", c.EXIT_FAILED),
+    (CorruptionError, "run `castate fsck` to find and quarantine the damage", c.EXIT_FAILED),
+    (StoreError, "check --store (or $CASTATE_STORE); create a store with `castate init`", c.EXIT_FAILED),
+    (CastateError, "run with --debug for details", c.EXIT_FAILED),
+    (FileNotFoundError, "check the file name", c.EXIT_USAGE),
+    (PermissionError, "check the permissions of the store and files", c.EXIT_FAILED),
+    (OSError, "check the store's disk and files", c.EXIT_FAILED),
+]
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit code."""
+    parser = _parser()
+    args = parser.parse_args(argv)
+    out = Output()
+    try:
+        return asyncio.run(_run(args, out))
+    except KeyboardInterrupt:
+        out.error("interrupted")
+        return 130
+    except Exception as exc:
+        if args.debug:
+            traceback.print_exc()
+        for kind, hint, code in _HINTS:
+            if isinstance(exc, kind):
+                message = str(exc) or type(exc).__name__
+                if isinstance(exc, OSError) and exc.filename is not None:
+                    message = f"{exc.strerror or exc}: {exc.filename}"
+                if "`castate" not in message:  # the message gives no next step of its own
+                    message = f"{message} ({hint})"
+                out.error(_one_line(message))
+                return code
+        out.error(_one_line(f"unexpected {type(exc).__name__}: {exc} (run with --debug and report it)"))
+        return c.EXIT_FAILED
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

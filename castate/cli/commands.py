@@ -1,0 +1,568 @@
+"""The castate commands, one coroutine each, over a ``StateManager`` on the chosen store.
+
+Each takes the manager, the parsed arguments and the output, and returns the exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+from typing import Any
+
+from castate.cli.output import Output, human_bytes, iso_time, local_time, short_json, to_json
+from castate.errors import InvalidKeyError, NotFoundError
+from castate.repository import refs as names
+from castate.repository.diff import to_patch
+from castate.repository.retention import ForgetReport, Policy, parse_duration
+from castate.repository.tree import Loader, entry_at, parse_pointer
+from castate.state import StateManager
+
+EXIT_OK = 0
+EXIT_DAMAGE = 1
+EXIT_USAGE = 2
+EXIT_FAILED = 3
+
+
+def _short(hex_id: str | None) -> str:
+    return hex_id[:12] if hex_id else "-"
+
+
+# -- listing ---------------------------------------------------------------------------------
+
+
+async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    sessions = await sm.list_sessions()
+    if args.json:
+        out.json(
+            [
+                {
+                    "session_id": s.session_id,
+                    "saved": iso_time(s.timestamp),
+                    "timestamp": s.timestamp,
+                    "checkpoints": s.checkpoint_count,
+                    "head": s.head,
+                    "metadata": s.metadata,
+                }
+                for s in sessions
+            ]
+        )
+        return EXIT_OK
+    if not sessions:
+        out.line("No sessions in this store.")
+        return EXIT_OK
+    out.table(
+        ["SESSION", "LAST SAVED", "CHECKPOINTS", "HEAD"],
+        [(s.session_id, local_time(s.timestamp), s.checkpoint_count, _short(s.head)) for s in sessions],
+        right=["CHECKPOINTS"],
+    )
+    return EXIT_OK
+
+
+async def cmd_checkpoints(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    cps = await sm.list_checkpoints(args.session)
+    if not cps and (await sm.repository.head(names.session_ref(args.session))) is None:
+        raise NotFoundError(f"no session {args.session!r}")
+    if args.json:
+        out.json(
+            [
+                {
+                    "checkpoint_id": c.checkpoint_id,
+                    "name": c.name,
+                    "created": iso_time(c.timestamp),
+                    "timestamp": c.timestamp,
+                    "commit": c.commit,
+                    "metadata": c.metadata,
+                }
+                for c in cps
+            ]
+        )
+        return EXIT_OK
+    if not cps:
+        out.line(f"Session {args.session} has no checkpoints.")
+        return EXIT_OK
+    out.table(
+        ["CHECKPOINT", "NAME", "CREATED", "COMMIT"],
+        [(c.checkpoint_id, c.name, local_time(c.timestamp), _short(c.commit)) for c in cps],
+    )
+    return EXIT_OK
+
+
+async def cmd_log(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    repo = sm.repository
+    ref = names.session_ref(args.session)
+    entries = await repo.log(ref, args.limit)
+    if not entries:
+        raise NotFoundError(f"no session {args.session!r}")
+    labels: dict[bytes, list[str]] = {}
+    for cp_ref, cid in (await repo.list_refs(names.checkpoint_prefix(args.session))).items():
+        labels.setdefault(cid, []).append(names.parse_checkpoint_id(cp_ref[len(names.CHECKPOINTS) :])[1])
+    last = entries[-1][1]
+    truncated = bool(last.parents) and (args.limit is None or len(entries) < args.limit)
+    if args.json:
+        out.json(
+            {
+                "session_id": args.session,
+                "commits": [
+                    {
+                        "commit": cid.hex(),
+                        "saved": iso_time(c.time_ns / 1e9),
+                        "time_ns": c.time_ns,
+                        "parents": [p.hex() for p in c.parents],
+                        "session": c.session,
+                        "name": c.name,
+                        "meta": c.meta,
+                        "checkpoints": sorted(labels.get(cid, [])),
+                    }
+                    for cid, c in entries
+                ],
+                "older_history_removed": truncated,
+            }
+        )
+        return EXIT_OK
+    out.table(
+        ["COMMIT", "SAVED", "CHECKPOINTS", "METADATA"],
+        [
+            (_short(cid.hex()), local_time(c.time_ns / 1e9), ", ".join(sorted(labels.get(cid, []))), _meta(c.meta))
+            for cid, c in entries
+        ],
+    )
+    if truncated:
+        out.line("(earlier saves are no longer stored: gc removed them once their reflog entries expired)", "dim")
+    return EXIT_OK
+
+
+def _meta(meta: dict[str, Any]) -> str:
+    return short_json(meta, 60) if meta else ""
+
+
+async def cmd_reflog(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    repo = sm.repository
+    entries = await repo.reflog()
+    if args.session is not None:
+        head = names.session_ref(args.session)
+        prefix = names.checkpoint_prefix(args.session)
+        entries = [e for e in entries if e.name == head or e.name.startswith(prefix)]
+    entries = entries[::-1][: args.limit] if args.limit else entries[::-1]
+    rows = [
+        {
+            "time": iso_time(e.time_ns / 1e9),
+            "time_ns": e.time_ns,
+            "ref": e.name,
+            "old": e.old.hex() if e.old else None,
+            "new": e.new.hex() if e.new else None,
+            "message": e.message,
+        }
+        for e in entries
+    ]
+    if args.json:
+        out.json(rows)
+        return EXIT_OK
+    if not rows:
+        out.line("No ref changes recorded.")
+        return EXIT_OK
+    out.table(
+        ["TIME", "REF", "OLD", "NEW", "MESSAGE"],
+        [
+            (local_time(e.time_ns / 1e9), e.name, _short(r["old"]), _short(r["new"]), e.message)
+            for e, r in zip(entries, rows, strict=True)
+        ],
+    )
+    return EXIT_OK
+
+
+# -- reading ---------------------------------------------------------------------------------
+
+
+async def cmd_show(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    repo = sm.repository
+    rev = await sm.resolve(args.ref)
+    commit = await repo.read_commit(rev.commit)
+    parts = parse_pointer(args.path or "")
+    loader = Loader(repo.backend)
+    entry = await entry_at(loader, commit.root, parts)
+    (value,) = await loader.values([entry])
+    if args.commit:
+        value = {
+            "commit": rev.commit.hex(),
+            "root": commit.root.hex(),
+            "parents": [p.hex() for p in commit.parents],
+            "session": commit.session,
+            "name": commit.name,
+            "saved": iso_time(commit.time_ns / 1e9),
+            "time_ns": commit.time_ns,
+            "meta": commit.meta,
+        }
+    text = to_json(value)
+    if out.out.is_terminal and not out.out.no_color:
+        out.out.print_json(text)
+    else:
+        out.json(value)
+    return EXIT_OK
+
+
+async def cmd_diff(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    changes = await sm.diff(args.a, args.b)
+    if args.json:
+        out.json([c.to_dict() for c in changes])
+        return EXIT_OK
+    if args.patch:
+        out.json(to_patch(changes))
+        return EXIT_OK
+    if not changes:
+        out.line("No differences.")
+        return EXIT_OK
+    for c in changes:
+        path = c.path or "/"
+        if c.op == "add":
+            out.line(f"+ {path}  {short_json(c.new)}", "green")
+        elif c.op == "remove":
+            out.line(f"- {path}  {short_json(c.old)}", "red")
+        else:
+            out.line(f"~ {path}  {short_json(c.old, 60)} -> {short_json(c.new, 60)}", "yellow")
+    counts = {op: sum(1 for c in changes if c.op == op) for op in ("add", "remove", "replace")}
+    out.line(
+        f"{len(changes)} changes: {counts['add']} added, {counts['remove']} removed, {counts['replace']} replaced",
+        "dim",
+    )
+    return EXIT_OK
+
+
+# -- moving refs -------------------------------------------------------------------------------
+
+
+async def cmd_checkpoint(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    meta = dict(_key_value(kv) for kv in args.meta or ())
+    cpid = await sm.create_checkpoint(args.session, args.name, metadata=meta or None)
+    if args.json:
+        out.json({"checkpoint_id": cpid})
+    else:
+        out.line(cpid)
+    return EXIT_OK
+
+
+def _key_value(text: str) -> tuple[str, Any]:
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise InvalidKeyError(f"--meta takes KEY=VALUE, not {text!r}")
+    return key, value
+
+
+async def cmd_restore(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    result = await sm.restore_into_session(args.checkpoint, args.session)
+    if args.json:
+        out.json(result.to_dict())
+        return EXIT_OK
+    if not result.changed:
+        out.line(f"Session {result.session_id} is already at {_short(result.current)}; nothing to do.")
+        return EXIT_OK
+    was = f" (was {_short(result.previous)})" if result.previous else " (new session)"
+    out.line(f"Session {result.session_id} is now at {_short(result.current)}{was}.")
+    if result.previous:
+        out.line(f"To undo: castate restore {result.previous} --session {_quote(result.session_id)}", "dim")
+    return EXIT_OK
+
+
+def _quote(text: str) -> str:
+    import shlex
+
+    return shlex.quote(text)
+
+
+async def cmd_fork(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    commit = await sm.fork(args.checkpoint, args.new_session)
+    if args.json:
+        out.json({"session_id": args.new_session, "head": commit})
+    else:
+        out.line(f"Session {args.new_session} forked from {args.checkpoint} at {_short(commit)}.")
+    return EXIT_OK
+
+
+async def cmd_rm(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    removed = {}
+    for session in args.sessions:
+        if await sm.repository.head(names.session_ref(session)) is None and not await sm.list_checkpoints(session):
+            raise NotFoundError(f"no session {session!r}")
+    for session in args.sessions:
+        removed[session] = await sm.delete_session(session)
+    if args.json:
+        out.json({"removed_refs": removed})
+        return EXIT_OK
+    for session, n in removed.items():
+        out.line(f"Removed session {session} ({n} refs: its head and checkpoints).")
+    out.line("Its data stays in the store until `castate gc` (after the reflog expiry).", "dim")
+    return EXIT_OK
+
+
+# -- retention and maintenance ------------------------------------------------------------------
+
+
+def policy_from(args: argparse.Namespace) -> Policy:
+    return Policy(
+        last=args.keep_last or 0,
+        within=parse_duration(args.keep_within) if args.keep_within else 0.0,
+        hourly=args.keep_hourly or 0,
+        daily=args.keep_daily or 0,
+        weekly=args.keep_weekly or 0,
+        monthly=args.keep_monthly or 0,
+        keep_named=not args.forget_named,
+    )
+
+
+async def cmd_forget(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    policy = policy_from(args)
+    policy.check()
+    if not args.whole_sessions and not args.sessions and not args.all:
+        raise InvalidKeyError("name the sessions whose checkpoints to forget, or pass --all (or --sessions)")
+    if args.all and args.sessions:
+        raise InvalidKeyError("pass either session ids or --all, not both")
+    report = await sm.forget(
+        policy,
+        session_ids=args.sessions or None,
+        whole_sessions=args.whole_sessions,
+        dry_run=args.dry_run,
+    )
+    if args.json:
+        out.json(_forget_json(report))
+        return EXIT_OK
+    _forget_table(report, out)
+    return EXIT_OK
+
+
+def _forget_json(report: ForgetReport) -> dict[str, Any]:
+    return {
+        "dry_run": report.dry_run,
+        "refs_removed": report.refs_removed,
+        "skipped": report.skipped,
+        "decisions": [
+            {
+                "kind": d.item.kind,
+                "id": d.item.id,
+                "session_id": d.item.session,
+                "time": iso_time(d.item.time),
+                "keep": d.keep,
+                "reasons": list(d.reasons),
+            }
+            for d in report.decisions
+        ],
+    }
+
+
+def _forget_table(report: ForgetReport, out: Output) -> None:
+    if not report.decisions:
+        out.line("Nothing to decide: no matching checkpoints or sessions.")
+        return
+    verb = "would forget" if report.dry_run else "forget"
+    out.table(
+        ["ACTION", "KIND", "ID", "TIME", "WHY KEPT"],
+        [
+            ("keep" if d.keep else verb, d.item.kind, d.item.id, local_time(d.item.time), ", ".join(d.reasons))
+            for d in report.decisions
+        ],
+    )
+    kinds = {d.item.kind for d in report.decisions}
+    what = "sessions" if kinds == {"session"} else "checkpoints"
+    gone = len(report.removed) - len(report.skipped)
+    if report.dry_run:
+        out.line(f"Dry run: would forget {len(report.removed)} {what}, keep {len(report.kept)}.", "dim")
+    else:
+        out.line(f"Forgot {gone} {what} ({report.refs_removed} refs), kept {len(report.kept)}.", "dim")
+        if report.skipped:
+            out.line(f"Left alone because they changed meanwhile: {', '.join(report.skipped)}", "yellow")
+        out.line("Run `castate gc` to free their space.", "dim")
+
+
+async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    grace = parse_duration(args.grace)
+    expire = parse_duration(args.reflog_expire)
+    if grace == 0:
+        out.warn(
+            "--grace 0 drops the safety margin for writers that do not take the gc lock "
+            "(other tools, backends without one); use it on an idle store"
+        )
+    started = time.monotonic()
+    with out.progress("gc") as update:
+        report = await sm.gc(grace=grace, reflog_expire=expire, dry_run=args.dry_run, progress=update)
+    elapsed = time.monotonic() - started
+    for w in report.warnings:
+        out.warn(w)
+    if args.json:
+        data = {k: getattr(report, k) for k in report.__slots__}  # type: ignore[attr-defined]
+        data["seconds"] = round(elapsed, 3)
+        out.json(data)
+        return EXIT_OK
+    verb = "Would delete" if report.dry_run else "Deleted"
+    out.line(
+        f"{verb} {report.deleted} of {report.objects} objects ({human_bytes(report.deleted_bytes)} of "
+        f"{human_bytes(report.object_bytes)} object bytes) in {elapsed:.1f}s."
+    )
+    out.line(
+        f"Kept {report.reachable} reachable (refs, reflog, recent) and {report.recent} unreachable but younger "
+        f"than the grace period ({args.grace}).",
+        "dim",
+    )
+    if report.left:
+        out.line(f"{report.left} objects could not be deleted yet (in a pack another process is still writing).", "dim")
+    if not report.dry_run:
+        out.line(f"Expired {report.reflog_expired} reflog records older than {args.reflog_expire}.", "dim")
+        if report.store_bytes_before is not None and report.store_bytes_after is not None:
+            out.line(
+                f"Store on disk: {human_bytes(report.store_bytes_before)} -> {human_bytes(report.store_bytes_after)}.",
+                "dim",
+            )
+    return EXIT_OK
+
+
+async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    with out.progress("fsck") as update:
+        report = await sm.fsck(full=args.full, quarantine=not args.no_quarantine, progress=update)
+    if args.json:
+        out.json(
+            {
+                "ok": report.ok,
+                "full": report.full,
+                "refs": report.refs,
+                "reachable_objects": report.reachable,
+                "stored_objects_checked": report.stored_checked,
+                "problems": [
+                    {
+                        "object": p.id.hex(),
+                        "problem": p.what,
+                        "detail": p.detail,
+                        "parent": p.parent.hex() if p.parent else None,
+                    }
+                    for p in report.problems
+                ],
+                "damaged_refs": report.damaged_refs,
+                "stored_corrupt": [{"object": p.id.hex(), "detail": p.detail} for p in report.stored_corrupt],
+                "dangling_objects": report.dangling,
+                "dangling_bytes": report.dangling_bytes,
+                "quarantined": report.quarantined,
+                "storage": report.storage,
+            }
+        )
+        return EXIT_OK if report.ok else EXIT_DAMAGE
+    mode = "full" if report.full else "quick"
+    out.line(f"Checked {report.refs} refs and {report.reachable} reachable objects ({mode} check).")
+    if report.full:
+        out.line(
+            f"Checked {report.stored_checked} stored objects; {report.dangling} dangling "
+            f"({human_bytes(report.dangling_bytes)}), which gc removes."
+        )
+    for line in report.storage:
+        out.line(f"storage: {line}", "red")
+    for p in report.problems:
+        parent = f" (referenced by {p.parent.hex()[:12]})" if p.parent else ""
+        detail = p.detail if p.id.hex() in p.detail else f"{p.id.hex()}: {p.detail}"
+        out.line(f"{p.what}{parent}: {detail}", "red")
+    for p in report.stored_corrupt:
+        detail = p.detail if p.id.hex() in p.detail else f"{p.id.hex()}: {p.detail}"
+        out.line(f"corrupt (unreachable): {detail}", "red")
+    for ref, bad in report.damaged_refs.items():
+        out.line(f"damaged ref {ref}: {len(bad)} bad object(s) under it", "red")
+    if report.quarantined:
+        out.line(
+            f"Moved {report.quarantined} corrupt object(s) to the quarantine; "
+            "saving the same content again restores them.",
+            "yellow",
+        )
+    if report.ok:
+        out.line("No damage found.", "green")
+        return EXIT_OK
+    out.line("Damage found (exit code 1).", "bold red")
+    return EXIT_DAMAGE
+
+
+async def cmd_stats(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    s = await sm.stats(top=args.top)
+    if args.json:
+        out.json(
+            {
+                "objects": s.objects,
+                "object_bytes": s.object_bytes,
+                "reachable_objects": s.reachable_objects,
+                "reachable_bytes": s.reachable_bytes,
+                "disk_bytes": s.disk_bytes,
+                "sessions": s.sessions,
+                "checkpoints": s.checkpoints,
+                "other_refs": s.other_refs,
+                "logical_bytes": s.logical_bytes,
+                "dedup_ratio": round(s.dedup_ratio, 3),
+                "backend": s.backend,
+                "largest_sessions": [
+                    {
+                        "session_id": x.session,
+                        "head_bytes": x.head_bytes,
+                        "checkpoints": x.checkpoints,
+                        "checkpoint_bytes": x.checkpoint_bytes,
+                    }
+                    for x in s.largest
+                ],
+            }
+        )
+        return EXIT_OK
+    out.table(
+        ["what", "value"],
+        header=False,
+        rows=[
+            ("sessions", s.sessions),
+            ("checkpoints", s.checkpoints),
+            ("objects", f"{s.objects} ({s.reachable_objects} reachable)"),
+            ("object bytes", f"{human_bytes(s.object_bytes)} ({human_bytes(s.reachable_bytes)} reachable)"),
+            ("bytes on disk", human_bytes(s.disk_bytes)),
+            ("logical bytes", f"{human_bytes(s.logical_bytes)} (every head and checkpoint as a full copy)"),
+            ("dedup ratio", f"{s.dedup_ratio:.1f}x"),
+        ],
+    )
+    if s.largest:
+        out.line()
+        out.table(
+            ["LARGEST SESSIONS", "HEAD", "CHECKPOINTS", "IN CHECKPOINTS"],
+            [(x.session, human_bytes(x.head_bytes), x.checkpoints, human_bytes(x.checkpoint_bytes)) for x in s.largest],
+            right=["HEAD", "CHECKPOINTS", "IN CHECKPOINTS"],
+        )
+    return EXIT_OK
+
+
+async def cmd_export(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    with out.progress("export") as update:
+        report = await sm.export_session(args.session, Path(args.file), progress=lambda n, t: update("objects", n, t))
+    if args.json:
+        out.json(
+            {
+                "file": report.path,
+                "session_id": report.session,
+                "refs": report.refs,
+                "objects": report.objects,
+                "bytes": report.bytes,
+            }
+        )
+    else:
+        out.line(
+            f"Exported session {report.session} ({len(report.refs)} refs, {report.objects} objects) "
+            f"to {report.path} ({human_bytes(report.bytes)})."
+        )
+    return EXIT_OK
+
+
+async def cmd_import(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    with out.progress("import") as update:
+        report = await sm.import_session(
+            Path(args.file), session_id=args.session, progress=lambda n, t: update("bytes", n, t)
+        )
+    if args.json:
+        out.json(
+            {
+                "file": report.path,
+                "session_id": report.session,
+                "refs": report.refs,
+                "objects": report.objects,
+                "written": report.written,
+            }
+        )
+    else:
+        out.line(
+            f"Imported session {report.session} ({len(report.refs)} refs): {report.objects} objects verified, "
+            f"{report.written} new to this store."
+        )
+    return EXIT_OK

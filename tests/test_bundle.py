@@ -1,0 +1,107 @@
+"""Bundles: export a session to one file and import it elsewhere, verified object by object;
+damaged, truncated or foreign files are refused before any ref is created."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import castate
+from castate.errors import ConflictError, CorruptFileError, CorruptObjectError, NotFoundError
+from castate.repository.bundle import HEADER, TRAILER
+from tests.strategies import same
+
+
+def state(step: int) -> dict[str, Any]:
+    return {
+        "step": step,
+        "messages": [{"i": i, "content": f"message {i} " * 8} for i in range(100 * step)],
+        "doc": "large " * 20_000,
+        "raw": bytes(range(256)) * 20,
+    }
+
+
+async def make_source(path: Path) -> tuple[castate.StateManager, list[str]]:
+    sm = castate.StateManager(castate.LocalBackend(path))
+    cps = []
+    for step in range(1, 4):
+        await sm.save_session("run", state(step))
+        cps.append(await sm.create_checkpoint("run", f"step-{step}"))
+    await sm.save_session("other", {"unrelated": True})
+    return sm, cps
+
+
+async def test_export_then_import_into_an_empty_store(tmp_path: Path) -> None:
+    src, cps = await make_source(tmp_path / "a")
+    bundle = tmp_path / "run.castate"
+    out = await src.export_session("run", bundle)
+    assert out.objects > 10
+    assert len(out.refs) == 4
+    assert bundle.stat().st_size == out.bytes
+    dst = castate.StateManager(castate.LocalBackend(tmp_path / "b"))
+    got = await dst.import_session(bundle)
+    assert got.objects == out.objects
+    assert got.written == out.objects
+    assert same(await dst.load_session("run"), state(3))
+    for step, cp in enumerate(cps, 1):
+        assert same(await dst.restore_checkpoint(cp), state(step))
+    assert await dst.load_session("other") is None
+    assert (await dst.fsck(full=True)).ok
+    # Again under another id: every object is there already.
+    again = await dst.import_session(bundle, session_id="run copy")
+    assert again.written == 0
+    assert [c.name for c in await dst.list_checkpoints("run copy")] == ["step-3", "step-2", "step-1"]
+    with pytest.raises(ConflictError, match="already exists"):
+        await dst.import_session(bundle)
+    await src.close()
+    await dst.close()
+
+
+async def test_import_writes_only_what_the_target_lacks(tmp_path: Path) -> None:
+    src, _ = await make_source(tmp_path / "a")
+    bundle = tmp_path / "run.castate"
+    out = await src.export_session("run", bundle)
+    dst = castate.StateManager(castate.LocalBackend(tmp_path / "b"))
+    await dst.save_session("mine", state(2))  # shares most of the bundle's content
+    have = sum([1 async for _ in dst.repository.backend.iter_objects()])
+    got = await dst.import_session(bundle)
+    after = sum([1 async for _ in dst.repository.backend.iter_objects()])
+    assert 0 < got.written < out.objects
+    assert after - have == got.written
+    await src.close()
+    await dst.close()
+
+
+async def test_export_of_a_missing_session(tmp_path: Path) -> None:
+    sm = castate.StateManager(castate.LocalBackend(tmp_path / "a"))
+    with pytest.raises(NotFoundError):
+        await sm.export_session("nope", tmp_path / "x.castate")
+    assert not (tmp_path / "x.castate").exists()
+    await sm.close()
+
+
+@pytest.mark.parametrize("where", ["header", "manifest", "body", "trailer", "truncated"])
+async def test_damaged_bundles_are_refused_and_create_no_ref(tmp_path: Path, where: str) -> None:
+    src, _ = await make_source(tmp_path / "a")
+    bundle = tmp_path / "run.castate"
+    await src.export_session("run", bundle)
+    data = bytearray(bundle.read_bytes())
+    if where == "header":
+        data[0] ^= 1
+    elif where == "manifest":
+        data[HEADER.size + 3] ^= 1
+    elif where == "body":
+        data[len(data) // 2] ^= 1
+    elif where == "trailer":
+        data[-1] ^= 1
+    else:
+        del data[-TRAILER.size - 100 :]
+    bundle.write_bytes(bytes(data))
+    dst = castate.StateManager(castate.LocalBackend(tmp_path / "b"))
+    with pytest.raises((CorruptFileError, CorruptObjectError)):
+        await dst.import_session(bundle)
+    assert await dst.repository.list_refs() == {}
+    await src.close()
+    await dst.close()

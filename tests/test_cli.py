@@ -1,0 +1,250 @@
+"""End to end: the installed ``castate`` command, run in a subprocess on a real store."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import copy
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import pytest
+
+import castate
+
+CASTATE = Path(sys.executable).with_name("castate")
+COMMANDS = [
+    "init",
+    "sessions",
+    "checkpoints",
+    "log",
+    "reflog",
+    "show",
+    "diff",
+    "checkpoint",
+    "restore",
+    "fork",
+    "rm",
+    "forget",
+    "gc",
+    "fsck",
+    "stats",
+    "export",
+    "import",
+]
+
+
+def run(*args: str, store: Path | None = None, env: dict[str, str] | None = None, code: int = 0) -> str:
+    exe = str(CASTATE) if CASTATE.exists() else shutil.which("castate")
+    assert exe, "the castate command is not installed (pip install -e .)"
+    argv = [exe, *(["--store", str(store)] if store is not None else []), *args]
+    full_env = {k: v for k, v in os.environ.items() if k != "CASTATE_STORE"}
+    full_env.update(env or {})
+    proc = subprocess.run(argv, capture_output=True, text=True, env=full_env, timeout=120)
+    assert proc.returncode == code, (argv, proc.returncode, proc.stdout, proc.stderr)
+    return proc.stdout if code == 0 else proc.stderr
+
+
+def run_json(*args: str, store: Path) -> Any:
+    return json.loads(run(*args, "--json", store=store))
+
+
+def state(step: int) -> dict[str, Any]:
+    return {
+        "task": "market analysis",
+        "step": step,
+        "messages": [{"role": "user" if i % 2 else "assistant", "content": f"message {i}"} for i in range(50 * step)],
+        "blob": b"\x00\x01" * 10,
+    }
+
+
+async def fill(store: Path) -> list[str]:
+    async with castate.StateManager(castate.FileStorageBackend(store)) as sm:
+        cps = []
+        for step in range(1, 4):
+            await sm.save_session("run-1", state(step))
+            cps.append(await sm.create_checkpoint("run-1", f"step-{step}"))
+        await sm.save_session("run-2", {"other": True})
+        return cps
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    path = tmp_path / "state"
+    run("init", store=path)
+    return path
+
+
+@pytest.fixture
+def cps(store: Path) -> list[str]:
+    return asyncio.run(fill(store))
+
+
+def test_init_and_store_selection(tmp_path: Path) -> None:
+    path = tmp_path / "s"
+    assert "Created" in run("init", store=path)
+    assert "already" in run("init", store=path)
+    assert run("sessions", "--json", env={"CASTATE_STORE": str(path)}).strip() == "[]"
+    cwd_store = tmp_path / "cwd"
+    cwd_store.mkdir()
+    subprocess.run([str(CASTATE), "init"], cwd=cwd_store, check=True, capture_output=True)
+    assert (cwd_store / "state" / "castate.json").exists()
+
+
+def test_listing_commands(store: Path, cps: list[str]) -> None:
+    sessions = run_json("sessions", store=store)
+    assert [(s["session_id"], s["checkpoints"]) for s in sessions] == [("run-1", 3), ("run-2", 0)]
+    table = run("sessions", store=store).splitlines()
+    assert table[0].split() == ["SESSION", "LAST", "SAVED", "CHECKPOINTS", "HEAD"]
+    assert table[1].startswith("run-1 ")
+    assert "\x1b[" not in "".join(table)  # no colour when not on a terminal
+    assert len({line.index(line.split()[-1]) for line in table}) == 1  # aligned last column
+    assert [c["checkpoint_id"] for c in run_json("checkpoints", "run-1", store=store)] == cps[::-1]
+    log = run_json("log", "run-1", store=store)
+    assert len(log["commits"]) == 3
+    assert log["commits"][0]["checkpoints"] == ["step-3"]
+    assert not log["older_history_removed"]
+    reflog = run_json("reflog", "run-1", "-n", "2", store=store)
+    assert [r["message"] for r in reflog] == ["checkpoint step-3", "save run-1"]
+
+
+def test_show_and_diff(store: Path, cps: list[str]) -> None:
+    shown = json.loads(run("show", cps[0], store=store))
+    assert shown["step"] == 1
+    assert shown["blob"] == {"$bytes": base64.b64encode(b"\x00\x01" * 10).decode()}
+    assert json.loads(run("show", "run-1", "--path", "/messages/7", store=store)) == {
+        "role": "user",
+        "content": "message 7",
+    }
+    assert json.loads(run("show", "run-1~2", "--path", "/step", store=store)) == 1
+    commit = json.loads(run("show", "run-1", "--commit", store=store))
+    assert commit["session"] == "run-1"
+    assert len(commit["parents"]) == 1
+    changes = run_json("diff", cps[0], cps[2], store=store)
+    assert [c["path"] for c in changes] == [f"/messages/{i}" for i in range(50, 150)] + ["/step"]
+    patch = json.loads(run("diff", cps[0], "run-1", "--patch", store=store))
+    start = {k: v for k, v in state(1).items() if k != "blob"}
+    end = {k: v for k, v in state(3).items() if k != "blob"}
+    assert jsonpatch.apply_patch(copy.deepcopy(start), patch) == end
+    human = run("diff", cps[1], "run-1", store=store)
+    assert "+ /messages/100" in human
+    assert "~ /step  2 -> 3" in human
+    assert "No differences." in run("diff", "run-1", cps[2], store=store)
+    assert "--path /a/b" not in run("show", "--help")  # help text has its own example
+    assert run("show", "run-1", "--path", "/nope", store=store, code=2).count("\n") == 1
+
+
+def test_checkpoint_restore_undo_and_fork(store: Path, cps: list[str]) -> None:
+    cp = run("checkpoint", "run-1", "manual", "--meta", "reason=test", store=store).strip()
+    assert cp.startswith("run-1/manual/")
+    restored = run_json("restore", cps[0], store=store)
+    assert restored["changed"]
+    assert json.loads(run("show", "run-1", "--path", "/step", store=store)) == 1
+    human = run("restore", restored["previous"], "--session", "run-1", store=store)
+    assert "now at" in human
+    assert json.loads(run("show", "run-1", "--path", "/step", store=store)) == 3
+    out = run("fork", cps[1], "run-1-retry", store=store)
+    assert "forked" in out
+    assert json.loads(run("show", "run-1-retry", "--path", "/step", store=store)) == 2
+    assert "already exists" in run("fork", cps[1], "run-1-retry", store=store, code=3)
+
+
+def test_rm_forget_gc_fsck_stats(store: Path, cps: list[str]) -> None:
+    dry = run_json("forget", "run-1", "--keep-last", "1", "--forget-named", "--dry-run", store=store)
+    assert [d["keep"] for d in dry["decisions"]] == [True, False, False]
+    assert len(run_json("checkpoints", "run-1", store=store)) == 3
+    named = run("forget", "--all", "--keep-last", "1", store=store)
+    assert "named" in named  # named checkpoints are kept unless asked otherwise
+    out = run_json("forget", "run-1", "--keep-last", "1", "--forget-named", store=store)
+    assert out["refs_removed"] == 2
+    assert "refusing an empty retention policy" in run("forget", "--all", store=store, code=2)
+    assert "--all" in run("forget", "--keep-last", "1", store=store, code=2)
+    assert "Removed session run-2" in run("rm", "run-2", store=store)
+    kept = run_json("gc", "--grace", "0", store=store)
+    assert kept["deleted"] == 0  # the reflog still remembers them
+    gc = run_json("gc", "--grace", "0", "--reflog-expire", "0", store=store)
+    assert gc["deleted"] > 0
+    assert gc["deleted_bytes"] > 0
+    assert (
+        "use it on an idle store"
+        in subprocess.run(
+            [str(CASTATE), "--store", str(store), "gc", "--grace", "0", "--dry-run"], capture_output=True, text=True
+        ).stderr
+    )
+    assert run_json("fsck", "--full", store=store)["ok"]
+    assert "No damage found." in run("fsck", store=store)
+    stats = run_json("stats", store=store)
+    assert stats["sessions"] == 1
+    assert stats["checkpoints"] == 1
+    assert stats["dedup_ratio"] > 1
+    assert "dedup ratio" in run("stats", store=store)
+    log = run_json("log", "run-1", store=store)
+    assert log["older_history_removed"]
+    assert "earlier saves" in run("log", "run-1", store=store)
+
+
+def test_fsck_reports_damage_with_exit_code_1(store: Path, cps: list[str]) -> None:
+    pack = next((store / "packs").glob("*.pack"))
+    data = bytearray(pack.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    pack.write_bytes(bytes(data))
+    proc = subprocess.run([str(CASTATE), "--store", str(store), "fsck", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    report = json.loads(proc.stdout)
+    assert not report["ok"]
+    assert report["problems"]
+    assert "sessions/run-1" in report["damaged_refs"]
+    corrupt = [p for p in report["problems"] if p["problem"] == "corrupt"]
+    assert report["quarantined"] == len(corrupt)
+    if corrupt:
+        assert list((store / "quarantine").iterdir())  # kept for inspection, not deleted
+    proc = subprocess.run([str(CASTATE), "--store", str(store), "fsck"], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert proc.stdout.splitlines()[-1] == "Damage found (exit code 1)."
+    assert "damaged ref sessions/run-1" in proc.stdout
+
+
+def test_export_and_import(store: Path, cps: list[str], tmp_path: Path) -> None:
+    bundle = tmp_path / "run-1.castate"
+    out = run("export", "run-1", str(bundle), store=store)
+    assert "Exported session run-1 (4 refs" in out
+    other = tmp_path / "other"
+    run("init", store=other)
+    got = run_json("import", str(bundle), store=other)
+    assert got["written"] == got["objects"]
+    assert run_json("import", str(bundle), "--session", "copy", store=other)["written"] == 0
+    assert json.loads(run("show", "copy", "--path", "/step", store=other)) == 3
+    assert [s["session_id"] for s in run_json("sessions", store=other)] == ["copy", "run-1"]
+    assert "already exists" in run("import", str(bundle), store=other, code=3)
+
+
+def test_errors_are_one_line_with_exit_codes(tmp_path: Path, store: Path) -> None:
+    missing = run("sessions", store=tmp_path / "nowhere", code=3)
+    assert missing.count("\n") == 1
+    assert "castate init" in missing
+    assert "Traceback" not in missing
+    assert "no session, checkpoint or commit named 'ghost'" in run("show", "ghost", store=store, code=2)
+    assert "usage:" in run("diff", "only-one", store=store, code=2)
+    assert "not a duration" in run("gc", "--grace", "soon", store=store, code=2)
+    debug = run("--debug", "show", "ghost", store=store, code=2)
+    assert "Traceback" in debug
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_an_example(command: str) -> None:
+    text = run(command, "--help")
+    assert f"usage: castate {command}" in text
+    assert "example:\n  castate " in text
+
+
+def test_top_level_help_lists_every_command() -> None:
+    text = run("--help")
+    for command in COMMANDS:
+        assert f"    {command} " in text or f"    {command}\n" in text
+    assert "exit codes" in text
