@@ -10,6 +10,7 @@ StateManager, FileStorageBackend and castate.open(url) also take store URLs:
 sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0.
 """
 
+from castate.autocheckpoint import AutoCheckpoint
 from castate.backends import Backend, LocalBackend, MemoryBackend
 from castate.backends.urls import open_backend as open  # noqa: F401 - public as castate.open, kept out of __all__
 from castate.errors import (
@@ -36,6 +37,7 @@ from castate.tracking import TrackedDict, TrackedList, tracked
 __version__ = "0.1.0"
 
 __all__ = [
+    "AutoCheckpoint",
     "Backend",
     "BackendUnavailableError",
     "CastateError",

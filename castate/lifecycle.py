@@ -1,4 +1,4 @@
-"""Session lifecycle: pause and resume, moving a session back to a checkpoint, critical sections.
+"""Session lifecycle: pause and resume, and critical sections that roll back to a checkpoint.
 
 Pausing and resuming record a commit of the session's current state (no state is encoded
 again) whose metadata holds ``paused``, ``paused_at``, ``resumed_at`` and ``pause_reason``.
@@ -13,8 +13,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
-from castate.backends.base import RefUpdate
-from castate.errors import InvalidKeyError, NotFoundError
+from castate.errors import NotFoundError
 from castate.repository import Repository
 from castate.repository import refs as names
 
@@ -64,22 +63,6 @@ async def resume(repo: Repository, session_id: str) -> None:
     await repo.recommit(ref, cid, meta=meta, name="resume", message=f"resume {session_id}"[:200])
 
 
-async def reset_to_checkpoint(repo: Repository, session_id: str, checkpoint_id: str) -> bytes:
-    """Move the session's head back to the checkpoint's commit; the reflog records the move."""
-    if names.parse_checkpoint_id(checkpoint_id)[0] != session_id:
-        raise InvalidKeyError(f"checkpoint {checkpoint_id!r} is not a checkpoint of session {session_id!r}")
-    target = await repo.head(names.checkpoint_ref(checkpoint_id))
-    if target is None:
-        raise NotFoundError(f"no checkpoint {checkpoint_id!r}")
-    ref = names.session_ref(session_id)
-    current = await repo.head(ref)
-    if current != target:
-        await repo.update_refs(
-            [RefUpdate(ref, target, current)], message=f"restore {session_id} to checkpoint {checkpoint_id}"[:200]
-        )
-    return target
-
-
 @contextlib.asynccontextmanager
 async def checkpointed(
     sm: StateManager, repo: Repository, session_id: str, name: str, metadata: dict[str, Any] | None
@@ -92,7 +75,7 @@ async def checkpointed(
         raise
     except BaseException as exc:  # cancellation too: the critical section did not complete
         try:
-            await reset_to_checkpoint(repo, session_id, checkpoint_id)
+            await sm.restore_into_session(checkpoint_id, session_id)
             if sm.auto_checkpointer is not None:
                 sm.auto_checkpointer.forget(session_id)
         except Exception as err:

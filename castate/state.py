@@ -352,7 +352,7 @@ class StateManager:
             current = await repo.head(ref)
             if current == rev.commit:
                 return RestoreResult(sid, current.hex(), current.hex(), False)
-            await repo.update_refs([RefUpdate(ref, rev.commit, current)], message=f"restore {rev.label}"[:200])
+            await repo.update_refs([RefUpdate(ref, rev.commit, current)], message=f"restore {sid} to {rev.label}"[:200])
         return RestoreResult(sid, current.hex() if current else None, rev.commit.hex(), True)
 
     # -- maintenance ------------------------------------------------------------------------

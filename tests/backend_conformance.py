@@ -199,6 +199,14 @@ class BackendConformance:
         await backend.commit([obj("healthy")], [RefUpdate("sessions/h", cid(1), None)])
         assert await backend.check_storage() == []
 
+    async def test_now_ns_is_the_clock_of_object_times(self, backend: Backend) -> None:
+        before = await backend.now_ns()
+        await backend.put_objects([obj("clock")])
+        after = await backend.now_ns()
+        (info,) = [i async for i in backend.iter_objects() if i.id == obj("clock")[0]]
+        slack = 5_000_000_000  # a backend may stamp in coarser units than ns
+        assert before - slack <= info.time_ns <= after + slack
+
 
 class PersistentBackendConformance(BackendConformance):
     """More behaviour for backends whose data outlives the backend object."""
@@ -230,5 +238,38 @@ class PersistentBackendConformance(BackendConformance):
             assert bytes(got[items[0][0]]) == items[0][1]
             await other.update_refs([RefUpdate("sessions/s", items[0][0], items[1][0])])
             assert await backend.get_ref("sessions/s") == items[0][0]
+        finally:
+            await other.close()
+
+    async def test_gc_waits_for_shared_holders_in_other_processes(self, backend: Backend) -> None:
+        import asyncio
+
+        other = await self.reopen(backend)
+        await other.open()
+        try:
+            entered = asyncio.Event()
+
+            async def collect() -> None:
+                async with backend.gc_exclusive():
+                    entered.set()
+
+            async with other.gc_shared():
+                gc = asyncio.create_task(collect())
+                await asyncio.sleep(0.3)
+                assert not entered.is_set()  # gc waits while an import holds the shared side
+            await asyncio.wait_for(gc, 10)
+            assert entered.is_set()
+
+            joined = asyncio.Event()
+
+            async def join() -> None:
+                async with other.gc_shared():
+                    joined.set()
+
+            async with backend.gc_exclusive():
+                importer = asyncio.create_task(join())
+                await asyncio.sleep(0.3)
+                assert not joined.is_set()  # and an import waits while gc deletes
+            await asyncio.wait_for(importer, 10)
         finally:
             await other.close()

@@ -248,3 +248,20 @@ def test_top_level_help_lists_every_command() -> None:
     for command in COMMANDS:
         assert f"    {command} " in text or f"    {command}\n" in text
     assert "exit codes" in text
+
+
+def test_store_urls(tmp_path: Path) -> None:
+    db = tmp_path / "store.db"
+    url = "sqlite:///" + str(db)  # sqlite:////abs/path.db: an absolute path
+
+    async def fill_sqlite() -> str:
+        async with castate.StateManager(url) as sm:
+            await sm.save_session("s", {"v": 1})
+            return await sm.create_checkpoint("s", "first")
+
+    assert "ready" in run("--store", url, "init")
+    cp = asyncio.run(fill_sqlite())
+    sessions = json.loads(run("--store", url, "sessions", "--json"))
+    assert [s["session_id"] for s in sessions] == ["s"]
+    assert json.loads(run("--store", url, "show", cp)) == {"v": 1}
+    assert "ready" in run("init", env={"CASTATE_STORE": url})

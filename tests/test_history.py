@@ -66,7 +66,7 @@ async def test_restore_into_the_session_and_undo(sm: castate.StateManager) -> No
     assert result.session_id == "run"
     assert await sm.load_session("run") == {"step": 1.5}
     entry = (await sm.repository.reflog("sessions/run"))[-1]
-    assert entry.message.startswith("restore checkpoint")
+    assert entry.message.startswith("restore run to checkpoint")
     assert entry.new.hex() == result.current
     again = await sm.restore_into_session(cp)
     assert not again.changed

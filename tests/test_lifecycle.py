@@ -10,8 +10,7 @@ import pytest
 
 import castate
 from castate.autocheckpoint import AutoCheckpoint
-from castate.errors import InvalidKeyError, NotFoundError
-from castate.lifecycle import reset_to_checkpoint
+from castate.errors import NotFoundError
 
 
 async def test_checkpointed_keeps_the_work_of_a_block_that_succeeds(manager: castate.StateManager) -> None:
@@ -112,15 +111,6 @@ async def test_checkpointed_needs_an_existing_session_and_a_castate_store(manage
 
     with pytest.raises(TypeError, match="no castate repository"):
         castate.StateManager(DictStore()).checkpointed("s", "cp")
-
-
-async def test_reset_refuses_a_checkpoint_of_another_session(manager: castate.StateManager) -> None:
-    await manager.save_session("a", {"v": 1})
-    await manager.save_session("b", {"v": 2})
-    cp = await manager.create_checkpoint("a", "x")
-    with pytest.raises(InvalidKeyError, match="not a checkpoint of session 'b'"):
-        await reset_to_checkpoint(manager.repository, "b", cp)
-    assert await manager.load_session("b") == {"v": 2}
 
 
 async def test_restoring_forgets_watched_fields(store_path: Path) -> None:

@@ -1,7 +1,4 @@
-"""Shared stores under load: 4 processes save into one PostgreSQL (and one Redis) store while gc runs.
-
-Uses ``tests.interim_gc`` until castate's own gc lands (see that module).
-"""
+"""Shared stores under load: 4 processes save into one PostgreSQL (and one Redis) store while gc runs."""
 
 from __future__ import annotations
 
@@ -13,11 +10,24 @@ import orjson
 import pytest
 
 import castate
+from castate.backends.base import Backend
 from castate.backends.urls import open_backend
-from tests.interim_gc import collect_garbage, reachable
+from castate.repository.gc import collect_garbage
+from castate.repository.walk import Walker
 from tests.shared_worker import digest
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+async def reachable(backend: Backend, *prefixes: str) -> set[bytes]:
+    """Every object the refs under ``prefixes`` (default: all refs) reach (castate's own walker)."""
+    walker = Walker(backend)
+    for prefix in prefixes or ("",):
+        await walker.walk((await backend.list_refs(prefix)).values())
+    assert not walker.problems
+    return walker.seen
+
+
 WORKERS = 4
 STEPS = 30
 
@@ -43,7 +53,7 @@ async def _run_workers_while_gc(url: str, tmp_path: Path) -> tuple[dict[str, str
     passes = deleted = 0
     try:
         while not all(w.done() for w in waits):
-            deleted += await collect_garbage(backend, grace_s=0.05)
+            deleted += (await collect_garbage(backend, grace=0.05, reflog_expire=0)).deleted
             passes += 1
             await asyncio.sleep(0.05)
     finally:
@@ -77,9 +87,11 @@ async def test_four_workers_share_one_store_while_gc_runs(
         assert {s.session_id for s in await sm.list_sessions()} == {f"worker-{w}" for w in range(WORKERS)}
 
         backend = sm.repository.backend
-        await collect_garbage(backend, grace_s=0)  # no writers now: only what refs reach stays
+        await collect_garbage(backend, grace=0, reflog_expire=0)  # no writers now: only what refs reach stays
         everything = await reachable(backend)
-        per_worker = [await reachable(backend, f"sessions/worker-{w}") for w in range(WORKERS)]
+        per_worker = [
+            await reachable(backend, f"sessions/worker-{w}", f"checkpoints/worker-{w}/") for w in range(WORKERS)
+        ]
         stats = await backend.stats()
         assert stats["objects"] == len(everything)
         # dedup across workers: the shared document and prompt are stored once, not once per worker

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass
 from typing import ClassVar, Final
@@ -170,6 +171,13 @@ class Backend(abc.ABC):
         Hold it briefly: gc waits for it. The default suits backends used by one process
         only (memory)."""
         yield
+
+    async def now_ns(self) -> int:
+        """The time (ns since the epoch) on the clock that stamps this backend's objects and reflog.
+
+        gc measures its grace period and the reflog's age on this clock, so a gc on a machine
+        whose clock is off never treats a fresh object as old. Server backends ask the server."""
+        return time.time_ns()
 
     async def check_storage(self) -> list[str]:
         """Damage the backend found in its own files or tables (not objects: fsck reads those),

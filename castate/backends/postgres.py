@@ -529,6 +529,25 @@ class PostgresBackend(Backend):
         finally:
             await conn.close()  # a closed session releases its advisory locks in any case
 
+    async def now_ns(self) -> int:
+        rows = await self._fetch("now_ns", f"SELECT {self.schema}.now_ns()")
+        return int(rows[0][0])  # type: ignore[index]
+
+    @contextlib.asynccontextmanager
+    async def gc_shared(self) -> AsyncIterator[None]:
+        """Hold the gc lock shared on a dedicated connection while an import spans several calls."""
+        self._require_pool()
+        conn = await self._guard(psycopg.AsyncConnection.connect(self.conninfo, **self._conn_kwargs()), "gc_shared")
+        try:
+            await self._guard(conn.execute("SELECT pg_advisory_lock_shared(%s)", (self._gc_key,)), "gc_shared")
+            try:
+                yield
+            finally:
+                with contextlib.suppress(psycopg.Error):
+                    await conn.execute("SELECT pg_advisory_unlock_shared(%s)", (self._gc_key,))
+        finally:
+            await conn.close()  # a closed session releases its advisory locks in any case
+
     async def expire_reflog(self, before_ns: int) -> int:
         return await self._maintenance(
             "expire_reflog", f"DELETE FROM {self.schema}.reflog WHERE time_ns < %s", (before_ns,)

@@ -10,6 +10,7 @@ Keys, under a prefix (``castate:`` unless the URL says ``?prefix=...``)::
     <p>refnames       sorted set of ref names (score 0), for prefix listing
     <p>reflog         stream: one entry per ref change (n, o, w, t, m)
     <p>gc             gc lock: a random token with a lease (PX), renewed while gc runs
+    <p>gcshared       sorted set: token -> lease end, one per holder of the shared side (imports)
     <p>req:<token>    a done save, kept a minute, so resending it after a lost reply is a no-op
     <p>q:<hex id>     a quarantined frame; <p>quarantine: id -> time it was quarantined
 
@@ -46,7 +47,19 @@ from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 
 from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate, _Any, check_ref_name
-from castate.backends.redis_scripts import COMMIT, COPY_REF, DELETE, EXPIRE, GC_LEASE, GET_REFS, LIST_REFS, QUARANTINE
+from castate.backends.redis_scripts import (
+    COMMIT,
+    COPY_REF,
+    DELETE,
+    EXPIRE,
+    GC_LEASE,
+    GET_REFS,
+    LIST_REFS,
+    QUARANTINE,
+    SHARED_COUNT,
+    SHARED_JOIN,
+    SHARED_RENEW,
+)
 from castate.errors import (
     BackendUnavailableError,
     ConflictError,
@@ -114,6 +127,7 @@ class RedisBackend(Backend):
         self._gc_token = ""
         p = self.prefix.encode()
         self.k_store, self.k_gc, self.k_objects, self.k_bytes = p + b"store", p + b"gc", p + b"objects", p + b"bytes"
+        self.k_gcshared = p + b"gcshared"
         self.k_refs, self.k_refnames, self.k_reflog = p + b"refs", p + b"refnames", p + b"reflog"
         self.k_quarantine = p + b"quarantine"
         self._scripts: dict[str, Any] = {}
@@ -154,6 +168,9 @@ class RedisBackend(Backend):
             ("quarantine", QUARANTINE),
             ("expire", EXPIRE),
             ("lease", GC_LEASE),
+            ("shared_join", SHARED_JOIN),
+            ("shared_count", SHARED_COUNT),
+            ("shared_renew", SHARED_RENEW),
         ):
             self._scripts[name] = r.register_script(src)
 
@@ -437,6 +454,11 @@ class RedisBackend(Backend):
         self._gc_token = token
         renew = asyncio.create_task(self._renew(token, lease_ms))
         try:
+            # No new shared holder can join now (the join script sees the lock): wait for the rest.
+            while int(await self._script("shared_count", [self.k_gcshared], [], "gc_exclusive")):
+                if time.monotonic() > deadline:
+                    raise StoreError(f"timed out after {self.lock_timeout:.0f}s waiting for imports on {self.location}")
+                await asyncio.sleep(0.05)
             yield
         finally:
             renew.cancel()
@@ -445,6 +467,36 @@ class RedisBackend(Backend):
             self._gc_token = ""
             with contextlib.suppress(BackendUnavailableError, StoreError):  # the lease ends it anyway
                 await self._script("lease", [self.k_gc], [token, ""], "gc_exclusive")
+
+    async def now_ns(self) -> int:
+        seconds, micros = await self._guard(lambda: self._redis().time(), "now_ns", retry=True)
+        return int(seconds) * 1_000_000_000 + int(micros) * 1000
+
+    @contextlib.asynccontextmanager
+    async def gc_shared(self) -> AsyncIterator[None]:
+        """Join the shared side of the gc lock (a token with a lease in <p>gcshared) while an import runs."""
+        token = uuid.uuid4().hex
+        lease_ms = int(self.gc_lease * 1000)
+        deadline = time.monotonic() + self.lock_timeout
+        while not int(await self._script("shared_join", [self.k_gc, self.k_gcshared], [token, lease_ms], "gc_shared")):
+            if time.monotonic() > deadline:
+                raise StoreError(f"timed out after {self.lock_timeout:.0f}s waiting for gc on {self.location}")
+            await asyncio.sleep(0.05)
+        renew = asyncio.create_task(self._renew_shared(token, lease_ms))
+        try:
+            yield
+        finally:
+            renew.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renew
+            with contextlib.suppress(BackendUnavailableError, StoreError):  # the lease ends it anyway
+                await self._guard(lambda: self._redis().zrem(self.k_gcshared, token), "gc_shared")
+
+    async def _renew_shared(self, token: str, lease_ms: int) -> None:
+        while True:
+            await asyncio.sleep(self.gc_lease / 3)
+            with contextlib.suppress(BackendUnavailableError, StoreError):
+                await self._script("shared_renew", [self.k_gcshared], [token, lease_ms], "gc_shared")
 
     async def _renew(self, token: str, lease_ms: int) -> None:
         while True:

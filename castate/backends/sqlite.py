@@ -357,12 +357,18 @@ class SQLiteBackend(Backend):
 
     @contextlib.asynccontextmanager
     async def gc_exclusive(self) -> AsyncIterator[None]:
-        held = self._gc_lock.hold(exclusive=True)
-        await asyncio.to_thread(held.__enter__)
-        try:
+        async with self._gc_lock.hold_async(exclusive=True):
             yield
+
+    @contextlib.asynccontextmanager
+    async def gc_shared(self) -> AsyncIterator[None]:
+        # A lock object of its own: shared holders do not queue behind this process's saves.
+        lock = FileLock(self._gc_lock.path, self._gc_lock.timeout)
+        try:
+            async with lock.hold_async(exclusive=False):
+                yield
         finally:
-            await asyncio.to_thread(held.__exit__, None, None, None)
+            lock.close()
 
     async def expire_reflog(self, before_ns: int) -> int:
         return await self._run(self._expire_reflog, before_ns)

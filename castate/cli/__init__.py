@@ -14,7 +14,9 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
+from castate.backends.base import Backend
 from castate.backends.local import LocalBackend
+from castate.backends.urls import open_backend, scheme_of
 from castate.cli import commands as c
 from castate.cli.output import Output
 from castate.errors import (
@@ -47,7 +49,12 @@ def _parser() -> argparse.ArgumentParser:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("--store", metavar="PATH", help="the store directory (default: $CASTATE_STORE or ./state)")
+    p.add_argument(
+        "--store",
+        metavar="PATH",
+        help="the store: a directory, or a URL (sqlite:///file.db, postgresql://..., redis://...); "
+        "default: $CASTATE_STORE or ./state",
+    )
     p.add_argument("--debug", action="store_true", help="show the traceback of errors")
     p.add_argument("--version", action="version", version=f"castate {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -231,7 +238,20 @@ def _positive(text: str) -> int:
     return n
 
 
+def _backend(path: str, *, create: bool) -> Backend:
+    """The backend a --store value names: a directory, or a store URL (sqlite://, postgresql://, redis://)."""
+    if scheme_of(path):
+        return open_backend(path)
+    return LocalBackend(path, create=create)
+
+
 async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
+    if scheme_of(path):
+        backend = _backend(path, create=True)
+        await backend.open()  # creates or migrates the database schema
+        await backend.close()
+        out.line(f"{backend.location} is ready.")
+        return c.EXIT_OK
     existed = os.path.exists(os.path.join(path, "castate.json"))
     backend = LocalBackend(path, create=True)
     await backend.open()
@@ -245,11 +265,9 @@ async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
 
 async def _run(args: argparse.Namespace, out: Output) -> int:
     path = args.store or os.environ.get("CASTATE_STORE") or DEFAULT_STORE
-    if "://" in path:
-        raise InvalidKeyError(f"{path!r}: this castate opens local store directories only")
     if args.command == "init":  # the one command that may create the store
         return await _run_init(path, args, out)
-    sm = StateManager(LocalBackend(path, create=False))
+    sm = StateManager(_backend(path, create=False))
     try:
         await sm.repository.open()
         return int(await args.func(sm, args, out))

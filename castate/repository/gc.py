@@ -18,7 +18,6 @@ stops gc before it deletes anything: run fsck first.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -68,7 +67,7 @@ async def collect_garbage(
     if grace < 0 or reflog_expire < 0:
         raise ValueError("grace and reflog_expire must not be negative")
     report = GcReport(dry_run=dry_run, grace=grace, reflog_expire=reflog_expire)
-    now = time.time_ns()
+    now = await backend.now_ns()
     object_cutoff = now - int(grace * 1e9)
     log_cutoff = now - int(reflog_expire * 1e9)
     report.store_bytes_before = _disk_bytes(await backend.stats())

@@ -578,26 +578,22 @@ class LocalBackend(Backend):
 
     @contextlib.asynccontextmanager
     async def gc_exclusive(self) -> AsyncIterator[None]:
-        lock = self._gc_lock
-        assert lock is not None
-        held = lock.hold(exclusive=True)
-        await self._run(held.__enter__)
-        try:
+        if not self._opened or self._gc_lock is None:
+            raise StoreError(f"store {self.location} is not open")
+        async with self._gc_lock.hold_async(exclusive=True):
             yield
-        finally:
-            await asyncio.to_thread(held.__exit__, None, None, None)
 
     @contextlib.asynccontextmanager
     async def gc_shared(self) -> AsyncIterator[None]:
         # A lock object of its own (its own descriptor): shared flocks of this process's
         # saves and of other holders do not wait for each other.
+        if not self._opened:
+            raise StoreError(f"store {self.location} is not open")
         lock = FileLock(self.root / "locks" / "gc.lock", self._lock_timeout)
-        held = lock.hold(exclusive=False)
-        await self._run(held.__enter__)
         try:
-            yield
+            async with lock.hold_async(exclusive=False):
+                yield
         finally:
-            await asyncio.to_thread(held.__exit__, None, None, None)
             lock.close()
 
     async def check_storage(self) -> list[str]:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import fcntl
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -70,6 +72,16 @@ class FileLock:
                     ) from None
                 time.sleep(delay)
                 delay = min(delay * 2, 0.05)
+
+    @contextlib.asynccontextmanager
+    async def hold_async(self, exclusive: bool = True) -> AsyncIterator[None]:
+        """``hold`` for async code: waits in a worker thread, so the event loop keeps running."""
+        held = self.hold(exclusive=exclusive)
+        await asyncio.to_thread(held.__enter__)
+        try:
+            yield
+        finally:
+            await asyncio.to_thread(held.__exit__, None, None, None)
 
     def close(self) -> None:
         if self._fd is not None:
