@@ -28,6 +28,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate
+from castate.backends.local import crashpoints, osio
 from castate.backends.local import packs as packfmt
 from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, write_all
 from castate.backends.local.journal import RefJournal
@@ -259,9 +260,12 @@ class LocalBackend(Backend):
         try:
             comp = chain.compress(raw)
             data = packfmt.encode_record(items, comp, len(raw), prev, now)
+            crashpoints.tear("pack-mid-record", self._pack_fd, data)
             write_all(self._pack_fd, data)
+            crashpoints.reach("pack-before-sync")
             if self.durable:
-                os.fdatasync(self._pack_fd)
+                osio.fdatasync(self._pack_fd)
+            crashpoints.reach("pack-after-sync")
         except BaseException:
             self._seal()  # never append after a record that may be torn
             raise
@@ -288,12 +292,13 @@ class LocalBackend(Backend):
         self._seal()
         name = f"{time.time_ns():016x}-{uuid.uuid4().hex[:12]}.pack"
         path = self.packs_dir / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        fd = osio.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # marks the pack active: gc leaves it alone
+            crashpoints.reach("pack-created")
             write_all(fd, packfmt.PACK_HEADER)
             if self.durable:
-                os.fsync(fd)
+                osio.fsync(fd)
                 fsync_dir(self.packs_dir)
         except BaseException:
             os.close(fd)
@@ -355,7 +360,7 @@ class LocalBackend(Backend):
             removed: set[bytes] = set()
             for oid in doomed:
                 with contextlib.suppress(FileNotFoundError):
-                    self._loose_path(oid).unlink()
+                    osio.unlink(self._loose_path(oid))
                     removed.add(oid)
             for pack in [p for p in self._packs.values() if not doomed.isdisjoint(p.entries)]:
                 if pack is self._pack:
@@ -368,6 +373,7 @@ class LocalBackend(Backend):
                     for oid in pack.entries:
                         self._index.setdefault(oid, pack)
             if removed:
+                crashpoints.reach("gc-before-marker")
                 # Tell every other open backend that its pack index may list deleted objects.
                 atomic_write(self._gc_marker, uuid.uuid4().bytes, durable=self.durable)
                 self._gc_seen = self._gc_signature()
@@ -427,13 +433,14 @@ class LocalBackend(Backend):
             if batch:
                 self._append(batch, "gc")
             if keep and self._pack_fd is not None and self.durable:
-                os.fsync(self._pack_fd)
+                osio.fsync(self._pack_fd)
             self._seal()
+            crashpoints.reach("gc-before-unlink")
             if damaged:  # keep the damaged file's bytes for inspection, never just delete them
                 make_dirs(self.quarantine_dir)
-                os.replace(pack.path, self.quarantine_dir / pack.name)
+                osio.replace(pack.path, self.quarantine_dir / pack.name)
             else:
-                pack.path.unlink()
+                osio.unlink(pack.path)
             if self.durable:
                 fsync_dir(self.packs_dir)
         finally:

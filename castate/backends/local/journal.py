@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from castate.backends.base import ReflogEntry, RefUpdate, plan_ref_updates
+from castate.backends.local import crashpoints, osio
 from castate.backends.local.files import FILE_MODE, atomic_write, write_all
 from castate.backends.local.locks import FileLock
 from castate.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
@@ -243,15 +244,18 @@ class RefJournal:
             return
         rec = Record(KIND_UPDATE, self._seq + 1, time.time_ns(), message, tuple(changes))
         data = encode_record(rec)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        fd = osio.open_fd(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
         try:
+            crashpoints.tear("journal-mid-record", fd, data)
             write_all(fd, data)
+            crashpoints.reach("journal-before-sync")
             if self.durable:
-                os.fdatasync(fd)
+                osio.fdatasync(fd)
         finally:
             os.close(fd)
         self._apply(rec)
         self._offset += len(data)
+        crashpoints.reach("journal-after-sync")
 
     def copy(self, source: str, target: str, expected: bytes | object | None, message: str) -> bytes:
         """Point ``target`` at ``source``'s value in one locked step; NotFoundError without a source."""
