@@ -26,6 +26,7 @@ from castate.errors import (
     InvalidKeyError,
     NotFoundError,
     StoreError,
+    StoreIOError,
     UnsupportedFormatError,
 )
 from castate.state import StateManager
@@ -281,6 +282,7 @@ _HINTS: list[tuple[type[BaseException], str, int]] = [
     (ConflictError, "another process changed it meanwhile; look again and retry", c.EXIT_FAILED),
     (UnsupportedFormatError, "upgrade castate to read this store", c.EXIT_FAILED),
     (CorruptionError, "run `castate fsck` to find and quarantine the damage", c.EXIT_FAILED),
+    (StoreIOError, "the store's disk failed; free space or fix it and retry: what was stored is intact", c.EXIT_FAILED),
     (StoreError, "check --store (or $CASTATE_STORE); create a store with `castate init`", c.EXIT_FAILED),
     (CastateError, "run with --debug for details", c.EXIT_FAILED),
     (FileNotFoundError, "check the file name", c.EXIT_USAGE),

@@ -30,10 +30,17 @@ import orjson
 from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate
 from castate.backends.local import crashpoints, osio
 from castate.backends.local import packs as packfmt
-from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, write_all
+from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, naming, write_all
 from castate.backends.local.journal import RefJournal
 from castate.backends.local.locks import FileLock
-from castate.errors import CorruptFileError, CorruptObjectError, StoreError, UnsupportedFormatError
+from castate.errors import (
+    CastateError,
+    CorruptFileError,
+    CorruptObjectError,
+    StoreError,
+    StoreIOError,
+    UnsupportedFormatError,
+)
 
 STORE_VERSION = 1
 CONFIG = "castate.json"
@@ -99,11 +106,25 @@ class LocalBackend(Backend):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if not self._opened:
             raise StoreError(f"store {self.location} is not open")
-        return await asyncio.to_thread(fn, *args)
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except CastateError:
+            raise
+        except OSError as exc:
+            raise self._io_error(exc) from exc
+
+    def _io_error(self, exc: OSError) -> StoreIOError:
+        """The disk's error as castate's: same errno, the file it failed on (else the store)."""
+        return StoreIOError(exc.errno or 0, exc.strerror or str(exc), exc.filename or self.location)
 
     async def open(self) -> None:
         if not self._opened:
-            await asyncio.to_thread(self.open_sync)
+            try:
+                await asyncio.to_thread(self.open_sync)
+            except CastateError:
+                raise
+            except OSError as exc:
+                raise self._io_error(exc) from exc
 
     def open_sync(self) -> None:
         with self._mutex:
@@ -257,19 +278,20 @@ class LocalBackend(Backend):
         prev = chain.last
         now = time.time_ns()
         offset = self._pack_size
+        pack = self._pack
         try:
             comp = chain.compress(raw)
             data = packfmt.encode_record(items, comp, len(raw), prev, now)
-            crashpoints.tear("pack-mid-record", self._pack_fd, data)
-            write_all(self._pack_fd, data)
-            crashpoints.reach("pack-before-sync")
-            if self.durable:
-                osio.fdatasync(self._pack_fd)
-            crashpoints.reach("pack-after-sync")
+            with naming(pack.path):
+                crashpoints.tear("pack-mid-record", self._pack_fd, data)
+                write_all(self._pack_fd, data)
+                crashpoints.reach("pack-before-sync")
+                if self.durable:
+                    osio.fdatasync(self._pack_fd)
+                crashpoints.reach("pack-after-sync")
         except BaseException:
             self._seal()  # never append after a record that may be torn
             raise
-        pack = self._pack
         chain.last = offset
         chain.raw += len(raw)
         self._pack_size += len(data)
@@ -296,9 +318,11 @@ class LocalBackend(Backend):
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # marks the pack active: gc leaves it alone
             crashpoints.reach("pack-created")
-            write_all(fd, packfmt.PACK_HEADER)
+            with naming(path):
+                write_all(fd, packfmt.PACK_HEADER)
+                if self.durable:
+                    osio.fsync(fd)
             if self.durable:
-                osio.fsync(fd)
                 fsync_dir(self.packs_dir)
         except BaseException:
             os.close(fd)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 from castate.backends.local import crashpoints, osio
@@ -18,12 +19,24 @@ FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def fsync_dir(path: Path) -> None:
-    fd = osio.open_fd(path, os.O_RDONLY | os.O_DIRECTORY)
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Put ``path`` into an OSError raised inside that names no file (calls on a descriptor don't)."""
     try:
-        osio.fsync(fd)
-    finally:
-        os.close(fd)
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
+
+
+def fsync_dir(path: Path) -> None:
+    with naming(path):
+        fd = osio.open_fd(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            osio.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
@@ -58,9 +71,10 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, exclusive: bo
     fd = osio.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         try:
-            write_all(fd, data)
-            if durable:
-                osio.fsync(fd)
+            with naming(tmp):
+                write_all(fd, data)
+                if durable:
+                    osio.fsync(fd)
         finally:
             os.close(fd)
         crashpoints.reach("file-before-rename")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 from castate.backends.base import ReflogEntry, RefUpdate, plan_ref_updates
 from castate.backends.local import crashpoints, osio
-from castate.backends.local.files import FILE_MODE, atomic_write, write_all
+from castate.backends.local.files import FILE_MODE, atomic_write, naming, write_all
 from castate.backends.local.locks import FileLock
 from castate.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 
@@ -244,18 +244,40 @@ class RefJournal:
             return
         rec = Record(KIND_UPDATE, self._seq + 1, time.time_ns(), message, tuple(changes))
         data = encode_record(rec)
-        fd = osio.open_fd(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        written = False
         try:
-            crashpoints.tear("journal-mid-record", fd, data)
-            write_all(fd, data)
-            crashpoints.reach("journal-before-sync")
-            if self.durable:
-                osio.fdatasync(fd)
-        finally:
-            os.close(fd)
+            with naming(self.path):
+                fd = osio.open_fd(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+                try:
+                    crashpoints.tear("journal-mid-record", fd, data)
+                    write_all(fd, data)
+                    written = True
+                    crashpoints.reach("journal-before-sync")
+                    if self.durable:
+                        osio.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            self._undo_append(exc, written)
+            raise
         self._apply(rec)
         self._offset += len(data)
         crashpoints.reach("journal-after-sync")
+
+    def _undo_append(self, exc: OSError, written: bool) -> None:
+        """After a failed append, rewrite the journal without the record (whole or torn), so the
+        refs stay as they were and the caller's error is the truth. Readers that saw the record
+        replay the new file. If even that fails, a torn record stays unread; a whole one is
+        visible though not durable, and the error says the outcome is unknown."""
+        try:
+            if os.stat(self.path).st_size > self._offset:
+                self._rewrite(self.records)
+        except OSError:
+            if written:
+                exc.strerror = (
+                    f"{exc.strerror} (the ref update was written but could not be made durable nor undone: "
+                    "it may show; reload the refs to see)"
+                )
 
     def copy(self, source: str, target: str, expected: bytes | object | None, message: str) -> bytes:
         """Point ``target`` at ``source``'s value in one locked step; NotFoundError without a source."""
