@@ -204,3 +204,46 @@ async def test_every_fault_at_every_step(
     print(f"\n{len(calls)} calls; faults: {dict(sorted(outcomes.items()))}")
     assert any(k.endswith("save failed") for k in outcomes)
 
+
+def fail_calls(monkeypatch: pytest.MonkeyPatch, plan: dict[str, list[int]]) -> dict[str, int]:
+    """Make the listed occurrences (0-based, counted from now) of seam calls fail with EIO."""
+    counts = dict.fromkeys(plan, 0)
+    for name, which in plan.items():
+        real = getattr(osio, name)
+
+        def call(*args: Any, _name: str = name, _real: Callable[..., Any] = real, _which: list[int] = which) -> Any:
+            n = counts[_name]
+            counts[_name] += 1
+            if n in _which:
+                raise OSError(errno.EIO, f"injected EIO in {_name}")
+            return _real(*args)
+
+        monkeypatch.setattr(osio, name, call)
+    return counts
+
+
+async def test_when_the_journal_cannot_be_undone_the_error_says_so_and_saves_go_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store"
+    cp = await make_base(path, loose=False, torn_journal=False)
+    sm = manager(path, loose=False)
+    await sm.repository.open()
+    try:
+        await sm.save_session("s", state(2))  # the pack exists: the next save's only fdatasyncs are pack, journal
+        with monkeypatch.context() as m:
+            # fdatasync #1 (the journal's) fails, and so does the rewrite that would undo the record.
+            fail_calls(m, {"fdatasync": [1], "open_fd": [1]})
+            with pytest.raises(StoreIOError, match="could not be made durable nor undone"):
+                await sm.save_session("s", state(3))
+        # The record is whole in the file: the refs show it (not durable, but not torn either).
+        assert await manager(path, loose=False).load_session("s") == state(3)
+        # This manager must not hold on to the head it had before: its next save works.
+        await sm.save_session("s", state(4))
+    finally:
+        await sm.close()
+    async with manager(path, loose=False) as sm2:
+        assert await sm2.load_session("s") == state(4)
+        assert await sm2.restore_checkpoint(cp) == state(1)
+        assert (await sm2.fsck(full=True, quarantine=False)).ok
+
