@@ -247,3 +247,42 @@ async def test_when_the_journal_cannot_be_undone_the_error_says_so_and_saves_go_
         assert await sm2.restore_checkpoint(cp) == state(1)
         assert (await sm2.fsck(full=True, quarantine=False)).ok
 
+
+async def test_a_record_whose_fdatasync_failed_is_written_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After a failed fdatasync the kernel may drop the record's pages: the next save must not
+    deduplicate against it, or a later acknowledged save could point at data that never reached the disk."""
+    path = tmp_path / "store"
+    await make_base(path, loose=False, torn_journal=False)
+    repo = castate.Repository(castate.LocalBackend(path))
+    await repo.open()
+    try:
+        with monkeypatch.context() as m:
+            fail_calls(m, {"fdatasync": [0]})
+            with pytest.raises(StoreIOError):
+                await repo.save("sessions/s", state(7))
+        assert [i async for i in repo.backend.iter_objects()]  # rescans the packs, this one's too
+        result = await repo.save("sessions/s", state(7))
+        assert result.objects_written > 1  # the state's objects again, not only the commit
+    finally:
+        await repo.close()
+
+
+async def test_a_pack_whose_header_cannot_be_written_is_removed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = tmp_path / "store"
+    await make_base(path, loose=False, torn_journal=False)
+    before = set((path / "packs").iterdir())
+    sm = manager(path, loose=False)
+    try:
+        with monkeypatch.context() as m:
+            fail_calls(m, {"write": [0]})  # the new pack's header
+            with pytest.raises(StoreIOError) as info:
+                await sm.save_session("s", state(2))
+        assert info.value.filename.endswith(".pack")
+        assert set((path / "packs").iterdir()) == before
+        await sm.save_session("s", state(2))
+    finally:
+        await sm.close()

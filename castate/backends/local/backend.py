@@ -290,7 +290,10 @@ class LocalBackend(Backend):
                     osio.fdatasync(self._pack_fd)
                 crashpoints.reach("pack-after-sync")
         except BaseException:
-            self._seal()  # never append after a record that may be torn
+            # Never append after a record that may be torn, and never trust this one: it may be
+            # whole yet not durable (after a failed fdatasync the kernel may drop its pages).
+            pack.end = offset
+            self._seal()
             raise
         chain.last = offset
         chain.raw += len(raw)
@@ -326,6 +329,8 @@ class LocalBackend(Backend):
                 fsync_dir(self.packs_dir)
         except BaseException:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                osio.unlink(path)  # an empty or headless pack is no use to anyone
             raise
         self._pack_fd = fd
         self._pack_size = len(packfmt.PACK_HEADER)

@@ -61,6 +61,7 @@ class Pack:
     scanned: int = len(PACK_HEADER)
     torn: bool = False
     damaged: list[tuple[int, int]] = field(default_factory=list)  # (start, end) of unreadable spans
+    end: int | None = None  # bytes past this are not read (a record this process failed to make durable)
     fd: int | None = None
 
     @property
@@ -155,6 +156,8 @@ def scan_pack(pack: Pack) -> list[bytes]:
     """
     fd = pack.file()
     size = os.fstat(fd).st_size
+    if pack.end is not None:
+        size = min(size, pack.end)
     if pack.scanned == len(PACK_HEADER) and not pack.records:
         header = _pread(fd, len(PACK_HEADER), 0)
         if len(header) < len(PACK_HEADER):
