@@ -94,7 +94,9 @@ def decode_payload(payload: bytes | memoryview) -> Record:
 def scan(buf: bytes, start: int) -> tuple[list[Record], int, bool]:
     """Records from ``start``; the offset after the last good one; whether bytes remain after it.
 
-    Raises ValueError when a bad record is followed by a good one (damage, not a torn tail).
+    Raises ValueError when a bad record is followed by a good one, or when the last record is
+    whole but fails its check: damage, not a torn tail. A writer that dies mid-append leaves a
+    strict prefix of its record (shorter than its length field says), never a whole bad one.
     """
     records: list[Record] = []
     off = start
@@ -102,7 +104,7 @@ def scan(buf: bytes, start: int) -> tuple[list[Record], int, bool]:
     while off < end:
         rec = _record_at(buf, off)
         if rec is None:
-            if _good_record_after(buf, off + 1):
+            if _good_record_after(buf, off + 1) or _whole_but_bad(buf, off):
                 raise ValueError(f"damaged record at offset {off}")
             return records, off, True
         records.append(rec[0])
@@ -125,6 +127,14 @@ def _record_at(buf: bytes, off: int) -> tuple[Record, int] | None:
         return decode_payload(payload), stop
     except (ValueError, struct.error, IndexError, UnicodeDecodeError):
         return None
+
+
+def _whole_but_bad(buf: bytes, off: int) -> bool:
+    """Whether the bytes at ``off`` frame a whole record (magic, length within the file) that failed its checks."""
+    if off + _REC_HEAD.size > len(buf):
+        return False
+    magic, size = _REC_HEAD.unpack_from(buf, off)
+    return magic == REC_MAGIC and size <= MAX_RECORD and off + _REC_HEAD.size + size + 4 <= len(buf)
 
 
 def _good_record_after(buf: bytes, off: int) -> bool:
