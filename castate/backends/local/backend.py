@@ -27,7 +27,7 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
-from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate
+from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefRepairReport, RefUpdate
 from castate.backends.local import crashpoints, osio
 from castate.backends.local import packs as packfmt
 from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, naming, write_all
@@ -179,7 +179,11 @@ class LocalBackend(Backend):
         for d in (self.packs_dir, self.objects_dir, root / "locks"):
             make_dirs(d)
         if not (root / "refs.journal").exists():
-            raise CorruptFileError(str(root / "refs.journal"), "the ref journal is missing")
+            raise CorruptFileError(
+                str(root / "refs.journal"),
+                "the ref journal (every ref and the reflog) is missing: restore it from a backup; "
+                "the objects are intact, but no ref points at them",
+            )
 
     async def close(self) -> None:
         with self._mutex:
@@ -651,6 +655,31 @@ class LocalBackend(Backend):
                         f"their {lost} object(s) cannot be read"
                     )
             return out
+
+    async def repair_refs(self) -> RefRepairReport:
+        try:
+            return await asyncio.to_thread(self.repair_refs_sync)
+        except CastateError:
+            raise
+        except OSError as exc:
+            raise self._io_error(exc) from exc
+
+    def repair_refs_sync(self) -> RefRepairReport:
+        """Rebuild a damaged ref journal from its intact records; the store need not open."""
+        with self._mutex:
+            if not (self.root / CONFIG).exists():
+                raise StoreError(f"no castate store at {self.root}")
+            self._init_or_check()
+            journal = self._journal or RefJournal(
+                self.root / "refs.journal",
+                FileLock(self.root / "locks" / "refs.lock", self._lock_timeout),
+                self.durable,
+            )
+            try:
+                return journal.repair(self.quarantine_dir)
+            finally:
+                if journal is not self._journal:
+                    journal.lock.close()
 
     async def expire_reflog(self, before_ns: int) -> int:
         return await self._run(self.expire_reflog_sync, before_ns)
