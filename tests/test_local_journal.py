@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from castate.backends import RefUpdate
 from castate.backends.local.journal import RefJournal
 from castate.backends.local.locks import FileLock
-from castate.errors import ConflictError, CorruptFileError
+from castate.errors import ConflictError, CorruptFileError, UnsupportedFormatError
 
 
 def cid(n: int) -> bytes:
@@ -241,6 +241,8 @@ def test_damage_anywhere_is_reported_or_harmless_and_repair_never_invents_a_targ
     j.path.write_bytes(bytes(buf))
     try:
         read = journal(root)
+    except UnsupportedFormatError:
+        return  # the version byte now reads as a newer format: refused (and never "repaired")
     except CorruptFileError:
         pass
     else:
