@@ -147,6 +147,12 @@ class LocalBackend(Backend):
         if not config.exists():
             if root.exists() and not root.is_dir():
                 raise StoreError(f"{root} is not a directory")
+            if (root / "refs.journal").exists():
+                raise CorruptFileError(
+                    str(config),
+                    "the store config is missing, but the store's refs and objects are here: restore it "
+                    "from a backup, or write it again as docs/format.md (section 3) shows",
+                )
             if root.exists() and any(p.name not in ("packs", "objects", "locks") for p in root.iterdir()):
                 raise StoreError(
                     f"{root} is not a castate store: it holds files but no {CONFIG} "
