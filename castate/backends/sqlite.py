@@ -90,7 +90,7 @@ class SQLiteBackend(Backend):
         self.store_id = ""
         self._conn: sqlite3.Connection | None = None
         self._mutex = threading.RLock()
-        self._gc_lock = FileLock(Path(f"{self.path}-gclock"), lock_timeout)
+        self._gc_lock = self._new_gc_lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -355,6 +355,10 @@ class SQLiteBackend(Backend):
 
     # -- maintenance ----------------------------------------------------------------------------
 
+    def _new_gc_lock(self) -> FileLock:
+        # The turnstile keeps a steady stream of saves from starving gc (see FileLock).
+        return FileLock(Path(f"{self.path}-gclock"), self.lock_timeout, turnstile=Path(f"{self.path}-gcturn"))
+
     @contextlib.asynccontextmanager
     async def gc_exclusive(self) -> AsyncIterator[None]:
         async with self._gc_lock.hold_async(exclusive=True):
@@ -363,7 +367,7 @@ class SQLiteBackend(Backend):
     @contextlib.asynccontextmanager
     async def gc_shared(self) -> AsyncIterator[None]:
         # A lock object of its own: shared holders do not queue behind this process's saves.
-        lock = FileLock(self._gc_lock.path, self._gc_lock.timeout)
+        lock = self._new_gc_lock()
         try:
             async with lock.hold_async(exclusive=False):
                 yield

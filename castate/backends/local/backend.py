@@ -135,7 +135,7 @@ class LocalBackend(Backend):
             self._journal = RefJournal(
                 self.root / "refs.journal", FileLock(locks / "refs.lock", self._lock_timeout), self.durable
             )
-            self._gc_lock = FileLock(locks / "gc.lock", self._lock_timeout)
+            self._gc_lock = self._new_gc_lock()
             self._journal.refresh()
             self._gc_seen = self._gc_signature()
             self._refresh_packs()
@@ -635,12 +635,16 @@ class LocalBackend(Backend):
         # saves and of other holders do not wait for each other.
         if not self._opened:
             raise StoreError(f"store {self.location} is not open")
-        lock = FileLock(self.root / "locks" / "gc.lock", self._lock_timeout)
+        lock = self._new_gc_lock()
         try:
             async with lock.hold_async(exclusive=False):
                 yield
         finally:
             lock.close()
+
+    def _new_gc_lock(self) -> FileLock:
+        locks = self.root / "locks"
+        return FileLock(locks / "gc.lock", self._lock_timeout, turnstile=locks / "gc.turnstile")
 
     async def check_storage(self) -> list[str]:
         return await self._run(self.check_storage_sync)
