@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -25,9 +24,10 @@ import castate
 from castate.backends.urls import open_backend
 from castate.repository import refs as names
 from tests.concurrent_writer import state_of
+from tests.full_run import CONCURRENCY_SECONDS
 
 ROOT = Path(__file__).resolve().parents[1]
-SECONDS = float(os.environ.get("CASTATE_CONCURRENCY_SECONDS", "4"))
+SECONDS = CONCURRENCY_SECONDS  # 4 s; 30 s with CASTATE_FULL=1
 WRITERS = [("shared", 0), ("shared", 1), ("shared", 2), ("own-3", 3), ("own-4", 4)]
 
 

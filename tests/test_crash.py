@@ -10,9 +10,9 @@ After every kill: the store opens; a full fsck finds no damage (unreferenced gar
 allowed); every checkpoint whose create call returned, and every checkpoint that exists,
 holds exactly its state; each session head is the last acknowledged state or the one
 whose save was in flight; every acknowledged save is in the reflog; the store takes new
-saves. ``CASTATE_CRASH_TRIALS`` (default 6) sets the number of random trials; the chosen
-points run ``max(1, CASTATE_CRASH_TRIALS // 25)`` rounds with varied skip counts.
-docs/reliability.md gives the figures of the full run (``CASTATE_CRASH_TRIALS=300``).
+saves. ``CASTATE_CRASH_TRIALS`` sets the number of random trials (6; 300 with
+``CASTATE_FULL=1``, see tests/full_run.py); the chosen points run ``max(1, trials // 25)``
+rounds with varied skip counts. docs/reliability.md gives the figures of the full run.
 """
 
 from __future__ import annotations
@@ -33,9 +33,10 @@ import orjson
 from castate.backends.local.crashpoints import POINTS
 from castate.repository import refs as names
 from tests.crash_writer import SESSIONS, manager, state_at
+from tests.full_run import CRASH_TRIALS
 
 ROOT = Path(__file__).resolve().parents[1]
-TRIALS = int(os.environ.get("CASTATE_CRASH_TRIALS", "6"))
+TRIALS = CRASH_TRIALS
 POINT_ROUNDS = max(1, TRIALS // 25)
 STORE_TRIALS = 25  # trials per store before starting a fresh one (keeps each fsck short)
 MAX_DELAY = 0.3  # seconds after "start" within which a random kill lands

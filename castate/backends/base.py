@@ -224,7 +224,9 @@ class Backend(abc.ABC):
         return {"objects": count, "object_bytes": size}
 
 
-MAX_REF_NAME = 4096
+# A checkpoint ref holds two user names of up to 1024 bytes each, percent-encoded (up to
+# three characters a byte): 12 + 3072 + 1 + 3072 + 1 + 33 characters.
+MAX_REF_NAME = 8192
 
 
 def check_ref_name(name: str) -> None:
