@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import tracemalloc
 from typing import Any
 
 import ormsgpack
@@ -184,3 +185,17 @@ def test_both_ways_of_building_agree() -> None:
     root, _ = enc.encode_root(state, None)
     decoder = Decoder(enc.objects)
     assert decoder._build_with_own_stack(root, root) == decoder.build(root) == state
+
+
+def test_a_commit_claiming_millions_of_parents_is_refused_before_building_them() -> None:
+    """Found by tests/test_fuzz.py: the parent count was trusted, so a damaged count built up to
+    four billion ids (a hang and a huge allocation) before the length check."""
+    content = b"\x01" * 32 + (1 << 22).to_bytes(4, "little") + b"\x80"
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptObjectError, match="parents do not fit"):
+            parse_commit(b"\x00" * 32, content)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

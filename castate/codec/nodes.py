@@ -141,10 +141,10 @@ def parse_commit(oid: bytes, content: bytes | memoryview) -> Commit:
         root = bytes(content[:ID_SIZE])
         n = _U32.unpack_from(content, ID_SIZE)[0]
         off = ID_SIZE + 4
+        if off + n * ID_SIZE > len(content):  # checked first: a damaged count must not build billions of ids
+            raise ValueError(f"{n} parents do not fit in {len(content)} bytes")
         parents = tuple(bytes(content[off + i * ID_SIZE : off + (i + 1) * ID_SIZE]) for i in range(n))
         off += n * ID_SIZE
-        if len(root) != ID_SIZE or any(len(p) != ID_SIZE for p in parents):
-            raise ValueError("truncated ids")
         body = ormsgpack.unpackb(content[off:])
         session, name, t, meta = body["session"], body["name"], body["time"], body["meta"]
         if not (
