@@ -81,6 +81,16 @@ def parse_node(oid: bytes, kind: int, content: bytes | memoryview) -> tuple[Any,
     return body, specials
 
 
+def check_nesting(oid: bytes, body: Any) -> None:
+    """Refuse a node body whose inline values nest deeper than 255 containers (castate never
+    writes one: its states stop at 200; walking such a value recursively would exhaust
+    Python's stack). ormsgpack's encoder checks the depth at C speed."""
+    try:
+        ormsgpack.packb(body, option=ormsgpack.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise CorruptObjectError(oid.hex(), f"bad node body: {exc}") from None
+
+
 def encode_index(flavor: int, children: list[tuple[bytes, int]]) -> bytes:
     """Content of an index node over runs: flavor byte, then (child id, element count) pairs."""
     return bytes((flavor,)) + b"".join(_INDEX_ENTRY.pack(cid, count) for cid, count in children)

@@ -16,7 +16,7 @@ from castate.backends.base import Backend
 from castate.codec import child_ids, decode_frame
 from castate.codec.decoder import Content
 from castate.codec.encoder import MAX_DEPTH
-from castate.codec.nodes import INDEX_DICT, parse_chunked, parse_commit, parse_index, parse_node
+from castate.codec.nodes import INDEX_DICT, check_nesting, parse_chunked, parse_commit, parse_index, parse_node
 from castate.codec.objects import (
     ID_SIZE,
     KIND_BYTES,
@@ -71,7 +71,7 @@ def links(oid: bytes, kind: int, content: Content, deep: bool) -> list[tuple[byt
         return [(root, ROOTS)]
     if kind in (KIND_DICT, KIND_LIST):
         if deep:
-            parse_node(oid, kind, content)
+            check_nesting(oid, parse_node(oid, kind, content)[0])
         return [(c, VALUES) for c in child_ids(oid, kind, content)]
     if kind == KIND_INDEX:
         flavor, children = parse_index(oid, content)
