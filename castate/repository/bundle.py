@@ -91,7 +91,7 @@ async def export_session(
     compressor = zstandard.ZstdCompressor(level=3, write_checksum=True).compressobj()
     records: list[bytes] = []
     try:
-        async with aiofiles.open(tmp, "wb") as f:
+        async with aiofiles.open(tmp, "wb", opener=_private) as f:
 
             async def write(data: bytes) -> None:
                 if data:
@@ -134,6 +134,11 @@ async def export_session(
         raise
     report.bytes = (await aiofiles.os.stat(target)).st_size
     return report
+
+
+def _private(path: str, flags: int) -> int:
+    """Open a new bundle file readable by its owner only: it holds the session's state."""
+    return os.open(path, flags, 0o600)
 
 
 def _bad(path: Path, reason: str) -> CorruptFileError:
