@@ -14,6 +14,7 @@ import pytest
 
 import castate
 from castate.backends.local.journal import HEADER_SIZE
+from castate.backends.urls import open_backend
 
 
 @pytest.fixture
@@ -60,3 +61,14 @@ async def test_everything_a_store_creates_is_private(tmp_path: Path) -> None:
     }
     assert wrong == {}
     assert stat.S_IMODE((tmp_path / "s.castate").stat().st_mode) == 0o600
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_a_sqlite_store_is_private(tmp_path: Path) -> None:
+    """It was created with SQLite's default mode (0644 under the usual umask), -wal and -shm too."""
+    async with castate.StateManager(open_backend(f"sqlite:///{tmp_path / 'state.db'}")) as sm:
+        await sm.save_session("s", {"secret": "x" * 5000})
+        await sm.gc(grace=0)
+        found = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert {"state.db", "state.db-wal", "state.db-shm", "state.db-gclock"} <= set(found)
+    assert {name: oct(mode) for name, mode in found.items() if mode != 0o600} == {}

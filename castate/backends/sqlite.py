@@ -106,6 +106,10 @@ class SQLiteBackend(Backend):
                 raise StoreError(f"no castate store at {self.path}")
             if not self.path.parent.is_dir():
                 raise StoreError(f"cannot create {self.path}: {self.path.parent} is not a directory")
+            # Private to the owner (state often holds secrets); SQLite gives its -wal and -shm
+            # files the database file's permissions.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         conn = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
