@@ -37,6 +37,7 @@ COMMANDS = [
     "stats",
     "export",
     "import",
+    "import-marsys",
 ]
 
 

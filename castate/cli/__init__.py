@@ -212,6 +212,15 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--session", metavar="S", help="import under this session id instead of the bundle's")
+
+    sp = add(
+        "import-marsys",
+        "import a MARSYS FileStorageBackend directory (sessions/ and checkpoints/ JSON files)",
+        "castate --store ./state import-marsys ./marsys_state",
+        c.cmd_import_marsys,
+    )
+    sp.add_argument("source", metavar="DIR", help="the MARSYS base_path")
+    sp.add_argument("--no-overwrite", action="store_true", help="skip keys the store holds with other content")
     return p
 
 
@@ -267,6 +276,7 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
     path = args.store or os.environ.get("CASTATE_STORE") or DEFAULT_STORE
     if args.command == "init":  # the one command that may create the store
         return await _run_init(path, args, out)
+    args.store_path = path
     sm = StateManager(_backend(path, create=False))
     try:
         await sm.repository.open()

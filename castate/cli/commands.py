@@ -566,3 +566,24 @@ async def cmd_import(sm: StateManager, args: argparse.Namespace, out: Output) ->
             f"{report.written} new to this store."
         )
     return EXIT_OK
+
+
+async def cmd_import_marsys(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    from castate.migrate import import_marsys_directory
+
+    report = await import_marsys_directory(args.source, args.store_path, overwrite=not args.no_overwrite)
+    if args.json:
+        out.json(
+            {
+                "source": report.source,
+                "imported": report.imported,
+                "unchanged": report.unchanged,
+                "skipped": report.skipped,
+                "source_bytes": report.source_bytes,
+                "store_bytes_added": report.store_bytes_added,
+                "ok": report.ok,
+            }
+        )
+    else:
+        out.line(report.summary())
+    return EXIT_OK if report.ok else EXIT_FAILED  # some files were skipped: the summary names them
