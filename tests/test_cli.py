@@ -188,7 +188,8 @@ def test_rm_forget_gc_fsck_stats(store: Path, cps: list[str]) -> None:
     runs = asyncio.run(recorded_runs(store))  # what `castate ui` shows as the store's health
     assert [r["op"] for r in runs] == ["gc", "gc", "fsck", "fsck"]  # the dry run is not recorded
     assert runs[1]["deleted"] == gc["deleted"]
-    assert runs[2]["full"] and runs[2]["ok"]
+    assert runs[2]["full"]
+    assert runs[2]["ok"]
     stats = run_json("stats", store=store)
     assert stats["sessions"] == 1
     assert stats["checkpoints"] == 1
