@@ -19,6 +19,7 @@ def bind(host: str, port: int) -> socket.socket:
     try:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
+        sock.listen(128)  # connections wait in the backlog from now on, even before uvicorn accepts them
     except OSError:
         sock.close()
         raise

@@ -488,7 +488,7 @@ function lastRunPanel(id, title, run, command) {
   if (!run) return el("div", { class: "panel", id }, el("h3", { text: title }), el("p", { class: "muted", text: `No run recorded yet: \`${command}\` records its runs in the store.` }));
   return el("div", { class: "panel", id }, el("h3", { text: title }),
     el("dl", { class: "kv" },
-      el("dt", { text: "when" }), el("dd", { text: `${localTime(new Date(run.time * 1000).toISOString())} (${run.seconds}s)` }),
+      el("dt", { text: "when" }), el("dd", { text: `${localTime(new Date(run.time * 1000).toISOString())} (took ${run.seconds < 1 ? "under a second" : `${run.seconds.toFixed(1)} s`})` }),
       el("dt", { text: "result" }), el("dd", {}, el("span", { class: run.ok ? "ok" : "bad", text: run.ok ? "ok" : "problems" })),
       el("dt", { text: "summary" }), el("dd", { text: runSummary(run) }),
       el("dt", { text: "store on disk" }), el("dd", { text: humanBytes(run.store_bytes) }),
@@ -498,27 +498,29 @@ function lastRunPanel(id, title, run, command) {
 }
 
 function healthChart(runs, now) {
-  // Store size on disk and logical size at each recorded run, and now.
-  const pts = runs.map((r) => ({ t: r.time, stored: r.store_bytes, logical: r.logical_bytes }));
-  pts.push({ t: now.time, stored: now.store_bytes, logical: now.logical_bytes });
+  // Store size on disk and logical size at each recorded run, in order, and now.
+  const pts = runs.map((r) => ({ t: r.time, label: r.op, stored: r.store_bytes, logical: r.logical_bytes }));
+  pts.push({ t: now.time, label: "now", stored: now.store_bytes, logical: now.logical_bytes });
   const W = 1100;
   const H = 240;
   const pad = { l: 70, r: 20, t: 16, b: 30 };
-  const t0 = Math.min(...pts.map((p) => p.t));
-  const t1 = Math.max(...pts.map((p) => p.t));
   const vmax = Math.max(1, ...pts.flatMap((p) => [p.stored || 0, p.logical || 0]));
-  const x = (t) => pad.l + (t1 > t0 ? ((t - t0) / (t1 - t0)) * (W - pad.l - pad.r) : (W - pad.l - pad.r) / 2);
+  const x = (i) => pad.l + (pts.length > 1 ? (i / (pts.length - 1)) * (W - pad.l - pad.r) : (W - pad.l - pad.r) / 2);
   const y = (v) => H - pad.b - (v / vmax) * (H - pad.t - pad.b);
+  const when = (t) => localTime(new Date(t * 1000).toISOString());
   const chart = svg("svg", { id: "health-chart", class: "chart", viewBox: `0 0 ${W} ${H}`, role: "img" },
     svg("line", { class: "axis-line", x1: pad.l, x2: W - pad.r, y1: H - pad.b, y2: H - pad.b }),
     svg("text", { class: "axis", x: 4, y: pad.t + 8, text: humanBytes(vmax) }),
-    svg("text", { class: "axis", x: 4, y: H - pad.b, text: "0" }),
-    svg("text", { class: "axis", x: pad.l, y: H - 8, text: localTime(new Date(t0 * 1000).toISOString()) }),
-    svg("text", { class: "axis", x: W - pad.r, y: H - 8, "text-anchor": "end", text: "now" }));
-  for (const [key, cls] of [["stored", "stored"], ["logical", "logical"]]) {
-    const have = pts.filter((p) => p[key] !== null && p[key] !== undefined);
-    chart.append(svg("polyline", { class: `h-${cls}`, points: have.map((p) => `${x(p.t)},${y(p[key])}`).join(" ") }));
-    for (const p of have) chart.append(svg("circle", { class: `h-dot-${cls} h-point`, cx: x(p.t), cy: y(p[key]), r: 3.5 }, svg("title", { text: `${key}: ${humanBytes(p[key])} at ${localTime(new Date(p.t * 1000).toISOString())}` })));
+    svg("text", { class: "axis", x: 4, y: H - pad.b, text: "0" }));
+  if (pts.length > 1) chart.append(svg("text", { class: "axis", x: pad.l, y: H - 8, text: `${pts[0].label} ${when(pts[0].t)}` }));
+  chart.append(svg("text", { class: "axis", x: W - pad.r, y: H - 8, "text-anchor": "end", text: "now" }));
+  for (const key of ["stored", "logical"]) {
+    const have = pts.map((p, i) => [p, i]).filter(([p]) => p[key] !== null && p[key] !== undefined);
+    chart.append(svg("polyline", { class: `h-${key}`, points: have.map(([p, i]) => `${x(i)},${y(p[key])}`).join(" ") }));
+    for (const [p, i] of have) {
+      chart.append(svg("circle", { class: `h-dot-${key} h-point`, cx: x(i), cy: y(p[key]), r: 3.5 },
+        svg("title", { text: `${key === "stored" ? "on disk" : "logical"}: ${humanBytes(p[key])} (${p.label}, ${when(p.t)})` })));
+    }
   }
   return chart;
 }
