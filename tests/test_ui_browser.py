@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import threading
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -232,7 +232,8 @@ def test_write_actions_work_with_allow_writes(page: Page, store: tuple[Path, dic
             log = await sm.repository.log("sessions/research-42")
             fork = await sm.resolve("research-42-from-ui")
             assert fork.commit == log[-3][0]  # the third save
-            assert [c.name for c in await sm.list_checkpoints("research-42")][0] == "looked_at_in_ui"
+            newest = (await sm.list_checkpoints("research-42"))[0]
+            assert newest.name == "looked_at_in_ui"
             assert (await sm.resolve("research-42")).commit == log[-6][0]  # restored to the sixth save
 
     in_thread(asyncio.run, check())

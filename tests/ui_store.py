@@ -28,12 +28,15 @@ def fixed_clock(step_s: float = 37.0) -> Iterator[None]:
         now[0] += int(step_s * 1e9)
         return now[0]
 
+    def time_s() -> float:
+        return time_ns() / 1e9
+
     def urandom(n: int) -> bytes:
         return next(counter).to_bytes(n, "big")
 
     with (
         mock.patch("time.time_ns", time_ns),
-        mock.patch("time.time", lambda: time_ns() / 1e9),
+        mock.patch("time.time", time_s),
         mock.patch("castate.repository.refs.os.urandom", urandom),
     ):
         yield
