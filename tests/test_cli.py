@@ -38,6 +38,7 @@ COMMANDS = [
     "stats",
     "export",
     "import",
+    "ui",
 ]
 
 

@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,7 +14,7 @@ import pytest
 from playwright.sync_api import Browser, Page, sync_playwright
 
 import castate
-from tests.ui_store import build
+from tests.ui_support import Server, build
 
 CHROMIUM = "/usr/bin/chromium"  # Debian's package (tools/test.sh installs it); Playwright downloads nothing
 CHROMIUM_ARGS = [
@@ -51,30 +48,6 @@ def in_thread(fn: Any, *args: Any) -> Any:
     if errors:
         raise errors[0]
     return out[0]
-
-
-class Server:
-    """`castate ui` on a free loopback port, in a subprocess."""
-
-    def __init__(self, store: Path, *extra: str) -> None:
-        # Run from the store's parent, so the page names the store "state" and screenshots do not
-        # change with the temporary directory.
-        argv = [sys.executable, "-m", "castate.cli", "--store", store.name, "ui", "--port", "0", *extra]
-        self.proc = subprocess.Popen(argv, cwd=store.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        assert self.proc.stdout is not None
-        line = self.proc.stdout.readline()
-        if "http://" not in line:
-            self.proc.kill()
-            raise AssertionError(f"castate ui did not start: {line!r} {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
-        self.url = line.split(" at ", 1)[1].split(" ", 1)[0]
-
-    def stop(self) -> int:
-        self.proc.send_signal(signal.SIGINT)
-        try:
-            return self.proc.wait(timeout=15)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
 
 
 @pytest.fixture(scope="module")

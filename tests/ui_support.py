@@ -1,11 +1,15 @@
-"""The store the browser tests look at, built the same way every time (a fixed clock and
-fixed checkpoint suffixes), so the screenshots in docs/img/ change only when the page does."""
+"""For the tests of castate ui: the store the browser tests look at, built the same way every
+time (a fixed clock and fixed checkpoint suffixes, so the screenshots in docs/img/ change only
+when the page does), and `castate ui` run in a subprocess."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -95,3 +99,27 @@ async def _build(path: Path) -> dict[str, Any]:
 def build(path: Path) -> dict[str, Any]:
     with fixed_clock():
         return asyncio.run(_build(path))
+
+
+class Server:
+    """`castate ui` on a free loopback port, in a subprocess."""
+
+    def __init__(self, store: Path, *extra: str) -> None:
+        # Run from the store's parent, so the page names the store "state" and screenshots do not
+        # change with the temporary directory.
+        argv = [sys.executable, "-m", "castate.cli", "--store", store.name, "ui", "--port", "0", *extra]
+        self.proc = subprocess.Popen(argv, cwd=store.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if "http://" not in line:
+            self.proc.kill()
+            raise AssertionError(f"castate ui did not start: {line!r} {self.proc.stderr.read()!r}")  # type: ignore[union-attr]
+        self.url = line.split(" at ", 1)[1].split(" ", 1)[0]
+
+    def stop(self) -> int:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            return self.proc.wait(timeout=15)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
