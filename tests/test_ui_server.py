@@ -57,6 +57,9 @@ def test_serves_loopback_and_stops_on_ctrl_c(empty_store: Path, tmp_path: Path) 
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(foreign, timeout=10)
         assert refused.value.code == 421
+        port = server.url.rsplit(":", 1)[1].strip("/")
+        busy = run("ui", "--port", port, store=empty_store, code=2)
+        assert "pick another port" in busy
     finally:
         code = server.stop()
     assert code == 130  # interrupted, as every castate command reports Ctrl-C

@@ -8,6 +8,7 @@ from collections.abc import Callable
 import uvicorn
 
 from castate.cli.ui import check_address, loopback
+from castate.errors import InvalidKeyError
 from castate.state import StateManager
 from castate.ui.app import create_app
 from castate.ui.explorer import Explorer
@@ -20,9 +21,12 @@ def bind(host: str, port: int) -> socket.socket:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((host, port))
         sock.listen(128)  # connections wait in the backlog from now on, even before uvicorn accepts them
-    except OSError:
+    except OSError as exc:
         sock.close()
-        raise
+        raise InvalidKeyError(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc}; pick another port with "
+            "`castate ui --port N` (0 picks a free one)"
+        ) from None
     return sock
 
 

@@ -81,7 +81,7 @@ async def run(steps: int, seed: int, big_mb: int, root: Path) -> dict[str, Any]:
     backend = CountingLocal(store)
     async with castate.StateManager(backend) as sm:
         explorer = Explorer(sm)
-        log, t_log = await timed(lambda: sm.repository.log("sessions/bench"))
+        _, t_log = await timed(lambda: sm.repository.log("sessions/bench"))
         backend.reads = 0
         timeline, t_cold = await timed(lambda: explorer.timeline("bench"))
         cold_reads = backend.reads
