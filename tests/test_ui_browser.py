@@ -190,6 +190,7 @@ def test_write_actions_work_with_allow_writes(page: Page, store: tuple[Path, dic
         page.click("#do-fork")
         page.wait_for_selector("#action-result.ok")
         assert "Forked session research-42-from-ui" in page.locator("#action-result").inner_text()
+        page.locator("#action-result").scroll_into_view_if_needed()
         shoot(page, "actions")
         page.fill("#checkpoint-name", "looked_at_in_ui")
         page.click("#do-checkpoint")
