@@ -382,7 +382,7 @@ async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int
         )
     started = time.monotonic()
     with out.progress("gc") as update:
-        report = await sm.gc(grace=grace, reflog_expire=expire, dry_run=args.dry_run, progress=update)
+        report = await sm.gc(grace=grace, reflog_expire=expire, dry_run=args.dry_run, progress=update, record=True)
     elapsed = time.monotonic() - started
     for w in report.warnings:
         out.warn(w)
@@ -415,7 +415,9 @@ async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int
 
 async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     with out.progress("fsck") as update:
-        report = await sm.fsck(full=args.full, quarantine=not args.no_quarantine, progress=update)
+        report = await sm.fsck(full=args.full, quarantine=not args.no_quarantine, progress=update, record=True)
+    for w in report.warnings:
+        out.warn(w)
     if args.json:
         out.json(
             {
@@ -423,6 +425,8 @@ async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> i
                 "full": report.full,
                 "refs": report.refs,
                 "reachable_objects": report.reachable,
+                "reachable_bytes": report.reachable_bytes,
+                "logical_bytes": report.logical_bytes,
                 "stored_objects_checked": report.stored_checked,
                 "problems": [
                     {
