@@ -21,13 +21,14 @@ from castate.backends.base import Backend, RefRepairReport, RefUpdate
 from castate.codec import Commit, encode_commit, object_id
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT
-from castate.errors import ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
+from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository import Repository
 from castate.repository import refs as names
 from castate.repository.bundle import BundleProgress, BundleReport, export_session, import_bundle
 from castate.repository.diff import Change
 from castate.repository.fsck import FsckProgress, FsckReport, fsck
 from castate.repository.gc import DEFAULT_GRACE, DEFAULT_REFLOG_EXPIRE, GcProgress, GcReport, collect_garbage
+from castate.repository.health import fsck_run, gc_run, record_run
 from castate.repository.recover import Rollback, roll_back
 from castate.repository.retention import ForgetReport, Policy, forget
 from castate.repository.revisions import Revision, resolve
@@ -379,19 +380,47 @@ class StateManager:
         reflog_expire: float = DEFAULT_REFLOG_EXPIRE,
         dry_run: bool = False,
         progress: GcProgress | None = None,
+        record: bool = False,
     ) -> GcReport:
-        """Delete unreachable objects older than ``grace`` seconds (see ``castate.repository.gc``)."""
+        """Delete unreachable objects older than ``grace`` seconds (see ``castate.repository.gc``).
+
+        With ``record`` (as ``castate gc`` does) a run that is not a dry run is added to the
+        store's maintenance record (``castate.repository.health``); a failure to record
+        becomes a warning.
+        """
         repo = await self.repository.open()
-        return await collect_garbage(
+        started = time.monotonic()
+        report = await collect_garbage(
             repo.backend, grace=grace, reflog_expire=reflog_expire, dry_run=dry_run, progress=progress
         )
+        if record and not dry_run:
+            warning = await _record(repo, gc_run(report, time.monotonic() - started))
+            if warning:
+                report.warnings.append(warning)
+        return report
 
     async def fsck(
-        self, *, full: bool = False, quarantine: bool = True, progress: FsckProgress | None = None
+        self,
+        *,
+        full: bool = False,
+        quarantine: bool = True,
+        progress: FsckProgress | None = None,
+        record: bool = False,
     ) -> FsckReport:
-        """Check every ref's data (and with ``full`` every stored object)."""
+        """Check every ref's data (and with ``full`` every stored object).
+
+        With ``record`` (as ``castate fsck`` does) the run is added to the store's maintenance
+        record (``castate.repository.health``); a failure to record becomes a warning.
+        """
         repo = await self.repository.open()
-        return await fsck(repo.backend, full=full, quarantine=quarantine, progress=progress)
+        started = time.monotonic()
+        report = await fsck(repo.backend, full=full, quarantine=quarantine, progress=progress)
+        if record:
+            store_bytes = StoreStats(backend=await repo.backend.stats()).disk_bytes
+            warning = await _record(repo, fsck_run(report, time.monotonic() - started, store_bytes))
+            if warning:
+                report.warnings.append(warning)
+        return report
 
     async def repair_refs(self) -> RefRepairReport:
         """Rebuild a damaged ref store (the local ref journal) from its intact records, keeping
@@ -423,6 +452,15 @@ class StateManager:
     ) -> BundleReport:
         """Import a bundle (optionally under another session id); writes only missing objects."""
         return await import_bundle(self.repository, path, session_id=session_id, progress=progress)
+
+
+async def _record(repo: Repository, run: dict[str, Any]) -> str | None:
+    """Add a maintenance run to the store's record; the reason as a warning when that fails."""
+    try:
+        await record_run(repo, run)
+    except (CastateError, OSError) as exc:
+        return f"the {run['op']} run was not recorded in the store's maintenance record: {exc}"
+    return None
 
 
 class _PlainSessions:

@@ -117,3 +117,23 @@ def test_bench_runs_the_database_backends(tmp_path):
         assert r["stats"]["objects"] > 0
         assert r["disk"]["bytes_apparent"] > 0
         assert len(r["checkpoint_times_s"]) == 10
+
+
+def test_bench_ui_runs(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.bench.ui", "--steps", "20", "--big-mb", "1", "--dir", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    t = out["timeline"]
+    assert t["saves"] == 20
+    assert t["cold_objects_read"] > 0
+    assert t["warm_objects_read"] == 0  # cached per commit
+    assert 0 < t["after_one_more_save_objects_read"] < t["cold_objects_read"]
+    big = out["big_state"]
+    assert big["first_level_objects_read"] < 10 < big["load_whole_objects_read"]
+    assert sorted(c.split(":")[0] for c in big["children"]) == ["document", "index", "messages"]

@@ -17,6 +17,7 @@ import jsonpatch
 import pytest
 
 import castate
+from castate.repository.health import read_runs
 
 CASTATE = Path(sys.executable).with_name("castate")
 COMMANDS = [
@@ -37,6 +38,8 @@ COMMANDS = [
     "stats",
     "export",
     "import",
+    "import-marsys",
+    "ui",
 ]
 
 
@@ -79,6 +82,11 @@ def store(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     run("init", store=path)
     return path
+
+
+async def recorded_runs(store: Path) -> list[dict[str, Any]]:
+    async with castate.StateManager(castate.FileStorageBackend(store)) as sm:
+        return await read_runs(sm.repository)
 
 
 @pytest.fixture
@@ -179,6 +187,11 @@ def test_rm_forget_gc_fsck_stats(store: Path, cps: list[str]) -> None:
     )
     assert run_json("fsck", "--full", store=store)["ok"]
     assert "No damage found." in run("fsck", store=store)
+    runs = asyncio.run(recorded_runs(store))  # what `castate ui` shows as the store's health
+    assert [r["op"] for r in runs] == ["gc", "gc", "fsck", "fsck"]  # the dry run is not recorded
+    assert runs[1]["deleted"] == gc["deleted"]
+    assert runs[2]["full"]
+    assert runs[2]["ok"]
     stats = run_json("stats", store=store)
     assert stats["sessions"] == 1
     assert stats["checkpoints"] == 1

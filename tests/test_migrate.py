@@ -138,3 +138,24 @@ def test_cli_function_and_module_entry_point(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "imported 0 keys (4 already up to date)" in proc.stdout
     assert "skipped sessions/session_bad.json: not valid JSON" in proc.stdout
+
+
+def test_castate_command_imports_a_marsys_directory(tmp_path: Path) -> None:
+    files = marsys_directory(tmp_path / "marsys", checkpoints=3)
+    castate_cmd = Path(sys.executable).with_name("castate")
+    store = tmp_path / "store"
+    subprocess.run([str(castate_cmd), "--store", str(store), "init"], check=True, capture_output=True)
+    proc = subprocess.run(
+        [str(castate_cmd), "--store", str(store), "import-marsys", str(tmp_path / "marsys"), "--json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert sorted(report["imported"]) == sorted(files)
+    assert report["ok"]
+    keys = subprocess.run(
+        [str(castate_cmd), "--store", str(store), "stats", "--json"], capture_output=True, text=True, check=True
+    )
+    assert json.loads(keys.stdout)["objects"] > 0

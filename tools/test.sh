@@ -4,10 +4,12 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# The backend tests start throwaway PostgreSQL and Redis servers (tools/servers.py): install the
-# Debian packages when their binaries are missing (CI runs as root on a fresh Debian machine).
+# The backend tests start throwaway PostgreSQL and Redis servers (tools/servers.py), and the
+# castate ui tests drive Debian's chromium (Playwright downloads no browser): install the Debian
+# packages when their binaries are missing (CI runs as root on a fresh Debian machine).
 need=()
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+[ -x /usr/bin/chromium ] || need+=(chromium)
 if ! command -v initdb >/dev/null 2>&1 && ! compgen -G "/usr/lib/postgresql/*/bin/initdb" >/dev/null; then
   need+=(postgresql)
 fi

@@ -219,6 +219,33 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--session", metavar="S", help="import under this session id instead of the bundle's")
+
+    sp = add(
+        "import-marsys",
+        "import a MARSYS FileStorageBackend directory (sessions/ and checkpoints/ JSON files)",
+        "castate --store ./state import-marsys ./marsys_state",
+        c.cmd_import_marsys,
+    )
+    sp.add_argument("source", metavar="DIR", help="the MARSYS base_path")
+    sp.add_argument("--no-overwrite", action="store_true", help="skip keys the store holds with other content")
+
+    sp = add(
+        "ui",
+        "serve a local web page to explore the store (needs castate[ui])",
+        "castate ui --port 8765",
+        None,
+        json=False,
+    )
+    sp.add_argument("--host", default="127.0.0.1", help="address to serve on (default 127.0.0.1; loopback only)")
+    sp.add_argument("--port", type=_port, default=8765, metavar="N", help="port (default 8765; 0 picks a free one)")
+    sp.add_argument(
+        "--allow-writes",
+        action="store_true",
+        help="offer restore, fork and checkpoint (read-only otherwise)",
+    )
+    sp.add_argument(
+        "--allow-remote", action="store_true", help="allow an address other than loopback (the page has no login)"
+    )
     return p
 
 
@@ -235,6 +262,13 @@ def _count(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
     if n < 0:
         raise argparse.ArgumentTypeError("must not be negative")
+    return n
+
+
+def _port(text: str) -> int:
+    n = _count(text)
+    if n > 65535:
+        raise argparse.ArgumentTypeError("must be at most 65535")
     return n
 
 
@@ -274,14 +308,35 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
     path = args.store or os.environ.get("CASTATE_STORE") or DEFAULT_STORE
     if args.command == "init":  # the one command that may create the store
         return await _run_init(path, args, out)
+    args.store_path = path
+    func: Command = args.func
+    if args.command == "ui":
+        ui = _load_ui(args, out)
+        if ui is None:
+            return c.EXIT_FAILED
+        func = ui
     sm = StateManager(_backend(path, create=False))
     try:
         if args.command == "fsck" and args.repair_refs:  # before opening: a damaged journal stops that
             args.ref_repair = await sm.repair_refs()
         await sm.repository.open()
-        return int(await args.func(sm, args, out))
+        return int(await func(sm, args, out))
     finally:
         await sm.close()
+
+
+def _load_ui(args: argparse.Namespace, out: Output) -> Command | None:
+    """``castate ui``: checks the address, then imports the optional UI (None when it is not installed)."""
+    from castate.cli.ui import check_address, missing_extra
+
+    check_address(args.host, args.allow_remote)
+    missing = missing_extra()
+    if missing:
+        out.error(f"castate ui needs the optional extra castate[ui] (missing: {missing}); pip install 'castate[ui]'")
+        return None
+    from castate.cli.ui import cmd_ui
+
+    return cmd_ui
 
 
 _HINTS: list[tuple[type[BaseException], str, int]] = [

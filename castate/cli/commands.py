@@ -383,7 +383,7 @@ async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int
         )
     started = time.monotonic()
     with out.progress("gc") as update:
-        report = await sm.gc(grace=grace, reflog_expire=expire, dry_run=args.dry_run, progress=update)
+        report = await sm.gc(grace=grace, reflog_expire=expire, dry_run=args.dry_run, progress=update, record=True)
     elapsed = time.monotonic() - started
     for w in report.warnings:
         out.warn(w)
@@ -416,7 +416,9 @@ async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int
 
 async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     with out.progress("fsck") as update:
-        report = await sm.fsck(full=args.full, quarantine=not args.no_quarantine, progress=update)
+        report = await sm.fsck(full=args.full, quarantine=not args.no_quarantine, progress=update, record=True)
+    for w in report.warnings:
+        out.warn(w)
     repair: RefRepairReport | None = getattr(args, "ref_repair", None)
     rollbacks = await sm.roll_back_damaged(list(report.damaged_refs)) if args.repair_refs else []
     damaged = not report.ok or (repair is not None and repair.damaged)
@@ -427,6 +429,8 @@ async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> i
                 "full": report.full,
                 "refs": report.refs,
                 "reachable_objects": report.reachable,
+                "reachable_bytes": report.reachable_bytes,
+                "logical_bytes": report.logical_bytes,
                 "stored_objects_checked": report.stored_checked,
                 "problems": [
                     {
@@ -633,3 +637,24 @@ async def cmd_import(sm: StateManager, args: argparse.Namespace, out: Output) ->
             f"{report.written} new to this store."
         )
     return EXIT_OK
+
+
+async def cmd_import_marsys(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    from castate.migrate import import_marsys_directory
+
+    report = await import_marsys_directory(args.source, args.store_path, overwrite=not args.no_overwrite)
+    if args.json:
+        out.json(
+            {
+                "source": report.source,
+                "imported": report.imported,
+                "unchanged": report.unchanged,
+                "skipped": report.skipped,
+                "source_bytes": report.source_bytes,
+                "store_bytes_added": report.store_bytes_added,
+                "ok": report.ok,
+            }
+        )
+    else:
+        out.line(report.summary())
+    return EXIT_OK if report.ok else EXIT_FAILED  # some files were skipped: the summary names them

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 
 from castate.backends.base import Backend
 from castate.codec import decode_frame
+from castate.codec.decoder import Content
 from castate.errors import CorruptionError, UnsupportedFormatError
+from castate.repository.stats import logical_sizes, own_size
 from castate.repository.walk import BATCH, Problem, Walker, ancestors, get_frames, links
 
 #: progress(phase, done, total): phases "refs" and "stored"; total None when unknown.
@@ -27,6 +29,8 @@ class FsckReport:
     full: bool
     refs: int = 0
     reachable: int = 0
+    reachable_bytes: int = 0  # frames of the reachable objects that were read
+    logical_bytes: int = 0  # every ref's state as a full copy (castate.repository.stats)
     stored_checked: int = 0
     problems: list[Problem] = field(default_factory=list)  # reachable objects missing or corrupt
     damaged_refs: dict[str, list[str]] = field(default_factory=dict)  # ref -> ids of bad objects under it
@@ -35,6 +39,7 @@ class FsckReport:
     dangling_bytes: int = 0
     quarantined: int = 0
     storage: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # not damage: e.g. the run could not be recorded
 
     @property
     def ok(self) -> bool:
@@ -58,8 +63,19 @@ async def fsck(
         record_children=True,
         progress=(lambda n: progress("refs", n, None)) if progress else None,
     )
+    children = walker.children
+    assert children is not None
+    own: dict[bytes, int] = {}
+
+    def visit(oid: bytes, kind: int, frame: bytes | memoryview, content: Content) -> None:
+        report.reachable_bytes += len(frame)
+        own[oid] = own_size(kind, content, len(children.get(oid, ())))
+
+    walker.on_object = visit
     await walker.walk(refs.values())
     report.reachable = len(walker.seen)
+    sizes = logical_sizes(own, children)
+    report.logical_bytes = sum(sizes.get(cid, 0) for cid in refs.values())
     report.problems = sorted(walker.problems.values(), key=lambda p: p.id)
     if walker.problems:
         assert walker.children is not None

@@ -56,7 +56,8 @@ class StoreStats:
         return None
 
 
-def _own_size(kind: int, content: Content, n_children: int) -> int:
+def own_size(kind: int, content: Content, n_children: int) -> int:
+    """The logical bytes an object holds itself, apart from its children."""
     if kind in (KIND_STR, KIND_BYTES, KIND_CHUNK):
         return len(content)
     if kind in (KIND_DICT, KIND_LIST):
@@ -87,7 +88,7 @@ async def store_stats(
     def visit(oid: bytes, kind: int, frame: bytes | memoryview, content: Content) -> None:
         nonlocal frame_bytes
         frame_bytes += len(frame)
-        own[oid] = _own_size(kind, content, len(children.get(oid, ())))
+        own[oid] = own_size(kind, content, len(children.get(oid, ())))
 
     walker.on_object = visit
     await walker.walk(refs.values())
@@ -118,9 +119,15 @@ async def store_stats(
     return out
 
 
-def logical_sizes(own: dict[bytes, int], children: dict[bytes, list[bytes]]) -> dict[bytes, int]:
-    """Logical size of every object: its own bytes plus its children's, each computed once."""
-    sizes: dict[bytes, int] = {}
+def logical_sizes(
+    own: dict[bytes, int], children: dict[bytes, list[bytes]], sizes: dict[bytes, int] | None = None
+) -> dict[bytes, int]:
+    """Logical size of every object: its own bytes plus its children's, each computed once.
+
+    ``sizes`` holds sizes known already (children outside ``own``); it is filled in place.
+    """
+    if sizes is None:
+        sizes = {}
     for start in own:
         if start in sizes:
             continue
@@ -138,4 +145,4 @@ def logical_sizes(own: dict[bytes, int], children: dict[bytes, list[bytes]]) -> 
     return sizes
 
 
-__all__ = ["SessionSize", "StoreStats", "logical_sizes", "store_stats"]
+__all__ = ["SessionSize", "StoreStats", "logical_sizes", "own_size", "store_stats"]

@@ -19,28 +19,12 @@ import asyncio
 import json
 import shutil
 import tempfile
-import time
-from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 import castate
-from castate.backends import LocalBackend
+from tools.bench.common import CountingLocal, timed
 from tools.bench.workload import Workload
-
-
-class CountingLocal(LocalBackend):
-    reads = 0
-
-    async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, bytes]:
-        self.reads += len(ids)
-        return await super().get_objects(ids)
-
-
-async def timed(fn: Any) -> tuple[Any, float]:
-    t0 = time.perf_counter()
-    out = await fn()
-    return out, time.perf_counter() - t0
 
 
 async def run(steps: int, seed: int, root: Path) -> dict[str, Any]:

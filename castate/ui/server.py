@@ -1,0 +1,71 @@
+"""Run the explorer: check the address, bind it, serve the app with uvicorn until Ctrl-C."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import Callable
+
+import uvicorn
+
+from castate.cli.ui import check_address, loopback
+from castate.errors import InvalidKeyError
+from castate.state import StateManager
+from castate.ui.app import create_app
+from castate.ui.explorer import Explorer
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+        sock.listen(128)  # connections wait in the backlog from now on, even before uvicorn accepts them
+    except OSError as exc:
+        sock.close()
+        raise InvalidKeyError(
+            f"cannot serve on {host}:{port}: {exc.strerror or exc}; pick another port with "
+            "`castate ui --port N` (0 picks a free one)"
+        ) from None
+    return sock
+
+
+def host_names(host: str, port: int) -> frozenset[str]:
+    """The Host header values a browser sends for this address."""
+    names = {host} | ({"localhost", "127.0.0.1"} if host == "127.0.0.1" else set())
+    shown = {f"[{n}]" if ":" in n else n for n in names}
+    return frozenset({*shown, *(f"{n}:{port}" for n in shown)})
+
+
+async def serve(
+    sm: StateManager,
+    *,
+    host: str,
+    port: int,
+    allow_writes: bool,
+    allow_remote: bool,
+    announce: Callable[[str], None],
+) -> None:
+    """Serve the explorer over ``sm`` (an open store) until interrupted."""
+    host = check_address(host, allow_remote)
+    sock = bind(host, port)
+    port = sock.getsockname()[1]
+    hosts = None if not loopback(host) else host_names(host, port)
+    app = create_app(Explorer(sm), allow_writes=allow_writes, hosts=hosts)
+    config = uvicorn.Config(
+        app,
+        http="h11",
+        ws="none",
+        lifespan="off",
+        log_level="warning",
+        access_log=False,
+        proxy_headers=False,
+        server_header=False,
+    )
+    server = uvicorn.Server(config)
+    shown = f"[{host}]" if ":" in host else host
+    mode = "read-write: restore, fork and checkpoint allowed" if allow_writes else "read-only"
+    announce(f"castate ui: {sm.repository.backend.location} at http://{shown}:{port}/ ({mode}); Ctrl-C stops it")
+    if hosts is None:
+        announce("castate ui: warning: not a loopback address; anyone who can reach it can use this page")
+    await server.serve(sockets=[sock])
