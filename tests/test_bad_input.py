@@ -14,7 +14,6 @@ import pytest
 
 import castate
 from castate.errors import InvalidKeyError, UnsupportedValueError
-from tests.full_run import FULL
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -256,7 +255,6 @@ def test_ten_thousand_levels_in_a_process_of_its_own(tmp_path: Path) -> None:
     assert "nested deeper than 200 levels" in result["error"]
 
 
-@pytest.mark.skipif(not FULL, reason="the big inputs take about 35 s: CASTATE_FULL=1")
 @pytest.mark.parametrize("case", ["text_100mb", "bytes_100mb", "dict_1m", "list_1m"])
 def test_big_inputs_round_trip_with_bounded_memory(tmp_path: Path, case: str) -> None:
     assert run_big_case(case, tmp_path)["outcome"] == "round-trip"
