@@ -24,6 +24,7 @@ from castate.errors import (
     MissingObjectError,
     NotFoundError,
     StoreError,
+    StoreIOError,
     UnsupportedFormatError,
     UnsupportedValueError,
 )
@@ -61,6 +62,7 @@ __all__ = [
     "StateManager",
     "StorageBackend",
     "StoreError",
+    "StoreIOError",
     "TrackedDict",
     "TrackedList",
     "UnsupportedFormatError",

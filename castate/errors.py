@@ -47,6 +47,18 @@ class BackendUnavailableError(StoreError):
     """
 
 
+class StoreIOError(StoreError, OSError):
+    """The store's disk failed an operation (full, I/O error, no permission): an OSError with
+    the system's ``errno`` and the ``filename`` it failed on.
+
+    The call that raised it did not take effect: what the store held before is intact, and
+    the next call works once the disk does (docs/reliability.md).
+    """
+
+    def __str__(self) -> str:
+        return f"I/O error in the store: {OSError.__str__(self)}"
+
+
 class UnsupportedFormatError(StoreError):
     """The store or an object was written in a format version this castate cannot read."""
 

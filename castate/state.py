@@ -17,7 +17,7 @@ from typing import Any
 
 from castate import lifecycle
 from castate.autocheckpoint import AutoCheckpoint, AutoCheckpointer
-from castate.backends.base import Backend, RefUpdate
+from castate.backends.base import Backend, RefRepairReport, RefUpdate
 from castate.codec import Commit, encode_commit, object_id
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT
@@ -29,6 +29,7 @@ from castate.repository.diff import Change
 from castate.repository.fsck import FsckProgress, FsckReport, fsck
 from castate.repository.gc import DEFAULT_GRACE, DEFAULT_REFLOG_EXPIRE, GcProgress, GcReport, collect_garbage
 from castate.repository.health import fsck_run, gc_run, record_run
+from castate.repository.recover import Rollback, roll_back
 from castate.repository.retention import ForgetReport, Policy, forget
 from castate.repository.revisions import Revision, resolve
 from castate.repository.snapshot import frames
@@ -420,6 +421,17 @@ class StateManager:
             if warning:
                 report.warnings.append(warning)
         return report
+
+    async def repair_refs(self) -> RefRepairReport:
+        """Rebuild a damaged ref store (the local ref journal) from its intact records, keeping
+        the damaged file in the quarantine; works on a store too damaged to open. The report
+        says what was kept and what was lost. Stores whose refs live in a database report no damage."""
+        return await self.repository.backend.repair_refs()
+
+    async def roll_back_damaged(self, refs: list[str]) -> list[Rollback]:
+        """Move each ref whose data is damaged (``fsck(...).damaged_refs``) back to the newest
+        target in its reflog whose data is complete; the reflog records the move."""
+        return await roll_back(self.repository, refs)
 
     async def stats(self, *, top: int = 10) -> StoreStats:
         repo = await self.repository.open()

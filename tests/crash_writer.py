@@ -1,7 +1,18 @@
-"""A writer for crash tests: saves and checkpoints deterministic states until killed.
+"""A writer for crash tests: saves and checkpoints deterministic states until it is killed.
 
-Prints ``ok <step> <checkpoint id>`` after each checkpoint returns, so the test knows
-what castate has promised to keep.
+``python -m tests.crash_writer STORE MODE STEPS_JSON [MAX_SAVES]`` where MODE is ``packed``,
+``loose`` or ``gc`` (packed, plus a gc with no grace and no reflog every few saves) and
+STEPS_JSON maps each session to the step it continues from; with MAX_SAVES it exits after
+that many saves (a crash point that was never reached). It writes a ledger line to stdout, flushed,
+before and after every call, so the test knows what was in flight when the process died
+and what castate had promised (a call that returned):
+
+    start                     the store is open
+    save <session> <step>     save_session is called
+    saved <session> <step> <commit>
+    cp <session> <step>       create_checkpoint is called
+    cpok <session> <step> <checkpoint id>
+    gc / gcok                 gc is called / returned
 """
 
 from __future__ import annotations
@@ -10,27 +21,65 @@ import asyncio
 import sys
 from typing import Any
 
+import orjson
+
 import castate
 
+SESSIONS = ("alpha", "beta")
+GC_EVERY = 5
 
-def state_at(step: int) -> dict[str, Any]:
-    return {
+
+def state_at(session: str, step: int) -> dict[str, Any]:
+    """The state a session has after ``step``: a growing message list, changing scratch data,
+    a bytes blob, and on some steps a large document (chunked) or a long list (an index)."""
+    state: dict[str, Any] = {
+        "session": session,
         "step": step,
-        "messages": [{"i": i, "content": f"message {i} " * (20 + i % 30)} for i in range(step % 150 * 3)],
-        "scratch": f"scratch {step} " * 50,
+        "messages": [{"i": i, "content": f"{session} message {i} " * (5 + i % 20)} for i in range(step % 60 * 4)],
+        "scratch": f"scratch {session} {step} " * 40,
         "blob": bytes([step % 256]) * 3000,
     }
+    if step % 4 == 1:
+        state["document"] = "".join(f"line {i} of {session} at {step // 8}\n" for i in range(4000))
+    if step % 3 == 0:
+        state["numbers"] = list(range(step, step + 3000))
+    return state
 
 
-async def main(path: str, start: int) -> None:
-    sm = castate.StateManager(path)
-    step = start
-    while True:
-        await sm.save_session("crash", state_at(step))
-        cp = await sm.create_checkpoint("crash", f"step-{step}")
-        print(f"ok {step} {cp}", flush=True)
-        step += 1
+def manager(path: str, mode: str) -> castate.StateManager:
+    return castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=mode == "loose")))
+
+
+def say(*parts: object) -> None:
+    sys.stdout.write(" ".join(str(p) for p in parts) + "\n")
+    sys.stdout.flush()
+
+
+async def main(path: str, mode: str, steps: dict[str, int], max_saves: int | None) -> None:
+    sm = manager(path, mode)
+    await sm.repository.open()
+    say("start")
+    n = 0
+    while max_saves is None or n < max_saves:
+        for session in SESSIONS:
+            step = steps[session]
+            say("save", session, step)
+            commit = await sm.save_session(session, state_at(session, step))
+            say("saved", session, step, commit)
+            if step % 2 == 0:
+                say("cp", session, step)
+                # Half the checkpoints carry metadata: a commit of their own instead of a copied ref.
+                meta = {"step": step} if step % 4 == 0 else None
+                cp = await sm.create_checkpoint(session, f"step-{step}", metadata=meta)
+                say("cpok", session, step, cp)
+            steps[session] = step + 1
+            n += 1
+            if mode == "gc" and n % GC_EVERY == 0:
+                say("gc")
+                await sm.gc(grace=0, reflog_expire=0)
+                say("gcok")
+    await sm.close()
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], sys.argv[2], orjson.loads(sys.argv[3]), int(sys.argv[4]) if sys.argv[4:] else None))

@@ -3,15 +3,18 @@ damaged, truncated or foreign files are refused before any ref is created."""
 
 from __future__ import annotations
 
+import tracemalloc
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 
 import castate
 from castate.errors import ConflictError, CorruptFileError, CorruptObjectError, NotFoundError
 from castate.repository.bundle import HEADER, TRAILER
 from tests.strategies import same
+from tests.test_local_packs import zeros_zstd
 
 
 def state(step: int) -> dict[str, Any]:
@@ -105,3 +108,28 @@ async def test_damaged_bundles_are_refused_and_create_no_ref(tmp_path: Path, whe
     assert await dst.repository.list_refs() == {}
     await src.close()
     await dst.close()
+
+
+async def test_a_bundle_that_decompresses_to_gigabytes_is_stopped_early(tmp_path: Path) -> None:
+    """A 9 KiB object stream that expands to 200 MiB of zeros: import used to decompress each
+    1 MiB read whole (up to 32 GiB from one read) before looking at a single record."""
+    manifest = orjson.dumps(
+        {"castate": "bundle", "version": 1, "created_ns": 1, "session": "s", "refs": {"sessions/s": "00" * 32}}
+    )
+    bomb = tmp_path / "bomb.castate"
+    bomb.write_bytes(
+        HEADER.pack(b"CASTBNDL", 1, len(manifest))
+        + manifest
+        + zeros_zstd(200, end_frame=True)
+        + TRAILER.pack(b"CASTTAIL", 0, bytes(32))
+    )
+    async with castate.StateManager(tmp_path / "store") as sm:
+        tracemalloc.start()
+        try:
+            with pytest.raises(CorruptObjectError):  # the first record: an id of zeros and an empty frame
+                await sm.import_session(bomb)
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+        assert await sm.list_sessions() == []
+    assert peak < 100 << 20

@@ -278,3 +278,43 @@ def test_store_urls(tmp_path: Path) -> None:
     assert [s["session_id"] for s in sessions] == ["s"]
     assert json.loads(run("--store", url, "show", cp)) == {"v": 1}
     assert "ready" in run("init", env={"CASTATE_STORE": url})
+
+
+def test_fsck_repair_refs_rebuilds_a_damaged_journal_and_rolls_back_damaged_refs(store: Path, cps: list[str]) -> None:
+    journal = store / "refs.journal"
+    data = bytearray(journal.read_bytes())
+    data[60] ^= 0xFF  # inside the first record: the first save of run-1
+    journal.write_bytes(bytes(data))
+    err = run("sessions", store=store, code=3)
+    assert "castate fsck --repair-refs" in err
+    out = fsck_output(store, "--repair-refs")
+    assert "was damaged" in out
+    assert "Lost: 1 record(s)" in out
+    assert "quarantine" in out
+    assert out.splitlines()[-1] == "Damage found (exit code 1)."
+    assert [s["session_id"] for s in run_json("sessions", store=store)] == ["run-1", "run-2"]
+    assert "No damage found." in run("fsck", store=store)
+
+    # Now the data of run-1's head goes; --repair-refs moves run-1 back to its newest intact save.
+    asyncio.run(_save_and_lose_head(store))
+    report = json.loads(fsck_output(store, "--repair-refs", "--json"))
+    assert report["ref_repair"]["damaged"] is False
+    (rolled,) = report["rolled_back"]
+    assert rolled["ref"] == "sessions/run-1"
+    assert rolled["restored"] is not None
+    assert json.loads(run("show", "run-1", store=store))["step"] == 3
+    assert "No damage found." in run("fsck", store=store)
+
+
+def fsck_output(store: Path, *args: str) -> str:
+    """stdout of a fsck that finds damage (exit code 1)."""
+    proc = subprocess.run([str(CASTATE), "--store", str(store), "fsck", *args], capture_output=True, text=True)
+    assert proc.returncode == 1, (proc.stdout, proc.stderr)
+    return proc.stdout
+
+
+async def _save_and_lose_head(store: Path) -> None:
+    async with castate.StateManager(castate.FileStorageBackend(store)) as sm:
+        await sm.save_session("run-1", state(4))
+        commit = await sm.repository.read_commit((await sm.resolve("run-1")).commit)
+        await sm.repository.backend.quarantine_objects([commit.root])

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import sys
+import tracemalloc
 from typing import Any
 
+import ormsgpack
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from castate.codec import Decoder, Encoder, child_ids
+from castate.codec.encoder import MAX_DEPTH
 from castate.codec.nodes import (
+    TAG_REF,
     Commit,
     encode_commit,
     encode_index,
@@ -130,3 +135,67 @@ def test_a_commit_is_not_a_value() -> None:
     assert parse_commit(oid, content).time_ns == 1
     with pytest.raises(CorruptObjectError, match="where a value belongs"):
         Decoder({oid: (KIND_COMMIT, content)}).build(oid)
+
+
+def deep_chain(levels: int) -> tuple[bytes, dict[bytes, tuple[int, bytes]]]:
+    """A dict node pointing at a dict node ... ``levels`` deep (objects castate would not write past 200)."""
+    content = encode_node([], ormsgpack.packb({"leaf": 1}))
+    oid = object_id(KIND_DICT, content)
+    objects = {oid: (KIND_DICT, content)}
+    for _ in range(levels):
+        content = encode_node([(0, TAG_REF, oid)], ormsgpack.packb({"next": None}))
+        oid = object_id(KIND_DICT, content)
+        objects[oid] = (KIND_DICT, content)
+    return oid, objects
+
+
+def test_a_tree_at_the_nesting_limit_needs_no_deep_python_stack() -> None:
+    """A state the encoder accepts must load: recursing per object used to raise RecursionError
+    on a legal state (198 levels of 3,000-key dicts: index nodes under every level)."""
+    state: dict[str, Any] = {"leaf": 1}
+    for _ in range(MAX_DEPTH - 2):
+        state = {"next": state, "pad": "x" * 300}  # each level an object of its own
+    enc = Encoder()
+    root, _ = enc.encode_root(state, None)
+    old = sys.getrecursionlimit()
+    sys.setrecursionlimit(120)  # far fewer frames than the tree has levels
+    try:
+        back = Decoder(enc.objects).build(root)
+    finally:
+        sys.setrecursionlimit(old)
+    assert back == state
+
+
+def test_nodes_nested_deeper_than_castate_writes_are_corrupt_not_a_crash() -> None:
+    root, objects = deep_chain(5000)
+    with pytest.raises(CorruptObjectError, match="nested deeper than 200"):
+        Decoder(objects).build(root)
+    root, objects = deep_chain(MAX_DEPTH - 1)
+    assert Decoder(objects).build(root) is not None
+
+
+def test_both_ways_of_building_agree() -> None:
+    state = {
+        "a": [1, {"b": b"\x00" * 10, "c": "x" * 5000}],
+        "l": list(range(3000)),
+        "d": {str(i): {"v": i, "pad": "p" * 300} for i in range(900)},
+        "big": "y" * 200_000,
+    }
+    enc = Encoder()
+    root, _ = enc.encode_root(state, None)
+    decoder = Decoder(enc.objects)
+    assert decoder._build_with_own_stack(root, root) == decoder.build(root) == state
+
+
+def test_a_commit_claiming_millions_of_parents_is_refused_before_building_them() -> None:
+    """Found by tests/test_fuzz.py: the parent count was trusted, so a damaged count built up to
+    four billion ids (a hang and a huge allocation) before the length check."""
+    content = b"\x01" * 32 + (1 << 22).to_bytes(4, "little") + b"\x80"
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptObjectError, match="parents do not fit"):
+            parse_commit(b"\x00" * 32, content)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20

@@ -3,14 +3,26 @@
 from __future__ import annotations
 
 import random
+import shutil
+from collections.abc import Awaitable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 import pytest
 
 import castate
-from castate.errors import CastateError, CorruptFileError, CorruptObjectError, UnsupportedFormatError
+from castate.backends.local import packs
+from castate.errors import (
+    CastateError,
+    CorruptFileError,
+    CorruptObjectError,
+    MissingObjectError,
+    NotFoundError,
+    UnsupportedFormatError,
+)
+
+T = TypeVar("T")
 
 
 def make_state(step: int) -> dict[str, Any]:
@@ -131,3 +143,125 @@ async def test_a_missing_ref_journal_is_reported(tmp_path: Path) -> None:
     (path / "refs.journal").unlink()
     with pytest.raises(CorruptFileError, match="journal"):
         await castate.StateManager(path).load_session("s")
+
+
+# -- every file: truncated, emptied, deleted; each pack record's table damaged ----------------------
+
+
+def pack_ids(path: Path) -> dict[str, set[str]]:
+    """The object ids (hex) each pack file holds, read before any damage."""
+    out = {}
+    for pack in (path / "packs").glob("*.pack"):
+        p = packs.Pack(pack)
+        packs.scan_pack(p)
+        out[pack.name] = {oid.hex() for oid in p.entries}
+        p.close()
+    return out
+
+
+def damages(file: Path, data: bytes) -> list[tuple[str, bytes | None]]:
+    """(label, new content or None to delete) for one file."""
+    out: list[tuple[str, bytes | None]] = [
+        ("truncated to half", data[: len(data) // 2]),
+        ("emptied", b""),
+        ("deleted", None),
+    ]
+    if file.suffix == ".pack":  # the pack's index: each record's table of ids, offsets and lengths
+        p = packs.Pack(file)
+        packs.scan_pack(p)
+        for rec_off in sorted(p.records):
+            damaged = bytearray(data)
+            damaged[rec_off + 8 + 40] ^= 0xFF  # inside the first table entry of the record
+            out.append((f"table of record {rec_off} damaged", bytes(damaged)))
+        p.close()
+    return out
+
+
+async def attempt(call: Awaitable[T]) -> T | CastateError:
+    """The call's result, or the castate error it raised."""
+    try:
+        return await call
+    except CastateError as exc:
+        return exc
+
+
+async def older_state(path: Path, loose: bool, history: set[bytes]) -> str:
+    """A journal cut inside a record reads as a writer's torn last record: an older state of
+    the store, never one it did not have (docs/reliability.md)."""
+    async with castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=loose))) as sm:
+        assert set((await sm.repository.list_refs()).values()) <= history
+        for ref in await sm.repository.list_refs():
+            await sm.repository.load(ref)  # every ref still loads
+    return "older state"
+
+
+def names_the_damage(exc: CastateError, file: Path, ids_in_file: set[str]) -> bool:
+    if isinstance(exc, CorruptFileError):
+        return exc.path == str(file) or file.name in exc.path
+    if isinstance(exc, CorruptObjectError | MissingObjectError):
+        return exc.object_id in ids_in_file
+    return file.name in str(exc)
+
+
+@pytest.mark.parametrize("loose", [False, True], ids=["packed", "loose"])
+async def test_truncated_emptied_or_deleted_files_are_named_never_misread(tmp_path: Path, loose: bool) -> None:
+    path = tmp_path / "store"
+    expected, cp = await build_store(path, loose)
+    async with castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=loose))) as sm:
+        history = {e.new for e in await sm.repository.reflog() if e.new}
+    in_pack = pack_ids(path)
+    pristine = {p: p.read_bytes() for p in store_files(path)}
+    outcomes: dict[str, int] = {}
+    for file, data in pristine.items():
+        ids = in_pack.get(file.name, set()) or (
+            {file.parent.name + file.name} if file.parent.parent.name == "objects" else set()
+        )
+        for label, content in damages(file, data):
+            if content is None:
+                file.unlink()
+            else:
+                file.write_bytes(content)
+            try:
+                read = await attempt(read_back(path, loose, cp))
+                if isinstance(read, NotFoundError):
+                    assert file.name == "refs.journal", f"{file.name} {label}: a ref vanished"
+                    outcome = await older_state(path, loose, history)
+                elif isinstance(read, CastateError):
+                    assert names_the_damage(read, file, ids), f"{file.name} {label}: {read!r} does not name it"
+                    outcome = "named error"
+                    sm = castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=loose)))
+                    report = await attempt(sm.fsck(full=True, quarantine=False))
+                    await sm.close()
+                    if isinstance(report, CastateError):  # a store that cannot open: the same error
+                        assert names_the_damage(report, file, ids), report
+                    else:
+                        bad = {p.id.hex() for p in report.problems + report.stored_corrupt}
+                        assert not report.ok, f"fsck missed {file.name} {label}"
+                        assert bad & ids or any(file.name in line for line in report.storage), report
+                else:
+                    head, old = read
+                    if file.name == "refs.journal" and head != expected:
+                        outcome = await older_state(path, loose, history)
+                    else:
+                        assert head == expected, f"wrong data after {file.name} {label}"
+                        assert old == expected
+                        outcome = "intact"
+            finally:
+                if (path / "quarantine").exists():
+                    shutil.rmtree(path / "quarantine")
+                file.write_bytes(data)
+            kind = "loose object" if ids and not file.suffix else file.suffix or file.name
+            key = f"{kind}: {label.split(' of ')[0]} -> {outcome}"
+            outcomes[key] = outcomes.get(key, 0) + 1
+    print("\n" + "\n".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))
+
+
+async def test_a_missing_config_is_damage_not_a_foreign_directory(tmp_path: Path) -> None:
+    """It used to say the directory is "not a castate store" and suggest `castate import`."""
+    path = tmp_path / "store"
+    await build_store(path)
+    (path / "castate.json").unlink()
+    with pytest.raises(CorruptFileError, match="config is missing") as info:
+        await castate.StateManager(path).load_session("s")
+    assert info.value.path == str(path / "castate.json")
+    assert not (path / "castate.json").exists()  # never silently made a new store over the old one

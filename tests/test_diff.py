@@ -8,13 +8,17 @@ from collections.abc import Collection
 from typing import Any
 
 import jsonpatch
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import castate
 import castate.repository.snapshot
-from castate.backends import MemoryBackend
-from castate.codec import Encoder
+from castate.backends import MemoryBackend, RefUpdate
+from castate.codec import Commit, Encoder, encode_commit
+from castate.codec.nodes import encode_node
+from castate.codec.objects import KIND_COMMIT, KIND_DICT, encode_frame, object_id
+from castate.errors import CorruptObjectError
 from castate.repository.diff import diff_trees, to_patch
 from tests.strategies import same, states, values
 
@@ -235,3 +239,24 @@ async def test_edits_of_long_lists_and_big_dicts(n: int, ops: list[tuple[str, in
     else:
         b = {"items": items}
     await check_roundtrip(a, b)
+
+
+async def test_a_node_with_inline_values_nested_too_deep_is_corrupt_not_a_recursion_error() -> None:
+    """A crafted (hash-valid) dict node whose body nests 1,000 lists inline: diff copied and
+    compared entries recursively and raised RecursionError; fsck did not notice."""
+    backend = MemoryBackend()
+    await backend.open()
+    content = encode_node([], b"\x81\xa1a" + b"\x91" * 1000 + b"\x01")
+    root = object_id(KIND_DICT, content)
+    commit = encode_commit(Commit(root, (), "s", 1))
+    cid = object_id(KIND_COMMIT, commit)
+    await backend.commit(
+        [(root, encode_frame(KIND_DICT, content)), (cid, encode_frame(KIND_COMMIT, commit))],
+        [RefUpdate("sessions/s", cid, None)],
+    )
+    sm = castate.StateManager(backend)
+    await sm.save_session("t", {"a": 1})
+    with pytest.raises(CorruptObjectError, match="Recursion limit"):
+        await sm.diff("s", "t")
+    report = await sm.fsck(quarantine=False)
+    assert [p.id for p in report.problems] == [root]

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from castate.backends import LocalBackend
 from castate.backends.local import packs
 from castate.codec.objects import KIND_STR, encode_frame, object_id
-from castate.errors import CorruptObjectError
+from castate.errors import CorruptFileError, CorruptObjectError
 
 
 def item(text: str) -> tuple[bytes, bytes]:
@@ -176,3 +178,45 @@ async def test_delete_leaves_packs_of_live_writers_alone(tmp_path: Path) -> None
     finally:
         await live.close()
         await other.close()
+
+
+def zeros_zstd(mib: int, *, end_frame: bool) -> bytes:
+    """A zstd stream of ``mib`` MiB of zeros: a few KiB that expand 30,000 times."""
+    cobj = zstandard.ZstdCompressor(level=3).compressobj()
+    body = b"".join(cobj.compress(bytes(1 << 20)) for _ in range(mib))
+    return body + (cobj.flush() if end_frame else cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
+
+
+def test_a_record_that_decompresses_far_past_its_size_is_stopped_early(tmp_path: Path) -> None:
+    """A record of 9 KiB that claims 100 bytes and expands to 200 MiB (damage, or a crafted
+    store): the reader used to decompress all of it before checking the size."""
+    oid, frame = item("x")
+    path = tmp_path / "bomb.pack"
+    path.write_bytes(
+        packs.PACK_HEADER + packs.encode_record([(oid, frame)], zeros_zstd(200, end_frame=False), 100, 0, 1)
+    )
+    pack = packs.Pack(path)
+    packs.scan_pack(pack)
+    tracemalloc.start()
+    try:
+        with pytest.raises(CorruptFileError, match="wrong size"):
+            packs.ChainCache().record_bytes(pack, pack.records[len(packs.PACK_HEADER)])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+        pack.close()
+    assert peak < packs.OVERSHOOT + (8 << 20)
+
+
+def test_output_bound_reads_block_headers() -> None:
+    cobj = zstandard.ZstdCompressor(level=3).compressobj()
+    first = cobj.compress(b"a" * 300_000) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    second = cobj.compress(os.urandom(1000)) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+    bound_first = packs.output_bound(first, True)
+    bound_second = packs.output_bound(second, False)
+    assert bound_first is not None
+    assert bound_second is not None
+    assert 300_000 <= bound_first <= 300_000 + (3 << 17)
+    assert 1000 <= bound_second <= 1 << 17
+    assert packs.output_bound(first, False) is None or packs.output_bound(first, False) != bound_first
+    assert packs.output_bound(b"\x00\x01", False) is None  # not whole blocks

@@ -7,9 +7,11 @@ from collections.abc import Collection
 
 import castate
 from castate.backends import MemoryBackend
-from castate.codec.objects import KIND_COMMIT
+from castate.codec.encoder import MAX_DEPTH
+from castate.codec.objects import KIND_COMMIT, encode_frame
 from castate.repository.snapshot import fetch_tree
 from castate.repository.walk import Walker
+from tests.test_codec_decoder import deep_chain
 
 
 class Recording(MemoryBackend):
@@ -57,3 +59,16 @@ async def test_walk_records_missing_and_corrupt_objects_with_their_parent() -> N
     }
     assert walker.children is not None
     assert sorted(walker.children[saved.root]) == [a_id, b_id]
+
+
+async def test_walk_reports_nodes_nested_deeper_than_castate_writes() -> None:
+    """Such a tree cannot be loaded (the decoder refuses it), so fsck must say so too."""
+    backend = MemoryBackend()
+    await backend.open()
+    for depth, problems in ((MAX_DEPTH - 1, 0), (MAX_DEPTH + 5, 1)):
+        root, objects = deep_chain(depth)
+        await backend.put_objects([(oid, encode_frame(kind, content)) for oid, (kind, content) in objects.items()])
+        walker = Walker(backend, deep=True)
+        await walker.walk([root])
+        assert len(walker.problems) == problems
+        assert all("nested deeper" in p.detail for p in walker.problems.values())

@@ -13,7 +13,7 @@ import abc
 import contextlib
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import ClassVar, Final
 
 
@@ -45,6 +45,22 @@ class ReflogEntry:
     new: bytes | None
     time_ns: int
     message: str
+
+
+@dataclass(slots=True)
+class RefRepairReport:
+    """What rebuilding a damaged ref store found, kept and lost (``Backend.repair_refs``)."""
+
+    location: str
+    damaged: bool  # False: nothing needed repair
+    kept: int = 0  # intact records (ref change groups) kept
+    damaged_spans: list[tuple[int, int]] = field(default_factory=list)  # byte ranges that held no intact record
+    lost_records: int = 0  # records known lost (gaps in their sequence numbers)
+    # refs a lost record moved, as later records show: ref -> (target before, target restored)
+    inferred: dict[str, tuple[bytes | None, bytes | None]] = field(default_factory=dict)
+    maybe_lost: list[str] = field(default_factory=list)  # refs the unreadable bytes seem to name
+    refs: int = 0  # refs after the repair
+    saved_as: str | None = None  # where the damaged original was kept
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +200,12 @@ class Backend(abc.ABC):
         one line per problem. The default has nothing to check."""
         return []
 
+    async def repair_refs(self) -> RefRepairReport:
+        """Rebuild the store's refs and reflog from whatever of them is intact, keeping the
+        damaged original aside; works on a store too damaged to open. Stores whose refs live
+        in a transactional database have nothing to rebuild: the default reports no damage."""
+        return RefRepairReport(self.location, damaged=False)
+
     @abc.abstractmethod
     async def expire_reflog(self, before_ns: int) -> int:
         """Forget reflog entries older than ``before_ns`` (refs stay); returns how many went."""
@@ -202,7 +224,9 @@ class Backend(abc.ABC):
         return {"objects": count, "object_bytes": size}
 
 
-MAX_REF_NAME = 4096
+# A checkpoint ref holds two user names of up to 1024 bytes each, percent-encoded (up to
+# three characters a byte): 12 + 3072 + 1 + 3072 + 1 + 33 characters.
+MAX_REF_NAME = 8192
 
 
 def check_ref_name(name: str) -> None:

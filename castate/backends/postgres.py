@@ -42,6 +42,7 @@ from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate, _
 from castate.errors import (
     BackendUnavailableError,
     ConflictError,
+    InvalidKeyError,
     NotFoundError,
     StoreError,
     UnsupportedFormatError,
@@ -332,6 +333,12 @@ class PostgresBackend(Backend):
             )
         if code == "CAS02":
             return NotFoundError(f"no ref {exc.diag.message_primary}")
+        if isinstance(exc, psycopg.errors.ProgramLimitExceeded):
+            detail = (exc.diag.message_primary or str(exc)).strip()
+            return InvalidKeyError(
+                f"{what}: a ref name is too long for the index on {self.location} ({detail}); "
+                "use a shorter session id or checkpoint name"
+            )
         if isinstance(exc, psycopg.errors.LockNotAvailable):
             return StoreError(f"{what}: timed out after {self.lock_timeout:.0f}s waiting for gc on {self.location}")
         if isinstance(exc, psycopg.errors.QueryCanceled):

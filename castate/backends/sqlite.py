@@ -90,7 +90,7 @@ class SQLiteBackend(Backend):
         self.store_id = ""
         self._conn: sqlite3.Connection | None = None
         self._mutex = threading.RLock()
-        self._gc_lock = FileLock(Path(f"{self.path}-gclock"), lock_timeout)
+        self._gc_lock = self._new_gc_lock()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -106,6 +106,10 @@ class SQLiteBackend(Backend):
                 raise StoreError(f"no castate store at {self.path}")
             if not self.path.parent.is_dir():
                 raise StoreError(f"cannot create {self.path}: {self.path.parent} is not a directory")
+            # Private to the owner (state often holds secrets); SQLite gives its -wal and -shm
+            # files the database file's permissions.
+            with contextlib.suppress(FileExistsError):
+                os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         conn = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False)
         try:
             conn.execute("PRAGMA journal_mode=WAL")
@@ -355,6 +359,10 @@ class SQLiteBackend(Backend):
 
     # -- maintenance ----------------------------------------------------------------------------
 
+    def _new_gc_lock(self) -> FileLock:
+        # The turnstile keeps a steady stream of saves from starving gc (see FileLock).
+        return FileLock(Path(f"{self.path}-gclock"), self.lock_timeout, turnstile=Path(f"{self.path}-gcturn"))
+
     @contextlib.asynccontextmanager
     async def gc_exclusive(self) -> AsyncIterator[None]:
         async with self._gc_lock.hold_async(exclusive=True):
@@ -363,7 +371,7 @@ class SQLiteBackend(Backend):
     @contextlib.asynccontextmanager
     async def gc_shared(self) -> AsyncIterator[None]:
         # A lock object of its own: shared holders do not queue behind this process's saves.
-        lock = FileLock(self._gc_lock.path, self._gc_lock.timeout)
+        lock = self._new_gc_lock()
         try:
             async with lock.hold_async(exclusive=False):
                 yield

@@ -26,6 +26,7 @@ from castate.errors import (
     InvalidKeyError,
     NotFoundError,
     StoreError,
+    StoreIOError,
     UnsupportedFormatError,
 )
 from castate.state import StateManager
@@ -191,6 +192,12 @@ def _parser() -> argparse.ArgumentParser:
     sp = add("fsck", "check that every ref leads to complete, intact data", "castate fsck --full", c.cmd_fsck)
     sp.add_argument("--full", action="store_true", help="also verify every stored object and count dangling ones")
     sp.add_argument("--no-quarantine", action="store_true", help="report corrupt objects but leave them in place")
+    sp.add_argument(
+        "--repair-refs",
+        action="store_true",
+        help="rebuild a damaged ref journal from its intact records (the damaged file is kept), "
+        "and move refs whose data is damaged back to their newest intact state in the reflog",
+    )
 
     sp = add("stats", "show objects, bytes, logical sizes and the dedup ratio", "castate stats --top 5", c.cmd_stats)
     sp.add_argument("--top", type=_count, default=10, metavar="N", help="list the N largest sessions (default 10)")
@@ -310,6 +317,8 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
         func = ui
     sm = StateManager(_backend(path, create=False))
     try:
+        if args.command == "fsck" and args.repair_refs:  # before opening: a damaged journal stops that
+            args.ref_repair = await sm.repair_refs()
         await sm.repository.open()
         return int(await func(sm, args, out))
     finally:
@@ -336,6 +345,7 @@ _HINTS: list[tuple[type[BaseException], str, int]] = [
     (ConflictError, "another process changed it meanwhile; look again and retry", c.EXIT_FAILED),
     (UnsupportedFormatError, "upgrade castate to read this store", c.EXIT_FAILED),
     (CorruptionError, "run `castate fsck` to find and quarantine the damage", c.EXIT_FAILED),
+    (StoreIOError, "the store's disk failed; free space or fix it and retry: what was stored is intact", c.EXIT_FAILED),
     (StoreError, "check --store (or $CASTATE_STORE); create a store with `castate init`", c.EXIT_FAILED),
     (CastateError, "run with --debug for details", c.EXIT_FAILED),
     (FileNotFoundError, "check the file name", c.EXIT_USAGE),

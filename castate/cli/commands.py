@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from castate.backends.base import RefRepairReport
 from castate.cli.output import Output, human_bytes, iso_time, local_time, short_json, to_json
 from castate.errors import InvalidKeyError, NotFoundError
 from castate.repository import refs as names
@@ -418,10 +419,13 @@ async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> i
         report = await sm.fsck(full=args.full, quarantine=not args.no_quarantine, progress=update, record=True)
     for w in report.warnings:
         out.warn(w)
+    repair: RefRepairReport | None = getattr(args, "ref_repair", None)
+    rollbacks = await sm.roll_back_damaged(list(report.damaged_refs)) if args.repair_refs else []
+    damaged = not report.ok or (repair is not None and repair.damaged)
     if args.json:
         out.json(
             {
-                "ok": report.ok,
+                "ok": not damaged,
                 "full": report.full,
                 "refs": report.refs,
                 "reachable_objects": report.reachable,
@@ -443,9 +447,21 @@ async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> i
                 "dangling_bytes": report.dangling_bytes,
                 "quarantined": report.quarantined,
                 "storage": report.storage,
+                "ref_repair": _repair_json(repair) if repair is not None else None,
+                "rolled_back": [
+                    {
+                        "ref": r.ref,
+                        "damaged": r.damaged.hex(),
+                        "restored": r.restored.hex() if r.restored else None,
+                        "damaged_earlier_targets": r.skipped,
+                    }
+                    for r in rollbacks
+                ],
             }
         )
-        return EXIT_OK if report.ok else EXIT_DAMAGE
+        return EXIT_DAMAGE if damaged else EXIT_OK
+    if repair is not None:
+        _print_repair(repair, out)
     mode = "full" if report.full else "quick"
     out.line(f"Checked {report.refs} refs and {report.reachable} reachable objects ({mode} check).")
     if report.full:
@@ -470,11 +486,62 @@ async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> i
             "saving the same content again restores them.",
             "yellow",
         )
-    if report.ok:
+    for r in rollbacks:
+        if r.restored is None:
+            out.line(f"{r.ref}: no intact earlier state in its reflog; left as it is", "red")
+        else:
+            out.line(
+                f"Moved {r.ref} back from damaged {_short(r.damaged.hex())} to {_short(r.restored.hex())}, "
+                "its newest intact state in the reflog (the reflog keeps the damaged one).",
+                "yellow",
+            )
+    if not damaged:
         out.line("No damage found.", "green")
         return EXIT_OK
     out.line("Damage found (exit code 1).", "bold red")
     return EXIT_DAMAGE
+
+
+def _repair_json(r: RefRepairReport) -> dict[str, Any]:
+    return {
+        "location": r.location,
+        "damaged": r.damaged,
+        "kept_records": r.kept,
+        "damaged_spans": [list(span) for span in r.damaged_spans],
+        "lost_records": r.lost_records,
+        "inferred": {
+            ref: {"before": a.hex() if a else None, "restored": b.hex() if b else None}
+            for ref, (a, b) in sorted(r.inferred.items())
+        },
+        "maybe_lost": r.maybe_lost,
+        "refs": r.refs,
+        "saved_as": r.saved_as,
+    }
+
+
+def _print_repair(r: RefRepairReport, out: Output) -> None:
+    if not r.damaged:
+        out.line(f"Ref journal {r.location}: intact ({r.kept} records, {r.refs} refs).")
+        return
+    spans = ", ".join(f"{a}-{b}" for a, b in r.damaged_spans)
+    out.line(
+        f"Ref journal {r.location} was damaged (bytes {spans}): rebuilt from its {r.kept} intact "
+        f"record(s); {r.refs} refs now.",
+        "yellow",
+    )
+    out.line(f"Lost: {r.lost_records} record(s) of ref changes.", "red" if r.lost_records else None)
+    for ref, (before, after) in sorted(r.inferred.items()):
+        out.line(
+            f"  {ref}: a lost record moved it from {_short(before.hex() if before else None)} "
+            f"to {_short(after.hex() if after else None)}; a later record shows it, so that is kept"
+        )
+    if r.maybe_lost:
+        out.line(
+            "The unreadable bytes mention these refs; a change to them may be lost (see `castate reflog`): "
+            + ", ".join(r.maybe_lost[:20])
+            + (" ..." if len(r.maybe_lost) > 20 else "")
+        )
+    out.line(f"The damaged journal is kept at {r.saved_as}.")
 
 
 async def cmd_stats(sm: StateManager, args: argparse.Namespace, out: Output) -> int:

@@ -8,12 +8,15 @@ so two places that share an object never share a mutable Python value.
 
 from __future__ import annotations
 
+from collections.abc import Generator
 from typing import Any
 
+from castate.codec.encoder import MAX_DEPTH
 from castate.codec.nodes import (
     INDEX_DICT,
     INDEX_LIST,
     NO_SPECIALS,
+    Special,
     parse_chunked,
     parse_index,
     parse_node,
@@ -50,7 +53,13 @@ def child_ids(oid: bytes, kind: int, content: Content) -> list[bytes]:
 
 
 class Decoder:
-    """Assembles values from ``contents`` (id -> (kind, verified content))."""
+    """Assembles values from ``contents`` (id -> (kind, verified content)).
+
+    It recurses per object (the fast way), and when a tree is deeper than Python's stack
+    allows (``MAX_DEPTH`` containers, each possibly under index levels, can be) it builds
+    the tree again with a stack of its own. Dict and list nodes nested deeper than
+    ``MAX_DEPTH``, which castate never writes, are refused as corrupt.
+    """
 
     def __init__(self, contents: dict[bytes, tuple[int, Content]]) -> None:
         self.contents = contents
@@ -62,20 +71,31 @@ class Decoder:
         return got
 
     def build(self, oid: bytes, parent: bytes | None = None) -> Any:
-        kind, content = self._get(oid, parent or oid)
+        try:
+            return self._value(oid, parent or oid, 0)
+        except RecursionError:
+            return self._build_with_own_stack(oid, parent or oid)
+
+    def _value(self, oid: bytes, parent: bytes, depth: int) -> Any:
+        kind, content = self._get(oid, parent)
         if kind in (KIND_DICT, KIND_LIST):
-            body, specials = parse_node(oid, kind, content)
+            body, specials = _node(oid, kind, content, depth)
             if specials:
                 keys = list(body) if kind == KIND_DICT else None
                 for pos, _, ref in specials:
-                    body[keys[pos] if keys is not None else pos] = self._value(ref, oid)
+                    body[keys[pos] if keys is not None else pos] = self._value(_ref(oid, ref), oid, depth + 1)
             return body
+        if kind == KIND_INDEX:
+            flavor, children = parse_index(oid, content)
+            parts = [(cid, count, self._get(cid, oid)[0], self._value(cid, oid, depth)) for cid, count in children]
+            return _join(oid, flavor, parts)
+        return self._leaf(oid, kind, content)
+
+    def _leaf(self, oid: bytes, kind: int, content: Content) -> Any:
         if kind == KIND_STR:
             return _utf8(oid, content)
         if kind == KIND_BYTES:
             return bytes(content)
-        if kind == KIND_INDEX:
-            return self._index(oid, content)
         if kind == KIND_CHUNKED:
             target, _total, chunks = parse_chunked(oid, content)
             parts = []
@@ -88,31 +108,94 @@ class Decoder:
             return _utf8(oid, data) if target == KIND_STR else data
         raise CorruptObjectError(oid.hex(), f"a {KIND_NAMES.get(kind, kind)} object where a value belongs")
 
-    def _value(self, oid: bytes, parent: bytes) -> Any:
-        if len(oid) != ID_SIZE:
-            raise CorruptObjectError(parent.hex(), "bad ref")
-        return self.build(oid, parent)
+    # -- the same, with a stack of its own ----------------------------------------------------
 
-    def _index(self, oid: bytes, content: Content) -> Any:
+    def _build_with_own_stack(self, oid: bytes, parent: bytes) -> Any:
+        first = self._start(oid, parent, 0)
+        if not isinstance(first, _Pending):
+            return first
+        stack = [first.steps]
+        value: Any = None
+        while stack:
+            try:
+                oid, parent, depth = stack[-1].send(value)
+            except StopIteration as done:
+                stack.pop()
+                value = done.value
+                continue
+            got = self._start(oid, parent, depth)
+            if isinstance(got, _Pending):
+                stack.append(got.steps)
+                value = None
+            else:
+                value = got
+        return value
+
+    def _start(self, oid: bytes, parent: bytes, depth: int) -> Any:
+        """The value of ``oid``, or a _Pending whose steps ask for its children's values."""
+        kind, content = self._get(oid, parent)
+        if kind in (KIND_DICT, KIND_LIST):
+            body, specials = _node(oid, kind, content, depth)
+            return _Pending(self._fill(oid, kind, body, specials, depth + 1)) if specials else body
+        if kind == KIND_INDEX:
+            return _Pending(self._index(oid, content, depth))
+        return self._leaf(oid, kind, content)
+
+    def _fill(self, oid: bytes, kind: int, body: Any, specials: list[Special], depth: int) -> Steps:
+        keys = list(body) if kind == KIND_DICT else None
+        for pos, _, ref in specials:
+            body[keys[pos] if keys is not None else pos] = yield _ref(oid, ref), oid, depth
+        return body
+
+    def _index(self, oid: bytes, content: Content, depth: int) -> Steps:
         flavor, children = parse_index(oid, content)
-        if flavor == INDEX_LIST:
-            out: list[Any] = []
-            for cid, count in children:
-                ckind = self._get(cid, oid)[0]
-                part = self.build(cid, oid)
-                if ckind not in (KIND_LIST, KIND_INDEX) or type(part) is not list or len(part) != count:
-                    raise CorruptObjectError(oid.hex(), f"child {cid.hex()} is not a {count}-element list")
-                out.extend(part)
-            return out
-        assert flavor == INDEX_DICT
-        merged: dict[str, Any] = {}
+        parts = []
         for cid, count in children:
-            ckind = self._get(cid, oid)[0]
-            part = self.build(cid, oid)
-            if ckind not in (KIND_DICT, KIND_INDEX) or type(part) is not dict or len(part) != count:
-                raise CorruptObjectError(oid.hex(), f"child {cid.hex()} is not a {count}-key dict")
-            merged.update(part)
-        return merged
+            parts.append((cid, count, self._get(cid, oid)[0], (yield cid, oid, depth)))
+        return _join(oid, flavor, parts)
+
+
+#: The steps of one object's assembly: yields (child id, parent id, depth) and is sent the child's value.
+Steps = Generator[tuple[bytes, bytes, int], Any, Any]
+
+
+class _Pending:
+    """An object whose value needs its children's first."""
+
+    __slots__ = ("steps",)
+
+    def __init__(self, steps: Steps) -> None:
+        self.steps = steps
+
+
+def _node(oid: bytes, kind: int, content: Content, depth: int) -> tuple[Any, list[Special]]:
+    if depth >= MAX_DEPTH:
+        raise CorruptObjectError(oid.hex(), f"nodes nested deeper than {MAX_DEPTH} levels")
+    return parse_node(oid, kind, content)
+
+
+def _ref(parent: bytes, ref: bytes) -> bytes:
+    if len(ref) != ID_SIZE:
+        raise CorruptObjectError(parent.hex(), "bad ref")
+    return ref
+
+
+def _join(oid: bytes, flavor: int, parts: list[tuple[bytes, int, int, Any]]) -> Any:
+    """The list or dict an index node stands for, from its children's (id, count, kind, value)."""
+    if flavor == INDEX_LIST:
+        out: list[Any] = []
+        for cid, count, ckind, part in parts:
+            if ckind not in (KIND_LIST, KIND_INDEX) or type(part) is not list or len(part) != count:
+                raise CorruptObjectError(oid.hex(), f"child {cid.hex()} is not a {count}-element list")
+            out.extend(part)
+        return out
+    assert flavor == INDEX_DICT
+    merged: dict[str, Any] = {}
+    for cid, count, ckind, part in parts:
+        if ckind not in (KIND_DICT, KIND_INDEX) or type(part) is not dict or len(part) != count:
+            raise CorruptObjectError(oid.hex(), f"child {cid.hex()} is not a {count}-key dict")
+        merged.update(part)
+    return merged
 
 
 def _utf8(oid: bytes, data: Content) -> str:

@@ -81,6 +81,16 @@ def parse_node(oid: bytes, kind: int, content: bytes | memoryview) -> tuple[Any,
     return body, specials
 
 
+def check_nesting(oid: bytes, body: Any) -> None:
+    """Refuse a node body whose inline values nest deeper than 255 containers (castate never
+    writes one: its states stop at 200; walking such a value recursively would exhaust
+    Python's stack). ormsgpack's encoder checks the depth at C speed."""
+    try:
+        ormsgpack.packb(body, option=ormsgpack.OPT_NON_STR_KEYS)
+    except TypeError as exc:
+        raise CorruptObjectError(oid.hex(), f"bad node body: {exc}") from None
+
+
 def encode_index(flavor: int, children: list[tuple[bytes, int]]) -> bytes:
     """Content of an index node over runs: flavor byte, then (child id, element count) pairs."""
     return bytes((flavor,)) + b"".join(_INDEX_ENTRY.pack(cid, count) for cid, count in children)
@@ -141,10 +151,10 @@ def parse_commit(oid: bytes, content: bytes | memoryview) -> Commit:
         root = bytes(content[:ID_SIZE])
         n = _U32.unpack_from(content, ID_SIZE)[0]
         off = ID_SIZE + 4
+        if off + n * ID_SIZE > len(content):  # checked first: a damaged count must not build billions of ids
+            raise ValueError(f"{n} parents do not fit in {len(content)} bytes")
         parents = tuple(bytes(content[off + i * ID_SIZE : off + (i + 1) * ID_SIZE]) for i in range(n))
         off += n * ID_SIZE
-        if len(root) != ID_SIZE or any(len(p) != ID_SIZE for p in parents):
-            raise ValueError("truncated ids")
         body = ormsgpack.unpackb(content[off:])
         session, name, t, meta = body["session"], body["name"], body["time"], body["meta"]
         if not (

@@ -46,6 +46,8 @@ RECORD = struct.Struct("<32sI")  # object id, frame length
 MAX_MANIFEST = 64 << 20
 MAX_FRAME = (64 << 20) + 1024
 READ_SIZE = 1 << 20
+SLICE = 1 << 10  # compressed bytes decompressed at a time: at most 32 MiB come out of them
+MAX_WINDOW = 8 << 20  # export writes zstd windows of 2 MiB (level 3); more is refused, not allocated
 WRITE_BATCH = 4 << 20  # bytes of frames an import stores per call
 
 #: progress(done, total): objects for export (total None), bytes of the file for import.
@@ -89,7 +91,7 @@ async def export_session(
     compressor = zstandard.ZstdCompressor(level=3, write_checksum=True).compressobj()
     records: list[bytes] = []
     try:
-        async with aiofiles.open(tmp, "wb") as f:
+        async with aiofiles.open(tmp, "wb", opener=_private) as f:
 
             async def write(data: bytes) -> None:
                 if data:
@@ -132,6 +134,11 @@ async def export_session(
         raise
     report.bytes = (await aiofiles.os.stat(target)).st_size
     return report
+
+
+def _private(path: str, flags: int) -> int:
+    """Open a new bundle file readable by its owner only: it holds the session's state."""
+    return os.open(path, flags, 0o600)
 
 
 def _bad(path: Path, reason: str) -> CorruptFileError:
@@ -209,7 +216,7 @@ async def import_bundle(
         pending: list[tuple[bytes, bytes]] = []
         pending_bytes = 0
         buf = bytearray()
-        decomp = zstandard.ZstdDecompressor().decompressobj()
+        decomp = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).decompressobj()
         compress = not backend.packs_objects
 
         async def store() -> None:
@@ -230,29 +237,34 @@ async def import_bundle(
                 body_left -= len(chunk)
                 done += len(chunk)
                 hasher.update(chunk)
-                try:
-                    buf += decomp.decompress(chunk)
-                except zstandard.ZstdError as exc:
-                    raise _bad(source, f"zstd: {exc}") from None
-                off = 0
-                while len(buf) - off >= RECORD.size:
-                    oid, n = RECORD.unpack_from(buf, off)
-                    if n > MAX_FRAME:
-                        raise _bad(source, f"object {oid.hex()} claims {n} bytes")
-                    if len(buf) - off - RECORD.size < n:
-                        break
-                    frame = bytes(buf[off + RECORD.size : off + RECORD.size + n])
-                    off += RECORD.size + n
-                    kind, content = decode_frame(oid, frame)  # CorruptObjectError names it
-                    required.update(c for c, _ in links(oid, kind, content, deep=True))
-                    if oid not in seen:
-                        seen.add(oid)
-                        kinds[oid] = kind
-                        pending.append((oid, encode_frame(kind, bytes(content), compress=compress)))
-                        pending_bytes += n
-                del buf[:off]
-                if pending_bytes >= WRITE_BATCH:
-                    await store()
+                view = memoryview(chunk)
+                # Slices, not the whole chunk: zstd can expand 1 KiB into 32 MiB, and a crafted
+                # bundle must not make an import allocate 32,768 times its size at once.
+                for start in range(0, len(view), SLICE):
+                    try:
+                        buf += decomp.decompress(view[start : start + SLICE])
+                    except zstandard.ZstdError as exc:
+                        raise _bad(source, f"zstd: {exc}") from None
+                    off = 0
+                    while len(buf) - off >= RECORD.size:
+                        oid, n = RECORD.unpack_from(buf, off)
+                        if n > MAX_FRAME:
+                            raise _bad(source, f"object {oid.hex()} claims {n} bytes")
+                        if len(buf) - off - RECORD.size < n:
+                            break
+                        frame = bytes(buf[off + RECORD.size : off + RECORD.size + n])
+                        off += RECORD.size + n
+                        kind, content = decode_frame(oid, frame)  # CorruptObjectError names it
+                        required.update(c for c, _ in links(oid, kind, content, deep=True))
+                        if oid not in seen:
+                            seen.add(oid)
+                            kinds[oid] = kind
+                            pending.append((oid, encode_frame(kind, bytes(content), compress=compress)))
+                            pending_bytes += n
+                    if off:
+                        del buf[:off]
+                    if pending_bytes >= WRITE_BATCH:
+                        await store()
                 if progress is not None:
                     progress(done, size)
             if buf or not decomp.eof or decomp.unused_data:

@@ -181,7 +181,11 @@ class Repository:
         items = frames(objects, compress=not self.backend.packs_objects)
         update = RefUpdate(ref, cid, head.commit if head else None)
         updates = [update, *(RefUpdate(name, cid, ANY) for name in also), *extra_updates]
-        written = await self.backend.commit(items, updates, message=message, stream=stream)
+        try:
+            written = await self.backend.commit(items, updates, message=message, stream=stream)
+        except BaseException:
+            self._heads.pop(ref, None)  # the store tells what the ref is now, not this cache
+            raise
         for other in also:
             self._heads.pop(other, None)
         self._cache_commit(cid, commit)

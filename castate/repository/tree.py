@@ -17,7 +17,7 @@ from typing import Any
 from castate.backends.base import Backend
 from castate.codec import Decoder, decode_frame
 from castate.codec.decoder import Content
-from castate.codec.nodes import INDEX_DICT, TAG_REF, parse_index, parse_node
+from castate.codec.nodes import INDEX_DICT, TAG_REF, check_nesting, parse_index, parse_node
 from castate.codec.objects import KIND_DICT, KIND_INDEX, KIND_LIST
 from castate.errors import InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository.snapshot import fetch_levels
@@ -129,6 +129,7 @@ def _copy(value: Any) -> Any:
 def node_entries(oid: bytes, kind: int, content: Content) -> dict[str, Entry] | list[Entry]:
     """The entries of a dict or list node: inline values as parsed, specials as Ref or bytes."""
     body, specials = parse_node(oid, kind, content)
+    check_nesting(oid, body)  # its entries are copied and compared recursively
     if specials:
         keys = list(body) if kind == KIND_DICT else None
         for pos, tag, payload in specials:

@@ -15,7 +15,8 @@ from dataclasses import dataclass
 from castate.backends.base import Backend
 from castate.codec import child_ids, decode_frame
 from castate.codec.decoder import Content
-from castate.codec.nodes import INDEX_DICT, parse_chunked, parse_commit, parse_index, parse_node
+from castate.codec.encoder import MAX_DEPTH
+from castate.codec.nodes import INDEX_DICT, check_nesting, parse_chunked, parse_commit, parse_index, parse_node
 from castate.codec.objects import (
     ID_SIZE,
     KIND_BYTES,
@@ -70,7 +71,7 @@ def links(oid: bytes, kind: int, content: Content, deep: bool) -> list[tuple[byt
         return [(root, ROOTS)]
     if kind in (KIND_DICT, KIND_LIST):
         if deep:
-            parse_node(oid, kind, content)
+            check_nesting(oid, parse_node(oid, kind, content)[0])
         return [(c, VALUES) for c in child_ids(oid, kind, content)]
     if kind == KIND_INDEX:
         flavor, children = parse_index(oid, content)
@@ -124,10 +125,10 @@ class Walker:
     async def walk(self, ids: Iterable[bytes], allowed: frozenset[int] = ANYTHING) -> int:
         """Visit everything reachable from ``ids`` not visited before; returns how many objects that was."""
         start = self.visited
-        frontier: dict[bytes, tuple[frozenset[int], bytes | None]] = {}
+        frontier: dict[bytes, tuple[frozenset[int], bytes | None, int]] = {}
         for oid in ids:
             if oid not in self.seen and oid not in frontier:
-                frontier[oid] = (allowed, None)
+                frontier[oid] = (allowed, None, 0)
         while frontier:
             level = list(frontier.items())
             frontier = {}
@@ -136,19 +137,22 @@ class Walker:
                 for oid, _ in part:
                     self.seen.add(oid)
                 frames, unreadable = await get_frames(self.backend, [oid for oid, _ in part])
-                for oid, (want, parent) in part:
+                for oid, (want, parent, depth) in part:
                     if oid in unreadable:
                         self.visited += 1
                         self.problems[oid] = Problem(oid, "corrupt", unreadable[oid], parent)
                         continue
-                    for child, child_allowed in self._visit(oid, frames.get(oid), want, parent):
+                    children = self._visit(oid, frames.get(oid), want, parent, depth)
+                    if children and self.kinds[oid] in (KIND_DICT, KIND_LIST):
+                        depth += 1  # container nodes nest; index nodes and commits do not
+                    for child, child_allowed in children:
                         if child in self.seen or child in frontier:
                             continue
                         if child_allowed is CHUNKS and not self.fetch_chunks:
                             self.seen.add(child)  # a leaf: marking it is enough
                             self.visited += 1
                             continue
-                        frontier[child] = (child_allowed, oid)
+                        frontier[child] = (child_allowed, oid, depth)
                 if self.on_batch is not None:
                     await self.on_batch()
                 if self.progress is not None:
@@ -156,7 +160,7 @@ class Walker:
         return self.visited - start
 
     def _visit(
-        self, oid: bytes, frame: bytes | memoryview | None, want: frozenset[int], parent: bytes | None
+        self, oid: bytes, frame: bytes | memoryview | None, want: frozenset[int], parent: bytes | None, depth: int
     ) -> list[tuple[bytes, frozenset[int]]]:
         self.visited += 1
         if frame is None:
@@ -166,6 +170,8 @@ class Walker:
             kind, content = decode_frame(oid, frame)
             if kind not in want:
                 raise CorruptObjectError(oid.hex(), f"a {KIND_NAMES[kind]} object where a {_names(want)} belongs")
+            if depth >= MAX_DEPTH and kind in (KIND_DICT, KIND_LIST):
+                raise CorruptObjectError(oid.hex(), f"nodes nested deeper than {MAX_DEPTH} levels")
             out = links(oid, kind, content, self.deep)
         except (CorruptionError, UnsupportedFormatError) as exc:
             self.problems[oid] = Problem(oid, "corrupt", str(exc), parent)

@@ -27,12 +27,20 @@ from typing import Any, Literal, TypeVar
 
 import orjson
 
-from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate
+from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefRepairReport, RefUpdate
+from castate.backends.local import crashpoints, osio
 from castate.backends.local import packs as packfmt
-from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, write_all
+from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, naming, write_all
 from castate.backends.local.journal import RefJournal
 from castate.backends.local.locks import FileLock
-from castate.errors import CorruptFileError, CorruptObjectError, StoreError, UnsupportedFormatError
+from castate.errors import (
+    CastateError,
+    CorruptFileError,
+    CorruptObjectError,
+    StoreError,
+    StoreIOError,
+    UnsupportedFormatError,
+)
 
 STORE_VERSION = 1
 CONFIG = "castate.json"
@@ -98,11 +106,25 @@ class LocalBackend(Backend):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if not self._opened:
             raise StoreError(f"store {self.location} is not open")
-        return await asyncio.to_thread(fn, *args)
+        try:
+            return await asyncio.to_thread(fn, *args)
+        except CastateError:
+            raise
+        except OSError as exc:
+            raise self._io_error(exc) from exc
+
+    def _io_error(self, exc: OSError) -> StoreIOError:
+        """The disk's error as castate's: same errno, the file it failed on (else the store)."""
+        return StoreIOError(exc.errno or 0, exc.strerror or str(exc), exc.filename or self.location)
 
     async def open(self) -> None:
         if not self._opened:
-            await asyncio.to_thread(self.open_sync)
+            try:
+                await asyncio.to_thread(self.open_sync)
+            except CastateError:
+                raise
+            except OSError as exc:
+                raise self._io_error(exc) from exc
 
     def open_sync(self) -> None:
         with self._mutex:
@@ -113,7 +135,7 @@ class LocalBackend(Backend):
             self._journal = RefJournal(
                 self.root / "refs.journal", FileLock(locks / "refs.lock", self._lock_timeout), self.durable
             )
-            self._gc_lock = FileLock(locks / "gc.lock", self._lock_timeout)
+            self._gc_lock = self._new_gc_lock()
             self._journal.refresh()
             self._gc_seen = self._gc_signature()
             self._refresh_packs()
@@ -125,6 +147,12 @@ class LocalBackend(Backend):
         if not config.exists():
             if root.exists() and not root.is_dir():
                 raise StoreError(f"{root} is not a directory")
+            if (root / "refs.journal").exists():
+                raise CorruptFileError(
+                    str(config),
+                    "the store config is missing, but the store's refs and objects are here: restore it "
+                    "from a backup, or write it again as docs/format.md (section 3) shows",
+                )
             if root.exists() and any(p.name not in ("packs", "objects", "locks") for p in root.iterdir()):
                 raise StoreError(
                     f"{root} is not a castate store: it holds files but no {CONFIG} "
@@ -157,7 +185,11 @@ class LocalBackend(Backend):
         for d in (self.packs_dir, self.objects_dir, root / "locks"):
             make_dirs(d)
         if not (root / "refs.journal").exists():
-            raise CorruptFileError(str(root / "refs.journal"), "the ref journal is missing")
+            raise CorruptFileError(
+                str(root / "refs.journal"),
+                "the ref journal (every ref and the reflog) is missing: restore it from a backup; "
+                "the objects are intact, but no ref points at them",
+            )
 
     async def close(self) -> None:
         with self._mutex:
@@ -256,16 +288,23 @@ class LocalBackend(Backend):
         prev = chain.last
         now = time.time_ns()
         offset = self._pack_size
+        pack = self._pack
         try:
             comp = chain.compress(raw)
             data = packfmt.encode_record(items, comp, len(raw), prev, now)
-            write_all(self._pack_fd, data)
-            if self.durable:
-                os.fdatasync(self._pack_fd)
+            with naming(pack.path):
+                crashpoints.tear("pack-mid-record", self._pack_fd, data)
+                write_all(self._pack_fd, data)
+                crashpoints.reach("pack-before-sync")
+                if self.durable:
+                    osio.fdatasync(self._pack_fd)
+                crashpoints.reach("pack-after-sync")
         except BaseException:
-            self._seal()  # never append after a record that may be torn
+            # Never append after a record that may be torn, and never trust this one: it may be
+            # whole yet not durable (after a failed fdatasync the kernel may drop its pages).
+            pack.end = offset
+            self._seal()
             raise
-        pack = self._pack
         chain.last = offset
         chain.raw += len(raw)
         self._pack_size += len(data)
@@ -288,15 +327,20 @@ class LocalBackend(Backend):
         self._seal()
         name = f"{time.time_ns():016x}-{uuid.uuid4().hex[:12]}.pack"
         path = self.packs_dir / name
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        fd = osio.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH)  # marks the pack active: gc leaves it alone
-            write_all(fd, packfmt.PACK_HEADER)
+            crashpoints.reach("pack-created")
+            with naming(path):
+                write_all(fd, packfmt.PACK_HEADER)
+                if self.durable:
+                    osio.fsync(fd)
             if self.durable:
-                os.fsync(fd)
                 fsync_dir(self.packs_dir)
         except BaseException:
             os.close(fd)
+            with contextlib.suppress(OSError):
+                osio.unlink(path)  # an empty or headless pack is no use to anyone
             raise
         self._pack_fd = fd
         self._pack_size = len(packfmt.PACK_HEADER)
@@ -355,7 +399,7 @@ class LocalBackend(Backend):
             removed: set[bytes] = set()
             for oid in doomed:
                 with contextlib.suppress(FileNotFoundError):
-                    self._loose_path(oid).unlink()
+                    osio.unlink(self._loose_path(oid))
                     removed.add(oid)
             for pack in [p for p in self._packs.values() if not doomed.isdisjoint(p.entries)]:
                 if pack is self._pack:
@@ -368,6 +412,7 @@ class LocalBackend(Backend):
                     for oid in pack.entries:
                         self._index.setdefault(oid, pack)
             if removed:
+                crashpoints.reach("gc-before-marker")
                 # Tell every other open backend that its pack index may list deleted objects.
                 atomic_write(self._gc_marker, uuid.uuid4().bytes, durable=self.durable)
                 self._gc_seen = self._gc_signature()
@@ -427,13 +472,14 @@ class LocalBackend(Backend):
             if batch:
                 self._append(batch, "gc")
             if keep and self._pack_fd is not None and self.durable:
-                os.fsync(self._pack_fd)
+                osio.fsync(self._pack_fd)
             self._seal()
+            crashpoints.reach("gc-before-unlink")
             if damaged:  # keep the damaged file's bytes for inspection, never just delete them
                 make_dirs(self.quarantine_dir)
-                os.replace(pack.path, self.quarantine_dir / pack.name)
+                osio.replace(pack.path, self.quarantine_dir / pack.name)
             else:
-                pack.path.unlink()
+                osio.unlink(pack.path)
             if self.durable:
                 fsync_dir(self.packs_dir)
         finally:
@@ -589,12 +635,16 @@ class LocalBackend(Backend):
         # saves and of other holders do not wait for each other.
         if not self._opened:
             raise StoreError(f"store {self.location} is not open")
-        lock = FileLock(self.root / "locks" / "gc.lock", self._lock_timeout)
+        lock = self._new_gc_lock()
         try:
             async with lock.hold_async(exclusive=False):
                 yield
         finally:
             lock.close()
+
+    def _new_gc_lock(self) -> FileLock:
+        locks = self.root / "locks"
+        return FileLock(locks / "gc.lock", self._lock_timeout, turnstile=locks / "gc.turnstile")
 
     async def check_storage(self) -> list[str]:
         return await self._run(self.check_storage_sync)
@@ -615,6 +665,31 @@ class LocalBackend(Backend):
                         f"their {lost} object(s) cannot be read"
                     )
             return out
+
+    async def repair_refs(self) -> RefRepairReport:
+        try:
+            return await asyncio.to_thread(self.repair_refs_sync)
+        except CastateError:
+            raise
+        except OSError as exc:
+            raise self._io_error(exc) from exc
+
+    def repair_refs_sync(self) -> RefRepairReport:
+        """Rebuild a damaged ref journal from its intact records; the store need not open."""
+        with self._mutex:
+            if not (self.root / CONFIG).exists():
+                raise StoreError(f"no castate store at {self.root}")
+            self._init_or_check()
+            journal = self._journal or RefJournal(
+                self.root / "refs.journal",
+                FileLock(self.root / "locks" / "refs.lock", self._lock_timeout),
+                self.durable,
+            )
+            try:
+                return journal.repair(self.quarantine_dir)
+            finally:
+                if journal is not self._journal:
+                    journal.lock.close()
 
     async def expire_reflog(self, before_ns: int) -> int:
         return await self._run(self.expire_reflog_sync, before_ns)

@@ -10,29 +10,53 @@ from __future__ import annotations
 import contextlib
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
+
+from castate.backends.local import crashpoints, osio
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+@contextlib.contextmanager
+def naming(path: Path) -> Iterator[None]:
+    """Put ``path`` into an OSError raised inside that names no file (calls on a descriptor don't)."""
     try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+        yield
+    except OSError as exc:
+        if exc.filename is None:
+            exc.filename = str(path)
+        raise
 
 
-def make_dirs(path: Path) -> None:
-    path.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+def fsync_dir(path: Path) -> None:
+    with naming(path):
+        fd = osio.open_fd(path, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            osio.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
+    """Create ``path`` (``mode``) and its missing parents (default permissions, as ``mkdir -p``)."""
+    if path.is_dir():
+        return
+    if path.parent != path and not path.parent.is_dir():
+        make_dirs(path.parent, 0o777)
+    try:
+        osio.mkdir(path, mode)
+    except FileExistsError:
+        if not path.is_dir():
+            raise
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
     """os.write until every byte is written (a short write is not an error by itself)."""
     view = memoryview(data)
     while view:
-        n = os.write(fd, view)
+        n = osio.write(fd, view)
         if n <= 0:
             raise OSError("write returned 0 bytes")
         view = view[n:]
@@ -44,23 +68,25 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, exclusive: bo
     Returns False when ``exclusive`` and the file already exists (nothing written).
     """
     tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:12]}")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
+    fd = osio.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         try:
-            write_all(fd, data)
-            if durable:
-                os.fsync(fd)
+            with naming(tmp):
+                write_all(fd, data)
+                if durable:
+                    osio.fsync(fd)
         finally:
             os.close(fd)
+        crashpoints.reach("file-before-rename")
         if exclusive:
             try:
-                os.link(tmp, path)
+                osio.link(tmp, path)
             except FileExistsError:
                 return False
             finally:
-                os.unlink(tmp)
+                osio.unlink(tmp)
         else:
-            os.replace(tmp, path)
+            osio.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

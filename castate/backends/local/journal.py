@@ -18,8 +18,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from castate.backends.base import ReflogEntry, RefUpdate, plan_ref_updates
-from castate.backends.local.files import FILE_MODE, atomic_write, write_all
+from castate.backends.base import ReflogEntry, RefRepairReport, RefUpdate, plan_ref_updates
+from castate.backends.local import crashpoints, osio
+from castate.backends.local.files import FILE_MODE, atomic_write, make_dirs, naming, write_all
 from castate.backends.local.locks import FileLock
 from castate.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 
@@ -30,6 +31,7 @@ REC_MAGIC = b"CREF"
 KIND_UPDATE = 0
 KIND_SNAPSHOT = 1  # replaces every ref (written by compaction)
 MAX_RECORD = 64 << 20
+REPAIR_HINT = " (run `castate fsck --repair-refs` to rebuild it from its intact records)"
 
 _REC_HEAD = struct.Struct("<4sI")
 _PAYLOAD_HEAD = struct.Struct("<BQQH")
@@ -93,7 +95,9 @@ def decode_payload(payload: bytes | memoryview) -> Record:
 def scan(buf: bytes, start: int) -> tuple[list[Record], int, bool]:
     """Records from ``start``; the offset after the last good one; whether bytes remain after it.
 
-    Raises ValueError when a bad record is followed by a good one (damage, not a torn tail).
+    Raises ValueError when a bad record is followed by a good one, or when the last record is
+    whole but fails its check: damage, not a torn tail. A writer that dies mid-append leaves a
+    strict prefix of its record (shorter than its length field says), never a whole bad one.
     """
     records: list[Record] = []
     off = start
@@ -101,7 +105,7 @@ def scan(buf: bytes, start: int) -> tuple[list[Record], int, bool]:
     while off < end:
         rec = _record_at(buf, off)
         if rec is None:
-            if _good_record_after(buf, off + 1):
+            if _good_record_after(buf, off + 1) or _whole_but_bad(buf, off):
                 raise ValueError(f"damaged record at offset {off}")
             return records, off, True
         records.append(rec[0])
@@ -126,14 +130,97 @@ def _record_at(buf: bytes, off: int) -> tuple[Record, int] | None:
         return None
 
 
+def _whole_but_bad(buf: bytes, off: int) -> bool:
+    """Whether the bytes at ``off`` frame a whole record (magic, length within the file) that failed its checks."""
+    if off + _REC_HEAD.size > len(buf):
+        return False
+    magic, size = _REC_HEAD.unpack_from(buf, off)
+    return magic == REC_MAGIC and size <= MAX_RECORD and off + _REC_HEAD.size + size + 4 <= len(buf)
+
+
 def _good_record_after(buf: bytes, off: int) -> bool:
+    return _next_good_record(buf, off) is not None
+
+
+def _next_good_record(buf: bytes, off: int) -> int | None:
     while True:
         off = buf.find(REC_MAGIC, off)
         if off < 0:
-            return False
+            return None
         if _record_at(buf, off) is not None:
-            return True
+            return off
         off += 1
+
+
+def _names_in(data: bytes) -> list[str]:
+    """Ref names that unreadable bytes seem to hold (for a report; never applied)."""
+    found = []
+    for prefix in (b"sessions/", b"checkpoints/", b"kv/", b"langgraph/"):
+        pos = data.find(prefix)
+        while pos >= 0:
+            end = pos
+            while end < len(data) and 0x21 <= data[end] < 0x7F:
+                end += 1
+            found.append(data[pos:end].decode("ascii"))
+            pos = data.find(prefix, end)
+    return sorted(set(found))
+
+
+def salvage(buf: bytes) -> tuple[list[Record], list[tuple[int, int]]]:
+    """Every intact record of a journal's bytes, in file order, and the byte spans that held
+    none (a damaged header included). Intact records are found by magic, length and CRC."""
+    records: list[Record] = []
+    damaged: list[tuple[int, int]] = []
+    if len(buf) < HEADER_SIZE or buf[:8] != MAGIC:
+        damaged.append((0, min(len(buf), HEADER_SIZE)))
+    off = HEADER_SIZE
+    while off < len(buf):
+        rec = _record_at(buf, off)
+        if rec is not None:
+            records.append(rec[0])
+            off = rec[1]
+            continue
+        nxt = _next_good_record(buf, off + 1)
+        damaged.append((off, len(buf) if nxt is None else nxt))
+        if nxt is None:
+            break
+        off = nxt
+    return records, damaged
+
+
+def rebuild(found: list[Record]) -> tuple[list[Record], int, dict[str, tuple[bytes | None, bytes | None]]]:
+    """A consistent journal from salvaged records: renumbered, with a record standing in for
+    each change that lost records made and a later record shows (its ``old`` differs from the
+    replayed value). Returns the records, how many records are known lost, and those changes."""
+    out: list[Record] = []
+    refs: dict[str, bytes] = {}
+    lost = 0
+    inferred: dict[str, tuple[bytes | None, bytes | None]] = {}
+    prev_seq = 0  # sequence numbers start at 1 (a compacted journal starts with its snapshot)
+    for rec in found:
+        if rec.seq > prev_seq + 1:
+            lost += rec.seq - prev_seq - 1
+        prev_seq = rec.seq
+        if rec.kind == KIND_SNAPSHOT:
+            refs = {name: new for name, _, new in rec.changes if new is not None}
+            out.append(Record(KIND_SNAPSHOT, len(out) + 1, rec.time_ns, rec.message, rec.changes))
+            continue
+        missing = tuple((name, refs.get(name), old) for name, old, _ in rec.changes if refs.get(name) != old)
+        if missing:
+            for name, before, after in missing:
+                inferred[name] = (before, after)
+            out.append(Record(KIND_UPDATE, len(out) + 1, rec.time_ns, "repair: change(s) of a lost record", missing))
+            refs.update({n: v for n, _, v in missing if v is not None})
+            for n, _, v in missing:
+                if v is None:
+                    refs.pop(n, None)
+        out.append(Record(KIND_UPDATE, len(out) + 1, rec.time_ns, rec.message, rec.changes))
+        for name, _, new in rec.changes:
+            if new is None:
+                refs.pop(name, None)
+            else:
+                refs[name] = new
+    return out, lost, inferred
 
 
 class RefJournal:
@@ -173,7 +260,7 @@ class RefJournal:
             if head[16:32] != self._generation or st.st_ino != self._ino:
                 self._reset(st.st_ino, head[16:32])
             if st.st_size < self._offset:
-                raise CorruptFileError(str(self.path), "the ref journal shrank")
+                raise CorruptFileError(str(self.path), f"the ref journal shrank{REPAIR_HINT}")
             if st.st_size == self._offset:
                 return False
             buf = _read_from(fd, self._offset, st.st_size)
@@ -182,7 +269,7 @@ class RefJournal:
         try:
             records, used, leftover = scan(buf, 0)
         except ValueError as exc:
-            raise CorruptFileError(str(self.path), f"{exc} (run `castate fsck` to recover refs)") from None
+            raise CorruptFileError(str(self.path), f"{exc}{REPAIR_HINT}") from None
         for rec in records:
             self._apply(rec)
         self._offset += used
@@ -190,7 +277,7 @@ class RefJournal:
 
     def _check_header(self, head: bytes) -> None:
         if len(head) < HEADER_SIZE or head[:8] != MAGIC:
-            raise CorruptFileError(str(self.path), "bad header")
+            raise CorruptFileError(str(self.path), f"bad header{REPAIR_HINT}")
         if head[8] > VERSION:
             raise UnsupportedFormatError(f"{self.path} has ref journal version {head[8]}; this castate reads {VERSION}")
 
@@ -204,13 +291,17 @@ class RefJournal:
 
     def _apply(self, rec: Record) -> None:
         if self.records and rec.seq != self._seq + 1:
-            raise CorruptFileError(str(self.path), f"record {rec.seq} follows {self._seq}: records are missing")
+            raise CorruptFileError(
+                str(self.path), f"record {rec.seq} follows {self._seq}: records are missing{REPAIR_HINT}"
+            )
         if rec.kind == KIND_SNAPSHOT:
             self.refs = {name: new for name, _, new in rec.changes if new is not None}
         else:
             for name, old, new in rec.changes:
                 if self.refs.get(name) != old:
-                    raise CorruptFileError(str(self.path), f"record {rec.seq} does not follow the state of {name}")
+                    raise CorruptFileError(
+                        str(self.path), f"record {rec.seq} does not follow the state of {name}{REPAIR_HINT}"
+                    )
                 if new is None:
                     self.refs.pop(name, None)
                 else:
@@ -243,15 +334,40 @@ class RefJournal:
             return
         rec = Record(KIND_UPDATE, self._seq + 1, time.time_ns(), message, tuple(changes))
         data = encode_record(rec)
-        fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+        written = False
         try:
-            write_all(fd, data)
-            if self.durable:
-                os.fdatasync(fd)
-        finally:
-            os.close(fd)
+            with naming(self.path):
+                fd = osio.open_fd(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+                try:
+                    crashpoints.tear("journal-mid-record", fd, data)
+                    write_all(fd, data)
+                    written = True
+                    crashpoints.reach("journal-before-sync")
+                    if self.durable:
+                        osio.fdatasync(fd)
+                finally:
+                    os.close(fd)
+        except OSError as exc:
+            self._undo_append(exc, written)
+            raise
         self._apply(rec)
         self._offset += len(data)
+        crashpoints.reach("journal-after-sync")
+
+    def _undo_append(self, exc: OSError, written: bool) -> None:
+        """After a failed append, rewrite the journal without the record (whole or torn), so the
+        refs stay as they were and the caller's error is the truth. Readers that saw the record
+        replay the new file. If even that fails, a torn record stays unread; a whole one is
+        visible though not durable, and the error says the outcome is unknown."""
+        try:
+            if os.stat(self.path).st_size > self._offset:
+                self._rewrite(self.records)
+        except OSError:
+            if written:
+                exc.strerror = (
+                    f"{exc.strerror} (the ref update was written but could not be made durable nor undone: "
+                    "it may show; reload the refs to see)"
+                )
 
     def copy(self, source: str, target: str, expected: bytes | object | None, message: str) -> bytes:
         """Point ``target`` at ``source``'s value in one locked step; NotFoundError without a source."""
@@ -291,6 +407,44 @@ class RefJournal:
                 kept.append(Record(rec.kind, i, rec.time_ns, rec.message, rec.changes))
             self._rewrite(kept)
             return keep_from
+
+    def repair(self, quarantine: Path) -> RefRepairReport:
+        """Rebuild a damaged journal from its intact records (under the lock): the damaged file
+        is kept in ``quarantine`` first, then replaced. A journal that replays cleanly is left
+        as it is (a torn last record is dropped, as any writer would)."""
+        with self.lock.hold(exclusive=True):
+            try:
+                buf = self.path.read_bytes()
+            except FileNotFoundError:
+                raise CorruptFileError(
+                    str(self.path), "the ref journal is missing: there is nothing to rebuild refs from"
+                ) from None
+            report = RefRepairReport(str(self.path), damaged=False)
+            try:
+                self._ino = None
+                if self.refresh():
+                    self._rewrite(self.records)
+                report.kept, report.refs = len(self.records), len(self.refs)
+                return report
+            except CorruptFileError:
+                pass
+            found, spans = salvage(buf)
+            records, lost, inferred = rebuild(found)
+            report.damaged = True
+            report.kept = len(found)
+            report.damaged_spans = spans
+            # A whole record that fails its checks at the end is lost too (a torn one was never acknowledged).
+            tail = spans[-1][0] if spans and spans[-1][1] == len(buf) else None
+            report.lost_records = lost + (1 if tail is not None and _whole_but_bad(buf, tail) else 0)
+            report.inferred = inferred
+            report.maybe_lost = _names_in(b"".join(buf[a:b] for a, b in spans))
+            make_dirs(quarantine)
+            kept = quarantine / f"{self.path.name}.{time.time_ns()}.damaged"
+            atomic_write(kept, buf, durable=self.durable)
+            report.saved_as = str(kept)
+            self._rewrite(records)
+            report.refs = len(self.refs)
+            return report
 
     def _rewrite(self, records: list[Record]) -> None:
         data = self._header(uuid.uuid4().bytes) + b"".join(encode_record(r) for r in records)

@@ -21,11 +21,17 @@ class FileLock:
 
     flock locks belong to an open file description, so each FileLock opens its own
     descriptor: two FileLocks on one path exclude each other even within one process.
+
+    flock favours no one: while shared holders overlap without a gap, an exclusive waiter
+    waits forever. With a ``turnstile`` file, every taker passes it first (shared takers
+    shared, exclusive takers exclusive) and leaves it once it holds the lock: an exclusive
+    waiter holds the turnstile, so new shared takers queue behind it instead of starving it.
     """
 
-    def __init__(self, path: Path, timeout: float = 60.0) -> None:
+    def __init__(self, path: Path, timeout: float = 60.0, *, turnstile: Path | None = None) -> None:
         self.path = path
         self.timeout = timeout
+        self.turnstile = FileLock(turnstile, timeout) if turnstile is not None else None
         self._fd: int | None = None
         self._thread_lock = threading.Lock()
 
@@ -45,7 +51,12 @@ class FileLock:
         try:
             fd = self._open()
             op = fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH
-            if not self._flock(fd, op, blocking):
+            if self.turnstile is None:
+                got = self._flock(fd, op, blocking)
+            else:
+                with self.turnstile.hold(exclusive=exclusive, blocking=blocking) as passed:
+                    got = passed and self._flock(fd, op, blocking)
+            if not got:
                 yield False
                 return
             try:
@@ -87,3 +98,5 @@ class FileLock:
         if self._fd is not None:
             os.close(self._fd)
             self._fd = None
+        if self.turnstile is not None:
+            self.turnstile.close()

@@ -1,0 +1,74 @@
+"""Files and directories castate creates are private to their owner (0600 / 0700), whatever
+the umask: workflow state often holds secrets. Covers every path that creates one: a new
+store, saves (packed and loose), a journal rewrite, gc's pack rewrite, fsck's quarantine, the
+ref journal repair, and exported bundles."""
+
+from __future__ import annotations
+
+import os
+import stat
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import castate
+from castate.backends.local.journal import HEADER_SIZE
+from castate.backends.urls import open_backend
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    old = os.umask(0)  # the most permissive: modes are what castate asks for
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def modes(root: Path) -> dict[str, int]:
+    return {str(p.relative_to(root)): stat.S_IMODE(p.stat().st_mode) for p in [root, *root.rglob("*")]}
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_everything_a_store_creates_is_private(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    async with castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=True))) as sm:
+        await sm.save_session("loose", {"secret": "x" * 5000})
+    async with castate.StateManager(path) as sm:
+        for step in range(3):
+            await sm.save_session("s", {"secret": f"token {step} " * 500})
+            await sm.create_checkpoint("s", f"cp{step}")
+        await sm.delete_session("loose")
+        await sm.gc(grace=0, reflog_expire=0)  # rewrites packs, compacts the journal
+        await sm.export_session("s", tmp_path / "s.castate")
+        head = (await sm.resolve("s")).commit
+        await sm.repository.backend.quarantine_objects([head])  # fsck's quarantine
+    journal = path / "refs.journal"
+    data = bytearray(journal.read_bytes())
+    data[HEADER_SIZE + 20] ^= 0xFF
+    journal.write_bytes(bytes(data))
+    os.chmod(journal, 0o600)  # as castate wrote it; the repair writes its own copies
+    assert (await castate.StateManager(path).repair_refs()).damaged
+
+    found = modes(path)
+    assert {"packs", "objects", "locks", "quarantine", "refs.journal", "castate.json"} <= set(found)
+    assert any(name.startswith("quarantine/refs.journal.") for name in found)
+    wrong = {
+        name: oct(mode)
+        for name, mode in found.items()
+        if mode != (0o700 if (path / name).is_dir() else 0o600) and name != "."
+    }
+    assert wrong == {}
+    assert stat.S_IMODE((tmp_path / "s.castate").stat().st_mode) == 0o600
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_a_sqlite_store_is_private(tmp_path: Path) -> None:
+    """It was created with SQLite's default mode (0644 under the usual umask), -wal and -shm too."""
+    async with castate.StateManager(open_backend(f"sqlite:///{tmp_path / 'state.db'}")) as sm:
+        await sm.save_session("s", {"secret": "x" * 5000})
+        await sm.gc(grace=0)
+        found = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
+    assert {"state.db", "state.db-wal", "state.db-shm", "state.db-gclock"} <= set(found)
+    assert {name: oct(mode) for name, mode in found.items() if mode != 0o600} == {}
