@@ -101,3 +101,48 @@ async def test_dedup_notices_objects_that_gc_deleted_in_another_backend(tmp_path
     finally:
         await writer.close()
         await gc_side.close()
+
+
+async def test_a_gc_that_dies_mid_delete_still_warns_other_writers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """gc killed after it removed a pack: another writer's index must not trust that pack.
+
+    It used to tell other backends (locks/gc.generation) only after all its deletions, so a
+    gc that died in between left them deduplicating against objects that were gone."""
+    from castate.backends import RefUpdate
+    from castate.backends.local import osio
+    from tests.backend_conformance import obj
+
+    item = obj("garbage, then needed again")
+    first = LocalBackend(tmp_path)
+    await first.open()
+    await first.put_objects([item])
+    await first.close()
+    writer, gc_side = LocalBackend(tmp_path), LocalBackend(tmp_path)
+    await writer.open()
+    await gc_side.open()
+    real_unlink = osio.unlink
+
+    def unlink_then_die(path: Path) -> None:
+        real_unlink(path)
+        raise SystemExit("gc killed after removing a pack")
+
+    try:
+        assert await writer.has_objects([item[0]]) == {item[0]}
+        monkeypatch.setattr(osio, "unlink", unlink_then_die)
+        with pytest.raises(SystemExit):
+            async with gc_side.gc_exclusive():
+                await gc_side.delete_objects([item[0]])
+        monkeypatch.setattr(osio, "unlink", real_unlink)
+        assert await writer.has_objects([item[0]]) == set()
+        await writer.commit([item], [RefUpdate("sessions/w", item[0], None)])
+    finally:
+        await writer.close()
+        await gc_side.close()
+    fresh = LocalBackend(tmp_path)
+    await fresh.open()
+    try:
+        assert bytes((await fresh.get_objects([item[0]]))[item[0]]) == item[1]
+    finally:
+        await fresh.close()

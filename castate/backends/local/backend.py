@@ -396,6 +396,12 @@ class LocalBackend(Backend):
         doomed = set(ids)
         with self._mutex:
             self._refresh_packs()
+            if doomed:
+                # Tell every other open backend that its pack index may list deleted objects
+                # before deleting anything, so a gc killed midway has told them too; and again
+                # below, for a backend that looked in between (reads take no gc lock).
+                crashpoints.reach("gc-before-marker")
+                self._bump_gc_marker()
             removed: set[bytes] = set()
             for oid in doomed:
                 with contextlib.suppress(FileNotFoundError):
@@ -411,12 +417,12 @@ class LocalBackend(Backend):
                 for pack in self._packs.values():
                     for oid in pack.entries:
                         self._index.setdefault(oid, pack)
-            if removed:
-                crashpoints.reach("gc-before-marker")
-                # Tell every other open backend that its pack index may list deleted objects.
-                atomic_write(self._gc_marker, uuid.uuid4().bytes, durable=self.durable)
-                self._gc_seen = self._gc_signature()
+                self._bump_gc_marker()
             return len({oid for oid in removed if oid not in self._index})
+
+    def _bump_gc_marker(self) -> None:
+        atomic_write(self._gc_marker, uuid.uuid4().bytes, durable=self.durable)
+        self._gc_seen = self._gc_signature()
 
     @property
     def _gc_marker(self) -> Path:

@@ -22,7 +22,7 @@ POINTS = {
     "journal-after-sync": "the ref moved and durable, the call not yet returned",
     "file-before-rename": "a whole-file write (loose object, rewritten journal, config) before its rename",
     "gc-before-unlink": "gc copied a pack's survivors to a new pack, the old pack not yet removed",
-    "gc-before-marker": "gc removed objects, locks/gc.generation not yet replaced",
+    "gc-before-marker": "gc about to delete objects, locks/gc.generation not yet replaced",
 }
 
 _point = os.environ.get("CASTATE_CRASH_POINT") or None
