@@ -231,7 +231,7 @@ class RefJournal:
         self.lock = lock
         self.durable = durable
         self.refs: dict[str, bytes] = {}
-        self.records: list[Record] = []
+        self.count = 0  # records replayed (kept in the file, not in memory: reflog() reads them)
         self._seq = 0
         self._offset = 0
         self._ino: int | None = None
@@ -283,14 +283,14 @@ class RefJournal:
 
     def _reset(self, ino: int, generation: bytes) -> None:
         self.refs = {}
-        self.records = []
+        self.count = 0
         self._seq = 0
         self._offset = HEADER_SIZE
         self._ino = ino
         self._generation = generation
 
     def _apply(self, rec: Record) -> None:
-        if self.records and rec.seq != self._seq + 1:
+        if self.count and rec.seq != self._seq + 1:
             raise CorruptFileError(
                 str(self.path), f"record {rec.seq} follows {self._seq}: records are missing{REPAIR_HINT}"
             )
@@ -306,8 +306,33 @@ class RefJournal:
                     self.refs.pop(name, None)
                 else:
                     self.refs[name] = new
-        self.records.append(rec)
+        self.count += 1
         self._seq = rec.seq
+
+    @property
+    def records(self) -> list[Record]:
+        """Every replayed record, read again from the file (they are not kept in memory)."""
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise CorruptFileError(str(self.path), "the ref journal is missing") from None
+            try:
+                st = os.fstat(fd)
+                head = os.pread(fd, HEADER_SIZE, 0)
+                if head[16:32] == self._generation and st.st_ino == self._ino and st.st_size >= self._offset:
+                    buf = _read_from(fd, HEADER_SIZE, self._offset)
+                    break
+            finally:
+                os.close(fd)
+            self.refresh()  # replaced since the last replay: replay the new file, then read it
+        try:
+            records, used, _ = scan(buf, 0)
+        except ValueError as exc:
+            raise CorruptFileError(str(self.path), f"{exc}{REPAIR_HINT}") from None
+        if len(records) != self.count or used != len(buf):
+            raise CorruptFileError(str(self.path), f"the ref journal changed under a reader{REPAIR_HINT}")
+        return records
 
     def reflog(self, name: str | None = None) -> list[ReflogEntry]:
         out = []
@@ -389,12 +414,13 @@ class RefJournal:
             self.refresh()
             if keep_since_ns is None:
                 return 0
-            keep_from = len(self.records)
-            while keep_from > 0 and self.records[keep_from - 1].time_ns >= keep_since_ns:
+            records = self.records
+            keep_from = len(records)
+            while keep_from > 0 and records[keep_from - 1].time_ns >= keep_since_ns:
                 keep_from -= 1
             if keep_from == 0:
                 return 0
-            base = _replay(self.records[:keep_from])
+            base = _replay(records[:keep_from])
             snapshot = Record(
                 KIND_SNAPSHOT,
                 1,
@@ -403,7 +429,7 @@ class RefJournal:
                 tuple((n, None, v) for n, v in sorted(base.items())),
             )
             kept = [snapshot]
-            for i, rec in enumerate(self.records[keep_from:], 2):
+            for i, rec in enumerate(records[keep_from:], 2):
                 kept.append(Record(rec.kind, i, rec.time_ns, rec.message, rec.changes))
             self._rewrite(kept)
             return keep_from
@@ -424,7 +450,7 @@ class RefJournal:
                 self._ino = None
                 if self.refresh():
                     self._rewrite(self.records)
-                report.kept, report.refs = len(self.records), len(self.refs)
+                report.kept, report.refs = self.count, len(self.refs)
                 return report
             except CorruptFileError:
                 pass
