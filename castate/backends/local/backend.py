@@ -381,8 +381,12 @@ class LocalBackend(Backend):
             except FileNotFoundError:
                 self._packs.pop(name).close()
                 continue
-            for oid in new:
-                self._index.setdefault(oid, pack)
+            found = dict.fromkeys(new, pack)
+            if found.keys().isdisjoint(self._index.keys()):
+                self._index.update(found)
+            else:
+                for oid in new:
+                    self._index.setdefault(oid, pack)
 
     async def delete_objects(self, ids: Collection[bytes]) -> int:
         return await self._run(self.delete_objects_sync, ids)

@@ -12,6 +12,9 @@ See docs/format.md for the bytes.
 
 from __future__ import annotations
 
+import functools
+import itertools
+import operator
 import os
 import struct
 import zlib
@@ -172,8 +175,10 @@ def scan_pack(pack: Pack) -> list[bytes]:
             raise UnsupportedFormatError(f"{pack.path} has pack version {header[8]}; this castate reads {PACK_VERSION}")
     new: list[bytes] = []
     off = pack.scanned
+    window = _Window(fd, size)
+    entries_of = pack.entries
     while off < size:
-        rec = _read_head(fd, off, size)
+        rec = _read_head(fd, off, size, window)
         if rec is None:
             nxt = _next_good_record(fd, off + 1, size)
             if nxt is None:
@@ -194,24 +199,82 @@ def scan_pack(pack: Pack) -> list[bytes]:
             else:
                 info.chain = -1  # its chain is broken by damage: its objects cannot be read
         pack.records[off] = info
-        for oid, o, n in entries:
-            if o + n <= info.raw_len and oid not in pack.entries:
-                pack.entries[oid] = (off, o, n)
-                new.append(oid)
+        _add_entries(entries_of, new, off, info.raw_len, entries)
         off = end
     pack.scanned = off
     return new
 
 
-def _read_head(fd: int, off: int, size: int) -> tuple[int, int, RecInfo, list[tuple[bytes, int, int]], int] | None:
-    start = _pread(fd, _REC_START.size, off)
+def _add_entries(
+    entries_of: dict[bytes, tuple[int, int, int]],
+    new: list[bytes],
+    rec_off: int,
+    raw_len: int,
+    table: tuple[Any, ...],
+) -> None:
+    """Add one record's object table (flat: id, offset, length, id, ...) to a pack's entries;
+    an entry outside the record's raw bytes is skipped, and an id already listed keeps its
+    first location. The common case (all in bounds, no id seen before) runs in bulk."""
+    ids, offs, lens = table[0::3], table[1::3], table[2::3]
+    if not ids:
+        return
+    locs = zip(itertools.repeat(rec_off), offs, lens)
+    fresh = dict(zip(ids, locs, strict=True))
+    if (
+        len(fresh) == len(ids)
+        and max(map(operator.add, offs, lens)) <= raw_len
+        and fresh.keys().isdisjoint(entries_of.keys())
+    ):
+        entries_of.update(fresh)
+        new.extend(ids)
+        return
+    for oid, o, n in zip(ids, offs, lens, strict=True):
+        if o + n <= raw_len and oid not in entries_of:
+            entries_of[oid] = (rec_off, o, n)
+            new.append(oid)
+
+
+class _Window:
+    """Bytes of a pack read ahead in large blocks, so a scan makes one read per block instead of
+    two per record (record heads are small and lie between small compressed payloads)."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.start = 0
+        self.buf = b""
+
+    def read(self, offset: int, n: int) -> bytes | memoryview:
+        """``n`` bytes at ``offset`` (fewer at the end of the file)."""
+        if not (self.start <= offset and offset + n <= self.start + len(self.buf)):
+            if n > self.BLOCK:
+                return _pread(self.fd, n, offset)
+            self.start = offset
+            self.buf = _pread(self.fd, min(self.BLOCK, max(self.size - offset, n)), offset)
+        pos = offset - self.start
+        return memoryview(self.buf)[pos : pos + n]
+
+
+@functools.lru_cache(maxsize=256)
+def _table(n: int) -> struct.Struct:
+    """The layout of an object table of ``n`` entries, parsed in one call."""
+    return struct.Struct("<" + "32sII" * n)
+
+
+def _read_head(
+    fd: int, off: int, size: int, window: _Window | None = None
+) -> tuple[int, int, RecInfo, tuple[Any, ...], int] | None:
+    read = window.read if window is not None else lambda o, n: _pread(fd, n, o)
+    start = read(off, _REC_START.size)
     if len(start) < _REC_START.size:
         return None
     magic, head_len = _REC_START.unpack(start)
     head_off = off + _REC_START.size
     if magic != REC_MAGIC or not _HEAD.size <= head_len <= MAX_HEAD or head_off + head_len + 4 > size:
         return None
-    blob = _pread(fd, head_len + 4, head_off)
+    blob = read(head_off, head_len + 4)
     head = blob[:head_len]
     if len(blob) < head_len + 4 or _U32.unpack_from(blob, head_len)[0] != zlib.crc32(head):
         return None
@@ -227,7 +290,10 @@ def _read_head(fd: int, off: int, size: int) -> tuple[int, int, RecInfo, list[tu
         data = _pread(fd, comp_len + 4, comp_start)
         if _U32.unpack_from(data, comp_len)[0] != zlib.crc32(memoryview(data)[:comp_len]):
             return None
-    entries = list(_ENTRY.iter_unpack(memoryview(head)[_HEAD.size :]))
+    if n <= 1024:
+        entries = _table(n).unpack_from(head, _HEAD.size)
+    else:
+        entries = tuple(itertools.chain.from_iterable(_ENTRY.iter_unpack(head[_HEAD.size :])))
     return flags, prev, RecInfo(off, -1, t, raw_len, comp_start, comp_len), entries, end
 
 
