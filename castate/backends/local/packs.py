@@ -12,9 +12,6 @@ See docs/format.md for the bytes.
 
 from __future__ import annotations
 
-import functools
-import itertools
-import operator
 import os
 import struct
 import zlib
@@ -199,39 +196,14 @@ def scan_pack(pack: Pack) -> list[bytes]:
             else:
                 info.chain = -1  # its chain is broken by damage: its objects cannot be read
         pack.records[off] = info
-        _add_entries(entries_of, new, off, info.raw_len, entries)
+        raw_len = info.raw_len
+        for oid, o, n in entries:
+            if o + n <= raw_len and oid not in entries_of:
+                entries_of[oid] = (off, o, n)
+                new.append(oid)
         off = end
     pack.scanned = off
     return new
-
-
-def _add_entries(
-    entries_of: dict[bytes, tuple[int, int, int]],
-    new: list[bytes],
-    rec_off: int,
-    raw_len: int,
-    table: tuple[Any, ...],
-) -> None:
-    """Add one record's object table (flat: id, offset, length, id, ...) to a pack's entries;
-    an entry outside the record's raw bytes is skipped, and an id already listed keeps its
-    first location. The common case (all in bounds, no id seen before) runs in bulk."""
-    ids, offs, lens = table[0::3], table[1::3], table[2::3]
-    if not ids:
-        return
-    locs = zip(itertools.repeat(rec_off), offs, lens)
-    fresh = dict(zip(ids, locs, strict=True))
-    if (
-        len(fresh) == len(ids)
-        and max(map(operator.add, offs, lens)) <= raw_len
-        and fresh.keys().isdisjoint(entries_of.keys())
-    ):
-        entries_of.update(fresh)
-        new.extend(ids)
-        return
-    for oid, o, n in zip(ids, offs, lens, strict=True):
-        if o + n <= raw_len and oid not in entries_of:
-            entries_of[oid] = (rec_off, o, n)
-            new.append(oid)
 
 
 class _Window:
@@ -257,15 +229,9 @@ class _Window:
         return memoryview(self.buf)[pos : pos + n]
 
 
-@functools.lru_cache(maxsize=256)
-def _table(n: int) -> struct.Struct:
-    """The layout of an object table of ``n`` entries, parsed in one call."""
-    return struct.Struct("<" + "32sII" * n)
-
-
 def _read_head(
     fd: int, off: int, size: int, window: _Window | None = None
-) -> tuple[int, int, RecInfo, tuple[Any, ...], int] | None:
+) -> tuple[int, int, RecInfo, list[tuple[bytes, int, int]], int] | None:
     read = window.read if window is not None else lambda o, n: _pread(fd, n, o)
     start = read(off, _REC_START.size)
     if len(start) < _REC_START.size:
@@ -290,10 +256,7 @@ def _read_head(
         data = _pread(fd, comp_len + 4, comp_start)
         if _U32.unpack_from(data, comp_len)[0] != zlib.crc32(memoryview(data)[:comp_len]):
             return None
-    if n <= 1024:
-        entries = _table(n).unpack_from(head, _HEAD.size)
-    else:
-        entries = tuple(itertools.chain.from_iterable(_ENTRY.iter_unpack(head[_HEAD.size :])))
+    entries = list(_ENTRY.iter_unpack(head[_HEAD.size :]))
     return flags, prev, RecInfo(off, -1, t, raw_len, comp_start, comp_len), entries, end
 
 
