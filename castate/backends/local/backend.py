@@ -6,6 +6,7 @@ Layout of a store directory (docs/format.md has the bytes)::
     packs/*.pack        pack files (one writer each; a save appends one record)
     objects/ab/cdef...  loose objects, one frame per file (readable; written in loose mode)
     refs.journal        every ref change (refs and reflog in one append-only file)
+    refs.snapshot       a checked cache of the replayed refs (an open replays only the tail)
     locks/              lock files: refs.lock (journal writers), gc.lock (saves vs gc)
 
 Every public method makes one hop to a worker thread, so a save, a ref update or one
@@ -654,10 +655,15 @@ class LocalBackend(Backend):
         return await self._run(self.check_storage_sync)
 
     def check_storage_sync(self) -> list[str]:
-        """Damaged spans of packs, and records whose chain a damaged record broke."""
+        """Damaged spans of packs, records whose chain a damaged record broke, and damage in the
+        ref journal (read whole: an open that started from refs.snapshot skipped its covered bytes)."""
         with self._mutex:
             self._refresh_packs()
             out = []
+            try:
+                self._refs().verify()
+            except CorruptFileError as exc:
+                out.append(f"ref journal {exc.path}: {exc.reason}")
             for pack in sorted(self._packs.values(), key=lambda p: p.name):
                 for start, end in pack.damaged:
                     out.append(f"pack {pack.path}: damaged record(s) in bytes {start}-{end}, skipped")
