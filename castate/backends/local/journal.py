@@ -266,8 +266,10 @@ class RefJournal:
         except CorruptFileError:
             if not self._from_snapshot:
                 raise
-        self._ino = None
-        return self._refresh(use_snapshot=False)
+            self._ino = None
+            return self._refresh(use_snapshot=False)
+        finally:
+            self._from_snapshot = False
 
     def _refresh(self, use_snapshot: bool) -> bool:
         try:
@@ -300,7 +302,6 @@ class RefJournal:
         for rec in records:
             self._apply(rec)
         self._offset += used
-        self._from_snapshot = False
         return leftover
 
     def _start_from_snapshot(self, fd: int, size: int) -> None:
@@ -336,6 +337,7 @@ class RefJournal:
         self._ino = ino
         self._generation = generation
         self._snap_offset = HEADER_SIZE
+        self._snap_size = 0
         self._from_snapshot = False
 
     def _apply(self, rec: Record) -> None:
