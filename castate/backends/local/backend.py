@@ -222,7 +222,7 @@ class LocalBackend(Backend):
         """Put the frame of ``oid`` into ``out`` (as a view into its record); False when absent."""
         pack = self._index.get(oid)
         if pack is not None:
-            rec_off, off, n = pack.entries[oid]
+            rec_off, off, n = packfmt.unpack_loc(pack.entries[oid])
             raw = records.get((pack, rec_off))
             if raw is None:
                 try:
@@ -319,7 +319,7 @@ class LocalBackend(Backend):
         pack.records[offset] = info
         pos = 0
         for oid, frame in items:
-            pack.entries.setdefault(oid, (offset, pos, len(frame)))
+            pack.entries.setdefault(oid, packfmt.pack_loc(offset, pos, len(frame)))
             self._index.setdefault(oid, pack)
             pos += len(frame)
         pack.scanned = self._pack_size
@@ -457,7 +457,7 @@ class LocalBackend(Backend):
             keep = [oid for oid in pack.entries if oid not in doomed]
             by_record: dict[int, list[bytes]] = {}
             for oid in keep:
-                by_record.setdefault(pack.entries[oid][0], []).append(oid)
+                by_record.setdefault(packfmt.unpack_loc(pack.entries[oid])[0], []).append(oid)
             batch: list[tuple[bytes, bytes]] = []
             size = 0
             damaged = bool(pack.damaged)
@@ -468,7 +468,7 @@ class LocalBackend(Backend):
                     damaged = True  # these objects cannot be read anywhere: nothing to copy
                     continue
                 for oid in by_record[rec_off]:
-                    _, off, n = pack.entries[oid]
+                    _, off, n = packfmt.unpack_loc(pack.entries[oid])
                     batch.append((oid, raw[off : off + n]))
                     size += n
                 if size >= packfmt.CHAIN_MAX_RAW // 4:
@@ -504,7 +504,7 @@ class LocalBackend(Backend):
             self._refresh_packs()
             out = []
             for oid, pack in self._index.items():
-                rec_off, _, n = pack.entries[oid]
+                rec_off, _, n = packfmt.unpack_loc(pack.entries[oid])
                 out.append(ObjectInfo(oid, n, pack.records[rec_off].time_ns))
             for sub in sorted(os.scandir(self.objects_dir), key=lambda e: e.name):
                 if not sub.is_dir() or len(sub.name) != 2:
@@ -669,7 +669,7 @@ class LocalBackend(Backend):
                     out.append(f"pack {pack.path}: damaged record(s) in bytes {start}-{end}, skipped")
                 broken = [r for r in pack.records.values() if r.chain < 0]
                 if broken:
-                    lost = sum(1 for rec_off, _, _ in pack.entries.values() if pack.records[rec_off].chain < 0)
+                    lost = sum(1 for loc in pack.entries.values() if pack.records[loc >> 64].chain < 0)
                     out.append(
                         f"pack {pack.path}: {len(broken)} record(s) follow a damaged record; "
                         f"their {lost} object(s) cannot be read"
@@ -729,7 +729,7 @@ class LocalBackend(Backend):
                     data = loose.read_bytes()
                 elif oid in self._index:
                     pack = self._index[oid]
-                    rec_off, off, n = pack.entries[oid]
+                    rec_off, off, n = packfmt.unpack_loc(pack.entries[oid])
                     try:
                         data = bytes(self._cache.record_bytes(pack, pack.records[rec_off])[off : off + n])
                     except CorruptFileError as exc:
