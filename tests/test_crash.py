@@ -58,6 +58,8 @@ POINT_PLAN = [
     ("gc-before-unlink", "gc", True, 3),
     ("gc-before-marker", "gc", True, 3),
     ("file-before-rename", "gc", True, 3),
+    ("snapshot-before-rename", "snapshot", True, 3),
+    ("journal-after-sync", "snapshot", True, 3),
 ]
 MAX_SAVES = 60  # a writer that reaches no crash point in this many saves exits
 
@@ -172,7 +174,7 @@ async def test_random_kills_lose_nothing_promised(tmp_path: Path) -> None:
     for trial in range(TRIALS):
         if trial and trial % STORE_TRIALS == 0:
             path, ledger = tmp_path / f"store-{trial}", Ledger()
-        mode = rng.choice(["packed", "packed", "loose", "gc"])
+        mode = rng.choice(["packed", "packed", "loose", "gc", "snapshot"])
         code = run_writer(path, mode, ledger, delay=rng.uniform(0, MAX_DELAY), env={})
         assert code == -signal.SIGKILL, f"writer exited with {code} before it was killed"
         outcomes[f"killed during {ledger.last or 'start'}"] += 1

@@ -144,7 +144,8 @@ def read_pack(path: Path) -> None:
     try:
         packs.scan_pack(pack)
         cache = packs.ChainCache(8 << 20)
-        for oid, (rec_off, off, n) in list(pack.entries.items()):
+        for oid, loc in list(pack.entries.items()):
+            rec_off, off, n = packs.unpack_loc(loc)
             try:
                 raw = cache.record_bytes(pack, pack.records[rec_off])
                 read_object(oid, raw[off : off + n])

@@ -6,6 +6,7 @@ Layout of a store directory (docs/format.md has the bytes)::
     packs/*.pack        pack files (one writer each; a save appends one record)
     objects/ab/cdef...  loose objects, one frame per file (readable; written in loose mode)
     refs.journal        every ref change (refs and reflog in one append-only file)
+    refs.snapshot       a checked cache of the replayed refs (an open replays only the tail)
     locks/              lock files: refs.lock (journal writers), gc.lock (saves vs gc)
 
 Every public method makes one hop to a worker thread, so a save, a ref update or one
@@ -221,7 +222,7 @@ class LocalBackend(Backend):
         """Put the frame of ``oid`` into ``out`` (as a view into its record); False when absent."""
         pack = self._index.get(oid)
         if pack is not None:
-            rec_off, off, n = pack.entries[oid]
+            rec_off, off, n = packfmt.unpack_loc(pack.entries[oid])
             raw = records.get((pack, rec_off))
             if raw is None:
                 try:
@@ -318,7 +319,7 @@ class LocalBackend(Backend):
         pack.records[offset] = info
         pos = 0
         for oid, frame in items:
-            pack.entries.setdefault(oid, (offset, pos, len(frame)))
+            pack.entries.setdefault(oid, packfmt.pack_loc(offset, pos, len(frame)))
             self._index.setdefault(oid, pack)
             pos += len(frame)
         pack.scanned = self._pack_size
@@ -381,8 +382,12 @@ class LocalBackend(Backend):
             except FileNotFoundError:
                 self._packs.pop(name).close()
                 continue
-            for oid in new:
-                self._index.setdefault(oid, pack)
+            found = dict.fromkeys(new, pack)
+            if found.keys().isdisjoint(self._index.keys()):
+                self._index.update(found)
+            else:
+                for oid in new:
+                    self._index.setdefault(oid, pack)
 
     async def delete_objects(self, ids: Collection[bytes]) -> int:
         return await self._run(self.delete_objects_sync, ids)
@@ -458,7 +463,7 @@ class LocalBackend(Backend):
             keep = [oid for oid in pack.entries if oid not in doomed]
             by_record: dict[int, list[bytes]] = {}
             for oid in keep:
-                by_record.setdefault(pack.entries[oid][0], []).append(oid)
+                by_record.setdefault(packfmt.unpack_loc(pack.entries[oid])[0], []).append(oid)
             batch: list[tuple[bytes, bytes]] = []
             size = 0
             damaged = bool(pack.damaged)
@@ -469,7 +474,7 @@ class LocalBackend(Backend):
                     damaged = True  # these objects cannot be read anywhere: nothing to copy
                     continue
                 for oid in by_record[rec_off]:
-                    _, off, n = pack.entries[oid]
+                    _, off, n = packfmt.unpack_loc(pack.entries[oid])
                     batch.append((oid, raw[off : off + n]))
                     size += n
                 if size >= packfmt.CHAIN_MAX_RAW // 4:
@@ -505,7 +510,7 @@ class LocalBackend(Backend):
             self._refresh_packs()
             out = []
             for oid, pack in self._index.items():
-                rec_off, _, n = pack.entries[oid]
+                rec_off, _, n = packfmt.unpack_loc(pack.entries[oid])
                 out.append(ObjectInfo(oid, n, pack.records[rec_off].time_ns))
             for sub in sorted(os.scandir(self.objects_dir), key=lambda e: e.name):
                 if not sub.is_dir() or len(sub.name) != 2:
@@ -656,16 +661,21 @@ class LocalBackend(Backend):
         return await self._run(self.check_storage_sync)
 
     def check_storage_sync(self) -> list[str]:
-        """Damaged spans of packs, and records whose chain a damaged record broke."""
+        """Damaged spans of packs, records whose chain a damaged record broke, and damage in the
+        ref journal (read whole: an open that started from refs.snapshot skipped its covered bytes)."""
         with self._mutex:
             self._refresh_packs()
             out = []
+            try:
+                self._refs().verify()
+            except CorruptFileError as exc:
+                out.append(f"ref journal {exc.path}: {exc.reason}")
             for pack in sorted(self._packs.values(), key=lambda p: p.name):
                 for start, end in pack.damaged:
                     out.append(f"pack {pack.path}: damaged record(s) in bytes {start}-{end}, skipped")
                 broken = [r for r in pack.records.values() if r.chain < 0]
                 if broken:
-                    lost = sum(1 for rec_off, _, _ in pack.entries.values() if pack.records[rec_off].chain < 0)
+                    lost = sum(1 for loc in pack.entries.values() if pack.records[loc >> 64].chain < 0)
                     out.append(
                         f"pack {pack.path}: {len(broken)} record(s) follow a damaged record; "
                         f"their {lost} object(s) cannot be read"
@@ -725,7 +735,7 @@ class LocalBackend(Backend):
                     data = loose.read_bytes()
                 elif oid in self._index:
                     pack = self._index[oid]
-                    rec_off, off, n = pack.entries[oid]
+                    rec_off, off, n = packfmt.unpack_loc(pack.entries[oid])
                     try:
                         data = bytes(self._cache.record_bytes(pack, pack.records[rec_off])[off : off + n])
                     except CorruptFileError as exc:

@@ -62,10 +62,13 @@ def write_all(fd: int, data: bytes | memoryview) -> None:
         view = view[n:]
 
 
-def atomic_write(path: Path, data: bytes, *, durable: bool = True, exclusive: bool = False) -> bool:
+def atomic_write(
+    path: Path, data: bytes, *, durable: bool = True, exclusive: bool = False, point: str = "file-before-rename"
+) -> bool:
     """Replace (or with ``exclusive``, create) ``path`` with ``data`` so readers see old or new.
 
-    Returns False when ``exclusive`` and the file already exists (nothing written).
+    Returns False when ``exclusive`` and the file already exists (nothing written). ``point``
+    names the crash point between the write and the rename (tests only).
     """
     tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:12]}")
     fd = osio.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
@@ -77,7 +80,7 @@ def atomic_write(path: Path, data: bytes, *, durable: bool = True, exclusive: bo
                     osio.fsync(fd)
         finally:
             os.close(fd)
-        crashpoints.reach("file-before-rename")
+        crashpoints.reach(point)
         if exclusive:
             try:
                 osio.link(tmp, path)

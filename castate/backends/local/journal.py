@@ -18,8 +18,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import blake3
+
 from castate.backends.base import ReflogEntry, RefRepairReport, RefUpdate, plan_ref_updates
-from castate.backends.local import crashpoints, osio
+from castate.backends.local import crashpoints, osio, refsnap
 from castate.backends.local.files import FILE_MODE, atomic_write, make_dirs, naming, write_all
 from castate.backends.local.locks import FileLock
 from castate.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
@@ -31,6 +33,8 @@ REC_MAGIC = b"CREF"
 KIND_UPDATE = 0
 KIND_SNAPSHOT = 1  # replaces every ref (written by compaction)
 MAX_RECORD = 64 << 20
+SNAPSHOT_NAME = "refs.snapshot"
+SNAPSHOT_MIN_TAIL = 64 << 10  # journal bytes after the snapshot before a writer rewrites it
 REPAIR_HINT = " (run `castate fsck --repair-refs` to rebuild it from its intact records)"
 
 _REC_HEAD = struct.Struct("<4sI")
@@ -231,11 +235,15 @@ class RefJournal:
         self.lock = lock
         self.durable = durable
         self.refs: dict[str, bytes] = {}
-        self.records: list[Record] = []
+        self.count = 0  # records replayed (kept in the file, not in memory: reflog() reads them)
         self._seq = 0
         self._offset = 0
         self._ino: int | None = None
         self._generation = b""
+        self.snapshot_path = path.with_name(SNAPSHOT_NAME)
+        self._snap_offset = HEADER_SIZE  # journal bytes the newest snapshot known here covers
+        self._snap_size = 0  # refs in it
+        self._from_snapshot = False  # the current replay started from a snapshot
 
     # -- reading ------------------------------------------------------------------------
 
@@ -248,7 +256,22 @@ class RefJournal:
         return MAGIC + bytes((VERSION,)) + bytes(7) + generation
 
     def refresh(self) -> bool:
-        """Replay records appended since the last call; True if a torn tail was left unread."""
+        """Replay records appended since the last call; True if a torn tail was left unread.
+
+        A fresh replay (first call, or a new journal file) starts from ``refs.snapshot`` when
+        that matches this journal; if the tail after it does not replay cleanly, the journal is
+        replayed again from its first record, so the snapshot never decides the outcome."""
+        try:
+            return self._refresh(use_snapshot=True)
+        except CorruptFileError:
+            if not self._from_snapshot:
+                raise
+            self._ino = None
+            return self._refresh(use_snapshot=False)
+        finally:
+            self._from_snapshot = False
+
+    def _refresh(self, use_snapshot: bool) -> bool:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
@@ -259,6 +282,8 @@ class RefJournal:
             self._check_header(head)
             if head[16:32] != self._generation or st.st_ino != self._ino:
                 self._reset(st.st_ino, head[16:32])
+                if use_snapshot:
+                    self._start_from_snapshot(fd, st.st_size)
             if st.st_size < self._offset:
                 raise CorruptFileError(str(self.path), f"the ref journal shrank{REPAIR_HINT}")
             if st.st_size == self._offset:
@@ -270,10 +295,33 @@ class RefJournal:
             records, used, leftover = scan(buf, 0)
         except ValueError as exc:
             raise CorruptFileError(str(self.path), f"{exc}{REPAIR_HINT}") from None
+        if leftover and self._from_snapshot and not records:
+            # A torn tail right after the snapshot: check it against a full replay before any
+            # writer drops it.
+            raise CorruptFileError(str(self.path), "the tail after refs.snapshot does not replay")
         for rec in records:
             self._apply(rec)
         self._offset += used
         return leftover
+
+    def _start_from_snapshot(self, fd: int, size: int) -> None:
+        """Take the refs from ``refs.snapshot`` if it belongs to this journal as it is now."""
+        snap = refsnap.load(self.snapshot_path)
+        if (
+            snap is None
+            or snap.generation != self._generation
+            or not HEADER_SIZE <= snap.last_start < snap.offset <= size
+        ):
+            return
+        last = os.pread(fd, snap.offset - snap.last_start, snap.last_start)
+        if blake3.blake3(last).digest() != snap.last_hash:
+            return
+        self.refs = snap.refs
+        self.count = snap.count
+        self._seq = snap.seq
+        self._offset = self._snap_offset = snap.offset
+        self._snap_size = len(snap.refs)
+        self._from_snapshot = True
 
     def _check_header(self, head: bytes) -> None:
         if len(head) < HEADER_SIZE or head[:8] != MAGIC:
@@ -283,14 +331,17 @@ class RefJournal:
 
     def _reset(self, ino: int, generation: bytes) -> None:
         self.refs = {}
-        self.records = []
+        self.count = 0
         self._seq = 0
         self._offset = HEADER_SIZE
         self._ino = ino
         self._generation = generation
+        self._snap_offset = HEADER_SIZE
+        self._snap_size = 0
+        self._from_snapshot = False
 
     def _apply(self, rec: Record) -> None:
-        if self.records and rec.seq != self._seq + 1:
+        if self.count and rec.seq != self._seq + 1:
             raise CorruptFileError(
                 str(self.path), f"record {rec.seq} follows {self._seq}: records are missing{REPAIR_HINT}"
             )
@@ -306,8 +357,37 @@ class RefJournal:
                     self.refs.pop(name, None)
                 else:
                     self.refs[name] = new
-        self.records.append(rec)
+        self.count += 1
         self._seq = rec.seq
+
+    @property
+    def records(self) -> list[Record]:
+        """Every replayed record, read again from the file (they are not kept in memory)."""
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            except FileNotFoundError:
+                raise CorruptFileError(str(self.path), "the ref journal is missing") from None
+            try:
+                st = os.fstat(fd)
+                head = os.pread(fd, HEADER_SIZE, 0)
+                if head[16:32] == self._generation and st.st_ino == self._ino and st.st_size >= self._offset:
+                    buf = _read_from(fd, HEADER_SIZE, self._offset)
+                    break
+            finally:
+                os.close(fd)
+            self.refresh()  # replaced since the last replay: replay the new file, then read it
+        try:
+            records, used, _ = scan(buf, 0)
+        except ValueError as exc:
+            raise CorruptFileError(str(self.path), f"{exc}{REPAIR_HINT}") from None
+        if len(records) != self.count or used != len(buf):
+            raise CorruptFileError(str(self.path), f"the ref journal changed under a reader{REPAIR_HINT}")
+        return records
+
+    def verify(self) -> int:
+        """Read and check every record (an open from a snapshot skips those it covers); their number."""
+        return len(self.records)
 
     def reflog(self, name: str | None = None) -> list[ReflogEntry]:
         out = []
@@ -350,9 +430,28 @@ class RefJournal:
         except OSError as exc:
             self._undo_append(exc, written)
             raise
+        start = self._offset
         self._apply(rec)
         self._offset += len(data)
         crashpoints.reach("journal-after-sync")
+        self._maybe_snapshot(start, data)
+
+    def _maybe_snapshot(self, last_start: int, last: bytes) -> None:
+        """Rewrite ``refs.snapshot`` once the tail after it is a quarter of its size (at least
+        ``SNAPSHOT_MIN_TAIL`` bytes): an open then replays a bounded tail, and the snapshot
+        costs a few bytes written per journal byte. Failing to write it only costs speed."""
+        tail = self._offset - self._snap_offset
+        if tail < max(SNAPSHOT_MIN_TAIL, self._snap_size * 24):
+            return
+        snap = refsnap.Snapshot(
+            self._generation, self._offset, last_start, self._seq, self.count, blake3.blake3(last).digest(), self.refs
+        )
+        try:
+            refsnap.write(self.snapshot_path, snap)
+        except OSError:
+            return
+        self._snap_offset = self._offset
+        self._snap_size = len(self.refs)
 
     def _undo_append(self, exc: OSError, written: bool) -> None:
         """After a failed append, rewrite the journal without the record (whole or torn), so the
@@ -389,12 +488,13 @@ class RefJournal:
             self.refresh()
             if keep_since_ns is None:
                 return 0
-            keep_from = len(self.records)
-            while keep_from > 0 and self.records[keep_from - 1].time_ns >= keep_since_ns:
+            records = self.records
+            keep_from = len(records)
+            while keep_from > 0 and records[keep_from - 1].time_ns >= keep_since_ns:
                 keep_from -= 1
             if keep_from == 0:
                 return 0
-            base = _replay(self.records[:keep_from])
+            base = _replay(records[:keep_from])
             snapshot = Record(
                 KIND_SNAPSHOT,
                 1,
@@ -403,7 +503,7 @@ class RefJournal:
                 tuple((n, None, v) for n, v in sorted(base.items())),
             )
             kept = [snapshot]
-            for i, rec in enumerate(self.records[keep_from:], 2):
+            for i, rec in enumerate(records[keep_from:], 2):
                 kept.append(Record(rec.kind, i, rec.time_ns, rec.message, rec.changes))
             self._rewrite(kept)
             return keep_from
@@ -422,9 +522,9 @@ class RefJournal:
             report = RefRepairReport(str(self.path), damaged=False)
             try:
                 self._ino = None
-                if self.refresh():
+                if self._refresh(use_snapshot=False):  # every record: the snapshot would skip damage
                     self._rewrite(self.records)
-                report.kept, report.refs = len(self.records), len(self.refs)
+                report.kept, report.refs = self.count, len(self.refs)
                 return report
             except CorruptFileError:
                 pass

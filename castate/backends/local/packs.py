@@ -60,7 +60,7 @@ class Pack:
     path: Path
     records: dict[int, RecInfo] = field(default_factory=dict)
     chains: dict[int, list[int]] = field(default_factory=dict)  # chain start -> its record offsets
-    entries: dict[bytes, tuple[int, int, int]] = field(default_factory=dict)  # id -> (record, off, len)
+    entries: dict[bytes, int] = field(default_factory=dict)  # id -> its place, as pack_loc() makes it
     scanned: int = len(PACK_HEADER)
     torn: bool = False
     damaged: list[tuple[int, int]] = field(default_factory=list)  # (start, end) of unreadable spans
@@ -80,6 +80,17 @@ class Pack:
         if self.fd is not None:
             os.close(self.fd)
             self.fd = None
+
+
+def pack_loc(rec_off: int, off: int, n: int) -> int:
+    """An object's place in a pack (its record's file offset, its offset and length in the
+    record's raw bytes) as one int: a third of the memory of a tuple, for every object listed."""
+    return rec_off << 64 | off << 32 | n
+
+
+def unpack_loc(loc: int) -> tuple[int, int, int]:
+    """(record offset, offset, length) from ``pack_loc``."""
+    return loc >> 64, loc >> 32 & 0xFFFFFFFF, loc & 0xFFFFFFFF
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -172,8 +183,10 @@ def scan_pack(pack: Pack) -> list[bytes]:
             raise UnsupportedFormatError(f"{pack.path} has pack version {header[8]}; this castate reads {PACK_VERSION}")
     new: list[bytes] = []
     off = pack.scanned
+    window = _Window(fd, size)
+    entries_of = pack.entries
     while off < size:
-        rec = _read_head(fd, off, size)
+        rec = _read_head(fd, off, size, window)
         if rec is None:
             nxt = _next_good_record(fd, off + 1, size)
             if nxt is None:
@@ -194,24 +207,52 @@ def scan_pack(pack: Pack) -> list[bytes]:
             else:
                 info.chain = -1  # its chain is broken by damage: its objects cannot be read
         pack.records[off] = info
+        raw_len = info.raw_len
+        base = off << 64
         for oid, o, n in entries:
-            if o + n <= info.raw_len and oid not in pack.entries:
-                pack.entries[oid] = (off, o, n)
+            if o + n <= raw_len and oid not in entries_of:
+                entries_of[oid] = base | o << 32 | n
                 new.append(oid)
         off = end
     pack.scanned = off
     return new
 
 
-def _read_head(fd: int, off: int, size: int) -> tuple[int, int, RecInfo, list[tuple[bytes, int, int]], int] | None:
-    start = _pread(fd, _REC_START.size, off)
+class _Window:
+    """Bytes of a pack read ahead in large blocks, so a scan makes one read per block instead of
+    two per record (record heads are small and lie between small compressed payloads)."""
+
+    BLOCK = 1 << 20
+
+    def __init__(self, fd: int, size: int) -> None:
+        self.fd = fd
+        self.size = size
+        self.start = 0
+        self.buf = b""
+
+    def read(self, offset: int, n: int) -> bytes | memoryview:
+        """``n`` bytes at ``offset`` (fewer at the end of the file)."""
+        if not (self.start <= offset and offset + n <= self.start + len(self.buf)):
+            if n > self.BLOCK:
+                return _pread(self.fd, n, offset)
+            self.start = offset
+            self.buf = _pread(self.fd, min(self.BLOCK, max(self.size - offset, n)), offset)
+        pos = offset - self.start
+        return memoryview(self.buf)[pos : pos + n]
+
+
+def _read_head(
+    fd: int, off: int, size: int, window: _Window | None = None
+) -> tuple[int, int, RecInfo, list[tuple[bytes, int, int]], int] | None:
+    read = window.read if window is not None else lambda o, n: _pread(fd, n, o)
+    start = read(off, _REC_START.size)
     if len(start) < _REC_START.size:
         return None
     magic, head_len = _REC_START.unpack(start)
     head_off = off + _REC_START.size
     if magic != REC_MAGIC or not _HEAD.size <= head_len <= MAX_HEAD or head_off + head_len + 4 > size:
         return None
-    blob = _pread(fd, head_len + 4, head_off)
+    blob = read(head_off, head_len + 4)
     head = blob[:head_len]
     if len(blob) < head_len + 4 or _U32.unpack_from(blob, head_len)[0] != zlib.crc32(head):
         return None
@@ -227,7 +268,7 @@ def _read_head(fd: int, off: int, size: int) -> tuple[int, int, RecInfo, list[tu
         data = _pread(fd, comp_len + 4, comp_start)
         if _U32.unpack_from(data, comp_len)[0] != zlib.crc32(memoryview(data)[:comp_len]):
             return None
-    entries = list(_ENTRY.iter_unpack(memoryview(head)[_HEAD.size :]))
+    entries = list(_ENTRY.iter_unpack(head[_HEAD.size :]))
     return flags, prev, RecInfo(off, -1, t, raw_len, comp_start, comp_len), entries, end
 
 
