@@ -16,6 +16,7 @@ from castate.backends import RefUpdate
 from castate.backends.local.journal import RefJournal
 from castate.backends.local.locks import FileLock
 from castate.errors import ConflictError, CorruptFileError, UnsupportedFormatError
+from tests.journal_support import record_offsets
 
 
 def cid(n: int) -> bytes:
@@ -124,19 +125,6 @@ def history(tmp_path: Path, n: int = 12) -> tuple[RefJournal, dict[str, list[byt
         j.update([RefUpdate(name, cid(i), old)], f"m{i}")
         seen.setdefault(name, []).append(cid(i))
     return j, seen
-
-
-def record_offsets(path: Path) -> list[int]:
-    from castate.backends.local.journal import HEADER_SIZE, _record_at
-
-    buf = path.read_bytes()
-    offs, off = [], HEADER_SIZE
-    while off < len(buf):
-        rec = _record_at(buf, off)
-        assert rec is not None
-        offs.append(off)
-        off = rec[1]
-    return offs
 
 
 def test_a_whole_last_record_that_fails_its_crc_is_damage_not_a_torn_write(tmp_path: Path) -> None:

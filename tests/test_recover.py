@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 import castate
-from castate.backends.local.journal import HEADER_SIZE, _record_at
 from castate.errors import CorruptFileError
 from castate.repository import refs as names
+from tests.journal_support import record_offsets
 
 
 def state(step: int) -> dict[str, Any]:
@@ -26,17 +26,6 @@ async def fill(path: Path) -> list[str]:
             cps.append(await sm.create_checkpoint("run", f"step-{step}"))
         await sm.save_session("other", {"other": True})
         return cps
-
-
-def record_offsets(path: Path) -> list[int]:
-    buf = path.read_bytes()
-    offs, off = [], HEADER_SIZE
-    while off < len(buf):
-        rec = _record_at(buf, off)
-        assert rec is not None
-        offs.append(off)
-        off = rec[1]
-    return offs
 
 
 async def test_a_store_with_a_damaged_journal_is_rebuilt_and_opens(tmp_path: Path) -> None:
