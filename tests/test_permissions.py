@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 import castate
+from castate.backends.local import journal as journal_mod
 from castate.backends.local.journal import HEADER_SIZE
 from castate.backends.urls import open_backend
 
@@ -31,7 +32,8 @@ def modes(root: Path) -> dict[str, int]:
 
 
 @pytest.mark.usefixtures("open_umask")
-async def test_everything_a_store_creates_is_private(tmp_path: Path) -> None:
+async def test_everything_a_store_creates_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(journal_mod, "SNAPSHOT_MIN_TAIL", 256)  # so the saves below write refs.snapshot
     path = tmp_path / "store"
     async with castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=True))) as sm:
         await sm.save_session("loose", {"secret": "x" * 5000})
@@ -52,7 +54,7 @@ async def test_everything_a_store_creates_is_private(tmp_path: Path) -> None:
     assert (await castate.StateManager(path).repair_refs()).damaged
 
     found = modes(path)
-    assert {"packs", "objects", "locks", "quarantine", "refs.journal", "castate.json"} <= set(found)
+    assert {"packs", "objects", "locks", "quarantine", "refs.journal", "refs.snapshot", "castate.json"} <= set(found)
     assert any(name.startswith("quarantine/refs.journal.") for name in found)
     wrong = {
         name: oct(mode)
