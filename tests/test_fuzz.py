@@ -1,5 +1,5 @@
 """Fuzzing the decoders of everything castate reads back: object frames and every object kind,
-pack files (record tables and data), the ref journal and bundle files, fed random bytes and
+pack files (record tables and data), the ref journal, its cache refs.snapshot and bundle files, fed random bytes and
 mutations of valid ones (hypothesis). Only castate's own errors may come out: never another
 exception, a crash, a hang, or an allocation out of proportion to the input (each example's
 peak of Python allocations is measured with tracemalloc).
@@ -20,18 +20,20 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+import blake3
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import castate
 from castate.backends.local import journal as journalfmt
-from castate.backends.local import packs
+from castate.backends.local import packs, refsnap
 from castate.backends.local.locks import FileLock
 from castate.codec import Decoder, Encoder, decode_frame, encode_frame
 from castate.codec.objects import KIND_NAMES, object_id
 from castate.errors import CastateError
 from castate.repository.walk import links
 from tests.full_run import FUZZ_EXAMPLES
+from tests.journal_support import record_offsets
 
 FUZZ = settings(max_examples=FUZZ_EXAMPLES, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 ALLOCATION_LIMIT = 64 << 20  # inputs are at most a few hundred KiB
@@ -210,6 +212,51 @@ def test_ref_journals_random_and_mutated(data: st.DataObject) -> None:
                 journalfmt.RefJournal(path, FileLock(Path(tmp) / "refs.lock")).refresh()
             except CastateError:
                 pass
+            finally:
+                j.lock.close()
+
+
+@FUZZ
+@given(st.data())
+def test_ref_snapshots_random_and_mutated(data: st.DataObject) -> None:
+    """refs.snapshot beside an intact journal: no bytes make opening fail, and a damaged
+    snapshot never changes the refs. A mutation re-sealed with a valid checksum (as a crafted
+    file would be) reaches the parser's field checks; such a file may be trusted, like any
+    file of the store (docs/security.md), so only its decoding is checked."""
+    journal_bytes = valid_journal()
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "refs.journal"
+        path.write_bytes(journal_bytes)
+        full = journalfmt.RefJournal(path, FileLock(Path(tmp) / "refs.lock"))
+        full._refresh(use_snapshot=False)
+        expected = dict(full.refs)
+        last_start = record_offsets(path)[-1]
+        last_hash = blake3.blake3(journal_bytes[last_start : full._offset]).digest()
+        valid = refsnap.encode(
+            refsnap.Snapshot(full._generation, full._offset, last_start, full._seq, full.count, last_hash, expected)
+        )
+        full.lock.close()
+        assert valid is not None
+        assert refsnap.decode(valid) is not None
+        resealed = False
+        if data.draw(st.booleans(), label="random"):
+            blob = data.draw(st.binary(max_size=1024))
+        else:
+            blob = mutate(data, valid)
+            if data.draw(st.booleans(), label="reseal") and len(blob) > 32:
+                blob = blob[:-32] + blake3.blake3(blob[:-32]).digest()
+                resealed = True
+        (Path(tmp) / "refs.snapshot").write_bytes(blob)
+        with bounded_allocation():
+            decoded = refsnap.decode(blob)
+            assert decoded is None or isinstance(decoded, refsnap.Snapshot)
+            j = journalfmt.RefJournal(path, FileLock(Path(tmp) / "refs.lock"))
+            try:
+                j.refresh()
+                if not resealed:
+                    assert j.refs == expected
+            except CastateError:
+                assert resealed  # a crafted snapshot may disagree with the journal's tail
             finally:
                 j.lock.close()
 
