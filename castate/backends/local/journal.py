@@ -271,14 +271,21 @@ class RefJournal:
         finally:
             self._from_snapshot = False
 
-    def _refresh(self, use_snapshot: bool) -> bool:
+    def _open(self) -> tuple[int, os.stat_result, bytes]:
+        """The journal opened for reading, its stat and its header bytes."""
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
         except FileNotFoundError:
             raise CorruptFileError(str(self.path), "the ref journal is missing") from None
         try:
-            st = os.fstat(fd)
-            head = os.pread(fd, HEADER_SIZE, 0)
+            return fd, os.fstat(fd), os.pread(fd, HEADER_SIZE, 0)
+        except BaseException:
+            os.close(fd)
+            raise
+
+    def _refresh(self, use_snapshot: bool) -> bool:
+        fd, st, head = self._open()
+        try:
             self._check_header(head)
             if head[16:32] != self._generation or st.st_ino != self._ino:
                 self._reset(st.st_ino, head[16:32])
@@ -364,13 +371,8 @@ class RefJournal:
     def records(self) -> list[Record]:
         """Every replayed record, read again from the file (they are not kept in memory)."""
         while True:
+            fd, st, head = self._open()
             try:
-                fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
-            except FileNotFoundError:
-                raise CorruptFileError(str(self.path), "the ref journal is missing") from None
-            try:
-                st = os.fstat(fd)
-                head = os.pread(fd, HEADER_SIZE, 0)
                 if head[16:32] == self._generation and st.st_ino == self._ino and st.st_size >= self._offset:
                     buf = _read_from(fd, HEADER_SIZE, self._offset)
                     break
