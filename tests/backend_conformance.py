@@ -2,11 +2,12 @@
 
 A subclass provides ``make_backend`` (a fresh, empty, unopened backend) and, for backends
 that persist (``PersistentBackendConformance``), ``reopen`` (a new backend object over the
-same storage).
+same storage, made with the constructor ``options`` given, such as ``lock_timeout``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import random
 from collections.abc import AsyncIterator
@@ -16,7 +17,7 @@ import pytest
 
 from castate.backends import ANY, Backend, RefUpdate
 from castate.codec.objects import KIND_STR, encode_frame, object_id
-from castate.errors import ConflictError, InvalidKeyError, NotFoundError
+from castate.errors import ConflictError, InvalidKeyError, NotFoundError, StoreError
 from castate.repository import refs as names
 
 
@@ -231,8 +232,46 @@ class BackendConformance:
 class PersistentBackendConformance(BackendConformance):
     """More behaviour for backends whose data outlives the backend object."""
 
-    async def reopen(self, backend: Backend) -> Backend:  # pragma: no cover - overridden
+    async def reopen(self, backend: Backend, **options: float) -> Backend:  # pragma: no cover - overridden
         raise NotImplementedError
+
+    async def test_saves_wait_while_gc_deletes(self, backend: Backend) -> None:
+        writer = await self.reopen(backend)
+        await writer.open()
+        try:
+            async with backend.gc_exclusive():
+                save = asyncio.create_task(writer.commit([obj("x")], [RefUpdate("sessions/w", cid(1), None)]))
+                await asyncio.sleep(0.3)
+                assert not save.done()
+                assert await backend.delete_objects([obj("x")[0]]) == 0  # gc can still work meanwhile
+            assert await asyncio.wait_for(save, 10) == 1
+            assert await backend.get_ref("sessions/w") == cid(1)
+            assert await backend.has_objects([obj("x")[0]]) == {obj("x")[0]}
+        finally:
+            await writer.close()
+
+    async def test_ref_moves_alone_do_not_wait_for_gc(self, backend: Backend) -> None:
+        writer = await self.reopen(backend)
+        await writer.open()
+        try:
+            async with backend.gc_exclusive():  # a checkpoint is a ref move: gc cannot delete what it names
+                await asyncio.wait_for(writer.update_refs([RefUpdate("checkpoints/c", cid(2), None)]), 5)
+            assert await backend.get_ref("checkpoints/c") == cid(2)
+        finally:
+            await writer.close()
+
+    async def test_a_save_gives_up_waiting_for_gc_clearly(self, backend: Backend) -> None:
+        writer = await self.reopen(backend, lock_timeout=0.3)
+        await writer.open()
+        try:
+            async with backend.gc_exclusive():
+                with pytest.raises(StoreError, match=r"timed out .*waiting for"):
+                    await writer.commit([obj("late")], [RefUpdate("sessions/l", cid(1), None)])
+            assert await writer.get_ref("sessions/l") is None
+            assert await writer.has_objects([obj("late")[0]]) == set()
+            assert await writer.commit([obj("late")], [RefUpdate("sessions/l", cid(1), None)]) == 1
+        finally:
+            await writer.close()
 
     async def test_reopen_keeps_everything(self, backend: Backend) -> None:
         items = [obj(f"p{i}") for i in range(30)]
@@ -254,6 +293,7 @@ class PersistentBackendConformance(BackendConformance):
             items = [obj("shared-1"), obj("shared-2")]
             await backend.commit(items, [RefUpdate("sessions/s", items[1][0], None)])
             assert await other.get_ref("sessions/s") == items[1][0]
+            assert await other.has_objects([oid for oid, _ in items]) == {oid for oid, _ in items}
             got = await other.get_objects([items[0][0]])
             assert bytes(got[items[0][0]]) == items[0][1]
             await other.update_refs([RefUpdate("sessions/s", items[0][0], items[1][0])])
@@ -262,8 +302,6 @@ class PersistentBackendConformance(BackendConformance):
             await other.close()
 
     async def test_gc_waits_for_shared_holders_in_other_processes(self, backend: Backend) -> None:
-        import asyncio
-
         other = await self.reopen(backend)
         await other.open()
         try:

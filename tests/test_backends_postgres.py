@@ -21,8 +21,8 @@ class TestPostgres(PersistentBackendConformance):
     async def make_backend(self) -> Backend:
         return PostgresBackend(self.url)
 
-    async def reopen(self, backend: Backend) -> Backend:
-        return PostgresBackend(self.url)
+    async def reopen(self, backend: Backend, **options: float) -> Backend:
+        return PostgresBackend(self.url, **options)
 
 
 def _schema_of(url: str) -> str:
@@ -59,25 +59,6 @@ async def test_refuses_a_foreign_schema(postgres_url: str) -> None:
         await conn.execute(f"CREATE TABLE {schema}.mine (x int)")
     with pytest.raises(StoreError, match="not a castate store"):
         await PostgresBackend(postgres_url).open()
-
-
-async def test_saves_wait_while_gc_deletes(postgres_url: str) -> None:
-    gc_side, writer = PostgresBackend(postgres_url), PostgresBackend(postgres_url)
-    await gc_side.open()
-    await writer.open()
-    try:
-        async with gc_side.gc_exclusive():
-            save = asyncio.create_task(writer.commit([obj("x")], [RefUpdate("sessions/w", cid(1), None)]))
-            await asyncio.sleep(0.3)
-            assert not save.done()
-            assert await gc_side.delete_objects([obj("x")[0]]) == 0
-            # plain ref moves (a checkpoint) do not wait for gc
-            await asyncio.wait_for(writer.update_refs([RefUpdate("checkpoints/c", cid(2), None)]), 5)
-        assert await asyncio.wait_for(save, 10) == 1
-        assert await gc_side.get_ref("sessions/w") == cid(1)
-    finally:
-        await gc_side.close()
-        await writer.close()
 
 
 async def test_gc_waits_for_a_save_in_flight(postgres_url: str) -> None:
@@ -137,19 +118,3 @@ async def test_racing_creators_of_one_ref(postgres_url: str) -> None:
     finally:
         for b in backends:
             await b.close()
-
-
-async def test_a_save_gives_up_waiting_for_gc_clearly(postgres_url: str) -> None:
-    gc_side, writer = PostgresBackend(postgres_url), PostgresBackend(postgres_url, lock_timeout=0.3)
-    await gc_side.open()
-    await writer.open()
-    try:
-        async with gc_side.gc_exclusive():
-            with pytest.raises(StoreError, match="waiting for gc"):
-                await writer.commit([obj("late")], [RefUpdate("sessions/l", cid(1), None)])
-        assert await writer.get_ref("sessions/l") is None
-        assert await writer.has_objects([obj("late")[0]]) == set()
-        assert await writer.commit([obj("late")], [RefUpdate("sessions/l", cid(1), None)]) == 1
-    finally:
-        await gc_side.close()
-        await writer.close()

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from pathlib import Path
 
 import pytest
 
-from castate.backends import Backend, RefUpdate
+from castate.backends import Backend
 from castate.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
 from castate.errors import StoreError, UnsupportedFormatError
-from tests.backend_conformance import PersistentBackendConformance, cid, obj
+from tests.backend_conformance import PersistentBackendConformance
 
 
 class TestSQLite(PersistentBackendConformance):
@@ -22,30 +21,13 @@ class TestSQLite(PersistentBackendConformance):
     async def make_backend(self) -> Backend:
         return SQLiteBackend(self.path)
 
-    async def reopen(self, backend: Backend) -> Backend:
-        return SQLiteBackend(self.path)
+    async def reopen(self, backend: Backend, **options: float) -> Backend:
+        return SQLiteBackend(self.path, **options)
 
 
 class TestSQLiteRelaxed(TestSQLite):
     async def make_backend(self) -> Backend:
         return SQLiteBackend(self.path, durability="relaxed")
-
-
-async def test_saves_wait_while_gc_deletes(tmp_path: Path) -> None:
-    gc_side, writer = SQLiteBackend(tmp_path / "s.db"), SQLiteBackend(tmp_path / "s.db")
-    await gc_side.open()
-    await writer.open()
-    try:
-        async with gc_side.gc_exclusive():
-            save = asyncio.create_task(writer.commit([obj("x")], [RefUpdate("sessions/w", cid(1), None)]))
-            await asyncio.sleep(0.3)
-            assert not save.done()
-            assert await gc_side.delete_objects([obj("x")[0]]) == 0  # gc can still work meanwhile
-        assert await asyncio.wait_for(save, 10) == 1
-        assert await gc_side.get_ref("sessions/w") == cid(1)
-    finally:
-        await gc_side.close()
-        await writer.close()
 
 
 async def test_refuses_a_foreign_database(tmp_path: Path) -> None:

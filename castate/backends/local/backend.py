@@ -245,7 +245,13 @@ class LocalBackend(Backend):
     def has_objects_sync(self, ids: Collection[bytes]) -> set[bytes]:
         with self._mutex:
             self._sync_with_gc()
-            return {oid for oid in ids if self._has(oid)}
+            wanted = set(ids)
+            found = {oid for oid in wanted if self._has(oid)}
+            if len(found) < len(wanted):
+                # Another writer's packs grew since this backend last looked (get_objects does the same).
+                self._refresh_packs()
+                found.update(oid for oid in wanted - found if self._has(oid))
+            return found
 
     def _has(self, oid: bytes) -> bool:
         return oid in self._index or self._loose_path(oid).exists()
