@@ -56,7 +56,27 @@ def postgres_bindir() -> Path:
     return Path(candidates[-1]).parent
 
 
-class PostgresServer:
+class _Server:
+    """A throwaway server: ``with Server(...) as s`` starts it and always cleans up."""
+
+    def start(self) -> Self:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def cleanup(self) -> None:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        try:
+            return self.start()
+        except BaseException:
+            self.cleanup()
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+class PostgresServer(_Server):
     """A PostgreSQL cluster in a temporary directory, listening on 127.0.0.1 only (trust auth)."""
 
     def __init__(self, *, durable: bool = False, port: int | None = None) -> None:
@@ -117,21 +137,11 @@ class PostgresServer:
                 self.stop("immediate")
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
-
 
 Persistence = Literal["none", "aof", "aof-always"]
 
 
-class RedisServer:
+class RedisServer(_Server):
     """A redis-server in a temporary directory on 127.0.0.1.
 
     ``persistence``: ``"none"`` (no RDB, no AOF: a restart empties it), ``"aof"``
@@ -197,13 +207,3 @@ class RedisServer:
                     with contextlib.suppress(FileNotFoundError):
                         total += os.stat(os.path.join(dirpath, name)).st_size
         return total
-
-    def __enter__(self) -> Self:
-        try:
-            return self.start()
-        except BaseException:
-            self.cleanup()
-            raise
-
-    def __exit__(self, *exc: object) -> None:
-        self.cleanup()
