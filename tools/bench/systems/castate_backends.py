@@ -15,41 +15,13 @@ from __future__ import annotations
 
 import atexit
 from pathlib import Path
-from typing import Any
 
 import castate
-from tools.bench.systems.base import System
+from tools.bench.systems.castate_sys import CastateSteps
 from tools.servers import PostgresServer, RedisServer
 
-SESSION = "bench"
 
-
-class _OverURL(System):
-    url = ""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.sm: castate.StateManager | None = None
-
-    async def checkpoint(self, state: dict[str, Any], step: int) -> str:
-        assert self.sm is not None
-        await self.sm.save_session(SESSION, state)
-        return await self.sm.create_checkpoint(SESSION, f"step-{step:06d}")
-
-    async def restore(self, handle: str) -> dict[str, Any]:
-        assert self.sm is not None
-        return await self.sm.restore_checkpoint(handle)
-
-    async def stats(self) -> dict[str, Any]:
-        assert self.sm is not None
-        return dict(await self.sm.repository.backend.stats())
-
-    async def close(self) -> None:
-        if self.sm is not None:
-            await self.sm.close()
-
-
-class CastateSQLite(_OverURL):
+class CastateSQLite(CastateSteps):
     name = "castate-sqlite"
 
     async def setup(self, directory: Path) -> None:
@@ -58,7 +30,7 @@ class CastateSQLite(_OverURL):
         self.sm = castate.StateManager(f"sqlite:///{directory / 'state.db'}")
 
 
-class _Server(_OverURL):
+class _Server(CastateSteps):
     """A system whose store lives in a server: ``disk()`` reports the store's share of it."""
 
     def __init__(self) -> None:

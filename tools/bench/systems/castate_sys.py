@@ -11,19 +11,13 @@ from tools.bench.systems.base import System
 SESSION = "bench"
 
 
-class Castate(System):
-    """castate's StateManager over a FileStorageBackend (durable: fsync; relaxed: none)."""
+class CastateSteps(System):
+    """The steps every castate system takes, over whichever store ``setup`` opens as ``self.sm``:
+    ``save_session`` then a named ``create_checkpoint`` (a ref); restore is ``restore_checkpoint``."""
 
-    def __init__(self, durability: str = "durable") -> None:
+    def __init__(self) -> None:
         super().__init__()
-        self.durability = durability
-        self.durable = durability == "durable"
-        self.name = "castate" if self.durable else "castate-relaxed"
         self.sm: castate.StateManager | None = None
-
-    async def setup(self, directory: Path) -> None:
-        await super().setup(directory)
-        self.sm = castate.StateManager(castate.FileStorageBackend(directory, durability=self.durability))
 
     async def checkpoint(self, state: dict[str, Any], step: int) -> str:
         assert self.sm is not None
@@ -34,19 +28,33 @@ class Castate(System):
         assert self.sm is not None
         return await self.sm.restore_checkpoint(handle)
 
+    async def stats(self) -> dict[str, Any]:
+        assert self.sm is not None
+        return dict(await self.sm.repository.backend.stats())
+
+    async def close(self) -> None:
+        if self.sm is not None:
+            await self.sm.close()
+
+
+class Castate(CastateSteps):
+    """castate's StateManager over a FileStorageBackend (durable: fsync; relaxed: none)."""
+
+    def __init__(self, durability: str = "durable") -> None:
+        super().__init__()
+        self.durability = durability
+        self.durable = durability == "durable"
+        self.name = "castate" if self.durable else "castate-relaxed"
+
+    async def setup(self, directory: Path) -> None:
+        await super().setup(directory)
+        self.sm = castate.StateManager(castate.FileStorageBackend(directory, durability=self.durability))
+
     async def reopen(self) -> None:
         assert self.sm is not None
         assert self.root is not None
         await self.sm.close()
         self.sm = castate.StateManager(castate.FileStorageBackend(self.root, durability=self.durability))
-
-    async def stats(self) -> dict[str, Any]:
-        assert self.sm is not None
-        return dict(await self.sm.storage.repository.backend.stats())
-
-    async def close(self) -> None:
-        if self.sm is not None:
-            await self.sm.close()
 
 
 class CastateRelaxed(Castate):
