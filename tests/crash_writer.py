@@ -2,7 +2,8 @@
 
 ``python -m tests.crash_writer STORE MODE STEPS_JSON [MAX_SAVES]`` where MODE is ``packed``,
 ``loose``, ``gc`` (packed, plus a gc with no grace and no reflog every few saves) or
-``snapshot`` (packed, with refs.snapshot rewritten every ~512 bytes of journal) and
+``snapshot`` (packed, with refs.snapshot rewritten every ~512 bytes of journal and the pack
+index every few saves) and
 STEPS_JSON maps each session to the step it continues from; with MAX_SAVES it exits after
 that many saves (a crash point that was never reached). It writes a ledger line to stdout, flushed,
 before and after every call, so the test knows what was in flight when the process died
@@ -48,10 +49,11 @@ def state_at(session: str, step: int) -> dict[str, Any]:
 
 
 def manager(path: str, mode: str) -> castate.StateManager:
-    if mode == "snapshot":  # packed, with a refs.snapshot rewritten every ~512 bytes of journal
-        from castate.backends.local import journal
+    if mode == "snapshot":  # packed, with the caches (refs.snapshot, packs/*.idx) rewritten often
+        from castate.backends.local import journal, packidx
 
         journal.SNAPSHOT_MIN_TAIL = 512
+        packidx.MIN_NEW = 8
     return castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=mode == "loose")))
 
 

@@ -85,8 +85,12 @@ async def test_damaged_pack_data_names_the_object(tmp_path: Path) -> None:
     path = tmp_path / "store"
     await build_store(path)
     (pack,) = (path / "packs").glob("*.pack")
+    scanned = packs.Pack(pack)
+    packs.scan_pack(scanned)
+    scanned.close()
+    rec = scanned.records[sorted(scanned.records)[len(scanned.records) // 2]]
     data = bytearray(pack.read_bytes())
-    data[len(data) // 2] ^= 0xFF
+    data[rec.comp_start + rec.comp_len // 2] ^= 0xFF  # the compressed objects of a record in the middle
     pack.write_bytes(bytes(data))
     sm = castate.StateManager(path)
     try:

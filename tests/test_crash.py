@@ -59,6 +59,7 @@ POINT_PLAN = [
     ("gc-before-marker", "gc", True, 3),
     ("file-before-rename", "gc", True, 3),
     ("snapshot-before-rename", "snapshot", True, 3),
+    ("index-before-rename", "snapshot", True, 3),
     ("journal-after-sync", "snapshot", True, 3),
 ]
 MAX_SAVES = 60  # a writer that reaches no crash point in this many saves exits

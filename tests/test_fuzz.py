@@ -1,8 +1,9 @@
 """Fuzzing the decoders of everything castate reads back: object frames and every object kind,
-pack files (record tables and data), the ref journal, its cache refs.snapshot and bundle files, fed random bytes and
-mutations of valid ones (hypothesis). Only castate's own errors may come out: never another
-exception, a crash, a hang, or an allocation out of proportion to the input (each example's
-peak of Python allocations is measured with tracemalloc).
+pack files (record tables and data) and their indexes, the ref journal, its cache
+refs.snapshot and bundle files, fed random bytes and mutations of valid ones (hypothesis).
+Only castate's own errors may come out: never another exception, a crash, a hang, or an
+allocation out of proportion to the input (each example's peak of Python allocations is
+measured with tracemalloc).
 
 ``CASTATE_FUZZ_EXAMPLES`` sets the examples per target (150; 3,000 with ``CASTATE_FULL=1``).
 tests/test_codec_decoder.py fuzzes the node parsers alone; tests/test_local_journal.py the
@@ -26,7 +27,7 @@ from hypothesis import strategies as st
 
 import castate
 from castate.backends.local import journal as journalfmt
-from castate.backends.local import packs, refsnap
+from castate.backends.local import packidx, packs, refsnap
 from castate.backends.local.locks import FileLock
 from castate.codec import Decoder, Encoder, decode_frame, encode_frame
 from castate.codec.objects import KIND_NAMES, object_id
@@ -259,6 +260,70 @@ def test_ref_snapshots_random_and_mutated(data: st.DataObject) -> None:
                 assert resealed  # a crafted snapshot may disagree with the journal's tail
             finally:
                 j.lock.close()
+
+
+@cache
+def valid_indexed_store() -> tuple[bytes, bytes, dict[bytes, bytes]]:
+    """A pack, its index and its objects' frames."""
+
+    async def build(path: Path) -> None:
+        backend = castate.LocalBackend(path)
+        async with castate.StateManager(castate.Repository(backend)) as sm:
+            for step in range(6):
+                state = example_state()
+                state["step"] = step
+                await sm.save_session("s", state)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asyncio.run(build(Path(tmp)))
+        (pack,) = (Path(tmp) / "packs").glob("*.pack")
+        scanned = packs.Pack(pack)
+        packs.scan_pack(scanned)
+        cache = packs.ChainCache()
+        frames = {}
+        for oid, loc in scanned.entries.items():
+            rec_off, off, n = packs.unpack_loc(loc)
+            frames[oid] = bytes(cache.record_bytes(scanned, scanned.records[rec_off])[off : off + n])
+        scanned.close()
+        return pack.read_bytes(), packidx.path_of(pack).read_bytes(), frames
+
+
+@FUZZ
+@given(st.data())
+def test_pack_indexes_random_and_mutated(data: st.DataObject) -> None:
+    """packs/<name>.idx beside an intact pack: no bytes make opening or reading fail, and a
+    damaged index never changes what is read. A mutation re-sealed with a valid checksum (a
+    crafted file) reaches the parser's field checks; such a file may be trusted, like any file
+    of the store (docs/security.md), so then only castate's own errors may come out."""
+    pack_bytes, valid, frames = valid_indexed_store()
+    resealed = False
+    if data.draw(st.booleans(), label="random"):
+        blob = data.draw(st.binary(max_size=1024))
+    else:
+        blob = mutate(data, valid)
+        if data.draw(st.booleans(), label="reseal") and len(blob) > 32:
+            blob = blob[:-32] + blake3.blake3(blob[:-32]).digest()
+            resealed = True
+    with tempfile.TemporaryDirectory() as tmp:
+        store = Path(tmp)
+        asyncio.run(castate.LocalBackend(store).open())  # an empty store to put the pack in
+        pack = store / "packs" / "0000000000000001-000000000000.pack"
+        pack.write_bytes(pack_bytes)
+        packidx.path_of(pack).write_bytes(blob)
+        with bounded_allocation():
+            backend = castate.LocalBackend(store)
+            backend.open_sync()
+            try:
+                got = {oid: bytes(frame) for oid, frame in backend.get_objects_sync(list(frames)).items()}
+                if not resealed:
+                    assert got == frames
+                else:
+                    for oid, frame in got.items():
+                        read_object(oid, frame)
+            except CastateError:
+                assert resealed
+            finally:
+                asyncio.run(backend.close())
 
 
 # -- bundles ---------------------------------------------------------------------------------------

@@ -56,6 +56,7 @@ async def test_everything_a_store_creates_is_private(tmp_path: Path, monkeypatch
     found = modes(path)
     assert {"packs", "objects", "locks", "quarantine", "refs.journal", "refs.snapshot", "castate.json"} <= set(found)
     assert any(name.startswith("quarantine/refs.journal.") for name in found)
+    assert any(name.startswith("packs/") and name.endswith(".pack.idx") for name in found)
     wrong = {
         name: oct(mode)
         for name, mode in found.items()

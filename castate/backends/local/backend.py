@@ -4,6 +4,7 @@ Layout of a store directory (docs/format.md has the bytes)::
 
     castate.json        format version and store id
     packs/*.pack        pack files (one writer each; a save appends one record)
+    packs/*.pack.idx    a checked cache of each pack's scan (an open reads it instead)
     objects/ab/cdef...  loose objects, one frame per file (readable; written in loose mode)
     refs.journal        every ref change (refs and reflog in one append-only file)
     refs.snapshot       a checked cache of the replayed refs (an open replays only the tail)
@@ -29,7 +30,7 @@ from typing import Any, Literal, TypeVar
 import orjson
 
 from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefRepairReport, RefUpdate
-from castate.backends.local import crashpoints, osio
+from castate.backends.local import crashpoints, osio, packidx
 from castate.backends.local import packs as packfmt
 from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, naming, write_all
 from castate.backends.local.journal import RefJournal
@@ -329,6 +330,7 @@ class LocalBackend(Backend):
             self._index.setdefault(oid, pack)
             pos += len(frame)
         pack.scanned = self._pack_size
+        self._maybe_index(pack)
 
     def _new_pack(self) -> None:
         self._seal()
@@ -355,7 +357,9 @@ class LocalBackend(Backend):
         self._packs[name] = self._pack
 
     def _seal(self) -> None:
-        """Stop appending to the current pack (it stays readable)."""
+        """Stop appending to the current pack (it stays readable), and index what it holds."""
+        if self._pack is not None and len(self._pack.entries) > self._pack.indexed:
+            self._write_index(self._pack)
         if self._pack_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._pack_fd)
@@ -379,21 +383,36 @@ class LocalBackend(Backend):
                     self._index.setdefault(oid, pack)
         for name in sorted(names):
             pack = self._packs.get(name)
+            new: list[bytes] = []
             if pack is None:
                 pack = self._packs[name] = packfmt.Pack(self.packs_dir / name)
+                if packidx.load(pack):
+                    pack.indexed = len(pack.entries)
+                    new = list(pack.entries)
             elif pack is self._pack:
                 continue
             try:
-                new = packfmt.scan_pack(pack)
+                new += packfmt.scan_pack(pack)
             except FileNotFoundError:
                 self._packs.pop(name).close()
                 continue
+            self._maybe_index(pack)
             found = dict.fromkeys(new, pack)
             if found.keys().isdisjoint(self._index.keys()):
                 self._index.update(found)
             else:
                 for oid in new:
                     self._index.setdefault(oid, pack)
+
+    def _maybe_index(self, pack: packfmt.Pack) -> None:
+        """Rewrite the pack's index once it lists a fifth (at least ``MIN_NEW``) fewer objects
+        than the pack holds: an open then scans a bounded tail, for a few index bytes per object."""
+        if len(pack.entries) - pack.indexed >= max(packidx.MIN_NEW, pack.indexed // 4):
+            self._write_index(pack)
+
+    def _write_index(self, pack: packfmt.Pack) -> None:
+        if pack.end is None and packidx.write(pack):
+            pack.indexed = len(pack.entries)
 
     async def delete_objects(self, ids: Collection[bytes]) -> int:
         return await self._run(self.delete_objects_sync, ids)
@@ -407,6 +426,7 @@ class LocalBackend(Backend):
         doomed = set(ids)
         with self._mutex:
             self._refresh_packs()
+            self._drop_orphan_indexes()
             if doomed:
                 # Tell every other open backend that its pack index may list deleted objects
                 # before deleting anything, so a gc killed midway has told them too; and again
@@ -430,6 +450,18 @@ class LocalBackend(Backend):
                         self._index.setdefault(oid, pack)
                 self._bump_gc_marker()
             return len({oid for oid in removed if oid not in self._index})
+
+    def _drop_orphan_indexes(self) -> None:
+        """Remove indexes whose pack is gone (a gc or a reader stopped between the two unlinks)."""
+        for entry in os.scandir(self.packs_dir):
+            name = entry.name
+            if (
+                name.endswith(".pack" + packidx.SUFFIX)
+                and not name.startswith(".")
+                and not os.path.exists(entry.path[: -len(packidx.SUFFIX)])
+            ):
+                with contextlib.suppress(FileNotFoundError):
+                    osio.unlink(entry.path)
 
     def _bump_gc_marker(self) -> None:
         atomic_write(self._gc_marker, uuid.uuid4().bytes, durable=self.durable)
@@ -497,6 +529,8 @@ class LocalBackend(Backend):
                 osio.replace(pack.path, self.quarantine_dir / pack.name)
             else:
                 osio.unlink(pack.path)
+            with contextlib.suppress(FileNotFoundError):
+                osio.unlink(packidx.path_of(pack.path))
             if self.durable:
                 fsync_dir(self.packs_dir)
         finally:
@@ -676,12 +710,19 @@ class LocalBackend(Backend):
                 self._refs().verify()
             except CorruptFileError as exc:
                 out.append(f"ref journal {exc.path}: {exc.reason}")
-            for pack in sorted(self._packs.values(), key=lambda p: p.name):
+            for known in sorted(self._packs.values(), key=lambda p: p.name):
+                pack = packfmt.Pack(known.path, end=known.end)  # scanned afresh: an index would hide later damage
+                try:
+                    packfmt.scan_pack(pack)
+                except FileNotFoundError:
+                    continue
+                finally:
+                    pack.close()
                 for start, end in pack.damaged:
                     out.append(f"pack {pack.path}: damaged record(s) in bytes {start}-{end}, skipped")
                 broken = [r for r in pack.records.values() if r.chain < 0]
                 if broken:
-                    lost = sum(1 for loc in pack.entries.values() if pack.records[loc >> 64].chain < 0)
+                    lost = sum(1 for loc in pack.entries.values() if pack.records[packfmt.unpack_loc(loc)[0]].chain < 0)
                     out.append(
                         f"pack {pack.path}: {len(broken)} record(s) follow a damaged record; "
                         f"their {lost} object(s) cannot be read"

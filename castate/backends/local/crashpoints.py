@@ -22,6 +22,7 @@ POINTS = {
     "journal-after-sync": "the ref moved and durable, the call not yet returned",
     "file-before-rename": "a whole-file write (loose object, rewritten journal, config) before its rename",
     "snapshot-before-rename": "a new refs.snapshot (cache of the replayed refs) written, not yet renamed into place",
+    "index-before-rename": "a new packs/<name>.idx (cache of a pack's scan) written, not yet renamed into place",
     "gc-before-unlink": "gc copied a pack's survivors to a new pack, the old pack not yet removed",
     "gc-before-marker": "gc about to delete objects, locks/gc.generation not yet replaced",
 }

@@ -40,6 +40,7 @@ _REC_START = struct.Struct("<4sI")  # magic, head length
 _HEAD = struct.Struct("<BQQIII")  # flags, time_ns, previous record of the chain, raw_len, comp_len, n
 _ENTRY = struct.Struct("<32sII")  # id, offset in the record's raw bytes, length
 _U32 = struct.Struct("<I")
+_LOC = struct.Struct("<QII")  # an object's place: record offset, offset and length in the record's raw bytes
 MAX_HEAD = 64 << 20
 
 
@@ -60,12 +61,13 @@ class Pack:
     path: Path
     records: dict[int, RecInfo] = field(default_factory=dict)
     chains: dict[int, list[int]] = field(default_factory=dict)  # chain start -> its record offsets
-    entries: dict[bytes, int] = field(default_factory=dict)  # id -> its place, as pack_loc() makes it
+    entries: dict[bytes, bytes] = field(default_factory=dict)  # id -> its place, as pack_loc() makes it
     scanned: int = len(PACK_HEADER)
     torn: bool = False
     damaged: list[tuple[int, int]] = field(default_factory=list)  # (start, end) of unreadable spans
     end: int | None = None  # bytes past this are not read (a record this process failed to make durable)
     fd: int | None = None
+    indexed: int = 0  # objects the newest packs/<name>.idx known here lists
 
     @property
     def name(self) -> str:
@@ -82,15 +84,16 @@ class Pack:
             self.fd = None
 
 
-def pack_loc(rec_off: int, off: int, n: int) -> int:
+def pack_loc(rec_off: int, off: int, n: int) -> bytes:
     """An object's place in a pack (its record's file offset, its offset and length in the
-    record's raw bytes) as one int: a third of the memory of a tuple, for every object listed."""
-    return rec_off << 64 | off << 32 | n
+    record's raw bytes) as 16 bytes: a third of the memory of a tuple, for every object listed,
+    and the very bytes a pack index stores, so loading one makes no per-object Python call."""
+    return _LOC.pack(rec_off, off, n)
 
 
-def unpack_loc(loc: int) -> tuple[int, int, int]:
+def unpack_loc(loc: bytes) -> tuple[int, int, int]:
     """(record offset, offset, length) from ``pack_loc``."""
-    return loc >> 64, loc >> 32 & 0xFFFFFFFF, loc & 0xFFFFFFFF
+    return _LOC.unpack(loc)  # type: ignore[return-value]
 
 
 # -- writing -------------------------------------------------------------------------------
@@ -208,10 +211,10 @@ def scan_pack(pack: Pack) -> list[bytes]:
                 info.chain = -1  # its chain is broken by damage: its objects cannot be read
         pack.records[off] = info
         raw_len = info.raw_len
-        base = off << 64
+        loc = _LOC.pack
         for oid, o, n in entries:
             if o + n <= raw_len and oid not in entries_of:
-                entries_of[oid] = base | o << 32 | n
+                entries_of[oid] = loc(off, o, n)
                 new.append(oid)
         off = end
     pack.scanned = off
