@@ -221,3 +221,53 @@ def test_output_bound_reads_block_headers() -> None:
     assert 1000 <= bound_second <= 1 << 17
     assert packs.output_bound(first, False) is None or packs.output_bound(first, False) != bound_first
     assert packs.output_bound(b"\x00\x01", False) is None  # not whole blocks
+
+
+async def test_a_batch_in_any_order_decompresses_each_record_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    w = LocalBackend(tmp_path)
+    await w.open()
+    pairs = [(batch(s), batch(100 + s)) for s in range(15)]
+    for a, b in pairs:  # two sessions saving in turn: two chains, their records interleaved
+        await w.put_objects(a, stream="a")
+        await w.put_objects(b, stream="b")
+    await w.close()
+    wanted = {oid: frame for a, b in pairs for oid, frame in a + b}
+    # Newest first, alternating between the chains: a walk in this order would decompress
+    # each chain again at every switch once the cache cannot hold both.
+    order = [oid for a, b in reversed(pairs) for oid in (a[0][0], b[0][0], *(o for o, _ in a[1:] + b[1:]))]
+    calls = 0
+    real = packs.bounded_decompress
+
+    def counting(*args: object, **kwargs: object) -> bytes | None:
+        nonlocal calls
+        calls += 1
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(packs, "bounded_decompress", counting)
+    b = LocalBackend(tmp_path, cache_bytes=4 << 10)  # smaller than one chain
+    await b.open()
+    try:
+        got = await b.get_objects(order)
+    finally:
+        await b.close()
+    assert {oid: bytes(frame) for oid, frame in got.items()} == wanted
+    assert calls == 30  # one per record
+
+
+async def test_a_batch_larger_than_the_cache_pins_at_most_a_quarter_of_it(tmp_path: Path) -> None:
+    batches = await fill(tmp_path, 40)
+    wanted = {oid: frame for one in batches for oid, frame in one}
+    cache = 16 << 10
+    b = LocalBackend(tmp_path, cache_bytes=cache)
+    await b.open()
+    try:
+        got = await b.get_objects(list(wanted))
+    finally:
+        await b.close()
+    assert {oid: bytes(frame) for oid, frame in got.items()} == wanted
+    pinned = {id(f.obj): len(f.obj) for f in got.values() if isinstance(f, memoryview)}
+    largest = max(len(f) for f in wanted.values()) * 5  # one record of five frames
+    assert 0 < sum(pinned.values()) <= cache // 4 + largest
+    assert any(isinstance(f, bytes) for f in got.values())  # the rest were copied out

@@ -23,7 +23,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -211,34 +211,50 @@ class LocalBackend(Backend):
     def get_objects_sync(self, ids: Collection[bytes]) -> dict[bytes, Any]:
         with self._mutex:
             out: dict[bytes, Any] = {}
-            records: dict[tuple[packfmt.Pack, int], bytes] = {}
-            missing = [oid for oid in ids if not self._read_into(oid, out, records)]
+            missing = self._read_many(ids, out)
             if missing:
                 self._refresh_packs()
-                for oid in missing:
-                    self._read_into(oid, out, records)
+                self._read_many(missing, out)
             return out
 
-    def _read_into(self, oid: bytes, out: dict[bytes, Any], records: dict[tuple[packfmt.Pack, int], bytes]) -> bool:
-        """Put the frame of ``oid`` into ``out`` (as a view into its record); False when absent."""
-        pack = self._index.get(oid)
-        if pack is not None:
-            rec_off, off, n = packfmt.unpack_loc(pack.entries[oid])
-            raw = records.get((pack, rec_off))
-            if raw is None:
+    def _read_many(self, ids: Iterable[bytes], out: dict[bytes, Any]) -> list[bytes]:
+        """Put the frames of ``ids`` into ``out``; returns the ids found nowhere.
+
+        Packed objects are read chain by chain, record by record, so each chain is decompressed
+        in one sweep whatever the order of ``ids``. A frame is a view into its record while the
+        records viewed fit in a quarter of the chain cache's budget, and a copy after that, so a
+        batch that spans the whole history (every commit of a long session) keeps at most that
+        many decompressed bytes beyond the cache's own."""
+        placed: list[tuple[str, int, int, int, int, bytes, packfmt.Pack]] = []
+        missing: list[bytes] = []
+        for oid in ids:
+            pack = self._index.get(oid)
+            if pack is not None:
+                rec_off, off, n = packfmt.unpack_loc(pack.entries[oid])
+                placed.append((pack.name, pack.records[rec_off].chain, rec_off, off, n, oid, pack))
+                continue
+            try:
+                out[oid] = self._loose_path(oid).read_bytes()
+            except FileNotFoundError:
+                missing.append(oid)
+        placed.sort(key=lambda p: (p[0], p[1], p[2]))
+        budget = self._cache.max_bytes // 4
+        current: tuple[packfmt.Pack, int] | None = None
+        raw = b""
+        for _, _, rec_off, off, n, oid, pack in placed:
+            if current != (pack, rec_off):
                 try:
-                    raw = records[pack, rec_off] = self._cache.record_bytes(pack, pack.records[rec_off])
+                    raw = self._cache.record_bytes(pack, pack.records[rec_off])
                 except FileNotFoundError:
-                    return False  # removed by gc in another process: a refresh finds the new copy
+                    missing.append(oid)  # removed by gc in another process: a refresh finds the new copy
+                    current = None
+                    continue
                 except CorruptFileError as exc:
                     raise CorruptObjectError(oid.hex(), f"stored in {exc.path}: {exc.reason}") from None
-            out[oid] = memoryview(raw)[off : off + n]
-            return True
-        try:
-            out[oid] = self._loose_path(oid).read_bytes()
-        except FileNotFoundError:
-            return False
-        return True
+                current = (pack, rec_off)
+                budget -= len(raw)
+            out[oid] = memoryview(raw)[off : off + n] if budget >= 0 else raw[off : off + n]
+        return missing
 
     async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
         return await self._run(self.has_objects_sync, ids)
