@@ -36,13 +36,13 @@ from castate.codec.objects import (
 from castate.errors import CorruptObjectError, MissingObjectError
 
 VALUE_KINDS = frozenset((KIND_STR, KIND_BYTES, KIND_CHUNKED, KIND_DICT, KIND_LIST, KIND_INDEX))
-_NODE = frozenset((KIND_DICT, KIND_LIST))
+_DICT_OR_LIST = frozenset((KIND_DICT, KIND_LIST))
 Content = bytes | memoryview
 
 
 def child_ids(oid: bytes, kind: int, content: Content) -> list[bytes]:
     """Ids of the objects a value object points at (without decoding node bodies)."""
-    if kind in (KIND_DICT, KIND_LIST):
+    if kind in _DICT_OR_LIST:
         if content[:4] == NO_SPECIALS:
             return []
         return [ref for _, _, ref in parse_specials(oid, content)[0]]
@@ -83,7 +83,7 @@ class Decoder:
         if got is None:
             raise MissingObjectError(oid.hex(), f"referenced by {parent.hex()}")
         kind, content = got
-        if kind in _NODE:
+        if kind in _DICT_OR_LIST:
             if depth >= MAX_DEPTH:
                 raise _too_deep(oid)
             if content[:4] == NO_SPECIALS:  # most nodes hold no refs: their body is their value
