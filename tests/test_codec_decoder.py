@@ -32,6 +32,8 @@ from castate.codec.objects import (
     KIND_INDEX,
     KIND_LIST,
     KIND_STR,
+    decode_frame,
+    encode_frame,
     object_id,
 )
 from castate.errors import CastateError, CorruptObjectError, MissingObjectError
@@ -199,3 +201,69 @@ def test_a_commit_claiming_millions_of_parents_is_refused_before_building_them()
     finally:
         tracemalloc.stop()
     assert peak < 1 << 20
+
+
+def _node_object(kind: int, specials: list[tuple[int, int, bytes]], body: bytes) -> tuple[bytes, tuple[int, bytes]]:
+    content = encode_node(specials, body)
+    return object_id(kind, content), (kind, content)
+
+
+@pytest.mark.parametrize(
+    ("kind", "body"),
+    [
+        (KIND_DICT, b"\x92\x01\x02"),  # a list body in a dict node
+        (KIND_LIST, b"\x81\xa1k\x01"),  # a dict body in a list node
+        (KIND_LIST, b"\xc1"),  # never-used msgpack byte
+        (KIND_DICT, b"\x81\xa1k"),  # truncated
+    ],
+)
+def test_a_bad_body_is_corrupt_with_or_without_refs(kind: int, body: bytes) -> None:
+    """A node without refs is decoded by a shorter path than one with refs: both refuse a bad
+    body and name the node, as the root and below a parent, building either way."""
+    leaf_id, leaf = _node_object(KIND_LIST, [], b"\x90")
+    for specials in ([], [(0, TAG_REF, leaf_id)]):
+        bad_id, bad = _node_object(kind, specials, body)
+        parent_id, parent = _node_object(KIND_DICT, [(0, TAG_REF, bad_id)], ormsgpack.packb({"x": None}))
+        decoder = Decoder({bad_id: bad, leaf_id: leaf, parent_id: parent})
+        for root in (bad_id, parent_id):
+            with pytest.raises(CorruptObjectError) as info:
+                decoder.build(root)
+            assert info.value.object_id == bad_id.hex()
+            with pytest.raises(CorruptObjectError) as info:
+                decoder._build_with_own_stack(root, root)
+            assert info.value.object_id == bad_id.hex()
+
+
+def test_nodes_with_and_without_refs_decode_alike() -> None:
+    """A node without refs and nodes whose refs fill entries, read from bytes or from the
+    memoryviews ``decode_frame`` returns; a node met twice is two fresh containers."""
+    blob = "z" * 3000
+    blob_id = object_id(KIND_STR, blob.encode())
+    plain_id, plain = _node_object(KIND_DICT, [], ormsgpack.packb({"a": [1, b"\x00"], "b": -(2**63)}))
+    list_id, listed = _node_object(
+        KIND_LIST, [(1, TAG_REF, plain_id), (2, TAG_REF, plain_id)], ormsgpack.packb([0.5, None, None, "s"])
+    )
+    root_id, root = _node_object(
+        KIND_DICT, [(0, TAG_REF, blob_id), (1, TAG_REF, list_id)], ormsgpack.packb({"blob": None, "l": None})
+    )
+    contents = {blob_id: (KIND_STR, blob.encode()), plain_id: plain, list_id: listed, root_id: root}
+    views = {
+        oid: decode_frame(oid, encode_frame(kind, content, compress=False)) for oid, (kind, content) in contents.items()
+    }
+    assert all(type(content) is memoryview for _, content in views.values())
+    plain_value = {"a": [1, b"\x00"], "b": -(2**63)}
+    want = {"blob": blob, "l": [0.5, plain_value, plain_value, "s"]}
+    for decoder in (Decoder(contents), Decoder(views)):
+        for got in (decoder.build(root_id), decoder._build_with_own_stack(root_id, root_id)):
+            assert got == want
+            assert type(got["l"][1]["a"][1]) is bytes
+            assert got["l"][1] is not got["l"][2]
+            assert got["l"][1]["a"] is not got["l"][2]["a"]
+
+
+def test_a_node_without_refs_one_level_too_deep_is_corrupt() -> None:
+    root, objects = deep_chain(MAX_DEPTH - 1)  # the leaf, which holds no refs, is at the limit
+    assert Decoder(objects).build(root) is not None
+    root, objects = deep_chain(MAX_DEPTH)
+    with pytest.raises(CorruptObjectError, match="nested deeper than 200"):
+        Decoder(objects).build(root)

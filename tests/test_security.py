@@ -51,13 +51,19 @@ async def test_a_swapped_object_is_refused_before_its_bytes_are_parsed(
     assert forged.read_bytes()[1] == KIND_DICT
 
     parsed: list[bytes] = []
-    real_parse = castate.codec.decoder.parse_node
 
-    def spy(oid: bytes, kind: int, content: Any) -> Any:
-        parsed.append(bytes(content))
-        return real_parse(oid, kind, content)
+    def spy_on(name: str) -> None:
+        """Record what the decoder's parser ``name`` is given (a node with refs or without)."""
+        real_parse = getattr(castate.codec.decoder, name)
 
-    monkeypatch.setattr(castate.codec.decoder, "parse_node", spy)
+        def spy(oid: bytes, kind: int, content: Any) -> Any:
+            parsed.append(bytes(content))
+            return real_parse(oid, kind, content)
+
+        monkeypatch.setattr(castate.codec.decoder, name, spy)
+
+    spy_on("parse_node")
+    spy_on("parse_body")
     async with castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=True))) as sm:
         with pytest.raises(CorruptObjectError, match="does not match its id") as info:
             await sm.load_session("s")

@@ -17,13 +17,13 @@ from castate.codec.nodes import (
     INDEX_LIST,
     NO_SPECIALS,
     Special,
+    parse_body,
     parse_chunked,
     parse_index,
     parse_node,
     parse_specials,
 )
 from castate.codec.objects import (
-    ID_SIZE,
     KIND_BYTES,
     KIND_CHUNK,
     KIND_CHUNKED,
@@ -36,12 +36,13 @@ from castate.codec.objects import (
 from castate.errors import CorruptObjectError, MissingObjectError
 
 VALUE_KINDS = frozenset((KIND_STR, KIND_BYTES, KIND_CHUNKED, KIND_DICT, KIND_LIST, KIND_INDEX))
+_DICT_OR_LIST = frozenset((KIND_DICT, KIND_LIST))
 Content = bytes | memoryview
 
 
 def child_ids(oid: bytes, kind: int, content: Content) -> list[bytes]:
     """Ids of the objects a value object points at (without decoding node bodies)."""
-    if kind in (KIND_DICT, KIND_LIST):
+    if kind in _DICT_OR_LIST:
         if content[:4] == NO_SPECIALS:
             return []
         return [ref for _, _, ref in parse_specials(oid, content)[0]]
@@ -77,13 +78,21 @@ class Decoder:
             return self._build_with_own_stack(oid, parent or oid)
 
     def _value(self, oid: bytes, parent: bytes, depth: int) -> Any:
-        kind, content = self._get(oid, parent)
-        if kind in (KIND_DICT, KIND_LIST):
-            body, specials = _node(oid, kind, content, depth)
-            if specials:
-                keys = list(body) if kind == KIND_DICT else None
-                for pos, _, ref in specials:
-                    body[keys[pos] if keys is not None else pos] = self._value(_ref(oid, ref), oid, depth + 1)
+        # The hot path of a read: one call per object visited, dict and list nodes first.
+        got = self.contents.get(oid)
+        if got is None:
+            raise MissingObjectError(oid.hex(), f"referenced by {parent.hex()}")
+        kind, content = got
+        if kind in _DICT_OR_LIST:
+            if depth >= MAX_DEPTH:
+                raise _too_deep(oid)
+            if content[:4] == NO_SPECIALS:  # most nodes hold no refs: their body is their value
+                return parse_body(oid, kind, content[4:])
+            body, specials = parse_node(oid, kind, content)
+            # A ref's position is a key's index in a dict node, the index itself in a list node.
+            keys = list(body) if kind == KIND_DICT else range(len(body))
+            for pos, _, ref in specials:
+                body[keys[pos]] = self._value(ref, oid, depth + 1)
             return body
         if kind == KIND_INDEX:
             flavor, children = parse_index(oid, content)
@@ -142,9 +151,9 @@ class Decoder:
         return self._leaf(oid, kind, content)
 
     def _fill(self, oid: bytes, kind: int, body: Any, specials: list[Special], depth: int) -> Steps:
-        keys = list(body) if kind == KIND_DICT else None
+        keys = list(body) if kind == KIND_DICT else range(len(body))
         for pos, _, ref in specials:
-            body[keys[pos] if keys is not None else pos] = yield _ref(oid, ref), oid, depth
+            body[keys[pos]] = yield ref, oid, depth
         return body
 
     def _index(self, oid: bytes, content: Content, depth: int) -> Steps:
@@ -170,14 +179,12 @@ class _Pending:
 
 def _node(oid: bytes, kind: int, content: Content, depth: int) -> tuple[Any, list[Special]]:
     if depth >= MAX_DEPTH:
-        raise CorruptObjectError(oid.hex(), f"nodes nested deeper than {MAX_DEPTH} levels")
+        raise _too_deep(oid)
     return parse_node(oid, kind, content)
 
 
-def _ref(parent: bytes, ref: bytes) -> bytes:
-    if len(ref) != ID_SIZE:
-        raise CorruptObjectError(parent.hex(), "bad ref")
-    return ref
+def _too_deep(oid: bytes) -> CorruptObjectError:
+    return CorruptObjectError(oid.hex(), f"nodes nested deeper than {MAX_DEPTH} levels")
 
 
 def _join(oid: bytes, flavor: int, parts: list[tuple[bytes, int, int, Any]]) -> Any:
@@ -200,6 +207,6 @@ def _join(oid: bytes, flavor: int, parts: list[tuple[bytes, int, int, Any]]) -> 
 
 def _utf8(oid: bytes, data: Content) -> str:
     try:
-        return bytes(data).decode("utf-8")
+        return str(data, "utf-8")  # decodes a memoryview in place, without copying it to bytes first
     except UnicodeDecodeError as exc:
         raise CorruptObjectError(oid.hex(), f"str object is not UTF-8: {exc}") from None

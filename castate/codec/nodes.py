@@ -69,16 +69,26 @@ def parse_specials(oid: bytes, content: bytes | memoryview) -> tuple[list[Specia
 def parse_node(oid: bytes, kind: int, content: bytes | memoryview) -> tuple[Any, list[Special]]:
     """The body (refs still nil) and the refs table of a dict or list node."""
     specials, off = parse_specials(oid, content)
+    body = parse_body(oid, kind, content[off:])
+    if specials and specials[-1][0] >= len(body):
+        raise CorruptObjectError(oid.hex(), "ref position out of range")
+    return body, specials
+
+
+def parse_body(oid: bytes, kind: int, data: bytes | memoryview) -> Any:
+    """The MessagePack body of a dict or list node, a dict or a list as its kind says.
+
+    A node whose refs table is empty (its content starts with ``NO_SPECIALS``) is this
+    body and nothing else, so a reader can take its value with this one call.
+    """
     try:
-        body = ormsgpack.unpackb(content[off:])
+        body = ormsgpack.unpackb(data)
     except (ormsgpack.MsgpackDecodeError, ValueError, TypeError) as exc:
         raise CorruptObjectError(oid.hex(), f"bad node body: {exc}") from None
     want = dict if kind == KIND_DICT else list
     if type(body) is not want:
         raise CorruptObjectError(oid.hex(), f"node body is not a {want.__name__}")
-    if specials and specials[-1][0] >= len(body):
-        raise CorruptObjectError(oid.hex(), "ref position out of range")
-    return body, specials
+    return body
 
 
 def check_nesting(oid: bytes, body: Any) -> None:

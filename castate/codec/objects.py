@@ -39,6 +39,9 @@ KIND_NAMES = {
     KIND_COMMIT: "commit",
 }
 
+# The byte each kind's content is hashed behind (the id covers the kind).
+_KIND_PREFIX = {kind: bytes((kind,)) for kind in KIND_NAMES}
+
 CODEC_RAW = 0
 CODEC_ZSTD = 1
 
@@ -67,9 +70,13 @@ def _decompressor() -> zstandard.ZstdDecompressor:
 
 def object_id(kind: int, content: bytes | memoryview) -> bytes:
     """The 32-byte id of an object: blake3 over the kind byte and the canonical content."""
-    h = blake3.blake3(bytes((kind,)))
-    h.update(content)
-    return h.digest()
+    return _hash(_KIND_PREFIX.get(kind) or bytes((kind,)), content)
+
+
+def _hash(prefix: bytes, content: bytes | memoryview) -> bytes:
+    # Hashing one joined buffer measured faster than hashing the prefix, then update(content):
+    # the copy is cheap next to blake3, and update() is slower on buffers of 2 KiB and more.
+    return blake3.blake3(prefix + content).digest()
 
 
 def hex_id(oid: bytes) -> str:
@@ -103,7 +110,8 @@ def decode_frame(oid: bytes, frame: bytes | memoryview) -> tuple[int, bytes | me
                 f"object {oid.hex()} has format version {version}; this castate reads {FORMAT_VERSION}"
             )
         raise CorruptObjectError(oid.hex(), f"unknown format version {version}")
-    if kind not in KIND_NAMES:
+    prefix = _KIND_PREFIX.get(kind)
+    if prefix is None:
         raise CorruptObjectError(oid.hex(), f"unknown object kind {kind}")
     payload = memoryview(frame)[3:]
     if codec == CODEC_RAW:
@@ -112,7 +120,7 @@ def decode_frame(oid: bytes, frame: bytes | memoryview) -> tuple[int, bytes | me
         content = _decompress(oid, payload)
     else:
         raise CorruptObjectError(oid.hex(), f"unknown codec {codec}")
-    if object_id(kind, content) != oid:
+    if blake3.blake3(prefix + content).digest() != oid:  # _hash, inlined: this runs once per object read
         raise CorruptObjectError(oid.hex(), "content does not match its id")
     return kind, content
 
