@@ -246,10 +246,11 @@ class StateManager:
                 content = encode_commit(commit)
                 target = object_id(KIND_COMMIT, content)
                 await repo.backend.commit(
-                    frames({target: (KIND_COMMIT, content)}, compress=not repo.backend.packs_objects),
+                    [],
                     [RefUpdate(names.checkpoint_ref(cpid), target, None)],
                     message=f"checkpoint {label}"[:200],
                     stream=session_ref,
+                    history=frames({target: (KIND_COMMIT, content)}, compress=not repo.backend.packs_objects),
                 )
                 return cpid
             except NotFoundError:

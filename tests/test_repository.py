@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -134,6 +135,21 @@ async def test_saves_of_one_stream_share_a_compression_chain(store_path: Path) -
         packs = list(backend._packs.values())
         assert len(packs) == 1
         chains = packs[0].chains
-        assert sorted(len(records) for records in chains.values()) == [1, 3]
+        assert sorted(len(records) for records in chains.values()) == [1, 1, 3, 3]  # states', commits' per stream
         for i in range(3):
             assert await repo.load(f"checkpoints/t/{i}") == {"doc": text + str(i)}
+
+
+async def test_reading_history_decompresses_commits_not_states(store_path: Path) -> None:
+    """A save's commit goes to a chain of its own, so a log of a long session reads a few
+    bytes per save however large its states are."""
+    async with castate.Repository(castate.LocalBackend(store_path)) as repo:
+        for i in range(30):
+            await repo.save("sessions/s", {"doc": f"state {i} " + os.urandom(20_000).hex()})
+    backend = castate.LocalBackend(store_path)
+    async with castate.Repository(backend) as repo:
+        entries = await repo.log("sessions/s")
+        assert len(entries) == 30
+        decompressed = backend._cache._bytes
+        assert 0 < decompressed < 30 * 1_000  # commits of about 150 bytes; each state is 40 KB
+        assert (await repo.load("sessions/s"))["doc"].startswith("state 29 ")

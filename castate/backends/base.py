@@ -144,8 +144,16 @@ class Backend(abc.ABC):
         *,
         message: str = "",
         stream: str = "",
+        history: Sequence[tuple[bytes, bytes]] = (),
     ) -> int:
-        """Store objects, then move refs: the objects are durable before any ref points at them."""
+        """Store objects, then move refs: the objects are durable before any ref points at them.
+
+        ``history`` holds more objects, the small ones that reading a history needs without the
+        state (commits): a backend that compresses by stream keeps them in a stream of their
+        own, so a log reads them without decompressing states; the others store them like
+        ``items``.
+        """
+        items = [*items, *history]
         written = await self.put_objects(items, stream=stream) if items else 0
         if updates:
             await self.update_refs(updates, message=message)

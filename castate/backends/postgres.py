@@ -464,8 +464,9 @@ class PostgresBackend(Backend):
         *,
         message: str = "",
         stream: str = "",
+        history: Sequence[tuple[bytes, bytes]] = (),
     ) -> int:
-        return await self._commit(items, updates, message, gc=True, what="commit")
+        return await self._commit([*items, *history], updates, message, gc=True, what="commit")
 
     async def _commit(
         self, items: Sequence[tuple[bytes, bytes]], updates: Sequence[RefUpdate], message: str, *, gc: bool, what: str

@@ -354,8 +354,9 @@ class RedisBackend(Backend):
         *,
         message: str = "",
         stream: str = "",
+        history: Sequence[tuple[bytes, bytes]] = (),
     ) -> int:
-        return await self._commit(items, updates, message, gc=True, what="commit")
+        return await self._commit([*items, *history], updates, message, gc=True, what="commit")
 
     @staticmethod
     def _ref_args(updates: Sequence[RefUpdate]) -> list[Any]:

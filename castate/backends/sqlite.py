@@ -336,9 +336,10 @@ class SQLiteBackend(Backend):
         *,
         message: str = "",
         stream: str = "",
+        history: Sequence[tuple[bytes, bytes]] = (),
     ) -> int:
         self._db()
-        return await asyncio.to_thread(self._commit, items, updates, message)
+        return await asyncio.to_thread(self._commit, [*items, *history], updates, message)
 
     def _commit(self, items: Sequence[tuple[bytes, bytes]], updates: Sequence[RefUpdate], message: str) -> int:
         """Objects and refs in one transaction, under the shared side of the gc lock.

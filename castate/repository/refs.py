@@ -92,7 +92,10 @@ def checkpoint_ref(checkpoint_id: str) -> str:
 
 def checkpoint_time(stamp: str) -> float:
     """Creation time (epoch seconds) recorded in a checkpoint id's stamp."""
-    try:
-        return datetime.strptime(stamp.split("-")[0], "%Y%m%dT%H%M%S.%fZ").replace(tzinfo=UTC).timestamp()
+    text = stamp.split("-")[0]  # YYYYmmddTHHMMSS.ffffffZ, as new_checkpoint_id writes it
+    if len(text) != 23 or text[8] != "T" or text[15] != "." or text[22] != "Z" or not text[16:22].isdigit():
+        return 0.0
+    try:  # fromisoformat (C) rather than strptime (Python): a long session lists thousands
+        return datetime.fromisoformat(text).timestamp()
     except ValueError:
         return 0.0

@@ -177,12 +177,13 @@ class Repository:
         )
         content = encode_commit(commit)
         cid = object_id(KIND_COMMIT, content)
-        objects[cid] = (KIND_COMMIT, content)
-        items = frames(objects, compress=not self.backend.packs_objects)
+        compress = not self.backend.packs_objects
+        items = frames(objects, compress=compress)
+        history = frames({cid: (KIND_COMMIT, content)}, compress=compress)
         update = RefUpdate(ref, cid, head.commit if head else None)
         updates = [update, *(RefUpdate(name, cid, ANY) for name in also), *extra_updates]
         try:
-            written = await self.backend.commit(items, updates, message=message, stream=stream)
+            written = await self.backend.commit(items, updates, message=message, stream=stream, history=history)
         except BaseException:
             self._heads.pop(ref, None)  # the store tells what the ref is now, not this cache
             raise
@@ -205,9 +206,9 @@ class Repository:
         commit = Commit(old.root, (head,), old.session, time.time_ns(), name, dict(meta))
         content = encode_commit(commit)
         cid = object_id(KIND_COMMIT, content)
-        items = frames({cid: (KIND_COMMIT, content)}, compress=not self.backend.packs_objects)
+        history = frames({cid: (KIND_COMMIT, content)}, compress=not self.backend.packs_objects)
         known = self._heads.pop(ref, None)
-        await self.backend.commit(items, [RefUpdate(ref, cid, head)], message=message, stream=ref)
+        await self.backend.commit([], [RefUpdate(ref, cid, head)], message=message, stream=ref, history=history)
         self._cache_commit(cid, commit)
         self._remember(ref, _Head(cid, old.root, known.shadow if known and known.commit == head else None))
         return cid

@@ -47,6 +47,7 @@ from castate.errors import (
 STORE_VERSION = 1
 CONFIG = "castate.json"
 PACK_MAX = 256 << 20  # a writer starts a new pack file past this size
+HISTORY_STREAM = "\x00history"  # appended to a stream's name: the chain of its commits
 
 Durability = Literal["durable", "relaxed"]
 T = TypeVar("T")
@@ -276,23 +277,32 @@ class LocalBackend(Backend):
     async def put_objects(self, items: Sequence[tuple[bytes, bytes]], *, stream: str = "") -> int:
         return await self._run(self.put_objects_sync, items, stream)
 
-    def put_objects_sync(self, items: Sequence[tuple[bytes, bytes]], stream: str = "") -> int:
+    def put_objects_sync(
+        self, items: Sequence[tuple[bytes, bytes]], stream: str = "", history: Sequence[tuple[bytes, bytes]] = ()
+    ) -> int:
+        """Store the new ones among ``items``, and among ``history`` in a chain of its own
+        (commits: a log then reads them without decompressing states); one durability barrier."""
         with self._mutex:
             self._sync_with_gc()
             seen: set[bytes] = set()
-            new = []
-            for oid, frame in items:
-                if oid not in seen and not self._has(oid):
-                    seen.add(oid)
-                    new.append((oid, frame))
-            if not new:
+            groups: list[tuple[str, list[tuple[bytes, bytes]]]] = []
+            for group_stream, group in ((stream, items), (stream + HISTORY_STREAM, history)):
+                new = []
+                for oid, frame in group:
+                    if oid not in seen and not self._has(oid):
+                        seen.add(oid)
+                        new.append((oid, frame))
+                if new:
+                    groups.append((group_stream, new))
+            if not groups:
                 return 0
             if self.loose:
-                for oid, frame in new:
-                    self._write_loose(oid, frame)
+                for _, new in groups:
+                    for oid, frame in new:
+                        self._write_loose(oid, frame)
             else:
-                self._append(new, stream)
-            return len(new)
+                self._append(groups)
+            return sum(len(new) for _, new in groups)
 
     def _write_loose(self, oid: bytes, frame: bytes) -> None:
         path = self._loose_path(oid)
@@ -302,20 +312,28 @@ class LocalBackend(Backend):
                 fsync_dir(path.parent.parent)
         atomic_write(path, bytes(frame), durable=self.durable, exclusive=True)
 
-    def _append(self, items: list[tuple[bytes, bytes]], stream: str) -> None:
+    def _append(self, groups: list[tuple[str, list[tuple[bytes, bytes]]]]) -> None:
+        """Append one record per (stream, objects) group, in one write and one durability barrier."""
         if self._pack_fd is None or self._pack_size >= PACK_MAX:
             self._new_pack()
         assert self._pack is not None
         assert self._pack_fd is not None
-        raw = b"".join(bytes(f) for _, f in items)
-        chain = self._chains.get(stream, len(raw))
-        prev = chain.last
         now = time.time_ns()
-        offset = self._pack_size
+        offset = pos = self._pack_size
         pack = self._pack
+        planned: list[tuple[packfmt.Chain, int, int, int, int, list[tuple[bytes, bytes]]]] = []
         try:
-            comp = chain.compress(raw)
-            data = packfmt.encode_record(items, comp, len(raw), prev, now)
+            parts = []
+            for stream, items in groups:
+                raw = b"".join(bytes(f) for _, f in items)
+                chain = self._chains.get(stream, len(raw))
+                comp = chain.compress(raw)
+                record = packfmt.encode_record(items, comp, len(raw), chain.last, now)
+                # (chain, its previous record, this record's offset, raw size, compressed size, objects)
+                planned.append((chain, chain.last, pos, len(raw), len(comp), items))
+                parts.append(record)
+                pos += len(record)
+            data = b"".join(parts)
             with naming(pack.path):
                 crashpoints.tear("pack-mid-record", self._pack_fd, data)
                 write_all(self._pack_fd, data)
@@ -329,23 +347,24 @@ class LocalBackend(Backend):
             pack.end = offset
             self._seal()
             raise
-        chain.last = offset
-        chain.raw += len(raw)
-        self._pack_size += len(data)
-        comp_start = offset + len(data) - 4 - len(comp)
-        if prev == 0:
-            info = packfmt.RecInfo(offset, offset, now, len(raw), comp_start, len(comp))
-            pack.chains[offset] = [offset]
-        else:
-            info = packfmt.RecInfo(offset, pack.records[prev].chain, now, len(raw), comp_start, len(comp))
-            pack.chains[info.chain].append(offset)
-        pack.records[offset] = info
-        pos = 0
-        for oid, frame in items:
-            pack.entries.setdefault(oid, packfmt.pack_loc(offset, pos, len(frame)))
-            self._index.setdefault(oid, pack)
-            pos += len(frame)
-        pack.scanned = self._pack_size
+        ends = [p[2] for p in planned[1:]] + [pos]
+        for (chain, prev, rec_off, raw_len, comp_len, items), end in zip(planned, ends, strict=True):
+            chain.last = rec_off
+            chain.raw += raw_len
+            comp_start = end - 4 - comp_len
+            chain_start = rec_off if prev == 0 else pack.records[prev].chain
+            if prev == 0:
+                pack.chains[rec_off] = [rec_off]
+            else:
+                pack.chains[chain_start].append(rec_off)
+            pack.records[rec_off] = packfmt.RecInfo(rec_off, chain_start, now, raw_len, comp_start, comp_len)
+            at = 0
+            for oid, frame in items:
+                pack.entries.setdefault(oid, packfmt.pack_loc(rec_off, at, len(frame)))
+                self._index.setdefault(oid, pack)
+                at += len(frame)
+        self._pack_size = pos
+        pack.scanned = pos
         self._maybe_index(pack)
 
     def _new_pack(self) -> None:
@@ -532,10 +551,10 @@ class LocalBackend(Backend):
                     batch.append((oid, raw[off : off + n]))
                     size += n
                 if size >= packfmt.CHAIN_MAX_RAW // 4:
-                    self._append(batch, "gc")
+                    self._append([("gc", batch)])
                     batch, size = [], 0
             if batch:
-                self._append(batch, "gc")
+                self._append([("gc", batch)])
             if keep and self._pack_fd is not None and self.durable:
                 osio.fsync(self._pack_fd)
             self._seal()
@@ -637,8 +656,9 @@ class LocalBackend(Backend):
         *,
         message: str = "",
         stream: str = "",
+        history: Sequence[tuple[bytes, bytes]] = (),
     ) -> int:
-        return await self._run(self.commit_sync, items, updates, message, stream)
+        return await self._run(self.commit_sync, items, updates, message, stream, history)
 
     def commit_sync(
         self,
@@ -646,12 +666,13 @@ class LocalBackend(Backend):
         updates: Sequence[RefUpdate],
         message: str = "",
         stream: str = "",
+        history: Sequence[tuple[bytes, bytes]] = (),
     ) -> int:
         """Objects durable first, then the refs: one hop, a shared gc lock held throughout."""
         assert self._gc_lock is not None
         # The gc lock first: a save waits for gc without holding the mutex gc's deletes need.
         with self._gc_lock.hold(exclusive=False), self._mutex:
-            written = self.put_objects_sync(items, stream) if items else 0
+            written = self.put_objects_sync(items, stream, history) if items or history else 0
             if updates:
                 self._refs().update(updates, message)
             return written

@@ -134,7 +134,7 @@ class Chain:
 class ChainSet:
     """Open chains of one writer, by stream, least recently used dropped first."""
 
-    def __init__(self, max_streams: int = 8) -> None:
+    def __init__(self, max_streams: int = 16) -> None:
         self.max_streams = max_streams
         self._chains: OrderedDict[str, Chain] = OrderedDict()
 
