@@ -137,3 +137,19 @@ def test_bench_ui_runs(tmp_path):
     big = out["big_state"]
     assert big["first_level_objects_read"] < 10 < big["load_whole_objects_read"]
     assert sorted(c.split(":")[0] for c in big["children"]) == ["document", "index", "messages"]
+
+
+def test_bench_restore_floor_runs(tmp_path):
+    out = tmp_path / "floor.json"
+    proc = subprocess.run(
+        [sys.executable, "-m", "tools.bench.restore_floor", "--steps", "20", "--repeat", "2", "--out", str(out)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr
+    r = json.loads(out.read_text())
+    assert r["objects"] > 20  # the step-10 state: messages, runs, agents, the root
+    assert r["records_decompressed_bytes"] >= r["object_bytes"] > 0  # a restore decompresses at least its objects
+    assert all(v > 0 for group in ("castate_ms", "floor_ms", "peer_ms") for v in r[group].values())
