@@ -272,3 +272,21 @@ async def test_a_reader_indexes_a_pack_it_had_to_scan(tmp_path: Path, monkeypatc
         await reads_back(b, batches)
     finally:
         await b.close()
+
+
+async def test_a_store_can_do_without_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(packidx, "MIN_NEW", 10)
+    b = LocalBackend(tmp_path, pack_index=False)
+    await b.open()
+    batches = [batch(s) for s in range(40)]
+    for one in batches:
+        await b.put_objects(one, stream="s")
+    await b.close()
+    assert list((tmp_path / "packs").glob("*.idx")) == []
+    b = LocalBackend(tmp_path, pack_index=False)  # a reader that scanned 200 objects writes none either
+    await b.open()
+    try:
+        await reads_back(b, batches)
+    finally:
+        await b.close()
+    assert list((tmp_path / "packs").glob("*.idx")) == []

@@ -67,6 +67,7 @@ class LocalBackend(Backend):
         create: bool = True,
         cache_bytes: int = 64 << 20,
         lock_timeout: float = 60.0,
+        pack_index: bool = True,
     ) -> None:
         if durability not in ("durable", "relaxed"):
             raise ValueError("durability must be 'durable' or 'relaxed'")
@@ -84,6 +85,7 @@ class LocalBackend(Backend):
         self._pack: packfmt.Pack | None = None
         self._pack_size = 0
         self._lock_timeout = lock_timeout
+        self.pack_index = pack_index  # write packs/<name>.pack.idx (48 bytes per object): opens skip scans
         self._journal: RefJournal | None = None
         self._gc_lock: FileLock | None = None
         self._gc_seen: tuple[int, int] | None = None
@@ -446,7 +448,7 @@ class LocalBackend(Backend):
             self._write_index(pack)
 
     def _write_index(self, pack: packfmt.Pack) -> None:
-        if pack.end is None and packidx.write(pack):
+        if self.pack_index and pack.end is None and packidx.write(pack):
             pack.indexed = len(pack.entries)
 
     async def delete_objects(self, ids: Collection[bytes]) -> int:
