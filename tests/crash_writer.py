@@ -54,7 +54,8 @@ def manager(path: str, mode: str) -> castate.StateManager:
 
         journal.SNAPSHOT_MIN_TAIL = 512
         packidx.MIN_NEW = 8
-    return castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=mode == "loose")))
+    backend = castate.LocalBackend(path, loose=mode == "loose", pack_index=mode == "snapshot")
+    return castate.StateManager(castate.Repository(backend))
 
 
 def say(*parts: object) -> None:

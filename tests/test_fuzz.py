@@ -267,7 +267,7 @@ def valid_indexed_store() -> tuple[bytes, bytes, dict[bytes, bytes]]:
     """A pack, its index and its objects' frames."""
 
     async def build(path: Path) -> None:
-        backend = castate.LocalBackend(path)
+        backend = castate.LocalBackend(path, pack_index=True)
         async with castate.StateManager(castate.Repository(backend)) as sm:
             for step in range(6):
                 state = example_state()

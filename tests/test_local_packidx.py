@@ -30,7 +30,7 @@ def batch(step: int, n: int = 5) -> Batch:
 
 
 async def write(path: Path, steps: range, *, close: bool = True) -> tuple[LocalBackend, list[Batch]]:
-    b = LocalBackend(path)
+    b = LocalBackend(path, pack_index=True)
     await b.open()
     batches = [batch(s) for s in steps]
     for one in batches:
@@ -219,7 +219,7 @@ async def test_gc_removes_an_index_with_its_pack_and_orphaned_ones(tmp_path: Pat
     old = only_pack(tmp_path)
     orphan = tmp_path / "packs" / "0000000000000000-000000000000.pack.idx"
     orphan.write_bytes(b"left by a process that died between two unlinks")
-    b = LocalBackend(tmp_path)
+    b = LocalBackend(tmp_path, pack_index=True)
     await b.open()
     try:
         doomed = [oid for oid, _ in batches[0]]
@@ -262,7 +262,9 @@ async def test_a_reader_indexes_a_pack_it_had_to_scan(tmp_path: Path, monkeypatc
     _, batches = await write(tmp_path, range(10))
     pack_path = only_pack(tmp_path)
     packidx.path_of(pack_path).unlink()
-    b, pack = await opened_pack(tmp_path)
+    b = LocalBackend(tmp_path, pack_index=True)
+    await b.open()
+    (pack,) = b._packs.values()
     await b.close()
     assert pack.indexed == 50
     heads = HeadReads(monkeypatch)
@@ -274,16 +276,16 @@ async def test_a_reader_indexes_a_pack_it_had_to_scan(tmp_path: Path, monkeypatc
         await b.close()
 
 
-async def test_a_store_can_do_without_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+async def test_by_default_a_store_writes_no_indexes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(packidx, "MIN_NEW", 10)
-    b = LocalBackend(tmp_path, pack_index=False)
+    b = LocalBackend(tmp_path)
     await b.open()
     batches = [batch(s) for s in range(40)]
     for one in batches:
         await b.put_objects(one, stream="s")
     await b.close()
     assert list((tmp_path / "packs").glob("*.idx")) == []
-    b = LocalBackend(tmp_path, pack_index=False)  # a reader that scanned 200 objects writes none either
+    b = LocalBackend(tmp_path)  # a reader that scanned 200 objects writes none either
     await b.open()
     try:
         await reads_back(b, batches)

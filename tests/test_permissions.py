@@ -37,7 +37,7 @@ async def test_everything_a_store_creates_is_private(tmp_path: Path, monkeypatch
     path = tmp_path / "store"
     async with castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=True))) as sm:
         await sm.save_session("loose", {"secret": "x" * 5000})
-    async with castate.StateManager(path) as sm:
+    async with castate.StateManager(castate.Repository(castate.LocalBackend(path, pack_index=True))) as sm:
         for step in range(3):
             await sm.save_session("s", {"secret": f"token {step} " * 500})
             await sm.create_checkpoint("s", f"cp{step}")

@@ -4,7 +4,7 @@ Layout of a store directory (docs/format.md has the bytes)::
 
     castate.json        format version and store id
     packs/*.pack        pack files (one writer each; a save appends one record)
-    packs/*.pack.idx    a checked cache of each pack's scan (an open reads it instead)
+    packs/*.pack.idx    with pack_index=True: a checked cache of each pack's scan (opens read it)
     objects/ab/cdef...  loose objects, one frame per file (readable; written in loose mode)
     refs.journal        every ref change (refs and reflog in one append-only file)
     refs.snapshot       a checked cache of the replayed refs (an open replays only the tail)
@@ -67,7 +67,7 @@ class LocalBackend(Backend):
         create: bool = True,
         cache_bytes: int = 64 << 20,
         lock_timeout: float = 60.0,
-        pack_index: bool = True,
+        pack_index: bool = False,
     ) -> None:
         if durability not in ("durable", "relaxed"):
             raise ValueError("durability must be 'durable' or 'relaxed'")
