@@ -48,7 +48,7 @@ def missing_extra() -> str | None:
 async def cmd_ui(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     from castate.ui.server import serve
 
-    await serve(
+    interrupted = await serve(
         sm,
         host=args.host,
         port=args.port,
@@ -56,4 +56,4 @@ async def cmd_ui(sm: StateManager, args: argparse.Namespace, out: Output) -> int
         allow_remote=args.allow_remote,
         announce=out.line,
     )
-    return 0
+    return 130 if interrupted else 0  # 130: interrupted, as every castate command reports Ctrl-C

@@ -45,8 +45,9 @@ async def serve(
     allow_writes: bool,
     allow_remote: bool,
     announce: Callable[[str], None],
-) -> None:
-    """Serve the explorer over ``sm`` (an open store) until interrupted."""
+) -> bool:
+    """Serve the explorer over ``sm`` (an open store) until interrupted; True when a signal
+    (Ctrl-C, SIGTERM) stopped it."""
     host = check_address(host, allow_remote)
     sock = bind(host, port)
     port = sock.getsockname()[1]
@@ -69,3 +70,6 @@ async def serve(
     if hosts is None:
         announce("castate ui: warning: not a loopback address; anyone who can reach it can use this page")
     await server.serve(sockets=[sock])
+    # uvicorn re-raises the signal once it has shut down, but under asyncio.run that only
+    # cancels the main task, which may already be done: say it here.
+    return server.should_exit
