@@ -16,6 +16,14 @@ ROOT = Path(__file__).resolve().parents[1]
 STEPS = 30
 
 
+def run_bench(module: str, *args: str, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    """``python -m tools.bench.<module> args`` from the repository root; it must succeed."""
+    cmd = [sys.executable, "-m", f"tools.bench.{module}", *args]
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, check=False)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    return proc
+
+
 def test_workload_is_deterministic_and_aliases_messages():
     a, b = Workload(7, STEPS), Workload(7, STEPS)
     for _ in range(STEPS):
@@ -49,27 +57,18 @@ def test_ideal_counts_each_step():
 
 def test_bench_run_castate_and_naive(tmp_path):
     out = tmp_path / "report.json"
-    proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tools.bench.run",
-            "--steps",
-            str(STEPS),
-            "--systems",
-            "castate,naive",
-            "--out",
-            str(out),
-            "--dir",
-            str(tmp_path),
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    run_bench(
+        "run",
+        "--steps",
+        str(STEPS),
+        "--systems",
+        "castate,naive",
+        "--out",
+        str(out),
+        "--dir",
+        str(tmp_path),
         timeout=120,
-        check=False,
     )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
     report = json.loads(out.read_text())
     for key in ("meta", "params", "workload", "ideal", "floor", "systems", "ratios", "table"):
         assert key in report
@@ -100,16 +99,7 @@ def test_bench_runs_the_database_backends(tmp_path):
     """The SQLite, PostgreSQL and Redis bench systems run (starting their own servers) and restore exactly."""
     out = tmp_path / "report.json"
     names = "castate-sqlite,castate-postgres,castate-redis"
-    cmd = [sys.executable, "-m", "tools.bench.run", "--steps", "10", "--systems", names]
-    proc = subprocess.run(
-        [*cmd, "--out", str(out), "--dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=180,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    run_bench("run", "--steps", "10", "--systems", names, "--out", str(out), "--dir", str(tmp_path), timeout=180)
     report = json.loads(out.read_text())
     for name in names.split(","):
         r = report["systems"][name]
@@ -120,14 +110,7 @@ def test_bench_runs_the_database_backends(tmp_path):
 
 
 def test_bench_ui_runs(tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.bench.ui", "--steps", "20", "--big-mb", "1", "--dir", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    proc = run_bench("ui", "--steps", "20", "--big-mb", "1", "--dir", str(tmp_path))
     out = json.loads(proc.stdout)
     t = out["timeline"]
     assert t["saves"] == 20
@@ -141,14 +124,7 @@ def test_bench_ui_runs(tmp_path):
 
 def test_bench_restore_floor_runs(tmp_path):
     out = tmp_path / "floor.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "tools.bench.restore_floor", "--steps", "20", "--repeat", "2", "--out", str(out)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == 0, proc.stderr
+    run_bench("restore_floor", "--steps", "20", "--repeat", "2", "--out", str(out))
     r = json.loads(out.read_text())
     assert r["objects"] > 20  # the step-10 state: messages, runs, agents, the root
     assert r["records_decompressed_bytes"] >= r["object_bytes"] > 0  # a restore decompresses at least its objects

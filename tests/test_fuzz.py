@@ -217,6 +217,18 @@ def test_ref_journals_random_and_mutated(data: st.DataObject) -> None:
                 j.lock.close()
 
 
+def random_or_mutated_cache(data: st.DataObject, valid: bytes) -> tuple[bytes, bool]:
+    """Bytes for a checked cache file (refs.snapshot, a pack index): random, or a mutation of
+    ``valid``, half of those re-sealed with a valid blake3 as a crafted file would be; and
+    whether it was re-sealed."""
+    if data.draw(st.booleans(), label="random"):
+        return data.draw(st.binary(max_size=1024)), False
+    blob = mutate(data, valid)
+    if data.draw(st.booleans(), label="reseal") and len(blob) > 32:
+        return blob[:-32] + blake3.blake3(blob[:-32]).digest(), True
+    return blob, False
+
+
 @FUZZ
 @given(st.data())
 def test_ref_snapshots_random_and_mutated(data: st.DataObject) -> None:
@@ -239,14 +251,7 @@ def test_ref_snapshots_random_and_mutated(data: st.DataObject) -> None:
         full.lock.close()
         assert valid is not None
         assert refsnap.decode(valid) is not None
-        resealed = False
-        if data.draw(st.booleans(), label="random"):
-            blob = data.draw(st.binary(max_size=1024))
-        else:
-            blob = mutate(data, valid)
-            if data.draw(st.booleans(), label="reseal") and len(blob) > 32:
-                blob = blob[:-32] + blake3.blake3(blob[:-32]).digest()
-                resealed = True
+        blob, resealed = random_or_mutated_cache(data, valid)
         (Path(tmp) / "refs.snapshot").write_bytes(blob)
         with bounded_allocation():
             decoded = refsnap.decode(blob)
@@ -296,14 +301,7 @@ def test_pack_indexes_random_and_mutated(data: st.DataObject) -> None:
     crafted file) reaches the parser's field checks; such a file may be trusted, like any file
     of the store (docs/security.md), so then only castate's own errors may come out."""
     pack_bytes, valid, frames = valid_indexed_store()
-    resealed = False
-    if data.draw(st.booleans(), label="random"):
-        blob = data.draw(st.binary(max_size=1024))
-    else:
-        blob = mutate(data, valid)
-        if data.draw(st.booleans(), label="reseal") and len(blob) > 32:
-            blob = blob[:-32] + blake3.blake3(blob[:-32]).digest()
-            resealed = True
+    blob, resealed = random_or_mutated_cache(data, valid)
     with tempfile.TemporaryDirectory() as tmp:
         store = Path(tmp)
         asyncio.run(castate.LocalBackend(store).open())  # an empty store to put the pack in

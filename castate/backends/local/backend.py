@@ -444,7 +444,7 @@ class LocalBackend(Backend):
     def _maybe_index(self, pack: packfmt.Pack) -> None:
         """Rewrite the pack's index once it lists a fifth (at least ``MIN_NEW``) fewer objects
         than the pack holds: an open then scans a bounded tail, for a few index bytes per object."""
-        if len(pack.entries) - pack.indexed >= max(packidx.MIN_NEW, pack.indexed // 4):
+        if self.pack_index and len(pack.entries) - pack.indexed >= max(packidx.MIN_NEW, pack.indexed // 4):
             self._write_index(pack)
 
     def _write_index(self, pack: packfmt.Pack) -> None:
@@ -750,13 +750,15 @@ class LocalBackend(Backend):
             except CorruptFileError as exc:
                 out.append(f"ref journal {exc.path}: {exc.reason}")
             for known in sorted(self._packs.values(), key=lambda p: p.name):
-                pack = packfmt.Pack(known.path, end=known.end)  # scanned afresh: an index would hide later damage
-                try:
-                    packfmt.scan_pack(pack)
-                except FileNotFoundError:
-                    continue
-                finally:
-                    pack.close()
+                pack = known
+                if known.indexed:  # an index may have filled it, and would hide later damage: scan afresh
+                    pack = packfmt.Pack(known.path, end=known.end)
+                    try:
+                        packfmt.scan_pack(pack)
+                    except FileNotFoundError:
+                        continue
+                    finally:
+                        pack.close()
                 for start, end in pack.damaged:
                     out.append(f"pack {pack.path}: damaged record(s) in bytes {start}-{end}, skipped")
                 broken = [r for r in pack.records.values() if r.chain < 0]
