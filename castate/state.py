@@ -18,6 +18,7 @@ from typing import Any
 from castate import lifecycle
 from castate.autocheckpoint import AutoCheckpoint, AutoCheckpointer
 from castate.backends.base import Backend, RefRepairReport, RefUpdate
+from castate.backends.blob import BlobBackend
 from castate.codec import Commit, encode_commit, object_id
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT
@@ -100,7 +101,7 @@ class StateManager:
 
     def __init__(
         self,
-        storage_backend: StorageBackend | Backend | str | os.PathLike[str] | None = None,
+        storage_backend: StorageBackend | Backend | BlobBackend | str | os.PathLike[str] | None = None,
         *,
         default: Default | None = None,
         auto_checkpoint: AutoCheckpoint | None = None,
@@ -115,7 +116,7 @@ class StateManager:
         if isinstance(storage_backend, FileStorageBackend):
             self._repo = storage_backend.repository
             self.default = default if default is not None else storage_backend.default
-        elif isinstance(storage_backend, Backend):
+        elif isinstance(storage_backend, Backend | BlobBackend):
             self._repo = Repository(storage_backend)
         elif isinstance(storage_backend, Repository):
             self._repo = storage_backend

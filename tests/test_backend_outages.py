@@ -19,6 +19,7 @@ from castate.backends import Backend, RefUpdate
 from castate.backends.postgres import PostgresBackend
 from castate.backends.redis import RedisBackend
 from castate.errors import BackendUnavailableError
+from castate.repository.packs import PackStore
 from tests.backend_conformance import cid, obj
 from tools.servers import PostgresServer, RedisServer
 
@@ -62,7 +63,7 @@ async def _check_after_restart(b: Backend, acked: int) -> None:
 
 
 async def test_postgres_crash_and_restart(postgres_server: PostgresServer, postgres_url: str) -> None:
-    b = PostgresBackend(postgres_url, timeout=1)
+    b = PackStore(PostgresBackend(postgres_url, timeout=1))
     await b.open()
     try:
         try:
@@ -91,7 +92,7 @@ async def test_postgres_unreachable_at_open() -> None:
 
 async def test_redis_crash_and_restart() -> None:
     with RedisServer(persistence="aof-always") as server:
-        b = RedisBackend(server.url, timeout=2)
+        b = PackStore(RedisBackend(server.url, timeout=2))
         await b.open()
         try:
             try:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 import castate
-from castate.backends import MemoryBackend
 from castate.repository.browse import Item, Level, level, list_range
 from castate.repository.tree import Loader, Ref, entry_at
+from tests.memory_objects import MemoryObjects
 
 
-async def saved(state: dict) -> tuple[MemoryBackend, bytes]:
-    backend = MemoryBackend()
+async def saved(state: dict) -> tuple[MemoryObjects, bytes]:
+    backend = MemoryObjects()
     repo = castate.Repository(backend)
     result = await repo.save("sessions/s", state)
     return backend, result.root

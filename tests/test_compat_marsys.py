@@ -316,7 +316,7 @@ async def test_a_failed_write_leaves_the_previous_bytes(monkeypatch: pytest.Monk
         async def broken(*args: object, **kwargs: object) -> None:
             raise OSError("disk full")
 
-        monkeypatch.setattr(store.repository.backend, "update_refs", broken)
+        monkeypatch.setattr(store.repository.backend, "commit", broken)
         with pytest.raises(OSError, match="disk full"):
             await store.write("k/snapshot.json", b'{"v": 2}')
         monkeypatch.undo()

@@ -14,16 +14,17 @@ from hypothesis import strategies as st
 
 import castate
 import castate.repository.snapshot
-from castate.backends import MemoryBackend, RefUpdate
+from castate.backends import RefUpdate
 from castate.codec import Commit, Encoder, encode_commit
 from castate.codec.nodes import encode_node
 from castate.codec.objects import KIND_COMMIT, KIND_DICT, encode_frame, object_id
 from castate.errors import CorruptObjectError
 from castate.repository.diff import diff_trees, to_patch
+from tests.memory_objects import MemoryObjects
 from tests.strategies import same, states, values
 
 
-class CountingBackend(MemoryBackend):
+class CountingBackend(MemoryObjects):
     """A memory backend that counts the object ids it is asked to read."""
 
     def __init__(self) -> None:
@@ -41,8 +42,8 @@ def root_of(state: dict[str, Any]) -> bytes:
     return Encoder().encode_root(state, None)[0]
 
 
-async def roots(a: dict[str, Any], b: dict[str, Any]) -> tuple[MemoryBackend, bytes, bytes]:
-    backend = MemoryBackend()
+async def roots(a: dict[str, Any], b: dict[str, Any]) -> tuple[MemoryObjects, bytes, bytes]:
+    backend = MemoryObjects()
     repo = castate.Repository(backend)
     ra = await repo.save("sessions/a", a)
     rb = await repo.save("sessions/b", b)
@@ -151,7 +152,7 @@ async def test_list_becomes_dict_and_inline_becomes_node() -> None:
 
 
 async def test_diff_through_the_state_manager_across_sessions() -> None:
-    sm = castate.StateManager(MemoryBackend())
+    sm = castate.StateManager(MemoryObjects())
     await sm.save_session("one", {"messages": messages(50), "who": "one"})
     cp = await sm.create_checkpoint("one", "start")
     await sm.save_session("two", {"messages": messages(51), "who": "two"})
@@ -244,7 +245,7 @@ async def test_edits_of_long_lists_and_big_dicts(n: int, ops: list[tuple[str, in
 async def test_a_node_with_inline_values_nested_too_deep_is_corrupt_not_a_recursion_error() -> None:
     """A crafted (hash-valid) dict node whose body nests 1,000 lists inline: diff copied and
     compared entries recursively and raised RecursionError; fsck did not notice."""
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     await backend.open()
     content = encode_node([], b"\x81\xa1a" + b"\x91" * 1000 + b"\x01")
     root = object_id(KIND_DICT, content)

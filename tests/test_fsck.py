@@ -6,10 +6,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import castate
-from castate.backends import MemoryBackend
 from castate.codec import encode_frame, object_id
 from castate.codec.objects import KIND_STR
 from castate.repository.snapshot import fetch_tree
+from tests.memory_objects import MemoryObjects
 
 
 def state(tag: str) -> dict[str, object]:
@@ -17,7 +17,7 @@ def state(tag: str) -> dict[str, object]:
 
 
 async def test_a_clean_store_passes() -> None:
-    sm = castate.StateManager(MemoryBackend())
+    sm = castate.StateManager(MemoryObjects())
     await sm.save_session("a", state("a"))
     await sm.create_checkpoint("a", "cp")
     report = await sm.fsck()
@@ -31,7 +31,7 @@ async def test_a_clean_store_passes() -> None:
 
 
 async def test_missing_object_names_the_damaged_refs() -> None:
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     sm = castate.StateManager(backend)
     await sm.save_session("a", state("a"))
     await sm.save_session("b", state("b"))
@@ -47,7 +47,7 @@ async def test_missing_object_names_the_damaged_refs() -> None:
 
 
 async def test_corrupt_object_is_quarantined_and_a_new_save_heals_it() -> None:
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     sm = castate.StateManager(backend)
     await sm.save_session("a", state("a"))
     root = (await sm.repository.resolve("sessions/a")).root
@@ -67,7 +67,7 @@ async def test_corrupt_object_is_quarantined_and_a_new_save_heals_it() -> None:
 
 
 async def test_full_mode_counts_dangling_and_finds_corrupt_unreachable_objects() -> None:
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     sm = castate.StateManager(backend)
     await sm.save_session("a", {"x": 1})
     loose = [

@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 
 import castate
-from castate.backends import MemoryBackend
 from castate.errors import CorruptionError
 from castate.repository.gc import collect_garbage
 from castate.repository.snapshot import fetch_tree
+from tests.memory_objects import MemoryObjects
 
 
 def big_state(tag: str, n: int = 300) -> dict[str, Any]:
@@ -91,7 +91,7 @@ async def test_grace_period_keeps_young_unreachable_objects(sm: castate.StateMan
 
 
 async def test_history_beyond_the_reflog_goes_but_checkpoints_stay() -> None:
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     sm = castate.StateManager(backend)
     for step in range(5):
         await sm.save_session("s", big_state(f"v{step}", 50))
@@ -110,7 +110,7 @@ async def test_history_beyond_the_reflog_goes_but_checkpoints_stay() -> None:
 
 async def test_recent_objects_keep_what_they_point_at() -> None:
     """An old unreachable object that a recent (not yet referenced) tree uses is kept."""
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     repo = castate.Repository(backend)
     old = await repo.save("sessions/old", {"doc": "shared text " * 400})
     await repo.delete_refs(["sessions/old"])
@@ -130,7 +130,7 @@ async def test_recent_objects_keep_what_they_point_at() -> None:
 
 
 async def test_gc_refuses_when_a_reachable_object_is_missing() -> None:
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     sm = castate.StateManager(backend)
     await sm.save_session("s", big_state("s"))
     await sm.save_session("garbage", big_state("g"))

@@ -7,12 +7,12 @@ import hashlib
 from collections.abc import Collection
 
 import castate
-from castate.backends import MemoryBackend
 from castate.repository.growth import GrowthIndex
 from castate.repository.snapshot import fetch_tree
+from tests.memory_objects import MemoryObjects
 
 
-class Counting(MemoryBackend):
+class Counting(MemoryObjects):
     def __init__(self) -> None:
         super().__init__()
         self.read = 0
@@ -32,7 +32,7 @@ def state(step: int) -> dict:
     }
 
 
-async def reach(backend: MemoryBackend, repo: castate.Repository, cid: bytes) -> set[bytes]:
+async def reach(backend: MemoryObjects, repo: castate.Repository, cid: bytes) -> set[bytes]:
     root = (await repo.read_commit(cid)).root
     return set(await fetch_tree(backend, root)) | {cid}
 
@@ -65,7 +65,7 @@ async def test_each_save_counts_the_objects_its_history_had_not_reached() -> Non
 
 
 async def test_logical_size_matches_stats() -> None:
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     sm = castate.StateManager(backend)
     for step in range(3):
         await sm.save_session("run", state(step))
@@ -104,7 +104,7 @@ async def test_later_calls_read_only_new_saves_and_forks_continue_their_source()
 
 
 async def test_damage_marks_a_save_incomplete() -> None:
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     sm = castate.StateManager(backend)
     await sm.save_session("run", state(0))
     await sm.save_session("run", state(1))

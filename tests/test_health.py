@@ -6,13 +6,13 @@ from __future__ import annotations
 import pytest
 
 import castate
-from castate.backends import MemoryBackend
 from castate.repository import health
 from castate.repository.health import HEALTH_REF, read_runs, record_run
+from tests.memory_objects import MemoryObjects
 
 
 async def test_gc_and_fsck_record_their_runs_when_asked() -> None:
-    sm = castate.StateManager(MemoryBackend())
+    sm = castate.StateManager(MemoryObjects())
     await sm.save_session("a", {"v": "x" * 5000})
     await sm.fsck()
     await sm.gc(grace=0, dry_run=True, record=True)
@@ -41,14 +41,14 @@ async def test_gc_and_fsck_record_their_runs_when_asked() -> None:
 
 async def test_the_record_keeps_the_newest_runs(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(health, "MAX_RUNS", 3)
-    repo = castate.Repository(MemoryBackend())
+    repo = castate.Repository(MemoryObjects())
     for i in range(5):
         await record_run(repo, {"op": "gc", "time": float(i)})
     assert [r["time"] for r in await read_runs(repo)] == [2.0, 3.0, 4.0]
 
 
 async def test_a_concurrent_recorder_loses_nothing() -> None:
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     first, second = castate.Repository(backend), castate.Repository(backend)
     await record_run(first, {"op": "fsck", "time": 1.0})
     await read_runs(first)  # first now knows the head...
@@ -58,7 +58,7 @@ async def test_a_concurrent_recorder_loses_nothing() -> None:
 
 
 async def test_a_newer_format_is_refused() -> None:
-    repo = castate.Repository(MemoryBackend())
+    repo = castate.Repository(MemoryObjects())
     await repo.save(HEALTH_REF, {"format": 2, "runs": []})
     with pytest.raises(castate.UnsupportedFormatError):
         await read_runs(repo)
@@ -69,7 +69,7 @@ async def test_a_newer_format_is_refused() -> None:
 
 
 async def test_a_damaged_record_is_replaced() -> None:
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     repo = castate.Repository(backend)
     await record_run(repo, {"op": "gc", "time": 1.0, "note": "y" * 3000})
     head = await repo.resolve(HEALTH_REF)

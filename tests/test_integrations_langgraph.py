@@ -21,6 +21,7 @@ from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
 import castate
 from castate.errors import InvalidKeyError, StoreError
 from castate.integrations.langgraph import CastateSaver, checkpoint_ref, parse_ref, tip_ref, writes_ref
+from tests.memory_objects import MemoryObjects
 
 CAPABILITIES = {"put", "put_writes", "get_tuple", "list", "delete_thread", "delete_for_runs", "copy_thread", "prune"}
 
@@ -124,7 +125,7 @@ def make_checkpoint(values: dict[str, Any], versions: ChannelVersions) -> Checkp
     return generate_checkpoint(channel_values=values, channel_versions=versions)
 
 
-class CountingBackend(castate.MemoryBackend):
+class CountingBackend(MemoryObjects):
     """A memory backend that counts the objects it stores."""
 
     def __init__(self) -> None:

@@ -13,6 +13,7 @@ import castate
 from castate.backends.base import Backend
 from castate.backends.urls import open_backend
 from castate.repository.gc import collect_garbage
+from castate.repository.packs import PackStore
 from castate.repository.walk import Walker
 from tests.shared_worker import digest
 
@@ -48,7 +49,7 @@ async def _run_workers_while_gc(url: str, tmp_path: Path) -> tuple[dict[str, str
         for w in range(WORKERS)
     ]
     waits = [asyncio.create_task(p.communicate()) for p in procs]
-    backend = open_backend(url)
+    backend = PackStore(open_backend(url))  # type: ignore[arg-type]
     await backend.open()
     passes = deleted = 0
     try:

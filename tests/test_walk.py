@@ -6,15 +6,15 @@ from __future__ import annotations
 from collections.abc import Collection
 
 import castate
-from castate.backends import MemoryBackend
 from castate.codec.encoder import MAX_DEPTH
 from castate.codec.objects import KIND_COMMIT, encode_frame
 from castate.repository.snapshot import fetch_tree
 from castate.repository.walk import Walker
+from tests.memory_objects import MemoryObjects
 from tests.test_codec_decoder import deep_chain
 
 
-class Recording(MemoryBackend):
+class Recording(MemoryObjects):
     def __init__(self) -> None:
         super().__init__()
         self.requested: list[int] = []
@@ -44,7 +44,7 @@ async def test_walk_visits_each_object_once_and_skips_parents() -> None:
 
 
 async def test_walk_records_missing_and_corrupt_objects_with_their_parent() -> None:
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     repo = castate.Repository(backend)
     saved = await repo.save("sessions/a", {"a": "x" * 5000, "b": "y" * 5000})
     a_id, b_id = sorted(set(await fetch_tree(backend, saved.root)) - {saved.root})
@@ -63,7 +63,7 @@ async def test_walk_records_missing_and_corrupt_objects_with_their_parent() -> N
 
 async def test_walk_reports_nodes_nested_deeper_than_castate_writes() -> None:
     """Such a tree cannot be loaded (the decoder refuses it), so fsck must say so too."""
-    backend = MemoryBackend()
+    backend = MemoryObjects()
     await backend.open()
     for depth, problems in ((MAX_DEPTH - 1, 0), (MAX_DEPTH + 5, 1)):
         root, objects = deep_chain(depth)

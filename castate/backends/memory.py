@@ -1,59 +1,76 @@
-"""An in-process backend: dicts in memory. For tests, caches and throwaway runs."""
+"""An in-process blob backend: dicts in memory. For tests, caches and throwaway runs."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 
-from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate, plan_ref_updates
+from castate.backends.base import ReflogEntry, RefUpdate, plan_ref_updates
+from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
+from castate.errors import ConflictError
 
 
-class MemoryBackend(Backend):
-    """Objects and refs in dicts; nothing survives the process."""
+class MemoryBackend(BlobBackend):
+    """Blobs and refs in dicts; nothing survives the process."""
 
     location = "memory"
 
     def __init__(self) -> None:
-        self._objects: dict[bytes, tuple[bytes, int]] = {}
+        self._blobs: dict[str, tuple[bytes, int]] = {}
         self._refs: dict[str, bytes] = {}
         self._log: list[ReflogEntry] = []
-        self.quarantine: dict[bytes, bytes] = {}
         self._lock = asyncio.Lock()
 
-    async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, bytes]:
-        objs = self._objects
-        return {i: objs[i][0] for i in ids if i in objs}
+    async def get_blobs(self, names: Collection[str]) -> dict[str, bytes]:
+        blobs = self._blobs
+        return {n: blobs[n][0] for n in names if n in blobs}
 
-    async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
-        return {i for i in ids if i in self._objects}
+    async def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        for name, offset, length in ranges:
+            item = self._blobs.get(name)
+            out.append(None if item is None else item[0][offset : offset + length])
+        return out
 
-    async def put_objects(self, items: Sequence[tuple[bytes, bytes]], *, stream: str = "") -> int:
+    async def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
+        return [BlobInfo(n, len(data), t) for n, (data, t) in sorted(self._blobs.items()) if n.startswith(prefix)]
+
+    async def put_blobs(self, items: Sequence[tuple[str, bytes]]) -> int:
+        return self._put(items)
+
+    def _put(self, items: Sequence[tuple[str, bytes]]) -> int:
         now = time.time_ns()
         written = 0
-        for oid, frame in items:
-            if oid in self._objects:
-                self._objects[oid] = (self._objects[oid][0], now)  # freshen for gc
-            else:
-                self._objects[oid] = (bytes(frame), now)
+        for name, data in items:
+            check_blob_name(name)
+            if name not in self._blobs:
+                self._blobs[name] = (bytes(data), now)
                 written += 1
         return written
 
-    async def delete_objects(self, ids: Collection[bytes]) -> int:
-        return sum(self._objects.pop(i, None) is not None for i in ids)
-
-    async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
-        for oid, (frame, t) in list(self._objects.items()):
-            yield ObjectInfo(oid, len(frame), t)
+    async def delete_blobs(self, names: Collection[str]) -> int:
+        return sum(self._blobs.pop(n, None) is not None for n in set(names))
 
     async def get_refs(self, names: Collection[str]) -> dict[str, bytes]:
         return {n: self._refs[n] for n in names if n in self._refs}
 
     async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
-        return {n: v for n, v in self._refs.items() if n.startswith(prefix)}
+        return {n: v for n, v in sorted(self._refs.items()) if n.startswith(prefix)}
 
-    async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
+    async def commit(
+        self,
+        blobs: Sequence[tuple[str, bytes]],
+        updates: Sequence[RefUpdate],
+        *,
+        message: str = "",
+        checks: Mapping[str, bytes | None] | None = None,
+    ) -> int:
         async with self._lock:
+            written = self._put(blobs)
+            for name, want in (checks or {}).items():
+                if self._refs.get(name) != want:
+                    raise ConflictError(f"ref {name} moved", name)
             changes = plan_ref_updates(self._refs, updates)
             now = time.time_ns()
             for name, old, new in changes:
@@ -62,6 +79,7 @@ class MemoryBackend(Backend):
                 else:
                     self._refs[name] = new
                 self._log.append(ReflogEntry(name, old, new, now, message))
+            return written
 
     async def reflog(self, name: str | None = None) -> list[ReflogEntry]:
         return [e for e in self._log if name is None or e.name == name]
@@ -71,12 +89,3 @@ class MemoryBackend(Backend):
         dropped = len(self._log) - len(keep)
         self._log = keep
         return dropped
-
-    async def quarantine_objects(self, ids: Collection[bytes]) -> int:
-        moved = 0
-        for oid in ids:
-            item = self._objects.pop(oid, None)
-            if item is not None:
-                self.quarantine[oid] = item[0]
-                moved += 1
-        return moved

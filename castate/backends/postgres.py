@@ -1,23 +1,28 @@
-"""The PostgreSQL backend: one shared store for workers on many machines (psycopg 3, async).
+"""The PostgreSQL blob backend: one shared store for workers on many machines (psycopg 3, async).
 
 Everything lives in one PostgreSQL schema (``castate`` unless the URL says
 ``?schema=NAME``)::
 
     schema_version (version, description, applied_at)   migrations applied so far
     meta       (key, value)                 'castate' = 'store', 'id' = store id
-    objects    (id, data, size, time_ns)    one row per object frame (already zstd-compressed)
+    blobs      (name, data, size, time_ns)  one row per blob (a pack, an index...), create-only
     refs       (name, target)               current ref targets
     reflog     (seq, name, old, new, time_ns, message)
-    quarantine (id, data, time_ns, quarantined_ns)
+    objects, quarantine                     format-1 tables: only in stores made before format 2
+                                            that held objects, until ``drop_legacy()``
 
-A save is one statement, ``SELECT castate.commit(...)``: a server-side function that takes
-the shared side of the store's gc advisory lock, inserts the absent objects
-(``ON CONFLICT DO NOTHING``), refreshes the write time of the present ones, then moves the
-refs by compare-and-swap and appends the reflog, all in one transaction and one round
-trip. gc holds the exclusive side of that advisory lock on a connection of its own while
-it deletes, so no save on any machine is between its dedup check and its ref move
-meanwhile; deletes made under ``gc_exclusive`` go through that connection, so if it drops
-(and the lock with it) they fail instead of racing a save.
+The storage format (packs, indexes) lives above, in ``castate.repository.packs``; this module
+stores bytes under names and moves refs. A save is one statement,
+``SELECT castate.commit_blobs(...)``: a server-side function that takes the shared side of
+the store's gc advisory lock (a bare ref move skips it), inserts the blobs (create-only,
+``ON CONFLICT DO NOTHING``), checks the refs the caller named, then moves the refs by
+compare-and-swap and appends the reflog, all in one transaction and one round trip. gc
+holds the exclusive side of that advisory lock on a connection of its own while it
+deletes, so no save on any machine is between its reads and its ref move meanwhile;
+deletes made under ``gc_exclusive`` go through that connection, so if it drops (and the
+lock with it) they fail instead of racing a save. Conflicts raise SQLSTATE ``CAS01``
+(message: the ref), a missing ``copy_ref`` source ``CAS02``, and format 1's save function,
+disabled once a store has migrated to format 2, ``CAS03``.
 
 Times come from the server's clock (one clock for every writer). Schema migrations are
 applied at open, in one transaction under an advisory lock, so two processes opening a
@@ -29,7 +34,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import re
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
@@ -38,7 +43,8 @@ import psycopg
 import psycopg.errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
-from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate, _Any, check_ref_name
+from castate.backends.base import ReflogEntry, RefUpdate, _Any, check_ref_name
+from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.errors import (
     BackendUnavailableError,
     ConflictError,
@@ -51,8 +57,10 @@ from castate.errors import (
 T = TypeVar("T")
 SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 RETRIES = 5  # for transactions that lost a race on a brand-new ref or a deadlock: they changed nothing
+MAX_OFFSET = 2**31 - 2  # substring() takes int4 positions; a bytea holds at most 1 GB anyway
 
 # Each migration is (description, SQL). ``{s}`` is the schema name; the SQL runs in one transaction.
+# Never edit an applied migration: stores out there have run it. Append a new one instead.
 MIGRATIONS: list[tuple[str, str]] = [
     (
         "objects, refs, reflog, quarantine; commit, update_refs and copy_ref functions",
@@ -139,6 +147,111 @@ BEGIN
 END $$;
 """,
     ),
+    (
+        "format 2: blobs table and commit_blobs function; empty format-1 tables dropped",
+        """
+CREATE TABLE {s}.blobs (
+    name text COLLATE "C" PRIMARY KEY, data bytea NOT NULL, size integer NOT NULL, time_ns bigint NOT NULL);
+-- packs arrive zstd-compressed: store them out of line without trying to compress them again
+-- (EXTERNAL also lets substring() read a range without fetching the whole value)
+ALTER TABLE {s}.blobs ALTER COLUMN data SET STORAGE EXTERNAL;
+
+-- The format-1 tables go when they are empty (every new store, and an old store that held no
+-- object), so a new store has no dead tables and legacy_objects() is free for it. When they
+-- hold rows they stay, untouched, until `castate upgrade` has copied the objects into packs
+-- (drop_legacy). The lock keeps a format-1 writer still running elsewhere from inserting
+-- between the check and the drop.
+LOCK TABLE {s}.objects, {s}.quarantine IN ACCESS EXCLUSIVE MODE;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT 1 FROM {s}.objects) THEN
+        DROP TABLE {s}.objects;
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM {s}.quarantine) THEN
+        DROP TABLE {s}.quarantine;
+    END IF;
+END $$;
+
+-- A format-1 castate still running when the store moved to format 2 would go on writing
+-- objects that format 2 does not read (and that `castate upgrade` could miss while it copies):
+-- its save function now refuses, with a message saying why.
+CREATE OR REPLACE FUNCTION {s}.commit(
+    p_ids bytea[], p_data bytea[], p_names text[], p_modes text[], p_expected bytea[], p_new bytea[],
+    p_message text, p_gc_key bigint)
+RETURNS integer LANGUAGE plpgsql AS $$
+BEGIN
+    RAISE EXCEPTION USING ERRCODE = 'CAS03',
+        MESSAGE = 'this store was upgraded to castate storage format 2: upgrade castate to write to it';
+END $$;
+
+-- move_ref as in migration 1, plus the ref's advisory lock, taken first: a move of a ref waits
+-- for the commit_blobs in flight that checked it, and they for it (see commit_blobs). Row locks
+-- could not do it for a ref that does not exist yet. The two-int key space is apart from the
+-- gc lock's bigint one.
+CREATE OR REPLACE FUNCTION {s}.move_ref(
+    p_name text, p_mode text, p_expected bytea, p_new bytea, p_now bigint, p_message text)
+RETURNS void LANGUAGE plpgsql AS $$
+DECLARE
+    v_cur bytea;
+BEGIN
+    PERFORM pg_advisory_xact_lock(hashtext('castate ref {s}'), hashtext(p_name));
+    SELECT target INTO v_cur FROM {s}.refs WHERE name = p_name FOR UPDATE;
+    IF (p_mode = 'absent' AND v_cur IS NOT NULL)
+       OR (p_mode = 'value' AND (v_cur IS NULL OR v_cur <> p_expected)) THEN
+        RAISE EXCEPTION USING ERRCODE = 'CAS01', MESSAGE = p_name, DETAIL = coalesce(encode(v_cur, 'hex'), '');
+    END IF;
+    IF p_new IS NULL THEN
+        DELETE FROM {s}.refs WHERE name = p_name;
+    ELSIF v_cur IS NULL THEN
+        INSERT INTO {s}.refs (name, target) VALUES (p_name, p_new);  -- racing creators took turns above
+    ELSE
+        UPDATE {s}.refs SET target = p_new WHERE name = p_name;
+    END IF;
+    INSERT INTO {s}.reflog (name, old, new, time_ns, message) VALUES (p_name, v_cur, p_new, p_now, p_message);
+END $$;
+
+-- A save: blobs (create-only: a present name keeps its bytes and its time), then the checks
+-- (p_check_values[i] NULL: the ref must be absent), then the ref moves, in one transaction.
+-- A check holds the ref's advisory lock shared until the transaction ends: checks of one ref
+-- run side by side, a move of it waits (and a check waits for a move in flight), so the ref
+-- stays as checked until the commit. An advisory lock lives in memory only, where a row share
+-- lock would write the row (a multixact) on every save that checks the same hot ref.
+-- p_gc_key: the gc advisory lock to hold shared, or NULL. Returns how many blobs were new.
+CREATE FUNCTION {s}.commit_blobs(
+    p_blob_names text[], p_blob_data bytea[], p_check_names text[], p_check_values bytea[],
+    p_names text[], p_modes text[], p_expected bytea[], p_new bytea[], p_message text, p_gc_key bigint)
+RETURNS integer LANGUAGE plpgsql AS $$
+DECLARE
+    v_now bigint;
+    v_written integer := 0;
+    v_cur bytea;
+BEGIN
+    IF p_gc_key IS NOT NULL THEN
+        PERFORM pg_advisory_xact_lock_shared(p_gc_key);
+    END IF;
+    v_now := {s}.now_ns();  -- after any wait for gc: the time the blobs become visible
+    IF cardinality(p_blob_names) > 0 THEN
+        WITH ins AS (
+            INSERT INTO {s}.blobs (name, data, size, time_ns)
+            SELECT n, d, length(d), v_now FROM unnest(p_blob_names, p_blob_data) AS t(n, d)
+            ON CONFLICT (name) DO NOTHING RETURNING 1)
+        SELECT count(*) INTO v_written FROM ins;
+    END IF;
+    FOR i IN 1 .. coalesce(cardinality(p_check_names), 0) LOOP
+        PERFORM pg_advisory_xact_lock_shared(hashtext('castate ref {s}'), hashtext(p_check_names[i]));
+        SELECT target INTO v_cur FROM {s}.refs WHERE name = p_check_names[i];  -- a fresh snapshot
+        IF v_cur IS DISTINCT FROM p_check_values[i] THEN
+            RAISE EXCEPTION USING ERRCODE = 'CAS01', MESSAGE = p_check_names[i],
+                DETAIL = coalesce(encode(v_cur, 'hex'), '');
+        END IF;
+    END LOOP;
+    FOR i IN 1 .. coalesce(cardinality(p_names), 0) LOOP
+        PERFORM {s}.move_ref(p_names[i], p_modes[i], p_expected[i], p_new[i], v_now, p_message);
+    END LOOP;
+    RETURN v_written;
+END $$;
+""",
+    ),
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -168,7 +281,7 @@ def split_url(url: str) -> tuple[str, str]:
     return urlunsplit(parts._replace(query=urlencode(kept))), schema
 
 
-class PostgresBackend(Backend):
+class PostgresBackend(BlobBackend):
     """A castate store in a PostgreSQL database (tables created on first open).
 
     ``url`` is a libpq URL (``postgresql://user:password@host:5432/db``; any libpq
@@ -205,19 +318,22 @@ class PostgresBackend(Backend):
         self._open_lock = asyncio.Lock()
         s = schema
         self._sql_commit = (
-            f"SELECT {s}.commit(%s::bytea[], %s::bytea[], %s::text[], %s::text[], %s::bytea[], %s::bytea[], %s, %s)"
+            f"SELECT {s}.commit_blobs(%s::text[], %s::bytea[], %s::text[], %s::bytea[], "
+            "%s::text[], %s::text[], %s::bytea[], %s::bytea[], %s, %s)"
         )
         self._sql_copy = f"SELECT {s}.copy_ref(%s, %s, %s, %s::bytea, %s)"
 
     # -- connections ----------------------------------------------------------------------------
 
-    def _conn_kwargs(self) -> dict[str, Any]:
+    def _conn_kwargs(self, statement_timeout: float | None = None) -> dict[str, Any]:
+        if statement_timeout is None:
+            statement_timeout = self.timeout + self.lock_timeout
         return {
             "autocommit": True,
             "connect_timeout": max(1, round(self.timeout)),
             "application_name": "castate",
             # statements (a save waiting for gc included) give up server-side
-            "options": f"-c statement_timeout={int((self.timeout + self.lock_timeout) * 1000)} "
+            "options": f"-c statement_timeout={int(statement_timeout * 1000)} "
             f"-c lock_timeout={int(self.lock_timeout * 1000)}",
         }
 
@@ -390,33 +506,6 @@ class PostgresBackend(Backend):
 
         return await self._call(what, run, idempotent=True)
 
-    # -- objects --------------------------------------------------------------------------------
-
-    async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, bytes]:
-        if not ids:
-            return {}
-        rows = await self._fetch(
-            "get_objects", f"SELECT id, data FROM {self.schema}.objects WHERE id = ANY(%s::bytea[])", (list(ids),)
-        )
-        return dict(rows)  # type: ignore[arg-type]
-
-    async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
-        if not ids:
-            return set()
-        rows = await self._fetch(
-            "has_objects", f"SELECT id FROM {self.schema}.objects WHERE id = ANY(%s::bytea[])", (list(ids),)
-        )
-        return {r[0] for r in rows}
-
-    async def put_objects(self, items: Sequence[tuple[bytes, bytes]], *, stream: str = "") -> int:
-        if not items:
-            return 0
-        return await self._commit(items, [], "", gc=False, what="put_objects")
-
-    async def delete_objects(self, ids: Collection[bytes]) -> int:
-        sql = f"DELETE FROM {self.schema}.objects WHERE id = ANY(%s::bytea[])"
-        return await self._maintenance("delete_objects", sql, (list(ids),))
-
     async def _maintenance(self, what: str, sql: str, params: Sequence[Any]) -> int:
         """A write gc makes: on the gc lock's own connection while ``gc_exclusive`` is held."""
         gc_conn = self._gc_conn
@@ -429,10 +518,57 @@ class PostgresBackend(Backend):
 
         return await self._call(what, run, idempotent=False)
 
-    async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
-        rows = await self._fetch("iter_objects", f"SELECT id, size, time_ns FROM {self.schema}.objects")
-        for oid, size, t in rows:
-            yield ObjectInfo(oid, size, t)
+    # -- blobs ----------------------------------------------------------------------------------
+
+    async def get_blobs(self, names: Collection[str]) -> dict[str, bytes]:
+        if not names:
+            return {}
+        rows = await self._fetch(
+            "get_blobs", f"SELECT name, data FROM {self.schema}.blobs WHERE name = ANY(%s::text[])", (list(names),)
+        )
+        return {name: bytes(data) for name, data in rows}
+
+    async def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
+        if not ranges:
+            return []
+        names, offsets, lengths = [], [], []
+        for name, offset, length in ranges:
+            if offset < 0 or length < 0:
+                raise ValueError(f"bad range {offset}+{length} of blob {name[:80]!r}")
+            names.append(name)
+            offsets.append(min(offset, MAX_OFFSET))
+            lengths.append(min(length, MAX_OFFSET - min(offset, MAX_OFFSET)))
+        # data is stored EXTERNAL (uncompressed out of line), so substring() fetches only the
+        # TOAST chunks that hold the range, not the whole pack
+        rows = await self._fetch(
+            "get_ranges",
+            f"SELECT substring(b.data FROM r.o + 1 FOR r.l) "
+            f"FROM unnest(%s::text[], %s::int[], %s::int[]) WITH ORDINALITY AS r(n, o, l, i) "
+            f"LEFT JOIN {self.schema}.blobs b ON b.name = r.n ORDER BY r.i",
+            (names, offsets, lengths),
+        )
+        return [None if data is None else bytes(data) for (data,) in rows]
+
+    async def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
+        # names are ASCII in "C" order, so every name with the prefix sorts below prefix + DEL
+        rows = await self._fetch(
+            "list_blobs",
+            f"SELECT name, size, time_ns FROM {self.schema}.blobs WHERE name >= %s AND name < %s ORDER BY name",
+            (prefix, prefix + "\x7f"),
+        )
+        return [BlobInfo(name, int(size), int(t)) for name, size, t in rows]
+
+    async def put_blobs(self, items: Sequence[tuple[str, bytes]]) -> int:
+        """Store blobs create-only in one statement; unlike ``commit`` it does not wait for gc."""
+        if not items:
+            return 0
+        return await self._commit(items, (), None, "", gc=False, what="put_blobs")
+
+    async def delete_blobs(self, names: Collection[str]) -> int:
+        if not names:
+            return 0
+        sql = f"DELETE FROM {self.schema}.blobs WHERE name = ANY(%s::text[])"
+        return await self._maintenance("delete_blobs", sql, (sorted(set(names)),))
 
     # -- refs -----------------------------------------------------------------------------------
 
@@ -442,36 +578,55 @@ class PostgresBackend(Backend):
         rows = await self._fetch(
             "get_refs", f"SELECT name, target FROM {self.schema}.refs WHERE name = ANY(%s::text[])", (list(names),)
         )
-        return dict(rows)  # type: ignore[arg-type]
+        return {name: bytes(target) for name, target in rows}
 
     async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
         # names are printable ASCII in "C" order, so every name with the prefix sorts below prefix + DEL
         rows = await self._fetch(
             "list_refs",
-            f"SELECT name, target FROM {self.schema}.refs WHERE name >= %s AND name < %s",
+            f"SELECT name, target FROM {self.schema}.refs WHERE name >= %s AND name < %s ORDER BY name",
             (prefix, prefix + "\x7f"),
         )
-        return dict(rows)  # type: ignore[arg-type]
+        return {name: bytes(target) for name, target in rows}
 
     async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
+        """Move refs only, without waiting for gc (see ``commit``)."""
         if updates:
-            await self._commit([], updates, message, gc=False, what="update_refs")
+            await self._commit((), updates, None, message, gc=False, what="update_refs")
 
     async def commit(
         self,
-        items: Sequence[tuple[bytes, bytes]],
+        blobs: Sequence[tuple[str, bytes]],
         updates: Sequence[RefUpdate],
         *,
         message: str = "",
-        stream: str = "",
-        history: Sequence[tuple[bytes, bytes]] = (),
+        checks: Mapping[str, bytes | None] | None = None,
     ) -> int:
-        return await self._commit([*items, *history], updates, message, gc=True, what="commit")
+        """One ``commit_blobs`` statement. A save (blobs or checks) waits, up to ``lock_timeout``,
+        while gc holds its lock; a bare ref move does not, like ``update_refs`` (it writes
+        nothing gc could be deleting, and gc itself moves refs while it holds the lock)."""
+        gc = bool(blobs) or bool(checks)
+        return await self._commit(blobs, updates, checks, message, gc=gc, what="commit")
 
     async def _commit(
-        self, items: Sequence[tuple[bytes, bytes]], updates: Sequence[RefUpdate], message: str, *, gc: bool, what: str
+        self,
+        blobs: Sequence[tuple[str, bytes]],
+        updates: Sequence[RefUpdate],
+        checks: Mapping[str, bytes | None] | None,
+        message: str,
+        *,
+        gc: bool,
+        what: str,
     ) -> int:
-        unique = dict(items)
+        """One ``commit_blobs`` call: one statement, one transaction, one round trip."""
+        unique: dict[str, bytes] = {}
+        for name, data in blobs:
+            check_blob_name(name)
+            unique[name] = bytes(data)
+        # inserting in name order: two saves that share blobs cannot wait for each other in a cycle
+        blob_names = sorted(unique)
+        check_names = list(checks or {})
+        check_values = [None if v is None else bytes(v) for v in (checks or {}).values()]
         names, modes, expected, new = [], [], [], []
         for u in updates:
             check_ref_name(u.name)
@@ -481,8 +636,10 @@ class PostgresBackend(Backend):
             expected.append(exp)
             new.append(None if u.new is None else bytes(u.new))
         params = (
-            list(unique),
-            [bytes(f) for f in unique.values()],
+            blob_names,
+            [unique[n] for n in blob_names],
+            check_names,
+            check_values,
             names,
             modes,
             expected,
@@ -497,7 +654,10 @@ class PostgresBackend(Backend):
 
         return await self._call(what, run, idempotent=False)
 
-    async def copy_ref(self, source: str, target: str, *, expected: Any = None, message: str = "") -> bytes:
+    async def copy_ref(
+        self, source: str, target: str, *, expected: bytes | _Any | None = None, message: str = ""
+    ) -> bytes:
+        """Read ``source`` and move ``target`` in one server-side call (``copy_ref`` function)."""
         check_ref_name(target)
         mode, exp = _mode(expected)
 
@@ -514,13 +674,24 @@ class PostgresBackend(Backend):
             rows = await self._fetch("reflog", sql + " ORDER BY seq")
         else:
             rows = await self._fetch("reflog", sql + " WHERE name = %s ORDER BY seq", (name,))
-        return [ReflogEntry(n, o, w, t, m) for n, o, w, t, m in rows]
+        return [
+            ReflogEntry(n, None if o is None else bytes(o), None if w is None else bytes(w), int(t), m)
+            for n, o, w, t, m in rows
+        ]
+
+    async def expire_reflog(self, before_ns: int) -> int:
+        return await self._maintenance(
+            "expire_reflog", f"DELETE FROM {self.schema}.reflog WHERE time_ns < %s", (before_ns,)
+        )
 
     # -- maintenance ----------------------------------------------------------------------------
 
     @contextlib.asynccontextmanager
     async def gc_exclusive(self) -> AsyncIterator[None]:
-        """Hold the store's gc lock exclusive on a dedicated connection (waits for saves in flight)."""
+        """Hold the store's gc lock exclusive on a dedicated connection (waits for saves in flight).
+
+        ``delete_blobs`` and ``expire_reflog`` run on that connection meanwhile: if it drops,
+        the lock goes with it and they fail rather than delete while saves run."""
         self._require_pool()
         if self._gc_conn is not None:
             raise StoreError(f"gc_exclusive is already held by this backend on {self.location}")
@@ -537,10 +708,6 @@ class PostgresBackend(Backend):
         finally:
             await conn.close()  # a closed session releases its advisory locks in any case
 
-    async def now_ns(self) -> int:
-        rows = await self._fetch("now_ns", f"SELECT {self.schema}.now_ns()")
-        return int(rows[0][0])  # type: ignore[index]
-
     @contextlib.asynccontextmanager
     async def gc_shared(self) -> AsyncIterator[None]:
         """Hold the gc lock shared on a dedicated connection while an import spans several calls."""
@@ -556,41 +723,97 @@ class PostgresBackend(Backend):
         finally:
             await conn.close()  # a closed session releases its advisory locks in any case
 
-    async def expire_reflog(self, before_ns: int) -> int:
-        return await self._maintenance(
-            "expire_reflog", f"DELETE FROM {self.schema}.reflog WHERE time_ns < %s", (before_ns,)
-        )
+    async def now_ns(self) -> int:
+        rows = await self._fetch("now_ns", f"SELECT {self.schema}.now_ns()")
+        return int(rows[0][0])
 
-    async def quarantine_objects(self, ids: Collection[bytes]) -> int:
+    async def reclaim(self) -> None:
+        """``VACUUM`` the blobs and reflog tables, so the space of deleted rows is reused.
+
+        PostgreSQL never overwrites a deleted row in place: a vacuum marks its space free for
+        new rows (autovacuum would too, but only once enough rows died, so gc's space would
+        otherwise wait). The files do not shrink, except for empty pages at their end: only
+        ``VACUUM FULL`` gives the rest back, and castate does not run it because it rewrites
+        the table under an exclusive lock (every read and save waits meanwhile) and needs room
+        for a whole copy; run it in a quiet window if the disk must shrink. ``SKIP_LOCKED``: a
+        vacuum already running (autovacuum) is left to finish the job. It runs without a
+        statement timeout, on a connection of its own: stopping a vacuum half way wastes it.
+        A role that does not own the tables gets a server warning and no vacuum."""
+        self._require_pool()
         s = self.schema
-        sql = (
-            f"WITH moved AS (DELETE FROM {s}.objects WHERE id = ANY(%s::bytea[]) RETURNING id, data, time_ns) "
-            f"INSERT INTO {s}.quarantine (id, data, time_ns, quarantined_ns) "
-            f"SELECT id, data, time_ns, {s}.now_ns() FROM moved "
-            "ON CONFLICT (id) DO UPDATE SET data = excluded.data, quarantined_ns = excluded.quarantined_ns"
+        conn = await self._guard(
+            psycopg.AsyncConnection.connect(self.conninfo, **self._conn_kwargs(statement_timeout=0)), "reclaim"
         )
-        return await self._maintenance("quarantine_objects", sql, (list(ids),))
+        try:
+            await self._guard(conn.execute(f"VACUUM (SKIP_LOCKED) {s}.blobs, {s}.reflog"), "reclaim")
+        finally:
+            await conn.close()
 
     async def stats(self) -> dict[str, int]:
+        """Counts, and ``store_bytes``: pg_total_relation_size (rows, TOAST and indexes) of every
+        table in the schema, format-1 ones included while they remain."""
         s = self.schema
         rows = await self._fetch(
             "stats",
-            f"SELECT (SELECT count(*) FROM {s}.objects), (SELECT coalesce(sum(size), 0) FROM {s}.objects), "
+            f"SELECT (SELECT count(*) FROM {s}.blobs), (SELECT coalesce(sum(size), 0) FROM {s}.blobs), "
             f"(SELECT count(*) FROM {s}.refs), (SELECT count(*) FROM {s}.reflog), "
-            f"(SELECT count(*) FROM {s}.quarantine), "
             "(SELECT coalesce(sum(pg_total_relation_size(c.oid)), 0) FROM pg_class c "
             "JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relkind = 'r')",
             (s,),
         )
-        objects, size, refs, log, quarantined, table_bytes = (int(x) for x in rows[0])
+        blobs, blob_bytes, refs, log, store_bytes = (int(x) for x in rows[0])
         return {
-            "objects": objects,
-            "object_bytes": size,
+            "blobs": blobs,
+            "blob_bytes": blob_bytes,
             "refs": refs,
             "reflog_entries": log,
-            "quarantined": quarantined,
-            "table_bytes": table_bytes,
+            "store_bytes": store_bytes,
         }
+
+    # -- format-1 stores ------------------------------------------------------------------------
+
+    async def _has_legacy(self, conn: psycopg.AsyncConnection[Any]) -> bool:
+        row = await (await conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"{self.schema}.objects",))).fetchone()
+        return bool(row and row[0])
+
+    async def legacy_objects(self) -> int:
+        """Rows of the format-1 ``objects`` table; 0 once it is gone (new stores never keep it)."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> int:
+            if not await self._has_legacy(conn):
+                return 0
+            row = await (await conn.execute(f"SELECT count(*) FROM {self.schema}.objects")).fetchone()
+            return int(row[0]) if row else 0
+
+        return await self._call("legacy_objects", run, idempotent=True)
+
+    async def iter_legacy_frames(self, batch: int = 1000) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+        """The format-1 (id, frame) rows in id order, ``batch`` per query (keyset pagination:
+        each page starts after the last id of the previous one, so no page rescans the table)."""
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        if not await self._call("iter_legacy_frames", self._has_legacy, idempotent=True):
+            return
+        sql = f"SELECT id, data FROM {self.schema}.objects WHERE id > %s ORDER BY id LIMIT %s"
+        after = b""  # every id sorts after the empty bytea
+        while True:
+            rows = await self._fetch("iter_legacy_frames", sql, (after, batch))
+            if not rows:
+                return
+            yield [(bytes(oid), bytes(data)) for oid, data in rows]
+            if len(rows) < batch:
+                return
+            after = bytes(rows[-1][0])
+
+    async def drop_legacy(self) -> None:
+        """Drop the format-1 ``objects`` table (a drop frees its files at once, unlike a delete).
+
+        A format-1 ``quarantine`` table that holds rows is kept: it is damage fsck set aside."""
+
+        async def run(conn: psycopg.AsyncConnection[Any]) -> None:
+            await conn.execute(f"DROP TABLE IF EXISTS {self.schema}.objects")
+
+        await self._call("drop_legacy", run, idempotent=True)
 
 
 def _redact(url: str) -> str:

@@ -1,8 +1,8 @@
 """The Lua scripts of the Redis backend (castate/backends/redis.py has the key layout).
 
 Redis runs each script atomically, so every castate write is all-or-nothing on the
-server. Numbers that Lua would round (microsecond and nanosecond times) are built as
-decimal strings.
+server. Numbers that Lua would round (nanosecond times) are built as decimal strings;
+microsecond times (about 1.7e15) are exact in Lua's doubles and in sorted-set scores.
 """
 
 from __future__ import annotations
@@ -50,32 +50,54 @@ local function apply(refs, refnames, reflog, base, m, olds, ns, msg)
 end
 """
 
-# KEYS: store, gc, objects, refs, refnames, reflog, bytes, request, then one key per object
-# ARGV: check_gc, n, m, message, ids (n), frames (n), then m x (name, mode, expected, op, new)
-# The request key records a done commit for a minute, so a resend after a lost reply is a no-op.
+# The write of commit, put_blobs and update_refs.
+# KEYS: store, gc, gcshared, blobs, blobsize, blobbytes, refs, refnames, reflog, request, then one key per blob
+# ARGV: gc ('check' | 'skip'), gc token, shared token, n blobs, c checks, m updates, message,
+#       names (n), data (n), then c x (name, mode, value), then m x (name, mode, expected, op, new)
+# With 'check', the write is refused while gc holds its lock, unless it carries gc's token (gc's
+# own writes) or the token of a live gc_shared holder (gc is still waiting for that holder).
+# Blobs go first (SET NX: an existing name is left alone, its time too), then every check and
+# expectation is tested before any ref moves. The request key records a done write for a
+# minute, so a resend after a lost reply is a no-op that returns the first reply.
 COMMIT = (
     _CAS
     + """
 if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
-local done = redis.call('GET', KEYS[8])
+local done = redis.call('GET', KEYS[10])
 if done then return {'ok', tonumber(done)} end
-if ARGV[1] == '1' and redis.call('EXISTS', KEYS[2]) == 1 then return {'gc'} end
-local n, m, msg = tonumber(ARGV[2]), tonumber(ARGV[3]), ARGV[4]
-local base = 5 + 2 * n
-local olds, err = cas(KEYS[4], base, m)
-if err then return err end
 local us, ns = now()
+if ARGV[1] == 'check' then
+  local holder = redis.call('GET', KEYS[2])
+  if holder and holder ~= ARGV[2] then
+    local lease = ARGV[3] ~= '' and redis.call('ZSCORE', KEYS[3], ARGV[3])
+    if not lease or tonumber(lease) * 1000 <= tonumber(us) then return {'gc'} end
+  end
+end
+local n, c, m, msg = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6]), ARGV[7]
 local written = 0
 for i = 1, n do
-  local frame = ARGV[4 + n + i]
-  if redis.call('SET', KEYS[8 + i], frame, 'NX') then
+  local name, data = ARGV[7 + i], ARGV[7 + n + i]
+  if redis.call('SET', KEYS[10 + i], data, 'NX') then
     written = written + 1
-    redis.call('INCRBY', KEYS[7], #frame)
+    redis.call('ZADD', KEYS[4], us, name)
+    redis.call('HSET', KEYS[5], name, #data)
+    redis.call('INCRBY', KEYS[6], #data)
   end
-  redis.call('ZADD', KEYS[3], us, ARGV[4 + i])
 end
-apply(KEYS[4], KEYS[5], KEYS[6], base, m, olds, ns, msg)
-redis.call('SET', KEYS[8], written, 'PX', 60000)
+local base = 8 + 2 * n
+for j = 0, c - 1 do
+  local k = base + 3 * j
+  local name, mode, want = ARGV[k], ARGV[k + 1], ARGV[k + 2]
+  local cur = redis.call('HGET', KEYS[7], name)
+  if (mode == 'absent' and cur) or (mode == 'value' and cur ~= want) then
+    return {'conflict', name, cur or ''}
+  end
+end
+base = base + 3 * c
+local olds, err = cas(KEYS[7], base, m)
+if err then return err end
+apply(KEYS[7], KEYS[8], KEYS[9], base, m, olds, ns, msg)
+redis.call('SET', KEYS[10], written, 'PX', 60000)
 return {'ok', written}
 """
 )
@@ -124,39 +146,68 @@ end
 return out
 """
 
-# KEYS: store, gc, objects, bytes, then one key per object.  ARGV: gc token ('' = none), ids
+# KEYS: store, blobs, blobsize.  ARGV: prefix.  Returns (name, write time in us, size) triples.
+LIST_BLOBS = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return {'lost'} end
+local all = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+local p = ARGV[1]
+local names, times = {}, {}
+for i = 1, #all, 2 do
+  if string.sub(all[i], 1, #p) == p then
+    names[#names + 1] = all[i]
+    times[#times + 1] = all[i + 1]
+  end
+end
+local out = {'ok'}
+for i = 1, #names, 1000 do
+  local part = {}
+  for j = i, math.min(i + 999, #names) do part[#part + 1] = names[j] end
+  local sizes = redis.call('HMGET', KEYS[3], unpack(part))
+  for j = 1, #part do
+    out[#out + 1] = part[j]; out[#out + 1] = times[i + j - 1]; out[#out + 1] = sizes[j] or '0'
+  end
+end
+return out
+"""
+
+# KEYS: gc, blobs, blobsize, blobbytes, then one key per blob.  ARGV: gc token ('' = none), names
+# A delete that carries gc's token is refused once that token no longer holds the lock.
 DELETE = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'gclost'} end
+if ARGV[1] ~= '' and redis.call('GET', KEYS[1]) ~= ARGV[1] then return {'gclost'} end
 local gone = 0
 for i = 5, #KEYS do
+  local name = ARGV[i - 3]
   local size = redis.call('STRLEN', KEYS[i])
   if redis.call('DEL', KEYS[i]) == 1 then
     gone = gone + 1
     redis.call('DECRBY', KEYS[4], size)
   end
-  redis.call('ZREM', KEYS[3], ARGV[i - 3])
+  redis.call('ZREM', KEYS[2], name)
+  redis.call('HDEL', KEYS[3], name)
 end
 return {'ok', gone}
 """
 
-# KEYS: store, gc, objects, bytes, quarantine, then pairs (object key, quarantine key).
-# ARGV: gc token ('' = none), ids
-QUARANTINE = """
-if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then return {'gclost'} end
-local t = redis.call('TIME')
-local us = t[1] .. string.format('%06d', tonumber(t[2]))
-local moved = 0
-for i = 0, (#KEYS - 5) / 2 - 1 do
-  local key, qkey, id = KEYS[6 + 2 * i], KEYS[7 + 2 * i], ARGV[2 + i]
-  if redis.call('EXISTS', key) == 1 then
-    redis.call('DECRBY', KEYS[4], redis.call('STRLEN', key))
-    redis.call('RENAME', key, qkey)
-    redis.call('ZREM', KEYS[3], id)
-    redis.call('ZADD', KEYS[5], us, id)
-    moved = moved + 1
+# KEYS: store.  ARGV: the marker as read, the marker to write.  A compare-and-set of the
+# store marker (the version-1 -> 2 upgrade); 0 when another client changed it meanwhile.
+SET_MARKER = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS: objects, bytes, then one o:<hex> key per id.  ARGV: ids.  Drops version-1 objects.
+DROP_LEGACY = """
+local gone = 0
+for i = 3, #KEYS do
+  local size = redis.call('STRLEN', KEYS[i])
+  if redis.call('DEL', KEYS[i]) == 1 then
+    gone = gone + 1
+    redis.call('DECRBY', KEYS[2], size)
   end
+  redis.call('ZREM', KEYS[1], ARGV[i - 2])
 end
-return {'ok', moved}
+return gone
 """
 
 # KEYS: reflog.  ARGV: before (ns, decimal), most entries to drop.  Entries are in time order.
@@ -185,7 +236,7 @@ return redis.call('PEXPIRE', KEYS[1], ARGV[2])
 """
 
 # gc_shared: join the readers of the gc lock (KEYS[1] the gc lock, KEYS[2] the sorted set of
-# shared holders, ARGV[1] token, ARGV[2] lease end in server ms). Refused while gc holds the lock.
+# shared holders, ARGV[1] token, ARGV[2] lease in ms). Refused while gc holds the lock.
 SHARED_JOIN = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 local t = redis.call('TIME')

@@ -1,19 +1,25 @@
-"""The SQLite backend: a whole castate store in one database file, for one machine.
+"""The SQLite blob backend: a whole castate store in one database file, for one machine.
 
-Tables (schema version 1, in ``PRAGMA user_version``)::
+Tables of a store created by this code (schema version 2, in ``PRAGMA user_version``)::
 
     castate_meta (key, value)                      'castate' = 'store', 'id' = store id
-    objects      (id, data, size, time_ns)         one row per object frame
+    blobs        (name, size, time_ns, data)       one row per blob (packs, indexes, quarantine)
     refs         (name, target)                    current ref targets
     reflog       (seq, name, old, new, time_ns, message)
-    quarantine   (id, data, time_ns, quarantined_ns)
+
+A format-1 file (schema version 1, one row per object frame in ``objects``, plus a
+``quarantine`` table) is migrated on open by adding ``blobs``; its ``objects`` rows stay
+until ``castate upgrade`` has copied them into packs and called ``drop_legacy``.
 
 The database runs in WAL mode, so readers never block the writer. Every public method is
 one hop to a worker thread running one transaction on the backend's connection (the
 stdlib ``sqlite3``; one hop per call is all the batching the contract needs, so aiosqlite's
 per-statement hops would only add cost). Several processes may share the file: writes
-serialize on SQLite's write lock (``BEGIN IMMEDIATE``). Saves and gc coordinate through a
-flock on ``<file>-gclock`` beside the database, as the local backend does.
+serialize on SQLite's write lock (``BEGIN IMMEDIATE``). Commits that store blobs and gc
+coordinate through a flock on ``<file>-gclock`` beside the database, as the local backend does.
+
+New files use ``auto_vacuum = INCREMENTAL``, so ``reclaim`` can hand the pages of deleted
+blobs back to the file system without rewriting the database.
 """
 
 from __future__ import annotations
@@ -25,46 +31,72 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate, plan_ref_updates
+from castate.backends.base import ReflogEntry, RefUpdate, _Any, plan_ref_updates
+from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.backends.local.locks import FileLock
-from castate.errors import CorruptFileError, NotFoundError, StoreError, UnsupportedFormatError
+from castate.errors import ConflictError, CorruptFileError, NotFoundError, StoreError, UnsupportedFormatError
 
-SCHEMA_VERSION = 1
-BATCH = 500  # ids per IN (...) list, well under SQLite's bound-parameter limit
+SCHEMA_VERSION = 2
+BATCH = 500  # names per IN (...) list, well under SQLite's bound-parameter limit
 
-MIGRATIONS: dict[int, str] = {
-    1: """
+# A rowid table, not WITHOUT ROWID: blobs are packs of up to several MB, and SQLite keeps
+# large values best in rowid tables (a WITHOUT ROWID b-tree is tuned for rows well under a
+# page), and only rowid tables allow incremental blob I/O, which get_ranges uses to read a
+# slice without loading the whole pack. ``data`` comes last: the columns after a large value
+# live at the end of its overflow chain, so list_blobs reads size and time_ns from the first
+# page of a row instead of walking megabytes of overflow pages.
+BLOBS_TABLE = """
+    CREATE TABLE blobs (
+        name TEXT PRIMARY KEY, size INTEGER NOT NULL, time_ns INTEGER NOT NULL, data BLOB NOT NULL)
+"""
+
+# The whole schema of a new store: no objects or quarantine tables (a quarantine is blobs
+# named quarantine/..., made by the pack store).
+SCHEMA = f"""
     CREATE TABLE castate_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-    CREATE TABLE objects (
-        id BLOB PRIMARY KEY, data BLOB NOT NULL, size INTEGER NOT NULL, time_ns INTEGER NOT NULL);
+    {BLOBS_TABLE};
     CREATE TABLE refs (name TEXT PRIMARY KEY, target BLOB NOT NULL) WITHOUT ROWID;
     CREATE TABLE reflog (
         seq INTEGER PRIMARY KEY AUTOINCREMENT, name TEXT NOT NULL, old BLOB, new BLOB,
         time_ns INTEGER NOT NULL, message TEXT NOT NULL);
-    CREATE INDEX reflog_by_name ON reflog (name, seq);
-    CREATE TABLE quarantine (
-        id BLOB PRIMARY KEY, data BLOB NOT NULL, time_ns INTEGER NOT NULL, quarantined_ns INTEGER NOT NULL);
-    """,
+    CREATE INDEX reflog_by_name ON reflog (name, seq)
+"""
+
+# Upgrades of an existing store, by the version each one produces. Version 1 was format 1:
+# castate_meta, objects, refs, reflog, quarantine.
+MIGRATIONS: dict[int, str] = {
+    2: BLOBS_TABLE,
 }
 
 Durability = Literal["durable", "relaxed"]
 T = TypeVar("T")
 
 
-def _chunks(ids: Sequence[bytes]) -> Iterator[Sequence[bytes]]:
-    for i in range(0, len(ids), BATCH):
-        yield ids[i : i + BATCH]
+def _chunks(items: Sequence[T]) -> Iterator[Sequence[T]]:
+    for i in range(0, len(items), BATCH):
+        yield items[i : i + BATCH]
 
 
 def _marks(n: int) -> str:
     return ",".join("?" * n)
 
 
-class SQLiteBackend(Backend):
+def _statements(script: str) -> Iterator[str]:
+    for statement in script.split(";"):
+        if statement.strip():
+            yield statement
+
+
+def _has_table(conn: sqlite3.Connection, name: str) -> bool:
+    row = conn.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (name,)).fetchone()
+    return row is not None
+
+
+class SQLiteBackend(BlobBackend):
     """A castate store in one SQLite file (created on first open unless ``create=False``).
 
     ``durability="durable"`` (default) runs with ``synchronous=FULL``: a save is on disk
@@ -112,47 +144,89 @@ class SQLiteBackend(Backend):
                 os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o600))
         conn = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False)
         try:
-            conn.execute("PRAGMA journal_mode=WAL")
+            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                # An empty file becomes a new store. auto_vacuum can only be chosen before the
+                # file's first page is written, and switching to WAL writes it, so this comes first.
+                conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            # Look before changing anything: a foreign database or a newer store stays as it was.
+            # One read transaction, so a store another process creates meanwhile is seen whole.
+            conn.execute("BEGIN")
+            try:
+                self._check_version(conn)
+            finally:
+                conn.execute("COMMIT")
+            self._enable_wal(conn)
             conn.execute(f"PRAGMA synchronous={'FULL' if self.durable else 'NORMAL'}")
             self._migrate(conn)
-            meta = dict(conn.execute("SELECT key, value FROM castate_meta").fetchall())
-            if meta.get("castate") != "store":
-                raise StoreError(f"{self.path} is not a castate store (castate_meta says {meta.get('castate')!r})")
-            self.store_id = meta.get("id", "")
+            self.store_id = self._meta(conn).get("id", "")
         except BaseException:
             conn.close()
             raise
         self._conn = conn
 
-    def _migrate(self, conn: sqlite3.Connection) -> None:
-        version = conn.execute("PRAGMA user_version").fetchone()[0]
-        if version == SCHEMA_VERSION:
-            return
+    def _enable_wal(self, conn: sqlite3.Connection) -> None:
+        """Switch the file to WAL (persistent; a no-op once done), retrying while another opener holds it.
+
+        Several processes opening a new file at once race to switch it, and SQLite answers the
+        losers "database is locked" at once instead of waiting, so this waits here (up to
+        ``lock_timeout``) as SQLite waits for its other locks."""
+        deadline = time.monotonic() + self.lock_timeout
+        delay = 0.001
+        while True:
+            try:
+                conn.execute("PRAGMA journal_mode=WAL")
+                return
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+            time.sleep(delay)
+            delay = min(delay * 2, 0.05)
+
+    def _check_version(self, conn: sqlite3.Connection) -> int:
+        """The file's schema version, after refusing files that are not (supported) castate stores."""
+        version: int = conn.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise UnsupportedFormatError(
                 f"store {self.path} has schema version {version}; this castate reads up to {SCHEMA_VERSION} "
                 "(upgrade castate)"
             )
+        if version == 0:
+            if conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]:
+                raise StoreError(f"{self.path} is an SQLite database but not a castate store")
+        else:
+            self._meta(conn)
+        return version
+
+    def _meta(self, conn: sqlite3.Connection) -> dict[str, str]:
+        """castate_meta's rows, or StoreError when the file is not a castate store."""
+        meta = dict(conn.execute("SELECT key, value FROM castate_meta")) if _has_table(conn, "castate_meta") else {}
+        if meta.get("castate") != "store":
+            raise StoreError(f"{self.path} is not a castate store (castate_meta says {meta.get('castate')!r})")
+        return meta
+
+    def _migrate(self, conn: sqlite3.Connection) -> None:
+        """Create a new store's schema, or bring an older one up to SCHEMA_VERSION, in one transaction."""
+        if conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION:
+            return
         conn.execute("BEGIN IMMEDIATE")
         try:
-            version = conn.execute("PRAGMA user_version").fetchone()[0]  # another process may have won
+            version = self._check_version(conn)  # another process may have created or migrated it meanwhile
             if version == 0:
-                tables = conn.execute("SELECT count(*) FROM sqlite_master").fetchone()[0]
-                if tables:
-                    raise StoreError(f"{self.path} is an SQLite database but not a castate store")
-            for v in range(version + 1, SCHEMA_VERSION + 1):
-                for statement in MIGRATIONS[v].split(";"):
-                    if statement.strip():
+                for statement in _statements(SCHEMA):
+                    conn.execute(statement)
+                conn.executemany(
+                    "INSERT INTO castate_meta VALUES (?, ?)",
+                    [("castate", "store"), ("id", uuid.uuid4().hex), ("created_ns", str(time.time_ns()))],
+                )
+            else:
+                for v in range(version + 1, SCHEMA_VERSION + 1):
+                    for statement in _statements(MIGRATIONS[v]):
                         conn.execute(statement)
-                if v == 1:
-                    conn.executemany(
-                        "INSERT INTO castate_meta VALUES (?, ?)",
-                        [("castate", "store"), ("id", uuid.uuid4().hex), ("created_ns", str(time.time_ns()))],
-                    )
-                conn.execute(f"PRAGMA user_version={v}")
+            conn.execute(f"PRAGMA user_version={SCHEMA_VERSION}")
             conn.execute("COMMIT")
         except BaseException:
-            conn.execute("ROLLBACK")
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
             raise
 
     async def close(self) -> None:
@@ -201,65 +275,100 @@ class SQLiteBackend(Backend):
             raise
         conn.execute("COMMIT")
 
-    # -- objects --------------------------------------------------------------------------------
-
-    async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, bytes]:
-        return await self._run(self._get_objects, list(ids))
-
-    def _get_objects(self, ids: list[bytes]) -> dict[bytes, bytes]:
+    @contextlib.contextmanager
+    def _read(self) -> Iterator[sqlite3.Connection]:
+        """One read transaction: several statements see one snapshot (WAL readers never wait)."""
         conn = self._db()
-        out: dict[bytes, bytes] = {}
-        for part in _chunks(ids):
-            out.update(conn.execute(f"SELECT id, data FROM objects WHERE id IN ({_marks(len(part))})", part))
+        conn.execute("BEGIN")
+        try:
+            yield conn
+        finally:
+            if conn.in_transaction:
+                conn.execute("COMMIT")
+
+    # -- blobs ----------------------------------------------------------------------------------
+
+    async def get_blobs(self, names: Collection[str]) -> dict[str, bytes]:
+        return await self._run(self._get_blobs, list(set(names)))
+
+    def _get_blobs(self, names: list[str]) -> dict[str, bytes]:
+        out: dict[str, bytes] = {}
+        with self._read() as conn:
+            for part in _chunks(names):
+                out.update(conn.execute(f"SELECT name, data FROM blobs WHERE name IN ({_marks(len(part))})", part))
         return out
 
-    async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
-        return await self._run(self._has_objects, list(ids))
+    async def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
+        ranges = list(ranges)
+        for _, offset, length in ranges:
+            if offset < 0 or length < 0:
+                raise ValueError(f"bad blob range: offset {offset}, length {length}")
+        return await self._run(self._get_ranges, ranges)
 
-    def _has_objects(self, ids: list[bytes]) -> set[bytes]:
-        conn = self._db()
-        out: set[bytes] = set()
-        for part in _chunks(ids):
-            out.update(r[0] for r in conn.execute(f"SELECT id FROM objects WHERE id IN ({_marks(len(part))})", part))
+    def _get_ranges(self, ranges: list[tuple[str, int, int]]) -> list[bytes | None]:
+        out: list[bytes | None] = []
+        with self._read() as conn:
+            rows: dict[str, tuple[int, int]] = {}
+            for part in _chunks(list({name for name, _, _ in ranges})):
+                marks = _marks(len(part))
+                for name, rowid, size in conn.execute(
+                    f"SELECT name, rowid, size FROM blobs WHERE name IN ({marks})", part
+                ):
+                    rows[name] = (rowid, size)
+            for name, offset, length in ranges:
+                row = rows.get(name)
+                if row is None:
+                    out.append(None)
+                    continue
+                rowid, size = row
+                if offset >= size or length == 0:
+                    out.append(b"")
+                    continue
+                # Incremental blob I/O reads only the pages of the slice, not the whole pack.
+                with conn.blobopen("blobs", "data", rowid, readonly=True) as blob:
+                    blob.seek(offset)
+                    out.append(blob.read(length))
         return out
 
-    async def put_objects(self, items: Sequence[tuple[bytes, bytes]], *, stream: str = "") -> int:
+    async def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
+        return await self._run(self._list_blobs, prefix)
+
+    def _list_blobs(self, prefix: str) -> list[BlobInfo]:
+        # Blob names are ASCII, so every name with the prefix sorts below prefix + DEL.
+        rows = self._db().execute(
+            "SELECT name, size, time_ns FROM blobs WHERE name >= ? AND name < ? ORDER BY name",
+            (prefix, prefix + "\x7f"),
+        )
+        return [BlobInfo(*row) for row in rows]
+
+    async def put_blobs(self, items: Sequence[tuple[str, bytes]]) -> int:
         if not items:
             return 0
+        _check_names(items)
         return await self._run(self._put_in_transaction, items)
 
-    def _put_in_transaction(self, items: Sequence[tuple[bytes, bytes]]) -> int:
+    def _put_in_transaction(self, items: Sequence[tuple[str, bytes]]) -> int:
         with self._write():
             return self._put(items)
 
-    def _put(self, items: Sequence[tuple[bytes, bytes]]) -> int:
-        """Insert the absent objects and refresh the write time of the present ones (gc's grace)."""
-        conn = self._db()
+    def _put(self, items: Sequence[tuple[str, bytes]]) -> int:
+        """Insert the blobs whose names are absent (create-only); returns how many were new."""
         now = time.time_ns()
-        unique = dict(items)
-        present = self._has_objects(list(unique))
-        conn.executemany(
-            "INSERT INTO objects (id, data, size, time_ns) VALUES (?, ?, ?, ?)",
-            [(oid, bytes(f), len(f), now) for oid, f in unique.items() if oid not in present],
+        cursor = self._db().executemany(
+            "INSERT INTO blobs (name, size, time_ns, data) VALUES (?, ?, ?, ?) ON CONFLICT (name) DO NOTHING",
+            ((name, len(data), now, data) for name, data in items),
         )
-        if present:
-            conn.executemany("UPDATE objects SET time_ns = ? WHERE id = ?", [(now, oid) for oid in present])
-        return len(unique) - len(present)
+        return cursor.rowcount  # executemany sums the rows each insert added: 0 for present names
 
-    async def delete_objects(self, ids: Collection[bytes]) -> int:
-        return await self._run(self._delete_objects, list(ids))
+    async def delete_blobs(self, names: Collection[str]) -> int:
+        return await self._run(self._delete_blobs, list(set(names)))
 
-    def _delete_objects(self, ids: list[bytes]) -> int:
+    def _delete_blobs(self, names: list[str]) -> int:
         with self._write() as conn:
             gone = 0
-            for part in _chunks(ids):
-                gone += conn.execute(f"DELETE FROM objects WHERE id IN ({_marks(len(part))})", part).rowcount
+            for part in _chunks(names):
+                gone += conn.execute(f"DELETE FROM blobs WHERE name IN ({_marks(len(part))})", part).rowcount
             return gone
-
-    async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
-        rows = await self._run(lambda: self._db().execute("SELECT id, size, time_ns FROM objects").fetchall())
-        for oid, size, t in rows:
-            yield ObjectInfo(oid, size, t)
 
     # -- refs -----------------------------------------------------------------------------------
 
@@ -269,8 +378,7 @@ class SQLiteBackend(Backend):
     def _get_refs(self, names: list[str]) -> dict[str, bytes]:
         conn = self._db()
         out: dict[str, bytes] = {}
-        for i in range(0, len(names), BATCH):
-            part = names[i : i + BATCH]
+        for part in _chunks(names):
             out.update(conn.execute(f"SELECT name, target FROM refs WHERE name IN ({_marks(len(part))})", part))
         return out
 
@@ -280,16 +388,18 @@ class SQLiteBackend(Backend):
     def _list_refs(self, prefix: str) -> dict[str, bytes]:
         # Ref names are printable ASCII, so every name with the prefix sorts below prefix + DEL.
         rows = self._db().execute(
-            "SELECT name, target FROM refs WHERE name >= ? AND name < ?", (prefix, prefix + "\x7f")
+            "SELECT name, target FROM refs WHERE name >= ? AND name < ? ORDER BY name", (prefix, prefix + "\x7f")
         )
         return dict(rows)
 
-    async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
-        await self._run(self._update_in_transaction, updates, message)
-
-    def _update_in_transaction(self, updates: Sequence[RefUpdate], message: str) -> None:
-        with self._write():
-            self._update(updates, message)
+    def _check(self, checks: Mapping[str, bytes | None]) -> None:
+        """ConflictError unless every checked ref holds its expected value (None: absent)."""
+        current = self._get_refs(list(checks))
+        for name, want in checks.items():
+            have = current.get(name)
+            if have != want:
+                shown = ["absent" if v is None else v.hex()[:12] for v in (have, want)]
+                raise ConflictError(f"ref {name} is {shown[0]}, expected {shown[1]}: another writer moved it", name)
 
     def _update(self, updates: Sequence[RefUpdate], message: str) -> None:
         conn = self._db()
@@ -305,10 +415,13 @@ class SQLiteBackend(Backend):
             [(name, old, new, now, message) for name, old, new in changes],
         )
 
-    async def copy_ref(self, source: str, target: str, *, expected: Any = None, message: str = "") -> bytes:
+    async def copy_ref(
+        self, source: str, target: str, *, expected: bytes | _Any | None = None, message: str = ""
+    ) -> bytes:
         return await self._run(self._copy_ref, source, target, expected, message)
 
-    def _copy_ref(self, source: str, target: str, expected: Any, message: str) -> bytes:
+    def _copy_ref(self, source: str, target: str, expected: bytes | _Any | None, message: str) -> bytes:
+        """Read the source and move the target in one transaction: the source cannot move between."""
         with self._write():
             value = self._get_refs([source]).get(source)
             if value is None:
@@ -331,29 +444,48 @@ class SQLiteBackend(Backend):
 
     async def commit(
         self,
-        items: Sequence[tuple[bytes, bytes]],
+        blobs: Sequence[tuple[str, bytes]],
         updates: Sequence[RefUpdate],
         *,
         message: str = "",
-        stream: str = "",
-        history: Sequence[tuple[bytes, bytes]] = (),
+        checks: Mapping[str, bytes | None] | None = None,
     ) -> int:
         self._db()
-        return await asyncio.to_thread(self._commit, [*items, *history], updates, message)
+        _check_names(blobs)
+        return await asyncio.to_thread(self._commit, blobs, updates, message, dict(checks or {}))
 
-    def _commit(self, items: Sequence[tuple[bytes, bytes]], updates: Sequence[RefUpdate], message: str) -> int:
-        """Objects and refs in one transaction, under the shared side of the gc lock.
+    def _commit(
+        self,
+        blobs: Sequence[tuple[str, bytes]],
+        updates: Sequence[RefUpdate],
+        message: str,
+        checks: dict[str, bytes | None],
+    ) -> int:
+        """Blobs and refs in one transaction, under the shared side of the gc lock when it stores blobs.
 
-        The gc lock comes first: a save waits for gc without holding the mutex gc's deletes need.
+        The gc lock comes first: a commit waits for gc without holding the mutex gc's deletes need.
+        A commit of ref moves alone does not wait, as ``update_refs`` never did: it adds nothing
+        gc could delete from under it, a checkpoint must not queue behind a long gc, and gc itself
+        moves a ref (the pack store's epoch) while it holds the exclusive side.
         """
+        if not blobs:
+            return self._call(self._commit_transaction, blobs, updates, message, checks)
         with self._gc_lock.hold(exclusive=False):
-            return self._call(self._commit_transaction, items, updates, message)
+            return self._call(self._commit_transaction, blobs, updates, message, checks)
 
     def _commit_transaction(
-        self, items: Sequence[tuple[bytes, bytes]], updates: Sequence[RefUpdate], message: str
+        self,
+        blobs: Sequence[tuple[str, bytes]],
+        updates: Sequence[RefUpdate],
+        message: str,
+        checks: dict[str, bytes | None],
     ) -> int:
+        # One transaction: the blobs are durable when the refs move (the commit makes both
+        # durable at once), and a failed check rolls the blobs back too, leaving no garbage.
         with self._write():
-            written = self._put(items) if items else 0
+            written = self._put(blobs) if blobs else 0
+            if checks:
+                self._check(checks)
             if updates:
                 self._update(updates, message)
             return written
@@ -361,7 +493,7 @@ class SQLiteBackend(Backend):
     # -- maintenance ----------------------------------------------------------------------------
 
     def _new_gc_lock(self) -> FileLock:
-        # The turnstile keeps a steady stream of saves from starving gc (see FileLock).
+        # The turnstile keeps a steady stream of commits from starving gc (see FileLock).
         return FileLock(Path(f"{self.path}-gclock"), self.lock_timeout, turnstile=Path(f"{self.path}-gcturn"))
 
     @contextlib.asynccontextmanager
@@ -371,7 +503,7 @@ class SQLiteBackend(Backend):
 
     @contextlib.asynccontextmanager
     async def gc_shared(self) -> AsyncIterator[None]:
-        # A lock object of its own: shared holders do not queue behind this process's saves.
+        # A lock object of its own: shared holders do not queue behind this process's commits.
         lock = self._new_gc_lock()
         try:
             async with lock.hold_async(exclusive=False):
@@ -386,37 +518,40 @@ class SQLiteBackend(Backend):
         with self._write() as conn:
             return conn.execute("DELETE FROM reflog WHERE time_ns < ?", (before_ns,)).rowcount
 
-    async def quarantine_objects(self, ids: Collection[bytes]) -> int:
-        return await self._run(self._quarantine, list(ids))
+    async def reclaim(self) -> None:
+        await self._run(self._reclaim)
 
-    def _quarantine(self, ids: list[bytes]) -> int:
-        """Move rows to the quarantine table as stored (damaged or not): kept, never read as data."""
-        now = time.time_ns()
-        with self._write() as conn:
-            moved = 0
-            for part in _chunks(ids):
-                marks = _marks(len(part))
-                conn.execute(
-                    "INSERT OR REPLACE INTO quarantine (id, data, time_ns, quarantined_ns) "
-                    f"SELECT id, data, time_ns, ? FROM objects WHERE id IN ({marks})",
-                    (now, *part),
-                )
-                moved += conn.execute(f"DELETE FROM objects WHERE id IN ({marks})", part).rowcount
-            return moved
+    def _reclaim(self) -> None:
+        """Move free pages to the file's end and cut them off, then fold the WAL in and truncate it."""
+        conn = self._db()
+        if conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 0:
+            # A file made before stores used auto_vacuum (format 1): incremental_vacuum does
+            # nothing there, and auto_vacuum can only be switched on by a full VACUUM. That
+            # rewrites the whole database (time and WAL space in proportion to its size, with
+            # the write lock held throughout: other writers wait up to their lock timeout), but
+            # only once: afterwards the file is INCREMENTAL and reclaims are cheap. gc runs after
+            # `castate upgrade`, which has just rewritten everything anyway.
+            conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
+            conn.execute("VACUUM")
+        else:
+            # The pragma frees one page per step and returns no rows, so sqlite3's execute (one
+            # step for a statement without columns) would free one page; executescript steps it to the end.
+            conn.executescript("PRAGMA incremental_vacuum;")
+        # TRUNCATE leaves the WAL empty (not just reusable) so its space goes back too. With a
+        # reader still on an old snapshot it does what it can and reports busy; not an error.
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchall()
 
     async def stats(self) -> dict[str, int]:
         return await self._run(self._stats)
 
     def _stats(self) -> dict[str, int]:
-        conn = self._db()
-        objects, size = conn.execute("SELECT count(*), coalesce(sum(size), 0) FROM objects").fetchone()
-        out = {
-            "objects": objects,
-            "object_bytes": size,
-            "refs": conn.execute("SELECT count(*) FROM refs").fetchone()[0],
-            "reflog_entries": conn.execute("SELECT count(*) FROM reflog").fetchone()[0],
-            "quarantined": conn.execute("SELECT count(*) FROM quarantine").fetchone()[0],
-        }
+        out: dict[str, int] = {}
+        with self._read() as conn:
+            out["blobs"], out["blob_bytes"] = conn.execute(
+                "SELECT count(*), coalesce(sum(size), 0) FROM blobs"
+            ).fetchone()
+            out["refs"] = conn.execute("SELECT count(*) FROM refs").fetchone()[0]
+            out["reflog_entries"] = conn.execute("SELECT count(*) FROM reflog").fetchone()[0]
         apparent = allocated = 0
         for suffix in ("", "-wal", "-shm"):
             with contextlib.suppress(FileNotFoundError):
@@ -426,3 +561,52 @@ class SQLiteBackend(Backend):
         out["bytes_apparent"] = apparent
         out["bytes_allocated"] = allocated
         return out
+
+    # -- format-1 stores --------------------------------------------------------------------------
+
+    async def legacy_objects(self) -> int:
+        return await self._run(self._legacy_objects)
+
+    def _legacy_objects(self) -> int:
+        conn = self._db()
+        if not _has_table(conn, "objects"):
+            return 0
+        count: int = conn.execute("SELECT count(*) FROM objects").fetchone()[0]
+        return count
+
+    async def iter_legacy_frames(self, batch: int = 1000) -> AsyncIterator[list[tuple[bytes, bytes]]]:
+        if batch < 1:
+            raise ValueError("batch must be at least 1")
+        after = b""  # sorts before every id: BLOBs compare bytewise
+        while True:
+            rows = await self._run(self._legacy_batch, after, batch)
+            if not rows:
+                return
+            yield rows
+            after = rows[-1][0]
+
+    def _legacy_batch(self, after: bytes, batch: int) -> list[tuple[bytes, bytes]]:
+        """The next ``batch`` (id, frame) rows by id: one indexed range read per batch."""
+        conn = self._db()
+        if not _has_table(conn, "objects"):
+            return []
+        rows = conn.execute("SELECT id, data FROM objects WHERE id > ? ORDER BY id LIMIT ?", (after, batch))
+        return [(bytes(oid), bytes(data)) for oid, data in rows]
+
+    async def drop_legacy(self) -> None:
+        await self._run(self._drop_legacy)
+
+    def _drop_legacy(self) -> None:
+        """Drop the objects table; the quarantine table too when empty (quarantined rows are kept
+        for inspection). The freed pages go back to the file system at the next ``reclaim``."""
+        with self._write() as conn:
+            if _has_table(conn, "objects"):
+                conn.execute("DROP TABLE objects")
+            if _has_table(conn, "quarantine") and conn.execute("SELECT 1 FROM quarantine LIMIT 1").fetchone() is None:
+                conn.execute("DROP TABLE quarantine")
+
+
+def _check_names(items: Sequence[tuple[str, bytes]]) -> None:
+    """Reject bad blob names before any hop or transaction (they are programming errors)."""
+    for name, _ in items:
+        check_blob_name(name)

@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import unquote, urlsplit
 
 from castate.backends.base import Backend
+from castate.backends.blob import BlobBackend
 from castate.backends.local import LocalBackend
 from castate.backends.memory import MemoryBackend
 from castate.errors import StoreError
@@ -33,7 +34,9 @@ def scheme_of(target: str | os.PathLike[str]) -> str:
     return target.split("://", 1)[0].lower()
 
 
-def open_backend(target: str | os.PathLike[str], *, durability: str = "durable", **options: Any) -> Backend:
+def open_backend(
+    target: str | os.PathLike[str], *, durability: str = "durable", **options: Any
+) -> Backend | BlobBackend:
     """The backend for a store URL or a directory path, not yet connected.
 
     A ``Repository`` or ``StateManager`` opens it on first use (or call ``await b.open()``).

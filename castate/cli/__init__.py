@@ -15,6 +15,7 @@ import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
 from castate.backends.base import Backend
+from castate.backends.blob import BlobBackend
 from castate.backends.local import LocalBackend
 from castate.backends.urls import open_backend, scheme_of
 from castate.cli import commands as c
@@ -29,6 +30,7 @@ from castate.errors import (
     StoreIOError,
     UnsupportedFormatError,
 )
+from castate.repository.packs.upgrade import upgrade_store
 from castate.state import StateManager
 
 DEFAULT_STORE = "./state"
@@ -74,6 +76,12 @@ def _parser() -> argparse.ArgumentParser:
         return sp
 
     add("init", "create an empty store", "castate --store ./state init", None, json=False)
+    add(
+        "upgrade",
+        "move a format-1 database store's objects into format-2 packs",
+        "castate --store sqlite:///state.db upgrade",
+        None,
+    )
 
     add(
         "sessions", "list sessions with their last save and checkpoint count", "castate sessions --json", c.cmd_sessions
@@ -279,7 +287,7 @@ def _positive(text: str) -> int:
     return n
 
 
-def _backend(path: str, *, create: bool) -> Backend:
+def _backend(path: str, *, create: bool) -> Backend | BlobBackend:
     """The backend a --store value names: a directory, or a store URL (sqlite://, postgresql://, redis://)."""
     if scheme_of(path):
         return open_backend(path)
@@ -304,10 +312,31 @@ async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
     return c.EXIT_OK
 
 
+async def _run_upgrade(path: str, args: argparse.Namespace, out: Output) -> int:
+    backend = _backend(path, create=False)
+    if not isinstance(backend, BlobBackend):
+        out.line(f"{path}: a local directory store keeps its own format (format 1); nothing to upgrade.")
+        return c.EXIT_OK
+    report = await upgrade_store(backend)
+    if args.json:
+        out.json(
+            {"store": report.location, "legacy": report.legacy, "packed": report.packed, "damaged": report.damaged}
+        )
+    elif not report.legacy:
+        out.line(f"{report.location} holds no format-1 objects; nothing to upgrade.")
+    else:
+        out.line(f"{report.location}: moved {report.legacy} format-1 objects into packs ({report.packed} new).")
+        if report.damaged:
+            out.line(f"{len(report.damaged)} damaged objects were kept aside as quarantine/<id> blobs.")
+    return c.EXIT_FAILED if report.damaged else c.EXIT_OK
+
+
 async def _run(args: argparse.Namespace, out: Output) -> int:
     path = args.store or os.environ.get("CASTATE_STORE") or DEFAULT_STORE
     if args.command == "init":  # the one command that may create the store
         return await _run_init(path, args, out)
+    if args.command == "upgrade":  # before opening: a format-1 store does not open
+        return await _run_upgrade(path, args, out)
     args.store_path = path
     func: Command = args.func
     if args.command == "ui":

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from castate.backends.base import Backend, RefUpdate
+from castate.backends.blob import BlobBackend
 from castate.backends.local import LocalBackend
 from castate.backends.local.backend import Durability
 from castate.compat.json_bytes import bytes_state, json_state, render
@@ -157,12 +158,12 @@ class MarsysBytesBackend:
 
     def __init__(
         self,
-        root: str | os.PathLike[str] | Backend,
+        root: str | os.PathLike[str] | Backend | BlobBackend,
         *,
         durability: Durability = "durable",
         clock: Callable[[], float] = time.time,
     ) -> None:
-        backend = root if isinstance(root, Backend) else LocalBackend(root, durability=durability)
+        backend = root if isinstance(root, Backend | BlobBackend) else LocalBackend(root, durability=durability)
         self.repository = Repository(backend)
         self._clock = clock
         self._entry = _storage_entry_type()

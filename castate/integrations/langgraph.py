@@ -61,6 +61,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("castate.integrations.langgraph needs LangGraph: pip install 'castate[langgraph]'") from exc
 
 from castate.backends.base import ANY, Backend, RefUpdate
+from castate.backends.blob import BlobBackend
 from castate.backends.local import LocalBackend
 from castate.codec import Commit
 from castate.errors import ConflictError, InvalidKeyError, StoreError
@@ -276,9 +277,11 @@ class CastateSaver(BaseCheckpointSaver[str]):
     missing). Use it as a context manager, or call ``close()``, to release the store.
     """
 
-    def __init__(self, store: Backend | str | os.PathLike[str], *, serde: SerializerProtocol | None = None) -> None:
+    def __init__(
+        self, store: Backend | BlobBackend | str | os.PathLike[str], *, serde: SerializerProtocol | None = None
+    ) -> None:
         super().__init__(serde=serde)
-        backend = store if isinstance(store, Backend) else LocalBackend(store)
+        backend = store if isinstance(store, Backend | BlobBackend) else LocalBackend(store)
         self._store = _Store(Repository(backend))
         self._loop = _LoopThread()
         self._closed = False

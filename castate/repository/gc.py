@@ -111,6 +111,8 @@ async def collect_garbage(
             await backend.delete_objects(doomed)
         if progress is not None:
             progress("delete", len(doomed), len(doomed))
+    if doomed:
+        await backend.reclaim()  # after letting writers go on: a vacuum may take a while
     left = await backend.has_objects(doomed) if doomed else set()
     _count(report, doomed)
     report.left = len(left)
@@ -154,7 +156,7 @@ def _count(report: GcReport, doomed: list[bytes]) -> None:
 
 
 def _disk_bytes(stats: dict[str, int]) -> int | None:
-    for key in ("bytes_allocated", "bytes_on_disk", "bytes_apparent"):
+    for key in ("bytes_allocated", "bytes_on_disk", "bytes_apparent", "store_bytes"):
         if key in stats:
             return stats[key]
     return None

@@ -18,11 +18,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from castate.backends.base import ANY, Backend, ReflogEntry, RefUpdate
+from castate.backends.blob import BlobBackend
 from castate.codec import Commit, Shadow, encode_commit, object_id, parse_commit
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT, KIND_NAMES
 from castate.errors import ConflictError, CorruptObjectError, MissingObjectError, NotFoundError
 from castate.repository.diff import Change, diff_trees
+from castate.repository.packs import PackStore
 from castate.repository.snapshot import encode_state, fetch_objects, frames, read_state
 
 MAX_SHADOWS = 64  # refs whose last save is remembered for incremental encoding
@@ -50,8 +52,10 @@ class _Head:
 class Repository:
     """Commits, refs and snapshots over one backend."""
 
-    def __init__(self, backend: Backend) -> None:
-        self.backend = backend
+    def __init__(self, backend: Backend | BlobBackend) -> None:
+        # A blob backend keeps objects in format-2 packs; the pack store is what the rest of
+        # the repository reads and writes objects through.
+        self.backend: Backend = PackStore(backend) if isinstance(backend, BlobBackend) else backend
         self._heads: OrderedDict[str, _Head] = OrderedDict()
         self._commits: OrderedDict[bytes, Commit] = OrderedDict()
         self._open_lock = asyncio.Lock()

@@ -50,7 +50,7 @@ class StoreStats:
 
     @property
     def disk_bytes(self) -> int | None:
-        for key in ("bytes_allocated", "bytes_on_disk", "bytes_apparent"):
+        for key in ("bytes_allocated", "bytes_on_disk", "bytes_apparent", "store_bytes"):
             if key in self.backend:
                 return self.backend[key]
         return None

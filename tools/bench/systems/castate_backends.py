@@ -66,7 +66,8 @@ class CastatePostgres(_Server):
     async def measure(self) -> dict[str, int]:
         assert self.sm is not None
         s = await self.sm.repository.backend.stats()
-        return {"files": 0, "bytes_apparent": s["table_bytes"], "bytes_allocated": s["table_bytes"]}
+        size = s["store_bytes"]  # the schema's tables with their indexes and TOAST
+        return {"files": 0, "bytes_apparent": size, "bytes_allocated": size}
 
     def stop_server(self) -> None:
         self.server.cleanup()

@@ -1,0 +1,141 @@
+"""The bytes of a format-2 pack: one immutable blob per save, named by its blake3.
+
+A pack holds object frames, concatenated into its *raw* bytes and zstd-compressed as the
+continuation of a *chain*: one zstd stream spanning successive packs of one stream (a
+session), flushed at the end of each pack, so a save compresses against the saves before
+it. A chain is cut once it holds ``CHAIN_MAX_RAW`` raw bytes, which bounds what reading
+any one object decompresses. docs/format.md §6 fixes every byte.
+"""
+
+from __future__ import annotations
+
+import struct
+from dataclasses import dataclass, field
+
+import blake3
+
+from castate.errors import CorruptFileError, UnsupportedFormatError
+
+PACK_MAGIC = b"CASTPAK2"
+PACK_VERSION = 2
+PACK_PREFIX = "packs/"
+ZERO_ID = bytes(32)
+
+CHAIN_MAX_RAW = 1 << 20  # raw bytes per chain: bounds read amplification (docs/performance.md)
+PACK_MAX_RAW = 8 << 20  # a save with more new bytes is split into several packs
+MAX_ENTRIES = 1 << 20
+MAX_RAW = 256 << 20  # a pack declaring more raw bytes than any writer makes is refused as corrupt
+
+# magic, version, flags, n, chain id, seq, raw_len, chain_raw, prev, time_ns, body_len
+_HEAD = struct.Struct("<8sBB2xI16sIIQ32sQI4x")
+HEAD_SIZE = _HEAD.size  # 96
+_ENTRY = struct.Struct("<32sII")  # id, offset in the raw bytes, length of its frame
+ENTRY_SIZE = _ENTRY.size  # 40
+FLAG_CHAIN_START = 1
+
+
+@dataclass(slots=True, eq=False)
+class PackInfo:
+    """What a reader knows of one pack from its head and entries."""
+
+    name: str  # 64 hex digits: blake3 of the whole blob
+    chain: bytes  # 16-byte chain id
+    seq: int  # position in the chain, from 0
+    prev: bytes  # name (32 bytes) of the previous pack of the chain, zeros at seq 0
+    raw_len: int
+    chain_raw: int  # raw bytes of the chain before this pack
+    time_ns: int
+    body_off: int
+    body_len: int
+    size: int  # bytes of the blob
+    entries: list[tuple[bytes, int, int]] = field(default_factory=list)  # (id, offset, length)
+
+    @property
+    def blob(self) -> str:
+        return PACK_PREFIX + self.name
+
+
+def pack_name(data: bytes | memoryview) -> str:
+    return blake3.blake3(data).hexdigest()
+
+
+def encode_pack(
+    frames: list[tuple[bytes, bytes | memoryview]],
+    body: bytes,
+    *,
+    chain: bytes,
+    seq: int,
+    prev: bytes,
+    raw_len: int,
+    chain_raw: int,
+    time_ns: int,
+) -> bytes:
+    """A pack's bytes: head, entries (offsets in the raw bytes, in the order of ``frames``), body."""
+    entries = []
+    off = 0
+    for oid, frame in frames:
+        entries.append(_ENTRY.pack(oid, off, len(frame)))
+        off += len(frame)
+    if off != raw_len:
+        raise ValueError("raw_len does not match the frames")
+    flags = FLAG_CHAIN_START if seq == 0 else 0
+    head = _HEAD.pack(
+        PACK_MAGIC, PACK_VERSION, flags, len(frames), chain, seq, raw_len, chain_raw, prev, time_ns, len(body)
+    )
+    return b"".join((head, *entries, body))
+
+
+def entries_end(head: bytes | memoryview, where: str) -> int:
+    """How many leading bytes of a pack hold its head and entries (read from the head alone)."""
+    return HEAD_SIZE + ENTRY_SIZE * _parse_head(head, where)[3]
+
+
+def _parse_head(
+    data: bytes | memoryview, where: str
+) -> tuple[int, int, int, int, bytes, int, int, int, bytes, int, int]:
+    if len(data) < HEAD_SIZE:
+        raise CorruptFileError(where, "pack shorter than its head")
+    fields = _HEAD.unpack_from(data, 0)
+    magic, version = fields[0], fields[1]
+    if magic != PACK_MAGIC:
+        raise CorruptFileError(where, "not a castate pack (bad magic)")
+    if version != PACK_VERSION:
+        if version > PACK_VERSION:
+            raise UnsupportedFormatError(f"{where} has pack version {version}; this castate reads {PACK_VERSION}")
+        raise CorruptFileError(where, f"unknown pack version {version}")
+    if fields[3] > MAX_ENTRIES:
+        raise CorruptFileError(where, f"pack declares {fields[3]} objects")
+    return fields  # type: ignore[no-any-return]
+
+
+def parse_pack_head(name: str, data: bytes | memoryview, size: int) -> PackInfo:
+    """Head and entries of a pack of ``size`` bytes from its first bytes; CorruptFileError if
+    they do not hold together (a reader never trusts a length it has not checked)."""
+    where = PACK_PREFIX + name
+    _, _, flags, n, chain, seq, raw_len, chain_raw, prev, time_ns, body_len = _parse_head(data, where)
+    body_off = HEAD_SIZE + ENTRY_SIZE * n
+    if len(data) < body_off:
+        raise CorruptFileError(where, "pack entries cut short")
+    if body_off + body_len != size:
+        raise CorruptFileError(where, f"pack of {size} bytes declares {body_off + body_len}")
+    if raw_len > MAX_RAW or (seq == 0) != bool(flags & FLAG_CHAIN_START) or (seq == 0 and chain_raw):
+        raise CorruptFileError(where, "inconsistent pack head")
+    entries = list(_ENTRY.iter_unpack(memoryview(data)[HEAD_SIZE:body_off]))
+    for oid, off, length in entries:
+        if off + length > raw_len or length < 3:
+            raise CorruptFileError(where, f"object {oid.hex()} lies outside the pack's raw bytes")
+    return PackInfo(name, chain, seq, prev, raw_len, chain_raw, time_ns, body_off, body_len, size, entries)
+
+
+__all__ = [
+    "CHAIN_MAX_RAW",
+    "ENTRY_SIZE",
+    "HEAD_SIZE",
+    "PACK_MAX_RAW",
+    "PACK_PREFIX",
+    "PackInfo",
+    "encode_pack",
+    "entries_end",
+    "pack_name",
+    "parse_pack_head",
+]

@@ -1,0 +1,238 @@
+"""The pack store (format 2): the object contract over a blob backend, chains, gc's epoch, damage."""
+
+from __future__ import annotations
+
+import os
+import struct
+
+import pytest
+
+import castate
+from castate.backends import RefUpdate
+from castate.backends.base import Backend
+from castate.backends.memory import MemoryBackend
+from castate.codec.objects import KIND_STR, encode_frame, object_id
+from castate.errors import CorruptObjectError, UnsupportedFormatError
+from castate.repository.packs import EPOCH_REF, PackStore
+from castate.repository.packs.format import HEAD_SIZE, PACK_PREFIX, parse_pack_head
+from tests.backend_conformance import BackendConformance, cid
+
+
+def raw_obj(text: str) -> tuple[bytes, bytes]:
+    content = text.encode()
+    return object_id(KIND_STR, content), encode_frame(KIND_STR, content, compress=False)
+
+
+class TestPackStoreOnMemory(BackendConformance):
+    """The object-level contract the repository relies on, kept by the pack store."""
+
+    async def make_backend(self) -> Backend:
+        return PackStore(MemoryBackend())
+
+
+async def packs_of(blobs: MemoryBackend) -> dict[str, bytes]:
+    names = [i.name for i in await blobs.list_blobs(PACK_PREFIX)]
+    return await blobs.get_blobs(names)
+
+
+async def test_one_save_is_one_pack_and_one_commit_call() -> None:
+    blobs = MemoryBackend()
+    calls: list[int] = []
+    real = blobs.commit
+
+    async def counting(*args: object, **kwargs: object) -> int:
+        calls.append(1)
+        return await real(*args, **kwargs)  # type: ignore[arg-type]
+
+    blobs.commit = counting  # type: ignore[method-assign]
+    store = PackStore(blobs)
+    await store.open()
+    items = [raw_obj(f"object {i}" * 20) for i in range(30)]
+    assert await store.commit(items, [RefUpdate("sessions/a", cid(1), None)], message="save") == 30
+    assert len(calls) == 1
+    assert len(await packs_of(blobs)) == 1
+    assert await store.get_ref("sessions/a") == cid(1)
+
+
+async def test_saves_of_a_stream_share_a_chain_that_is_cut_at_its_bound() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs, chain_max=4096)
+    await store.open()
+    for i in range(12):
+        await store.put_objects([raw_obj(f"save {i} " + "x" * 900)], stream="s")
+    heads = [parse_pack_head(n[len(PACK_PREFIX) :], d, len(d)) for n, d in (await packs_of(blobs)).items()]
+    chains: dict[bytes, list[int]] = {}
+    for h in heads:
+        chains.setdefault(h.chain, []).append(h.raw_len)
+        assert h.chain_raw + h.raw_len <= 4096 or h.seq == 0
+    assert 1 < len(chains) < 12  # shared, and cut
+    assert all(sum(raws) <= 4096 for raws in chains.values())
+
+
+async def test_a_fresh_store_reads_what_another_wrote() -> None:
+    blobs = MemoryBackend()
+    a, b = PackStore(blobs), PackStore(blobs)
+    await a.open()
+    await b.open()
+    items = [raw_obj(f"shared {i}") for i in range(5)]
+    await a.put_objects(items, stream="s")
+    got = await b.get_objects([oid for oid, _ in items])  # not known to b until it looks again
+    assert {k: bytes(v) for k, v in got.items()} == dict(items)
+
+
+async def test_gc_in_one_process_makes_a_stale_writer_write_again() -> None:
+    """The lost-object race: b skips an object it saw stored while a's gc deletes it."""
+    blobs = MemoryBackend()
+    a, b = PackStore(blobs), PackStore(blobs)
+    await a.open()
+    await b.open()
+    x = raw_obj("the object gc removes")
+    await b.put_objects([x], stream="s")
+    assert await b.has_objects([x[0]]) == {x[0]}
+    epoch = await blobs.get_ref(EPOCH_REF)
+    async with a.gc_exclusive():
+        assert await a.delete_objects([x[0]]) == 1
+    assert await blobs.get_ref(EPOCH_REF) != epoch
+    # b still believes x is stored; its save must notice gc ran and write x again.
+    await b.commit([x], [RefUpdate("sessions/a", cid(1), None)], stream="s")
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert await fresh.has_objects([x[0]]) == {x[0]}
+    assert bytes((await fresh.get_objects([x[0]]))[x[0]]) == x[1]
+
+
+async def test_delete_rewrites_the_chain_and_keeps_the_rest() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    items = [raw_obj(f"object {i} " * 30) for i in range(20)]
+    for i in range(0, 20, 5):
+        await store.put_objects(items[i : i + 5], stream="s")
+    before = sum(len(d) for d in (await packs_of(blobs)).values())
+    doomed = [oid for oid, _ in items[:15]]
+    async with store.gc_exclusive():
+        assert await store.delete_objects(doomed) == 15
+    assert await store.has_objects([oid for oid, _ in items]) == {oid for oid, _ in items[15:]}
+    after = sum(len(d) for d in (await packs_of(blobs)).values())
+    assert after < before / 2
+    fresh = PackStore(blobs)
+    await fresh.open()
+    got = await fresh.get_objects([oid for oid, _ in items[15:]])
+    assert {k: bytes(v) for k, v in got.items()} == dict(items[15:])
+
+
+async def test_hidden_epoch_ref_is_not_listed() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    x = raw_obj("x")
+    await store.put_objects([x])
+    async with store.gc_exclusive():
+        await store.delete_objects([x[0]])
+    assert EPOCH_REF in await blobs.list_refs()
+    assert await store.list_refs() == {}
+    assert all(e.name != EPOCH_REF for e in await store.reflog())
+
+
+async def test_a_damaged_pack_names_the_objects_it_makes_unreadable() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    items = [raw_obj(f"payload {i} " * 50) for i in range(4)]
+    await store.put_objects(items[:2], stream="s")
+    await store.put_objects(items[2:], stream="s")
+    (name, data), *_ = sorted((await packs_of(blobs)).items())
+    flipped = bytearray(data)
+    flipped[-5] ^= 0xFF
+    blobs._blobs[name] = (bytes(flipped), blobs._blobs[name][1])
+    fresh = PackStore(blobs)
+    await fresh.open()
+    head = parse_pack_head(name[len(PACK_PREFIX) :], data, len(data))
+    victim = head.entries[0][0]
+    with pytest.raises(CorruptObjectError) as err:
+        await fresh.get_objects([victim])
+    assert err.value.object_id in {oid.hex() for oid, _ in items}
+
+
+async def test_a_pack_with_a_broken_head_is_reported_not_fatal() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    x = raw_obj("kept")
+    await store.put_objects([x])
+    await blobs.put_blobs([(PACK_PREFIX + "ab" * 32, b"CASTPAK2" + bytes(10))])
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert bytes((await fresh.get_objects([x[0]]))[x[0]]) == x[1]
+    problems = await fresh.check_storage()
+    assert any("ab" * 32 in line for line in problems)
+
+
+async def test_a_pack_that_declares_more_than_it_holds_is_refused() -> None:
+    """A crafted head may not make the reader allocate what it declares."""
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    x = raw_obj("victim" * 100)
+    await store.put_objects([x])
+    (name, data), *_ = (await packs_of(blobs)).items()
+    forged = bytearray(data)
+    struct.pack_into("<I", forged, 36, 1 << 31)  # raw_len
+    blobs._blobs[name] = (bytes(forged), 0)
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert await fresh.get_objects([x[0]]) == {}
+    assert any("inconsistent" in line for line in await fresh.check_storage())
+
+
+async def test_a_newer_pack_version_is_named() -> None:
+    blobs = MemoryBackend()
+    data = bytearray(b"CASTPAK2" + bytes(HEAD_SIZE))
+    data[8] = 3
+    await blobs.put_blobs([(PACK_PREFIX + "cd" * 32, bytes(data))])
+    store = PackStore(blobs)
+    await store.open()
+    assert any("version 3" in line for line in await store.check_storage())
+
+
+async def test_a_format_1_store_is_refused_until_upgraded() -> None:
+    class Legacy(MemoryBackend):
+        async def legacy_objects(self) -> int:
+            return 7
+
+    with pytest.raises(UnsupportedFormatError, match="castate upgrade"):
+        await PackStore(Legacy()).open()
+
+
+async def test_states_round_trip_through_packs_and_a_reopen() -> None:
+    blobs = MemoryBackend()
+    state = {"messages": [{"i": i, "text": os.urandom(200).hex()} for i in range(300)], "big": "z" * 100_000}
+    sm = castate.StateManager(blobs)
+    for n in range(5):
+        state["messages"].append({"i": 1000 + n})
+        await sm.save_session("s", state)
+    other = castate.StateManager(blobs)
+    assert await other.load_session("s") == state
+
+
+async def test_the_kept_pack_of_a_failed_commit_is_not_taken_as_storing_its_objects() -> None:
+    """A blob backend may keep a failed commit's pack; after gc replaced the chain it continued,
+    that pack cannot be read, so a retry must write its objects again (seen on Redis)."""
+
+    class KeepsBlobs(MemoryBackend):
+        async def commit(self, blobs, updates, *, message="", checks=None):  # type: ignore[no-untyped-def]
+            self._put(blobs)  # stored before the checks, as a backend may
+            return await super().commit(blobs, updates, message=message, checks=checks)
+
+    blobs = KeepsBlobs()
+    a, b = PackStore(blobs), PackStore(blobs)
+    await a.open()
+    await b.open()
+    x, y = raw_obj("removed by gc"), raw_obj("saved after gc")
+    await b.put_objects([x], stream="s")
+    async with a.gc_exclusive():
+        await a.delete_objects([x[0]])
+    await b.commit([y], [RefUpdate("sessions/a", cid(1), None)], stream="s")
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert bytes((await fresh.get_objects([y[0]]))[y[0]]) == y[1]
