@@ -22,6 +22,7 @@ from castate.repository.health import read_runs
 CASTATE = Path(sys.executable).with_name("castate")
 COMMANDS = [
     "init",
+    "upgrade",
     "sessions",
     "checkpoints",
     "log",
@@ -318,3 +319,35 @@ async def _save_and_lose_head(store: Path) -> None:
         await sm.save_session("run-1", state(4))
         commit = await sm.repository.read_commit((await sm.resolve("run-1")).commit)
         await sm.repository.backend.quarantine_objects([commit.root])
+
+
+def test_upgrade_moves_a_format_1_sqlite_store_into_packs(tmp_path: Path) -> None:
+    """The fixture was made by castate at 271f407 (format 1): refused, upgraded, then read back whole."""
+    fixtures = Path(__file__).parent / "fixtures" / "v1"
+    db = tmp_path / "store.sqlite"
+    shutil.copy(fixtures / "store.sqlite", db)
+    expected = json.loads((fixtures / "store-sqlite-expected.json").read_text())
+    url = "sqlite:///" + str(db)
+    assert "upgrade`" in run("sessions", store=url, code=3)  # type: ignore[arg-type]
+    report = json.loads(run("upgrade", "--json", store=url))  # type: ignore[arg-type]
+    assert report["legacy"] == expected["object_rows"]
+    assert report["damaged"] == []
+    assert "nothing to upgrade" in run("upgrade", store=url)  # type: ignore[arg-type]
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"__bytes__"}:
+                return bytes.fromhex(value["__bytes__"])
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    async def read() -> None:
+        async with castate.StateManager(url) as sm:
+            for session, state in expected["sessions"].items():
+                assert await sm.load_session(session) == plain(state)
+            for cp in expected["checkpoints"].values():
+                assert await sm.restore_checkpoint(cp["id"]) == plain(cp["state"])
+
+    asyncio.run(read())

@@ -200,7 +200,7 @@ async def test_a_format_1_store_is_refused_until_upgraded() -> None:
         async def legacy_objects(self) -> int:
             return 7
 
-    with pytest.raises(UnsupportedFormatError, match="castate upgrade"):
+    with pytest.raises(UnsupportedFormatError, match="castate --store URL upgrade"):
         await PackStore(Legacy()).open()
 
 

@@ -121,7 +121,7 @@ class PackStore(Backend):
                 await self.blobs.close()
                 raise UnsupportedFormatError(
                     f"store {self.location} holds {legacy} objects in castate's format 1; move them into "
-                    f"format-2 packs once with: castate upgrade {self.location}"
+                    "format-2 packs once with `castate --store URL upgrade` (docs/cli.md)"
                 )
         await self._reload()
         self._opened = True
