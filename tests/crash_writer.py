@@ -1,9 +1,9 @@
 """A writer for crash tests: saves and checkpoints deterministic states until it is killed.
 
 ``python -m tests.crash_writer STORE MODE STEPS_JSON [MAX_SAVES]`` where MODE is ``packed``,
-``loose``, ``gc`` (packed, plus a gc with no grace and no reflog every few saves) or
+``loose``, ``gc`` (packed, plus a gc with no grace and no reflog every few saves),
 ``snapshot`` (packed, with refs.snapshot rewritten every ~512 bytes of journal and the pack
-index every few saves) and
+index every few saves), ``sqlite`` or ``sqlite-gc`` (format-2 packs in ``STORE/store.db``) and
 STEPS_JSON maps each session to the step it continues from; with MAX_SAVES it exits after
 that many saves (a crash point that was never reached). It writes a ledger line to stdout, flushed,
 before and after every call, so the test knows what was in flight when the process died
@@ -20,6 +20,7 @@ and what castate had promised (a call that returned):
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
 from typing import Any
 
@@ -49,6 +50,9 @@ def state_at(session: str, step: int) -> dict[str, Any]:
 
 
 def manager(path: str, mode: str) -> castate.StateManager:
+    if mode.startswith("sqlite"):  # format 2: packs in an SQLite file inside the directory
+        os.makedirs(path, exist_ok=True)
+        return castate.StateManager(f"sqlite:///{os.path.join(path, 'store.db')}")
     if mode == "snapshot":  # packed, with the caches (refs.snapshot, packs/*.idx) rewritten often
         from castate.backends.local import journal, packidx
 
@@ -82,7 +86,7 @@ async def main(path: str, mode: str, steps: dict[str, int], max_saves: int | Non
                 say("cpok", session, step, cp)
             steps[session] = step + 1
             n += 1
-            if mode == "gc" and n % GC_EVERY == 0:
+            if mode in ("gc", "sqlite-gc") and n % GC_EVERY == 0:
                 say("gc")
                 await sm.gc(grace=0, reflog_expire=0)
                 say("gcok")

@@ -122,9 +122,9 @@ def run_writer(path: Path, mode: str, ledger: Ledger, *, delay: float | None, en
     return proc.returncode
 
 
-async def verify(path: Path, ledger: Ledger, outcomes: Counter[str], write: bool = True) -> None:
+async def verify(path: Path, ledger: Ledger, outcomes: Counter[str], write: bool = True, store: str = "packed") -> None:
     """Check the store after a kill, then (with ``write``) save once more; move the ledger on."""
-    sm = manager(str(path), "packed")
+    sm = manager(str(path), store)
     try:
         report = await sm.fsck(full=True, quarantine=False)
         assert report.ok, (report.problems[:3], report.stored_corrupt[:3], report.storage)
@@ -203,6 +203,23 @@ async def test_kills_at_chosen_points_lose_nothing_promised(tmp_path: Path) -> N
         f"{dict(reached)}; {dict(sorted(outcomes.items()))}"
     )
     assert set(reached) == set(POINTS)  # every point was reached and survived
+
+
+async def test_random_kills_of_a_format_2_writer_lose_nothing_promised(tmp_path: Path) -> None:
+    """The same trials over format-2 packs in SQLite: a save is one transaction, gc rewrites chains."""
+    rng = random.Random(20261205)
+    outcomes: Counter[str] = Counter()
+    ledger = Ledger()
+    path = tmp_path / "store-0"
+    for trial in range(TRIALS):
+        if trial and trial % STORE_TRIALS == 0:
+            path, ledger = tmp_path / f"store-{trial}", Ledger()
+        mode = rng.choice(["sqlite", "sqlite-gc"])
+        code = run_writer(path, mode, ledger, delay=rng.uniform(0, MAX_DELAY), env={})
+        assert code == -signal.SIGKILL, f"writer exited with {code} before it was killed"
+        outcomes[f"killed during {ledger.last or 'start'}"] += 1
+        await verify(path, ledger, outcomes, store="sqlite")
+    assert sum(v for k, v in outcomes.items() if k.startswith("killed")) == TRIALS
 
 
 def test_an_unknown_crash_point_is_refused() -> None:
