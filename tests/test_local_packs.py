@@ -270,3 +270,93 @@ async def test_a_batch_larger_than_the_cache_pins_at_most_a_quarter_of_it(tmp_pa
     largest = max(len(f) for f in wanted.values()) * 5  # one record of five frames
     assert 0 < sum(pinned.values()) <= cache // 4 + largest
     assert any(isinstance(f, bytes) for f in got.values())  # the rest were copied out
+
+
+def test_a_record_declaring_more_than_any_writer_makes_is_never_decompressed(tmp_path: Path) -> None:
+    """A 130 KB crafted pack whose records declare gigabytes made `castate show` use 4.2 GB."""
+    oid, frame = item("x")
+    path = tmp_path / "huge.pack"
+    body = zeros_zstd(1, end_frame=False)
+    path.write_bytes(packs.PACK_HEADER + packs.encode_record([(oid, frame)], body, 4 << 30 - 1, 0, 1))
+    pack = packs.Pack(path)
+    try:
+        assert packs.scan_pack(pack) == []
+        assert pack.damaged  # refused from its head, named as damage
+        assert oid not in pack.entries
+    finally:
+        pack.close()
+
+
+def test_a_chain_declaring_more_than_any_writer_makes_is_cut(tmp_path: Path) -> None:
+    cobj = zstandard.ZstdCompressor(level=3).compressobj()
+    path = tmp_path / "long.pack"
+    data = bytearray(packs.PACK_HEADER)
+    prev = 0
+    ids = []
+    declared = packs.READ_RECORD_MAX  # each record alone is acceptable; together they are not
+    for i in range(3):
+        oid, frame = item(f"record {i}")
+        comp = cobj.compress(frame) + cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        offset = len(data)
+        data += packs.encode_record([(oid, frame)], comp, declared, prev, 1)
+        prev = offset
+        ids.append(oid)
+    path.write_bytes(bytes(data))
+    pack = packs.Pack(path)
+    try:
+        packs.scan_pack(pack)
+        chains = [r.chain for r in sorted(pack.records.values(), key=lambda r: r.offset)]
+        assert chains[0] >= 0
+        assert chains[-1] == -1  # past READ_CHAIN_MAX: unreadable, never decompressed
+    finally:
+        pack.close()
+
+
+async def test_a_save_larger_than_a_record_is_split(tmp_path: Path) -> None:
+    big = [item(f"object {i} " + os.urandom(4 << 20).hex()) for i in range(5)]  # 5 x 8 MiB frames
+    b = LocalBackend(tmp_path / "s")
+    await b.open()
+    try:
+        await b.put_objects(big, stream="s")
+        pack = b._pack
+        assert pack is not None
+        assert len(pack.records) >= 3
+        assert all(r.raw_len <= packs.RECORD_MAX_RAW for r in pack.records.values())
+    finally:
+        await b.close()
+    assert await read_all(tmp_path / "s", [oid for oid, _ in big]) == dict(big)
+
+
+@pytest.mark.parametrize("kind", ["symlink", "fifo", "directory"])
+async def test_a_loose_object_that_is_not_a_regular_file_is_corrupt_not_followed(tmp_path: Path, kind: str) -> None:
+    """A loose object replaced by a symlink to /dev/zero used to raise MemoryError; a FIFO hung."""
+    b = LocalBackend(tmp_path / "s", loose=True)
+    await b.open()
+    oid, frame = item("loose")
+    try:
+        await b.put_objects([(oid, frame)])
+        path = b._loose_path(oid)
+        path.unlink()
+        if kind == "symlink":
+            path.symlink_to("/dev/zero")
+        elif kind == "fifo":
+            os.mkfifo(path)
+        else:
+            path.mkdir()
+        with pytest.raises(CorruptObjectError, match="not a regular file"):
+            await b.get_objects([oid])
+    finally:
+        await b.close()
+
+
+async def test_a_pack_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
+    await fill(tmp_path / "s", 2)
+    pack = only_pack(tmp_path / "s")
+    target = tmp_path / "elsewhere.pack"
+    pack.rename(target)
+    pack.symlink_to(target)
+    b = LocalBackend(tmp_path / "s")
+    with pytest.raises(CorruptFileError, match="not a regular file"):
+        await b.open()  # the open scans the packs
+    await b.close()
+    assert target.read_bytes()  # left as it was

@@ -14,7 +14,7 @@ from castate.backends.memory import MemoryBackend
 from castate.codec.objects import KIND_STR, encode_frame, object_id
 from castate.errors import CorruptObjectError, UnsupportedFormatError
 from castate.repository.packs import EPOCH_REF, PackStore
-from castate.repository.packs.format import HEAD_SIZE, PACK_PREFIX, parse_pack_head
+from castate.repository.packs.format import HEAD_SIZE, PACK_PREFIX, pack_name, parse_pack_head
 from tests.backend_conformance import BackendConformance, cid
 
 
@@ -236,3 +236,28 @@ async def test_the_kept_pack_of_a_failed_commit_is_not_taken_as_storing_its_obje
     fresh = PackStore(blobs)
     await fresh.open()
     assert bytes((await fresh.get_objects([y[0]]))[y[0]]) == y[1]
+
+
+async def test_a_chain_whose_packs_do_not_add_up_is_not_read() -> None:
+    """A pack claiming a place in a chain that its predecessors do not give it (a crafted or
+    damaged head) is never decompressed, so it cannot make a reader hold more than it declared."""
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    first, second = raw_obj("first " * 100), raw_obj("second " * 100)
+    await store.put_objects([first], stream="s")
+    await store.put_objects([second], stream="s")
+    heads = {n: parse_pack_head(n[len(PACK_PREFIX) :], d, len(d)) for n, d in (await packs_of(blobs)).items()}
+    name = next(n for n, h in heads.items() if h.seq == 1)
+    forged = bytearray(blobs._blobs.pop(name)[0])
+    struct.pack_into("<Q", forged, 40, 90 << 20)  # chain_raw: far past what its predecessor holds
+    await blobs.put_blobs([(PACK_PREFIX + pack_name(bytes(forged)), bytes(forged))])
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert await fresh.has_objects([first[0], second[0]]) == {first[0]}
+    assert await fresh.get_objects([second[0]]) == {}
+
+
+def test_chain_bounds_are_checked() -> None:
+    with pytest.raises(ValueError, match="chain_max"):
+        PackStore(MemoryBackend(), chain_max=1 << 30)

@@ -32,9 +32,10 @@ import orjson
 from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefRepairReport, RefUpdate
 from castate.backends.local import crashpoints, osio, packidx
 from castate.backends.local import packs as packfmt
-from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, naming, write_all
+from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, naming, read_regular, write_all
 from castate.backends.local.journal import RefJournal
 from castate.backends.local.locks import FileLock
+from castate.codec.objects import MAX_CONTENT
 from castate.errors import (
     CastateError,
     CorruptFileError,
@@ -51,6 +52,24 @@ HISTORY_STREAM = "\x00history"  # appended to a stream's name: the chain of its 
 
 Durability = Literal["durable", "relaxed"]
 T = TypeVar("T")
+MAX_FRAME = MAX_CONTENT + 3  # the largest frame castate writes (a loose object file holds one)
+
+
+def _bounded(groups: list[tuple[str, list[tuple[bytes, bytes]]]]) -> list[tuple[str, list[tuple[bytes, bytes]]]]:
+    """The groups with any group over ``RECORD_MAX_RAW`` split into several records of its
+    stream, so no record exceeds what readers accept (docs/format.md §3.1)."""
+    out: list[tuple[str, list[tuple[bytes, bytes]]]] = []
+    for stream, items in groups:
+        part: list[tuple[bytes, bytes]] = []
+        size = 0
+        for oid, frame in items:
+            if part and size + len(frame) > packfmt.RECORD_MAX_RAW:
+                out.append((stream, part))
+                part, size = [], 0
+            part.append((oid, frame))
+            size += len(frame)
+        out.append((stream, part))
+    return out
 
 
 class LocalBackend(Backend):
@@ -237,9 +256,11 @@ class LocalBackend(Backend):
                 placed.append((pack.name, pack.records[rec_off].chain, rec_off, off, n, oid, pack))
                 continue
             try:
-                out[oid] = self._loose_path(oid).read_bytes()
+                out[oid] = read_regular(self._loose_path(oid), MAX_FRAME)
             except FileNotFoundError:
                 missing.append(oid)
+            except CorruptFileError as exc:
+                raise CorruptObjectError(oid.hex(), f"stored in {exc.path}: {exc.reason}") from None
         placed.sort(key=lambda p: (p[0], p[1], p[2]))
         budget = self._cache.max_bytes // 4
         current: tuple[packfmt.Pack, int] | None = None
@@ -326,7 +347,7 @@ class LocalBackend(Backend):
         planned: list[tuple[packfmt.Chain, int, int, int, int, list[tuple[bytes, bytes]]]] = []
         try:
             parts = []
-            for stream, items in groups:
+            for stream, items in _bounded(groups):
                 raw = b"".join(bytes(f) for _, f in items)
                 chain = self._chains.get(stream, len(raw))
                 comp = chain.compress(raw)
@@ -357,8 +378,10 @@ class LocalBackend(Backend):
             chain_start = rec_off if prev == 0 else pack.records[prev].chain
             if prev == 0:
                 pack.chains[rec_off] = [rec_off]
+                pack.chain_raw[rec_off] = raw_len
             else:
                 pack.chains[chain_start].append(rec_off)
+                pack.chain_raw[chain_start] += raw_len
             pack.records[rec_off] = packfmt.RecInfo(rec_off, chain_start, now, raw_len, comp_start, comp_len)
             at = 0
             for oid, frame in items:
@@ -820,7 +843,10 @@ class LocalBackend(Backend):
                 data: bytes | None = None
                 loose = self._loose_path(oid)
                 if loose.exists():
-                    data = loose.read_bytes()
+                    try:
+                        data = read_regular(loose, MAX_FRAME)
+                    except CorruptFileError as exc:
+                        data = f"unreadable: {exc}".encode()
                 elif oid in self._index:
                     pack = self._index[oid]
                     rec_off, off, n = packfmt.unpack_loc(pack.entries[oid])

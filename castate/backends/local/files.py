@@ -8,7 +8,9 @@ rename, fsync the directory. Created files and directories are private to the ow
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -28,6 +30,45 @@ def naming(path: Path) -> Iterator[None]:
         if exc.filename is None:
             exc.filename = str(path)
         raise
+
+
+def open_regular(path: Path) -> int:
+    """A read-only descriptor of ``path`` if it is a regular file: a symlink, FIFO, device or
+    directory put in the store by someone else raises CorruptFileError instead of being
+    followed, read forever (a FIFO) or read without end (``/dev/zero``)."""
+    from castate.errors import CorruptFileError
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.ENXIO):  # a symlink; a FIFO or socket without a writer
+            raise CorruptFileError(str(path), "not a regular file") from None
+        raise
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise CorruptFileError(str(path), "not a regular file")
+    return fd
+
+
+def read_regular(path: Path, limit: int) -> bytes:
+    """The bytes of a regular file of at most ``limit`` bytes (see ``open_regular``)."""
+    from castate.errors import CorruptFileError
+
+    fd = open_regular(path)
+    try:
+        size = os.fstat(fd).st_size
+        if size > limit:
+            raise CorruptFileError(str(path), f"{size} bytes, more than the {limit} castate ever writes there")
+        parts = []
+        while size > 0:
+            chunk = os.read(fd, size)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size -= len(chunk)
+        return b"".join(parts)
+    finally:
+        os.close(fd)
 
 
 def fsync_dir(path: Path) -> None:

@@ -21,7 +21,7 @@ from pathlib import Path
 import blake3
 
 from castate.backends.local.files import atomic_write
-from castate.backends.local.packs import PACK_HEADER, Pack, RecInfo, _pread
+from castate.backends.local.packs import PACK_HEADER, READ_CHAIN_MAX, READ_RECORD_MAX, Pack, RecInfo, _pread
 
 SUFFIX = ".idx"
 MAGIC = b"CASTPIDX"
@@ -88,14 +88,21 @@ def decode_into(pack: Pack, data: bytes) -> bool:
         return False
     records: dict[int, RecInfo] = {}
     chains: dict[int, list[int]] = {}
+    chain_raw: dict[int, int] = {}
     for info in itertools.starmap(RecInfo, _REC.iter_unpack(body[pos:end_rec])):
         off, chain = info.offset, info.chain
         if off in records or not off < info.comp_start <= info.comp_start + info.comp_len <= covered:
             return False
+        if info.raw_len > READ_RECORD_MAX:
+            return False
         if chain == off:
             chains[off] = [off]
+            chain_raw[off] = info.raw_len
         elif chain in chains:
             chains[chain].append(off)
+            chain_raw[chain] += info.raw_len
+            if chain_raw[chain] > READ_CHAIN_MAX:
+                return False
         elif chain != -1:
             return False
         records[off] = info
@@ -116,6 +123,7 @@ def decode_into(pack: Pack, data: bytes) -> bool:
         return False
     pack.records = records
     pack.chains = chains
+    pack.chain_raw = chain_raw
     pack.entries = entries
     pack.damaged = damaged
     pack.scanned = covered

@@ -23,6 +23,7 @@ from typing import Any
 
 import zstandard
 
+from castate.backends.local.files import open_regular
 from castate.codec.zstdlimits import (  # noqa: F401 - OVERSHOOT and output_bound: part of this module's face
     MAX_WINDOW,
     OVERSHOOT,
@@ -39,6 +40,11 @@ REC_MAGIC = b"CREC"
 FLAG_CHAIN_START = 1
 
 CHAIN_MAX_RAW = 4 << 20  # frame bytes per chain: bounds read amplification
+RECORD_MAX_RAW = 16 << 20  # a writer splits a save with more new bytes into several records
+# What a reader accepts: a record declaring more raw bytes, or a chain whose records together do
+# (a chain's records stay decompressed while it is read), is damage, refused before decompressing.
+READ_RECORD_MAX = 4 * RECORD_MAX_RAW
+READ_CHAIN_MAX = 2 * CHAIN_MAX_RAW + READ_RECORD_MAX
 ZSTD_LEVEL = 3
 
 _REC_START = struct.Struct("<4sI")  # magic, head length
@@ -66,6 +72,7 @@ class Pack:
     path: Path
     records: dict[int, RecInfo] = field(default_factory=dict)
     chains: dict[int, list[int]] = field(default_factory=dict)  # chain start -> its record offsets
+    chain_raw: dict[int, int] = field(default_factory=dict)  # chain start -> raw bytes of its records
     entries: dict[bytes, bytes] = field(default_factory=dict)  # id -> its place, as pack_loc() makes it
     scanned: int = len(PACK_HEADER)
     torn: bool = False
@@ -80,7 +87,7 @@ class Pack:
 
     def file(self) -> int:
         if self.fd is None:
-            self.fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            self.fd = open_regular(self.path)
         return self.fd
 
     def close(self) -> None:
@@ -204,16 +211,27 @@ def scan_pack(pack: Pack) -> list[bytes]:
             off = nxt
             continue
         flags, prev, info, entries, end = rec
+        if info.raw_len > READ_RECORD_MAX:
+            pack.damaged.append((off, end))  # more than any writer makes: never decompressed
+            off = end
+            continue
         if flags & FLAG_CHAIN_START:
             info.chain = off
             pack.chains[off] = [off]
+            pack.chain_raw[off] = info.raw_len
         else:
             before = pack.records.get(prev)
-            if before is not None and before.chain >= 0 and pack.chains[before.chain][-1] == prev:
+            if (
+                before is not None
+                and before.chain >= 0
+                and pack.chains[before.chain][-1] == prev
+                and pack.chain_raw[before.chain] + info.raw_len <= READ_CHAIN_MAX
+            ):
                 info.chain = before.chain
                 pack.chains[info.chain].append(off)
+                pack.chain_raw[info.chain] += info.raw_len
             else:
-                info.chain = -1  # its chain is broken by damage: its objects cannot be read
+                info.chain = -1  # its chain is broken by damage (or too long): its objects cannot be read
         pack.records[off] = info
         raw_len = info.raw_len
         loc = _LOC.pack

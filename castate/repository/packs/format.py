@@ -24,7 +24,12 @@ ZERO_ID = bytes(32)
 CHAIN_MAX_RAW = 1 << 20  # raw bytes per chain: bounds read amplification (docs/performance.md)
 PACK_MAX_RAW = 8 << 20  # a save with more new bytes is split into several packs
 MAX_ENTRIES = 1 << 20
-MAX_RAW = 256 << 20  # a pack declaring more raw bytes than any writer makes is refused as corrupt
+# What readers accept: a pack, or a chain of packs, declaring more raw bytes than any writer
+# makes (one 64 MiB object alone; chains cut at CHAIN_MAX_RAW, at most 16 MiB) is refused as
+# damage before anything is decompressed.
+MAX_RAW = 80 << 20
+READ_CHAIN_MAX = 96 << 20
+MAX_CHAIN_SETTING = 16 << 20
 
 # magic, version, flags, n, chain id, seq, raw_len, chain_raw, prev, time_ns, body_len
 _HEAD = struct.Struct("<8sBB2xI16sIIQ32sQI4x")

@@ -36,8 +36,10 @@ from castate.repository.packs.format import (
     CHAIN_MAX_RAW,
     ENTRY_SIZE,
     HEAD_SIZE,
+    MAX_CHAIN_SETTING,
     PACK_MAX_RAW,
     PACK_PREFIX,
+    READ_CHAIN_MAX,
     ZERO_ID,
     PackInfo,
     encode_pack,
@@ -94,6 +96,8 @@ class PackStore(Backend):
     ) -> None:
         self.blobs = blobs
         self.location = blobs.location
+        if not 0 < chain_max <= MAX_CHAIN_SETTING:
+            raise ValueError(f"chain_max must be between 1 and {MAX_CHAIN_SETTING} bytes")
         self.chain_max = chain_max
         self.cache_bytes = cache_bytes
         self.allow_legacy = allow_legacy
@@ -196,8 +200,12 @@ class PackStore(Backend):
         index = self._index
         while seq in members:
             member = members[seq]
-            if seq and member.prev != bytes.fromhex(members[seq - 1].name):
-                break
+            if seq:
+                before = members[seq - 1]
+                if member.prev != bytes.fromhex(before.name) or member.chain_raw != before.chain_raw + before.raw_len:
+                    break
+                if member.chain_raw + member.raw_len > READ_CHAIN_MAX:
+                    break  # longer than any writer makes a chain: never decompressed
             for oid, off, length in member.entries:
                 if oid not in index:
                     index[oid] = (member, off, length)
