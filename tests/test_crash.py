@@ -219,6 +219,7 @@ async def test_random_kills_of_a_format_2_writer_lose_nothing_promised(tmp_path:
         assert code == -signal.SIGKILL, f"writer exited with {code} before it was killed"
         outcomes[f"killed during {ledger.last or 'start'}"] += 1
         await verify(path, ledger, outcomes, store="sqlite")
+    print(f"\n{TRIALS} random kills of a format-2 writer: {dict(sorted(outcomes.items()))}")
     assert sum(v for k, v in outcomes.items() if k.startswith("killed")) == TRIALS
 
 

@@ -360,3 +360,31 @@ async def test_a_pack_that_is_a_symlink_is_not_followed(tmp_path: Path) -> None:
         await b.open()  # the open scans the packs
     await b.close()
     assert target.read_bytes()  # left as it was
+
+
+async def test_a_live_writer_seals_its_pack_after_a_gc_so_the_next_gc_frees_it(tmp_path: Path) -> None:
+    """gc leaves a pack its writer still appends to alone; the writer moves to a new pack once
+    it sees that a gc ran, so a long-running worker's store shrinks while it keeps saving."""
+    writer = LocalBackend(tmp_path / "s")
+    gc = LocalBackend(tmp_path / "s")
+    await writer.open()
+    await gc.open()
+    try:
+        garbage = [item(f"garbage {i} " + os.urandom(20_000).hex()) for i in range(20)]
+        await writer.put_objects(garbage, stream="s")
+        first = only_pack(tmp_path / "s")
+        async with gc.gc_exclusive():
+            await gc.delete_objects([oid for oid, _ in garbage])
+        assert await gc.has_objects([garbage[0][0]]) == {garbage[0][0]}  # the live writer's pack: left alone
+        keep = item("kept")
+        await writer.put_objects([keep], stream="s")  # sees the gc, seals its pack, starts another
+        assert first.exists()
+        async with gc.gc_exclusive():
+            await gc.delete_objects([oid for oid, _ in garbage])
+        assert not first.exists()
+        assert await gc.has_objects([oid for oid, _ in garbage]) == set()
+        assert sum(p.stat().st_size for p in (tmp_path / "s" / "packs").glob("*.pack")) < 20_000
+        assert await read_all(tmp_path / "s", [keep[0]]) == dict([keep])
+    finally:
+        await writer.close()
+        await gc.close()

@@ -548,6 +548,9 @@ class LocalBackend(Backend):
         sig = self._gc_signature()
         if sig != self._gc_seen:
             self._gc_seen = sig
+            # gc leaves the pack this backend appends to alone; seal it, so the next gc can
+            # rewrite it and give back what it deleted there while this writer keeps saving.
+            self._seal()
             self._refresh_packs()
 
     def _rewrite_pack(self, pack: packfmt.Pack, doomed: set[bytes]) -> bool:
