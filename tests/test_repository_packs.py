@@ -261,3 +261,23 @@ async def test_a_chain_whose_packs_do_not_add_up_is_not_read() -> None:
 def test_chain_bounds_are_checked() -> None:
     with pytest.raises(ValueError, match="chain_max"):
         PackStore(MemoryBackend(), chain_max=1 << 30)
+
+
+async def test_maintenance_merges_long_chains_into_one_pack() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    items = [raw_obj(f"save {i} " + "text " * 50) for i in range(40)]
+    for one in items:
+        await store.put_objects([one], stream="s")
+    assert len(await packs_of(blobs)) == 40
+    async with store.gc_exclusive():
+        await store.maintain()
+    assert len(await packs_of(blobs)) == 1
+    fresh = PackStore(blobs)
+    await fresh.open()
+    got = await fresh.get_objects([oid for oid, _ in items])
+    assert {k: bytes(v) for k, v in got.items()} == dict(items)
+    # a writer that was extending the merged chain notices (the epoch) and starts a new one
+    await store.put_objects([raw_obj("after")], stream="s")
+    assert await fresh.has_objects([raw_obj("after")[0]]) == {raw_obj("after")[0]}

@@ -203,6 +203,10 @@ class Backend(abc.ABC):
         whose clock is off never treats a fresh object as old. Server backends ask the server."""
         return time.time_ns()
 
+    async def maintain(self) -> None:  # noqa: B027 - optional hook
+        """Reorganise storage without changing what it holds (merge small packs); gc calls it
+        while it holds ``gc_exclusive``."""
+
     async def reclaim(self) -> None:  # noqa: B027 - optional hook
         """Give the space of deleted objects back to the file system where the engine keeps it;
         gc calls it after it has let writers go on."""

@@ -111,8 +111,8 @@ async def collect_garbage(
             await backend.delete_objects(doomed)
         if progress is not None:
             progress("delete", len(doomed), len(doomed))
-    if doomed:
-        await backend.reclaim()  # after letting writers go on: a vacuum may take a while
+        await backend.maintain()
+    await backend.reclaim()  # after letting writers go on: a vacuum may take a while
     left = await backend.has_objects(doomed) if doomed else set()
     _count(report, doomed)
     report.left = len(left)

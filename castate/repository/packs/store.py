@@ -54,6 +54,7 @@ QUARANTINE_PREFIX = "quarantine/"
 HEAD_READ = 4096  # bytes read from each new pack at open: the head and, usually, every entry
 ZSTD_LEVEL = 3
 SAVE_ATTEMPTS = 4
+CONSOLIDATE_MIN = 16  # packs in a chain before gc merges them into one
 MAX_STREAMS = 16
 
 
@@ -457,12 +458,21 @@ class PackStore(Backend):
     async def quarantine_objects(self, ids: Collection[bytes]) -> int:
         return await self._rewrite(set(ids), quarantine=True)
 
-    async def _rewrite(self, doomed: set[bytes], *, quarantine: bool) -> int:
-        """Remove ``doomed`` objects: every chain holding one is replaced by new packs holding
-        the rest of its objects, then deleted. Callers hold ``gc_exclusive``."""
+    async def maintain(self) -> None:
+        """Merge each chain of at least ``CONSOLIDATE_MIN`` packs into one pack (gc calls this
+        under ``gc_exclusive``): the same objects in far fewer blobs, so opening the store
+        reads fewer pack heads and engines keep fewer rows or keys."""
+        await self._rewrite(set(), quarantine=False, consolidate=True)
+
+    async def _rewrite(self, doomed: set[bytes], *, quarantine: bool, consolidate: bool = False) -> int:
+        """Remove ``doomed`` objects: every chain holding one (and with ``consolidate`` every long
+        chain) is replaced by new packs holding the rest of its objects, then deleted. Callers
+        hold ``gc_exclusive``."""
         async with self._lock:
             await self._reload()
             chains = {p.chain for p in self._packs.values() if any(oid in doomed for oid, _, _ in p.entries)}
+            if consolidate:
+                chains.update(c for c, members in self._chains.items() if len(members) >= CONSOLIDATE_MIN)
             if not chains:
                 return 0
             # Every save that loaded its list of packs before this point now fails its epoch
