@@ -199,7 +199,7 @@ async def test_castate_upgrade_moves_format_1_objects_into_packs(postgres_url: s
     objects = [obj(f"upgraded object {i}" * (i + 1)) for i in range(5)]
     damaged = (cid(50), b"not the frame of this id")
     await _make_format_1_store(postgres_url, [*objects, damaged])
-    with pytest.raises(UnsupportedFormatError, match="castate upgrade"):
+    with pytest.raises(UnsupportedFormatError, match="castate --store URL upgrade"):
         await PackStore(PostgresBackend(postgres_url)).open()
     report = await upgrade_store(PostgresBackend(postgres_url))
     assert (report.legacy, report.packed, report.damaged) == (6, 5, [damaged[0].hex()])

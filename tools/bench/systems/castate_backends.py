@@ -21,16 +21,28 @@ from tools.bench.systems.castate_sys import CastateSteps
 from tools.servers import PostgresServer, RedisServer
 
 
-class CastateSQLite(CastateSteps):
+class _Reopening(CastateSteps):
+    """A system whose cold restores run on a new ``StateManager`` over the same store URL."""
+
+    url = ""
+
+    async def reopen(self) -> None:
+        assert self.sm is not None
+        await self.sm.close()
+        self.sm = castate.StateManager(self.url)
+
+
+class CastateSQLite(_Reopening):
     name = "castate-sqlite"
 
     async def setup(self, directory: Path) -> None:
         await super().setup(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        self.sm = castate.StateManager(f"sqlite:///{directory / 'state.db'}")
+        self.url = f"sqlite:///{directory / 'state.db'}"
+        self.sm = castate.StateManager(self.url)
 
 
-class _Server(CastateSteps):
+class _Server(_Reopening):
     """A system whose store lives in a server: ``disk()`` reports the store's share of it."""
 
     def __init__(self) -> None:
@@ -61,7 +73,8 @@ class CastatePostgres(_Server):
         self.server = PostgresServer(durable=True)
         atexit.register(self.server.cleanup)  # also when the run fails before close()
         self.server.start()
-        self.sm = castate.StateManager(self.server.url)
+        self.url = self.server.url
+        self.sm = castate.StateManager(self.url)
 
     async def measure(self) -> dict[str, int]:
         assert self.sm is not None
@@ -81,7 +94,8 @@ class CastateRedis(_Server):
         self.server = RedisServer(persistence="aof-always")
         atexit.register(self.server.cleanup)
         self.server.start()
-        self.sm = castate.StateManager(self.server.url)
+        self.url = self.server.url
+        self.sm = castate.StateManager(self.url)
 
     async def measure(self) -> dict[str, int]:
         import redis.asyncio as aioredis
