@@ -889,6 +889,21 @@ class PersistentBlobBackendTests(BlobBackendTests):
             assert await backend.get_ref("sessions/w") == value(1)
             assert await backend.get_blobs([blob(b"x")[0]]) == dict([blob(b"x")])
 
+    async def test_gc_exclusive_holds_off_commits_that_only_check(self, backend: BlobBackend) -> None:
+        """A save whose objects were all stored already commits refs and checks only: it relies on
+        what it found stored, so it must wait for gc like a save that writes."""
+        await backend.commit((), [RefUpdate("castate/epoch", value(9), None)])
+        async with self.other(backend) as writer:
+            async with backend.gc_exclusive():
+                save = asyncio.create_task(
+                    writer.commit((), [RefUpdate("sessions/c", value(1), None)], checks={"castate/epoch": value(9)})
+                )
+                await asyncio.sleep(0.3)
+                assert not save.done()
+                assert await backend.get_ref("sessions/c") is None
+            await asyncio.wait_for(save, 60)
+            assert await backend.get_ref("sessions/c") == value(1)
+
     async def test_gc_exclusive_and_gc_shared_exclude_each_other(self, backend: BlobBackend) -> None:
         async with self.other(backend) as other:
             entered = asyncio.Event()

@@ -51,7 +51,9 @@ class BlobBackend(abc.ABC):
       name that exists is a no-op (the pack store names blobs by their content's hash).
     - ``commit`` makes its blobs durable before any ref moves, and moves all refs or none.
     - A ref changes only by compare-and-swap; every change is appended to the reflog.
-    - ``gc_exclusive`` excludes every ``commit`` and ``gc_shared`` holder, in every process.
+    - ``gc_exclusive`` excludes, in every process, every ``gc_shared`` holder and every
+      ``commit`` that stores blobs or has checks (a save); a commit that only moves refs may
+      proceed (gc moves a ref itself while it holds the lock).
     """
 
     #: A short description for messages: the file, URL or "memory".
@@ -155,7 +157,8 @@ class BlobBackend(abc.ABC):
 
     @contextlib.asynccontextmanager
     async def gc_exclusive(self) -> AsyncIterator[None]:
-        """Held by gc while it deletes; excludes ``commit`` and ``gc_shared`` in every process.
+        """Held by gc while it deletes; excludes ``gc_shared`` and every commit that stores blobs
+        or has checks, in every process.
 
         The default suits backends used by one process only (memory)."""
         yield

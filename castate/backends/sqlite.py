@@ -461,14 +461,15 @@ class SQLiteBackend(BlobBackend):
         message: str,
         checks: dict[str, bytes | None],
     ) -> int:
-        """Blobs and refs in one transaction, under the shared side of the gc lock when it stores blobs.
+        """Blobs and refs in one transaction, under the shared side of the gc lock when it stores
+        blobs or checks refs (a save: its checks stand for what it found stored).
 
         The gc lock comes first: a commit waits for gc without holding the mutex gc's deletes need.
         A commit of ref moves alone does not wait, as ``update_refs`` never did: it adds nothing
         gc could delete from under it, a checkpoint must not queue behind a long gc, and gc itself
         moves a ref (the pack store's epoch) while it holds the exclusive side.
         """
-        if not blobs:
+        if not blobs and not checks:
             return self._call(self._commit_transaction, blobs, updates, message, checks)
         with self._gc_lock.hold(exclusive=False):
             return self._call(self._commit_transaction, blobs, updates, message, checks)

@@ -354,6 +354,10 @@ class LocalBackend(Backend):
                 record = packfmt.encode_record(items, comp, len(raw), chain.last, now)
                 # (chain, its previous record, this record's offset, raw size, compressed size, objects)
                 planned.append((chain, chain.last, pos, len(raw), len(comp), items))
+                # Advanced now, so a second record of the stream in this write continues this one
+                # (a failed write seals the pack, which forgets the chains).
+                chain.last = pos
+                chain.raw += len(raw)
                 parts.append(record)
                 pos += len(record)
             data = b"".join(parts)
@@ -371,9 +375,7 @@ class LocalBackend(Backend):
             self._seal()
             raise
         ends = [p[2] for p in planned[1:]] + [pos]
-        for (chain, prev, rec_off, raw_len, comp_len, items), end in zip(planned, ends, strict=True):
-            chain.last = rec_off
-            chain.raw += raw_len
+        for (_, prev, rec_off, raw_len, comp_len, items), end in zip(planned, ends, strict=True):
             comp_start = end - 4 - comp_len
             chain_start = rec_off if prev == 0 else pack.records[prev].chain
             if prev == 0:

@@ -30,6 +30,7 @@ MAX_ENTRIES = 1 << 20
 MAX_RAW = 80 << 20
 READ_CHAIN_MAX = 96 << 20
 MAX_CHAIN_SETTING = 16 << 20
+MAX_SEQ = 1 << 22  # a chain of more packs than this is damage (each pack holds at least one frame)
 
 # magic, version, flags, n, chain id, seq, raw_len, chain_raw, prev, time_ns, body_len
 _HEAD = struct.Struct("<8sBB2xI16sIIQ32sQI4x")
@@ -54,6 +55,7 @@ class PackInfo:
     body_len: int
     size: int  # bytes of the blob
     entries: list[tuple[bytes, int, int]] = field(default_factory=list)  # (id, offset, length)
+    stored_ns: int = 0  # when the backend stored the blob, on its clock (gc's grace runs on it)
 
     @property
     def blob(self) -> str:
@@ -113,7 +115,7 @@ def _parse_head(
     return fields  # type: ignore[no-any-return]
 
 
-def parse_pack_head(name: str, data: bytes | memoryview, size: int) -> PackInfo:
+def parse_pack_head(name: str, data: bytes | memoryview, size: int, stored_ns: int = 0) -> PackInfo:
     """Head and entries of a pack of ``size`` bytes from its first bytes; CorruptFileError if
     they do not hold together (a reader never trusts a length it has not checked)."""
     where = PACK_PREFIX + name
@@ -123,21 +125,32 @@ def parse_pack_head(name: str, data: bytes | memoryview, size: int) -> PackInfo:
         raise CorruptFileError(where, "pack entries cut short")
     if body_off + body_len != size:
         raise CorruptFileError(where, f"pack of {size} bytes declares {body_off + body_len}")
-    if raw_len > MAX_RAW or (seq == 0) != bool(flags & FLAG_CHAIN_START) or (seq == 0 and chain_raw):
+    if (
+        raw_len > MAX_RAW
+        or seq > MAX_SEQ
+        or chain_raw > READ_CHAIN_MAX
+        or (seq == 0) != bool(flags & FLAG_CHAIN_START)
+        or (seq == 0 and chain_raw)
+    ):
         raise CorruptFileError(where, "inconsistent pack head")
     entries = list(_ENTRY.iter_unpack(memoryview(data)[HEAD_SIZE:body_off]))
     for oid, off, length in entries:
         if off + length > raw_len or length < 3:
             raise CorruptFileError(where, f"object {oid.hex()} lies outside the pack's raw bytes")
-    return PackInfo(name, chain, seq, prev, raw_len, chain_raw, time_ns, body_off, body_len, size, entries)
+    return PackInfo(name, chain, seq, prev, raw_len, chain_raw, time_ns, body_off, body_len, size, entries, stored_ns)
 
 
 __all__ = [
     "CHAIN_MAX_RAW",
     "ENTRY_SIZE",
     "HEAD_SIZE",
+    "MAX_CHAIN_SETTING",
+    "MAX_RAW",
+    "MAX_SEQ",
     "PACK_MAX_RAW",
     "PACK_PREFIX",
+    "READ_CHAIN_MAX",
+    "ZERO_ID",
     "PackInfo",
     "encode_pack",
     "entries_end",

@@ -5,33 +5,37 @@
 one immutable pack blob written in the same ``commit`` call that moves its refs, so a save
 costs one round trip and one durability barrier on every engine.
 
-Which objects exist and where is known from the packs' heads, read at open (two batched range
-reads) and again when an object is asked for that this process has not seen. Two processes
-never need to agree on that list, with one exception that would lose data: a save that skips
-an object because it saw it stored, while gc deletes it. gc therefore moves the hidden ref
-``castate/epoch`` to a new value before it deletes anything, and every save checks in its
-``commit`` that the epoch is the one it loaded its list under; a save that loses rereads the
-packs and tries again. The same check stops a writer from extending a compression chain whose
-earlier packs gc replaced.
+Which objects exist and where is a ``Catalog`` built from the packs' heads at open, and grown
+when an object is asked for that this process has not seen. Packs only disappear when gc or
+fsck rewrites chains, and those first move the hidden ref ``castate/epoch`` (to a value marked
+"in progress") and move it again when done. Everything that acts on what this process believes
+stored checks the epoch: a save in its ``commit`` (it retries on a fresh catalog), a reader
+that finds a pack missing, and ``gc_shared`` (imports, forks and restores that check objects
+before they move refs). docs/format.md §6.2 has the protocol.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import time
-from collections import OrderedDict
-from collections.abc import AsyncIterator, Collection, Iterable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
-import zstandard
-
 from castate.backends.base import ANY, Backend, ObjectInfo, ReflogEntry, RefRepairReport, RefUpdate, _Any
-from castate.backends.blob import BlobBackend
-from castate.codec.zstdlimits import bounded_decompress, decompressor
-from castate.errors import ConflictError, CorruptFileError, CorruptObjectError, UnsupportedFormatError
+from castate.backends.blob import BlobBackend, BlobInfo
+from castate.codec.objects import decode_frame
+from castate.errors import (
+    ConflictError,
+    CorruptFileError,
+    CorruptionError,
+    CorruptObjectError,
+    UnsupportedFormatError,
+)
+from castate.repository.packs.catalog import Catalog, Place
+from castate.repository.packs.chains import ChainCache, ChainDamage, WriterChains
 from castate.repository.packs.format import (
     CHAIN_MAX_RAW,
     ENTRY_SIZE,
@@ -39,8 +43,6 @@ from castate.repository.packs.format import (
     MAX_CHAIN_SETTING,
     PACK_MAX_RAW,
     PACK_PREFIX,
-    READ_CHAIN_MAX,
-    ZERO_ID,
     PackInfo,
     encode_pack,
     entries_end,
@@ -51,32 +53,21 @@ from castate.repository.packs.format import (
 EPOCH_REF = "castate/epoch"
 HIDDEN_PREFIX = "castate/"
 QUARANTINE_PREFIX = "quarantine/"
+GC_RUNNING = 1  # first byte of an epoch that gc set before rewriting (and sets to GC_DONE after)
+GC_DONE = 0
 HEAD_READ = 4096  # bytes read from each new pack at open: the head and, usually, every entry
-ZSTD_LEVEL = 3
+HEAD_BATCH = 1000  # packs whose heads one range-read call asks for
 SAVE_ATTEMPTS = 4
 CONSOLIDATE_MIN = 16  # packs in a chain before gc merges them into one
-MAX_STREAMS = 16
 
 
-@dataclass(slots=True)
-class _Chain:
-    """A writer's open chain: its zstd stream and where it stands."""
-
-    id: bytes
-    cobj: Any
-    seq: int = 0
-    raw: int = 0
-    last: bytes = ZERO_ID
+# Set in the task that holds gc_exclusive (and the tasks it starts): its own catalog reloads
+# must not wait for the gc it is running.
+_IN_GC: contextvars.ContextVar[bool] = contextvars.ContextVar("castate_in_gc", default=False)
 
 
-@dataclass(slots=True)
-class _Decoded:
-    """A reader's decompressed prefix of one chain."""
-
-    dobj: Any  # positioned after pack ``done - 1``; None when it cannot continue
-    raws: dict[int, bytes] = field(default_factory=dict)  # seq -> raw bytes
-    done: int = 0
-    size: int = 0
+def new_epoch(state: int) -> bytes:
+    return bytes((state,)) + os.urandom(31)
 
 
 class PackStore(Backend):
@@ -95,22 +86,18 @@ class PackStore(Backend):
         cache_bytes: int = 64 << 20,
         allow_legacy: bool = False,
     ) -> None:
-        self.blobs = blobs
-        self.location = blobs.location
         if not 0 < chain_max <= MAX_CHAIN_SETTING:
             raise ValueError(f"chain_max must be between 1 and {MAX_CHAIN_SETTING} bytes")
+        self.blobs = blobs
+        self.location = blobs.location
         self.chain_max = chain_max
         self.cache_bytes = cache_bytes
         self.allow_legacy = allow_legacy
-        self._packs: dict[str, PackInfo] = {}
-        self._bad_packs: dict[str, str] = {}  # pack name -> why its head could not be read
-        self._index: dict[bytes, tuple[PackInfo, int, int]] = {}
-        self._chains: dict[bytes, dict[int, PackInfo]] = {}
-        self._indexed: dict[bytes, int] = {}  # chain -> how many of its first packs are indexed
-        self._writing: OrderedDict[str, _Chain] = OrderedDict()
-        self._cache: OrderedDict[bytes, _Decoded] = OrderedDict()
-        self._cache_size = 0
+        self._cat = Catalog()
+        self._writing = WriterChains(chain_max)
+        self._cache = ChainCache(cache_bytes)
         self._epoch: bytes | None = None
+        # Lock order: ``_lock`` (this process's saves and gc), then the backend's gc lock.
         self._lock = asyncio.Lock()
         self._opened = False
 
@@ -134,221 +121,168 @@ class PackStore(Backend):
     async def close(self) -> None:
         self._writing.clear()
         self._cache.clear()
-        self._cache_size = 0
         self._opened = False
         await self.blobs.close()
 
-    # -- the list of packs ------------------------------------------------------------------------
+    # -- the catalog ---------------------------------------------------------------------------
 
-    async def _reload(self) -> None:
-        """Forget what is known and read every pack's head again (after gc moved the epoch)."""
-        self._packs.clear()
-        self._bad_packs.clear()
-        self._index.clear()
-        self._chains.clear()
-        self._indexed.clear()
+    async def _reload(self, *, shared_held: bool = False) -> None:
+        """Build a new catalog from every pack's head and swap it in (after gc moved the epoch).
+
+        The epoch is read before the listing: a gc that starts later moves it, and the saves
+        this catalog lets skip objects then fail their check. An epoch marked "gc running" is
+        waited out under ``gc_shared``; one left so by a gc that died is set to done here, since
+        no gc can hold the lock meanwhile."""
+        epoch = await self.blobs.get_ref(EPOCH_REF)
+        if epoch is not None and epoch[:1] == bytes((GC_RUNNING,)) and not _IN_GC.get():
+            if shared_held:
+                epoch = await self._finish_dead_gc(epoch)
+            else:
+                async with self.blobs.gc_shared():
+                    epoch = await self._finish_dead_gc(await self.blobs.get_ref(EPOCH_REF))
+        cat = Catalog()
+        await self._read_heads(cat, await self.blobs.list_blobs(PACK_PREFIX))
+        self._cat = cat
+        self._epoch = epoch
         self._writing.clear()
-        self._epoch = await self.blobs.get_ref(EPOCH_REF)
-        await self._refresh()
+        self._cache.clear()
 
-    async def _refresh(self) -> list[bytes]:
-        """Read the heads of packs this store has not seen; returns the ids they hold."""
+    async def _finish_dead_gc(self, epoch: bytes | None) -> bytes | None:
+        if epoch is None or epoch[:1] != bytes((GC_RUNNING,)):
+            return epoch
+        done = new_epoch(GC_DONE)
+        with contextlib.suppress(ConflictError):
+            await self.blobs.commit((), [RefUpdate(EPOCH_REF, done, epoch)], message="gc: an interrupted gc closed")
+        return await self.blobs.get_ref(EPOCH_REF)
+
+    async def _refresh(self) -> None:
+        """Add the packs written since the catalog was built (other writers' saves)."""
+        cat = self._cat
         infos = await self.blobs.list_blobs(PACK_PREFIX)
-        new = [i for i in infos if i.name[len(PACK_PREFIX) :] not in self._packs]
-        new = [i for i in new if i.name[len(PACK_PREFIX) :] not in self._bad_packs]
-        if not new:
-            return []
-        heads = await self.blobs.get_ranges([(i.name, 0, HEAD_READ) for i in new])
+        if self._cat is cat:  # else a reload swapped in a newer catalog meanwhile
+            await self._read_heads(cat, infos)
+
+    async def _read_heads(self, cat: Catalog, infos: list[BlobInfo]) -> None:
+        new = [i for i in infos if not cat.knows(i.name[len(PACK_PREFIX) :])]
+        for start in range(0, len(new), HEAD_BATCH):
+            await self._read_head_batch(cat, new[start : start + HEAD_BATCH])
+
+    async def _read_head_batch(self, cat: Catalog, infos: list[BlobInfo]) -> None:
+        heads = await self.blobs.get_ranges([(i.name, 0, HEAD_READ) for i in infos])
         more: list[tuple[int, int]] = []
-        for n, (info, head) in enumerate(zip(new, heads, strict=True)):
+        for n, (info, head) in enumerate(zip(infos, heads, strict=True)):
             if head is None:
-                continue
+                continue  # deleted since the listing
+            name = info.name[len(PACK_PREFIX) :]
             try:
                 end = entries_end(head, info.name)
             except (CorruptFileError, UnsupportedFormatError) as exc:
-                self._bad_packs[info.name[len(PACK_PREFIX) :]] = str(exc)
+                cat.bad[name] = str(exc)
                 continue
-            if end > len(head):
+            if end > info.size:
+                cat.bad[name] = f"{info.name}: entries run past the pack's {info.size} bytes"
+            elif end > len(head):
                 more.append((n, end))
         if more:
-            rest = await self.blobs.get_ranges([(new[n].name, 0, end) for n, end in more])
+            rest = await self.blobs.get_ranges([(infos[n].name, 0, end) for n, end in more])
             for (n, _), data in zip(more, rest, strict=True):
                 heads[n] = data
-        added: list[bytes] = []
-        for info, head in zip(new, heads, strict=True):
+        for info, head in zip(infos, heads, strict=True):
             name = info.name[len(PACK_PREFIX) :]
-            if head is None or name in self._bad_packs:
+            if head is None or cat.knows(name):
                 continue
             try:
-                pack = parse_pack_head(name, head, info.size)
+                cat.add(parse_pack_head(name, head, info.size, info.time_ns))
             except (CorruptFileError, UnsupportedFormatError) as exc:
-                self._bad_packs[name] = str(exc)
-                continue
-            self._add_pack(pack)
-            added.extend(oid for oid, _, _ in pack.entries)
-        return added
+                cat.bad[name] = str(exc)
 
-    def _add_pack(self, pack: PackInfo) -> None:
-        """Know a pack; its objects count as stored only once its chain is unbroken up to it.
-
-        A pack after a gap is garbage that cannot be read: the pack of a commit that failed
-        after gc had replaced the packs its chain continued (a blob backend may keep the blobs
-        of a failed commit). Listing its objects as stored would let a save skip them."""
-        self._packs[pack.name] = pack
-        members = self._chains.setdefault(pack.chain, {})
-        members[pack.seq] = pack
-        seq = self._indexed.get(pack.chain, 0)
-        index = self._index
-        while seq in members:
-            member = members[seq]
-            if seq:
-                before = members[seq - 1]
-                if member.prev != bytes.fromhex(before.name) or member.chain_raw != before.chain_raw + before.raw_len:
-                    break
-                if member.chain_raw + member.raw_len > READ_CHAIN_MAX:
-                    break  # longer than any writer makes a chain: never decompressed
-            for oid, off, length in member.entries:
-                if oid not in index:
-                    index[oid] = (member, off, length)
-            seq += 1
-        self._indexed[pack.chain] = seq
-
-    def _drop_pack(self, pack: PackInfo) -> None:
-        self._packs.pop(pack.name, None)
-        chain = self._chains.get(pack.chain)
-        if chain is not None and chain.get(pack.seq) is pack:
-            del chain[pack.seq]
-            if not chain:
-                del self._chains[pack.chain]
-        if self._indexed.get(pack.chain, 0) > pack.seq:
-            self._indexed[pack.chain] = pack.seq
-        for oid, _, _ in pack.entries:
-            place = self._index.get(oid)
-            if place is not None and place[0] is pack:
-                del self._index[oid]
-        self._forget_chain(pack.chain)
+    async def _epoch_moved(self) -> bool:
+        return await self.blobs.get_ref(EPOCH_REF) != self._epoch
 
     # -- reading ----------------------------------------------------------------------------------
 
-    async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, bytes]:
+    async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, Any]:
         wanted = list(ids)
-        if any(oid not in self._index for oid in wanted):
+        if any(oid not in self._cat.index for oid in wanted):
             await self._refresh()
-        places = {oid: self._index[oid] for oid in wanted if oid in self._index}
-        if not places:
+        try:
+            return await self._read(wanted)
+        except ChainDamage as damage:
+            # A pack gone missing means gc rewrote its chain since this catalog was built: read
+            # again from a new one. Only when the epoch has not moved is it damage.
+            if not damage.missing or not await self._epoch_moved():
+                raise _corrupt(damage) from None
+        await self._reload()
+        try:
+            return await self._read(wanted)
+        except ChainDamage as damage:
+            raise _corrupt(damage) from None
+
+    async def _read(self, wanted: list[bytes]) -> dict[bytes, Any]:
+        """Frames of the ``wanted`` objects the catalog knows, chain by chain: a chain is
+        decompressed, its frames taken, and the cache held to its budget before the next, so
+        one call holds at most one chain beyond the cache (frames are views into the cache's
+        bytes while those fit in a quarter of its budget, copies after)."""
+        cat = self._cat
+        by_chain: dict[bytes, dict[bytes, Place]] = {}
+        for oid in wanted:
+            place = cat.index.get(oid)
+            if place is not None:
+                by_chain.setdefault(place[0].chain, {})[oid] = place
+        if not by_chain:
             return {}
-        need: dict[bytes, int] = {}  # chain -> the highest seq needed
-        for pack, _, _ in places.values():
-            if need.get(pack.chain, -1) < pack.seq:
-                need[pack.chain] = pack.seq
-        raws = await self._chain_raws(need, places)
-        out: dict[bytes, Any] = {}
-        for oid, (pack, off, length) in places.items():
-            raw = raws.get((pack.chain, pack.seq))
-            if raw is None:
-                continue
-            out[oid] = memoryview(raw)[off : off + length]
-        return out
-
-    async def _chain_raws(
-        self, need: dict[bytes, int], places: dict[bytes, tuple[PackInfo, int, int]]
-    ) -> dict[tuple[bytes, int], bytes]:
-        """Raw bytes of every pack whose objects are asked for, decompressing chain prefixes
-        with one ``get_blobs`` call for all the packs not yet decompressed."""
         fetch: dict[bytes, list[PackInfo]] = {}
-        for chain_id, top in need.items():
-            item = self._cache.get(chain_id)
-            members = self._chains.get(chain_id, {})
-            if item is not None and all(p.seq in item.raws for p, _, _ in places.values() if p.chain == chain_id):
-                continue
-            start = item.done if item is not None and item.dobj is not None else 0
-            order = [members.get(s) for s in range(start, top + 1)]
-            if any(p is None for p in order):
-                missing = next(s for s, p in zip(range(start, top + 1), order, strict=True) if p is None)
-                self._unreadable(places, chain_id, f"pack {missing} of its compression chain is missing")
-            fetch[chain_id] = [p for p in order if p is not None]
-        blobs = await self.blobs.get_blobs([p.blob for packs in fetch.values() for p in packs]) if fetch else {}
-        for chain_id, packs in fetch.items():
-            item = self._cache.get(chain_id)
-            if item is None or item.dobj is None or (packs and packs[0].seq != item.done):
-                if item is not None:
-                    self._cache_size -= item.size
-                item = _Decoded(decompressor().decompressobj())
-                self._cache[chain_id] = item
-            for pack in packs:
-                data = blobs.get(pack.blob)
-                reason = self._check_blob(pack, data)
-                if reason is None:
-                    assert data is not None
-                    try:
-                        raw = bounded_decompress(
-                            item.dobj, memoryview(data)[pack.body_off :], pack.raw_len, pack.seq == 0
-                        )
-                    except zstandard.ZstdError as exc:
-                        raw, reason = None, f"zstd: {exc}"
-                    if raw is None or len(raw) != pack.raw_len:
-                        reason = reason or "decompressed to a wrong size"
-                if reason is not None:
-                    self._forget_chain(chain_id)
-                    self._unreadable(places, chain_id, f"pack {pack.name}: {reason}", from_seq=pack.seq)
-                assert raw is not None
-                item.raws[pack.seq] = raw
-                item.size += len(raw)
-                self._cache_size += len(raw)
-                item.done = pack.seq + 1
-        out: dict[tuple[bytes, int], bytes] = {}
-        for pack, _, _ in places.values():
-            item = self._cache.get(pack.chain)
-            if item is not None and pack.seq in item.raws:
-                out[(pack.chain, pack.seq)] = item.raws[pack.seq]
-                self._cache.move_to_end(pack.chain)
-        self._evict(keep=set(need))
+        for chain_id, places in by_chain.items():
+            seqs = {p.seq for p, _, _ in places.values()}
+            if self._cache.raws(chain_id, seqs) is None:
+                fetch[chain_id] = self._cache.to_fetch(cat.chain(chain_id), max(seqs))
+        names = [p.blob for packs in fetch.values() for p in packs]
+        blobs = await self.blobs.get_blobs(names) if names else {}
+        out: dict[bytes, Any] = {}
+        pinned = 0
+        for chain_id, places in by_chain.items():
+            try:
+                if chain_id in fetch:
+                    self._cache.decompress(fetch[chain_id], blobs)
+                    for p in fetch[chain_id]:
+                        blobs.pop(p.blob, None)
+                raws = self._cache.raws(chain_id, {p.seq for p, _, _ in places.values()})
+                if raws is None:
+                    raise ChainDamage(0, "its compression chain could not be read", missing=True)
+            except ChainDamage as damage:
+                damage.oid = next((oid for oid, (p, _, _) in places.items() if p.seq >= damage.seq), None)
+                raise
+            views = pinned < self.cache_bytes // 4
+            for oid, (pack, off, length) in places.items():
+                frame = memoryview(raws[pack.seq])[off : off + length]
+                out[oid] = frame if views else bytes(frame)
+            if views:
+                pinned += sum(len(r) for r in raws.values())
+            self._cache.evict()
         return out
-
-    @staticmethod
-    def _check_blob(pack: PackInfo, data: bytes | None) -> str | None:
-        if data is None:
-            return "the pack is missing"
-        if len(data) != pack.size or pack_name(data) != pack.name:
-            return "the pack's bytes do not match its name"
-        return None
-
-    def _unreadable(
-        self, places: dict[bytes, tuple[PackInfo, int, int]], chain_id: bytes, why: str, from_seq: int = 0
-    ) -> None:
-        """Name the first asked-for object that a damaged chain makes unreadable (callers such as
-        fsck drop it and ask again for the rest)."""
-        for oid, (pack, _, _) in places.items():
-            if pack.chain == chain_id and pack.seq >= from_seq:
-                raise CorruptObjectError(oid.hex(), why)
-        raise CorruptFileError(self.location, why)  # pragma: no cover - a chain is only read for an object
-
-    def _forget_chain(self, chain_id: bytes) -> None:
-        item = self._cache.pop(chain_id, None)
-        if item is not None:
-            self._cache_size -= item.size
-
-    def _evict(self, keep: set[bytes]) -> None:
-        for chain_id in list(self._cache):
-            if self._cache_size <= self.cache_bytes:
-                break
-            if chain_id not in keep:
-                self._forget_chain(chain_id)
 
     async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
         wanted = list(ids)
-        if any(oid not in self._index for oid in wanted):
+        if any(oid not in self._cat.index for oid in wanted):
             await self._refresh()
-        return {oid for oid in wanted if oid in self._index}
+        index = self._cat.index
+        return {oid for oid in wanted if oid in index}
 
     async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
-        await self._refresh()
+        """Every object in a pack, with the time the backend stored its newest copy (gc's grace
+        runs on the backend's clock, never a writer's)."""
+        infos = await self.blobs.list_blobs(PACK_PREFIX)
+        cat = self._cat
+        await self._read_heads(cat, infos)
         seen: dict[bytes, ObjectInfo] = {}
-        for pack in list(self._packs.values()):
+        for info in infos:
+            pack = cat.packs.get(info.name[len(PACK_PREFIX) :])
+            if pack is None:
+                continue
             for oid, _, length in pack.entries:
                 old = seen.get(oid)
-                if old is None or old.time_ns < pack.time_ns:
-                    seen[oid] = ObjectInfo(oid, length, pack.time_ns)
+                if old is None or old.time_ns < info.time_ns:
+                    seen[oid] = ObjectInfo(oid, length, info.time_ns)
         for info in seen.values():
             yield info
 
@@ -373,147 +307,174 @@ class PackStore(Backend):
             return 0
         async with self._lock:
             for _ in range(SAVE_ATTEMPTS):
-                packs, made, count = self._build(all_items, stream)
+                fresh = self._missing(all_items)
+                packs = self._build(fresh, stream)
                 try:
                     await self.blobs.commit(
-                        [(p.blob, data) for p, data in packs], updates, message=message, checks={EPOCH_REF: self._epoch}
+                        [(p.blob, data) for p, data, _ in packs],
+                        updates,
+                        message=message,
+                        checks={EPOCH_REF: self._epoch},
                     )
                 except ConflictError as exc:
-                    self._writing.pop(stream, None)
+                    self._writing.drop(stream)
                     if exc.ref != EPOCH_REF:
                         raise
                     await self._reload()  # gc ran: what this process knew may be gone
                     continue
                 except BaseException:
-                    self._writing.pop(stream, None)  # the stream's compressor ran ahead of the store
+                    self._writing.drop(stream)  # the stream's compressor ran ahead of the store
                     raise
-                for (pack, _), raw in zip(packs, made, strict=True):
-                    self._add_pack(pack)
-                    item = _Decoded(None, {pack.seq: raw}, pack.seq + 1, len(raw))
-                    old = self._cache.get(pack.chain)
-                    if old is not None:
-                        old.raws[pack.seq] = raw
-                        old.size += len(raw)
-                        old.dobj = None
-                    else:
-                        self._cache[pack.chain] = item
-                    self._cache_size += len(raw)
-                self._evict(keep=set())
-                return count
+                for pack, _, raw in packs:
+                    self._cat.add(pack)
+                    self._cache.put(pack, raw)
+                self._cache.evict()
+                return len(fresh)
         raise ConflictError(f"gc ran during {SAVE_ATTEMPTS} attempts to save", EPOCH_REF)
 
-    def _build(
-        self, items: Sequence[tuple[bytes, bytes]], stream: str
-    ) -> tuple[list[tuple[PackInfo, bytes]], list[bytes], int]:
-        """The packs holding the objects of ``items`` that the store lacks, and their raw bytes."""
+    def _missing(self, items: Sequence[tuple[bytes, bytes]]) -> dict[bytes, bytes | memoryview]:
+        """The objects of ``items`` the catalog does not list as stored, each once."""
+        index = self._cat.index
         fresh: dict[bytes, bytes | memoryview] = {}
         for oid, frame in items:
-            if oid not in self._index and oid not in fresh:
+            if oid not in index and oid not in fresh:
                 fresh[oid] = frame
-        groups: list[list[tuple[bytes, bytes | memoryview]]] = [[]]
+        return fresh
+
+    def _build(self, frames: dict[bytes, Any], stream: str) -> list[tuple[PackInfo, bytes, bytes]]:
+        """(pack, its bytes, its raw bytes) for every pack holding ``frames``, continuing the
+        stream's chain; a save of more than ``PACK_MAX_RAW`` raw bytes is split."""
+        groups: list[list[tuple[bytes, Any]]] = [[]]
         size = 0
-        for oid, frame in fresh.items():
+        for oid, frame in frames.items():
             if size and size + len(frame) > PACK_MAX_RAW:
                 groups.append([])
                 size = 0
             groups[-1].append((oid, frame))
             size += len(frame)
-        out: list[tuple[PackInfo, bytes]] = []
-        raws: list[bytes] = []
-        if not fresh:
-            return out, raws, 0
+        out: list[tuple[PackInfo, bytes, bytes]] = []
+        if not frames:
+            return out
         now = time.time_ns()
         for group in groups:
             raw = b"".join(f for _, f in group)
-            chain = self._chain(stream, len(raw))
-            body = chain.cobj.compress(raw) + chain.cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+            chain = self._writing.get(stream, len(raw))
             data = encode_pack(
-                group, body, chain=chain.id, seq=chain.seq, prev=chain.last, raw_len=len(raw),
+                group, chain.compress(raw), chain=chain.id, seq=chain.seq, prev=chain.last, raw_len=len(raw),
                 chain_raw=chain.raw, time_ns=now,
             )  # fmt: skip
             name = pack_name(data)
-            pack = parse_pack_head(name, memoryview(data)[: HEAD_SIZE + ENTRY_SIZE * len(group)], len(data))
-            out.append((pack, data))
-            raws.append(raw)
-            chain.seq += 1
-            chain.raw += len(raw)
-            chain.last = bytes.fromhex(name)
-        return out, raws, len(fresh)
+            out.append(
+                (parse_pack_head(name, memoryview(data)[: HEAD_SIZE + ENTRY_SIZE * len(group)], len(data)), data, raw)
+            )
+            chain.advance(name, len(raw))
+        return out
 
-    def _chain(self, stream: str, incoming: int) -> _Chain:
-        chain = self._writing.get(stream)
-        if chain is None or (chain.raw and chain.raw + incoming > self.chain_max):
-            cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).compressobj()
-            chain = self._writing[stream] = _Chain(os.urandom(16), cobj)
-        self._writing.move_to_end(stream)
-        while len(self._writing) > MAX_STREAMS:
-            self._writing.popitem(last=False)
-        return chain
-
-    # -- deleting (gc and fsck) ----------------------------------------------------------------------
+    # -- rewriting chains (gc and fsck) ----------------------------------------------------------------
 
     async def delete_objects(self, ids: Collection[bytes]) -> int:
-        return await self._rewrite(set(ids), quarantine=False)
+        return await self._exclusively(set(ids), quarantine=False, consolidate=False)
 
     async def quarantine_objects(self, ids: Collection[bytes]) -> int:
-        return await self._rewrite(set(ids), quarantine=True)
+        return await self._exclusively(set(ids), quarantine=True, consolidate=False)
 
     async def maintain(self) -> None:
         """Merge each chain of at least ``CONSOLIDATE_MIN`` packs into one pack (gc calls this
         under ``gc_exclusive``): the same objects in far fewer blobs, so opening the store
         reads fewer pack heads and engines keep fewer rows or keys."""
-        await self._rewrite(set(), quarantine=False, consolidate=True)
+        await self._exclusively(set(), quarantine=False, consolidate=True)
 
-    async def _rewrite(self, doomed: set[bytes], *, quarantine: bool, consolidate: bool = False) -> int:
-        """Remove ``doomed`` objects: every chain holding one (and with ``consolidate`` every long
-        chain) is replaced by new packs holding the rest of its objects, then deleted. Callers
-        hold ``gc_exclusive``."""
-        async with self._lock:
-            await self._reload()
-            chains = {p.chain for p in self._packs.values() if any(oid in doomed for oid, _, _ in p.entries)}
-            if consolidate:
-                chains.update(c for c, members in self._chains.items() if len(members) >= CONSOLIDATE_MIN)
-            if not chains:
-                return 0
-            # Every save that loaded its list of packs before this point now fails its epoch
-            # check and reloads: none can skip an object deleted below or extend a chain replaced.
-            self._epoch = os.urandom(32)
-            await self.blobs.commit((), [RefUpdate(EPOCH_REF, self._epoch, ANY)], message="gc: packs rewritten")
-            removed: set[bytes] = set()
+    async def _exclusively(self, doomed: set[bytes], *, quarantine: bool, consolidate: bool) -> int:
+        if _IN_GC.get():
+            return await self._rewrite(doomed, quarantine=quarantine, consolidate=consolidate)
+        async with self.gc_exclusive():
+            return await self._rewrite(doomed, quarantine=quarantine, consolidate=consolidate)
+
+    async def _rewrite(self, doomed: set[bytes], *, quarantine: bool, consolidate: bool) -> int:
+        """Remove ``doomed`` objects (quarantine: the copies that fail verification): every chain
+        holding one, and with ``consolidate`` every long chain, is replaced by new packs holding
+        the rest of its objects, then deleted. Runs under ``gc_exclusive``."""
+        await self._reload()
+        cat = self._cat
+        chains = {p.chain for p in cat.packs.values() if any(oid in doomed for oid, _, _ in p.entries)}
+        if consolidate:
+            chains.update(c for c, members in cat.chains.items() if len(members) >= CONSOLIDATE_MIN)
+        if not chains:
+            return 0
+        present = {oid for c in chains for p in cat.chain(c) for oid, _, _ in p.entries if oid in doomed}
+        # Every save that built its catalog before this point now fails its epoch check; a
+        # process that reads this value waits for gc to finish before it builds a new one.
+        await self._move_epoch(new_epoch(GC_RUNNING))
+        try:
+            await self._reload()  # under the lock, after the move: nothing committed since is missed
+            cat = self._cat
+            spared = await self._intact_copies(chains, doomed) if quarantine else {}
             for chain_id in chains:
-                packs = sorted(self._chains.get(chain_id, {}).values(), key=lambda p: p.seq)
-                keep = {oid: None for p in packs for oid, _, _ in p.entries if oid not in doomed}
-                removed.update(oid for p in packs for oid, _, _ in p.entries if oid in doomed)
-                try:
-                    frames = await self.get_objects(list(keep)) if keep else {}
-                except CorruptObjectError:
-                    frames = await self._salvage(list(keep))
+                packs = cat.chain(chain_id)
+                frames = await self._chain_frames(packs)
+                keep: dict[bytes, Any] = {}
+                for oid, frame in frames.items():
+                    if oid not in doomed or spared.get(oid) == chain_id:
+                        keep[oid] = frame
                 if quarantine:
                     got = await self.blobs.get_blobs([p.blob for p in packs])
                     await self.blobs.put_blobs([(QUARANTINE_PREFIX + k, v) for k, v in got.items()])
-                for p in packs:
-                    self._drop_pack(p)  # so the objects kept are written again, not found present
-                if frames:
-                    packed, _, _ = self._build([(oid, bytes(f)) for oid, f in frames.items()], f"gc {chain_id.hex()}")
-                    await self.blobs.put_blobs([(p.blob, data) for p, data in packed])
+                if keep:
+                    self._writing.clear()
+                    made = self._build(keep, f"gc {chain_id.hex()}")  # no dedup: a copy too many is harmless
+                    await self.blobs.put_blobs([(p.blob, data) for p, data, _ in made])
                 await self.blobs.delete_blobs([p.blob for p in packs])
-            # And again once the packs are gone: a writer that listed the packs between the first
-            # move and the deletes may hold the deleted ones in its list.
-            self._epoch = os.urandom(32)
-            await self.blobs.commit((), [RefUpdate(EPOCH_REF, self._epoch, ANY)], message="gc: packs rewritten")
+        finally:
+            # Also after a failure: writers that built a catalog during the rewrite hold packs
+            # that may be gone. A gc killed before this leaves GC_RUNNING, which _reload resolves.
+            await self._move_epoch(new_epoch(GC_DONE))
             self._writing.clear()
             await self._reload()
-            return len(removed - set(self._index))
+        index = self._cat.index
+        return sum(1 for oid in present if oid not in index)
 
-    async def _salvage(self, ids: list[bytes]) -> dict[bytes, Any]:
-        """The readable objects among ``ids`` of a damaged chain, one unreadable id dropped at a time."""
-        todo = list(ids)
-        while todo:
+    async def _move_epoch(self, value: bytes) -> None:
+        await self.blobs.commit((), [RefUpdate(EPOCH_REF, value, ANY)], message="gc: packs rewritten")
+        self._epoch = value
+
+    async def _intact_copies(self, chains: set[bytes], doomed: set[bytes]) -> dict[bytes, bytes]:
+        """For each doomed object stored more than once whose copies do not all verify, the chain
+        of one copy that does: quarantine takes the damaged copies and keeps that one."""
+        copies: dict[bytes, dict[bytes, bool]] = {}
+        for chain_id in chains:
+            packs = self._cat.chain(chain_id)
+            frames = await self._chain_frames(packs)
+            for pack in packs:
+                for oid, _, _ in pack.entries:
+                    if oid in doomed:  # a copy in a pack that cannot be read counts as damaged
+                        frame = frames.get(oid)
+                        copies.setdefault(oid, {})[chain_id] = frame is not None and _verifies(oid, frame)
+        spared: dict[bytes, bytes] = {}
+        for oid, found in copies.items():
+            if not all(found.values()):
+                intact = [c for c, ok in found.items() if ok]
+                if intact:
+                    spared[oid] = intact[0]
+        return spared
+
+    async def _chain_frames(self, packs: list[PackInfo]) -> dict[bytes, Any]:
+        """Every object of a chain's packs that can be read (a damaged pack ends what can), in
+        the chain's order; read from the packs themselves, not through the index."""
+        if not packs:
+            return {}
+        blobs = await self.blobs.get_blobs([p.blob for p in packs])
+        cache = ChainCache(1 << 62)
+        out: dict[bytes, Any] = {}
+        for pack in packs:
             try:
-                return await self.get_objects(todo)
-            except CorruptObjectError as exc:
-                todo.remove(bytes.fromhex(exc.object_id))
-        return {}
+                cache.decompress([pack], blobs)
+            except ChainDamage:
+                break
+            raw = (cache.raws(pack.chain, {pack.seq}) or {})[pack.seq]
+            for oid, off, length in pack.entries:
+                if oid not in out:
+                    out[oid] = raw[off : off + length]
+        return out
 
     # -- refs: passed through, without the store's own ----------------------------------------------
 
@@ -543,12 +504,22 @@ class PackStore(Backend):
 
     @contextlib.asynccontextmanager
     async def gc_exclusive(self) -> AsyncIterator[None]:
-        async with self.blobs.gc_exclusive():
-            yield
+        """This process's saves, then every process's saves and shared holders, kept out."""
+        async with self._lock, self.blobs.gc_exclusive():
+            token = _IN_GC.set(True)
+            try:
+                yield
+            finally:
+                with contextlib.suppress(ValueError):  # left in another context: nothing to undo there
+                    _IN_GC.reset(token)
 
     @contextlib.asynccontextmanager
     async def gc_shared(self) -> AsyncIterator[None]:
+        """The backend's shared gc lock, with a catalog no older than the last gc: callers check
+        that objects exist and then move refs to them, so what they check must be current."""
         async with self.blobs.gc_shared():
+            if not _IN_GC.get() and await self._epoch_moved():
+                await self._reload(shared_held=True)
             yield
 
     async def now_ns(self) -> int:
@@ -559,32 +530,36 @@ class PackStore(Backend):
 
     async def check_storage(self) -> list[str]:
         await self._refresh()
-        lines = [f"pack {name}: {why}" for name, why in sorted(self._bad_packs.items())]
-        for chain_id, members in self._chains.items():
-            if members and sorted(members) != list(range(max(members) + 1)):
-                lines.append(f"compression chain {chain_id.hex()}: packs missing before seq {max(members)}")
-        return lines + await self.blobs.check_storage()
+        return self._cat.problems() + await self.blobs.check_storage()
 
     async def repair_refs(self) -> RefRepairReport:
         return await self.blobs.repair_refs()
 
     async def stats(self) -> dict[str, int]:
         await self._refresh()
+        cat = self._cat
         out = dict(await self.blobs.stats())
-        out["packs"] = len(self._packs)
-        out["objects"] = len(self._index)
-        out["object_bytes"] = sum(length for _, _, length in self._index.values())
-        out["pack_bytes"] = sum(p.size for p in self._packs.values())
+        out["packs"] = len(cat.packs)
+        out["objects"] = len(cat.index)
+        out["object_bytes"] = sum(length for _, _, length in cat.index.values())
+        out["pack_bytes"] = sum(p.size for p in cat.packs.values())
         return out
 
-    # -- format 1 -----------------------------------------------------------------------------------
 
-    async def import_frames(self, batches: AsyncIterator[list[tuple[bytes, bytes]]] | Iterable[Any]) -> int:
-        """Write (id, frame) batches into packs (``castate upgrade``); returns how many objects were new."""
-        written = 0
-        async for batch in batches:  # type: ignore[union-attr]
-            written += await self.put_objects(batch, stream="upgrade")
-        return written
+def _corrupt(damage: ChainDamage) -> Exception:
+    """The error for chain damage: CorruptObjectError naming the first asked-for object it makes
+    unreadable (callers such as fsck drop that one and ask again for the rest)."""
+    if damage.oid is None:
+        return CorruptFileError(PACK_PREFIX, damage.why)
+    return CorruptObjectError(damage.oid.hex(), damage.why)
+
+
+def _verifies(oid: bytes, frame: Any) -> bool:
+    try:
+        decode_frame(oid, frame)
+    except (CorruptionError, UnsupportedFormatError):
+        return False
+    return True
 
 
 __all__ = ["EPOCH_REF", "PackStore"]
