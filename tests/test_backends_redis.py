@@ -341,3 +341,36 @@ async def test_restart_with_aof_keeps_everything() -> None:
                 await b.commit([blob(b"stale")], [RefUpdate("sessions/a", value(2), None)])
         finally:
             await b.close()
+
+
+async def test_castate_upgrade_moves_a_version_1_store_into_packs(redis_url: str, raw: aioredis.Redis) -> None:
+    """A version-1 store as castate 1 wrote it (one compressed frame per key) is refused by the
+    pack store until `castate upgrade` has packed its objects; then its sessions read back."""
+    import time
+
+    import castate
+    from castate.codec import Commit, encode_commit, object_id
+    from castate.codec.encoder import Encoder
+    from castate.codec.objects import KIND_COMMIT, encode_frame
+    from castate.repository.packs.upgrade import upgrade_store
+
+    state = {"messages": [{"i": i, "text": f"message {i} " * 20} for i in range(300)], "doc": "d" * 5000}
+    enc = Encoder()
+    root, _ = enc.encode_root(state, None)
+    content = encode_commit(Commit(root, (), "s", time.time_ns(), None, {}))
+    objects = {**enc.objects, object_id(KIND_COMMIT, content): (KIND_COMMIT, content)}
+    prefix = redis_url.split("?prefix=")[1].encode()
+    await raw.set(prefix + b"store", orjson.dumps({"castate": "store", "version": 1, "id": "v1", "created_ns": 1}))
+    for oid, (kind, data) in objects.items():
+        await raw.set(prefix + b"o:" + oid.hex().encode(), encode_frame(kind, data))
+        await raw.zadd(prefix + b"objects", {oid: 1_700_000_000_000_000})
+    await raw.hset(prefix + b"refs", "sessions/s", object_id(KIND_COMMIT, content))
+    await raw.zadd(prefix + b"refnames", {"sessions/s": 0})
+
+    with pytest.raises(UnsupportedFormatError, match="upgrade"):
+        await castate.Repository(RedisBackend(redis_url)).open()
+    report = await upgrade_store(RedisBackend(redis_url))
+    assert (report.legacy, report.damaged) == (len(objects), [])
+    async with castate.StateManager(redis_url) as sm:
+        assert await sm.load_session("s") == state
+        assert (await sm.fsck()).ok
