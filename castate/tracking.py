@@ -3,8 +3,9 @@
 ``castate.tracked(state)`` turns a state's dicts and lists into ``TrackedDict`` and
 ``TrackedList``. Every mutation stamps the container and all its ancestors with a new
 version, so a save can skip, in O(1), every subtree that has not changed since the
-session's previous save, and encode an appended list tail without looking at the
-elements before it. Checkpoint CPU then grows with what changed, not with the state.
+session's previous save, and encode a list whose only changes were appends and front
+trims (a sliding window) without looking at the elements it kept. Checkpoint CPU then
+grows with what changed, not with the state.
 
 The tracked tree owns its containers: a plain dict or list stored into it is converted
 (copied) on the way in, so keep working through the state (``state["messages"][-1]``),
@@ -15,6 +16,7 @@ A value tracked once is never copied again, so one message can sit in two lists.
 from __future__ import annotations
 
 import itertools
+import operator
 from collections.abc import Iterable
 from typing import Any, SupportsIndex
 
@@ -140,20 +142,30 @@ class TrackedList(list):  # type: ignore[type-arg]
     """A list that stamps itself and its ancestors on every change.
 
     Besides its version it keeps ``_shape``, the version of its last change other than an
-    append, and ``_child``, the version of the last change inside one of its elements: a
-    list whose only changes since a save were appends can be encoded from its old tail.
+    append or a front trim, and ``_child``, the version of the last change inside one of its
+    elements. Two counters say how many elements were ever appended (``_appended``) and
+    removed from the front (``_front``). A list whose only changes since a save were
+    appends and front trims (``del l[:k]``, ``pop(0)``, ``l[:k] = []``, ``l[:] = l[-n:]``)
+    is the saved list without its first ``_front - front`` elements plus what was
+    appended: the encoder continues from the saved runs instead of looking at elements.
     """
 
-    __slots__ = ("_child", "_parents", "_shape", "_version")
+    __slots__ = ("_appended", "_child", "_front", "_parents", "_shape", "_version")
 
     def __init__(self, iterable: Iterable[Any] = ()) -> None:
         super().__init__()
         self._parents: list[Any] = []
         self._version = self._shape = self._child = next(_clock)
+        self._front = self._appended = 0
         if iterable:
             super().extend(_adopt(v, self) for v in iterable)
 
-    def _grow(self) -> None:
+    def _grow(self, n: int) -> None:
+        self._appended += n
+        _stamp(self, next(_clock))
+
+    def _trim(self, n: int) -> None:
+        self._front += n
         _stamp(self, next(_clock))
 
     def _reshape(self) -> None:
@@ -161,13 +173,19 @@ class TrackedList(list):  # type: ignore[type-arg]
         self._shape = v
         _stamp(self, v)
 
+    def _front_count(self, index: slice) -> int:
+        """How many elements ``index`` names at the front of the list (0 if it is not a front slice)."""
+        start, stop, step = index.indices(len(self))
+        return stop if start == 0 and step == 1 and stop > 0 else 0
+
     def append(self, value: Any) -> None:
         super().append(_adopt(value, self))
-        self._grow()
+        self._grow(1)
 
     def extend(self, values: Iterable[Any]) -> None:
-        super().extend([_adopt(v, self) for v in values])
-        self._grow()
+        adopted = [_adopt(v, self) for v in values]
+        super().extend(adopted)
+        self._grow(len(adopted))
 
     def __iadd__(self, values: Iterable[Any]) -> TrackedList:  # type: ignore[override,misc]
         self.extend(values)
@@ -179,18 +197,47 @@ class TrackedList(list):  # type: ignore[type-arg]
 
     def __setitem__(self, index: Any, value: Any) -> None:
         if isinstance(index, slice):
-            super().__setitem__(index, [_adopt(v, self) for v in value])
+            values = [_adopt(v, self) for v in value]
+            front = self._front_count(index)
+            # ``l[:k] = []`` and ``l[:] = l[-n:]`` (the same objects put back) are front trims:
+            # the front slice's last len(values) elements stay where they were, the k before go.
+            k = front - len(values)
+            trim = front > 0 and k >= 0 and all(map(operator.is_, values, list.__getitem__(self, slice(k, front))))
+            super().__setitem__(index, values)
+            if not trim:
+                self._reshape()
+            elif k:
+                self._trim(k)  # (k == 0: the same objects were put back, nothing changed)
         else:
             super().__setitem__(index, _adopt(value, self))
-        self._reshape()
+            self._reshape()
 
     def __delitem__(self, index: Any) -> None:
-        super().__delitem__(index)
-        self._reshape()
+        if isinstance(index, slice):
+            front = self._front_count(index)
+            n = len(self)
+            super().__delitem__(index)
+            if front:
+                self._trim(front)
+            elif len(self) != n:
+                self._reshape()
+        else:
+            n = len(self)
+            super().__delitem__(index)
+            i = operator.index(index)
+            if i == 0 or i == -n:
+                self._trim(1)
+            else:
+                self._reshape()
 
     def pop(self, index: SupportsIndex = -1) -> Any:
+        n = len(self)
         value = super().pop(index)
-        self._reshape()
+        i = operator.index(index)
+        if i == 0 or i == -n:
+            self._trim(1)
+        else:
+            self._reshape()
         return value
 
     def remove(self, value: Any) -> None:
@@ -198,8 +245,10 @@ class TrackedList(list):  # type: ignore[type-arg]
         self._reshape()
 
     def clear(self) -> None:
+        n = len(self)
         super().clear()
-        self._reshape()
+        if n:
+            self._trim(n)
 
     def sort(self, *args: Any, **kwargs: Any) -> None:
         super().sort(*args, **kwargs)

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import copy
+import math
 import random
+import statistics
+import uuid
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import castate
-from castate.codec import Decoder, Encoder
+from castate.codec import Decoder, Encoder, chunking
 from castate.codec import encoder as encoder_module
+from castate.errors import UnsupportedValueError
 from castate.tracking import TrackedDict, TrackedList, tracked
-from tests.strategies import same
+from tests.strategies import apply_list_edit, initial_list, list_edits, list_lengths, same
 
 
 def plain(value: Any) -> Any:
@@ -153,3 +159,196 @@ async def test_state_manager_with_a_tracked_state(tmp_path: Any) -> None:
     assert (await other.load_session("t"))["step"] == 49
     await sm.close()
     await other.close()
+
+
+def test_front_trims_count_removed_elements_and_keep_the_shape() -> None:
+    lst = tracked([{"n": i} for i in range(20)])
+    shape, appended = lst._shape, lst._appended
+    trims: list[tuple[Any, int]] = [
+        (lambda: lst.__delitem__(slice(None, 3)), 3),  # del lst[:3]
+        (lambda: lst.pop(0), 1),
+        (lambda: lst.__delitem__(0), 1),  # del lst[0]
+        (lambda: lst.__setitem__(slice(0, 2), []), 2),  # lst[:2] = []
+        (lambda: lst.__setitem__(slice(None), lst[4:]), 4),  # lst[:] = lst[4:], the same objects
+        (lambda: lst.__delitem__(slice(-100, 1)), 1),  # a front slice written another way
+    ]
+    for trim, k in trims:
+        front, version, before = lst._front, lst._version, plain(lst)
+        trim()
+        assert lst._front == front + k
+        assert lst._version > version
+        assert plain(lst) == before[k:]
+        assert lst._shape == shape
+    lst.append({"n": 99})
+    lst.extend([{"n": 100}, {"n": 101}])
+    assert lst._appended == appended + 3
+    assert lst._shape == shape
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        lambda lst: lst.__delitem__(slice(1, 3)),  # del lst[1:3]
+        lambda lst: lst.__setitem__(slice(0, 2), [{"n": -1}]),  # replaced, not trimmed
+        lambda lst: lst.__setitem__(slice(None), [*lst[1:], {"n": -1}]),  # not the old tail
+        lambda lst: lst.__setitem__(slice(None, None, 2), [{}] * 5),
+        lambda lst: lst.__delitem__(slice(None, None, -1)),
+        lambda lst: lst.pop(),
+        lambda lst: lst.pop(3),
+        lambda lst: lst.__delitem__(-1),
+        lambda lst: lst.insert(0, {"n": -1}),
+        lambda lst: lst.remove(lst[0]),
+        lambda lst: lst.reverse(),
+    ],
+)
+def test_other_removals_change_the_shape(change: Any) -> None:
+    lst = tracked([{"n": i} for i in range(10)])
+    shape, front = lst._shape, lst._front
+    change(lst)
+    assert lst._shape > shape
+    assert lst._front == front
+
+
+def test_clearing_is_a_front_trim_of_everything() -> None:
+    state = tracked({"log": [{"n": i} for i in range(400)]})
+    root, shadow = Encoder().encode_root(state, None)
+    state["log"].clear()
+    assert state["log"]._front == 400
+    root, shadow = Encoder().encode_root(state, shadow)
+    assert root == Encoder().encode_root({"log": []}, None)[0]
+    state["log"].extend({"n": i} for i in range(300))
+    root, shadow = Encoder().encode_root(state, shadow)
+    assert root == Encoder().encode_root(plain(state), None)[0]
+
+
+@given(list_lengths, st.integers(0, 2**32), list_edits)
+@settings(max_examples=60, deadline=None)
+def test_tracked_list_edits_encode_as_a_fresh_encoding_does(n: int, seed: int, edits: list[Any]) -> None:
+    state = tracked({"log": initial_list(n, seed), "n": 0})
+    _, shadow = Encoder().encode_root(state, None)
+    known: dict[bytes, Any] = {}
+    for edit in edits:
+        apply_list_edit(state, "log", edit)
+        enc = Encoder()
+        root, shadow = enc.encode_root(state, shadow)
+        known.update(enc.objects)
+        assert root == Encoder().encode_root(plain(state), None)[0], edit[0]
+    fresh = Encoder()
+    fresh.encode_root(plain(state), None)
+    assert same(Decoder({**fresh.objects, **known}).build(root), plain(state))
+
+
+@given(
+    list_lengths,
+    st.integers(0, 2**32),
+    list_edits,
+    st.sampled_from([(1, 2), math.nan, 2**70, uuid.UUID(int=1)]),
+    st.floats(0, 1, exclude_max=True),
+)
+@settings(max_examples=40, deadline=None)
+def test_out_of_domain_values_in_tracked_lists_are_refused(
+    n: int, seed: int, edits: list[Any], bad: Any, where: float
+) -> None:
+    state = tracked({"log": initial_list(n, seed)})
+    _, shadow = Encoder().encode_root(state, None)
+    for edit in edits:
+        apply_list_edit(state, "log", edit)
+        _, shadow = Encoder().encode_root(state, shadow)
+    lst = state["log"]
+    if lst:
+        del lst[:1]
+    if lst:
+        lst[int(where * len(lst))] = bad  # where an old value was, after a front trim
+    else:
+        lst.append(bad)
+    with pytest.raises(UnsupportedValueError) as incremental:
+        Encoder().encode_root(state, shadow)
+    with pytest.raises(UnsupportedValueError) as fresh:
+        Encoder().encode_root(plain(state), None)
+    assert incremental.value.path == fresh.value.path
+
+
+@pytest.mark.parametrize("how", ["del", "pop", "slice", "window"])
+def test_a_tracked_sliding_window_costs_what_an_append_costs(how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 300-message window trimmed by one and appended by one: the stamps say so, so no old run
+    is digested and only the new message is encoded (plus, once per run, the run the trim reaches)."""
+    state = tracked({"messages": [{"content": f"message {i} " * 30} for i in range(300)]})
+    _, shadow = Encoder().encode_root(state, None)
+    digested: list[int] = []
+    real = encoder_module.run_digest
+    monkeypatch.setattr(
+        encoder_module, "run_digest", lambda items, t=False: digested.append(len(items)) or real(items, t)
+    )
+    steps, work, digests = 300, [], []
+    for step in range(steps):
+        lst = state["messages"]
+        if how == "del":
+            del lst[:1]
+        elif how == "pop":
+            lst.pop(0)
+        elif how == "slice":
+            lst[:1] = []
+        else:
+            lst[:] = lst[-299:]
+        lst.append({"content": f"new {step} " * 30})
+        digested.clear()
+        enc = Encoder()
+        root, shadow = enc.encode_root(state, shadow)
+        work.append(enc.encoded)
+        digests.append(len(digested))
+        assert root == Encoder().encode_root(plain(state), None)[0]
+    assert statistics.median(work) == 2  # the root's one key and the new message
+    assert sum(work) <= 6 * steps  # re-encoding the window would be 300 per save
+    assert max(digests) <= 4  # the new runs only: never the ~5 old runs of the window
+
+
+def test_a_tracked_list_replaced_by_its_own_tail_is_realigned() -> None:
+    """``state["messages"] = state["messages"][1:]`` makes a new tracked list; the old one, unchanged,
+    tells where its elements went."""
+    state = tracked({"messages": [{"content": f"message {i} " * 30} for i in range(300)]})
+    _, shadow = Encoder().encode_root(state, None)
+    for step in range(50):
+        state["messages"] = state["messages"][1:]
+        state["messages"].append({"content": f"new {step} " * 30})
+        enc = Encoder()
+        root, shadow = enc.encode_root(state, shadow)
+        assert root == Encoder().encode_root(plain(state), None)[0]
+        assert enc.encoded <= 2 + chunking.RUN_MAX // encoder_module.REF_WEIGHT
+
+
+def test_a_tracked_big_dict_losing_old_keys_encodes_the_runs_around_them() -> None:
+    state = tracked({"cache": {f"call-{i:06d}": {"hits": i, "url": f"u{i}"} for i in range(10_000)}})
+    _, shadow = Encoder().encode_root(state, None)
+    nxt = 10_000
+    for step in range(20):
+        cache = state["cache"]
+        del cache[min(cache)]
+        cache[f"call-{nxt:06d}"] = {"hits": 0, "url": f"u{nxt}"}
+        cache[f"call-{nxt - 5_000:06d}"]["hits"] += 1
+        nxt += 1
+        largest = max(run.count for run in shadow.children["cache"].runs)  # type: ignore[union-attr]
+        enc = Encoder()
+        root, shadow = enc.encode_root(state, shadow)
+        assert enc.encoded <= 1 + 6 * largest < len(cache) / 2, enc.encoded
+        if step % 5 == 4:
+            assert root == Encoder().encode_root(plain(state), None)[0]
+
+
+def test_a_tracked_window_whose_new_message_is_edited_in_place() -> None:
+    """Streaming into the message just appended changes an element (``_child``), so the stamps
+    no longer vouch for the old runs: digests check them, the remnant of the trimmed run is
+    checked against its run's digest with the trimmed elements kept from the last save, and
+    only the new message is encoded."""
+    state = tracked({"messages": [{"content": f"message {i} " * 30} for i in range(300)]})
+    _, shadow = Encoder().encode_root(state, None)
+    work = []
+    for step in range(100):
+        lst = state["messages"]
+        del lst[:1]
+        lst.append({"content": ""})
+        lst[-1]["content"] += f"streamed {step} " * 30
+        enc = Encoder()
+        root, shadow = enc.encode_root(state, shadow)
+        work.append(enc.encoded)
+        assert root == Encoder().encode_root(plain(state), None)[0]
+    assert statistics.median(work) == 2  # the root's one key and the new message

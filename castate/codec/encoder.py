@@ -8,19 +8,30 @@ strings and bytes become blobs, very large ones content-defined chunks.
 Values are encoded as canonical MessagePack. The walk is exact for new content and
 checks every value against the value domain. Content that the previous save of the same
 session already encoded is recognised without per-element Python work: each run of a
-long list keeps a blake3 digest of its elements' MessagePack (one C-speed
+long list or big dict keeps a blake3 digest of its elements' MessagePack (one C-speed
 ``ormsgpack.packb`` per run, which refuses every type outside the domain), and a run
 whose digest is unchanged keeps its node. The caller keeps the returned ``Shadow`` for
 the next save.
+
+Runs are content-defined and the cutter restarts at every cut, so after a front trim,
+an insert or an edit the old runs come back unchanged once a cut lands where one of them
+starts. A list whose runs no longer line up at their old offsets is realigned: hints
+(the identities of the elements the previous save saw, or a tracked list's counters)
+propose offsets, digests confirm them, and the cutter is replayed from the list's start,
+keeping each confirmed run whole when it reaches a cut exactly at its start. Only the
+elements between confirmed runs are encoded in Python, except that the remnant of a
+front-trimmed first run reuses the entries it had. A big dict is realigned the same way
+over its keys in code-point order, where a run is found again by its first key.
 """
 
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
-from collections.abc import Callable
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Generic, TypeVar
 
 import blake3
 import ormsgpack
@@ -131,25 +142,50 @@ Level = tuple[list[int], list[tuple[bytes, int]]]  # (ends of the groups closed 
 
 
 @dataclass(slots=True)
+class DictRun:
+    """One run of a big dict: consecutive keys in code-point order."""
+
+    first: str  # its first key: where the run is looked for among the next save's keys
+    count: int
+    weight: int  # the sum of its entries' weights (a dict of at most RUN_MAX is one node)
+    digest: bytes | None  # blake3 of the MessagePack of [keys, values]
+    node: bytes
+    closed: bool
+    children: dict[str, Any]  # key -> shadow of that value, for values that have one
+
+
+@dataclass(slots=True)
 class ListShadow:
     entry: Entry
     runs: list[Run]
     tail: list[Entry]  # entries of the last run when it is open (ended by the list's end)
     levels: list[Level]  # the index above the runs, bottom level first (empty for one run)
-    # For a TrackedList: the list itself and its version stamps when it was encoded.
+    # Entries of the first run when this process made them: a front trim inside that run
+    # re-cuts its remnant from these instead of encoding the remnant's elements again.
+    head: list[Entry] | None = None
+    # A shallow copy of the list as it was encoded: all of it for a plain list, the first
+    # run for a tracked one. Identities in it are only hints for finding where old runs went
+    # (the copy keeps the elements alive, so no other object can take their ids); its first
+    # run's elements let a remnant be checked against that run's digest after a front trim.
+    items: list[Any] | None = None
+    # For a TrackedList: the list itself and its stamps and counters when it was encoded.
     source: Any = None
     version: int = 0
     shape: int = 0
     child: int = 0
+    front: int = 0
+    appended: int = 0
     length: int = 0
 
 
 @dataclass(slots=True)
 class DictShadow:
     entry: Entry
-    children: dict[str, Any]  # key -> shadow of that value, for values that have one
+    children: dict[str, Any]  # key -> shadow of that value, for values that have one (unless runs)
     source: Any = None  # for a TrackedDict: the dict itself and its version when it was encoded
     version: int = 0
+    runs: list[DictRun] | None = None  # a dict cut into runs: its runs, which hold the children
+    levels: list[Level] = field(default_factory=list)  # the index above the runs
 
 
 @dataclass(slots=True)
@@ -167,12 +203,90 @@ class PackedShadow:
 Shadow = ListShadow | DictShadow | LeafShadow | PackedShadow
 
 
+R = TypeVar("R")
+Item = TypeVar("Item")
+
+
+class _Recut(Generic[Item, R]):
+    """The cutter replayed over a container's entries from its start, as a fresh encoding runs it.
+
+    ``feed`` cuts entries into new runs exactly as ``chunking.cut`` would; ``keep`` puts an
+    old run in whole, which is exact only when nothing is pending (the cutter is at a cut,
+    its running weight is 0) and the run's entries are the old ones (its digest matched):
+    from a cut, the same entries meet the same cuts, so the fresh encoding would make that
+    very node. ``pos`` is the position of the next entry, ``start`` that of ``pend[0]``.
+    """
+
+    __slots__ = ("head", "hw", "make", "pend", "pos", "runs", "start", "total", "w")
+
+    def __init__(
+        self,
+        hw: Callable[[list[Item]], tuple[list[int], list[int]]],
+        make: Callable[[int, int, list[Item], bool, int], R],
+    ) -> None:
+        self.hw = hw  # entries -> (hash32s, weights)
+        self.make = make  # (start, end, entries, closed, weight) -> run
+        self.runs: list[R] = []
+        self.head: list[Item] | None = None  # entries of runs[0], when known
+        self.pend: list[Item] = []
+        self.w = 0
+        self.start = self.pos = 0
+        self.total = 0  # the weight of every entry so far
+
+    def feed(self, items: list[Item]) -> None:
+        if not items:
+            return
+        hashes, weights = self.hw(items)
+        ends, rest = chunking.cut(hashes, weights, self.w)
+        carry, s = self.w, 0
+        for e in ends:
+            self.pend += items[s:e]
+            self._close(carry + sum(weights[s:e]), True)
+            carry, s = 0, e
+        self.pend += items[s:]
+        self.w = rest
+        self.pos += len(items)
+
+    def keep(self, run: R, count: int, entries: list[Item] | None, weight: int = 0) -> None:
+        assert not self.pend
+        if not self.runs:
+            self.head = entries
+        self.runs.append(run)
+        self.pos += count
+        self.start = self.pos
+        self.total += weight
+
+    def _close(self, weight: int, closed: bool, run: R | None = None) -> None:
+        pend = self.pend
+        end = self.start + len(pend)
+        if run is None:
+            run = self.make(self.start, end, pend, closed, weight)
+        if not self.runs:
+            self.head = pend
+        self.runs.append(run)
+        self.start = end
+        self.pend = []
+        self.total += weight
+
+    def finish(self, reuse: R | None = None) -> tuple[list[R], list[Item]]:
+        """The runs, and the entries of the last one if it is open; ``reuse`` is that run's old node."""
+        tail = self.pend
+        if tail:
+            self._close(self.w, False, reuse)
+        return self.runs, tail
+
+
 class Encoder:
-    """Encodes one state; collects the objects it creates in ``objects`` (id -> (kind, content))."""
+    """Encodes one state; collects the objects it creates in ``objects`` (id -> (kind, content)).
+
+    ``encoded`` counts the list elements and dict values this encoder walked one by one in
+    Python (those that no shadow let it skip): a measure of a save's work that tests read.
+    """
 
     def __init__(self, default: Default | None = None) -> None:
         self.default = default
         self.objects: dict[bytes, tuple[int, bytes]] = {}
+        self.encoded = 0
         self._memo: dict[int, tuple[Any, Entry]] = {}
         self._active: set[int] = set()
 
@@ -226,11 +340,27 @@ class Encoder:
         if tracked and shadow is not None and shadow.source is d and shadow.version == d._version:
             return shadow.entry, shadow  # nothing under it changed since the last save
         version = d._version if tracked else 0
+        source = d if tracked else None
         keys = self._sorted_keys(d, path)
-        old = shadow.children if shadow is not None else {}
+        old: dict[str, Any] = {}
+        if shadow is not None and shadow.runs is not None:
+            # A big dict last time: find its runs again among the keys; None if it is no longer big.
+            self._enter(d, path)
+            try:
+                found = self._dict_realign(d, keys, shadow, path, depth)
+            finally:
+                self._active.discard(id(d))
+            if found is not None:
+                entry, kept, kept_levels = found
+                return entry, DictShadow(entry, {}, source, version, kept, kept_levels)
+            for run in shadow.runs:
+                old.update(run.children)
+        elif shadow is not None:
+            old = shadow.children
         children: dict[str, Any] = {}
         entries: list[tuple[str, Entry]] = []
         self._enter(d, path)
+        self.encoded += len(keys)
         for k in keys:
             entry, child = self.encode_tracked(d[k], old.get(k), (path, k), depth + 1)
             if child is not None:
@@ -239,14 +369,97 @@ class Encoder:
         self._active.discard(id(d))
         sink, self.objects = self.objects, {}
         try:
-            entry = self._dict_entry(entries, force_node)
+            entry, runs, levels = self._dict_entry(entries, force_node, (d, keys, children))
         finally:
             made, self.objects = self.objects, sink
         if shadow is None or entry != shadow.entry:  # an unchanged node is stored already
             sink.update(made)
         if entry[0] != REF:
             return entry, None
-        return entry, DictShadow(entry, children, d if tracked else None, version)
+        if runs is not None:
+            return entry, DictShadow(entry, {}, source, version, runs, levels)
+        return entry, DictShadow(entry, children, source, version)
+
+    def _dict_realign(
+        self, d: dict[str, Any], keys: list[str], shadow: DictShadow, path: Path, depth: int
+    ) -> tuple[Entry, list[DictRun], list[Level]] | None:
+        """A big dict against the runs of its last save: runs whose keys and values digest as
+        they did are kept, the keys between them are encoded; None if it is now one node."""
+        runs = shadow.runs
+        assert runs is not None
+        n = len(keys)
+        tracked = type(d) is TrackedDict
+        get = d.__getitem__
+        found: list[tuple[int, DictRun]] = []
+        lo = 0
+        for run in runs:
+            if run.digest is None:
+                continue
+            a = bisect.bisect_left(keys, run.first, lo)
+            b = a + run.count
+            if b <= n and keys[a] == run.first and _dict_digest(keys, get, a, b, tracked) == run.digest:
+                found.append((a, run))
+                lo = b
+        if (
+            len(found) == len(runs)
+            and lo == n
+            and found[0][0] == 0
+            and all(found[i][0] + found[i][1].count == found[i + 1][0] for i in range(len(found) - 1))
+        ):
+            return shadow.entry, runs, shadow.levels  # every key and value as it was
+        old: dict[str, Any] = {}
+        kept = {id(run) for _, run in found}
+        for run in runs:
+            if id(run) not in kept:
+                old.update(run.children)
+        nodes: dict[bytes, tuple[int, bytes]] = {}
+        cut = self._dict_cutter(d, keys, nodes)
+        for a, run in found:
+            if cut.pos < a:
+                cut.feed(self._dict_items(d, keys, cut.pos, a, old, path, depth))
+            if not cut.pend and (run.closed or a + run.count == n):
+                cut.keep(run, run.count, None, run.weight)
+            else:
+                cut.feed(self._dict_items(d, keys, a, a + run.count, run.children, path, depth))
+        if cut.pos < n:
+            cut.feed(self._dict_items(d, keys, cut.pos, n, old, path, depth))
+        out, _ = cut.finish()
+        if cut.total <= chunking.RUN_MAX:
+            return None  # one node now: the caller encodes it whole (the new run nodes are dropped)
+        self.objects.update(nodes)
+        same = _same_prefix([(r.node, r.count) for r in out], [(r.node, r.count) for r in runs])
+        root, levels = self._index(INDEX_DICT, [(r.node, r.count) for r in out], shadow.levels, same)
+        return (REF, root), out, levels
+
+    def _dict_items(
+        self, d: dict[str, Any], keys: list[str], a: int, b: int, old: dict[str, Any], path: Path, depth: int
+    ) -> list[tuple[str, Entry, Any]]:
+        """(key, entry, shadow) of the keys ``keys[a:b]``, encoded against their old shadows."""
+        self.encoded += b - a
+        out = []
+        for k in keys[a:b]:
+            entry, child = self.encode_tracked(d[k], old.get(k), (path, k), depth + 1)
+            out.append((k, entry, child))
+        return out
+
+    def _dict_cutter(
+        self, d: dict[str, Any], keys: list[str], nodes: dict[bytes, tuple[int, bytes]]
+    ) -> _Recut[tuple[str, Entry, Any], DictRun]:
+        """A cutter over (key, entry, shadow) items of ``d`` whose run nodes go to ``nodes``."""
+        tracked = type(d) is TrackedDict
+        get = d.__getitem__
+
+        def make(start: int, end: int, items: list[tuple[str, Entry, Any]], closed: bool, weight: int) -> DictRun:
+            sink, self.objects = self.objects, nodes
+            try:
+                node = self._dict_node([(k, e) for k, e, _ in items])
+            finally:
+                self.objects = sink
+            children = {k: c for k, _, c in items if c is not None}
+            digest = _dict_digest(keys, get, start, end, tracked)
+            return DictRun(items[0][0], end - start, weight, digest, node, closed, children)
+
+        return _Recut(_dict_hw, make)
 
     def _list_tracked(
         self, lst: list[Any], shadow: ListShadow | None, path: Path, depth: int
@@ -254,13 +467,28 @@ class Encoder:
         if depth >= MAX_DEPTH:
             raise UnsupportedValueError(f"state nested deeper than {MAX_DEPTH} levels", format_path(path))
         tracked = type(lst) is TrackedList
-        stamps = (lst._version, lst._shape, lst._child) if tracked else (0, 0, 0)
+        stamps = (lst._version, lst._shape, lst._child, lst._front, lst._appended) if tracked else (0, 0, 0, 0, 0)
+        new: Shadow | None
         if tracked and shadow is not None and shadow.source is lst:
             if shadow.version == stamps[0]:
                 return shadow.entry, shadow  # nothing under it changed since the last save
-            if shadow.shape == stamps[1] and shadow.child == stamps[2] and len(lst) > shadow.length:
-                entry, new = self._list_appended(lst, shadow, shadow.length, path, depth)
-                return entry, self._stamp(new, lst, stamps)
+            if shadow.shape == stamps[1] and shadow.child == stamps[2]:
+                # Only appends and front trims since the last save, and no element changed:
+                # the list is the saved one without its first k elements, plus what came.
+                k = stamps[3] - shadow.front
+                added = stamps[4] - shadow.appended
+                if len(lst) == shadow.length - k + added:  # the counters agree with the list
+                    if k == 0 and added == 0:  # only no-ops (``extend([])``): the saved list
+                        return shadow.entry, self._stamp(shadow, lst, stamps)
+                    if k == 0:
+                        entry, new = self._list_appended(lst, shadow, shadow.length, path, depth)
+                        return entry, self._stamp(new, lst, stamps)
+                    self._enter(lst, path)
+                    try:
+                        entry, new = self._list_trimmed(lst, shadow, k, path, depth)
+                    finally:
+                        self._active.discard(id(lst))
+                    return entry, self._stamp(new, lst, stamps)
         self._enter(lst, path)
         try:
             if shadow is None:
@@ -269,14 +497,19 @@ class Encoder:
                 entry, new = self._list_incremental(lst, shadow, path, depth)
         finally:
             self._active.discard(id(lst))
-        return entry, (self._stamp(new, lst, stamps) if tracked else new)
+        if tracked:
+            return entry, self._stamp(new, lst, stamps)
+        if type(new) is ListShadow:
+            new.items = lst[:]  # a C-speed copy: the identities the next save's hints look for
+        return entry, new
 
     @staticmethod
-    def _stamp(shadow: Shadow | None, lst: list[Any], stamps: tuple[int, int, int]) -> Shadow | None:
+    def _stamp(shadow: Shadow | None, lst: list[Any], stamps: tuple[int, int, int, int, int]) -> Shadow | None:
         if type(shadow) is ListShadow:
             shadow.source = lst
-            shadow.version, shadow.shape, shadow.child = stamps
+            shadow.version, shadow.shape, shadow.child, shadow.front, shadow.appended = stamps
             shadow.length = len(lst)
+            shadow.items = lst[: shadow.runs[0].count]  # the counters are the hints: keep the first run only
         return shadow
 
     # -- plain values: no shadows below this point ------------------------------------
@@ -321,7 +554,7 @@ class Encoder:
             if t is dict or t is TrackedDict:
                 keys = self._sorted_keys(value, path)
                 entries = [(k, self.encode(value[k], (path, k), depth + 1)) for k in keys]
-                entry = self._dict_entry(entries, False)
+                entry = self._dict_entry(entries, False)[0]
             else:
                 entry = self._list_fresh(value, path, depth, keep_shadow=False)[0]
             self._active.discard(id(value))
@@ -356,6 +589,15 @@ class Encoder:
         self._active.add(key)
 
     def _sorted_keys(self, d: dict[Any, Any], path: Path) -> list[str]:
+        if len(d) > 16:
+            # Big dicts: check every key at C speed (all str, all ASCII), else look key by key.
+            try:
+                keys = sorted(d)
+            except Exception:  # keys that do not compare (not all str): the loop names the first
+                pass
+            else:
+                if set(map(type, keys)) == _STR_TYPE and all(map(str.isascii, keys)):
+                    return keys
         for k in d:
             if type(k) is not str:
                 raise UnsupportedValueError(f"dict key {k!r} is not a str", format_path(path))
@@ -379,25 +621,41 @@ class Encoder:
 
     # -- dicts ------------------------------------------------------------------------------
 
-    def _dict_entry(self, entries: list[tuple[str, Entry]], force_node: bool) -> Entry:
-        """Inline JSON for a small plain dict, else a dict node (cut into runs when big)."""
+    def _dict_entry(
+        self,
+        entries: list[tuple[str, Entry]],
+        force_node: bool,
+        keep: tuple[dict[str, Any], list[str], dict[str, Any]] | None = None,
+    ) -> tuple[Entry, list[DictRun] | None, list[Level]]:
+        """Inline MessagePack for a small plain dict, else a dict node (cut into runs when big).
+
+        With ``keep`` (the dict, its sorted keys and its children's shadows), a dict cut into
+        runs also returns its runs and index levels, for the shadow.
+        """
         plain = all(e[0] == INLINE for _, e in entries)
         if plain and not force_node:
             mp = map_header(len(entries)) + b"".join(_pack(k) + e[1] for k, e in entries)
             if len(mp) <= INLINE_MAX:
-                return (INLINE, mp)
+                return (INLINE, mp), None, []
         weights = [len(_pack(k)) + _weight(e) for k, e in entries]
         if sum(weights) <= chunking.RUN_MAX:
-            return (REF, self._dict_node(entries))
+            return (REF, self._dict_node(entries)), None, []
+        if keep is not None:
+            d, keys, children = keep
+            cut = self._dict_cutter(d, keys, self.objects)
+            cut.feed([(k, e, children.get(k)) for k, e in entries])
+            runs, _ = cut.finish()
+            root, levels = self._index(INDEX_DICT, [(r.node, r.count) for r in runs])
+            return (REF, root), runs, levels
         hashes = [_hash32(e, k) for k, e in entries]
         ends, _ = chunking.cut(hashes, weights)
         if not ends or ends[-1] != len(entries):
             ends.append(len(entries))
-        runs, start = [], 0
+        pairs, start = [], 0
         for end in ends:
-            runs.append((self._dict_node(entries[start:end]), end - start))
+            pairs.append((self._dict_node(entries[start:end]), end - start))
             start = end
-        return (REF, self._index(INDEX_DICT, runs)[0])
+        return (REF, self._index(INDEX_DICT, pairs)[0]), None, []
 
     def _dict_node(self, entries: list[tuple[str, Entry]]) -> bytes:
         specials: list[Special] = []
@@ -414,6 +672,7 @@ class Encoder:
     # -- lists ------------------------------------------------------------------------------
 
     def _list_fresh(self, lst: list[Any], path: Path, depth: int, keep_shadow: bool) -> tuple[Entry, ListShadow | None]:
+        self.encoded += len(lst)
         entries = [self.encode(x, (path, i), depth + 1) for i, x in enumerate(lst)]
         if all(e[0] == INLINE for e in entries):
             mp = array_header(len(entries)) + b"".join(e[1] for e in entries)
@@ -426,7 +685,7 @@ class Encoder:
         self, lst: list[Any], shadow: ListShadow, path: Path, depth: int
     ) -> tuple[Entry, Shadow | None]:
         n = len(lst)
-        if n <= INLINE_MAX and _plain_len(lst) <= INLINE_MAX:
+        if _maybe_inline(lst):
             return self._list_fresh(lst, path, depth, keep_shadow=True)
         runs = shadow.runs
         # Prefix: old runs whose elements are unchanged at the same offsets.
@@ -441,39 +700,147 @@ class Encoder:
             if p == n:
                 return shadow.entry, shadow
             return self._list_appended(lst, shadow, p, path, depth)
-        # Suffix: old runs whose elements are unchanged at the same distance from the end.
-        q, j = n, len(runs)
-        while j > k:
-            c = runs[j - 1].count
-            if q - c < p or runs[j - 1].digest is None or _digest(lst, q - c, q) != runs[j - 1].digest:
-                break
-            q -= c
-            j -= 1
-        # Re-cut the changed middle. A suffix run can be kept once a cut lands exactly where
-        # it starts (the cutter is then in the same state as when the run was first made);
-        # until then, pull the next suffix run's elements into the cut.
-        pending = self._encode_slice(lst, p, q, path, depth)
-        hashes = [_hash32(e) for e in pending]
-        weights = [_weight(e) for e in pending]
-        suffix = runs[j:]
-        pos = q
-        while True:
-            ends, rest = chunking.cut(hashes, weights)
-            if rest == 0 or not suffix:
-                break
-            nxt = suffix.pop(0)
-            more = self._encode_slice(lst, pos, pos + nxt.count, path, depth)
-            pending += more
-            hashes += [_hash32(e) for e in more]
-            weights += [_weight(e) for e in more]
-            pos += nxt.count
-        out = runs[:k] + self._make_runs(lst, p, pending, ends, True)
-        if rest == 0 and suffix:
-            out += suffix
-            tail = shadow.tail if not out[-1].closed else []
-        else:
-            tail = pending[ends[-1] if ends else 0 :] if not out[-1].closed else []
-        return self._assemble(out, tail, shadow.levels, k)
+        return self._list_realign(lst, shadow, k, path, depth)
+
+    def _list_realign(
+        self, lst: list[Any], shadow: ListShadow, k0: int, path: Path, depth: int
+    ) -> tuple[Entry, ListShadow]:
+        """The list against the runs of its last save, of which the first ``k0`` are unchanged.
+
+        Each later run is looked for at its old offset moved by a candidate shift (new minus
+        old position): the shifts the hints propose for the front and the back, the change of
+        length (edits, inserts and deletes with nothing appended) and none. A run is taken
+        where its digest matches, trying first the shift that matched the run before it.
+        """
+        runs = shadow.runs
+        m = len(runs)
+        starts = _starts(runs)
+        old_n = starts[-1] + runs[-1].count
+        n = len(lst)
+        tracked = type(lst) is TrackedList
+        front, back, items = self._hints(lst, shadow, old_n)
+        segs: list[_Seg] = [(starts[r], runs[r].count, runs[r], _known(shadow, r)) for r in range(k0)]
+        lo = starts[k0] if k0 else 0  # where the next run may start in the new list
+        first = k0
+        if k0 == 0 and front is not None and 0 < -front < old_n and items is not None:
+            # A front trim of k inside run j: the remnant keeps the run's entries when the
+            # trimmed elements followed by the remnant digest as the whole run did (msgpack
+            # arrays parse one way, so each remnant element then packs as the old one did).
+            k = -front
+            j = bisect.bisect_right(starts, k) - 1
+            known = _known(shadow, j)
+            end = starts[j] + runs[j].count - k
+            if (
+                starts[j] < k <= len(items)
+                and known is not None
+                and end <= n
+                and runs[j].digest is not None
+                and run_digest(items[starts[j] : k] + lst[:end], tracked) == runs[j].digest
+            ):
+                segs.append((0, end, None, known[k - starts[j] :]))
+                lo, first = end, j + 1
+        shifts = [s for s in dict.fromkeys((front, back, n - old_n, 0)) if s is not None]
+        last = shifts[0]
+        for r in range(first, m):
+            run = runs[r]
+            c = run.count
+            if run.digest is None:
+                continue
+            for s in (last, *(x for x in shifts if x != last)):
+                t = starts[r] + s
+                if t < lo or t + c > n or (r == k0 and s == 0):  # (the prefix tried run k0 in place)
+                    continue
+                if _digest(lst, t, t + c) == run.digest:
+                    segs.append((t, c, run, _known(shadow, r)))
+                    lo, last = t + c, s
+                    break
+        return self._rebuild(lst, shadow, segs, path, depth)
+
+    def _hints(self, lst: list[Any], shadow: ListShadow, old_n: int) -> tuple[int | None, int | None, list[Any] | None]:
+        """Proposed shifts (new minus old position) of the old front and back, and the old elements.
+
+        A tracked list has them from its counters; a plain list finds them in the shallow copy
+        of the last save (by identity, else by equality), and a tracked list replaced by a new
+        list in the old list if that is unchanged. Either way they are hints: only digests
+        decide.
+        """
+        items = shadow.items
+        source = shadow.source
+        n = len(lst)
+        if source is lst:  # a tracked list: its counters say how many left the front and came
+            k = lst._front - shadow.front
+            added = lst._appended - shadow.appended
+            return -k, n - added - old_n, items
+        if source is not None and source._version == shadow.version:
+            items = source  # a tracked list replaced by another: the old one still holds the saved elements
+        if items is not None and len(items) == old_n and items and lst:
+            i = _find(items, lst[0])  # lst[0] was old element i: i elements left the front
+            if i >= 0:
+                front: int | None = -i
+            else:
+                i = _find(lst, items[0])  # the old first element moved to i: i came in at the front
+                front = i if i >= 0 else None
+            u = _find(lst, items[-1], from_end=True)  # the old last element is at u: what follows it came
+            if u >= 0:
+                back: int | None = u - (old_n - 1)
+            else:
+                u = _find(items, lst[-1], from_end=True)  # the new last element was old element u
+                back = (n - 1) - u if u >= 0 else None
+            return front, back, items
+        return None, None, items
+
+    def _rebuild(
+        self, lst: list[Any], shadow: ListShadow, segs: list[_Seg], path: Path, depth: int
+    ) -> tuple[Entry, ListShadow]:
+        """The list's runs, replaying the cutter from its start over confirmed segments.
+
+        ``segs`` are (new position, count, old run or None, its entries or None), in order,
+        each confirmed to hold the old elements. A closed old run reached at a cut is kept
+        whole; otherwise its entries (known, or encoded now) go through the cutter. Gaps
+        between segments are encoded element by element.
+        """
+        n = len(lst)
+
+        def make(start: int, end: int, entries: list[Entry], closed: bool, _weight: int) -> Run:
+            return Run(end - start, _digest(lst, start, end), self._list_node(entries), closed)
+
+        cut: _Recut[Entry, Run] = _Recut(_list_hw, make)
+        reopen: tuple[int, Run] | None = None  # an open old run fed from a cut
+        for t, c, run, known in segs:
+            if cut.pos < t:
+                cut.feed(self._encode_slice(lst, cut.pos, t, path, depth))
+            if run is not None and not cut.pend:
+                if run.closed:
+                    cut.keep(run, c, known)
+                    continue
+                reopen = (t, run)
+            cut.feed(known if known is not None else self._encode_slice(lst, t, t + c, path, depth))
+        if cut.pos < n:
+            cut.feed(self._encode_slice(lst, cut.pos, n, path, depth))
+        # An open old run fed from a cut with nothing after it is its old node again.
+        reuse = reopen[1] if reopen and cut.start == reopen[0] and len(cut.pend) == reopen[1].count else None
+        out, tail = cut.finish(reuse)
+        same = _same_prefix([(r.node, r.count) for r in out], [(r.node, r.count) for r in shadow.runs])
+        return self._assemble(out, tail, shadow.levels, same, cut.head)
+
+    def _list_trimmed(
+        self, lst: list[Any], shadow: ListShadow, k: int, path: Path, depth: int
+    ) -> tuple[Entry, ListShadow | None]:
+        """A tracked list whose stamps say: the saved list without its first ``k`` elements,
+        then what was appended. Old runs need no digest; the remnant of the run the trim cut
+        into reuses its entries when the shadow has them."""
+        runs = shadow.runs
+        if k >= shadow.length or _maybe_inline(lst):
+            return self._list_fresh(lst, path, depth, keep_shadow=True)
+        starts = _starts(runs)
+        j = bisect.bisect_right(starts, k) - 1
+        segs: list[_Seg] = []
+        if starts[j] < k:
+            known = _known(shadow, j)
+            segs.append((0, starts[j] + runs[j].count - k, None, known[k - starts[j] :] if known is not None else None))
+            j += 1
+        segs += [(starts[r] - k, runs[r].count, runs[r], _known(shadow, r)) for r in range(j, len(runs))]
+        return self._rebuild(lst, shadow, segs, path, depth)
 
     def _list_appended(
         self, lst: list[Any], shadow: ListShadow, p: int, path: Path, depth: int
@@ -482,11 +849,12 @@ class Encoder:
         runs = shadow.runs
         new = self._encode_slice(lst, p, len(lst), path, depth)
         if runs[-1].closed:
-            return self._list_from_runs(lst, runs, new, p, shadow.levels, True)
+            return self._list_from_runs(lst, runs, new, p, shadow.levels, True, shadow.head)
         last = runs[-1]
-        return self._list_from_runs(lst, runs[:-1], shadow.tail + new, p - last.count, shadow.levels, True)
+        return self._list_from_runs(lst, runs[:-1], shadow.tail + new, p - last.count, shadow.levels, True, shadow.head)
 
     def _encode_slice(self, lst: list[Any], a: int, b: int, path: Path, depth: int) -> list[Entry]:
+        self.encoded += b - a
         return [self.encode(lst[i], (path, i), depth + 1) for i in range(a, b)]
 
     def _make_runs(
@@ -512,16 +880,21 @@ class Encoder:
         start: int,
         old_levels: list[Level],
         keep_shadow: bool,
+        head: list[Entry] | None = None,
     ) -> tuple[Entry, ListShadow | None]:
-        """Cut ``entries`` (elements from ``start``) into runs that follow the ``kept`` runs."""
+        """Cut ``entries`` (elements from ``start``) into runs that follow the ``kept`` runs
+        (``head``: the entries of the first kept run, if known)."""
         ends, rest = chunking.cut([_hash32(e) for e in entries], [_weight(e) for e in entries])
-        runs = kept + self._make_runs(lst, start, entries, ends, keep_shadow)
+        new = self._make_runs(lst, start, entries, ends, keep_shadow)
+        runs = kept + new
         tail = entries[ends[-1] if ends else 0 :] if rest else []
-        entry, shadow = self._assemble(runs, tail, old_levels, len(kept))
+        if not kept and keep_shadow:
+            head = entries[: new[0].count]
+        entry, shadow = self._assemble(runs, tail, old_levels, len(kept), head)
         return entry, (shadow if keep_shadow else None)
 
     def _assemble(
-        self, runs: list[Run], tail: list[Entry], old_levels: list[Level], same: int
+        self, runs: list[Run], tail: list[Entry], old_levels: list[Level], same: int, head: list[Entry] | None
     ) -> tuple[Entry, ListShadow]:
         """The list's root over its runs; ``same`` leading runs are those of ``old_levels``'s list."""
         if len(runs) == 1:
@@ -529,7 +902,7 @@ class Encoder:
         else:
             root, levels = self._index(INDEX_LIST, [(r.node, r.count) for r in runs], old_levels, same)
         entry = (REF, root)
-        return entry, ListShadow(entry, runs, tail, levels)
+        return entry, ListShadow(entry, runs, tail, levels, head)
 
     def _list_node(self, entries: list[Entry]) -> bytes:
         specials: list[Special] = []
@@ -575,6 +948,8 @@ class Encoder:
                 bounds.append(len(level))
             s = start
             for e in bounds:
+                if e == s:  # every old group kept, the last one closed by a cut at the level's end
+                    continue
                 group = level[s:e]
                 content = encode_index(flavor, group)
                 oid = object_id(KIND_INDEX, content)
@@ -587,6 +962,12 @@ class Encoder:
             level, same, depth = groups, keep, depth + 1
 
 
+# A stretch of a list confirmed to hold old elements: (new position, count, old run or None
+# for a remnant, the entries if known).
+_Seg = tuple[int, int, Run | None, list[Entry] | None]
+_STR_TYPE = {str}
+
+
 def _hash32(entry: Entry, key: str | None = None) -> int:
     tag, payload = entry
     if tag == REF and key is None:
@@ -596,6 +977,14 @@ def _hash32(entry: Entry, key: str | None = None) -> int:
         h.update(key.encode("utf-8"))
     h.update(payload)
     return int.from_bytes(h.digest(4), "little")
+
+
+def _list_hw(entries: list[Entry]) -> tuple[list[int], list[int]]:
+    return [_hash32(e) for e in entries], [_weight(e) for e in entries]
+
+
+def _dict_hw(items: list[tuple[str, Entry, Any]]) -> tuple[list[int], list[int]]:
+    return [_hash32(e, k) for k, e, _ in items], [len(_pack(k)) + _weight(e) for k, e, _ in items]
 
 
 def _packed(value: Any) -> bytes | None:
@@ -614,12 +1003,79 @@ def _digest(lst: list[Any], a: int, b: int) -> bytes | None:
     return run_digest(lst[a:b], type(lst) is TrackedList)
 
 
-def _plain_len(lst: list[Any]) -> int:
-    """Length of a list's encoding when it holds only in-domain values, else a huge number."""
+def _dict_digest(keys: list[str], get: Callable[[str], Any], a: int, b: int, tracked: bool) -> bytes | None:
+    """Digest of the run of keys ``keys[a:b]``: their MessagePack and their values', in one C call."""
+    ks = keys[a:b]
+    return run_digest([ks, list(map(get, ks))], tracked)
+
+
+def _starts(runs: Sequence[Run]) -> list[int]:
+    """The old position of each run's first element."""
+    return [0, *itertools.accumulate(r.count for r in runs[:-1])]
+
+
+def _known(shadow: ListShadow, r: int) -> list[Entry] | None:
+    """The entries of old run ``r`` if the shadow has them (the first run's, the open last run's)."""
+    if r == 0 and shadow.head is not None:
+        return shadow.head
+    if r == len(shadow.runs) - 1 and not shadow.runs[r].closed:
+        return shadow.tail
+    return None
+
+
+def _same_prefix(a: list[tuple[bytes, int]], b: list[tuple[bytes, int]]) -> int:
+    """How many leading (node, count) pairs two run lists share."""
+    n = 0
+    for x, y in zip(a, b, strict=False):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+def _find(seq: list[Any], obj: Any, from_end: bool = False) -> int:
+    """A position of ``obj`` in ``seq``, the first (or with ``from_end`` the last), or -1.
+
+    Looked for as the object itself, then as an equal value (a list rebuilt from the same
+    data each step holds new, equal objects); both are only hints. C-speed scans of windows
+    that grow from the front (or the end), so finding an element k places in costs O(k).
+    ``seq`` keeps its elements alive and ``obj`` is alive, so equal ids mean identity.
+    """
+    n = len(seq)
+    for by_id in (True, False):
+        key = id(obj) if by_id else obj
+        done, size = 0, 32
+        while done < n:
+            lo, hi = (max(0, n - done - size), n - done) if from_end else (done, min(n, done + size))
+            window = list(map(id, seq[lo:hi])) if by_id else seq[lo:hi]
+            if from_end:
+                window.reverse()
+            try:
+                j = window.index(key)
+            except ValueError:
+                done, size = done + (hi - lo), size * 4
+                continue
+            except Exception:  # an out-of-domain value whose == raises: no hint
+                return -1
+            return hi - 1 - j if from_end else lo + j
+    return -1
+
+
+def _maybe_inline(lst: list[Any]) -> bool:
+    """Whether a list's encoding may be short enough to sit inline (then it is encoded fresh,
+    which decides): at most INLINE_MAX elements, and either MessagePack of at most INLINE_MAX
+    bytes or a value outside the domain, which ``default=`` may turn into a small one.
+
+    One C-speed pack of the whole list. (Packing only a few elements first packs fewer bytes
+    but measured slower on the append path: the later run digests then ran slower.)
+    """
+    if len(lst) > INLINE_MAX:
+        return False
+    option = _STRICT_TRACKED if type(lst) is TrackedList else _STRICT
     try:
-        return len(_pack(lst, default=_refuse, option=_STRICT_TRACKED if type(lst) is TrackedList else _STRICT))
+        return len(_pack(lst, default=_refuse, option=option)) <= INLINE_MAX
     except (TypeError, ormsgpack.MsgpackEncodeError):
-        return 1 << 62
+        return True
 
 
 def _weight(entry: Entry) -> int:

@@ -59,14 +59,14 @@ def _floor_once(state: dict[str, Any]) -> float:
     return time.perf_counter() - t
 
 
-def _dry_run(seed: int, steps: int, msg_scale: float) -> None:
+def _dry_run(seed: int, steps: int, msg_scale: float, window: int | None) -> None:
     """Drive the workload without a system, mirroring the harness's own allocations.
 
     The peak RSS after this is the baseline: what the process needs without any system
     (the full-size state, the copy kept at the middle step, the floor's serialization, one
     decoded state standing in for a restored one).
     """
-    w = Workload(seed, steps, msg_scale)
+    w = Workload(seed, steps, msg_scale, window)
     mid = max(1, steps // 2)
     expected = None
     for n in range(1, steps + 1):
@@ -86,13 +86,13 @@ def _same_state(restored: Any, expected: Any) -> bool:
     return restored == expected and orjson.dumps(restored, option=opt) == orjson.dumps(expected, option=opt)
 
 
-async def _child(name: str, seed: int, steps: int, msg_scale: float, store: Path) -> dict[str, Any]:
+async def _child(name: str, seed: int, steps: int, msg_scale: float, window: int | None, store: Path) -> dict[str, Any]:
     system = systems.make(name)
     rss_start = _maxrss()
-    _dry_run(seed, steps, msg_scale)
+    _dry_run(seed, steps, msg_scale, window)
     rss_baseline = _maxrss()
 
-    w = Workload(seed, steps, msg_scale)
+    w = Workload(seed, steps, msg_scale, window)
     if system.tracked:
         import castate
 
@@ -172,7 +172,7 @@ async def _child(name: str, seed: int, steps: int, msg_scale: float, store: Path
 def child_main(args: argparse.Namespace) -> int:
     result_path = Path(args.result)
     try:
-        result = asyncio.run(_child(args.child, args.seed, args.steps, args.msg_scale, Path(args.store)))
+        result = asyncio.run(_child(args.child, args.seed, args.steps, args.msg_scale, args.window, Path(args.store)))
         rc = 0
     except Exception as exc:
         result = {"system": args.child, "ok": False, "error": repr(exc), "traceback": traceback.format_exc()}
@@ -200,6 +200,7 @@ def run_system(name: str, args: argparse.Namespace, base: Path) -> dict[str, Any
         str(args.steps),
         "--msg-scale",
         str(args.msg_scale),
+        *(["--window", str(args.window)] if args.window else []),
         "--store",
         str(store),
         "--result",
@@ -282,9 +283,9 @@ def parent_main(args: argparse.Namespace) -> int:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     out = Path(args.out) if args.out else ROOT / "tools" / "bench" / "results" / f"run-{stamp}.json"
 
-    cal = calibrate(args.seed, args.steps, args.msg_scale)
+    cal = calibrate(args.seed, args.steps, args.msg_scale, args.window)
     print(
-        f"workload: seed {args.seed}, {args.steps} steps, msg_scale {args.msg_scale}: "
+        f"workload: seed {args.seed}, {args.steps} steps, msg_scale {args.msg_scale}, window {args.window}: "
         f"final state {cal['final_state_bytes'] / MB:.2f} MB of JSON, {cal['messages']} messages, "
         f"{cal['tool_results']} tool results; new content {cal['new_content_bytes_per_step'] / 1e3:.2f} KB/step "
         f"(compresses {cal['new_content_compression_ratio']:.2f}x); ideal {cal['ideal_bytes'] / MB:.3f} MB",
@@ -323,7 +324,13 @@ def parent_main(args: argparse.Namespace) -> int:
             "directory": str(base),
             "kept": bool(args.keep),
         },
-        "params": {"seed": args.seed, "steps": args.steps, "msg_scale": args.msg_scale, "last": LAST},
+        "params": {
+            "seed": args.seed,
+            "steps": args.steps,
+            "msg_scale": args.msg_scale,
+            "window": args.window,
+            "last": LAST,
+        },
         "workload": cal,
         "ideal": {"bytes": cal["ideal_bytes"], "definition": "sum over steps of len(zstd3(orjson.dumps(new pieces)))"},
         "floor": {
@@ -368,6 +375,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="50 steps (for CI)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--msg-scale", type=float, default=1.0, help="shrink message sizes (e.g. 0.1 for 10,000 steps)")
+    ap.add_argument(
+        "--window", type=int, default=None, help="keep only the last N messages and memory entries (a bounded context)"
+    )
     ap.add_argument("--systems", default=DEFAULT_SYSTEMS, help=f"comma-separated, from: {', '.join(systems.REGISTRY)}")
     ap.add_argument("--out", help="report path (default tools/bench/results/run-<timestamp>.json)")
     ap.add_argument("--dir", help="parent directory for the stores (default: the system temp dir)")

@@ -117,12 +117,15 @@ def prose(rng: random.Random, nbytes: int) -> str:
 class Workload:
     """The live state of one agent session and the steps that grow it."""
 
-    def __init__(self, seed: int, steps: int, msg_scale: float = 1.0) -> None:
-        if steps < 1 or msg_scale <= 0:
-            raise ValueError("steps must be >= 1 and msg_scale > 0")
+    def __init__(self, seed: int, steps: int, msg_scale: float = 1.0, window: int | None = None) -> None:
+        if steps < 1 or msg_scale <= 0 or (window is not None and window < 1):
+            raise ValueError("steps must be >= 1, msg_scale > 0 and window (if given) >= 1")
         self.seed = seed
         self.steps = steps
         self.msg_scale = msg_scale
+        # A bounded context, as agents keep one: after each step the transcript and every
+        # agent's memory keep only their last ``window`` entries (None: they grow for ever).
+        self.window = window
         self.rng = random.Random(seed)
         self.n = 0
         self.clock = T0
@@ -238,15 +241,20 @@ class Workload:
             }
         )
         pieces.append(state["scratchpad"])
+        if self.window is not None:
+            # Trim in place from the front (``del l[:k]``), so tracked lists see a front trim.
+            for lst in (state["messages"], *(a["memory"] for a in state["agents"].values())):
+                if len(lst) > self.window:
+                    del lst[: len(lst) - self.window]
         return pieces
 
 
-def calibrate(seed: int, steps: int, msg_scale: float = 1.0) -> dict[str, float]:
+def calibrate(seed: int, steps: int, msg_scale: float = 1.0, window: int | None = None) -> dict[str, float]:
     """Run the workload once and measure it: final state size, new content, ideal bytes."""
     from tools.bench.ideal import Ideal
 
     t = time.perf_counter()
-    w = Workload(seed, steps, msg_scale)
+    w = Workload(seed, steps, msg_scale, window)
     ideal = Ideal(w.state)
     new_raw = 0
     for _ in range(steps):
@@ -276,8 +284,9 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--msg-scale", type=float, default=1.0)
+    ap.add_argument("--window", type=int, default=None, help="keep only the last N messages and memory entries")
     args = ap.parse_args()
-    for key, value in calibrate(args.seed, args.steps, args.msg_scale).items():
+    for key, value in calibrate(args.seed, args.steps, args.msg_scale, args.window).items():
         print(f"{key:32} {value:,.3f}" if isinstance(value, float) else f"{key:32} {value:,}")
 
 
