@@ -897,8 +897,9 @@ class Encoder:
         self, runs: list[Run], tail: list[Entry], old_levels: list[Level], same: int, head: list[Entry] | None
     ) -> tuple[Entry, ListShadow]:
         """The list's root over its runs; ``same`` leading runs are those of ``old_levels``'s list."""
+        levels: list[Level] = []
         if len(runs) == 1:
-            root, levels = runs[0].node, []
+            root = runs[0].node
         else:
             root, levels = self._index(INDEX_LIST, [(r.node, r.count) for r in runs], old_levels, same)
         entry = (REF, root)

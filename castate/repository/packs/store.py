@@ -283,8 +283,8 @@ class PackStore(Backend):
                 old = seen.get(oid)
                 if old is None or old.time_ns < info.time_ns:
                     seen[oid] = ObjectInfo(oid, length, info.time_ns)
-        for info in seen.values():
-            yield info
+        for obj in seen.values():
+            yield obj
 
     # -- writing ----------------------------------------------------------------------------------
 
