@@ -129,3 +129,13 @@ def test_bench_restore_floor_runs(tmp_path):
     assert r["objects"] > 20  # the step-10 state: messages, runs, agents, the root
     assert r["records_decompressed_bytes"] >= r["object_bytes"] > 0  # a restore decompresses at least its objects
     assert all(v > 0 for group in ("castate_ms", "floor_ms", "peer_ms") for v in r[group].values())
+
+
+def test_a_save_and_a_checkpoint_are_one_round_trip_on_every_database_backend():
+    """tools/bench/roundtrips.py counts blob-backend calls (round trips) per operation."""
+    out = run_bench("roundtrips", "--steps", "4").stdout
+    rows = [line for line in out.splitlines() if line.startswith(("| SQLite", "| PostgreSQL", "| Redis"))]
+    assert len(rows) == 3, out
+    for row in rows:
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1:3] == ["1.00", "1.00"], row  # per save, per checkpoint
