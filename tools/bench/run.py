@@ -86,7 +86,9 @@ def _same_state(restored: Any, expected: Any) -> bool:
     return restored == expected and orjson.dumps(restored, option=opt) == orjson.dumps(expected, option=opt)
 
 
-async def _child(name: str, seed: int, steps: int, msg_scale: float, window: int | None, store: Path) -> dict[str, Any]:
+async def _child(
+    name: str, seed: int, steps: int, msg_scale: float, window: int | None, store: Path, gc_first: bool = False
+) -> dict[str, Any]:
     system = systems.make(name)
     rss_start = _maxrss()
     _dry_run(seed, steps, msg_scale, window)
@@ -133,6 +135,8 @@ async def _child(name: str, seed: int, steps: int, msg_scale: float, window: int
         equal = equal and _same_state(restored, expected)
         key_order = key_order and orjson.dumps(restored) == expected_json
         del restored
+    if gc_first:
+        await system.maintain()
     await system.close()
     rss_peak = _maxrss()
     disk = system.disk()
@@ -172,7 +176,9 @@ async def _child(name: str, seed: int, steps: int, msg_scale: float, window: int
 def child_main(args: argparse.Namespace) -> int:
     result_path = Path(args.result)
     try:
-        result = asyncio.run(_child(args.child, args.seed, args.steps, args.msg_scale, args.window, Path(args.store)))
+        result = asyncio.run(
+            _child(args.child, args.seed, args.steps, args.msg_scale, args.window, Path(args.store), args.gc)
+        )
         rc = 0
     except Exception as exc:
         result = {"system": args.child, "ok": False, "error": repr(exc), "traceback": traceback.format_exc()}
@@ -201,6 +207,7 @@ def run_system(name: str, args: argparse.Namespace, base: Path) -> dict[str, Any
         "--msg-scale",
         str(args.msg_scale),
         *(["--window", str(args.window)] if args.window else []),
+        *(["--gc"] if args.gc else []),
         "--store",
         str(store),
         "--result",
@@ -329,6 +336,7 @@ def parent_main(args: argparse.Namespace) -> int:
             "steps": args.steps,
             "msg_scale": args.msg_scale,
             "window": args.window,
+            "gc": args.gc,
             "last": LAST,
         },
         "workload": cal,
@@ -375,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="50 steps (for CI)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--msg-scale", type=float, default=1.0, help="shrink message sizes (e.g. 0.1 for 10,000 steps)")
+    ap.add_argument(
+        "--gc", action="store_true", help="run castate gc (defaults) after the restores, before measuring disk"
+    )
     ap.add_argument(
         "--window", type=int, default=None, help="keep only the last N messages and memory entries (a bounded context)"
     )

@@ -58,6 +58,9 @@ class System(abc.ABC):
     async def reopen(self) -> None:  # noqa: B027 - optional hook; stateless systems keep the default
         """Drop in-process caches as a new process would start (restores are timed after this)."""
 
+    async def maintain(self) -> None:  # noqa: B027 - optional hook; systems without maintenance keep the default
+        """Run the routine maintenance a user would (``--gc``: before the disk is measured)."""
+
     @abc.abstractmethod
     async def close(self) -> None:
         """Release the store; the disk is measured after this."""

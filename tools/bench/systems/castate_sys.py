@@ -32,6 +32,11 @@ class CastateSteps(System):
         assert self.sm is not None
         return dict(await self.sm.repository.backend.stats())
 
+    async def maintain(self) -> None:
+        """``castate gc`` with its defaults: nothing referenced goes; packs are merged, space reclaimed."""
+        assert self.sm is not None
+        await self.sm.gc()
+
     async def close(self) -> None:
         if self.sm is not None:
             await self.sm.close()
