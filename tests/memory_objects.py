@@ -7,11 +7,11 @@ frames in a dict, so they test the repository's logic apart from the pack format
 
 from __future__ import annotations
 
-import asyncio
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 
-from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate, plan_ref_updates
+from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefUpdate
+from castate.backends.memory import MemoryBackend
 
 
 class MemoryObjects(Backend):
@@ -21,10 +21,8 @@ class MemoryObjects(Backend):
 
     def __init__(self) -> None:
         self._objects: dict[bytes, tuple[bytes, int]] = {}
-        self._refs: dict[str, bytes] = {}
-        self._log: list[ReflogEntry] = []
+        self._refs = MemoryBackend()
         self.quarantine: dict[bytes, bytes] = {}
-        self._lock = asyncio.Lock()
 
     async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, bytes]:
         objs = self._objects
@@ -51,31 +49,22 @@ class MemoryObjects(Backend):
         for oid, (frame, t) in list(self._objects.items()):
             yield ObjectInfo(oid, len(frame), t)
 
+    # Refs are the in-memory blob backend's: one implementation of refs and the reflog.
+
     async def get_refs(self, names: Collection[str]) -> dict[str, bytes]:
-        return {n: self._refs[n] for n in names if n in self._refs}
+        return await self._refs.get_refs(names)
 
     async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
-        return {n: v for n, v in self._refs.items() if n.startswith(prefix)}
+        return await self._refs.list_refs(prefix)
 
     async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
-        async with self._lock:
-            changes = plan_ref_updates(self._refs, updates)
-            now = time.time_ns()
-            for name, old, new in changes:
-                if new is None:
-                    self._refs.pop(name, None)
-                else:
-                    self._refs[name] = new
-                self._log.append(ReflogEntry(name, old, new, now, message))
+        await self._refs.update_refs(updates, message=message)
 
     async def reflog(self, name: str | None = None) -> list[ReflogEntry]:
-        return [e for e in self._log if name is None or e.name == name]
+        return await self._refs.reflog(name)
 
     async def expire_reflog(self, before_ns: int) -> int:
-        keep = [e for e in self._log if e.time_ns >= before_ns]
-        dropped = len(self._log) - len(keep)
-        self._log = keep
-        return dropped
+        return await self._refs.expire_reflog(before_ns)
 
     async def quarantine_objects(self, ids: Collection[bytes]) -> int:
         moved = 0

@@ -18,7 +18,7 @@ from castate.codec.objects import KIND_STR, encode_frame, object_id
 from castate.errors import CorruptFileError, CorruptObjectError, UnsupportedFormatError
 from castate.repository.gc import collect_garbage
 from castate.repository.packs import EPOCH_REF, PackStore
-from castate.repository.packs.format import HEAD_SIZE, PACK_PREFIX, encode_pack, pack_name, parse_pack_head
+from castate.repository.packs.format import HEAD_SIZE, PACK_PREFIX, encode_pack, make_pack, pack_name, parse_pack_head
 from tests.backend_conformance import BackendConformance, cid
 
 
@@ -473,3 +473,15 @@ def test_a_pack_head_with_an_absurd_place_in_its_chain_is_refused() -> None:
     struct.pack_into("<I", data, 32, 1 << 30)  # seq
     with pytest.raises(CorruptFileError, match="inconsistent"):
         parse_pack_head("ab" * 32, bytes(data), len(data))
+
+
+def test_a_writer_s_pack_head_is_what_a_reader_parses_from_its_bytes() -> None:
+    frames = [raw_obj("one"), raw_obj("two " * 40)]
+    raw = b"".join(f for _, f in frames)
+    info, data = make_pack(
+        frames, b"body", chain=b"c" * 16, seq=2, prev=b"p" * 32, raw_len=len(raw), chain_raw=77, time_ns=5
+    )
+    parsed = parse_pack_head(info.name, data, len(data))
+    assert info.name == pack_name(data)
+    for field in ("chain", "seq", "prev", "raw_len", "chain_raw", "time_ns", "body_off", "body_len", "size", "entries"):
+        assert getattr(info, field) == getattr(parsed, field), field

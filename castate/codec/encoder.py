@@ -31,7 +31,7 @@ import itertools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 import blake3
 import ormsgpack
@@ -105,6 +105,11 @@ def format_path(path: Path) -> str:
 
 def _refuse(_value: Any) -> Any:
     raise TypeError("outside the value domain")
+
+
+def _stamps(lst: TrackedList) -> tuple[int, int, int, int, int]:
+    """A tracked list's change counters: version, shape, child, front trims, appends."""
+    return lst._version, lst._shape, lst._child, lst._front, lst._appended
 
 
 def run_digest(items: list[Any], tracked: bool = False) -> bytes | None:
@@ -337,9 +342,9 @@ class Encoder:
         if depth >= MAX_DEPTH:
             raise UnsupportedValueError(f"state nested deeper than {MAX_DEPTH} levels", format_path(path))
         tracked = type(d) is TrackedDict
-        if tracked and shadow is not None and shadow.source is d and shadow.version == d._version:
+        version = cast(TrackedDict, d)._version if tracked else 0
+        if tracked and shadow is not None and shadow.source is d and shadow.version == version:
             return shadow.entry, shadow  # nothing under it changed since the last save
-        version = d._version if tracked else 0
         source = d if tracked else None
         keys = self._sorted_keys(d, path)
         old: dict[str, Any] = {}
@@ -467,7 +472,7 @@ class Encoder:
         if depth >= MAX_DEPTH:
             raise UnsupportedValueError(f"state nested deeper than {MAX_DEPTH} levels", format_path(path))
         tracked = type(lst) is TrackedList
-        stamps = (lst._version, lst._shape, lst._child, lst._front, lst._appended) if tracked else (0, 0, 0, 0, 0)
+        stamps = _stamps(cast(TrackedList, lst)) if tracked else (0, 0, 0, 0, 0)
         new: Shadow | None
         if tracked and shadow is not None and shadow.source is lst:
             if shadow.version == stamps[0]:
@@ -935,12 +940,11 @@ class Encoder:
         level = children
         depth = 0
         while True:
-            old = old_levels[depth] if old_levels and depth < len(old_levels) else None
-            keep = bisect.bisect_right(old[0], same) if old is not None and same else 0
-            assert old is not None or keep == 0
-            start = old[0][keep - 1] if keep else 0
-            ends = old[0][:keep] if keep else []
-            groups = old[1][:keep] if keep else []
+            old_ends, old_groups = old_levels[depth] if old_levels and depth < len(old_levels) else ([], [])
+            keep = bisect.bisect_right(old_ends, same) if same else 0
+            start = old_ends[keep - 1] if keep else 0
+            ends = old_ends[:keep]
+            groups = old_groups[:keep]
             rest = level[start:]
             cuts, _ = chunking.cut([int.from_bytes(cid[:4], "little") for cid, _ in rest], [REF_WEIGHT] * len(rest))
             ends = ends + [start + c for c in cuts]

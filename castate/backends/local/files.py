@@ -16,6 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from castate.backends.local import crashpoints, osio
+from castate.errors import CorruptFileError
 
 FILE_MODE = 0o600
 DIR_MODE = 0o700
@@ -36,8 +37,6 @@ def open_regular(path: Path) -> int:
     """A read-only descriptor of ``path`` if it is a regular file: a symlink, FIFO, device or
     directory put in the store by someone else raises CorruptFileError instead of being
     followed, read forever (a FIFO) or read without end (``/dev/zero``)."""
-    from castate.errors import CorruptFileError
-
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as exc:
@@ -52,8 +51,6 @@ def open_regular(path: Path) -> int:
 
 def read_regular(path: Path, limit: int) -> bytes:
     """The bytes of a regular file of at most ``limit`` bytes (see ``open_regular``)."""
-    from castate.errors import CorruptFileError
-
     fd = open_regular(path)
     try:
         size = os.fstat(fd).st_size

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import struct
 from dataclasses import dataclass, field
+from typing import Any
 
 import blake3
 
@@ -55,7 +56,6 @@ class PackInfo:
     body_len: int
     size: int  # bytes of the blob
     entries: list[tuple[bytes, int, int]] = field(default_factory=list)  # (id, offset, length)
-    stored_ns: int = 0  # when the backend stored the blob, on its clock (gc's grace runs on it)
 
     @property
     def blob(self) -> str:
@@ -66,7 +66,7 @@ def pack_name(data: bytes | memoryview) -> str:
     return blake3.blake3(data).hexdigest()
 
 
-def encode_pack(
+def make_pack(
     frames: list[tuple[bytes, bytes | memoryview]],
     body: bytes,
     *,
@@ -76,12 +76,13 @@ def encode_pack(
     raw_len: int,
     chain_raw: int,
     time_ns: int,
-) -> bytes:
-    """A pack's bytes: head, entries (offsets in the raw bytes, in the order of ``frames``), body."""
-    entries = []
+) -> tuple[PackInfo, bytes]:
+    """A pack's head as a reader knows it, and its bytes: head, entries (offsets in the raw
+    bytes, in the order of ``frames``), body."""
+    entries: list[tuple[bytes, int, int]] = []
     off = 0
     for oid, frame in frames:
-        entries.append(_ENTRY.pack(oid, off, len(frame)))
+        entries.append((oid, off, len(frame)))
         off += len(frame)
     if off != raw_len:
         raise ValueError("raw_len does not match the frames")
@@ -89,7 +90,17 @@ def encode_pack(
     head = _HEAD.pack(
         PACK_MAGIC, PACK_VERSION, flags, len(frames), chain, seq, raw_len, chain_raw, prev, time_ns, len(body)
     )
-    return b"".join((head, *entries, body))
+    data = b"".join((head, *(_ENTRY.pack(*e) for e in entries), body))
+    body_off = HEAD_SIZE + ENTRY_SIZE * len(entries)
+    info = PackInfo(
+        pack_name(data), chain, seq, prev, raw_len, chain_raw, time_ns, body_off, len(body), len(data), entries
+    )
+    return info, data
+
+
+def encode_pack(frames: list[tuple[bytes, bytes | memoryview]], body: bytes, **head: Any) -> bytes:
+    """A pack's bytes alone (see ``make_pack``)."""
+    return make_pack(frames, body, **head)[1]
 
 
 def entries_end(head: bytes | memoryview, where: str) -> int:
@@ -115,7 +126,7 @@ def _parse_head(
     return fields  # type: ignore[no-any-return]
 
 
-def parse_pack_head(name: str, data: bytes | memoryview, size: int, stored_ns: int = 0) -> PackInfo:
+def parse_pack_head(name: str, data: bytes | memoryview, size: int) -> PackInfo:
     """Head and entries of a pack of ``size`` bytes from its first bytes; CorruptFileError if
     they do not hold together (a reader never trusts a length it has not checked)."""
     where = PACK_PREFIX + name
@@ -137,7 +148,7 @@ def parse_pack_head(name: str, data: bytes | memoryview, size: int, stored_ns: i
     for oid, off, length in entries:
         if off + length > raw_len or length < 3:
             raise CorruptFileError(where, f"object {oid.hex()} lies outside the pack's raw bytes")
-    return PackInfo(name, chain, seq, prev, raw_len, chain_raw, time_ns, body_off, body_len, size, entries, stored_ns)
+    return PackInfo(name, chain, seq, prev, raw_len, chain_raw, time_ns, body_off, body_len, size, entries)
 
 
 __all__ = [
@@ -154,6 +165,7 @@ __all__ = [
     "PackInfo",
     "encode_pack",
     "entries_end",
+    "make_pack",
     "pack_name",
     "parse_pack_head",
 ]

@@ -38,15 +38,12 @@ from castate.repository.packs.catalog import Catalog, Place
 from castate.repository.packs.chains import ChainCache, ChainDamage, WriterChains
 from castate.repository.packs.format import (
     CHAIN_MAX_RAW,
-    ENTRY_SIZE,
-    HEAD_SIZE,
     MAX_CHAIN_SETTING,
     PACK_MAX_RAW,
     PACK_PREFIX,
     PackInfo,
-    encode_pack,
     entries_end,
-    pack_name,
+    make_pack,
     parse_pack_head,
 )
 
@@ -192,7 +189,7 @@ class PackStore(Backend):
             if head is None or cat.knows(name):
                 continue
             try:
-                cat.add(parse_pack_head(name, head, info.size, info.time_ns))
+                cat.add(parse_pack_head(name, head, info.size))
             except (CorruptFileError, UnsupportedFormatError) as exc:
                 cat.bad[name] = str(exc)
 
@@ -359,15 +356,12 @@ class PackStore(Backend):
         for group in groups:
             raw = b"".join(f for _, f in group)
             chain = self._writing.get(stream, len(raw))
-            data = encode_pack(
+            pack, data = make_pack(
                 group, chain.compress(raw), chain=chain.id, seq=chain.seq, prev=chain.last, raw_len=len(raw),
                 chain_raw=chain.raw, time_ns=now,
             )  # fmt: skip
-            name = pack_name(data)
-            out.append(
-                (parse_pack_head(name, memoryview(data)[: HEAD_SIZE + ENTRY_SIZE * len(group)], len(data)), data, raw)
-            )
-            chain.advance(name, len(raw))
+            out.append((pack, data, raw))
+            chain.advance(pack.name, len(raw))
         return out
 
     # -- rewriting chains (gc and fsck) ----------------------------------------------------------------
