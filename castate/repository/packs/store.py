@@ -46,6 +46,13 @@ from castate.repository.packs.format import (
     make_pack,
     parse_pack_head,
 )
+from castate.repository.packs.segments import (
+    INDEX_PREFIX,
+    MAX_SEGMENT_BYTES,
+    Segment,
+    make_segment,
+    parse_segment,
+)
 
 EPOCH_REF = "castate/epoch"
 HIDDEN_PREFIX = "castate/"
@@ -56,6 +63,8 @@ HEAD_READ = 4096  # bytes read from each new pack at open: the head and, usually
 HEAD_BATCH = 1000  # packs whose heads one range-read call asks for
 SAVE_ATTEMPTS = 4
 CONSOLIDATE_MIN = 16  # packs in a chain before gc merges them into one
+INDEX_AFTER = 128  # packs no segment covers before a writer writes a segment for them
+LIST_ATTEMPTS = 3
 
 
 # Set in the task that holds gc_exclusive (and the tasks it starts): its own catalog reloads
@@ -71,7 +80,8 @@ class PackStore(Backend):
     """Objects in format-2 packs over a ``BlobBackend``; refs passed through.
 
     ``chain_max`` bounds the raw bytes of one compression chain (what reading one object may
-    decompress); ``cache_bytes`` the decompressed chains kept for reads."""
+    decompress); ``cache_bytes`` the decompressed chains kept for reads; ``index_after`` the
+    packs no index segment covers before a save writes one."""
 
     packs_objects = True
 
@@ -82,6 +92,7 @@ class PackStore(Backend):
         chain_max: int = CHAIN_MAX_RAW,
         cache_bytes: int = 64 << 20,
         allow_legacy: bool = False,
+        index_after: int = INDEX_AFTER,
     ) -> None:
         if not 0 < chain_max <= MAX_CHAIN_SETTING:
             raise ValueError(f"chain_max must be between 1 and {MAX_CHAIN_SETTING} bytes")
@@ -90,6 +101,7 @@ class PackStore(Backend):
         self.chain_max = chain_max
         self.cache_bytes = cache_bytes
         self.allow_legacy = allow_legacy
+        self.index_after = index_after
         self._cat = Catalog()
         self._writing = WriterChains(chain_max)
         self._cache = ChainCache(cache_bytes)
@@ -137,8 +149,7 @@ class PackStore(Backend):
             else:
                 async with self.blobs.gc_shared():
                     epoch = await self._finish_dead_gc(await self.blobs.get_ref(EPOCH_REF))
-        cat = Catalog()
-        await self._read_heads(cat, await self.blobs.list_blobs(PACK_PREFIX))
+        cat = await self._load_catalog()
         self._cat = cat
         self._epoch = epoch
         self._writing.clear()
@@ -151,6 +162,35 @@ class PackStore(Backend):
         with contextlib.suppress(ConflictError):
             await self.blobs.commit((), [RefUpdate(EPOCH_REF, done, epoch)], message="gc: an interrupted gc closed")
         return await self.blobs.get_ref(EPOCH_REF)
+
+    async def _load_catalog(self) -> Catalog:
+        """A catalog from one listing: every index segment, and the heads of the packs no
+        segment covers. A segment deleted between the listing and the read was merged into a
+        newer one by another writer: list again."""
+        for attempt in range(LIST_ATTEMPTS):
+            seg_infos = await self.blobs.list_blobs(INDEX_PREFIX)
+            pack_infos = await self.blobs.list_blobs(PACK_PREFIX)
+            cat = Catalog()
+            wanted = []
+            for info in seg_infos:
+                if info.size > MAX_SEGMENT_BYTES:
+                    cat.bad[info.name] = f"index segment of {info.size} bytes (at most {MAX_SEGMENT_BYTES} are read)"
+                else:
+                    wanted.append(info.name)
+            got = await self.blobs.get_blobs(wanted) if wanted else {}
+            if len(got) < len(wanted) and attempt + 1 < LIST_ATTEMPTS:
+                continue
+            listed = {i.name[len(PACK_PREFIX) :] for i in pack_infos}
+            for blob, data in got.items():
+                try:
+                    segment = parse_segment(blob[len(INDEX_PREFIX) :], data)
+                except (CorruptFileError, UnsupportedFormatError) as exc:
+                    cat.bad[blob] = str(exc)
+                    continue
+                cat.cover(segment, listed)
+            await self._read_heads(cat, pack_infos)
+            return cat
+        raise AssertionError("unreachable")
 
     async def _refresh(self) -> None:
         """Add the packs written since the catalog was built (other writers' saves)."""
@@ -174,10 +214,10 @@ class PackStore(Backend):
             try:
                 end = entries_end(head, info.name)
             except (CorruptFileError, UnsupportedFormatError) as exc:
-                cat.bad[name] = str(exc)
+                cat.bad[info.name] = str(exc)
                 continue
             if end > info.size:
-                cat.bad[name] = f"{info.name}: entries run past the pack's {info.size} bytes"
+                cat.bad[info.name] = f"entries run past the pack's {info.size} bytes"
             elif end > len(head):
                 more.append((n, end))
         if more:
@@ -191,7 +231,7 @@ class PackStore(Backend):
             try:
                 cat.add(parse_pack_head(name, head, info.size))
             except (CorruptFileError, UnsupportedFormatError) as exc:
-                cat.bad[name] = str(exc)
+                cat.bad[info.name] = str(exc)
 
     async def _epoch_moved(self) -> bool:
         return await self.blobs.get_ref(EPOCH_REF) != self._epoch
@@ -200,7 +240,7 @@ class PackStore(Backend):
 
     async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, Any]:
         wanted = list(ids)
-        if any(oid not in self._cat.index for oid in wanted):
+        if not all(map(self._cat.has, wanted)):
             await self._refresh()
         try:
             return await self._read(wanted)
@@ -223,7 +263,7 @@ class PackStore(Backend):
         cat = self._cat
         by_chain: dict[bytes, dict[bytes, Place]] = {}
         for oid in wanted:
-            place = cat.index.get(oid)
+            place = cat.place(oid)
             if place is not None:
                 by_chain.setdefault(place[0].chain, {})[oid] = place
         if not by_chain:
@@ -260,10 +300,10 @@ class PackStore(Backend):
 
     async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
         wanted = list(ids)
-        if any(oid not in self._cat.index for oid in wanted):
+        if not all(map(self._cat.has, wanted)):
             await self._refresh()
-        index = self._cat.index
-        return {oid for oid in wanted if oid in index}
+        has = self._cat.has
+        return {oid for oid in wanted if has(oid)}
 
     async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
         """Every object in a pack, with the time the backend stored its newest copy (gc's grace
@@ -271,15 +311,15 @@ class PackStore(Backend):
         infos = await self.blobs.list_blobs(PACK_PREFIX)
         cat = self._cat
         await self._read_heads(cat, infos)
+        times = {i.name[len(PACK_PREFIX) :]: i.time_ns for i in infos}
         seen: dict[bytes, ObjectInfo] = {}
-        for info in infos:
-            pack = cat.packs.get(info.name[len(PACK_PREFIX) :])
-            if pack is None:
-                continue
-            for oid, _, length in pack.entries:
-                old = seen.get(oid)
-                if old is None or old.time_ns < info.time_ns:
-                    seen[oid] = ObjectInfo(oid, length, info.time_ns)
+        for pack, oid, _, length in cat.entries():
+            time_ns = times.get(pack.name)
+            if time_ns is None:
+                continue  # deleted since this catalog was built
+            old = seen.get(oid)
+            if old is None or old.time_ns < time_ns:
+                seen[oid] = ObjectInfo(oid, length, time_ns)
         for obj in seen.values():
             yield obj
 
@@ -326,15 +366,17 @@ class PackStore(Backend):
                     self._cat.add(pack)
                     self._cache.put(pack, raw)
                 self._cache.evict()
+                if len(self._cat.packs) >= self.index_after:
+                    await self._index_new_packs()
                 return len(fresh)
         raise ConflictError(f"gc ran during {SAVE_ATTEMPTS} attempts to save", EPOCH_REF)
 
     def _missing(self, items: Sequence[tuple[bytes, bytes]]) -> dict[bytes, bytes | memoryview]:
         """The objects of ``items`` the catalog does not list as stored, each once."""
-        index = self._cat.index
+        has = self._cat.has
         fresh: dict[bytes, bytes | memoryview] = {}
         for oid, frame in items:
-            if oid not in index and oid not in fresh:
+            if oid not in fresh and not has(oid):
                 fresh[oid] = frame
         return fresh
 
@@ -364,6 +406,64 @@ class PackStore(Backend):
             chain.advance(pack.name, len(raw))
         return out
 
+    # -- index segments ---------------------------------------------------------------------------------
+
+    async def _index_new_packs(self) -> None:
+        """Write a segment for the packs no segment covers, merged with every segment not larger
+        than what the merge holds so far (so each object is rewritten about log2(n) times), then
+        delete the segments it absorbed. The write carries the epoch check: after a gc it is
+        skipped, the next save's reload sees gc's own segment."""
+        cat = self._cat
+        new = [p for p in cat.packs.values() if cat.readable(p)]
+        total = sum(len(p.entries) for p in new)
+        absorbed: list[Segment] = []
+        for segment in sorted(cat.segments, key=lambda s: s.n_entries):
+            if segment.n_entries > total:
+                break
+            absorbed.append(segment)
+            total += segment.n_entries
+        name, data = self._segment_bytes(new, absorbed)
+        try:
+            await self.blobs.commit([(INDEX_PREFIX + name, data)], (), checks={EPOCH_REF: self._epoch})
+        except ConflictError:
+            return
+        await self.blobs.delete_blobs([s.blob for s in absorbed if s.name != name])
+        self._cat = self._recatalog(cat, [*(s for s in cat.segments if s not in absorbed), parse_segment(name, data)])
+
+    def _segment_bytes(self, packs: list[PackInfo], segments: list[Segment]) -> tuple[str, bytes]:
+        by_pack: dict[str, tuple[PackInfo, list[tuple[bytes, int, int]]]] = {
+            p.name: (p, list(p.entries)) for p in packs
+        }
+        for pack, oid, off, length in self._cat.entries(segments):
+            by_pack.setdefault(pack.name, (pack, []))[1].append((oid, off, length))
+        return make_segment(by_pack.values())
+
+    @staticmethod
+    def _recatalog(old: Catalog, segments: list[Segment]) -> Catalog:
+        """The same packs as ``old``, with ``segments`` covering what they cover (no I/O)."""
+        cat = Catalog()
+        cat.bad = dict(old.bad)
+        listed = set(old.covered) | set(old.packs)
+        for segment in segments:
+            cat.cover(segment, listed)
+        for pack in old.packs.values():
+            cat.add(pack)
+        return cat
+
+    async def _index_everything(self) -> None:
+        """Under ``gc_exclusive``: one segment covering every readable pack, and no other."""
+        cat = self._cat
+        packs = [p for p in cat.all_packs() if cat.readable(p)]
+        if len(cat.segments) == 1 and not cat.packs and len(cat.covered) == len(packs):
+            return
+        entries: dict[str, list[tuple[bytes, int, int]]] = {p.name: list(p.entries) for p in cat.packs.values()}
+        for pack, oid, off, length in cat.entries(cat.segments):
+            entries.setdefault(pack.name, []).append((oid, off, length))
+        name, data = make_segment((p, entries.get(p.name, [])) for p in packs)
+        await self.blobs.put_blobs([(INDEX_PREFIX + name, data)])
+        old = [i.name for i in await self.blobs.list_blobs(INDEX_PREFIX) if i.name != INDEX_PREFIX + name]
+        await self.blobs.delete_blobs(old)
+
     # -- rewriting chains (gc and fsck) ----------------------------------------------------------------
 
     async def delete_objects(self, ids: Collection[bytes]) -> int:
@@ -387,22 +487,28 @@ class PackStore(Backend):
     async def _rewrite(self, doomed: set[bytes], *, quarantine: bool, consolidate: bool) -> int:
         """Remove ``doomed`` objects (quarantine: the copies that fail verification): every chain
         holding one, and with ``consolidate`` every long chain, is replaced by new packs holding
-        the rest of its objects, then deleted. Runs under ``gc_exclusive``."""
+        the rest of its objects, then deleted, and one index segment then covers every pack.
+        Runs under ``gc_exclusive``."""
         await self._reload()
         cat = self._cat
-        chains = {p.chain for p in cat.packs.values() if any(oid in doomed for oid, _, _ in p.entries)}
+        listed = self._doomed_by_chain(cat, doomed)
+        chains = set(listed)
         if consolidate:
             chains.update(c for c, members in cat.chains.items() if len(members) >= CONSOLIDATE_MIN)
         if not chains:
+            if consolidate:
+                await self._index_everything()
+                await self._reload()
             return 0
-        present = {oid for c in chains for p in cat.chain(c) for oid, _, _ in p.entries if oid in doomed}
+        present = {oid for ids in listed.values() for oid in ids}
         # Every save that built its catalog before this point now fails its epoch check; a
         # process that reads this value waits for gc to finish before it builds a new one.
         await self._move_epoch(new_epoch(GC_RUNNING))
         try:
             await self._reload()  # under the lock, after the move: nothing committed since is missed
             cat = self._cat
-            spared = await self._intact_copies(chains, doomed) if quarantine else {}
+            listed = self._doomed_by_chain(cat, doomed)
+            spared = await self._intact_copies(listed) if quarantine else {}
             for chain_id in chains:
                 packs = cat.chain(chain_id)
                 frames = await self._chain_frames(packs)
@@ -418,31 +524,40 @@ class PackStore(Backend):
                     made = self._build(keep, f"gc {chain_id.hex()}")  # no dedup: a copy too many is harmless
                     await self.blobs.put_blobs([(p.blob, data) for p, data, _ in made])
                 await self.blobs.delete_blobs([p.blob for p in packs])
+            await self._reload()
+            await self._index_everything()
         finally:
             # Also after a failure: writers that built a catalog during the rewrite hold packs
             # that may be gone. A gc killed before this leaves GC_RUNNING, which _reload resolves.
             await self._move_epoch(new_epoch(GC_DONE))
             self._writing.clear()
             await self._reload()
-        index = self._cat.index
-        return sum(1 for oid in present if oid not in index)
+        has = self._cat.has
+        return sum(1 for oid in present if not has(oid))
+
+    @staticmethod
+    def _doomed_by_chain(cat: Catalog, doomed: set[bytes]) -> dict[bytes, set[bytes]]:
+        """The doomed objects each chain lists, in readable packs or not."""
+        out: dict[bytes, set[bytes]] = {}
+        if doomed:
+            for pack, oid, _, _ in cat.entries():
+                if oid in doomed:
+                    out.setdefault(pack.chain, set()).add(oid)
+        return out
 
     async def _move_epoch(self, value: bytes) -> None:
         await self.blobs.commit((), [RefUpdate(EPOCH_REF, value, ANY)], message="gc: packs rewritten")
         self._epoch = value
 
-    async def _intact_copies(self, chains: set[bytes], doomed: set[bytes]) -> dict[bytes, bytes]:
+    async def _intact_copies(self, listed: dict[bytes, set[bytes]]) -> dict[bytes, bytes]:
         """For each doomed object stored more than once whose copies do not all verify, the chain
         of one copy that does: quarantine takes the damaged copies and keeps that one."""
         copies: dict[bytes, dict[bytes, bool]] = {}
-        for chain_id in chains:
-            packs = self._cat.chain(chain_id)
-            frames = await self._chain_frames(packs)
-            for pack in packs:
-                for oid, _, _ in pack.entries:
-                    if oid in doomed:  # a copy in a pack that cannot be read counts as damaged
-                        frame = frames.get(oid)
-                        copies.setdefault(oid, {})[chain_id] = frame is not None and _verifies(oid, frame)
+        for chain_id, ids in listed.items():
+            frames = await self._chain_frames(self._cat.chain(chain_id))
+            for oid in ids:  # a copy in a pack that cannot be read counts as damaged
+                frame = frames.get(oid)
+                copies.setdefault(oid, {})[chain_id] = frame is not None and _verifies(oid, frame)
         spared: dict[bytes, bytes] = {}
         for oid, found in copies.items():
             if not all(found.values()):
@@ -453,19 +568,22 @@ class PackStore(Backend):
 
     async def _chain_frames(self, packs: list[PackInfo]) -> dict[bytes, Any]:
         """Every object of a chain's packs that can be read (a damaged pack ends what can), in
-        the chain's order; read from the packs themselves, not through the index."""
+        the chain's order; read from the packs themselves (their own heads), not through the
+        index."""
         if not packs:
             return {}
         blobs = await self.blobs.get_blobs([p.blob for p in packs])
         cache = ChainCache(1 << 62)
         out: dict[bytes, Any] = {}
         for pack in packs:
+            data = blobs.get(pack.blob)
             try:
+                entries = parse_pack_head(pack.name, data, len(data)).entries if data is not None else []
                 cache.decompress([pack], blobs)
-            except ChainDamage:
+            except (ChainDamage, CorruptFileError, UnsupportedFormatError):
                 break
             raw = (cache.raws(pack.chain, {pack.seq}) or {})[pack.seq]
-            for oid, off, length in pack.entries:
+            for oid, off, length in entries:
                 if oid not in out:
                     out[oid] = raw[off : off + length]
         return out
@@ -533,10 +651,14 @@ class PackStore(Backend):
         await self._refresh()
         cat = self._cat
         out = dict(await self.blobs.stats())
-        out["packs"] = len(cat.packs)
-        out["objects"] = len(cat.index)
-        out["object_bytes"] = sum(length for _, _, length in cat.index.values())
-        out["pack_bytes"] = sum(p.size for p in cat.packs.values())
+        sizes: dict[bytes, int] = {}
+        for _, oid, _, length in cat.entries():
+            sizes.setdefault(oid, length)
+        out["packs"] = len(cat.covered) + len(cat.packs)
+        out["index_segments"] = len(cat.segments)
+        out["objects"] = len(sizes)
+        out["object_bytes"] = sum(sizes.values())
+        out["pack_bytes"] = sum(p.size for p in cat.all_packs())
         return out
 
 

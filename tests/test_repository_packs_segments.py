@@ -1,0 +1,241 @@
+"""Index segments: their bytes, lookups, and how the pack store writes, merges and trusts them."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from castate.backends import RefUpdate
+from castate.backends.base import Backend
+from castate.backends.memory import MemoryBackend
+from castate.errors import CorruptFileError, CorruptObjectError, UnsupportedFormatError
+from castate.repository.packs import PackStore
+from castate.repository.packs.catalog import Catalog
+from castate.repository.packs.format import PACK_PREFIX, ZERO_ID, PackInfo
+from castate.repository.packs.segments import (
+    ENTRY_SIZE,
+    INDEX_PREFIX,
+    PACK_SIZE,
+    fanout_bits,
+    make_segment,
+    parse_segment,
+)
+from tests.backend_conformance import BackendConformance, cid
+from tests.test_repository_packs import raw_obj
+
+
+def pack(n: int, *, seq: int = 0, chain: bytes = b"c" * 16, raw_len: int = 1000) -> PackInfo:
+    return PackInfo(f"{n:064x}", chain, seq, ZERO_ID, raw_len, 0, 7, 200, 50, 250)
+
+
+def oid(n: int) -> bytes:
+    return n.to_bytes(4, "big") * 8
+
+
+class TestPackStoreWithSegmentsOnMemory(BackendConformance):
+    """The object contract, with a segment written after every second pack."""
+
+    async def make_backend(self) -> Backend:
+        return PackStore(MemoryBackend(), index_after=2)
+
+
+def test_every_entry_is_found_and_absent_ids_are_not() -> None:
+    entries = [(oid(i * 7919), i % 100, 3 + i) for i in range(5000)]
+    name, data = make_segment([(pack(0), entries[:2500]), (pack(1), entries[2500:])])
+    seg = parse_segment(name, data)
+    assert seg.n_entries == 5000 and seg.n_packs == 2 and seg.bits == fanout_bits(5000)
+    for n, (i, off, length) in enumerate(entries):
+        assert list(seg.find(i)) == [(0 if n < 2500 else 1, off, length)]
+    assert list(seg.find(oid(1))) == []
+    assert sorted(o for o, *_ in seg.entries()) == sorted(o for o, _, _ in entries)
+
+
+def test_every_copy_of_an_object_is_found() -> None:
+    name, data = make_segment([(pack(0), [(oid(5), 0, 10)]), (pack(1), [(oid(5), 20, 10), (oid(6), 0, 4)])])
+    assert sorted(parse_segment(name, data).find(oid(5))) == [(0, 0, 10), (1, 20, 10)]
+
+
+def test_an_id_that_appears_across_entry_boundaries_is_not_taken_for_an_entry() -> None:
+    a = bytes([7]) * 32
+    ghost = a[12:] + struct.pack("<III", 0, 0, 16)  # the bytes from inside a's entry onward
+    name, data = make_segment([(pack(0), [(a, 0, 16)])])
+    assert data.find(ghost) > 0
+    assert list(parse_segment(name, data).find(ghost)) == []
+    name, data = make_segment([(pack(0), [(a, 0, 16), (ghost, 16, 8)])])
+    assert list(parse_segment(name, data).find(ghost)) == [(0, 16, 8)]
+
+
+def test_fanout_grows_with_the_entries_and_is_bounded() -> None:
+    assert fanout_bits(0) == 8
+    assert fanout_bits(100_000) == 15
+    assert fanout_bits(1 << 40) == 20
+
+
+def _resign(data: bytes) -> tuple[str, bytes]:
+    import blake3
+
+    return blake3.blake3(data).hexdigest(), data
+
+
+def test_damaged_or_foreign_segments_are_refused() -> None:
+    name, data = make_segment([(pack(0), [(oid(1), 0, 10)])])
+    with pytest.raises(CorruptFileError, match="do not match its name"):
+        parse_segment(name, data[:-1] + b"\x01")
+    with pytest.raises(CorruptFileError, match="bad magic"):
+        parse_segment(*_resign(b"CASTPAK2" + data[8:]))
+    with pytest.raises(UnsupportedFormatError, match="version 3"):
+        parse_segment(*_resign(data[:8] + b"\x03" + data[9:]))
+    with pytest.raises(CorruptFileError, match="do not fit"):
+        parse_segment(*_resign(data + b"\x00" * 4))
+    with pytest.raises(CorruptFileError, match="shorter than its head"):
+        parse_segment(*_resign(data[:20]))
+    fan_end = len(data) - 4
+    with pytest.raises(CorruptFileError, match="fanout"):
+        parse_segment(*_resign(data[:fan_end] + struct.pack("<I", 2)))
+    huge = pack(0, raw_len=200 << 20)
+    with pytest.raises(CorruptFileError, match="inconsistent head"):
+        parse_segment(*make_segment([(huge, [])]))
+
+
+def test_an_entry_that_points_outside_its_pack_is_not_used() -> None:
+    name, data = make_segment([(pack(0, raw_len=100), [(oid(1), 90, 20), (oid(2), 10, 20)])])
+    seg = parse_segment(name, data)
+    assert seg.entries_at == 36 + PACK_SIZE and len(data) == seg.fanout_at + 4 * 257 and ENTRY_SIZE == 44
+    cat = Catalog()
+    cat.cover(seg, {pack(0).name})
+    assert cat.place(oid(1)) is None
+    assert cat.place(oid(2)) == (seg.packs[0], 10, 20)
+    unlisted = Catalog()
+    unlisted.cover(seg, set())  # gc deleted the pack since the segment was written
+    assert unlisted.place(oid(2)) is None
+
+
+async def _save(store: PackStore, n: int, stream: str = "s") -> tuple[bytes, bytes]:
+    item = raw_obj(f"object number {n} " * 8)
+    await store.commit([item], [RefUpdate(f"sessions/s{n}", cid(n), None)], stream=stream)
+    return item
+
+
+async def test_saves_write_segments_that_stay_few_and_cover_every_pack() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs, index_after=4, chain_max=600)
+    await store.open()
+    items = [await _save(store, n) for n in range(200)]
+    segments = await blobs.list_blobs(INDEX_PREFIX)
+    assert 1 <= len(segments) <= 8  # merged as they go: about log2(saves / 4)
+    fresh = PackStore(blobs, index_after=4)
+    await fresh.open()
+    assert len(fresh._cat.packs) < 4  # the rest came from segments, not pack heads
+    got = await fresh.get_objects([i for i, _ in items])
+    assert {k: bytes(v) for k, v in got.items()} == dict(items)
+    assert (await fresh.stats())["objects"] == 200
+
+
+async def test_opening_reads_segments_instead_of_pack_heads() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs, index_after=8)
+    await store.open()
+    for n in range(64):
+        await _save(store, n)
+    ranges: list[int] = []
+    real = blobs.get_ranges
+
+    async def counting(spans):  # type: ignore[no-untyped-def]
+        ranges.append(len(spans))
+        return await real(spans)
+
+    blobs.get_ranges = counting  # type: ignore[method-assign]
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert sum(ranges) < 8
+
+
+async def test_gc_leaves_one_segment_and_drops_what_it_deleted() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs, index_after=4)
+    await store.open()
+    items = [await _save(store, n) for n in range(40)]
+    assert await store.delete_objects([items[3][0]]) == 1
+    assert len(await blobs.list_blobs(INDEX_PREFIX)) == 1
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert await fresh.has_objects([i for i, _ in items]) == {i for i, _ in items} - {items[3][0]}
+    await store.maintain()
+    assert len(await blobs.list_blobs(INDEX_PREFIX)) == 1
+
+
+async def test_a_segment_naming_deleted_packs_is_not_trusted_for_them() -> None:
+    """gc killed after deleting packs, before writing its segment: the old segment names them."""
+    blobs = MemoryBackend()
+    store = PackStore(blobs, index_after=4)
+    await store.open()
+    items = [await _save(store, n, stream=f"s{n}") for n in range(8)]  # a chain each
+    assert len(await blobs.list_blobs(INDEX_PREFIX)) == 1
+    packs = [i.name for i in await blobs.list_blobs(PACK_PREFIX)]
+    await blobs.delete_blobs(packs[:3])
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert len(await fresh.has_objects([i for i, _ in items])) == 5
+
+
+async def test_a_damaged_segment_is_reported_and_the_packs_are_read_from_their_heads() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs, index_after=4)
+    await store.open()
+    items = [await _save(store, n) for n in range(4)]
+    (seg,) = await blobs.list_blobs(INDEX_PREFIX)
+    data = (await blobs.get_blobs([seg.name]))[seg.name]
+    await blobs.delete_blobs([seg.name])
+    await blobs.put_blobs([(seg.name, data[:-1] + bytes([data[-1] ^ 1]))])
+    fresh = PackStore(blobs)
+    await fresh.open()
+    got = await fresh.get_objects([i for i, _ in items])
+    assert {k: bytes(v) for k, v in got.items()} == dict(items)
+    assert any("do not match its name" in line for line in await fresh.check_storage())
+
+
+async def test_a_hostile_segment_entry_gives_a_named_error_not_wrong_data() -> None:
+    """A well-formed segment whose entry points at the wrong bytes of a real pack."""
+    blobs = MemoryBackend()
+    store = PackStore(blobs, index_after=1000)
+    await store.open()
+    a, b = raw_obj("first object " * 5), raw_obj("second object " * 5)
+    await store.put_objects([a, b], stream="s")
+    fresh = PackStore(blobs)
+    await fresh.open()
+    p = next(iter(fresh._cat.packs.values()))
+    wrong = [(a[0], *p.entries[1][1:]), (b[0], *p.entries[0][1:])]
+    name, data = make_segment([(p, wrong)])
+    await blobs.put_blobs([(INDEX_PREFIX + name, data)])
+    victim = PackStore(blobs)
+    await victim.open()
+    with pytest.raises(CorruptObjectError) as err:
+        got = await victim.get_objects([a[0]])
+        from castate.codec.objects import decode_frame
+
+        decode_frame(a[0], got[a[0]])
+    assert a[0].hex() in str(err.value)
+
+
+async def test_a_segment_merged_away_during_a_listing_is_listed_again() -> None:
+    blobs = MemoryBackend()
+    writer = PackStore(blobs, index_after=2)
+    await writer.open()
+    items = [await _save(writer, n) for n in range(2)]
+    real = blobs.get_blobs
+    raced = []
+
+    async def racing(names):  # type: ignore[no-untyped-def]
+        if not raced and any(n.startswith(INDEX_PREFIX) for n in names):
+            raced.append(1)
+            for n in range(2, 4):
+                items.append(await _save(writer, n))  # merges the listed segment into a new one
+        return await real(names)
+
+    blobs.get_blobs = racing  # type: ignore[method-assign]
+    reader = PackStore(blobs)
+    await reader.open()
+    assert raced
+    assert len(reader._cat.segments) == 1 and not reader._cat.packs
+    assert await reader.has_objects([i for i, _ in items]) == {i for i, _ in items}
