@@ -1,0 +1,184 @@
+"""History independence (issue target 3): the same bounded-state session saved 1,000 and
+20,000 times, then opened and restored by fresh processes.
+
+    python -m tools.bench.history                                # local and SQLite, 1,000 vs 20,000
+    python -m tools.bench.history --saves 500,5000 --systems sqlite --out /tmp/h.json
+
+The session keeps the last ``--window`` messages and agent-memory entries (the workload's
+bounded context, ``Workload(window=...)``). Each save is ``save_session`` then a named
+``create_checkpoint``, durable. For each store, ``--runs`` fresh Python processes each open
+it, restore the checkpoint of the middle save and report their time and peak RSS
+(``ru_maxrss``). Reported per system: medians with ranges, and the ratio of the long
+history to the short one, which the target wants at most 1.2x, with the peak at most
+2x the state + 48 MB.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import datetime as dt
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+ROOT = Path(__file__).resolve().parents[2]
+SESSION = "bench"
+LAST = 100  # saves whose times make the "durable save" figure
+
+
+def _url(system: str, directory: Path) -> str:
+    if system == "local":
+        return str(directory / "store")
+    if system == "sqlite":
+        return f"sqlite:///{directory / 'state.db'}"
+    raise SystemExit(f"unknown system {system!r} (local, sqlite)")
+
+
+async def build(url: str, saves: int, window: int, seed: int) -> dict[str, Any]:
+    """Save the session ``saves`` times; the checkpoint id of the middle save and save times."""
+    import castate
+    from tools.bench.workload import Workload
+
+    w = Workload(seed, saves, 1.0, window)
+    sm = castate.StateManager(url)
+    times: list[float] = []
+    mid = max(1, saves // 2)
+    handle = ""
+    try:
+        for n in range(1, saves + 1):
+            w.step()
+            t = time.perf_counter()
+            await sm.save_session(SESSION, w.state)
+            cp = await sm.create_checkpoint(SESSION, f"step-{n:06d}")
+            times.append(time.perf_counter() - t)
+            if n == mid:
+                handle = cp
+                state_bytes = len(orjson.dumps(w.state))
+    finally:
+        await sm.close()
+    last = times[-LAST:]
+    return {
+        "checkpoint": handle,
+        "state_bytes": state_bytes,
+        "save_median_s": statistics.median(last),
+        "save_min_s": min(last),
+        "save_max_s": max(last),
+    }
+
+
+async def restore_once(url: str, checkpoint: str) -> dict[str, Any]:
+    import castate
+
+    t = time.perf_counter()
+    sm = castate.StateManager(url)
+    state = await sm.restore_checkpoint(checkpoint)
+    seconds = time.perf_counter() - t
+    await sm.close()
+    return {"seconds": seconds, "rss_peak_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
+            "state_bytes": len(orjson.dumps(state))}  # fmt: skip
+
+
+def _fresh(url: str, checkpoint: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [sys.executable, "-m", "tools.bench.history", "--restore", url, checkpoint],
+        cwd=ROOT, check=True, capture_output=True, text=True,
+    )  # fmt: skip
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+def _spread(xs: list[float]) -> dict[str, float]:
+    return {"median": statistics.median(xs), "min": min(xs), "max": max(xs)}
+
+
+def measure(system: str, saves: int, args: argparse.Namespace, base: Path) -> dict[str, Any]:
+    directory = Path(tempfile.mkdtemp(prefix=f"{system}-{saves}-", dir=base))
+    url = _url(system, directory)
+    print(f"== {system}: {saves} saves", file=sys.stderr, flush=True)
+    built = asyncio.run(build(url, saves, args.window, args.seed))
+    _fresh(url, built["checkpoint"])  # warm the page cache: every run below reads the same files
+    runs = [_fresh(url, built["checkpoint"]) for _ in range(args.runs)]
+    return {
+        **built,
+        "open_restore_s": _spread([r["seconds"] for r in runs]),
+        "rss_peak_bytes": _spread([r["rss_peak_bytes"] for r in runs]),
+        "restored_state_bytes": runs[0]["state_bytes"],
+    }
+
+
+def table(report: dict[str, Any]) -> str:
+    lines = [
+        "| system | saves | open+restore ms (range) | durable save ms (range) | peak RSS MB (range) |",
+        "|---|---|---|---|---|",
+    ]
+    for system, by_saves in report["systems"].items():
+        for saves, r in by_saves.items():
+            o, rss = r["open_restore_s"], r["rss_peak_bytes"]
+            lines.append(
+                f"| {system} | {int(saves):,} | {o['median'] * 1e3:.1f} ({o['min'] * 1e3:.1f}-{o['max'] * 1e3:.1f}) "
+                f"| {r['save_median_s'] * 1e3:.2f} ({r['save_min_s'] * 1e3:.2f}-{r['save_max_s'] * 1e3:.2f}) "
+                f"| {rss['median'] / 1e6:.1f} ({rss['min'] / 1e6:.1f}-{rss['max'] / 1e6:.1f}) |"
+            )
+        sizes = sorted(by_saves, key=int)
+        if len(sizes) == 2:
+            a, b = by_saves[sizes[0]], by_saves[sizes[1]]
+            lines.append(
+                f"| {system} | ratio | {b['open_restore_s']['median'] / a['open_restore_s']['median']:.2f}x "
+                f"| {b['save_median_s'] / a['save_median_s']:.2f}x "
+                f"| {b['rss_peak_bytes']['median'] / a['rss_peak_bytes']['median']:.2f}x "
+                f"(limit 2x state + 48 MB: {(2 * b['state_bytes'] + 48e6) / 1e6:.0f} MB) |"
+            )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--saves", default="1000,20000")
+    ap.add_argument("--systems", default="local,sqlite")
+    ap.add_argument("--window", type=int, default=300)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs", type=int, default=5, help="fresh restoring processes per store")
+    ap.add_argument("--dir", help="parent directory for the stores (default: the system temp dir)")
+    ap.add_argument("--out")
+    ap.add_argument("--restore", nargs=2, help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.restore:
+        print(json.dumps(asyncio.run(restore_once(*args.restore))))
+        return 0
+    with tempfile.TemporaryDirectory(dir=args.dir) as base:
+        systems = {
+            system: {saves: measure(system, int(saves), args, Path(base)) for saves in args.saves.split(",")}
+            for system in args.systems.split(",")
+        }
+    report = {
+        "meta": {
+            "command": ["python", "-m", "tools.bench.history", *(argv if argv is not None else sys.argv[1:])],
+            "timestamp": dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ"),
+            "git_commit": subprocess.run(
+                ["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True
+            ).stdout.strip(),
+            "python": sys.version.split()[0],
+            "cpus": os.cpu_count(),
+        },
+        "params": {"window": args.window, "seed": args.seed, "runs": args.runs},
+        "systems": systems,
+    }
+    text = table(report)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(json.dumps(report, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
