@@ -125,6 +125,21 @@ def decode_frame(oid: bytes, frame: bytes | memoryview) -> tuple[int, bytes | me
     return kind, content
 
 
+def frame_id(frame: bytes | memoryview) -> bytes:
+    """The id of the object a frame holds, computed from its content (for stores that keep
+    frames without their ids). Raises CorruptObjectError (naming no id) if it does not parse."""
+    if len(frame) < 3 or frame[0] != FORMAT_VERSION or frame[1] not in _KIND_PREFIX:
+        raise CorruptObjectError("?", "not a frame of this format version")
+    payload = memoryview(frame)[3:]
+    if frame[2] == CODEC_RAW:
+        content: bytes | memoryview = payload
+    elif frame[2] == CODEC_ZSTD:
+        content = _decompress(b"", payload)
+    else:
+        raise CorruptObjectError("?", f"unknown codec {frame[2]}")
+    return blake3.blake3(_KIND_PREFIX[frame[1]] + content).digest()
+
+
 def _decompress(oid: bytes, payload: memoryview) -> bytes:
     try:
         size = zstandard.frame_content_size(payload)

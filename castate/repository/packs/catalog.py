@@ -28,6 +28,10 @@ class Catalog:
     index: dict[bytes, Place] = field(default_factory=dict)  # objects of ``packs``
     chains: dict[bytes, dict[int, PackInfo]] = field(default_factory=dict)
     indexed: dict[bytes, int] = field(default_factory=dict)  # chain -> how many of its first packs are readable
+    orphans: list[str] = field(default_factory=list)  # packs no segment lists, indexed from their bytes
+
+    def has_segment(self, blob: str) -> bool:
+        return blob in self.bad or any(s.blob == blob for s in self.segments)
 
     def knows(self, name: str) -> bool:
         return name in self.covered or name in self.packs or PACK_PREFIX + name in self.bad
@@ -86,10 +90,22 @@ class Catalog:
         if found is not None:
             return found
         for segment in self.segments:
-            for row, off, length in segment.find(oid):
-                pack = self.covered.get(segment.packs[row].name) if row < segment.n_packs else None
-                if pack is not None and off + length <= pack.raw_len and length >= 3 and self.readable(pack):
-                    return pack, off, length
+            hit = segment.first(oid)
+            if hit is None:
+                continue
+            usable = self._usable(segment, *hit)
+            if usable is not None:
+                return usable
+            for row, off, length in segment.find(oid):  # more copies: one may be readable
+                usable = self._usable(segment, row, off, length)
+                if usable is not None:
+                    return usable
+        return None
+
+    def _usable(self, segment: Segment, row: int, off: int, length: int) -> Place | None:
+        pack = self.covered.get(segment.packs[row].name) if row < segment.n_packs else None
+        if pack is not None and off + length <= pack.raw_len and length >= 3 and self.readable(pack):
+            return pack, off, length
         return None
 
     def has(self, oid: bytes) -> bool:
@@ -120,6 +136,11 @@ class Catalog:
     def problems(self) -> list[str]:
         """Damage the catalog shows: heads refused, and chains with packs that cannot be read."""
         lines = [f"{name}: {why}" for name, why in sorted(self.bad.items())]
+        lines.extend(
+            f"{name}: no index segment lists it (its objects were found by reading it; "
+            "the next merge of segments lists it again)"
+            for name in self.orphans
+        )
         for chain_id, members in self.chains.items():
             readable = self.indexed.get(chain_id, 0)
             if readable < len(members) or (members and max(members) + 1 != len(members)):

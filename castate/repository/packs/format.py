@@ -18,7 +18,8 @@ import blake3
 from castate.errors import CorruptFileError, UnsupportedFormatError
 
 PACK_MAGIC = b"CASTPAK2"
-PACK_VERSION = 2
+PACK_VERSION = 3  # what writers make: frame lengths in the pack, ids in index segments
+READ_VERSIONS = (2, 3)  # 2: every object's id, offset and length in the pack
 PACK_PREFIX = "packs/"
 ZERO_ID = bytes(32)
 
@@ -36,8 +37,9 @@ MAX_SEQ = 1 << 22  # a chain of more packs than this is damage (each pack holds 
 # magic, version, flags, n, chain id, seq, raw_len, chain_raw, prev, time_ns, body_len
 _HEAD = struct.Struct("<8sBB2xI16sIIQ32sQI4x")
 HEAD_SIZE = _HEAD.size  # 96
-_ENTRY = struct.Struct("<32sII")  # id, offset in the raw bytes, length of its frame
+_ENTRY = struct.Struct("<32sII")  # version 2: id, offset in the raw bytes, length of its frame
 ENTRY_SIZE = _ENTRY.size  # 40
+LENGTH_SIZE = 4  # version 3: the length of each frame, in raw order
 FLAG_CHAIN_START = 1
 
 
@@ -55,7 +57,10 @@ class PackInfo:
     body_off: int
     body_len: int
     size: int  # bytes of the blob
-    entries: list[tuple[bytes, int, int]] = field(default_factory=list)  # (id, offset, length)
+    # (id, offset, length): from a version-2 head, or kept by the writer that made the pack
+    entries: list[tuple[bytes, int, int]] = field(default_factory=list)
+    spans: list[tuple[int, int]] = field(default_factory=list)  # (offset, length) from a version-3 head
+    version: int = PACK_VERSION
 
     @property
     def blob(self) -> str:
@@ -77,8 +82,8 @@ def make_pack(
     chain_raw: int,
     time_ns: int,
 ) -> tuple[PackInfo, bytes]:
-    """A pack's head as a reader knows it, and its bytes: head, entries (offsets in the raw
-    bytes, in the order of ``frames``), body."""
+    """A pack's head as its writer knows it (with the ids, which the pack itself does not
+    hold: they go into an index segment), and its bytes: head, frame lengths, body."""
     entries: list[tuple[bytes, int, int]] = []
     off = 0
     for oid, frame in frames:
@@ -90,8 +95,9 @@ def make_pack(
     head = _HEAD.pack(
         PACK_MAGIC, PACK_VERSION, flags, len(frames), chain, seq, raw_len, chain_raw, prev, time_ns, len(body)
     )
-    data = b"".join((head, *(_ENTRY.pack(*e) for e in entries), body))
-    body_off = HEAD_SIZE + ENTRY_SIZE * len(entries)
+    lengths = struct.pack(f"<{len(entries)}I", *(length for _, _, length in entries))
+    data = b"".join((head, lengths, body))
+    body_off = HEAD_SIZE + LENGTH_SIZE * len(entries)
     info = PackInfo(
         pack_name(data), chain, seq, prev, raw_len, chain_raw, time_ns, body_off, len(body), len(data), entries
     )
@@ -104,8 +110,10 @@ def encode_pack(frames: list[tuple[bytes, bytes | memoryview]], body: bytes, **h
 
 
 def entries_end(head: bytes | memoryview, where: str) -> int:
-    """How many leading bytes of a pack hold its head and entries (read from the head alone)."""
-    return HEAD_SIZE + ENTRY_SIZE * _parse_head(head, where)[3]
+    """How many leading bytes of a pack hold its head and entries or lengths (read from the
+    head alone)."""
+    fields = _parse_head(head, where)
+    return HEAD_SIZE + (ENTRY_SIZE if fields[1] == 2 else LENGTH_SIZE) * fields[3]
 
 
 def _parse_head(
@@ -117,7 +125,7 @@ def _parse_head(
     magic, version = fields[0], fields[1]
     if magic != PACK_MAGIC:
         raise CorruptFileError(where, "not a castate pack (bad magic)")
-    if version != PACK_VERSION:
+    if version not in READ_VERSIONS:
         if version > PACK_VERSION:
             raise UnsupportedFormatError(f"{where} has pack version {version}; this castate reads {PACK_VERSION}")
         raise CorruptFileError(where, f"unknown pack version {version}")
@@ -127,11 +135,12 @@ def _parse_head(
 
 
 def parse_pack_head(name: str, data: bytes | memoryview, size: int) -> PackInfo:
-    """Head and entries of a pack of ``size`` bytes from its first bytes; CorruptFileError if
-    they do not hold together (a reader never trusts a length it has not checked)."""
+    """Head and entries (version 2) or frame spans (version 3) of a pack of ``size`` bytes from
+    its first bytes; CorruptFileError if they do not hold together (a reader never trusts a
+    length it has not checked)."""
     where = PACK_PREFIX + name
-    _, _, flags, n, chain, seq, raw_len, chain_raw, prev, time_ns, body_len = _parse_head(data, where)
-    body_off = HEAD_SIZE + ENTRY_SIZE * n
+    _, version, flags, n, chain, seq, raw_len, chain_raw, prev, time_ns, body_len = _parse_head(data, where)
+    body_off = HEAD_SIZE + (ENTRY_SIZE if version == 2 else LENGTH_SIZE) * n
     if len(data) < body_off:
         raise CorruptFileError(where, "pack entries cut short")
     if body_off + body_len != size:
@@ -144,23 +153,36 @@ def parse_pack_head(name: str, data: bytes | memoryview, size: int) -> PackInfo:
         or (seq == 0 and chain_raw)
     ):
         raise CorruptFileError(where, "inconsistent pack head")
-    entries = list(_ENTRY.iter_unpack(memoryview(data)[HEAD_SIZE:body_off]))
-    for oid, off, length in entries:
-        if off + length > raw_len or length < 3:
-            raise CorruptFileError(where, f"object {oid.hex()} lies outside the pack's raw bytes")
-    return PackInfo(name, chain, seq, prev, raw_len, chain_raw, time_ns, body_off, body_len, size, entries)
+    info = PackInfo(name, chain, seq, prev, raw_len, chain_raw, time_ns, body_off, body_len, size, version=version)
+    if version == 2:
+        info.entries = list(_ENTRY.iter_unpack(memoryview(data)[HEAD_SIZE:body_off]))
+        for oid, off, length in info.entries:
+            if off + length > raw_len or length < 3:
+                raise CorruptFileError(where, f"object {oid.hex()} lies outside the pack's raw bytes")
+        return info
+    off = 0
+    for (length,) in struct.iter_unpack("<I", memoryview(data)[HEAD_SIZE:body_off]):
+        if length < 3:
+            raise CorruptFileError(where, "pack lists a frame shorter than its header")
+        info.spans.append((off, length))
+        off += length
+    if off != raw_len:
+        raise CorruptFileError(where, f"pack frame lengths add up to {off}, not its {raw_len} raw bytes")
+    return info
 
 
 __all__ = [
     "CHAIN_MAX_RAW",
     "ENTRY_SIZE",
     "HEAD_SIZE",
+    "LENGTH_SIZE",
     "MAX_CHAIN_SETTING",
     "MAX_RAW",
     "MAX_SEQ",
     "PACK_MAX_RAW",
     "PACK_PREFIX",
     "READ_CHAIN_MAX",
+    "READ_VERSIONS",
     "ZERO_ID",
     "PackInfo",
     "encode_pack",

@@ -5,7 +5,7 @@ A segment covers a set of packs completely: their heads (the pack table) and eve
 they hold (the entry table, sorted by id, with a fanout table over the ids' leading bits so a
 lookup is two integer reads and one bounded search). Writers make segments by merging the
 packs that no segment covers with the smaller segments (``plan_merge``), and gc writes one
-segment covering everything it kept. docs/format.md §6.3 fixes every byte.
+segment covering everything it kept. docs/format.md §6.2 fixes every byte.
 """
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ _FAN = struct.Struct("<II")
 
 
 def fanout_bits(n_entries: int) -> int:
-    """Leading id bits the fanout splits on: about four entries per bucket, 8 to 20 bits."""
-    bits = 8
+    """Leading id bits the fanout splits on: about four entries per bucket, at most 20 bits."""
+    bits = 0
     while bits < 20 and (n_entries >> bits) > 4:
         bits += 1
     return bits
@@ -59,6 +59,21 @@ class Segment:
     @property
     def blob(self) -> str:
         return INDEX_PREFIX + self.name
+
+    def first(self, oid: bytes) -> tuple[int, int, int] | None:
+        """(pack row, offset, length) of the first copy of ``oid`` this segment lists, or None
+        (the common lookup, without a generator)."""
+        k = int.from_bytes(oid[:4], "big") >> (32 - self.bits)
+        lo, hi = _FAN.unpack_from(self.data, self.fanout_at + 4 * k)
+        if lo >= hi:
+            return None
+        at = self.data.find(oid, self.entries_at + lo * ENTRY_SIZE, self.entries_at + hi * ENTRY_SIZE)
+        if at < 0:
+            return None
+        if (at - self.entries_at) % ENTRY_SIZE:
+            return next(self.find(oid), None)  # the bytes also appear across entries: look properly
+        _, row, off, length = _ENTRY.unpack_from(self.data, at)
+        return row, off, length
 
     def find(self, oid: bytes) -> Iterator[tuple[int, int, int]]:
         """(pack row, offset, length) of every copy of ``oid`` this segment lists."""
@@ -103,7 +118,7 @@ def parse_segment(name: str, data: bytes) -> Segment:
         raise CorruptFileError(where, f"unknown index segment version {version}")
     entries_at = HEAD_SIZE + n_packs * PACK_SIZE
     fanout_at = entries_at + n_entries * ENTRY_SIZE
-    if not 8 <= bits <= 20 or fanout_at + 4 * ((1 << bits) + 1) != len(data):
+    if bits > 20 or fanout_at + 4 * ((1 << bits) + 1) != len(data):
         raise CorruptFileError(where, "index segment tables do not fit its size")
     first, last = _FAN.unpack_from(data, fanout_at)[0], struct.unpack_from("<I", data, len(data) - 4)[0]
     if first != 0 or last != n_entries:

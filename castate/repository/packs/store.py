@@ -5,13 +5,14 @@
 one immutable pack blob written in the same ``commit`` call that moves its refs, so a save
 costs one round trip and one durability barrier on every engine.
 
-Which objects exist and where is a ``Catalog`` built from the packs' heads at open, and grown
-when an object is asked for that this process has not seen. Packs only disappear when gc or
+Which objects exist and where is a ``Catalog`` built at open from the index segments and the
+heads of the packs no segment covers, and grown when an object is asked for that this process
+has not seen; a writer indexes its new packs once there are enough of them. Packs only disappear when gc or
 fsck rewrites chains, and those first move the hidden ref ``castate/epoch`` (to a value marked
 "in progress") and move it again when done. Everything that acts on what this process believes
 stored checks the epoch: a save in its ``commit`` (it retries on a fresh catalog), a reader
 that finds a pack missing, and ``gc_shared`` (imports, forks and restores that check objects
-before they move refs). docs/format.md §6.2 has the protocol.
+before they move refs). docs/format.md §6.3 has the protocol.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from typing import Any
 
 from castate.backends.base import ANY, Backend, ObjectInfo, ReflogEntry, RefRepairReport, RefUpdate, _Any
 from castate.backends.blob import BlobBackend, BlobInfo
-from castate.codec.objects import decode_frame
+from castate.codec.objects import decode_frame, frame_id
 from castate.errors import (
     ConflictError,
     CorruptFileError,
@@ -63,7 +64,7 @@ HEAD_READ = 4096  # bytes read from each new pack at open: the head and, usually
 HEAD_BATCH = 1000  # packs whose heads one range-read call asks for
 SAVE_ATTEMPTS = 4
 CONSOLIDATE_MIN = 16  # packs in a chain before gc merges them into one
-INDEX_AFTER = 128  # packs no segment covers before a writer writes a segment for them
+INDEX_AFTER = 32  # index segments (one per save, merged as they go) before a writer merges them
 LIST_ATTEMPTS = 3
 
 
@@ -109,6 +110,7 @@ class PackStore(Backend):
         # Lock order: ``_lock`` (this process's saves and gc), then the backend's gc lock.
         self._lock = asyncio.Lock()
         self._opened = False
+        self._segment: Segment | None = None  # the segment of the save being committed
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -165,39 +167,52 @@ class PackStore(Backend):
 
     async def _load_catalog(self) -> Catalog:
         """A catalog from one listing: every index segment, and the heads of the packs no
-        segment covers. A segment deleted between the listing and the read was merged into a
-        newer one by another writer: list again."""
-        for attempt in range(LIST_ATTEMPTS):
-            seg_infos = await self.blobs.list_blobs(INDEX_PREFIX)
-            pack_infos = await self.blobs.list_blobs(PACK_PREFIX)
+        segment covers (packs of format 2's first version). A segment deleted between the
+        listing and the read was merged into a newer one by another writer: list again."""
+        for _ in range(LIST_ATTEMPTS):
             cat = Catalog()
-            wanted = []
-            for info in seg_infos:
-                if info.size > MAX_SEGMENT_BYTES:
-                    cat.bad[info.name] = f"index segment of {info.size} bytes (at most {MAX_SEGMENT_BYTES} are read)"
-                else:
-                    wanted.append(info.name)
-            got = await self.blobs.get_blobs(wanted) if wanted else {}
-            if len(got) < len(wanted) and attempt + 1 < LIST_ATTEMPTS:
+            if await self._extend(cat):
+                return cat
+        cat = Catalog()
+        await self._extend(cat, last=True)
+        return cat
+
+    async def _extend(self, cat: Catalog, *, last: bool = False) -> bool:
+        """Add to ``cat`` the segments and packs listed now that it does not know; False if a
+        listed segment was gone when read (unless ``last``: then its packs stay unknown).
+
+        Packs are listed before segments: a save commits its pack and its segment together,
+        so every pack listed has its segment listed after it."""
+        pack_infos = await self.blobs.list_blobs(PACK_PREFIX)
+        seg_infos = [i for i in await self.blobs.list_blobs(INDEX_PREFIX) if not cat.has_segment(i.name)]
+        wanted = []
+        for info in seg_infos:
+            if info.size > MAX_SEGMENT_BYTES:
+                cat.bad[info.name] = f"index segment of {info.size} bytes (at most {MAX_SEGMENT_BYTES} are read)"
+            else:
+                wanted.append(info.name)
+        got = await self.blobs.get_blobs(wanted) if wanted else {}
+        if len(got) < len(wanted) and not last:
+            return False
+        listed = {i.name[len(PACK_PREFIX) :] for i in pack_infos}
+        for blob, data in got.items():
+            try:
+                segment = parse_segment(blob[len(INDEX_PREFIX) :], data)
+            except (CorruptFileError, UnsupportedFormatError) as exc:
+                cat.bad[blob] = str(exc)
                 continue
-            listed = {i.name[len(PACK_PREFIX) :] for i in pack_infos}
-            for blob, data in got.items():
-                try:
-                    segment = parse_segment(blob[len(INDEX_PREFIX) :], data)
-                except (CorruptFileError, UnsupportedFormatError) as exc:
-                    cat.bad[blob] = str(exc)
-                    continue
-                cat.cover(segment, listed)
-            await self._read_heads(cat, pack_infos)
-            return cat
-        raise AssertionError("unreachable")
+            cat.cover(segment, listed)
+        await self._read_heads(cat, pack_infos)
+        return True
 
     async def _refresh(self) -> None:
-        """Add the packs written since the catalog was built (other writers' saves)."""
+        """Add the segments and packs written since the catalog was built (other writers' saves)."""
         cat = self._cat
-        infos = await self.blobs.list_blobs(PACK_PREFIX)
-        if self._cat is cat:  # else a reload swapped in a newer catalog meanwhile
-            await self._read_heads(cat, infos)
+        for attempt in range(LIST_ATTEMPTS):
+            if self._cat is not cat:
+                return  # a reload swapped in a newer catalog meanwhile
+            if await self._extend(cat, last=attempt + 1 == LIST_ATTEMPTS):
+                return
 
     async def _read_heads(self, cat: Catalog, infos: list[BlobInfo]) -> None:
         new = [i for i in infos if not cat.knows(i.name[len(PACK_PREFIX) :])]
@@ -205,6 +220,7 @@ class PackStore(Backend):
             await self._read_head_batch(cat, new[start : start + HEAD_BATCH])
 
     async def _read_head_batch(self, cat: Catalog, infos: list[BlobInfo]) -> None:
+        orphans: list[PackInfo] = []
         heads = await self.blobs.get_ranges([(i.name, 0, HEAD_READ) for i in infos])
         more: list[tuple[int, int]] = []
         for n, (info, head) in enumerate(zip(infos, heads, strict=True)):
@@ -229,9 +245,43 @@ class PackStore(Backend):
             if head is None or cat.knows(name):
                 continue
             try:
-                cat.add(parse_pack_head(name, head, info.size))
+                pack = parse_pack_head(name, head, info.size)
             except (CorruptFileError, UnsupportedFormatError) as exc:
                 cat.bad[info.name] = str(exc)
+                continue
+            if pack.version == 2:
+                cat.add(pack)
+            else:
+                orphans.append(pack)
+        if orphans:
+            await self._index_from_bytes(cat, orphans)
+
+    async def _index_from_bytes(self, cat: Catalog, orphans: list[PackInfo]) -> None:
+        """Packs whose ids only a segment holds, and no readable segment lists (it was damaged or
+        deleted): decompress their chains and hash every frame to learn their objects. Slow,
+        bounded by a chain at a time; the next merge of segments lists them again."""
+        by_chain: dict[bytes, dict[int, PackInfo]] = {}
+        for pack in orphans:
+            by_chain.setdefault(pack.chain, {})[pack.seq] = pack
+        for chain_id, lost in by_chain.items():
+            members = {p.seq: p for p in cat.chain(chain_id)} | lost
+            chain = [members[seq] for seq in sorted(members) if seq <= max(lost)]
+            blobs = await self.blobs.get_blobs([p.blob for p in chain])
+            cache = ChainCache(1 << 62)
+            for pack in chain:
+                try:
+                    cache.decompress([pack], blobs)
+                    raw = (cache.raws(chain_id, {pack.seq}) or {})[pack.seq]
+                    if pack.seq in lost:
+                        pack.entries = [(frame_id(raw[o : o + n]), o, n) for o, n in pack.spans]
+                except (ChainDamage, CorruptionError) as exc:
+                    for rest in lost.values():
+                        if not cat.knows(rest.name):
+                            cat.bad[rest.blob] = f"no index segment lists it, and its chain cannot be read: {exc}"
+                    break
+                if pack.seq in lost:
+                    cat.add(pack)
+                    cat.orphans.append(pack.blob)
 
     async def _epoch_moved(self) -> bool:
         return await self.blobs.get_ref(EPOCH_REF) != self._epoch
@@ -348,7 +398,7 @@ class PackStore(Backend):
                 packs = self._build(fresh, stream)
                 try:
                     await self.blobs.commit(
-                        [(p.blob, data) for p, data, _ in packs],
+                        self._with_segment(packs),
                         updates,
                         message=message,
                         checks={EPOCH_REF: self._epoch},
@@ -362,12 +412,14 @@ class PackStore(Backend):
                 except BaseException:
                     self._writing.drop(stream)  # the stream's compressor ran ahead of the store
                     raise
+                if packs and self._segment is not None:
+                    self._cat.cover(self._segment, {p.name for p, _, _ in packs})
                 for pack, _, raw in packs:
-                    self._cat.add(pack)
                     self._cache.put(pack, raw)
                 self._cache.evict()
-                if len(self._cat.packs) >= self.index_after:
-                    await self._index_new_packs()
+                cat = self._cat
+                if len(cat.segments) >= self.index_after or any(map(cat.readable, cat.packs.values())):
+                    await self._merge_segments()
                 return len(fresh)
         raise ConflictError(f"gc ran during {SAVE_ATTEMPTS} attempts to save", EPOCH_REF)
 
@@ -408,20 +460,32 @@ class PackStore(Backend):
 
     # -- index segments ---------------------------------------------------------------------------------
 
-    async def _index_new_packs(self) -> None:
-        """Write a segment for the packs no segment covers, merged with every segment not larger
-        than what the merge holds so far (so each object is rewritten about log2(n) times), then
-        delete the segments it absorbed. The write carries the epoch check: after a gc it is
-        skipped, the next save's reload sees gc's own segment."""
+    def _with_segment(self, packs: list[tuple[PackInfo, bytes, bytes]]) -> list[tuple[str, bytes]]:
+        """The blobs of a save: its packs, and one segment listing their objects (kept as
+        ``self._segment`` for the catalog once the commit is through)."""
+        if not packs:
+            return []
+        name, data = make_segment([(p, p.entries) for p, _, _ in packs])
+        self._segment = parse_segment(name, data)
+        return [*((p.blob, blob) for p, blob, _ in packs), (INDEX_PREFIX + name, data)]
+
+    async def _merge_segments(self) -> None:
+        """Merge the smallest segments, and the packs no segment covers, into one: from the
+        smallest up, every segment not larger than what the merge holds so far (so each object
+        is rewritten about log2(n) times and a store keeps about log2(n) segments); then delete
+        the merged ones. The write carries the epoch check: after a gc it is skipped, the next
+        save's reload sees gc's own segment."""
         cat = self._cat
         new = [p for p in cat.packs.values() if cat.readable(p)]
         total = sum(len(p.entries) for p in new)
         absorbed: list[Segment] = []
         for segment in sorted(cat.segments, key=lambda s: s.n_entries):
-            if segment.n_entries > total:
+            if absorbed and segment.n_entries > total:
                 break
             absorbed.append(segment)
             total += segment.n_entries
+        if len(absorbed) + len(new) < 2:
+            return
         name, data = self._segment_bytes(new, absorbed)
         try:
             await self.blobs.commit([(INDEX_PREFIX + name, data)], (), checks={EPOCH_REF: self._epoch})
@@ -522,7 +586,7 @@ class PackStore(Backend):
                 if keep:
                     self._writing.clear()
                     made = self._build(keep, f"gc {chain_id.hex()}")  # no dedup: a copy too many is harmless
-                    await self.blobs.put_blobs([(p.blob, data) for p, data, _ in made])
+                    await self.blobs.put_blobs(self._with_segment(made))
                 await self.blobs.delete_blobs([p.blob for p in packs])
             await self._reload()
             await self._index_everything()
@@ -578,11 +642,14 @@ class PackStore(Backend):
         for pack in packs:
             data = blobs.get(pack.blob)
             try:
-                entries = parse_pack_head(pack.name, data, len(data)).entries if data is not None else []
+                if data is None:
+                    break
+                head = parse_pack_head(pack.name, data, len(data))
                 cache.decompress([pack], blobs)
-            except (ChainDamage, CorruptFileError, UnsupportedFormatError):
+                raw = (cache.raws(pack.chain, {pack.seq}) or {})[pack.seq]
+                entries = head.entries or [(frame_id(raw[o : o + n]), o, n) for o, n in head.spans]
+            except (ChainDamage, CorruptionError, UnsupportedFormatError):
                 break
-            raw = (cache.raws(pack.chain, {pack.seq}) or {})[pack.seq]
             for oid, off, length in entries:
                 if oid not in out:
                     out[oid] = raw[off : off + length]
