@@ -10,7 +10,7 @@ from castate.backends import RefUpdate
 from castate.backends.base import Backend
 from castate.backends.memory import MemoryBackend
 from castate.codec.objects import decode_frame
-from castate.errors import CorruptFileError, CorruptObjectError, UnsupportedFormatError
+from castate.errors import BackendUnavailableError, CorruptFileError, CorruptObjectError, UnsupportedFormatError
 from castate.repository.packs import PackStore
 from castate.repository.packs.catalog import Catalog
 from castate.repository.packs.format import PACK_PREFIX, ZERO_ID, PackInfo
@@ -250,3 +250,41 @@ async def test_a_segment_merged_away_during_a_listing_is_listed_again() -> None:
     assert len(reader._cat.segments) == 1
     assert not reader._cat.packs
     assert await reader.has_objects([i for i, _ in items]) == {i for i, _ in items}
+
+
+async def test_a_merge_the_backend_refuses_does_not_fail_the_save_it_follows() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs, index_after=3)
+    await store.open()
+    real = blobs.delete_blobs
+
+    async def failing(names):  # type: ignore[no-untyped-def]
+        raise BackendUnavailableError("the server went away")
+
+    blobs.delete_blobs = failing  # type: ignore[method-assign]
+    items = [await _save(store, n) for n in range(6)]  # merges run, and fail at the delete
+    blobs.delete_blobs = real  # type: ignore[method-assign]
+    assert len(await blobs.list_blobs(INDEX_PREFIX)) > 3  # merged segments written, merged ones kept
+    assert await store.get_refs([f"sessions/s{n}" for n in range(6)]) == {f"sessions/s{n}": cid(n) for n in range(6)}
+    fresh = PackStore(blobs)
+    await fresh.open()  # merged and unmerged segments both listed: places repeat, nothing is lost
+    assert await fresh.has_objects([i for i, _ in items]) == {i for i, _ in items}
+    assert (await fresh.stats())["objects"] == 6
+
+
+async def test_two_writers_merging_the_same_segments_lose_and_duplicate_nothing() -> None:
+    blobs = MemoryBackend()
+    a, b = PackStore(blobs, index_after=4), PackStore(blobs, index_after=4)
+    await a.open()
+    items = [await _save(a, n, stream="a") for n in range(3)]
+    await b.open()  # b knows a's three segments
+    items += [await _save(b, n, stream="b") for n in range(3, 4)]  # b merges all four
+    items += [await _save(a, n, stream="a") for n in range(4, 5)]  # a merges its own four, one deleted
+    fresh = PackStore(blobs, index_after=4)
+    await fresh.open()
+    assert await fresh.has_objects([i for i, _ in items]) == {i for i, _ in items}
+    stats = await fresh.stats()
+    assert stats["objects"] == 5
+    assert stats["packs"] == 5
+    await fresh.maintain()
+    assert len(await blobs.list_blobs(INDEX_PREFIX)) == 1

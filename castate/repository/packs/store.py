@@ -5,11 +5,11 @@
 one immutable pack blob written in the same ``commit`` call that moves its refs, so a save
 costs one round trip and one durability barrier on every engine.
 
-Which objects exist and where is a ``Catalog`` built at open from the index segments and the
-heads of the packs no segment covers, and grown when an object is asked for that this process
-has not seen; a writer indexes its new packs once there are enough of them. Packs only disappear when gc or
-fsck rewrites chains, and those first move the hidden ref ``castate/epoch`` (to a value marked
-"in progress") and move it again when done. Everything that acts on what this process believes
+Which objects exist and where is a ``Catalog`` built at open from the index segments (each save
+commits one with its pack; writers merge them as they go), and grown when an object is asked
+for that this process has not seen. Packs only disappear when gc or fsck rewrites chains,
+and those first move the hidden ref ``castate/epoch`` (to a value marked "in progress") and
+move it again when done. Everything that acts on what this process believes
 stored checks the epoch: a save in its ``commit`` (it retries on a fresh catalog), a reader
 that finds a pack missing, and ``gc_shared`` (imports, forks and restores that check objects
 before they move refs). docs/format.md §6.3 has the protocol.
@@ -33,6 +33,7 @@ from castate.errors import (
     CorruptFileError,
     CorruptionError,
     CorruptObjectError,
+    StoreError,
     UnsupportedFormatError,
 )
 from castate.repository.packs.catalog import Catalog, Place
@@ -82,7 +83,7 @@ class PackStore(Backend):
 
     ``chain_max`` bounds the raw bytes of one compression chain (what reading one object may
     decompress); ``cache_bytes`` the decompressed chains kept for reads; ``index_after`` the
-    packs no index segment covers before a save writes one."""
+    index segments a writer knows of before a save merges them."""
 
     packs_objects = True
 
@@ -489,9 +490,11 @@ class PackStore(Backend):
         name, data = self._segment_bytes(new, absorbed)
         try:
             await self.blobs.commit([(INDEX_PREFIX + name, data)], (), checks={EPOCH_REF: self._epoch})
-        except ConflictError:
+            await self.blobs.delete_blobs([s.blob for s in absorbed if s.name != name])
+        except (ConflictError, StoreError):
+            # The save is done; a merge that gc overtook or the backend refused loses nothing
+            # (segments merged but not deleted only repeat places) and the next save tries again.
             return
-        await self.blobs.delete_blobs([s.blob for s in absorbed if s.name != name])
         self._cat = self._recatalog(cat, [*(s for s in cat.segments if s not in absorbed), parse_segment(name, data)])
 
     def _segment_bytes(self, packs: list[PackInfo], segments: list[Segment]) -> tuple[str, bytes]:
