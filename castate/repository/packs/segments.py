@@ -1,18 +1,21 @@
 """Index segments: immutable blobs that say where objects are, so opening a store reads a few
-segments instead of every pack's head, and holds 44 bytes per object instead of Python objects.
+segments instead of every pack's head, and holds 48 bytes per object instead of Python objects.
 
-A segment covers a set of packs completely: their heads (the pack table) and every object
-they hold (the entry table, sorted by id, with a fanout table over the ids' leading bits so a
-lookup is two integer reads and one bounded search). Writers make segments by merging the
-packs that no segment covers with the smaller segments (``plan_merge``), and gc writes one
-segment covering everything it kept. docs/format.md §6.2 fixes every byte.
+A segment covers a set of packs completely: their heads (the pack table, sorted by name) and
+every object they hold (the entries, sorted by id, with a fanout table over the ids' leading
+bits so a lookup is two integer reads and one bounded search). An entry names its pack by the
+first 8 bytes of the pack's name, not by a row, so merging segments is sorting their entries'
+bytes together. Pack rows are parsed only when a lookup or a chain needs them. Each save
+commits a segment for its packs; writers merge segments as they go, and gc writes one segment
+covering everything it kept. docs/format.md §6.2 fixes every byte.
 """
 
 from __future__ import annotations
 
 import struct
+from collections import Counter
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import blake3
 
@@ -30,8 +33,9 @@ HEAD_SIZE = _HEAD.size  # 36
 # name, chain, seq, raw_len, chain_raw, prev, time_ns, body_off, body_len, size
 _PACK = struct.Struct("<32s16sIIQ32sQIIQ")
 PACK_SIZE = _PACK.size  # 128
-_ENTRY = struct.Struct("<32sIII")  # id, pack (row of the pack table), offset, length
-ENTRY_SIZE = _ENTRY.size  # 44
+_ENTRY = struct.Struct("<32s8sII")  # id, pack key (first 8 bytes of its name), offset, length
+ENTRY_SIZE = _ENTRY.size  # 48
+_SPAN = struct.Struct("<II")
 _FAN = struct.Struct("<II")
 
 
@@ -45,7 +49,7 @@ def fanout_bits(n_entries: int) -> int:
 
 @dataclass(slots=True, eq=False)
 class Segment:
-    """One parsed segment: its bytes and where its tables start."""
+    """One segment: its bytes, where its tables start, and what lookups parsed of its packs."""
 
     name: str  # 64 hex digits: blake3 of its bytes
     data: bytes
@@ -54,15 +58,17 @@ class Segment:
     bits: int
     entries_at: int
     fanout_at: int
-    packs: list[PackInfo]  # the pack table, without entries (they stay in ``data``)
+    _keys: dict[bytes, int] | None = None  # pack key -> row
+    _rows: dict[int, PackInfo | None] = field(default_factory=dict)  # row -> parsed (None: refused)
+    _chains: dict[bytes, list[int]] | None = None  # chain id -> rows
+    refused: dict[str, str] = field(default_factory=dict)  # pack name -> why its row was refused
 
     @property
     def blob(self) -> str:
         return INDEX_PREFIX + self.name
 
-    def first(self, oid: bytes) -> tuple[int, int, int] | None:
-        """(pack row, offset, length) of the first copy of ``oid`` this segment lists, or None
-        (the common lookup, without a generator)."""
+    def first(self, oid: bytes) -> tuple[bytes, int, int] | None:
+        """(pack key, offset, length) of the first copy of ``oid`` this segment lists, or None."""
         k = int.from_bytes(oid[:4], "big") >> (32 - self.bits)
         lo, hi = _FAN.unpack_from(self.data, self.fanout_at + 4 * k)
         if lo >= hi:
@@ -72,38 +78,85 @@ class Segment:
             return None
         if (at - self.entries_at) % ENTRY_SIZE:
             return next(self.find(oid), None)  # the bytes also appear across entries: look properly
-        _, row, off, length = _ENTRY.unpack_from(self.data, at)
-        return row, off, length
+        return self.data[at + 32 : at + 40], *_SPAN.unpack_from(self.data, at + 40)
 
-    def find(self, oid: bytes) -> Iterator[tuple[int, int, int]]:
-        """(pack row, offset, length) of every copy of ``oid`` this segment lists."""
+    def find(self, oid: bytes) -> Iterator[tuple[bytes, int, int]]:
+        """(pack key, offset, length) of every copy of ``oid`` this segment lists."""
         k = int.from_bytes(oid[:4], "big") >> (32 - self.bits)
         lo, hi = _FAN.unpack_from(self.data, self.fanout_at + 4 * k)
-        if lo >= hi:
-            return
-        data = self.data
-        start = self.entries_at + lo * ENTRY_SIZE
-        end = self.entries_at + hi * ENTRY_SIZE
-        at = data.find(oid, start, end)
+        data, start = self.data, self.entries_at
+        end = start + hi * ENTRY_SIZE
+        at = data.find(oid, start + lo * ENTRY_SIZE, end)
         while at >= 0:
-            if (at - self.entries_at) % ENTRY_SIZE == 0:
-                _, row, off, length = _ENTRY.unpack_from(data, at)
-                yield row, off, length
-                at += ENTRY_SIZE
-                if at >= end or data[at : at + 32] != oid:
-                    return
+            if (at - start) % ENTRY_SIZE:
+                at = data.find(oid, at + 1, end)
                 continue
-            at = data.find(oid, at + 1, end)
+            yield data[at + 32 : at + 40], *_SPAN.unpack_from(data, at + 40)
+            at += ENTRY_SIZE
+            if at >= end or data[at : at + 32] != oid:
+                return
 
-    def entries(self) -> Iterator[tuple[bytes, int, int, int]]:
-        """Every (id, pack row, offset, length), in id order."""
+    def entries(self) -> Iterator[tuple[bytes, bytes, int, int]]:
+        """Every (id, pack key, offset, length), in id order."""
         view = memoryview(self.data)[self.entries_at : self.entries_at + self.n_entries * ENTRY_SIZE]
         return _ENTRY.iter_unpack(view)
 
+    def records(self) -> list[bytes]:
+        """The entries as 48-byte strings (what a merge sorts together)."""
+        data, start = self.data, self.entries_at
+        return [data[at : at + ENTRY_SIZE] for at in range(start, start + self.n_entries * ENTRY_SIZE, ENTRY_SIZE)]
+
+    def row_of(self, key: bytes) -> int | None:
+        if self._keys is None:
+            table = memoryview(self.data)[HEAD_SIZE : HEAD_SIZE + self.n_packs * PACK_SIZE]
+            self._keys = {bytes(table[r * PACK_SIZE : r * PACK_SIZE + 8]): r for r in range(self.n_packs)}
+        return self._keys.get(key)
+
+    def pack_at(self, row: int) -> PackInfo | None:
+        """The pack in ``row``, parsed and checked as a pack head is (None if refused)."""
+        if row in self._rows:
+            return self._rows[row]
+        pname, chain, seq, raw_len, chain_raw, prev, time_ns, body_off, body_len, size = _PACK.unpack_from(
+            self.data, HEAD_SIZE + row * PACK_SIZE
+        )
+        pack: PackInfo | None = PackInfo(
+            pname.hex(), chain, seq, prev, raw_len, chain_raw, time_ns, body_off, body_len, size
+        )
+        if (
+            raw_len > MAX_RAW
+            or seq > MAX_SEQ
+            or chain_raw + raw_len > READ_CHAIN_MAX
+            or (seq == 0 and chain_raw)
+            or body_off + body_len != size
+        ):
+            self.refused[pname.hex()] = "the index segment lists it with an inconsistent head"
+            pack = None
+        self._rows[row] = pack
+        return pack
+
+    def pack(self, key: bytes) -> PackInfo | None:
+        row = self.row_of(key)
+        return None if row is None else self.pack_at(row)
+
+    def chain_rows(self, chain_id: bytes) -> list[int]:
+        """Rows of the packs of one chain."""
+        if self._chains is None:
+            chains: dict[bytes, list[int]] = {}
+            data = self.data
+            for row in range(self.n_packs):
+                at = HEAD_SIZE + row * PACK_SIZE + 32
+                chains.setdefault(data[at : at + 16], []).append(row)
+            self._chains = chains
+        return self._chains.get(chain_id, [])
+
+    def pack_names(self) -> list[str]:
+        data = self.data
+        return [data[HEAD_SIZE + r * PACK_SIZE : HEAD_SIZE + r * PACK_SIZE + 32].hex() for r in range(self.n_packs)]
+
 
 def parse_segment(name: str, data: bytes) -> Segment:
-    """A segment from its bytes, checked: its name is their blake3, its tables fit, and every
-    pack row passes the checks a pack head does. Entries are checked when a lookup uses them."""
+    """A segment from its bytes, checked: its name is their blake3 and its tables fit its size.
+    Pack rows are checked when first used, entries when a lookup uses them."""
     where = INDEX_PREFIX + name
     if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != name:
         raise CorruptFileError(where, "index segment bytes do not match its name")
@@ -123,19 +176,7 @@ def parse_segment(name: str, data: bytes) -> Segment:
     first, last = _FAN.unpack_from(data, fanout_at)[0], struct.unpack_from("<I", data, len(data) - 4)[0]
     if first != 0 or last != n_entries:
         raise CorruptFileError(where, "index segment fanout does not cover its entries")
-    packs = []
-    for row in _PACK.iter_unpack(memoryview(data)[HEAD_SIZE:entries_at]):
-        pname, chain, seq, raw_len, chain_raw, prev, time_ns, body_off, body_len, size = row
-        if (
-            raw_len > MAX_RAW
-            or seq > MAX_SEQ
-            or chain_raw + raw_len > READ_CHAIN_MAX
-            or (seq == 0 and chain_raw)
-            or body_off + body_len != size
-        ):
-            raise CorruptFileError(where, f"index segment lists pack {pname.hex()} with an inconsistent head")
-        packs.append(PackInfo(pname.hex(), chain, seq, prev, raw_len, chain_raw, time_ns, body_off, body_len, size))
-    return Segment(name, data, n_packs, n_entries, bits, entries_at, fanout_at, packs)
+    return Segment(name, data, n_packs, n_entries, bits, entries_at, fanout_at)
 
 
 def _pack_row(p: PackInfo) -> bytes:
@@ -144,28 +185,41 @@ def _pack_row(p: PackInfo) -> bytes:
     )
 
 
-def make_segment(packs: Iterable[tuple[PackInfo, Iterable[tuple[bytes, int, int]]]]) -> tuple[str, bytes]:
-    """Name and bytes of a segment covering ``packs``, each with its (id, offset, length) entries."""
-    table: list[PackInfo] = []
-    rows: list[tuple[bytes, int, int, int]] = []
+def make_segment(
+    packs: Iterable[tuple[PackInfo, Iterable[tuple[bytes, int, int]]]], records: Iterable[bytes] = ()
+) -> tuple[str, bytes]:
+    """Name and bytes of a segment covering ``packs``: each with its (id, offset, length)
+    entries, or with its entries among ``records`` (48-byte entries taken from other segments
+    whose packs are among ``packs``)."""
+    table: dict[str, bytes] = {}
+    rows: list[bytes] = list(records)
     for pack, entries in packs:
-        row = len(table)
-        table.append(pack)
-        rows.extend((oid, row, off, length) for oid, off, length in entries)
+        key = bytes.fromhex(pack.name[:16])
+        table[pack.name] = _pack_row(pack)
+        rows.extend(_ENTRY.pack(oid, key, off, length) for oid, off, length in entries)
     rows.sort()
     bits = fanout_bits(len(rows))
-    counts = [0] * ((1 << bits) + 1)
-    shift = 256 - bits
-    for oid, *_ in rows:
-        counts[(int.from_bytes(oid, "big") >> shift) + 1] += 1
-    for k in range(1, len(counts)):
-        counts[k] += counts[k - 1]
-    parts = [_HEAD.pack(SEGMENT_MAGIC, SEGMENT_VERSION, bits, len(table), len(rows))]
-    parts.extend(map(_pack_row, table))
-    parts.extend(_ENTRY.pack(*r) for r in rows)
-    parts.append(struct.pack(f"<{len(counts)}I", *counts))
+    fan = [0] * ((1 << bits) + 1)
+    joined = b"".join(rows)
+    if rows:
+        counts = Counter(k >> (32 - bits) for (k,) in struct.iter_unpack(">I44x", joined))
+        for k, c in counts.items():
+            fan[k + 1] = c
+        for k in range(1, len(fan)):
+            fan[k] += fan[k - 1]
+    parts = [
+        _HEAD.pack(SEGMENT_MAGIC, SEGMENT_VERSION, bits, len(table), len(rows)),
+        *(table[n] for n in sorted(table)),
+        joined,
+        struct.pack(f"<{len(fan)}I", *fan),
+    ]
     data = b"".join(parts)
     return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data
+
+
+def key_of(name: str) -> bytes:
+    """The 8 bytes by which entries name a pack."""
+    return bytes.fromhex(name[:16])
 
 
 __all__ = [
@@ -175,6 +229,7 @@ __all__ = [
     "PACK_SIZE",
     "Segment",
     "fanout_bits",
+    "key_of",
     "make_segment",
     "parse_segment",
 ]

@@ -52,6 +52,7 @@ from castate.repository.packs.segments import (
     INDEX_PREFIX,
     MAX_SEGMENT_BYTES,
     Segment,
+    key_of,
     make_segment,
     parse_segment,
 )
@@ -61,6 +62,9 @@ HIDDEN_PREFIX = "castate/"
 QUARANTINE_PREFIX = "quarantine/"
 GC_RUNNING = 1  # first byte of an epoch that gc set before rewriting (and sets to GC_DONE after)
 GC_DONE = 0
+# A gc that failed or died: segments may name packs it deleted. Readers list the packs at
+# every load until a gc completes (it writes one segment from a listing, then GC_DONE).
+GC_DIRTY = 2
 HEAD_READ = 4096  # bytes read from each new pack at open: the head and, usually, every entry
 HEAD_BATCH = 1000  # packs whose heads one range-read call asks for
 SAVE_ATTEMPTS = 4
@@ -139,12 +143,12 @@ class PackStore(Backend):
     # -- the catalog ---------------------------------------------------------------------------
 
     async def _reload(self, *, shared_held: bool = False) -> None:
-        """Build a new catalog from every pack's head and swap it in (after gc moved the epoch).
+        """Build a new catalog from the index segments and swap it in (after gc moved the epoch).
 
         The epoch is read before the listing: a gc that starts later moves it, and the saves
         this catalog lets skip objects then fail their check. An epoch marked "gc running" is
-        waited out under ``gc_shared``; one left so by a gc that died is set to done here, since
-        no gc can hold the lock meanwhile."""
+        waited out under ``gc_shared``; one left so by a gc that died is set to "dirty" here,
+        since no gc can hold the lock meanwhile."""
         epoch = await self.blobs.get_ref(EPOCH_REF)
         if epoch is not None and epoch[:1] == bytes((GC_RUNNING,)) and not _IN_GC.get():
             if shared_held:
@@ -153,6 +157,12 @@ class PackStore(Backend):
                 async with self.blobs.gc_shared():
                     epoch = await self._finish_dead_gc(await self.blobs.get_ref(EPOCH_REF))
         cat = await self._load_catalog()
+        if cat.segments and (_IN_GC.get() or (epoch is not None and epoch[:1] == bytes((GC_DIRTY,)))):
+            # gc and fsck act on every pack; after a gc that failed, segments may name packs
+            # it deleted: a listing tells which are gone.
+            infos = await self.blobs.list_blobs(PACK_PREFIX)
+            cat.mark_listed({i.name[len(PACK_PREFIX) :] for i in infos})
+            await self._read_heads(cat, infos)
         self._cat = cat
         self._epoch = epoch
         self._writing.clear()
@@ -161,33 +171,32 @@ class PackStore(Backend):
     async def _finish_dead_gc(self, epoch: bytes | None) -> bytes | None:
         if epoch is None or epoch[:1] != bytes((GC_RUNNING,)):
             return epoch
-        done = new_epoch(GC_DONE)
+        dirty = new_epoch(GC_DIRTY)
         with contextlib.suppress(ConflictError):
-            await self.blobs.commit((), [RefUpdate(EPOCH_REF, done, epoch)], message="gc: an interrupted gc closed")
+            await self.blobs.commit((), [RefUpdate(EPOCH_REF, dirty, epoch)], message="gc: an interrupted gc closed")
         return await self.blobs.get_ref(EPOCH_REF)
 
     async def _load_catalog(self) -> Catalog:
-        """A catalog from one listing: every index segment, and the heads of the packs no
-        segment covers (packs of format 2's first version). A segment deleted between the
+        """A catalog from the index segments alone (a store without any, from before them or
+        new, has its packs listed and read from their heads). A segment deleted between the
         listing and the read was merged into a newer one by another writer: list again."""
-        for _ in range(LIST_ATTEMPTS):
-            cat = Catalog()
-            if await self._extend(cat):
-                return cat
         cat = Catalog()
-        await self._extend(cat, last=True)
+        for attempt in range(LIST_ATTEMPTS):
+            cat = Catalog()
+            if await self._add_segments(cat, last=attempt + 1 == LIST_ATTEMPTS):
+                break
+        if not cat.segments:
+            infos = await self.blobs.list_blobs(PACK_PREFIX)
+            await self._read_heads(cat, infos)
         return cat
 
-    async def _extend(self, cat: Catalog, *, last: bool = False) -> bool:
-        """Add to ``cat`` the segments and packs listed now that it does not know; False if a
-        listed segment was gone when read (unless ``last``: then its packs stay unknown).
-
-        Packs are listed before segments: a save commits its pack and its segment together,
-        so every pack listed has its segment listed after it."""
-        pack_infos = await self.blobs.list_blobs(PACK_PREFIX)
-        seg_infos = [i for i in await self.blobs.list_blobs(INDEX_PREFIX) if not cat.has_segment(i.name)]
+    async def _add_segments(self, cat: Catalog, *, last: bool) -> bool:
+        """Add the listed segments ``cat`` lacks; False if one was gone when read (unless
+        ``last``: then what it covered stays unknown)."""
         wanted = []
-        for info in seg_infos:
+        for info in await self.blobs.list_blobs(INDEX_PREFIX):
+            if cat.has_segment(info.name):
+                continue
             if info.size > MAX_SEGMENT_BYTES:
                 cat.bad[info.name] = f"index segment of {info.size} bytes (at most {MAX_SEGMENT_BYTES} are read)"
             else:
@@ -195,24 +204,26 @@ class PackStore(Backend):
         got = await self.blobs.get_blobs(wanted) if wanted else {}
         if len(got) < len(wanted) and not last:
             return False
-        listed = {i.name[len(PACK_PREFIX) :] for i in pack_infos}
         for blob, data in got.items():
             try:
-                segment = parse_segment(blob[len(INDEX_PREFIX) :], data)
+                cat.add_segment(parse_segment(blob[len(INDEX_PREFIX) :], data))
             except (CorruptFileError, UnsupportedFormatError) as exc:
                 cat.bad[blob] = str(exc)
-                continue
-            cat.cover(segment, listed)
-        await self._read_heads(cat, pack_infos)
         return True
 
     async def _refresh(self) -> None:
-        """Add the segments and packs written since the catalog was built (other writers' saves)."""
+        """Learn what was written since the catalog was built (other writers' saves) and which
+        packs segments name are gone: list the packs, then the segments (a save commits its
+        pack and its segment together, so every pack listed has its segment listed after it),
+        then read the heads of listed packs no segment covers."""
         cat = self._cat
         for attempt in range(LIST_ATTEMPTS):
+            infos = await self.blobs.list_blobs(PACK_PREFIX)
             if self._cat is not cat:
                 return  # a reload swapped in a newer catalog meanwhile
-            if await self._extend(cat, last=attempt + 1 == LIST_ATTEMPTS):
+            if await self._add_segments(cat, last=attempt + 1 == LIST_ATTEMPTS):
+                cat.mark_listed({i.name[len(PACK_PREFIX) :] for i in infos})
+                await self._read_heads(cat, infos)
                 return
 
     async def _read_heads(self, cat: Catalog, infos: list[BlobInfo]) -> None:
@@ -266,7 +277,12 @@ class PackStore(Backend):
             by_chain.setdefault(pack.chain, {})[pack.seq] = pack
         for chain_id, lost in by_chain.items():
             members = {p.seq: p for p in cat.chain(chain_id)} | lost
-            chain = [members[seq] for seq in sorted(members) if seq <= max(lost)]
+            chain: list[PackInfo] = []
+            for seq in range(max(lost) + 1):  # only a prefix whose heads continue one another
+                member = members.get(seq)
+                if member is None or (seq and not _continues(member, chain[-1])):
+                    break
+                chain.append(member)
             blobs = await self.blobs.get_blobs([p.blob for p in chain])
             cache = ChainCache(1 << 62)
             for pack in chain:
@@ -298,8 +314,16 @@ class PackStore(Backend):
         except ChainDamage as damage:
             # A pack gone missing means gc rewrote its chain since this catalog was built: read
             # again from a new one. Only when the epoch has not moved is it damage.
-            if not damage.missing or not await self._epoch_moved():
+            if not damage.missing:
                 raise _corrupt(damage) from None
+            if not await self._epoch_moved():
+                # Not gc now: a segment may name a pack that a gc which then died deleted. A
+                # listing marks such packs gone; another copy may still be found.
+                await self._refresh()
+                try:
+                    return await self._read(wanted)
+                except ChainDamage as again:
+                    raise _corrupt(again) from None
         await self._reload()
         try:
             return await self._read(wanted)
@@ -414,7 +438,7 @@ class PackStore(Backend):
                     self._writing.drop(stream)  # the stream's compressor ran ahead of the store
                     raise
                 if packs and self._segment is not None:
-                    self._cat.cover(self._segment, {p.name for p, _, _ in packs})
+                    self._cat.add_segment(self._segment)
                 for pack, _, raw in packs:
                     self._cache.put(pack, raw)
                 self._cache.evict()
@@ -487,7 +511,7 @@ class PackStore(Backend):
             total += segment.n_entries
         if len(absorbed) + len(new) < 2:
             return
-        name, data = self._segment_bytes(new, absorbed)
+        name, data = self._merged(absorbed, new)
         try:
             await self.blobs.commit([(INDEX_PREFIX + name, data)], (), checks={EPOCH_REF: self._epoch})
             await self.blobs.delete_blobs([s.blob for s in absorbed if s.name != name])
@@ -495,38 +519,49 @@ class PackStore(Backend):
             # The save is done; a merge that gc overtook or the backend refused loses nothing
             # (segments merged but not deleted only repeat places) and the next save tries again.
             return
-        self._cat = self._recatalog(cat, [*(s for s in cat.segments if s not in absorbed), parse_segment(name, data)])
+        merged = parse_segment(name, data)
+        fresh = Catalog(bad=dict(cat.bad), dead=set(cat.dead), orphans=list(cat.orphans))
+        for segment in cat.segments:
+            if segment not in absorbed:
+                fresh.add_segment(segment)
+        fresh.add_segment(merged)
+        for pack in cat.packs.values():
+            if pack not in new:
+                fresh.add(pack)
+        self._cat = fresh
 
-    def _segment_bytes(self, packs: list[PackInfo], segments: list[Segment]) -> tuple[str, bytes]:
-        by_pack: dict[str, tuple[PackInfo, list[tuple[bytes, int, int]]]] = {
-            p.name: (p, list(p.entries)) for p in packs
-        }
-        for pack, oid, off, length in self._cat.entries(segments):
-            by_pack.setdefault(pack.name, (pack, []))[1].append((oid, off, length))
-        return make_segment(by_pack.values())
-
-    @staticmethod
-    def _recatalog(old: Catalog, segments: list[Segment]) -> Catalog:
-        """The same packs as ``old``, with ``segments`` covering what they cover (no I/O)."""
-        cat = Catalog()
-        cat.bad = dict(old.bad)
-        listed = set(old.covered) | set(old.packs)
+    def _merged(self, segments: list[Segment], packs: list[PackInfo]) -> tuple[str, bytes]:
+        """A segment covering what ``segments`` cover (their packs not gone, once each) and
+        ``packs`` (with their entries). A segment that is the first to name each of its packs
+        and names none gone gives its entries' bytes as they are, without parsing them."""
+        cat = self._cat
+        owners = cat.owners()
+        table: list[tuple[PackInfo, list[tuple[bytes, int, int]]]] = [(p, list(p.entries)) for p in packs]
+        records: list[bytes] = []
+        slow: list[Segment] = []
         for segment in segments:
-            cat.cover(segment, listed)
-        for pack in old.packs.values():
-            cat.add(pack)
-        return cat
+            names = segment.pack_names()
+            if all(owners.get(n) is segment and n not in cat.dead and n not in cat.packs for n in names):
+                for name in names:
+                    pack = segment.pack(key_of(name))
+                    if pack is not None:
+                        table.append((pack, []))
+                records.extend(segment.records())
+            else:
+                slow.append(segment)
+        if slow:
+            by_pack: dict[str, tuple[PackInfo, list[tuple[bytes, int, int]]]] = {}
+            for pack, oid, off, length in cat.entries(slow):
+                by_pack.setdefault(pack.name, (pack, []))[1].append((oid, off, length))
+            table.extend(by_pack.values())
+        return make_segment(table, records)
 
     async def _index_everything(self) -> None:
         """Under ``gc_exclusive``: one segment covering every readable pack, and no other."""
         cat = self._cat
-        packs = [p for p in cat.all_packs() if cat.readable(p)]
-        if len(cat.segments) == 1 and not cat.packs and len(cat.covered) == len(packs):
+        if len(cat.segments) == 1 and not cat.packs and not cat.dead:
             return
-        entries: dict[str, list[tuple[bytes, int, int]]] = {p.name: list(p.entries) for p in cat.packs.values()}
-        for pack, oid, off, length in cat.entries(cat.segments):
-            entries.setdefault(pack.name, []).append((oid, off, length))
-        name, data = make_segment((p, entries.get(p.name, [])) for p in packs)
+        name, data = self._merged(cat.segments, [p for p in cat.packs.values() if cat.readable(p)])
         await self.blobs.put_blobs([(INDEX_PREFIX + name, data)])
         old = [i.name for i in await self.blobs.list_blobs(INDEX_PREFIX) if i.name != INDEX_PREFIX + name]
         await self.blobs.delete_blobs(old)
@@ -561,16 +596,20 @@ class PackStore(Backend):
         listed = self._doomed_by_chain(cat, doomed)
         chains = set(listed)
         if consolidate:
-            chains.update(c for c, members in cat.chains.items() if len(members) >= CONSOLIDATE_MIN)
+            chains.update(c for c in {p.chain for p in cat.all_packs()} if len(cat.members(c)) >= CONSOLIDATE_MIN)
+        dirty = self._epoch is not None and self._epoch[:1] == bytes((GC_DIRTY,))
         if not chains:
-            if consolidate:
+            if consolidate or dirty:
                 await self._index_everything()
+                if dirty:
+                    await self._move_epoch(new_epoch(GC_DONE))
                 await self._reload()
             return 0
         present = {oid for ids in listed.values() for oid in ids}
         # Every save that built its catalog before this point now fails its epoch check; a
         # process that reads this value waits for gc to finish before it builds a new one.
         await self._move_epoch(new_epoch(GC_RUNNING))
+        done = False
         try:
             await self._reload()  # under the lock, after the move: nothing committed since is missed
             cat = self._cat
@@ -593,10 +632,11 @@ class PackStore(Backend):
                 await self.blobs.delete_blobs([p.blob for p in packs])
             await self._reload()
             await self._index_everything()
+            done = True
         finally:
             # Also after a failure: writers that built a catalog during the rewrite hold packs
             # that may be gone. A gc killed before this leaves GC_RUNNING, which _reload resolves.
-            await self._move_epoch(new_epoch(GC_DONE))
+            await self._move_epoch(new_epoch(GC_DONE if done else GC_DIRTY))
             self._writing.clear()
             await self._reload()
         has = self._cat.has
@@ -724,12 +764,16 @@ class PackStore(Backend):
         sizes: dict[bytes, int] = {}
         for _, oid, _, length in cat.entries():
             sizes.setdefault(oid, length)
-        out["packs"] = len(cat.covered) + len(cat.packs)
+        out["packs"] = sum(1 for _ in cat.all_packs())
         out["index_segments"] = len(cat.segments)
         out["objects"] = len(sizes)
         out["object_bytes"] = sum(sizes.values())
         out["pack_bytes"] = sum(p.size for p in cat.all_packs())
         return out
+
+
+def _continues(pack: PackInfo, before: PackInfo) -> bool:
+    return pack.prev == bytes.fromhex(before.name) and pack.chain_raw == before.chain_raw + before.raw_len
 
 
 def _corrupt(damage: ChainDamage) -> Exception:
