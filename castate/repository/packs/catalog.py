@@ -33,6 +33,7 @@ class Catalog:
     _chains: dict[bytes, dict[int, PackInfo]] = field(default_factory=dict)  # chain -> seq -> pack
     _readable: dict[bytes, int] = field(default_factory=dict)  # chain -> its first packs that read
     _owners: dict[str, Segment] | None = None  # pack name -> the first segment listing it
+    _by_key: dict[tuple[int, bytes], PackInfo | None] = field(default_factory=dict)  # (segment, key) -> pack
 
     # -- growing ------------------------------------------------------------------------------
 
@@ -61,6 +62,7 @@ class Catalog:
     def _forget(self) -> None:
         self._chains.clear()
         self._readable.clear()
+        self._by_key.clear()
         self._owners = None
 
     # -- what is known ------------------------------------------------------------------------
@@ -145,11 +147,16 @@ class Catalog:
         return None
 
     def _usable(self, segment: Segment, key: bytes, off: int, length: int) -> Place | None:
-        pack = segment.pack(key)
-        if pack is None or off + length > pack.raw_len or length < 3 or pack.name in self.dead:
+        slot = (id(segment), key)
+        if slot in self._by_key:
+            canonical = self._by_key[slot]
+        else:
+            pack = segment.pack(key)
+            canonical = None if pack is None or pack.name in self.dead else self._canonical(pack)
+            self._by_key[slot] = canonical
+        if canonical is None or off + length > canonical.raw_len or length < 3:
             return None
-        canonical = self._canonical(pack)
-        return None if canonical is None else (canonical, off, length)
+        return canonical, off, length
 
     def has(self, oid: bytes) -> bool:
         return self.place(oid) is not None
