@@ -489,3 +489,36 @@ def test_a_writer_s_pack_head_is_what_a_reader_parses_from_its_bytes() -> None:
     assert parsed.spans == [(off, length) for _, off, length in info.entries]  # the ids live in segments
     for field in ("chain", "seq", "prev", "raw_len", "chain_raw", "time_ns", "body_off", "body_len", "size"):
         assert getattr(info, field) == getattr(parsed, field), field
+
+
+async def test_gc_on_a_full_disk_frees_whole_garbage_chains_and_leaves_no_partial_copy() -> None:
+    from castate.errors import StoreIOError
+
+    class Full(MemoryBackend):
+        full = False
+
+        async def put_blobs(self, items):  # type: ignore[no-untyped-def]
+            if self.full:
+                await super().put_blobs(items[:1])  # the disk fills half way through
+                raise StoreIOError("no space left on device")
+            return await super().put_blobs(items)
+
+    blobs = Full()
+    store = PackStore(blobs)
+    await store.open()
+    garbage = [raw_obj(f"garbage {i} " * 30) for i in range(3)]
+    mixed = [raw_obj(f"kept {i} " * 30) for i in range(2)] + [raw_obj("doomed too " * 30)]
+    await store.put_objects(garbage, stream="a")  # a chain of garbage only
+    await store.put_objects(mixed, stream="b")  # a chain gc must rewrite
+    before = {i.name for i in await blobs.list_blobs(PACK_PREFIX)}
+    blobs.full = True
+    with pytest.raises(StoreIOError):
+        await store.delete_objects([oid for oid, _ in garbage] + [mixed[2][0]])
+    blobs.full = False
+    after = {i.name for i in await blobs.list_blobs(PACK_PREFIX)}
+    assert len(after) == 1  # the garbage chain went; no half-written copy stayed
+    assert after < before
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert await fresh.has_objects([oid for oid, _ in garbage + mixed]) == {oid for oid, _ in mixed}
+    assert (await blobs.get_ref(EPOCH_REF) or b"")[0] == 2  # "dirty": readers list the packs until a gc completes

@@ -615,7 +615,10 @@ class PackStore(Backend):
             cat = self._cat
             listed = self._doomed_by_chain(cat, doomed)
             spared = await self._intact_copies(listed) if quarantine else {}
-            for chain_id in chains:
+            # Chains holding only doomed objects first: they free space without writing, so a
+            # gc on a full disk frees them before a rewrite fails.
+            kept = {pack.chain for pack, oid, _, _ in cat.entries() if pack.chain in chains and oid not in doomed}
+            for chain_id in sorted(chains, key=lambda c: c in kept):
                 packs = cat.chain(chain_id)
                 frames = await self._chain_frames(packs)
                 keep: dict[bytes, Any] = {}
@@ -628,7 +631,13 @@ class PackStore(Backend):
                 if keep:
                     self._writing.clear()
                     made = self._build(keep, f"gc {chain_id.hex()}")  # no dedup: a copy too many is harmless
-                    await self.blobs.put_blobs(self._with_segment(made))
+                    written = self._with_segment(made)
+                    try:
+                        await self.blobs.put_blobs(written)
+                    except BaseException:
+                        with contextlib.suppress(Exception):  # leave no partial copy behind
+                            await self.blobs.delete_blobs([name for name, _ in written])
+                        raise
                 await self.blobs.delete_blobs([p.blob for p in packs])
             await self._reload()
             await self._index_everything()
