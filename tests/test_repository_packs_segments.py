@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import struct
 
+import blake3
 import pytest
 
 from castate.backends import RefUpdate
 from castate.backends.base import ANY, Backend
 from castate.backends.memory import MemoryBackend
 from castate.codec.objects import decode_frame
-from castate.errors import BackendUnavailableError, CorruptFileError, CorruptObjectError, UnsupportedFormatError
+from castate.errors import (
+    BackendUnavailableError,
+    CastateError,
+    CorruptFileError,
+    CorruptObjectError,
+    UnsupportedFormatError,
+)
 from castate.repository.packs import EPOCH_REF, PackStore
 from castate.repository.packs.catalog import Catalog
 from castate.repository.packs.format import PACK_PREFIX, ZERO_ID, PackInfo
@@ -18,6 +26,7 @@ from castate.repository.packs.segments import (
     ENTRY_SIZE,
     INDEX_PREFIX,
     PACK_SIZE,
+    SEGMENT_MAGIC,
     fanout_bits,
     key_of,
     make_segment,
@@ -117,7 +126,7 @@ def test_an_entry_that_points_outside_its_pack_is_not_used() -> None:
     cat.add_segment(seg)
     assert cat.place(oid(1)) is None
     assert cat.place(oid(2)) == (seg.pack(key_of(pack(0).name)), 10, 20)
-    cat.mark_listed(set())  # gc deleted the pack since the segment was written
+    cat.mark_listed(set(), among={pack(0).name})  # gc deleted the pack since the segment was written
     assert cat.place(oid(2)) is None
 
 
@@ -304,3 +313,194 @@ async def test_two_writers_merging_the_same_segments_lose_and_duplicate_nothing(
     assert stats["packs"] == 5
     await fresh.maintain()
     assert len(await blobs.list_blobs(INDEX_PREFIX)) == 1
+
+
+# Found by a review of the segment change: each failed before its fix.
+
+
+async def _save_text(store: PackStore, n: int, stream: str = "s", text: str | None = None) -> tuple[bytes, bytes]:
+    item = raw_obj(text or f"object number {n} " * 8)
+    await store.commit([item], [RefUpdate(f"sessions/s{n}", cid(n), None)], stream=stream)
+    return item
+
+
+async def test_a_merge_that_finishes_after_a_reload_does_not_bring_back_the_pre_gc_catalog() -> None:
+    """Process A merges segments; while its merge deletes the merged ones, gc (process G)
+    deletes object Y, and a task of A (gc_shared, as imports do) reloads A's catalog at the new
+    epoch. The merge then swaps in a catalog built from the old one: pre-gc contents, new epoch.
+    A later save of Y skips it and its commit passes the epoch check: Y is lost."""
+    blobs = MemoryBackend()
+    a = PackStore(blobs, index_after=2)
+    g = PackStore(blobs)
+    await a.open()
+    await g.open()
+    real_delete = blobs.delete_blobs
+    raced: list[int] = []
+    y = raw_obj("object number 1 " * 8)
+
+    async def racing_delete(names):  # type: ignore[no-untyped-def]
+        if not raced and any(n.startswith(INDEX_PREFIX) for n in names):
+            raced.append(1)
+            assert await g.delete_objects([y[0]]) == 1  # gc in another process
+            async with a.gc_shared():  # a task of A: reloads since the epoch moved
+                pass
+        return await real_delete(names)
+
+    blobs.delete_blobs = racing_delete  # type: ignore[method-assign]
+    await _save_text(a, 0, stream="x")
+    assert await _save_text(a, 1, stream="y") == y  # 2 segments: the merge runs
+    assert raced
+    await a.commit([y], [RefUpdate("sessions/again", cid(99), None)], stream="y")
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert await fresh.get_refs(["sessions/again"]) == {"sessions/again": cid(99)}
+    got = await fresh.get_objects([y[0]])
+    assert y[0] in got, "the ref points at an object no pack holds"
+
+
+async def test_a_save_committed_during_a_refresh_is_not_dropped_from_merged_segments() -> None:
+    """A's refresh lists packs/, then B commits a save (pack + segment), then A lists index/:
+    A reads B's segment and marks B's pack gone (not in the pack listing). A's next merge
+    leaves B's pack out and deletes B's segment: no segment covers a healthy pack, and fsck
+    reports it (and every reader must decompress and hash it)."""
+    blobs = MemoryBackend()
+    a = PackStore(blobs, index_after=3)
+    b = PackStore(blobs)
+    await a.open()
+    await b.open()
+    await _save_text(a, 0, stream="a")
+    real_list = blobs.list_blobs
+    armed: list[int] = [1]
+
+    async def racing_list(prefix: str = ""):  # type: ignore[no-untyped-def]
+        out = await real_list(prefix)
+        if armed and prefix == PACK_PREFIX:
+            armed.clear()
+            await _save_text(b, 1, stream="b")  # another process saves between the two listings
+        return out
+
+    blobs.list_blobs = racing_list  # type: ignore[method-assign]
+    assert await a.has_objects([bytes(32)]) == set()  # an unknown id: a refresh
+    blobs.list_blobs = real_list  # type: ignore[method-assign]
+    await _save_text(a, 2, stream="a")  # 3 segments: merge
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert await fresh.check_storage() == []
+
+
+async def test_a_segment_with_a_hostile_fanout_does_not_crash_lookups() -> None:
+    """A segment whose fanout parses (fanout[0] == 0, fanout[-1] == n_entries) but is not
+    monotonic: a lookup searches past the entries into the fanout and unpacks beyond the
+    segment's end -> struct.error instead of a castate error or 'not here'."""
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    bits = 7
+    n = 0
+    while True:  # a real object id whose bucket is not among the fanout words it overlaps
+        item = raw_obj(f"victim {n}")
+        k = int.from_bytes(item[0][:4], "big") >> (32 - bits)
+        if k > 0 and k + 1 < 120:
+            break
+        n += 1
+    fan = [0] * ((1 << bits) + 1)
+    fan[k + 1] = 1000  # lo = 0 < hi: the search runs into the fanout
+    fan[120:128] = struct.unpack("<8I", item[0])  # the id, 48-aligned from the entries
+    fan[128] = 0  # == n_entries
+    data = struct.pack("<8sBB2xII16x", SEGMENT_MAGIC, 2, bits, 0, 0) + struct.pack(f"<{len(fan)}I", *fan)
+    await blobs.put_blobs([(INDEX_PREFIX + blake3.blake3(data).hexdigest(), data)])
+    await _save_text(store, 0)  # a real segment too
+    victim = PackStore(blobs)
+    await victim.open()
+    try:
+        assert await victim.has_objects([item[0]]) == set()
+        await victim.commit([item], [RefUpdate("sessions/v", cid(7), None)])
+    except CastateError:
+        pass  # a named castate error would be acceptable
+
+
+async def test_a_gc_that_fails_and_cannot_mark_the_epoch_dirty_leaves_no_stale_catalog() -> None:
+    """gc deletes a garbage-only chain, then the backend goes away for a moment: the delete
+    raises after taking effect, and the finally's move of the epoch to 'dirty' fails too. The
+    store keeps its pre-gc catalog and the 'gc running' epoch it set itself, which still
+    matches the stored one: the next save of the deleted object skips it and commits."""
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    d = await _save_text(store, 0, stream="d")  # alone in its chain
+    await _save_text(store, 1, stream="x")
+    real_delete, real_commit = blobs.delete_blobs, blobs.commit
+    outage: list[int] = []
+
+    async def flaky_delete(names):  # type: ignore[no-untyped-def]
+        n = await real_delete(names)
+        if any(x.startswith(PACK_PREFIX) for x in names) and not outage:
+            outage.append(1)
+            raise BackendUnavailableError("connection lost")
+        return n
+
+    async def flaky_commit(*args, **kwargs):  # type: ignore[no-untyped-def]
+        if outage == [1]:
+            outage.append(2)
+            raise BackendUnavailableError("still down")
+        return await real_commit(*args, **kwargs)
+
+    blobs.delete_blobs = flaky_delete  # type: ignore[method-assign]
+    blobs.commit = flaky_commit  # type: ignore[method-assign]
+    with contextlib.suppress(BackendUnavailableError):
+        await store.delete_objects([d[0]])
+    assert outage == [1, 2]
+    # the backend is back; the process saves d again (a new session holding the same content)
+    await store.commit([d], [RefUpdate("sessions/again", cid(5), None)], stream="d2")
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert await fresh.get_refs(["sessions/again"]) == {"sessions/again": cid(5)}
+    assert d[0] in await fresh.get_objects([d[0]]), "the ref points at an object no pack holds"
+
+
+async def test_iter_objects_reads_other_writers_segments_instead_of_hashing_their_packs() -> None:
+    """iter_objects (gc's and fsck --full's listing) lists packs/ and reads the heads of packs
+    the catalog lacks, without first reading the segments listed since: every pack another
+    process saved since the open is decompressed and hashed, and reported as unindexed."""
+    blobs = MemoryBackend()
+    a, b = PackStore(blobs), PackStore(blobs)
+    await a.open()
+    await b.open()
+    await _save_text(a, 0, stream="a")
+    await _save_text(b, 1, stream="b")  # another process, with its own segment
+    listed = [info async for info in a.iter_objects()]
+    assert len(listed) == 2
+    assert a._cat.orphans == []
+    assert await a.check_storage() == []
+
+
+async def test_a_dirty_open_lists_packs_before_segments() -> None:
+    """docs/format.md §6.2: a reader lists packs/ before index/. _reload under a 'dirty' epoch
+    lists index/ first, then packs/: a save committed in between has its pack listed and its
+    segment unread, so the pack is decompressed, hashed and reported as unindexed."""
+    from castate.backends.base import ANY
+    from castate.repository.packs import EPOCH_REF
+    from castate.repository.packs.store import GC_DIRTY, new_epoch
+
+    blobs = MemoryBackend()
+    a, b = PackStore(blobs), PackStore(blobs)
+    await b.open()
+    await _save_text(b, 0, stream="b")
+    await blobs.commit((), [RefUpdate(EPOCH_REF, new_epoch(GC_DIRTY), ANY)])  # a gc failed earlier
+    await b._reload()
+    real_list = blobs.list_blobs
+    armed: list[int] = [1]
+
+    async def racing_list(prefix: str = ""):  # type: ignore[no-untyped-def]
+        out = await real_list(prefix)
+        if armed and prefix == INDEX_PREFIX:
+            armed.clear()
+            await _save_text(b, 1, stream="b")
+        return out
+
+    blobs.list_blobs = racing_list  # type: ignore[method-assign]
+    await a.open()
+    blobs.list_blobs = real_list  # type: ignore[method-assign]
+    assert not armed
+    assert a._cat.orphans == []
+    assert await a.check_storage() == []

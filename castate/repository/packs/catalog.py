@@ -54,9 +54,10 @@ class Catalog:
             self.index.setdefault(oid, (pack, off, length))
         self._forget()
 
-    def mark_listed(self, listed: set[str]) -> None:
-        """A listing of every pack: the packs segments name that it lacks are gone."""
-        self.dead = {name for name in self.owners() if name not in listed}
+    def mark_listed(self, listed: set[str], among: set[str]) -> None:
+        """A listing of every pack: the packs of ``among`` (those the segments known before the
+        listing name) that it lacks are gone."""
+        self.dead |= {name for name in among if name not in listed}
         self._forget()
 
     def _forget(self) -> None:

@@ -71,6 +71,7 @@ class Segment:
         """(pack key, offset, length) of the first copy of ``oid`` this segment lists, or None."""
         k = int.from_bytes(oid[:4], "big") >> (32 - self.bits)
         lo, hi = _FAN.unpack_from(self.data, self.fanout_at + 4 * k)
+        hi = min(hi, self.n_entries)  # a hostile fanout never sends a search past the entries
         if lo >= hi:
             return None
         at = self.data.find(oid, self.entries_at + lo * ENTRY_SIZE, self.entries_at + hi * ENTRY_SIZE)
@@ -84,6 +85,9 @@ class Segment:
         """(pack key, offset, length) of every copy of ``oid`` this segment lists."""
         k = int.from_bytes(oid[:4], "big") >> (32 - self.bits)
         lo, hi = _FAN.unpack_from(self.data, self.fanout_at + 4 * k)
+        hi = min(hi, self.n_entries)
+        if lo >= hi:
+            return
         data, start = self.data, self.entries_at
         end = start + hi * ENTRY_SIZE
         at = data.find(oid, start + lo * ENTRY_SIZE, end)

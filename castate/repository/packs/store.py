@@ -65,6 +65,7 @@ GC_DONE = 0
 # A gc that failed or died: segments may name packs it deleted. Readers list the packs at
 # every load until a gc completes (it writes one segment from a listing, then GC_DONE).
 GC_DIRTY = 2
+STALE_EPOCH = b"stale"  # no stored epoch has this value: a commit checking it conflicts and reloads
 HEAD_READ = 4096  # bytes read from each new pack at open: the head and, usually, every entry
 HEAD_BATCH = 1000  # packs whose heads one range-read call asks for
 SAVE_ATTEMPTS = 4
@@ -160,9 +161,7 @@ class PackStore(Backend):
         if cat.segments and (_IN_GC.get() or (epoch is not None and epoch[:1] == bytes((GC_DIRTY,)))):
             # gc and fsck act on every pack; after a gc that failed, segments may name packs
             # it deleted: a listing tells which are gone.
-            infos = await self.blobs.list_blobs(PACK_PREFIX)
-            cat.mark_listed({i.name[len(PACK_PREFIX) :] for i in infos})
-            await self._read_heads(cat, infos)
+            await self._list_packs(cat)
         self._cat = cat
         self._epoch = epoch
         self._writing.clear()
@@ -186,8 +185,7 @@ class PackStore(Backend):
             if await self._add_segments(cat, last=attempt + 1 == LIST_ATTEMPTS):
                 break
         if not cat.segments:
-            infos = await self.blobs.list_blobs(PACK_PREFIX)
-            await self._read_heads(cat, infos)
+            await self._list_packs(cat)
         return cat
 
     async def _add_segments(self, cat: Catalog, *, last: bool) -> bool:
@@ -213,18 +211,27 @@ class PackStore(Backend):
 
     async def _refresh(self) -> None:
         """Learn what was written since the catalog was built (other writers' saves) and which
-        packs segments name are gone: list the packs, then the segments (a save commits its
-        pack and its segment together, so every pack listed has its segment listed after it),
-        then read the heads of listed packs no segment covers."""
+        packs the segments name are gone."""
         cat = self._cat
         for attempt in range(LIST_ATTEMPTS):
-            infos = await self.blobs.list_blobs(PACK_PREFIX)
             if self._cat is not cat:
                 return  # a reload swapped in a newer catalog meanwhile
             if await self._add_segments(cat, last=attempt + 1 == LIST_ATTEMPTS):
-                cat.mark_listed({i.name[len(PACK_PREFIX) :] for i in infos})
-                await self._read_heads(cat, infos)
+                await self._list_packs(cat)
                 return
+
+    async def _list_packs(self, cat: Catalog) -> list[BlobInfo]:
+        """List the packs: those the segments already known name and the listing lacks are gone
+        (a segment read later may name a pack committed after the listing); segments of saves
+        committed meanwhile are read, then the heads of listed packs no segment covers."""
+        known = set(cat.owners())
+        infos = await self.blobs.list_blobs(PACK_PREFIX)
+        listed = {i.name[len(PACK_PREFIX) :] for i in infos}
+        cat.mark_listed(listed, among=known)
+        if any(not cat.knows(name) for name in listed):
+            await self._add_segments(cat, last=True)  # a save commits its pack and segment together
+        await self._read_heads(cat, infos)
+        return infos
 
     async def _read_heads(self, cat: Catalog, infos: list[BlobInfo]) -> None:
         new = [i for i in infos if not cat.knows(i.name[len(PACK_PREFIX) :])]
@@ -383,9 +390,9 @@ class PackStore(Backend):
     async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
         """Every object in a pack, with the time the backend stored its newest copy (gc's grace
         runs on the backend's clock, never a writer's)."""
-        infos = await self.blobs.list_blobs(PACK_PREFIX)
+        await self._add_segments(self._cat, last=True)
         cat = self._cat
-        await self._read_heads(cat, infos)
+        infos = await self._list_packs(cat)
         times = {i.name[len(PACK_PREFIX) :]: i.time_ns for i in infos}
         seen: dict[bytes, ObjectInfo] = {}
         for pack, oid, _, length in cat.entries():
@@ -519,8 +526,11 @@ class PackStore(Backend):
             # The save is done; a merge that gc overtook or the backend refused loses nothing
             # (segments merged but not deleted only repeat places) and the next save tries again.
             return
+        if self._cat is not cat:
+            return  # a reload swapped in a newer catalog meanwhile (gc ran): keep that one
         merged = parse_segment(name, data)
-        fresh = Catalog(bad=dict(cat.bad), dead=set(cat.dead), orphans=list(cat.orphans))
+        covered = {p.blob for p in new}
+        fresh = Catalog(bad=dict(cat.bad), dead=set(cat.dead), orphans=[o for o in cat.orphans if o not in covered])
         for segment in cat.segments:
             if segment not in absorbed:
                 fresh.add_segment(segment)
@@ -645,7 +655,11 @@ class PackStore(Backend):
         finally:
             # Also after a failure: writers that built a catalog during the rewrite hold packs
             # that may be gone. A gc killed before this leaves GC_RUNNING, which _reload resolves.
+            # Until the reload below is through, this catalog may name deleted packs: a save
+            # that runs first must fail its check and reload, even if the moves fail.
+            self._epoch = STALE_EPOCH
             await self._move_epoch(new_epoch(GC_DONE if done else GC_DIRTY))
+            self._epoch = STALE_EPOCH
             self._writing.clear()
             await self._reload()
         has = self._cat.has
