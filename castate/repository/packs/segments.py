@@ -153,6 +153,11 @@ class Segment:
             self._chains = chains
         return self._chains.get(chain_id, [])
 
+    def pack_rows(self) -> list[bytes]:
+        """The pack table's rows as they are (what a merge copies)."""
+        data = self.data
+        return [data[HEAD_SIZE + r * PACK_SIZE : HEAD_SIZE + (r + 1) * PACK_SIZE] for r in range(self.n_packs)]
+
     def pack_names(self) -> list[str]:
         data = self.data
         return [data[HEAD_SIZE + r * PACK_SIZE : HEAD_SIZE + r * PACK_SIZE + 32].hex() for r in range(self.n_packs)]
@@ -190,18 +195,22 @@ def _pack_row(p: PackInfo) -> bytes:
 
 
 def make_segment(
-    packs: Iterable[tuple[PackInfo, Iterable[tuple[bytes, int, int]]]], records: Iterable[bytes] = ()
+    packs: Iterable[tuple[PackInfo, Iterable[tuple[bytes, int, int]]]],
+    records: Iterable[bytes] = (),
+    pack_rows: Iterable[bytes] = (),
 ) -> tuple[str, bytes]:
-    """Name and bytes of a segment covering ``packs``: each with its (id, offset, length)
-    entries, or with its entries among ``records`` (48-byte entries taken from other segments
-    whose packs are among ``packs``)."""
-    table: dict[str, bytes] = {}
+    """Name and bytes of a segment covering ``packs``, each with its (id, offset, length)
+    entries, and the packs of ``pack_rows`` (rows of other segments' pack tables) with their
+    entries among ``records`` (48-byte entries of those segments). A pack or an entry given
+    twice is written once."""
+    table: dict[bytes, bytes] = {row[:32]: row for row in pack_rows}
     rows: list[bytes] = list(records)
     for pack, entries in packs:
         key = bytes.fromhex(pack.name[:16])
-        table[pack.name] = _pack_row(pack)
+        table[bytes.fromhex(pack.name)] = _pack_row(pack)
         rows.extend(_ENTRY.pack(oid, key, off, length) for oid, off, length in entries)
     rows.sort()
+    rows = list(dict.fromkeys(rows))  # copies of one entry from overlapping segments sit side by side
     bits = fanout_bits(len(rows))
     fan = [0] * ((1 << bits) + 1)
     joined = b"".join(rows)

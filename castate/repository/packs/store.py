@@ -52,7 +52,6 @@ from castate.repository.packs.segments import (
     INDEX_PREFIX,
     MAX_SEGMENT_BYTES,
     Segment,
-    key_of,
     make_segment,
     parse_segment,
 )
@@ -70,7 +69,7 @@ HEAD_READ = 4096  # bytes read from each new pack at open: the head and, usually
 HEAD_BATCH = 1000  # packs whose heads one range-read call asks for
 SAVE_ATTEMPTS = 4
 CONSOLIDATE_MIN = 16  # packs in a chain before gc merges them into one
-INDEX_AFTER = 32  # index segments (one per save, merged as they go) before a writer merges them
+INDEX_AFTER = 16  # index segments (one per save, merged as they go) before a writer merges them
 LIST_ATTEMPTS = 3
 
 
@@ -541,30 +540,29 @@ class PackStore(Backend):
         self._cat = fresh
 
     def _merged(self, segments: list[Segment], packs: list[PackInfo]) -> tuple[str, bytes]:
-        """A segment covering what ``segments`` cover (their packs not gone, once each) and
-        ``packs`` (with their entries). A segment that is the first to name each of its packs
-        and names none gone gives its entries' bytes as they are, without parsing them."""
+        """A segment covering what ``segments`` cover (without the packs known gone) and
+        ``packs`` (with their entries). Segments naming no pack known gone give their rows and
+        entries as bytes, unparsed: merging is sorting them together."""
         cat = self._cat
-        owners = cat.owners()
         table: list[tuple[PackInfo, list[tuple[bytes, int, int]]]] = [(p, list(p.entries)) for p in packs]
         records: list[bytes] = []
+        rows: list[bytes] = []
         slow: list[Segment] = []
         for segment in segments:
-            names = segment.pack_names()
-            if all(owners.get(n) is segment and n not in cat.dead and n not in cat.packs for n in names):
-                for name in names:
-                    pack = segment.pack(key_of(name))
-                    if pack is not None:
-                        table.append((pack, []))
-                records.extend(segment.records())
-            else:
+            if cat.dead and not cat.dead.isdisjoint(segment.pack_names()):
                 slow.append(segment)
+            else:
+                rows.extend(segment.pack_rows())
+                records.extend(segment.records())
         if slow:
             by_pack: dict[str, tuple[PackInfo, list[tuple[bytes, int, int]]]] = {}
-            for pack, oid, off, length in cat.entries(slow):
-                by_pack.setdefault(pack.name, (pack, []))[1].append((oid, off, length))
+            for segment in slow:
+                for oid, key, off, length in segment.entries():
+                    pack = segment.pack(key)
+                    if pack is not None and pack.name not in cat.dead:
+                        by_pack.setdefault(pack.name, (pack, []))[1].append((oid, off, length))
             table.extend(by_pack.values())
-        return make_segment(table, records)
+        return make_segment(table, records, rows)
 
     async def _index_everything(self) -> None:
         """Under ``gc_exclusive``: one segment covering every readable pack, and no other."""
