@@ -142,7 +142,7 @@ async def test_saves_write_segments_that_stay_few_and_cover_every_pack() -> None
     await store.open()
     items = [await _save(store, n) for n in range(200)]
     segments = await blobs.list_blobs(INDEX_PREFIX)
-    assert 1 <= len(segments) <= 4 + 8  # one per save, merged as they go: about log2(saves)
+    assert 1 <= len(segments) <= 4 + 8  # one per save, merged as they go: about 4 + log2(saves)
     fresh = PackStore(blobs, index_after=4)
     await fresh.open()
     assert not fresh._cat.packs  # every pack came from a segment, none from its head
@@ -504,3 +504,18 @@ async def test_a_dirty_open_lists_packs_before_segments() -> None:
     assert not armed
     assert a._cat.orphans == []
     assert await a.check_storage() == []
+
+
+async def test_segments_of_saves_of_different_sizes_are_merged_too() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs, index_after=8)
+    await store.open()
+    items = []
+    for n in range(300):
+        batch = [raw_obj(f"save {n} object {k}") for k in range(1 + (n * 7) % 13)]  # 1 to 13 objects
+        await store.commit(batch, [RefUpdate(f"sessions/s{n}", cid(n), None)], stream="s")
+        items += batch
+    assert len(await blobs.list_blobs(INDEX_PREFIX)) <= 8 + 12
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert await fresh.has_objects([i for i, _ in items]) == {i for i, _ in items}

@@ -501,17 +501,19 @@ class PackStore(Backend):
         return [*((p.blob, blob) for p, blob, _ in packs), (INDEX_PREFIX + name, data)]
 
     async def _merge_segments(self) -> None:
-        """Merge the smallest segments, and the packs no segment covers, into one: from the
-        smallest up, every segment not larger than what the merge holds so far (so each object
-        is rewritten about log2(n) times and a store keeps about log2(n) segments); then delete
-        the merged ones. The write carries the epoch check: after a gc it is skipped, the next
-        save's reload sees gc's own segment."""
+        """Merge the smallest segments, and the packs no segment covers, into one: half the
+        threshold's smallest, then every segment not larger than what the merge holds so far
+        (so each object is rewritten about log2(n) times and a store keeps the threshold plus
+        about log2(n) segments); then delete the merged ones. The write carries the epoch
+        check: after a gc it is skipped, the next save's reload sees gc's own segment."""
         cat = self._cat
         new = [p for p in cat.packs.values() if cat.readable(p)]
         total = sum(len(p.entries) for p in new)
         absorbed: list[Segment] = []
         for segment in sorted(cat.segments, key=lambda s: s.n_entries):
-            if absorbed and segment.n_entries > total:
+            # Half of the threshold's smallest always (saves' segments differ in size), then
+            # every one not larger than the merge so far: sizes double from tier to tier.
+            if len(absorbed) >= max(2, self.index_after // 2) and segment.n_entries > total:
                 break
             absorbed.append(segment)
             total += segment.n_entries
