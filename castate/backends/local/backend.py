@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import os
 import threading
@@ -107,6 +108,10 @@ class LocalBackend(Backend):
         self.pack_index = pack_index  # write packs/<name>.pack.idx (48 bytes per object): opens skip scans
         self._journal: RefJournal | None = None
         self._gc_lock: FileLock | None = None
+        # True in a task (and the worker threads it starts) that holds gc_shared.
+        self._shared_held: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            f"castate-local-gc-shared-{id(self)}", default=False
+        )
         self._gc_seen: tuple[int, int] | None = None
         self._opened = False
         self.store_id = ""
@@ -701,7 +706,10 @@ class LocalBackend(Backend):
         """Objects durable first, then the refs: one hop, a shared gc lock held throughout."""
         assert self._gc_lock is not None
         # The gc lock first: a save waits for gc without holding the mutex gc's deletes need.
-        with self._gc_lock.hold(exclusive=False), self._mutex:
+        # A task inside gc_shared holds it already: taking it again could queue behind a
+        # waiting gc (the turnstile), which waits for that task: a deadlock until the timeout.
+        held = contextlib.nullcontext(True) if self._shared_held.get() else self._gc_lock.hold(exclusive=False)
+        with held, self._mutex:
             written = self.put_objects_sync(items, stream, history) if items or history else 0
             if updates:
                 self._refs().update(updates, message)
@@ -756,7 +764,11 @@ class LocalBackend(Backend):
         lock = self._new_gc_lock()
         try:
             async with lock.hold_async(exclusive=False):
-                yield
+                token = self._shared_held.set(True)  # this task's commits need not take it again
+                try:
+                    yield
+                finally:
+                    self._shared_held.reset(token)
         finally:
             lock.close()
 
