@@ -112,3 +112,7 @@ class CorruptFileError(CorruptionError):
 
 class KeyNotFoundError(NotFoundError, FileNotFoundError):
     """A key of the bytes storage interface does not exist (a FileNotFoundError, as that interface requires)."""
+
+
+class StoreWarning(UserWarning):
+    """Something about a store castate can work with but you should fix (a store others can read)."""

@@ -24,6 +24,7 @@ import os
 import threading
 import time
 import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -33,7 +34,17 @@ import orjson
 from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefRepairReport, RefUpdate
 from castate.backends.local import crashpoints, osio, packidx
 from castate.backends.local import packs as packfmt
-from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, naming, read_regular, write_all
+from castate.backends.local.files import (
+    FILE_MODE,
+    atomic_write,
+    exposed,
+    fsync_dir,
+    make_dirs,
+    naming,
+    read_regular,
+    store_dir,
+    write_all,
+)
 from castate.backends.local.journal import RefJournal
 from castate.backends.local.locks import FileLock
 from castate.codec.objects import MAX_CONTENT
@@ -43,6 +54,7 @@ from castate.errors import (
     CorruptObjectError,
     StoreError,
     StoreIOError,
+    StoreWarning,
     UnsupportedFormatError,
 )
 
@@ -189,8 +201,9 @@ class LocalBackend(Backend):
                 )
             if not self.create:
                 raise StoreError(f"no castate store at {root}")
-            for d in (root, self.packs_dir, self.objects_dir, root / "locks"):
-                make_dirs(d)
+            make_dirs(root)
+            for d in (self.packs_dir, self.objects_dir, root / "locks"):
+                store_dir(d)
             body = {
                 "castate": "store",
                 "version": STORE_VERSION,
@@ -212,7 +225,17 @@ class LocalBackend(Backend):
             )
         self.store_id = str(meta.get("id", ""))
         for d in (self.packs_dir, self.objects_dir, root / "locks"):
-            make_dirs(d)
+            store_dir(d)
+        if (root / "quarantine").exists() or (root / "quarantine").is_symlink():
+            store_dir(root / "quarantine")
+        loose = exposed([root, self.packs_dir, self.objects_dir, root / "locks", root / "quarantine", config])
+        if loose:  # as ssh does with a key others can read: say so, the store still works
+            warnings.warn(
+                f"castate store {root} is open to other users: {', '.join(loose)}; castate makes stores "
+                f"private (directories 0700, files 0600): run `chmod -R go-rwx {root}`",
+                StoreWarning,
+                stacklevel=2,
+            )
         if not (root / "refs.journal").exists():
             raise CorruptFileError(
                 str(root / "refs.journal"),
@@ -334,8 +357,8 @@ class LocalBackend(Backend):
 
     def _write_loose(self, oid: bytes, frame: bytes) -> None:
         path = self._loose_path(oid)
-        if not path.parent.exists():
-            make_dirs(path.parent)
+        if not path.parent.exists() or path.parent.is_symlink():
+            store_dir(path.parent)
             if self.durable:
                 fsync_dir(path.parent.parent)
         atomic_write(path, bytes(frame), durable=self.durable, exclusive=True)
@@ -562,7 +585,7 @@ class LocalBackend(Backend):
 
     def _rewrite_pack(self, pack: packfmt.Pack, doomed: set[bytes]) -> bool:
         """Copy a pack's surviving objects into a new pack, then delete it; False if it is active."""
-        fd = os.open(pack.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(pack.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -595,7 +618,7 @@ class LocalBackend(Backend):
             self._seal()
             crashpoints.reach("gc-before-unlink")
             if damaged:  # keep the damaged file's bytes for inspection, never just delete them
-                make_dirs(self.quarantine_dir)
+                store_dir(self.quarantine_dir)
                 osio.replace(pack.path, self.quarantine_dir / pack.name)
             else:
                 osio.unlink(pack.path)
@@ -854,7 +877,7 @@ class LocalBackend(Backend):
         wanted = set(ids)
         with self._mutex:
             self._refresh_packs()
-            make_dirs(self.quarantine_dir)
+            store_dir(self.quarantine_dir)
             saved: set[bytes] = set()
             for oid in wanted:
                 data: bytes | None = None
