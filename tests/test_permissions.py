@@ -100,6 +100,13 @@ async def test_a_store_others_can_open_is_used_with_a_warning(tmp_path: Path) ->
             assert await sm.load_session("s") == {"secret": 1}
 
 
+async def save_and_check(path: Path) -> None:
+    async with castate.StateManager(path) as sm:
+        await sm.save_session("s", {"secret": 2})
+        await sm.fsck()
+        await sm.gc(grace=0)
+
+
 @pytest.mark.parametrize("inside", ["packs", "objects", "locks", "quarantine"])
 async def test_a_directory_of_the_store_that_is_a_symlink_is_refused(tmp_path: Path, inside: str) -> None:
     path = tmp_path / "store"
@@ -115,9 +122,7 @@ async def test_a_directory_of_the_store_that_is_a_symlink_is_refused(tmp_path: P
     target.symlink_to(outside)
     before = sorted(p.name for p in outside.iterdir())
     with pytest.raises(castate.CorruptFileError, match="a symlink"):
-        async with castate.StateManager(path) as sm:
-            await sm.save_session("s", {"secret": 2})
-            await sm.fsck()
+        await save_and_check(path)
     assert sorted(p.name for p in outside.iterdir()) == before  # nothing written outside the store
 
 
@@ -142,7 +147,5 @@ async def test_a_lock_file_that_is_a_symlink_is_refused(tmp_path: Path, lock: st
     victim = tmp_path / "victim"
     (path / "locks" / lock).symlink_to(victim)
     with pytest.raises(castate.StoreError, match="symlink"):
-        async with castate.StateManager(path) as sm:
-            await sm.save_session("s", {"secret": 2})
-            await sm.gc(grace=0)
+        await save_and_check(path)
     assert not victim.exists()  # the lock was not created outside the store

@@ -9,6 +9,7 @@ against the replayed state; readers replay new records without a lock.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import time
@@ -22,7 +23,7 @@ import blake3
 
 from castate.backends.base import ReflogEntry, RefRepairReport, RefUpdate, plan_ref_updates
 from castate.backends.local import crashpoints, osio, refsnap
-from castate.backends.local.files import FILE_MODE, atomic_write, make_dirs, naming, store_dir, write_all
+from castate.backends.local.files import FILE_MODE, atomic_write, naming, store_dir, write_all
 from castate.backends.local.locks import FileLock
 from castate.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 
