@@ -31,7 +31,6 @@ import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -221,7 +220,7 @@ class SQLiteBackend(BlobBackend):
                     conn.execute(statement)
                 conn.executemany(
                     "INSERT INTO castate_meta VALUES (?, ?)",
-                    [("castate", "store"), ("id", uuid.uuid4().hex), ("created_ns", str(time.time_ns()))],
+                    [("castate", "store"), ("id", os.urandom(16).hex()), ("created_ns", str(time.time_ns()))],
                 )
             else:
                 for v in range(version + 1, SCHEMA_VERSION + 1):

@@ -23,7 +23,6 @@ import fcntl
 import os
 import threading
 import time
-import uuid
 import warnings
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from pathlib import Path
@@ -207,7 +206,7 @@ class LocalBackend(Backend):
             body = {
                 "castate": "store",
                 "version": STORE_VERSION,
-                "id": uuid.uuid4().hex,
+                "id": os.urandom(16).hex(),
                 "created_ns": time.time_ns(),
             }
             atomic_write(config, orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", exclusive=True)
@@ -424,7 +423,7 @@ class LocalBackend(Backend):
 
     def _new_pack(self) -> None:
         self._seal()
-        name = f"{time.time_ns():016x}-{uuid.uuid4().hex[:12]}.pack"
+        name = f"{time.time_ns():016x}-{os.urandom(6).hex()}.pack"
         path = self.packs_dir / name
         fd = osio.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
         try:
@@ -554,7 +553,7 @@ class LocalBackend(Backend):
                     osio.unlink(entry.path)
 
     def _bump_gc_marker(self) -> None:
-        atomic_write(self._gc_marker, uuid.uuid4().bytes, durable=self.durable)
+        atomic_write(self._gc_marker, os.urandom(16), durable=self.durable)
         self._gc_seen = self._gc_signature()
 
     @property

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import os
 import stat
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -133,7 +132,7 @@ def atomic_write(
     Returns False when ``exclusive`` and the file already exists (nothing written). ``point``
     names the crash point between the write and the rename (tests only).
     """
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:12]}")
+    tmp = path.with_name(f".tmp-{path.name}-{os.urandom(6).hex()}")
     fd = osio.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         try:

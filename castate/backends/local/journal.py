@@ -13,7 +13,6 @@ import errno
 import os
 import struct
 import time
-import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -250,7 +249,7 @@ class RefJournal:
 
     def create(self) -> None:
         """Write an empty journal if there is none (called under the store's init)."""
-        atomic_write(self.path, self._header(uuid.uuid4().bytes), durable=self.durable, exclusive=True)
+        atomic_write(self.path, self._header(os.urandom(16)), durable=self.durable, exclusive=True)
 
     @staticmethod
     def _header(generation: bytes) -> bytes:
@@ -554,7 +553,7 @@ class RefJournal:
             return report
 
     def _rewrite(self, records: list[Record]) -> None:
-        data = self._header(uuid.uuid4().bytes) + b"".join(encode_record(r) for r in records)
+        data = self._header(os.urandom(16)) + b"".join(encode_record(r) for r in records)
         atomic_write(self.path, data, durable=self.durable)
         self._ino = None
         self.refresh()
