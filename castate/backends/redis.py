@@ -200,7 +200,12 @@ class RedisBackend(BlobBackend):
                     f"{self.location} runs with maxmemory-policy {policy}: Redis could evict castate's "
                     "blobs or its gc lock under memory pressure; set maxmemory-policy noeviction"
                 )
-        marker = {"castate": "store", "version": STORE_VERSION, "id": os.urandom(16).hex(), "created_ns": time.time_ns()}
+        marker = {
+            "castate": "store",
+            "version": STORE_VERSION,
+            "id": os.urandom(16).hex(),
+            "created_ns": time.time_ns(),
+        }
         if self.create:
             await r.set(self.k_store, orjson.dumps(marker), nx=True)
         set_marker = r.register_script(SET_MARKER)
