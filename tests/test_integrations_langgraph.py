@@ -577,3 +577,40 @@ async def test_the_delta_channel_history_walk_ends_on_a_parent_cycle() -> None:
         assert history == {"x": {"writes": [("task", "x", 1)]}}
         assert await saver.aget_delta_channel_history(config=cfg("t", "", a["id"]), channels=["x"]) == history
         assert saver.get_delta_channel_history(config=cfg("t", "", a["id"]), channels=[]) == {}
+
+
+class DeleteAndCollectAfterListing(castate.Repository):
+    """After its first listing, another process deletes the listed thread and runs gc."""
+
+    def __init__(self, backend: Any, store: Path, outcome: list[str]) -> None:
+        super().__init__(backend)
+        self.store, self.outcome, self.armed = store, outcome, True
+
+    async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
+        found = await super().list_refs(prefix)
+        if self.armed:
+            self.armed = False
+            async with castate.StateManager(castate.LocalBackend(self.store, lock_timeout=1.0)) as other:
+                await other.repository.delete_refs(list(await other.repository.list_refs(prefix)))
+                try:
+                    report = await other.gc(grace=0, reflog_expire=0)
+                    self.outcome.append(f"collected {report.deleted}")
+                except StoreError:
+                    self.outcome.append("gc waited")
+        return found
+
+
+def test_copy_thread_keeps_what_it_copies_when_the_source_goes_during_the_copy(tmp_path: Path) -> None:
+    store = tmp_path / "state"
+    with CastateSaver(store) as saver:
+        chat = Chat(saver, "src")
+        for _ in range(3):
+            chat.step()
+    outcome: list[str] = []
+    with CastateSaver(store) as saver:
+        saver._store.repo = DeleteAndCollectAfterListing(castate.LocalBackend(store), store, outcome)
+        saver.copy_thread("src", "dst")
+    with CastateSaver(store) as fresh:  # another process: it reads the files as they are now
+        copied = list(fresh.list(cfg("dst")))  # before the fix: MissingObjectError
+    assert [t.checkpoint["channel_values"]["step"] for t in copied] == [2, 1, 0]
+    assert outcome == ["gc waited"]

@@ -261,10 +261,14 @@ class _Store:
             await self.repo.delete_refs(names, message=message)
 
     async def copy(self, source: str, target: str) -> None:
-        refs = {n: c for n, c in (await self.repo.list_refs(source)).items() if parse_ref(n) is not None}
-        if refs:
-            updates = [RefUpdate(target + name[len(source) :], cid, ANY) for name, cid in sorted(refs.items())]
-            await self.repo.update_refs(updates, message="langgraph copy_thread")
+        await self.repo.open()
+        # Listed and copied under gc's shared lock: a source deleted meanwhile cannot have its
+        # tree collected before the copies hold it (a listed ref's tree is complete).
+        async with self.repo.backend.gc_shared():
+            refs = {n: c for n, c in (await self.repo.list_refs(source)).items() if parse_ref(n) is not None}
+            if refs:
+                updates = [RefUpdate(target + name[len(source) :], cid, ANY) for name, cid in sorted(refs.items())]
+                await self.repo.update_refs(updates, message="langgraph copy_thread")
 
     async def close(self) -> None:
         await self.repo.close()
