@@ -194,3 +194,36 @@ async def test_a_commit_inside_gc_shared_does_not_queue_behind_a_waiting_gc(kind
             await gc_task
             assert entered.is_set()
         assert await repo.load(names.session_ref("t")) == state("inside")
+
+
+async def test_a_commit_inside_gc_shared_does_not_queue_behind_a_waiting_gc_on_postgresql(postgres_url: str) -> None:
+    """The same on PostgreSQL: a shared advisory lock asked for while an exclusive request
+    waits queues behind it, and the server cannot see that the waiter waits for this client."""
+    import psycopg
+
+    from castate.backends.postgres import PostgresBackend
+
+    async with castate.Repository(PostgresBackend(postgres_url, lock_timeout=LOCK_TIMEOUT)) as repo:
+        async with castate.Repository(PostgresBackend(postgres_url)) as gc_repo:
+            backend = gc_repo.backend.blobs  # type: ignore[attr-defined]
+            assert isinstance(backend, PostgresBackend)
+            async with repo.backend.gc_shared():
+                entered = asyncio.Event()
+
+                async def gc() -> None:
+                    async with gc_repo.backend.gc_exclusive():
+                        entered.set()
+
+                gc_task = asyncio.create_task(gc())
+                async with await psycopg.AsyncConnection.connect(backend.conninfo) as probe:
+                    while True:  # until gc's exclusive request waits on the server
+                        query = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted"
+                        row = await (await probe.execute(query)).fetchone()
+                        if row is not None and row[0] > 0:
+                            break
+                        await asyncio.sleep(0.01)
+                assert not entered.is_set()
+                await repo.save(names.session_ref("t"), state("inside"))  # before the fix: StoreError
+            await gc_task
+            assert entered.is_set()
+        assert await repo.load(names.session_ref("t")) == state("inside")
