@@ -25,6 +25,7 @@ from castate.errors import (
     NotFoundError,
     StoreError,
     StoreIOError,
+    StoreWarning,
     UnsupportedFormatError,
     UnsupportedValueError,
 )
@@ -63,6 +64,7 @@ __all__ = [
     "StorageBackend",
     "StoreError",
     "StoreIOError",
+    "StoreWarning",
     "TrackedDict",
     "TrackedList",
     "UnsupportedFormatError",

@@ -2,7 +2,8 @@
 
 ``AutoCheckpoint`` is the policy given to a ``StateManager``; after each save the manager's
 ``AutoCheckpointer`` decides whether that save becomes a checkpoint. An automatic checkpoint
-is a new ref to the commit the save made (O(1)), named ``policy.name``. With ``keep_last``
+is a new ref to the commit the save made (O(1) while that commit is still the session's
+head; a walk of its tree when another writer moved the head meanwhile), named ``policy.name``. With ``keep_last``
 only the newest K automatic checkpoints of a session stay; other checkpoints are never
 touched. Counters live in the manager: a new process starts counting afresh.
 """
@@ -141,7 +142,13 @@ class AutoCheckpointer:
         """Make ``commit`` an automatic checkpoint of the session, then apply ``keep_last``."""
         cpid = names.new_checkpoint_id(session_id, self.policy.name)
         message = f"auto checkpoint ({'; '.join(reasons)})"[:200]
-        await repo.update_refs([RefUpdate(names.checkpoint_ref(cpid), commit, None)], message=message)
+        await repo.open()
+        # Another writer may have saved since this save, leaving ``commit`` unreferenced, and
+        # a gc with no grace may have collected it: check the tree while gc is held off,
+        # until the new ref holds it (cheap while the session's head is still ``commit``).
+        async with repo.backend.gc_shared():
+            await repo.require_complete(commit, holders=[names.session_ref(session_id)])
+            await repo.update_refs([RefUpdate(names.checkpoint_ref(cpid), commit, None)], message=message)
         if self.policy.keep_last is not None:
             await self.prune(repo, session_id)
         return cpid

@@ -27,11 +27,28 @@ class UnsupportedValueError(CastateError, TypeError):
 
 
 class ConflictError(CastateError):
-    """A compare-and-swap on a ref lost a race: another writer moved the ref first."""
+    """A compare-and-swap on a ref lost a race: another writer moved the ref first.
 
-    def __init__(self, message: str, ref: str | None = None) -> None:
+    ``ref`` is the internal ref name. On a session's save or checkpoint, ``session_id`` names
+    the session, ``expected`` the head the caller built on and ``current`` the head the store
+    holds now (commit ids in hex; None for "no session"), when castate knows them.
+    ``StateManager.update_session`` retries such conflicts for you.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        ref: str | None = None,
+        *,
+        session_id: str | None = None,
+        expected: str | None = None,
+        current: str | None = None,
+    ) -> None:
         super().__init__(message)
         self.ref = ref
+        self.session_id = session_id
+        self.expected = expected
+        self.current = current
 
 
 class StoreError(CastateError):
@@ -95,3 +112,7 @@ class CorruptFileError(CorruptionError):
 
 class KeyNotFoundError(NotFoundError, FileNotFoundError):
     """A key of the bytes storage interface does not exist (a FileNotFoundError, as that interface requires)."""
+
+
+class StoreWarning(UserWarning):
+    """Something about a store castate can work with but you should fix (a store others can read)."""

@@ -8,9 +8,12 @@ the dict storage interface it still works, by storing plain dict copies.
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import os
+import random
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any
@@ -22,7 +25,7 @@ from castate.backends.blob import BlobBackend
 from castate.codec import Commit, encode_commit, object_id
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT
-from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
+from castate.errors import CastateError, ConflictError, InvalidKeyError, NotFoundError
 from castate.repository import Repository
 from castate.repository import refs as names
 from castate.repository.bundle import BundleProgress, BundleReport, export_session, import_bundle
@@ -36,6 +39,10 @@ from castate.repository.revisions import Revision, resolve
 from castate.repository.snapshot import frames
 from castate.repository.stats import StoreStats, store_stats
 from castate.storage import FileStorageBackend, StorageBackend
+
+UPDATE_ATTEMPTS = 10  # update_session: tries before a conflict propagates
+UPDATE_BACKOFF = 0.01  # seconds: the first backoff's bound, doubled after each conflict
+UPDATE_BACKOFF_MAX = 1.0
 
 
 class _Record(Mapping[str, Any]):
@@ -163,19 +170,67 @@ class StateManager:
             return None
         ref = names.session_ref(session_id)
         carried = await lifecycle.carried_meta(self._repo, ref)  # paused flag and times stay
-        result = await self._repo.save(
-            ref,
-            state,
-            session=session_id,
-            meta={**carried, **(metadata or {})},
-            default=self.default,
-            message=f"save {session_id}"[:200],
-        )
+        try:
+            result = await self._repo.save(
+                ref,
+                state,
+                session=session_id,
+                meta={**carried, **(metadata or {})},
+                default=self.default,
+                message=f"save {session_id}"[:200],
+            )
+        except ConflictError as exc:
+            raise _session_conflict(session_id, exc) from None
         if self.auto_checkpointer is not None:
             reasons = self.auto_checkpointer.due(session_id, state)
             if reasons:
                 await self.auto_checkpointer.checkpoint(self._repo, session_id, result.commit, reasons)
         return result.commit.hex()
+
+    async def update_session(
+        self,
+        session_id: str,
+        fn: Callable[[dict[str, Any] | None], dict[str, Any] | Awaitable[dict[str, Any]]],
+        *,
+        metadata: dict[str, Any] | None = None,
+        attempts: int = UPDATE_ATTEMPTS,
+    ) -> str | None:
+        """Load the session, apply ``fn`` and save its result, again while other writers win.
+
+        ``fn`` gets the current state (None when the session does not exist yet) and returns
+        the new state (it may be a coroutine function); it can run several times, each time
+        on the newest state, so it should not have side effects beyond computing the state.
+        After a conflict it waits a random backoff (doubling from ``UPDATE_BACKOFF`` up to
+        ``UPDATE_BACKOFF_MAX`` seconds) before trying again; after ``attempts`` conflicts the
+        last ConflictError propagates. Returns the commit id (hex) as ``save_session`` does.
+        """
+        if attempts < 1:
+            raise ValueError("attempts must be at least 1")
+        delay = UPDATE_BACKOFF
+        for attempt in range(attempts):
+            state = await self.load_session(session_id)
+            new = fn(state)
+            if inspect.isawaitable(new):
+                new = await new
+            try:
+                return await self.save_session(session_id, new, metadata=metadata)
+            except ConflictError:
+                if attempt + 1 == attempts:
+                    raise
+            await asyncio.sleep(random.uniform(0, delay))  # jitter: writers that collided do not retry in step
+            delay = min(delay * 2, UPDATE_BACKOFF_MAX)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def last_seen(self, session_id: str) -> str | None:
+        """The head (commit id, hex) this manager last saved or loaded for the session, or None.
+
+        No I/O. Pass it as ``create_checkpoint(..., expected=...)`` to checkpoint exactly the
+        state this writer worked on, not whatever another writer saved since.
+        """
+        if self._repo is None:
+            return None
+        head = self._repo.known_head(names.session_ref(session_id))
+        return head.hex() if head is not None else None
 
     async def load_session(self, session_id: str) -> dict[str, Any] | None:
         """The session's current state, or None when there is no such session."""
@@ -223,41 +278,71 @@ class StateManager:
         *,
         checkpoint_name: str | None = None,
         metadata: dict[str, Any] | None = None,
+        expected: str | bytes | None = None,
     ) -> str:
-        """Checkpoint the session's current state; returns the checkpoint id. O(1): a new ref."""
+        """Checkpoint the session's current state; returns the checkpoint id. O(1): a new ref.
+
+        ``expected`` (a commit id, hex as ``save_session`` and ``last_seen`` return it, or
+        bytes): checkpoint only if that is still the session's head, else ConflictError
+        naming both heads. On a session other writers save too, pass it: without it the
+        checkpoint holds whatever state is current, possibly another writer's.
+        """
         if name is not None and checkpoint_name is not None and name != checkpoint_name:
             raise ValueError("pass the checkpoint name once: name= or checkpoint_name=")
         label = name if name is not None else checkpoint_name if checkpoint_name is not None else "checkpoint"
         names.check_name(label, "checkpoint name")
+        want = _commit_id(expected) if expected is not None else None
         if self._repo is None:
+            if want is not None:
+                raise TypeError("expected= needs a castate store: plain dict storage keeps no commits")
             return await self._plain.checkpoint(session_id, label, metadata)
-        repo = self._repo
+        repo = await self._repo.open()
         session_ref = names.session_ref(session_id)
         for _ in range(3):
             cpid = names.new_checkpoint_id(session_id, label)
             try:
-                if not metadata:
+                if not metadata and want is None:  # one step: the backend reads and writes atomically
                     await repo.copy_ref(session_ref, names.checkpoint_ref(cpid), message=f"checkpoint {label}"[:200])
                     return cpid
-                head = await repo.head(session_ref)
-                if head is None:
-                    raise NotFoundError(f"no session {session_id!r}")
-                root = (await repo.read_commit(head)).root
-                commit = Commit(root, (head,), session_id, time.time_ns(), label, dict(metadata))
-                content = encode_commit(commit)
-                target = object_id(KIND_COMMIT, content)
-                await repo.backend.commit(
-                    [],
-                    [RefUpdate(names.checkpoint_ref(cpid), target, None)],
-                    message=f"checkpoint {label}"[:200],
-                    stream=session_ref,
-                    history=frames({target: (KIND_COMMIT, content)}, compress=not repo.backend.packs_objects),
-                )
+                # The head is read under gc's shared lock and the checkpoint's ref moves before it
+                # is released: a head a ref holds is complete, and gc cannot take its tree away
+                # in between (another writer's save could otherwise leave it unreferenced).
+                async with repo.backend.gc_shared():
+                    head = await repo.head(session_ref)
+                    if head is None:
+                        raise NotFoundError(f"no session {session_id!r}")
+                    if want is not None and head != want:
+                        raise ConflictError(
+                            f"session {session_id!r} is at {head.hex()[:12]}, expected {want.hex()[:12]}: "
+                            "another writer saved it; load it again and checkpoint what you mean to",
+                            session_ref,
+                            session_id=session_id,
+                            expected=want.hex(),
+                            current=head.hex(),
+                        )
+                    if not metadata:
+                        await repo.update_refs(
+                            [RefUpdate(names.checkpoint_ref(cpid), head, None)], message=f"checkpoint {label}"[:200]
+                        )
+                        return cpid
+                    root = (await repo.read_commit(head)).root
+                    commit = Commit(root, (head,), session_id, time.time_ns(), label, dict(metadata))
+                    content = encode_commit(commit)
+                    target = object_id(KIND_COMMIT, content)
+                    await repo.backend.commit(
+                        [],
+                        [RefUpdate(names.checkpoint_ref(cpid), target, None)],
+                        message=f"checkpoint {label}"[:200],
+                        stream=session_ref,
+                        history=frames({target: (KIND_COMMIT, content)}, compress=not repo.backend.packs_objects),
+                    )
                 return cpid
             except NotFoundError:
                 raise NotFoundError(f"no session {session_id!r} to checkpoint") from None
-            except ConflictError:  # the same id drawn twice: draw again
-                continue
+            except ConflictError as exc:
+                if exc.session_id is not None:  # the session moved, not a drawn id
+                    raise
+                continue  # the same id drawn twice: draw again
         raise ConflictError(f"could not allocate a checkpoint id for {session_id!r}")
 
     async def restore_checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
@@ -321,20 +406,15 @@ class StateManager:
         ra, rb = await self.resolve(a), await self.resolve(b)
         return await self.repository.diff(ra.commit, rb.commit)
 
-    async def _check_complete_root(self, commit_id: bytes) -> None:
-        repo = self.repository
-        root = (await repo.read_commit(commit_id)).root
-        if not await repo.backend.has_objects([root]):
-            raise MissingObjectError(root.hex(), f"root of commit {commit_id.hex()}, removed by gc")
-
     async def fork(self, source: str, new_session_id: str) -> str:
         """A new session whose head is ``source`` (a checkpoint, session or commit): one new
         ref, no copy. Returns the commit id (hex). ConflictError if the session exists."""
         repo = self.repository
         rev = await self.resolve(source)
         target = names.session_ref(new_session_id)
-        async with repo.backend.gc_shared():  # the commit cannot be collected before the ref exists
-            await self._check_complete_root(rev.commit)
+        await repo.open()
+        async with repo.backend.gc_shared():  # the tree cannot be collected before the ref exists
+            await repo.require_complete(rev.commit, holders=[rev.ref] if rev.ref else ())
             try:
                 await repo.update_refs([RefUpdate(target, rev.commit, None)], message=f"fork {rev.label}"[:200])
             except ConflictError:
@@ -351,8 +431,9 @@ class StateManager:
         if sid is None:
             raise InvalidKeyError(f"{source!r} belongs to no session: name the session to restore into")
         ref = names.session_ref(sid)
+        await repo.open()
         async with repo.backend.gc_shared():
-            await self._check_complete_root(rev.commit)
+            await repo.require_complete(rev.commit, holders=[rev.ref] if rev.ref else ())
             current = await repo.head(ref)
             if current == rev.commit:
                 return RestoreResult(sid, current.hex(), current.hex(), False)
@@ -454,6 +535,35 @@ class StateManager:
     ) -> BundleReport:
         """Import a bundle (optionally under another session id); writes only missing objects."""
         return await import_bundle(self.repository, path, session_id=session_id, progress=progress)
+
+
+def _commit_id(value: str | bytes) -> bytes:
+    """A commit id given as hex (as castate returns them) or as 32 bytes."""
+    if isinstance(value, bytes):
+        cid = value
+    else:
+        try:
+            cid = bytes.fromhex(value)
+        except (TypeError, ValueError):
+            raise InvalidKeyError(f"expected= takes a commit id (64 hex digits), not {str(value)[:80]!r}") from None
+    if len(cid) != 32:
+        raise InvalidKeyError("expected= takes a commit id of 32 bytes (64 hex digits)")
+    return cid
+
+
+def _session_conflict(session_id: str, exc: ConflictError) -> ConflictError:
+    """The repository's conflict, told in terms of the session: its id, the head the save
+    built on and the head the store holds."""
+    expected = exc.expected[:12] if exc.expected else "no session"
+    current = exc.current[:12] if exc.current else "no session"
+    return ConflictError(
+        f"session {session_id!r} was saved by another writer: expected head {expected}, found {current}; "
+        "load it again and reapply your change (StateManager.update_session does this with retries)",
+        exc.ref,
+        session_id=session_id,
+        expected=exc.expected,
+        current=exc.current,
+    )
 
 
 async def _record(repo: Repository, run: dict[str, Any]) -> str | None:

@@ -473,3 +473,144 @@ def test_castate_core_never_imports_langgraph() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# -- issue 16: ids, URLs, prune's semantics, the delta-channel walk ------------------------------
+
+
+def test_prune_and_delete_for_runs_take_a_str_as_one_id(saver: CastateSaver) -> None:
+    """They iterated the string: prune("ab") pruned threads "a" and "b" and left "ab"."""
+    for thread in ("a", "b", "ab"):
+        chat = Chat(saver, thread)
+        for _ in range(2):
+            chat.step(metadata={"run_id": "rx" if thread == "ab" else "r"})
+    saver.prune("ab", strategy="delete")
+    assert {t: len(list(saver.list(cfg(t)))) for t in ("a", "b", "ab")} == {"a": 2, "b": 2, "ab": 0}
+    saver.delete_for_runs("rx")  # run "rx" (gone with "ab"); before: runs "r" and "x"
+    assert {t: len(list(saver.list(cfg(t)))) for t in ("a", "b")} == {"a": 2, "b": 2}
+    saver.delete_for_runs("r")
+    assert {t: len(list(saver.list(cfg(t)))) for t in ("a", "b")} == {"a": 0, "b": 0}
+    with pytest.raises(TypeError, match="thread_ids"):
+        saver.prune(5, strategy="delete")  # type: ignore[arg-type]
+
+
+def test_a_store_url_opens_that_store(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """CastateSaver("sqlite:///state.db") made a local store in a directory named "sqlite:"."""
+    monkeypatch.chdir(tmp_path)
+    with CastateSaver("sqlite:///state.db") as saver:
+        Chat(saver, "t").step()
+    assert (tmp_path / "state.db").is_file()
+    assert not (tmp_path / "sqlite:").exists()
+    with CastateSaver.from_conn_string("sqlite:///state.db") as saver:
+        assert len(list(saver.list(cfg("t")))) == 1
+
+
+async def test_from_conn_string_works_as_an_async_context_manager(tmp_path: Path) -> None:
+    async with CastateSaver.from_conn_string(f"sqlite:///{tmp_path / 'state.db'}") as saver:
+        assert await saver.aget_tuple(cfg("t")) is None
+
+
+def test_prune_keeps_writes_saved_before_their_checkpoint(saver: CastateSaver) -> None:
+    chat = Chat(saver, "t")
+    for _ in range(3):
+        chat.step()
+    latest = chat.config["configurable"]["checkpoint_id"]
+    early = cfg("t", "", latest[:-1] + chr(ord(latest[-1]) + 1))  # the next checkpoint's id, not put yet
+    saver.put_writes(early, [("x", 1)], task_id="ahead")
+    saver.prune(["t"])
+    checkpoint = make_checkpoint({"step": 9}, {"step": 1})
+    checkpoint["id"] = early["configurable"]["checkpoint_id"]
+    md: CheckpointMetadata = {"source": "loop", "step": 3, "parents": {}}
+    saver.put(cfg("t", "", latest), checkpoint, md, {"step": 1})
+    tup = saver.get_tuple(early)
+    assert tup is not None
+    assert tup.pending_writes == [("ahead", "x", 1)]  # before: deleted by the prune
+
+
+def test_after_prune_the_kept_checkpoint_names_no_deleted_parent(saver: CastateSaver) -> None:
+    chat = Chat(saver, "t")
+    for _ in range(3):
+        chat.step()
+    before = saver.get_tuple(cfg("t"))
+    assert before is not None
+    assert before.parent_config is not None
+    saver.prune(["t"])
+    after = saver.get_tuple(cfg("t"))
+    assert after is not None
+    assert after.parent_config is None  # the parent is gone, as PostgresSaver reports it
+    assert [t.parent_config for t in saver.list(cfg("t"))] == [None]
+
+
+def test_prune_keep_latest_refuses_a_delta_channel_thread_naming_it(saver: CastateSaver) -> None:
+    plain, delta = Chat(saver, "plain"), Chat(saver, "delta")
+    for _ in range(3):
+        plain.step()
+        delta.step(metadata={"counters_since_delta_snapshot": {"messages": [2, 2]}})
+    with pytest.raises(ValueError, match="'delta' uses DeltaChannel"):
+        saver.prune(["plain", "delta"])
+    assert (len(list(saver.list(cfg("plain")))), len(list(saver.list(cfg("delta"))))) == (3, 3)  # nothing went
+    saver.prune(["delta"], strategy="delete")  # what the message offers
+    assert list(saver.list(cfg("delta"))) == []
+
+
+class CountedReads(CastateSaver):
+    """Counts get_tuple calls and stops a walk that would never end."""
+
+    calls = 0
+
+    def get_tuple(self, config: Any) -> CheckpointTuple | None:
+        self.calls += 1
+        if self.calls > 100:
+            raise RuntimeError("the history walk went round in circles")
+        return super().get_tuple(config)
+
+
+async def test_the_delta_channel_history_walk_ends_on_a_parent_cycle() -> None:
+    with CountedReads(CountingBackend()) as saver:
+        md: CheckpointMetadata = {"source": "loop", "step": 1, "parents": {}}
+        a, b = make_checkpoint({"y": 1}, {"y": 1}), make_checkpoint({"y": 2}, {"y": 2})
+        a["id"], b["id"] = "1ef00000-0000-6000-8000-00000000000a", "1ef00000-0000-6000-8000-00000000000b"
+        saver.put(cfg("t", "", b["id"]), a, md, {"y": 1})  # a's parent is b
+        saver.put(cfg("t", "", a["id"]), b, md, {"y": 2})  # and b's parent is a
+        saver.put_writes(cfg("t", "", b["id"]), [("x", 1)], task_id="task")
+        history = saver.get_delta_channel_history(config=cfg("t", "", a["id"]), channels=["x"])
+        assert history == {"x": {"writes": [("task", "x", 1)]}}
+        assert await saver.aget_delta_channel_history(config=cfg("t", "", a["id"]), channels=["x"]) == history
+        assert saver.get_delta_channel_history(config=cfg("t", "", a["id"]), channels=[]) == {}
+
+
+class DeleteAndCollectAfterListing(castate.Repository):
+    """After its first listing, another process deletes the listed thread and runs gc."""
+
+    def __init__(self, backend: Any, store: Path, outcome: list[str]) -> None:
+        super().__init__(backend)
+        self.store, self.outcome, self.armed = store, outcome, True
+
+    async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
+        found = await super().list_refs(prefix)
+        if self.armed:
+            self.armed = False
+            async with castate.StateManager(castate.LocalBackend(self.store, lock_timeout=1.0)) as other:
+                await other.repository.delete_refs(list(await other.repository.list_refs(prefix)))
+                try:
+                    report = await other.gc(grace=0, reflog_expire=0)
+                    self.outcome.append(f"collected {report.deleted}")
+                except StoreError:
+                    self.outcome.append("gc waited")
+        return found
+
+
+def test_copy_thread_keeps_what_it_copies_when_the_source_goes_during_the_copy(tmp_path: Path) -> None:
+    store = tmp_path / "state"
+    with CastateSaver(store) as saver:
+        chat = Chat(saver, "src")
+        for _ in range(3):
+            chat.step()
+    outcome: list[str] = []
+    with CastateSaver(store) as saver:
+        saver._store.repo = DeleteAndCollectAfterListing(castate.LocalBackend(store), store, outcome)
+        saver.copy_thread("src", "dst")
+    with CastateSaver(store) as fresh:  # another process: it reads the files as they are now
+        copied = list(fresh.list(cfg("dst")))  # before the fix: MissingObjectError
+    assert [t.checkpoint["channel_values"]["step"] for t in copied] == [2, 1, 0]
+    assert outcome == ["gc waited"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 import stat
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -75,3 +76,76 @@ async def test_a_sqlite_store_is_private(tmp_path: Path) -> None:
         found = {p.name: stat.S_IMODE(p.stat().st_mode) for p in tmp_path.iterdir()}
     assert {"state.db", "state.db-wal", "state.db-shm", "state.db-gclock"} <= set(found)
     assert {name: oct(mode) for name, mode in found.items() if mode != 0o600} == {}
+
+
+@pytest.mark.usefixtures("open_umask")
+async def test_the_parent_directories_castate_creates_are_private_too(tmp_path: Path) -> None:
+    """They were made 0777 under umask 000 (as ``mkdir -p`` does), the store itself 0700."""
+    async with castate.StateManager(tmp_path / "a" / "b" / "store") as sm:
+        await sm.save_session("s", {"secret": 1})
+    for made in (tmp_path / "a", tmp_path / "a" / "b", tmp_path / "a" / "b" / "store"):
+        assert oct(stat.S_IMODE(made.stat().st_mode)) == oct(0o700), made
+
+
+async def test_a_store_others_can_open_is_used_with_a_warning(tmp_path: Path) -> None:
+    path = tmp_path / "store"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a private store opens without a word
+        async with castate.StateManager(path) as sm:
+            await sm.save_session("s", {"secret": 1})
+    os.chmod(path, 0o777)
+    os.chmod(path / "packs", 0o755)
+    with pytest.warns(castate.StoreWarning, match=r"open to other users.*0777.*packs \(0755\).*chmod -R go-rwx"):
+        async with castate.StateManager(path) as sm:
+            assert await sm.load_session("s") == {"secret": 1}
+
+
+async def save_and_check(path: Path) -> None:
+    async with castate.StateManager(path) as sm:
+        await sm.save_session("s", {"secret": 2})
+        await sm.fsck()
+        await sm.gc(grace=0)
+
+
+@pytest.mark.parametrize("inside", ["packs", "objects", "locks", "quarantine"])
+async def test_a_directory_of_the_store_that_is_a_symlink_is_refused(tmp_path: Path, inside: str) -> None:
+    path = tmp_path / "store"
+    async with castate.StateManager(path) as sm:
+        await sm.save_session("s", {"secret": 1})
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    target = path / inside
+    if target.exists():
+        for child in target.iterdir():
+            child.rename(outside / child.name)
+        target.rmdir()
+    target.symlink_to(outside)
+    before = sorted(p.name for p in outside.iterdir())
+    with pytest.raises(castate.CorruptFileError, match="a symlink"):
+        await save_and_check(path)
+    assert sorted(p.name for p in outside.iterdir()) == before  # nothing written outside the store
+
+
+async def test_quarantine_made_a_symlink_after_open_is_refused(tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    async with castate.StateManager(castate.LocalBackend(tmp_path / "store")) as sm:
+        await sm.save_session("s", {"secret": 1})
+        (tmp_path / "store" / "quarantine").symlink_to(outside)
+        head = (await sm.resolve("s")).commit
+        with pytest.raises(castate.CorruptFileError, match="a symlink"):
+            await sm.repository.backend.quarantine_objects([head])
+    assert list(outside.iterdir()) == []
+
+
+@pytest.mark.parametrize("lock", ["gc.lock", "refs.lock", "gc.turnstile"])
+async def test_a_lock_file_that_is_a_symlink_is_refused(tmp_path: Path, lock: str) -> None:
+    path = tmp_path / "store"
+    async with castate.StateManager(path) as sm:
+        await sm.save_session("s", {"secret": 1})
+    (path / "locks" / lock).unlink(missing_ok=True)
+    victim = tmp_path / "victim"
+    (path / "locks" / lock).symlink_to(victim)
+    with pytest.raises(castate.StoreError, match="symlink"):
+        await save_and_check(path)
+    assert not victim.exists()  # the lock was not created outside the store

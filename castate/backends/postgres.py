@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import re
 import time
 import weakref
@@ -319,6 +320,10 @@ class PostgresBackend(BlobBackend):
         self._stale = False  # a connection failed: replace the pool before the next call
         self._used: weakref.WeakKeyDictionary[Any, float] = weakref.WeakKeyDictionary()  # conn -> end of last call
         self._gc_conn: psycopg.AsyncConnection[Any] | None = None
+        # True in a task that holds gc_shared (its commits need not ask for the lock again).
+        self._shared_held: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            f"castate-postgres-gc-shared-{id(self)}", default=False
+        )
         self._open_lock = asyncio.Lock()
         s = schema
         self._sql_commit = (
@@ -618,7 +623,9 @@ class PostgresBackend(BlobBackend):
         """One ``commit_blobs`` statement. A save (blobs or checks) waits, up to ``lock_timeout``,
         while gc holds its lock; a bare ref move does not, like ``update_refs`` (it writes
         nothing gc could be deleting, and gc itself moves refs while it holds the lock)."""
-        gc = bool(blobs) or bool(checks)
+        # A task inside gc_shared holds the shared lock already; asking again on another
+        # connection would queue behind a waiting gc, which waits for that task.
+        gc = (bool(blobs) or bool(checks)) and not self._shared_held.get()
         return await self._commit(blobs, updates, checks, message, gc=gc, what="commit")
 
     async def _commit(
@@ -728,9 +735,11 @@ class PostgresBackend(BlobBackend):
         conn = await self._guard(psycopg.AsyncConnection.connect(self.conninfo, **self._conn_kwargs()), "gc_shared")
         try:
             await self._guard(conn.execute("SELECT pg_advisory_lock_shared(%s)", (self._gc_key,)), "gc_shared")
+            token = self._shared_held.set(True)
             try:
                 yield
             finally:
+                self._shared_held.reset(token)
                 with contextlib.suppress(psycopg.Error):
                     await conn.execute("SELECT pg_advisory_unlock_shared(%s)", (self._gc_key,))
         finally:

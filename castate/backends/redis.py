@@ -39,8 +39,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import os
 import time
-import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
 from typing import Any, Literal, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
@@ -156,7 +156,7 @@ class RedisBackend(BlobBackend):
         return self._p + b"o:" + oid.hex().encode()
 
     def _request_key(self) -> bytes:
-        return self._p + b"req:" + uuid.uuid4().hex.encode()
+        return self._p + b"req:" + os.urandom(16).hex().encode()
 
     # -- lifecycle --------------------------------------------------------------------------------
 
@@ -200,7 +200,12 @@ class RedisBackend(BlobBackend):
                     f"{self.location} runs with maxmemory-policy {policy}: Redis could evict castate's "
                     "blobs or its gc lock under memory pressure; set maxmemory-policy noeviction"
                 )
-        marker = {"castate": "store", "version": STORE_VERSION, "id": uuid.uuid4().hex, "created_ns": time.time_ns()}
+        marker = {
+            "castate": "store",
+            "version": STORE_VERSION,
+            "id": os.urandom(16).hex(),
+            "created_ns": time.time_ns(),
+        }
         if self.create:
             await r.set(self.k_store, orjson.dumps(marker), nx=True)
         set_marker = r.register_script(SET_MARKER)
@@ -543,7 +548,7 @@ class RedisBackend(BlobBackend):
             raise StoreError(f"gc_exclusive is already held by this backend on {self.location}")
         self._gc_held = True
         try:
-            token = uuid.uuid4().hex
+            token = os.urandom(16).hex()
             lease_ms = int(self.gc_lease * 1000)
             deadline = time.monotonic() + self.lock_timeout
             while not await self._cmd(
@@ -589,7 +594,7 @@ class RedisBackend(BlobBackend):
 
         The holding task's commits carry the token, so they proceed even once gc has taken
         its lock and waits for this holder to leave."""
-        token = uuid.uuid4().hex
+        token = os.urandom(16).hex()
         lease_ms = int(self.gc_lease * 1000)
         deadline = time.monotonic() + self.lock_timeout
         while not int(await self._script("shared_join", [self.k_gc, self.k_gcshared], [token, lease_ms], "gc_shared")):

@@ -26,11 +26,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import os
 import sqlite3
 import threading
 import time
-import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -123,6 +123,10 @@ class SQLiteBackend(BlobBackend):
         self._conn: sqlite3.Connection | None = None
         self._mutex = threading.RLock()
         self._gc_lock = self._new_gc_lock()
+        # True in a task (and the worker threads it starts) that holds gc_shared.
+        self._shared_held: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            f"castate-sqlite-gc-shared-{id(self)}", default=False
+        )
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -216,7 +220,7 @@ class SQLiteBackend(BlobBackend):
                     conn.execute(statement)
                 conn.executemany(
                     "INSERT INTO castate_meta VALUES (?, ?)",
-                    [("castate", "store"), ("id", uuid.uuid4().hex), ("created_ns", str(time.time_ns()))],
+                    [("castate", "store"), ("id", os.urandom(16).hex()), ("created_ns", str(time.time_ns()))],
                 )
             else:
                 for v in range(version + 1, SCHEMA_VERSION + 1):
@@ -469,7 +473,7 @@ class SQLiteBackend(BlobBackend):
         gc could delete from under it, a checkpoint must not queue behind a long gc, and gc itself
         moves a ref (the pack store's epoch) while it holds the exclusive side.
         """
-        if not blobs and not checks:
+        if (not blobs and not checks) or self._shared_held.get():  # a gc_shared holder has it already
             return self._call(self._commit_transaction, blobs, updates, message, checks)
         with self._gc_lock.hold(exclusive=False):
             return self._call(self._commit_transaction, blobs, updates, message, checks)
@@ -508,7 +512,13 @@ class SQLiteBackend(BlobBackend):
         lock = self._new_gc_lock()
         try:
             async with lock.hold_async(exclusive=False):
-                yield
+                # This task's commits need not take it again: doing so could queue behind a
+                # waiting gc (the turnstile) that waits for this very holder.
+                token = self._shared_held.set(True)
+                try:
+                    yield
+                finally:
+                    self._shared_held.reset(token)
         finally:
             lock.close()
 

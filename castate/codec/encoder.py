@@ -83,7 +83,8 @@ _STRICT = (
     | ormsgpack.OPT_PASSTHROUGH_UUID
     | ormsgpack.OPT_PASSTHROUGH_BIG_INT
 )
-# Tracked lists hold TrackedDict/TrackedList elements: digest them as plain dicts and lists.
+# Packs TrackedDict/TrackedList as plain dicts and lists, and every other subclass so too: only
+# for sizing (`_maybe_inline`), never to decide that a value is in the domain (see `_untrack`).
 _STRICT_TRACKED = _STRICT & ~ormsgpack.OPT_PASSTHROUGH_SUBCLASS
 _pack = ormsgpack.packb
 _SURROGATE = "str with a lone surrogate (not valid UTF-8)"
@@ -107,6 +108,19 @@ def _refuse(_value: Any) -> Any:
     raise TypeError("outside the value domain")
 
 
+def _untrack(value: Any) -> Any:
+    """``default`` for packing under ``_STRICT``: castate's own TrackedDict and TrackedList as
+    the plain dict and list they stand for; any other subclass (``OrderedDict``, a ``str``
+    subclass...) refused, as a fresh encoding refuses it. A comparison that packed subclasses
+    as their base type accepted them whenever their content equalled the previous save's."""
+    t = type(value)
+    if t is TrackedDict:
+        return dict(value)
+    if t is TrackedList:
+        return list(value)
+    raise TypeError("outside the value domain")
+
+
 def _stamps(lst: TrackedList) -> tuple[int, int, int, int, int]:
     """A tracked list's change counters: version, shape, child, front trims, appends."""
     return lst._version, lst._shape, lst._child, lst._front, lst._appended
@@ -115,7 +129,7 @@ def _stamps(lst: TrackedList) -> tuple[int, int, int, int, int]:
 def run_digest(items: list[Any], tracked: bool = False) -> bytes | None:
     """blake3 of the elements' MessagePack, or None when they hold anything outside the domain."""
     try:
-        return blake3.blake3(_pack(items, default=_refuse, option=_STRICT_TRACKED if tracked else _STRICT)).digest()
+        return blake3.blake3(_pack(items, default=_untrack if tracked else _refuse, option=_STRICT)).digest()
     except (TypeError, ormsgpack.MsgpackEncodeError):
         return None
 
@@ -994,7 +1008,7 @@ def _dict_hw(items: list[tuple[str, Entry, Any]]) -> tuple[list[int], list[int]]
 
 def _packed(value: Any) -> bytes | None:
     try:
-        return _pack(value, default=_refuse, option=_STRICT_TRACKED)
+        return _pack(value, default=_untrack, option=_STRICT)
     except (TypeError, ormsgpack.MsgpackEncodeError):
         return None
 

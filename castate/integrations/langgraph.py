@@ -39,8 +39,8 @@ import os
 import random
 import threading
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Coroutine, Iterator, Sequence
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator, Collection, Coroutine, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import unquote
 
 try:
@@ -60,9 +60,12 @@ try:
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError("castate.integrations.langgraph needs LangGraph: pip install 'castate[langgraph]'") from exc
 
+if TYPE_CHECKING:  # a TypedDict of langgraph-checkpoint 4.3's DeltaChannel (beta) surface
+    from langgraph.checkpoint.base import DeltaChannelHistory
+
 from castate.backends.base import ANY, Backend, RefUpdate
 from castate.backends.blob import BlobBackend
-from castate.backends.local import LocalBackend
+from castate.backends.urls import open_backend
 from castate.codec import Commit
 from castate.errors import ConflictError, InvalidKeyError, StoreError
 from castate.repository import Repository
@@ -258,10 +261,14 @@ class _Store:
             await self.repo.delete_refs(names, message=message)
 
     async def copy(self, source: str, target: str) -> None:
-        refs = {n: c for n, c in (await self.repo.list_refs(source)).items() if parse_ref(n) is not None}
-        if refs:
-            updates = [RefUpdate(target + name[len(source) :], cid, ANY) for name, cid in sorted(refs.items())]
-            await self.repo.update_refs(updates, message="langgraph copy_thread")
+        await self.repo.open()
+        # Listed and copied under gc's shared lock: a source deleted meanwhile cannot have its
+        # tree collected before the copies hold it (a listed ref's tree is complete).
+        async with self.repo.backend.gc_shared():
+            refs = {n: c for n, c in (await self.repo.list_refs(source)).items() if parse_ref(n) is not None}
+            if refs:
+                updates = [RefUpdate(target + name[len(source) :], cid, ANY) for name, cid in sorted(refs.items())]
+                await self.repo.update_refs(updates, message="langgraph copy_thread")
 
     async def close(self) -> None:
         await self.repo.close()
@@ -271,22 +278,31 @@ class _Store:
 
 
 class CastateSaver(BaseCheckpointSaver[str]):
-    """LangGraph checkpointer on a castate store: a directory path or a castate ``Backend``.
+    """LangGraph checkpointer on a castate store: a directory path, a store URL or a castate ``Backend``.
 
     ``CastateSaver("./state")`` keeps checkpoints in a local castate store (created when
-    missing). Use it as a context manager, or call ``close()``, to release the store.
+    missing); ``CastateSaver("sqlite:///state.db")`` (or ``postgresql://``, ``redis://``)
+    opens the store the URL names, as ``castate.open`` does. Use it as a context manager
+    (``with`` or ``async with``), or call ``close()``, to release the store.
     """
 
     def __init__(
         self, store: Backend | BlobBackend | str | os.PathLike[str], *, serde: SerializerProtocol | None = None
     ) -> None:
         super().__init__(serde=serde)
-        backend = store if isinstance(store, Backend | BlobBackend) else LocalBackend(store)
+        backend = store if isinstance(store, Backend | BlobBackend) else open_backend(store)
         self._store = _Store(Repository(backend))
         self._loop = _LoopThread()
         self._closed = False
         self._cache: OrderedDict[tuple[str, str, str, str], tuple[Any, dict[str, Any]]] = OrderedDict()
         self._cache_lock = threading.Lock()
+
+    @classmethod
+    def from_conn_string(cls, conn_string: str, *, serde: SerializerProtocol | None = None) -> CastateSaver:
+        """A saver on the store ``conn_string`` names (a URL or a directory), as the other
+        savers' ``from_conn_string``: ``with CastateSaver.from_conn_string(url) as saver:``
+        (or ``async with``) closes it at the end."""
+        return cls(conn_string, serde=serde)
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -409,8 +425,16 @@ class CastateSaver(BaseCheckpointSaver[str]):
         return self.serde.loads_typed((t, base64.b64decode(b64)))
 
     def _tuple(
-        self, key: Key, commit: Commit, tree: dict[str, Any], writes: list[tuple[str, Any]], md: CheckpointMetadata
+        self,
+        key: Key,
+        commit: Commit,
+        tree: dict[str, Any],
+        writes: list[tuple[str, Any]],
+        md: CheckpointMetadata,
+        stored: Collection[Key],
     ) -> CheckpointTuple:
+        """The LangGraph view of a checkpoint; ``stored``: the checkpoints that exist (a parent
+        that prune or delete_for_runs removed gives no ``parent_config``, as in PostgresSaver)."""
         thread, ns, cid = key
         checkpoint = self._load(tree["checkpoint"])
         checkpoint["channel_values"] = {c: self._load(v) for c, v in tree["values"].items()}
@@ -426,7 +450,7 @@ class CastateSaver(BaseCheckpointSaver[str]):
             config=_config(thread, ns, cid),
             checkpoint=checkpoint,
             metadata=md,
-            parent_config=_config(thread, ns, parent) if parent else None,
+            parent_config=_config(thread, ns, parent) if parent and (thread, ns, parent) in stored else None,
             pending_writes=[p[1] for p in pending],
         )
 
@@ -446,7 +470,7 @@ class CastateSaver(BaseCheckpointSaver[str]):
                 return None
         commit = (await self._store.commits([listing.checkpoints[key]]))[listing.checkpoints[key]]
         tree, writes = await self._store.read(commit, listing.writes.get(key, {}))
-        return self._tuple(key, commit, tree, writes, self._metadata(commit))
+        return self._tuple(key, commit, tree, writes, self._metadata(commit), listing.checkpoints)
 
     async def _search(
         self,
@@ -488,7 +512,53 @@ class CastateSaver(BaseCheckpointSaver[str]):
                         break
             reads = await asyncio.gather(*(self._store.read(c, listing.writes.get(k, {})) for k, c, _ in chosen))
             if chosen:
-                yield [self._tuple(k, c, tree, w, md) for (k, c, md), (tree, w) in zip(chosen, reads, strict=True)]
+                yield [
+                    self._tuple(k, c, tree, w, md, listing.checkpoints)
+                    for (k, c, md), (tree, w) in zip(chosen, reads, strict=True)
+                ]
+
+    async def _delta_history(self, config: RunnableConfig, channels: Sequence[str]) -> dict[str, DeltaChannelHistory]:
+        """``get_delta_channel_history`` over one listing of the namespace, as the base class
+        walks it (``parent_config`` back from the target), but bounded: each checkpoint is
+        visited once, so a parent cycle (a put whose parent is its own descendant) ends the
+        walk instead of looping forever."""
+        if not channels:
+            return {}
+        thread, ns = _thread_ns(config)
+        listing = await self._store.listing(ns_prefix(thread, ns))
+        collected: dict[str, list[PendingWrite]] = {c: [] for c in channels}
+        seeds: dict[str, Any] = {}
+        remaining = set(channels)
+        cid = get_checkpoint_id(config) or None
+        target: Key | None = (thread, ns, str(cid)) if cid is not None else max(listing.checkpoints, default=None)
+        seen: set[Key] = set()
+        cursor: Key | None = None
+        if target is not None and target in listing.checkpoints:
+            seen.add(target)
+            head = (await self._store.commits([listing.checkpoints[target]]))[listing.checkpoints[target]]
+            parent = head.meta.get("parent")
+            cursor = (thread, ns, parent) if parent else None
+        while cursor is not None and remaining and cursor not in seen and cursor in listing.checkpoints:
+            seen.add(cursor)
+            commit = (await self._store.commits([listing.checkpoints[cursor]]))[listing.checkpoints[cursor]]
+            tree, writes = await self._store.read(commit, listing.writes.get(cursor, {}))
+            tup = self._tuple(cursor, commit, tree, writes, self._metadata(commit), listing.checkpoints)
+            for write in reversed(tup.pending_writes or []):
+                if write[1] in remaining:
+                    collected[write[1]].append(write)
+            for ch in list(remaining):
+                if ch in tup.checkpoint["channel_values"]:
+                    seeds[ch] = tup.checkpoint["channel_values"][ch]
+                    remaining.discard(ch)
+            parent = commit.meta.get("parent")
+            cursor = (thread, ns, parent) if parent else None
+        out: dict[str, DeltaChannelHistory] = {}
+        for ch in channels:
+            entry: DeltaChannelHistory = {"writes": list(reversed(collected[ch]))}
+            if ch in seeds:
+                entry["seed"] = seeds[ch]
+            out[ch] = entry
+        return out
 
     # -- maintenance (coroutines for the private loop) ----------------------------------------
 
@@ -499,6 +569,11 @@ class CastateSaver(BaseCheckpointSaver[str]):
         await self._store.delete(names, message)
 
     async def _prune(self, thread_ids: Sequence[str], strategy: str) -> None:
+        """``delete``: every ref of the threads. ``keep_latest``: the newest checkpoint of each
+        namespace stays with its writes; pending writes of a checkpoint not stored yet (async
+        durability, a concurrent run) and newer than that stay too. A thread whose newest
+        checkpoint replays DeltaChannel writes from its ancestors is refused, naming it, before
+        anything is deleted: keeping only that checkpoint would rebuild those channels empty."""
         if strategy == "delete":
             await self._delete_threads(thread_ids, "langgraph prune")
             return
@@ -511,7 +586,20 @@ class CastateSaver(BaseCheckpointSaver[str]):
                 if ns not in latest or key[2] > latest[ns][2]:
                     latest[ns] = key
             keep = set(latest.values())
-            doomed.extend(n for key, names in listing.names.items() if key not in keep for n in names)
+            heads = await self._store.commits([listing.checkpoints[k] for k in keep])
+            for key in sorted(keep):
+                if self._metadata(heads[listing.checkpoints[key]]).get("counters_since_delta_snapshot"):
+                    raise ValueError(
+                        f"thread {str(thread)!r} uses DeltaChannel: its newest checkpoint (namespace {key[1]!r}) "
+                        "rebuilds channels from its ancestors' writes, which keep_latest would delete; "
+                        "prune it after a snapshot, or with strategy='delete'"
+                    )
+            for key, names in listing.names.items():
+                if key in keep:
+                    continue
+                if key not in listing.checkpoints and (key[1] not in latest or key[2] > latest[key[1]][2]):
+                    continue  # writes saved before their checkpoint: it is still to come
+                doomed.extend(names)
             kept = {listing.checkpoints[k] for k in keep}
             doomed.extend(n for n, target in listing.tips.items() if target not in kept)
         await self._store.delete(doomed, "langgraph prune")
@@ -588,14 +676,19 @@ class CastateSaver(BaseCheckpointSaver[str]):
         self._run(self._delete_threads([thread_id], "langgraph delete_thread"))
 
     def delete_for_runs(self, run_ids: Sequence[str]) -> None:
-        self._run(self._delete_for_runs(run_ids))
+        self._run(self._delete_for_runs(_ids(run_ids, "run_ids")))
 
     def copy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         self._run(self._store.copy(thread_prefix(str(source_thread_id)), thread_prefix(str(target_thread_id))))
 
     def prune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         _check_strategy(strategy)
-        self._run(self._prune(thread_ids, strategy))
+        self._run(self._prune(_ids(thread_ids, "thread_ids"), strategy))
+
+    def get_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return self._run(self._delta_history(config, channels))
 
     def get_next_version(self, current: str | int | None, channel: None) -> str:
         """``<32-digit counter>.<random>``: increasing, and distinct across forks of one version."""
@@ -644,14 +737,19 @@ class CastateSaver(BaseCheckpointSaver[str]):
         await self._arun(self._delete_threads([thread_id], "langgraph delete_thread"))
 
     async def adelete_for_runs(self, run_ids: Sequence[str]) -> None:
-        await self._arun(self._delete_for_runs(run_ids))
+        await self._arun(self._delete_for_runs(_ids(run_ids, "run_ids")))
 
     async def acopy_thread(self, source_thread_id: str, target_thread_id: str) -> None:
         await self._arun(self._store.copy(thread_prefix(str(source_thread_id)), thread_prefix(str(target_thread_id))))
 
     async def aprune(self, thread_ids: Sequence[str], *, strategy: str = "keep_latest") -> None:
         _check_strategy(strategy)
-        await self._arun(self._prune(thread_ids, strategy))
+        await self._arun(self._prune(_ids(thread_ids, "thread_ids"), strategy))
+
+    async def aget_delta_channel_history(
+        self, *, config: RunnableConfig, channels: Sequence[str]
+    ) -> Mapping[str, DeltaChannelHistory]:
+        return await self._arun(self._delta_history(config, channels))
 
 
 # -- helpers ------------------------------------------------------------------------------------
@@ -668,6 +766,15 @@ def _config(thread: str, ns: str, checkpoint_id: str) -> RunnableConfig:
 
 def _bytes(data: Any) -> bytes:
     return data if type(data) is bytes else bytes(data)
+
+
+def _ids(ids: Sequence[str] | str, what: str) -> list[str]:
+    """Ids given as a sequence; a str is one id (iterating it would name its characters)."""
+    if isinstance(ids, str):
+        return [ids]
+    if isinstance(ids, bytes | bytearray) or not isinstance(ids, Collection):
+        raise TypeError(f"{what} must be a sequence of ids or one id as a str, not {type(ids).__name__}")
+    return [str(i) for i in ids]
 
 
 def _check_strategy(strategy: str) -> None:

@@ -5,9 +5,12 @@ zstd stream, framed by a header with a JSON manifest and a trailer with the obje
 and a blake3 digest of everything before it. Export streams the walk into the file (one
 batch of objects in memory at a time) and renames it into place when complete. Import
 verifies every object against its id, writes only what the target lacks, checks the
-bundle is complete and intact, and only then creates the refs, all while holding the
-shared side of the gc lock, so objects it found present cannot vanish before the refs
-point at them.
+bundle is complete and intact and that the refs reach only trees the reader accepts
+(kinds where they belong, nesting within the limit), and only then creates the refs, all
+while holding the shared side of the gc lock, so objects it found present cannot vanish
+before the refs point at them. A bundle holds each object once: a repeated record is
+refused at once. What an import holds in memory is counted decompressed (a record of a few
+bytes can stand for 64 MiB), so it stays within one write batch plus one object.
 """
 
 from __future__ import annotations
@@ -28,14 +31,15 @@ import blake3
 import orjson
 import zstandard
 
-from castate.backends.base import RefUpdate
+from castate.backends.base import Backend, RefUpdate
 from castate.codec import decode_frame, encode_frame
 from castate.codec.decoder import Content
-from castate.codec.objects import ID_SIZE, KIND_COMMIT
+from castate.codec.encoder import MAX_DEPTH
+from castate.codec.objects import ID_SIZE, KIND_COMMIT, KIND_DICT, KIND_LIST, KIND_NAMES
 from castate.errors import ConflictError, CorruptFileError, CorruptionError, NotFoundError, UnsupportedFormatError
 from castate.repository import refs as names
 from castate.repository.repository import Repository
-from castate.repository.walk import Walker, links
+from castate.repository.walk import Problem, Walker, links
 
 MAGIC = b"CASTBNDL"
 VERSION = 1
@@ -170,6 +174,46 @@ async def _read_exact(f: Any, n: int, path: Path) -> bytes:
     return bytes(data)
 
 
+async def _check_tree(
+    backend: Backend,
+    heads: set[bytes],
+    kinds: dict[bytes, int],
+    edges: dict[bytes, list[tuple[bytes, frozenset[int]]]],
+) -> Problem | None:
+    """The reader's rules over what the refs will reach, as ``walk.Walker`` applies them: each
+    object of a kind its parent may point at (a commit's root a dict, never a commit inside a
+    state) and dict and list nodes nested at most ``MAX_DEPTH`` deep. Objects of the bundle are
+    checked from what the import recorded of them; subtrees already in the store are walked
+    there, from the depth where the bundle reaches them."""
+    todo: dict[bytes, tuple[frozenset[int], int]] = {h: (frozenset((KIND_COMMIT,)), 0) for h in heads}
+    done: set[bytes] = set()
+    stored: list[tuple[bytes, frozenset[int], int]] = []
+    while todo:
+        level, todo = todo, {}
+        for oid, (want, depth) in level.items():
+            done.add(oid)
+            kind = kinds.get(oid)
+            if kind is None:
+                stored.append((oid, want, depth))
+                continue
+            if kind not in want:
+                allowed_names = " or ".join(sorted(KIND_NAMES[k] for k in want))
+                return Problem(oid, "corrupt", f"a {KIND_NAMES[kind]} object where a {allowed_names} belongs", None)
+            if kind in (KIND_DICT, KIND_LIST):
+                if depth >= MAX_DEPTH:
+                    return Problem(oid, "corrupt", f"nodes nested deeper than {MAX_DEPTH} levels", None)
+                depth += 1  # container nodes nest; index nodes and commits do not
+            for child, allowed in edges.get(oid, ()):
+                if child not in done and child not in todo:
+                    todo[child] = (allowed, depth)
+    for oid, want, depth in stored:
+        walker = Walker(backend, fetch_chunks=False)
+        await walker.walk([oid], want, depth=depth)
+        if walker.problems:
+            return next(iter(walker.problems.values()))
+    return None
+
+
 async def import_bundle(
     repo: Repository,
     path: str | os.PathLike[str],
@@ -212,7 +256,7 @@ async def import_bundle(
         done = HEADER.size + mlen
         seen: set[bytes] = set()
         kinds: dict[bytes, int] = {}
-        required: set[bytes] = set()
+        edges: dict[bytes, list[tuple[bytes, frozenset[int]]]] = {}  # object -> children, kinds allowed there
         pending: list[tuple[bytes, bytes]] = []
         pending_bytes = 0
         buf = bytearray()
@@ -252,19 +296,27 @@ async def import_bundle(
                             raise _bad(source, f"object {oid.hex()} claims {n} bytes")
                         if len(buf) - off - RECORD.size < n:
                             break
+                        if oid in seen:  # before any work: a repeated record costs nothing to refuse
+                            raise _bad(source, f"object {oid.hex()} appears twice (a bundle holds each object once)")
                         frame = bytes(buf[off + RECORD.size : off + RECORD.size + n])
                         off += RECORD.size + n
                         kind, content = decode_frame(oid, frame)  # CorruptObjectError names it
-                        required.update(c for c, _ in links(oid, kind, content, deep=True))
-                        if oid not in seen:
-                            seen.add(oid)
-                            kinds[oid] = kind
-                            pending.append((oid, encode_frame(kind, bytes(content), compress=compress)))
-                            pending_bytes += n
+                        children = links(oid, kind, content, deep=True)
+                        if children:
+                            edges[oid] = children
+                        seen.add(oid)
+                        kinds[oid] = kind
+                        stored = encode_frame(kind, bytes(content), compress=compress)
+                        del frame, content
+                        pending.append((oid, stored))
+                        # Counted as held, decompressed where the backend wants raw frames: a
+                        # record of a few bytes can stand for a 64 MiB object. Memory stays
+                        # within one batch plus one object.
+                        pending_bytes += len(stored)
+                        if pending_bytes >= WRITE_BATCH:
+                            await store()
                     if off:
                         del buf[:off]
-                    if pending_bytes >= WRITE_BATCH:
-                        await store()
                 if progress is not None:
                     progress(done, size)
             if buf or not decomp.eof or decomp.unused_data:
@@ -279,12 +331,15 @@ async def import_bundle(
             for name, cid in new_refs.items():
                 if kinds.get(cid) != KIND_COMMIT:
                     raise _bad(source, f"ref {name} does not point at a commit in the bundle")
-            outside = list(required - seen)
+            outside = list({c for cs in edges.values() for c, _ in cs} - seen)
             if outside:
                 present = await backend.has_objects(outside)
                 if len(present) != len(outside):
                     lost = next(o for o in outside if o not in present)
                     raise _bad(source, f"object {lost.hex()} is referenced but neither in the bundle nor the store")
+            problem = await _check_tree(backend, set(new_refs.values()), kinds, edges)
+            if problem is not None:
+                raise _bad(source, f"object {problem.id.hex()} breaks the rules of a stored state: {problem.detail}")
             try:
                 await repo.update_refs(
                     [RefUpdate(n, c, None) for n, c in sorted(new_refs.items())],

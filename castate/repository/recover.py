@@ -52,20 +52,22 @@ async def roll_back(repo: Repository, refs: Iterable[str]) -> list[Rollback]:
                     candidates.append(cid)
         restored = None
         skipped = 0
-        for cid in candidates:
-            if await intact(backend, cid):
-                restored = cid
-                break
-            skipped += 1
-        if restored is not None:
-            try:
-                async with backend.gc_shared():  # the tree cannot be collected before the ref points at it
+        try:
+            # Checked and moved under one hold of gc's shared lock: a gc between the check and
+            # the move could otherwise collect the unreferenced tree just found intact.
+            async with backend.gc_shared():
+                for cid in candidates:
+                    if await intact(backend, cid):
+                        restored = cid
+                        break
+                    skipped += 1
+                if restored is not None:
                     await repo.update_refs(
                         [RefUpdate(ref, restored, current)],
                         message=f"repair: back from damaged {current.hex()[:12]}",
                     )
-            except ConflictError:
-                continue  # another writer moved it meanwhile: its new target is not this damage
+        except ConflictError:
+            continue  # another writer moved it meanwhile: its new target is not this damage
         out.append(Rollback(ref, current, restored, skipped))
     return out
 

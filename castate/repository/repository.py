@@ -26,6 +26,7 @@ from castate.errors import ConflictError, CorruptObjectError, MissingObjectError
 from castate.repository.diff import Change, diff_trees
 from castate.repository.packs import PackStore
 from castate.repository.snapshot import encode_state, fetch_objects, frames, read_state
+from castate.repository.walk import first_damage
 
 MAX_SHADOWS = 64  # refs whose last save is remembered for incremental encoding
 MAX_COMMITS = 4096
@@ -129,9 +130,13 @@ class Repository:
                     return await self._save_once(
                         ref, state, head, session, name, meta, default, message, extra_updates, stream or ref, also
                     )
-                except ConflictError:
+                except ConflictError as exc:
                     self._heads.pop(ref, None)
                     if not overwrite:
+                        if exc.ref == ref:  # the head moved: say from what, to what
+                            exc.expected = head.commit.hex() if head else None
+                            current = await self.backend.get_ref(ref)
+                            exc.current = current.hex() if current else None
                         raise
         raise ConflictError(f"ref {ref} kept moving during {OVERWRITE_ATTEMPTS} attempts to overwrite it", ref)
 
@@ -216,6 +221,33 @@ class Repository:
         self._cache_commit(cid, commit)
         self._remember(ref, _Head(cid, old.root, known.shadow if known and known.commit == head else None))
         return cid
+
+    async def require_complete(self, cid: bytes, *, holders: Sequence[str] = ()) -> None:
+        """Raise MissingObjectError (or CorruptObjectError) unless commit ``cid``'s whole tree is stored.
+
+        Call it while holding ``backend.gc_shared()`` and keep holding it until the ref that
+        is to point at ``cid`` has moved: then gc cannot delete the tree in between. A commit
+        a ref holds is complete (gc keeps everything a ref reaches), so ``holders`` (refs
+        likely to hold it) and then every ref are asked first; only a commit no ref holds
+        costs a walk of its tree (``walk.first_damage``).
+        """
+        await self.open()
+        if holders and cid in (await self.backend.get_refs(holders)).values():
+            return
+        if cid in (await self.backend.list_refs()).values():
+            return
+        problem = await first_damage(self.backend, cid)
+        if problem is None:
+            return
+        detail = f"in the tree of commit {cid.hex()}, which no ref holds: gc removed part of it"
+        if problem.what == "missing":
+            raise MissingObjectError(problem.id.hex(), detail)
+        raise CorruptObjectError(problem.id.hex(), f"{problem.detail} ({detail})")
+
+    def known_head(self, ref: str) -> bytes | None:
+        """The head this repository last saved or loaded for ``ref`` (no I/O), or None."""
+        head = self._heads.get(ref)
+        return head.commit if head is not None else None
 
     async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
         await self.open()

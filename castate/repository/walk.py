@@ -122,13 +122,16 @@ class Walker:
         self.problems: dict[bytes, Problem] = {}
         self.visited = 0
 
-    async def walk(self, ids: Iterable[bytes], allowed: frozenset[int] = ANYTHING) -> int:
-        """Visit everything reachable from ``ids`` not visited before; returns how many objects that was."""
+    async def walk(self, ids: Iterable[bytes], allowed: frozenset[int] = ANYTHING, *, depth: int = 0) -> int:
+        """Visit everything reachable from ``ids`` not visited before; returns how many objects that was.
+
+        ``depth``: how many dict and list nodes are above ``ids`` (an import checking a subtree
+        its bundle reaches at that depth)."""
         start = self.visited
         frontier: dict[bytes, tuple[frozenset[int], bytes | None, int]] = {}
         for oid in ids:
             if oid not in self.seen and oid not in frontier:
-                frontier[oid] = (allowed, None, 0)
+                frontier[oid] = (allowed, None, depth)
         while frontier:
             level = list(frontier.items())
             frontier = {}
@@ -203,6 +206,30 @@ async def get_frames(backend: Backend, ids: list[bytes]) -> tuple[dict[bytes, by
             todo.remove(oid)
 
 
+async def first_damage(backend: Backend, commit: bytes) -> Problem | None:
+    """The first object of ``commit``'s tree that is missing or fails verification, or None
+    when the whole tree is there.
+
+    A commit and its root can survive gc while objects below them went (a subtree it shared
+    with a pack gc could delete): before a ref is made to point at a commit that no ref
+    holds, its whole tree must be checked, not its root. Chunks of large values are checked
+    for presence only (they have no children), so this reads the nodes a restore reads,
+    never the large values.
+    """
+    walker = Walker(backend, fetch_chunks=False)
+    await walker.walk([commit], frozenset((KIND_COMMIT,)))
+    if walker.problems:
+        return next(iter(walker.problems.values()))
+    chunks = [oid for oid in walker.seen if oid not in walker.kinds]  # marked, not fetched
+    for i in range(0, len(chunks), BATCH):
+        part = chunks[i : i + BATCH]
+        present = await backend.has_objects(part)
+        for oid in part:
+            if oid not in present:
+                return Problem(oid, "missing", "a chunk of a large value, not in the store", None)
+    return None
+
+
 def _names(kinds: frozenset[int]) -> str:
     return " or ".join(sorted(KIND_NAMES[k] for k in kinds))
 
@@ -224,4 +251,4 @@ def ancestors(children: dict[bytes, list[bytes]], bad: Iterable[bytes]) -> set[b
     return out
 
 
-__all__ = ["BATCH", "Problem", "Walker", "ancestors", "get_frames", "links"]
+__all__ = ["BATCH", "Problem", "Walker", "ancestors", "first_damage", "get_frames", "links"]

@@ -18,11 +18,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import fcntl
 import os
 import threading
 import time
-import uuid
+import warnings
 from collections.abc import AsyncIterator, Callable, Collection, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -32,7 +33,17 @@ import orjson
 from castate.backends.base import Backend, ObjectInfo, ReflogEntry, RefRepairReport, RefUpdate
 from castate.backends.local import crashpoints, osio, packidx
 from castate.backends.local import packs as packfmt
-from castate.backends.local.files import FILE_MODE, atomic_write, fsync_dir, make_dirs, naming, read_regular, write_all
+from castate.backends.local.files import (
+    FILE_MODE,
+    atomic_write,
+    exposed,
+    fsync_dir,
+    make_dirs,
+    naming,
+    read_regular,
+    store_dir,
+    write_all,
+)
 from castate.backends.local.journal import RefJournal
 from castate.backends.local.locks import FileLock
 from castate.codec.objects import MAX_CONTENT
@@ -42,6 +53,7 @@ from castate.errors import (
     CorruptObjectError,
     StoreError,
     StoreIOError,
+    StoreWarning,
     UnsupportedFormatError,
 )
 
@@ -107,6 +119,10 @@ class LocalBackend(Backend):
         self.pack_index = pack_index  # write packs/<name>.pack.idx (48 bytes per object): opens skip scans
         self._journal: RefJournal | None = None
         self._gc_lock: FileLock | None = None
+        # True in a task (and the worker threads it starts) that holds gc_shared.
+        self._shared_held: contextvars.ContextVar[bool] = contextvars.ContextVar(
+            f"castate-local-gc-shared-{id(self)}", default=False
+        )
         self._gc_seen: tuple[int, int] | None = None
         self._opened = False
         self.store_id = ""
@@ -184,12 +200,13 @@ class LocalBackend(Backend):
                 )
             if not self.create:
                 raise StoreError(f"no castate store at {root}")
-            for d in (root, self.packs_dir, self.objects_dir, root / "locks"):
-                make_dirs(d)
+            make_dirs(root)
+            for d in (self.packs_dir, self.objects_dir, root / "locks"):
+                store_dir(d)
             body = {
                 "castate": "store",
                 "version": STORE_VERSION,
-                "id": uuid.uuid4().hex,
+                "id": os.urandom(16).hex(),
                 "created_ns": time.time_ns(),
             }
             atomic_write(config, orjson.dumps(body, option=orjson.OPT_INDENT_2) + b"\n", exclusive=True)
@@ -207,7 +224,17 @@ class LocalBackend(Backend):
             )
         self.store_id = str(meta.get("id", ""))
         for d in (self.packs_dir, self.objects_dir, root / "locks"):
-            make_dirs(d)
+            store_dir(d)
+        if (root / "quarantine").exists() or (root / "quarantine").is_symlink():
+            store_dir(root / "quarantine")
+        loose = exposed([root, self.packs_dir, self.objects_dir, root / "locks", root / "quarantine", config])
+        if loose:  # as ssh does with a key others can read: say so, the store still works
+            warnings.warn(
+                f"castate store {root} is open to other users: {', '.join(loose)}; castate makes stores "
+                f"private (directories 0700, files 0600): run `chmod -R go-rwx {root}`",
+                StoreWarning,
+                stacklevel=2,
+            )
         if not (root / "refs.journal").exists():
             raise CorruptFileError(
                 str(root / "refs.journal"),
@@ -329,8 +356,8 @@ class LocalBackend(Backend):
 
     def _write_loose(self, oid: bytes, frame: bytes) -> None:
         path = self._loose_path(oid)
-        if not path.parent.exists():
-            make_dirs(path.parent)
+        if not path.parent.exists() or path.parent.is_symlink():
+            store_dir(path.parent)
             if self.durable:
                 fsync_dir(path.parent.parent)
         atomic_write(path, bytes(frame), durable=self.durable, exclusive=True)
@@ -396,7 +423,7 @@ class LocalBackend(Backend):
 
     def _new_pack(self) -> None:
         self._seal()
-        name = f"{time.time_ns():016x}-{uuid.uuid4().hex[:12]}.pack"
+        name = f"{time.time_ns():016x}-{os.urandom(6).hex()}.pack"
         path = self.packs_dir / name
         fd = osio.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
         try:
@@ -526,7 +553,7 @@ class LocalBackend(Backend):
                     osio.unlink(entry.path)
 
     def _bump_gc_marker(self) -> None:
-        atomic_write(self._gc_marker, uuid.uuid4().bytes, durable=self.durable)
+        atomic_write(self._gc_marker, os.urandom(16), durable=self.durable)
         self._gc_seen = self._gc_signature()
 
     @property
@@ -557,7 +584,7 @@ class LocalBackend(Backend):
 
     def _rewrite_pack(self, pack: packfmt.Pack, doomed: set[bytes]) -> bool:
         """Copy a pack's surviving objects into a new pack, then delete it; False if it is active."""
-        fd = os.open(pack.path, os.O_RDONLY | os.O_CLOEXEC)
+        fd = os.open(pack.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         try:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -590,7 +617,7 @@ class LocalBackend(Backend):
             self._seal()
             crashpoints.reach("gc-before-unlink")
             if damaged:  # keep the damaged file's bytes for inspection, never just delete them
-                make_dirs(self.quarantine_dir)
+                store_dir(self.quarantine_dir)
                 osio.replace(pack.path, self.quarantine_dir / pack.name)
             else:
                 osio.unlink(pack.path)
@@ -701,7 +728,10 @@ class LocalBackend(Backend):
         """Objects durable first, then the refs: one hop, a shared gc lock held throughout."""
         assert self._gc_lock is not None
         # The gc lock first: a save waits for gc without holding the mutex gc's deletes need.
-        with self._gc_lock.hold(exclusive=False), self._mutex:
+        # A task inside gc_shared holds it already: taking it again could queue behind a
+        # waiting gc (the turnstile), which waits for that task: a deadlock until the timeout.
+        held = contextlib.nullcontext(True) if self._shared_held.get() else self._gc_lock.hold(exclusive=False)
+        with held, self._mutex:
             written = self.put_objects_sync(items, stream, history) if items or history else 0
             if updates:
                 self._refs().update(updates, message)
@@ -756,7 +786,11 @@ class LocalBackend(Backend):
         lock = self._new_gc_lock()
         try:
             async with lock.hold_async(exclusive=False):
-                yield
+                token = self._shared_held.set(True)  # this task's commits need not take it again
+                try:
+                    yield
+                finally:
+                    self._shared_held.reset(token)
         finally:
             lock.close()
 
@@ -842,7 +876,7 @@ class LocalBackend(Backend):
         wanted = set(ids)
         with self._mutex:
             self._refresh_packs()
-            make_dirs(self.quarantine_dir)
+            store_dir(self.quarantine_dir)
             saved: set[bytes] = set()
             for oid in wanted:
                 data: bytes | None = None

@@ -11,7 +11,6 @@ import contextlib
 import errno
 import os
 import stat
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -78,16 +77,41 @@ def fsync_dir(path: Path) -> None:
 
 
 def make_dirs(path: Path, mode: int = DIR_MODE) -> None:
-    """Create ``path`` (``mode``) and its missing parents (default permissions, as ``mkdir -p``)."""
+    """Create ``path`` (``mode``) and its missing parents, private too: a store's secrets are
+    no safer than the least private directory castate created on the way to it."""
     if path.is_dir():
         return
     if path.parent != path and not path.parent.is_dir():
-        make_dirs(path.parent, 0o777)
+        make_dirs(path.parent, mode)
     try:
         osio.mkdir(path, mode)
     except FileExistsError:
         if not path.is_dir():
             raise
+
+
+def store_dir(path: Path) -> None:
+    """Create ``path`` if missing, then make sure it is a directory of its own: a symlink
+    there (``packs`` -> elsewhere) would make the store write outside itself. The store's
+    root may be a symlink; the directories inside it may not."""
+    make_dirs(path)
+    st = os.lstat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        what = "a symlink" if stat.S_ISLNK(st.st_mode) else "not a directory"
+        raise CorruptFileError(str(path), f"{what}: castate follows no link inside a store and writes only there")
+
+
+def exposed(paths: list[Path]) -> list[str]:
+    """Those of ``paths`` (that exist) which other users can read or write, with their modes."""
+    out = []
+    for path in paths:
+        try:
+            mode = stat.S_IMODE(os.lstat(path).st_mode)
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            out.append(f"{path} ({mode:04o})")
+    return out
 
 
 def write_all(fd: int, data: bytes | memoryview) -> None:
@@ -108,7 +132,7 @@ def atomic_write(
     Returns False when ``exclusive`` and the file already exists (nothing written). ``point``
     names the crash point between the write and the rename (tests only).
     """
-    tmp = path.with_name(f".tmp-{path.name}-{uuid.uuid4().hex[:12]}")
+    tmp = path.with_name(f".tmp-{path.name}-{os.urandom(6).hex()}")
     fd = osio.open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, FILE_MODE)
     try:
         try:

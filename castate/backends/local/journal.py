@@ -9,10 +9,10 @@ against the replayed state; readers replay new records without a lock.
 
 from __future__ import annotations
 
+import errno
 import os
 import struct
 import time
-import uuid
 import zlib
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,7 +22,7 @@ import blake3
 
 from castate.backends.base import ReflogEntry, RefRepairReport, RefUpdate, plan_ref_updates
 from castate.backends.local import crashpoints, osio, refsnap
-from castate.backends.local.files import FILE_MODE, atomic_write, make_dirs, naming, write_all
+from castate.backends.local.files import FILE_MODE, atomic_write, naming, store_dir, write_all
 from castate.backends.local.locks import FileLock
 from castate.errors import CorruptFileError, NotFoundError, UnsupportedFormatError
 
@@ -249,7 +249,7 @@ class RefJournal:
 
     def create(self) -> None:
         """Write an empty journal if there is none (called under the store's init)."""
-        atomic_write(self.path, self._header(uuid.uuid4().bytes), durable=self.durable, exclusive=True)
+        atomic_write(self.path, self._header(os.urandom(16)), durable=self.durable, exclusive=True)
 
     @staticmethod
     def _header(generation: bytes) -> bytes:
@@ -274,9 +274,13 @@ class RefJournal:
     def _open(self) -> tuple[int, os.stat_result, bytes]:
         """The journal opened for reading, its stat and its header bytes."""
         try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_CLOEXEC)
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
         except FileNotFoundError:
             raise CorruptFileError(str(self.path), "the ref journal is missing") from None
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise CorruptFileError(str(self.path), "a symlink: castate follows no link in a store") from None
+            raise
         try:
             return fd, os.fstat(fd), os.pread(fd, HEADER_SIZE, 0)
         except BaseException:
@@ -419,7 +423,7 @@ class RefJournal:
         written = False
         try:
             with naming(self.path):
-                fd = osio.open_fd(self.path, os.O_WRONLY | os.O_APPEND | os.O_CLOEXEC, FILE_MODE)
+                fd = osio.open_fd(self.path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
                 try:
                     crashpoints.tear("journal-mid-record", fd, data)
                     write_all(fd, data)
@@ -540,7 +544,7 @@ class RefJournal:
             report.lost_records = lost + (1 if tail is not None and _whole_but_bad(buf, tail) else 0)
             report.inferred = inferred
             report.maybe_lost = _names_in(b"".join(buf[a:b] for a, b in spans))
-            make_dirs(quarantine)
+            store_dir(quarantine)
             kept = quarantine / f"{self.path.name}.{time.time_ns()}.damaged"
             atomic_write(kept, buf, durable=self.durable)
             report.saved_as = str(kept)
@@ -549,7 +553,7 @@ class RefJournal:
             return report
 
     def _rewrite(self, records: list[Record]) -> None:
-        data = self._header(uuid.uuid4().bytes) + b"".join(encode_record(r) for r in records)
+        data = self._header(os.urandom(16)) + b"".join(encode_record(r) for r in records)
         atomic_write(self.path, data, durable=self.durable)
         self._ino = None
         self.refresh()
