@@ -110,7 +110,7 @@ def test_listing_commands(store: Path, cps: list[str]) -> None:
     sessions = run_json("sessions", store=store)
     assert [(s["session_id"], s["checkpoints"]) for s in sessions] == [("run-1", 3), ("run-2", 0)]
     table = run("sessions", store=store).splitlines()
-    assert table[0].split() == ["SESSION", "LAST", "SAVED", "CHECKPOINTS", "HEAD"]
+    assert table[0].split() == ["SESSION", "UPDATED", "CHECKPOINTS", "HEAD"]
     assert table[1].startswith("run-1 ")
     assert "\x1b[" not in "".join(table)  # no colour when not on a terminal
     assert len({line.index(line.split()[-1]) for line in table}) == 1  # aligned last column

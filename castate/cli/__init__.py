@@ -83,18 +83,25 @@ def _parser() -> argparse.ArgumentParser:
         None,
     )
 
-    add(
-        "sessions", "list sessions with their last save and checkpoint count", "castate sessions --json", c.cmd_sessions
+    sp = add(
+        "sessions",
+        "list sessions with when they last changed and their checkpoint count",
+        "castate sessions --json",
+        c.cmd_sessions,
     )
+    _full(sp)
 
     sp = add(
         "checkpoints", "list a session's checkpoints, newest first", "castate checkpoints run-1", c.cmd_checkpoints
     )
     sp.add_argument("session", metavar="SESSION")
+    _full(sp)
 
-    sp = add("log", "list a session's saves, newest first", "castate log run-1 -n 20", c.cmd_log)
+    sp = add("log", "list a session's saves, newest first", "castate log run-1 -n 20 --oneline", c.cmd_log)
     sp.add_argument("session", metavar="SESSION")
     sp.add_argument("-n", "--limit", type=_positive, metavar="N", help="show at most N saves")
+    sp.add_argument("--oneline", action="store_true", help="one line per save: commit, time, checkpoints, metadata")
+    _full(sp)
 
     sp = add(
         "reflog",
@@ -104,6 +111,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("session", metavar="SESSION", nargs="?", help="only this session's head and checkpoints")
     sp.add_argument("-n", "--limit", type=_positive, metavar="N", help="show at most N changes")
+    sp.add_argument("--all", action="store_true", help="include castate's own records (meta/health: gc and fsck runs)")
+    _full(sp)
 
     sp = add(
         "show",
@@ -255,6 +264,10 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-remote", action="store_true", help="allow an address other than loopback (the page has no login)"
     )
     return p
+
+
+def _full(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--full", action="store_true", help="print whole commit and checkpoint ids, not unique prefixes")
 
 
 def _version() -> str:

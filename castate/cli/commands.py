@@ -7,14 +7,17 @@ from __future__ import annotations
 
 import argparse
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from castate.backends.base import RefRepairReport
-from castate.cli.output import Output, human_bytes, iso_time, local_time, short_json, to_json
+from castate.cli.output import Column, Output, human_bytes, iso_time, local_time, plural, short_json, to_json
 from castate.errors import InvalidKeyError, NotFoundError
 from castate.repository import refs as names
 from castate.repository.diff import to_patch
+from castate.repository.moved import session_moved_ns
+from castate.repository.refspec import abbrev_length, known_commits, short_checkpoint_ids
 from castate.repository.retention import ForgetReport, Policy, parse_duration
 from castate.repository.tree import Loader, entry_at, parse_pointer
 from castate.state import StateManager
@@ -25,8 +28,44 @@ EXIT_USAGE = 2
 EXIT_FAILED = 3
 
 
-def _short(hex_id: str | None) -> str:
-    return hex_id[:12] if hex_id else "-"
+def _short(hex_id: str | None, length: int = 12) -> str:
+    return hex_id[:length] if hex_id else "-"
+
+
+async def _abbrev(sm: StateManager, args: argparse.Namespace, shown: list[bytes]) -> int:
+    """How many hex digits the listing prints per commit: all with --full, else git's unique prefix."""
+    if getattr(args, "full", False):
+        return 64
+    return abbrev_length(shown, await known_commits(sm.repository))
+
+
+def _ref_label(ref: str, short: dict[str, str]) -> str:
+    """A ref as the user names it: a session id, a (shortened) checkpoint id, or the ref itself."""
+    if ref.startswith(names.SESSIONS):
+        try:
+            return names.session_of_ref(ref)
+        except UnicodeDecodeError:
+            return ref
+    if ref.startswith(names.CHECKPOINTS):
+        return short.get(ref[len(names.CHECKPOINTS) :], ref[len(names.CHECKPOINTS) :])
+    return ref
+
+
+def _short_ids(args: argparse.Namespace, cpids: Sequence[str], others: Sequence[str] = ()) -> dict[str, str]:
+    """Checkpoint id -> what a listing prints: the shortest form that resolves back (full with --full)."""
+    if getattr(args, "full", False):
+        return {c: c for c in cpids}
+    valid = [c for c in cpids if _is_cpid(c)]
+    short = short_checkpoint_ids(valid, [c for c in others if _is_cpid(c)])
+    return {c: short.get(c, c) for c in cpids}
+
+
+def _is_cpid(text: str) -> bool:
+    try:
+        names.parse_checkpoint_id(text)
+    except InvalidKeyError:
+        return False
+    return True
 
 
 # -- listing ---------------------------------------------------------------------------------
@@ -34,11 +73,15 @@ def _short(hex_id: str | None) -> str:
 
 async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     sessions = await sm.list_sessions()
+    moved = await session_moved_ns(sm.repository)
+    updated = {s.session_id: moved.get(names.session_ref(s.session_id), int(s.timestamp * 1e9)) for s in sessions}
     if args.json:
         out.json(
             [
                 {
                     "session_id": s.session_id,
+                    "updated": iso_time(updated[s.session_id] / 1e9),
+                    "updated_ns": updated[s.session_id],
                     "saved": iso_time(s.timestamp),
                     "timestamp": s.timestamp,
                     "checkpoints": s.checkpoint_count,
@@ -52,10 +95,13 @@ async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) 
     if not sessions:
         out.line("No sessions in this store.")
         return EXIT_OK
+    n = await _abbrev(sm, args, [bytes.fromhex(s.head) for s in sessions if s.head])
     out.table(
-        ["SESSION", "LAST SAVED", "CHECKPOINTS", "HEAD"],
-        [(s.session_id, local_time(s.timestamp), s.checkpoint_count, _short(s.head)) for s in sessions],
-        right=["CHECKPOINTS"],
+        [Column("SESSION"), Column("UPDATED"), Column("CHECKPOINTS", right=True), Column("HEAD")],
+        [
+            (s.session_id, local_time(updated[s.session_id] / 1e9), f"{s.checkpoint_count:,}", _short(s.head, n))
+            for s in sessions
+        ],
     )
     return EXIT_OK
 
@@ -82,9 +128,11 @@ async def cmd_checkpoints(sm: StateManager, args: argparse.Namespace, out: Outpu
     if not cps:
         out.line(f"Session {args.session} has no checkpoints.")
         return EXIT_OK
+    short = _short_ids(args, [c.checkpoint_id for c in cps])
+    n = await _abbrev(sm, args, [bytes.fromhex(c.commit) for c in cps if c.commit])
     out.table(
-        ["CHECKPOINT", "NAME", "CREATED", "COMMIT"],
-        [(c.checkpoint_id, c.name, local_time(c.timestamp), _short(c.commit)) for c in cps],
+        [Column("CHECKPOINT"), Column("NAME", drop=2), Column("CREATED"), Column("COMMIT", drop=1)],
+        [(short[c.checkpoint_id], c.name, local_time(c.timestamp), _short(c.commit, n)) for c in cps],
     )
     return EXIT_OK
 
@@ -121,20 +169,30 @@ async def cmd_log(sm: StateManager, args: argparse.Namespace, out: Output) -> in
             }
         )
         return EXIT_OK
-    out.table(
-        ["COMMIT", "SAVED", "CHECKPOINTS", "METADATA"],
-        [
-            (_short(cid.hex()), local_time(c.time_ns / 1e9), ", ".join(sorted(labels.get(cid, []))), _meta(c.meta))
-            for cid, c in entries
-        ],
-    )
+    n = await _abbrev(sm, args, [cid for cid, _ in entries])
+    if args.oneline:
+        for cid, c in entries:
+            cps = ", ".join(sorted(labels.get(cid, [])))
+            parts = [_short(cid.hex(), n), local_time(c.time_ns / 1e9)]
+            parts += [f"({cps})"] if cps else []
+            parts += [to_json(c.meta, indent=False)] if c.meta else []
+            out.line(" ".join(parts))
+    else:
+        out.table(
+            [Column("COMMIT"), Column("SAVED"), Column("CHECKPOINTS", wrap=True), Column("METADATA", wrap=True)],
+            [
+                (
+                    _short(cid.hex(), n),
+                    local_time(c.time_ns / 1e9),
+                    ", ".join(sorted(labels.get(cid, []))),
+                    to_json(c.meta, indent=False) if c.meta else "",
+                )
+                for cid, c in entries
+            ],
+        )
     if truncated:
         out.line("(earlier saves are no longer stored: gc removed them once their reflog entries expired)", "dim")
     return EXIT_OK
-
-
-def _meta(meta: dict[str, Any]) -> str:
-    return short_json(meta, 60) if meta else ""
 
 
 async def cmd_reflog(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
@@ -144,6 +202,8 @@ async def cmd_reflog(sm: StateManager, args: argparse.Namespace, out: Output) ->
         head = names.session_ref(args.session)
         prefix = names.checkpoint_prefix(args.session)
         entries = [e for e in entries if e.name == head or e.name.startswith(prefix)]
+    elif not args.all:  # castate's own records (gc and fsck runs) are not the user's history
+        entries = [e for e in entries if not e.name.startswith(names.META)]
     entries = entries[::-1][: args.limit] if args.limit else entries[::-1]
     rows = [
         {
@@ -162,11 +222,21 @@ async def cmd_reflog(sm: StateManager, args: argparse.Namespace, out: Output) ->
     if not rows:
         out.line("No ref changes recorded.")
         return EXIT_OK
+    cpids = [e.name[len(names.CHECKPOINTS) :] for e in entries if e.name.startswith(names.CHECKPOINTS)]
+    existing = [r[len(names.CHECKPOINTS) :] for r in await repo.list_refs(names.CHECKPOINTS)]
+    short = _short_ids(args, cpids, existing)
+    n = await _abbrev(sm, args, [c for e in entries for c in (e.old, e.new) if c is not None])
     out.table(
-        ["TIME", "REF", "OLD", "NEW", "MESSAGE"],
+        [Column("TIME"), Column("REF"), Column("OLD", drop=2), Column("NEW"), Column("MESSAGE", wrap=True, drop=1)],
         [
-            (local_time(e.time_ns / 1e9), e.name, _short(r["old"]), _short(r["new"]), e.message)
-            for e, r in zip(entries, rows, strict=True)
+            (
+                local_time(e.time_ns / 1e9),
+                _ref_label(e.name, short),
+                _short(e.old.hex() if e.old else None, n),
+                _short(e.new.hex() if e.new else None, n),
+                e.message,
+            )
+            for e in entries
         ],
     )
     return EXIT_OK
