@@ -231,9 +231,7 @@ class Output:
             self.out.print(Text(text, style="bold" if header and n == 0 else ""))
         if dropped:
             what = ", ".join(dropped)
-            self.line(
-                f"({what} hidden to fit {width} columns: see --json or a wider terminal)", "dim"
-            )
+            self.line(f"({what} hidden to fit {width} columns: see --json or a wider terminal)", "dim")
 
     @contextlib.contextmanager
     def progress(self, description: str) -> Iterator[Callable[[str, int, int | None], None]]:
