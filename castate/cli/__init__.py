@@ -245,7 +245,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = add(
         "completion",
         "print a shell completion script (bash, zsh or fish)",
-        'eval "$(castate completion bash)"',
+        "castate completion bash > ~/.local/share/bash-completion/completions/castate",
         None,
         json=False,
     )

@@ -202,14 +202,18 @@ class Output:
         sys.stdout.write(to_json(value) + "\n")
         sys.stdout.flush()
 
+    def _style(self, console: Console, style: str | None) -> str:
+        """``style`` where colour is allowed; none at all otherwise (NO_COLOR: no bold or dim either)."""
+        return (style or "") if not console.no_color else ""
+
     def line(self, text: str = "", style: str | None = None) -> None:
-        self.out.print(Text(printable(text), style=style or ""))
+        self.out.print(Text(printable(text), style=self._style(self.out, style)))
 
     def warn(self, text: str) -> None:
-        self.err.print(Text(f"castate: warning: {printable(text)}", style="yellow"))
+        self.err.print(Text(f"castate: warning: {printable(text)}", style=self._style(self.err, "yellow")))
 
     def error(self, text: str) -> None:
-        self.err.print(Text(f"castate: error: {printable(text)}", style="bold red"))
+        self.err.print(Text(f"castate: error: {printable(text)}", style=self._style(self.err, "bold red")))
 
     def table(
         self,
@@ -228,7 +232,7 @@ class Output:
         lines, dropped = fit(cols, cells, width, header)
         for n, line in enumerate(lines):
             text = "  ".join(line).rstrip()
-            self.out.print(Text(text, style="bold" if header and n == 0 else ""))
+            self.out.print(Text(text, style=self._style(self.out, "bold" if header and n == 0 else None)))
         if dropped:
             what = ", ".join(dropped)
             self.line(f"({what} hidden to fit {width} columns: see --json or a wider terminal)", "dim")
