@@ -336,6 +336,7 @@ def test_control_characters_are_escaped_for_people_and_exact_in_json(tmp_path: P
     code, out = tty("checkpoints", evil, store=store)
     assert code == 0
     assert "\x1b[2J" not in out
+    assert "\\x1b[2J" in run("sessions", "--limit", "\x1b[2J", store=store, code=2)  # argparse's echo too
 
 
 def test_color_only_on_a_terminal_and_never_with_no_color(demo: tuple[Path, dict[str, Any]]) -> None:

@@ -13,12 +13,13 @@ import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from castate.backends.base import Backend
 from castate.backends.blob import BlobBackend
 from castate.backends.urls import open_backend, scheme_of
 from castate.cli import commands as c
-from castate.cli.output import Output
+from castate.cli.output import Output, printable
 from castate.errors import (
     AlreadyExistsError,
     CastateError,
@@ -32,6 +33,9 @@ from castate.errors import (
 )
 from castate.repository.packs.upgrade import upgrade_store
 from castate.state import StateManager
+
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
 
 DEFAULT_STORE = "./state"
 REF_HELP = (
@@ -50,8 +54,16 @@ examples:
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with what it echoes of the command line (a bad value, an unknown choice)
+    escaped like every other human output: an argument can hold control characters too."""
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        super()._print_message("\n".join(printable(line) for line in message.split("\n")), file)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="castate",
         description="Inspect, roll back, fork and clean up a castate store.",
         epilog=EPILOG,
@@ -68,7 +80,7 @@ def _parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
     # The global options are accepted after the command too (`castate sessions --store X`);
     # SUPPRESS keeps a command's parser from resetting what was given before the command.
-    common = argparse.ArgumentParser(add_help=False)
+    common = _Parser(add_help=False)
     common.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS, help="the store (as before the command)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
 
