@@ -18,6 +18,7 @@ import struct
 import subprocess
 import termios
 import time
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -366,3 +367,10 @@ def test_show_one_value_doctor_and_completion(demo: tuple[Path, dict[str, Any]],
         "--oneline"
     ]
     assert "__fish_seen_subcommand_from log' -l oneline" in run("completion", "fish")
+
+
+def test_license_is_an_spdx_expression() -> None:
+    """The table form made setuptools warn at every install (four times per tools/test.sh run)."""
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0"
+    assert "setuptools>=77" in project["build-system"]["requires"]  # the first to read the string form

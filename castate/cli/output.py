@@ -5,7 +5,7 @@ stderr for long work.
 Nothing a table shows is cut. Piped output has no width at all: every row is whole on one
 line. On a terminal too narrow for a table, the columns a command marked as droppable go
 first (a note under the table names them), then a free-text column wraps inside its own
-column; ids, names and times stay whole (the terminal folds a line that is still too long).
+column between words; ids, names and times stay whole (the terminal folds a line that is still too long).
 Text from the store (session ids, checkpoint names, metadata) is escaped before it reaches
 the terminal: a control character shows as ``\\x1b``, ``\\n`` etc., so a name cannot move the
 cursor or forge a row. JSON output is exact.
@@ -171,7 +171,9 @@ def fit(
         lines.append([columns[i].name for i in shown])
     for row in rows:
         parts = [
-            textwrap.wrap(row[i], wrap_at[i], break_on_hyphens=False) or [""] if i in wrap_at else [row[i]]
+            textwrap.wrap(row[i], wrap_at[i], break_on_hyphens=False, break_long_words=False) or [""]
+            if i in wrap_at
+            else [row[i]]
             for i in shown
         ]
         for k in range(max(len(p) for p in parts)):
