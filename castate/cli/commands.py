@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from castate.backends.base import RefRepairReport
+from castate.backends.base import ReflogEntry, RefRepairReport
 from castate.cli.output import Column, Output, human_bytes, iso_time, local_time, plural, short_json, to_json
 from castate.errors import InvalidKeyError, NotFoundError
 from castate.repository import refs as names
@@ -36,11 +36,13 @@ def _short(hex_id: str | None, length: int = 12) -> str:
     return hex_id[:length] if hex_id else "-"
 
 
-async def _abbrev(sm: StateManager, args: argparse.Namespace, shown: list[bytes]) -> int:
+async def _abbrev(
+    sm: StateManager, args: argparse.Namespace, shown: list[bytes], reflog: Sequence[ReflogEntry] | None = None
+) -> int:
     """How many hex digits the listing prints per commit: all with --full, else git's unique prefix."""
     if getattr(args, "full", False):
         return 64
-    return abbrev_length(shown, await known_commits(sm.repository))
+    return abbrev_length(shown, await known_commits(sm.repository, reflog))
 
 
 def _ref_label(ref: str, short: dict[str, str]) -> str:
@@ -77,7 +79,8 @@ def _is_cpid(text: str) -> bool:
 
 async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     sessions = await sm.list_sessions()
-    moved = await session_moved_ns(sm.repository)
+    reflog = await sm.repository.reflog()  # read once: for the move times and the id prefixes
+    moved = await session_moved_ns(sm.repository, reflog=reflog)
     updated = {s.session_id: moved.get(names.session_ref(s.session_id), int(s.timestamp * 1e9)) for s in sessions}
     if args.json:
         out.json(
@@ -99,7 +102,7 @@ async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) 
     if not sessions:
         out.line("No sessions in this store.")
         return EXIT_OK
-    n = await _abbrev(sm, args, [bytes.fromhex(s.head) for s in sessions if s.head])
+    n = await _abbrev(sm, args, [bytes.fromhex(s.head) for s in sessions if s.head], reflog)
     out.table(
         [Column("SESSION"), Column("UPDATED"), Column("CHECKPOINTS", right=True), Column("HEAD")],
         [
@@ -201,7 +204,7 @@ async def cmd_log(sm: StateManager, args: argparse.Namespace, out: Output) -> in
 
 async def cmd_reflog(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     repo = sm.repository
-    entries = await repo.reflog()
+    entries = everything = await repo.reflog()
     if args.session is not None:
         head = names.session_ref(args.session)
         prefix = names.checkpoint_prefix(args.session)
@@ -229,7 +232,7 @@ async def cmd_reflog(sm: StateManager, args: argparse.Namespace, out: Output) ->
     cpids = [e.name[len(names.CHECKPOINTS) :] for e in entries if e.name.startswith(names.CHECKPOINTS)]
     existing = [r[len(names.CHECKPOINTS) :] for r in await repo.list_refs(names.CHECKPOINTS)]
     short = _short_ids(args, cpids, existing)
-    n = await _abbrev(sm, args, [c for e in entries for c in (e.old, e.new) if c is not None])
+    n = await _abbrev(sm, args, [c for e in entries for c in (e.old, e.new) if c is not None], everything)
     out.table(
         [Column("TIME"), Column("REF"), Column("OLD", drop=2), Column("NEW"), Column("MESSAGE", wrap=True, drop=1)],
         [

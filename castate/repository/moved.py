@@ -9,28 +9,34 @@ than the expiry either way.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
+from castate.backends.base import ReflogEntry
 from castate.repository import refs as names
 from castate.repository.repository import Repository
 
 
-async def moved_ns(repo: Repository, heads: dict[str, bytes]) -> dict[str, int]:
-    """For each ref in ``heads`` (ref -> its commit), the time (ns) it last moved."""
+async def moved_ns(
+    repo: Repository, heads: dict[str, bytes], reflog: Sequence[ReflogEntry] | None = None
+) -> dict[str, int]:
+    """For each ref in ``heads`` (ref -> its commit), the time (ns) it last moved; ``reflog``
+    when the caller read it already."""
     times = {ref: 0 for ref in heads}
-    for entry in await repo.reflog():
+    for entry in await repo.reflog() if reflog is None else reflog:
         if entry.name in times and entry.new is not None and entry.time_ns > times[entry.name]:
             times[entry.name] = entry.time_ns
     commits = await repo.read_commits(sorted(set(heads.values())))
     return {ref: max(times[ref], commits[cid].time_ns) for ref, cid in heads.items()}
 
 
-async def session_moved_ns(repo: Repository, refs: Collection[str] | None = None) -> dict[str, int]:
+async def session_moved_ns(
+    repo: Repository, refs: Collection[str] | None = None, reflog: Sequence[ReflogEntry] | None = None
+) -> dict[str, int]:
     """``moved_ns`` for the session heads named (all when None)."""
     heads = await repo.list_refs(names.SESSIONS)
     if refs is not None:
         heads = {r: c for r, c in heads.items() if r in refs}
-    return await moved_ns(repo, heads)
+    return await moved_ns(repo, heads, reflog)
 
 
 __all__ = ["moved_ns", "session_moved_ns"]

@@ -35,6 +35,7 @@ import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from castate.backends.base import ReflogEntry
 from castate.errors import InvalidKeyError, NotFoundError
 from castate.repository import refs as names
 from castate.repository.repository import Repository
@@ -195,10 +196,11 @@ def _first(listed: str) -> str:
     return ", ".join(listed.split(", ")[:_MAX_LISTED])
 
 
-async def known_commits(repo: Repository) -> set[bytes]:
-    """The commits refs and the reflog name: where commit prefixes are looked up first."""
+async def known_commits(repo: Repository, reflog: Sequence[ReflogEntry] | None = None) -> set[bytes]:
+    """The commits refs and the reflog name: where commit prefixes are looked up first
+    (``reflog`` when the caller read it already)."""
     known = set((await repo.list_refs()).values())
-    for entry in await repo.reflog():
+    for entry in await repo.reflog() if reflog is None else reflog:
         known.update(c for c in (entry.old, entry.new) if c is not None)
     return known
 
