@@ -513,7 +513,7 @@ async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int
     if report.reachable and expire > 0:
         out.line(
             f"What only the reflog keeps goes once its entries are older than {args.reflog_expire}; "
-            f"`{FREE_ALL}` frees it now (older rm, forget and restore can then not be undone).",
+            f"`{FREE_ALL}` frees it now (older rm, forget and restore can then no longer be undone).",
             "dim",
         )
     if report.left:
