@@ -206,7 +206,7 @@ def _parser() -> argparse.ArgumentParser:
         "--sessions",
         dest="whole_sessions",
         action="store_true",
-        help="decide on whole sessions (timed by their last save) instead of checkpoints",
+        help="decide on whole sessions (timed by when their head last moved) instead of checkpoints",
     )
     sp.add_argument("--keep-last", type=_count, metavar="N", help="keep the newest N (and every named one)")
     sp.add_argument("--keep-within", metavar="DURATION", help="keep everything younger than DURATION (30d, 12h, 2w)")
