@@ -218,13 +218,14 @@ def test_forget_help_example_is_true_and_dry_run_says_why(demo: tuple[Path, dict
 # -- item 7 and issue 16 item 10: one creation rule ------------------------------------------------
 
 
-def test_reads_never_create_a_store_and_writes_do(tmp_path: Path, redis_url: str) -> None:
+def test_reads_never_create_a_store_and_writes_do(tmp_path: Path, redis_url: str, postgres_url: str) -> None:
     db = tmp_path / "typo.db"
     err = run("--store", f"sqlite:///{db}", "sessions", code=3)  # type: ignore[arg-type]
     assert f"no castate store at {db}" in err
     assert "castate init" in err
     assert not db.exists()
-    assert "no castate store at" in run("--store", redis_url, "sessions", code=3)
+    for url in (redis_url, postgres_url, postgres_url):  # twice: the first read created nothing
+        assert "no castate store at" in run("--store", url, "sessions", code=3)
     missing = tmp_path / "nowhere"
     assert f"no castate store at {missing}" in run("sessions", store=missing, code=3)
     assert not missing.exists()
