@@ -14,6 +14,7 @@ from castate.autocheckpoint import AutoCheckpoint
 from castate.backends import Backend, LocalBackend, MemoryBackend
 from castate.backends.urls import open_backend as open  # noqa: F401 - public as castate.open, kept out of __all__
 from castate.errors import (
+    AlreadyExistsError,
     BackendUnavailableError,
     CastateError,
     ConflictError,
@@ -25,6 +26,7 @@ from castate.errors import (
     NotFoundError,
     StoreError,
     StoreIOError,
+    StoreNotFoundError,
     StoreWarning,
     UnsupportedFormatError,
     UnsupportedValueError,
@@ -39,6 +41,7 @@ from castate.tracking import TrackedDict, TrackedList, tracked
 __version__ = "0.1.0"
 
 __all__ = [
+    "AlreadyExistsError",
     "AutoCheckpoint",
     "Backend",
     "BackendUnavailableError",
@@ -64,6 +67,7 @@ __all__ = [
     "StorageBackend",
     "StoreError",
     "StoreIOError",
+    "StoreNotFoundError",
     "StoreWarning",
     "TrackedDict",
     "TrackedList",

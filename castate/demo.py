@@ -97,11 +97,16 @@ class Workflow:
 
 
 def human(n: float) -> str:
-    for unit in ("B", "KB", "MB", "GB"):
-        if n < 1024 or unit == "GB":
-            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+    """Bytes in binary units, as ``castate stats`` prints them."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:,.1f} {unit}" if unit != "B" else f"{int(n):,} B"
         n /= 1024
-    return f"{n:.1f} GB"
+    return f"{n:,.1f} GiB"
+
+
+def count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}{'' if n == 1 else 's'}"
 
 
 def store_bytes(path: Path) -> int:
@@ -143,15 +148,16 @@ async def run(store: Path, steps: int, session: str) -> None:
         print("sessions:")
         for s in await manager.list_sessions():
             when = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(s.timestamp))
-            print(f"  {s.session_id:<24} last saved {when}   {s.checkpoint_count} checkpoints")
+            print(f"  {s.session_id:<24} last saved {when}   {count(s.checkpoint_count, 'checkpoint')}")
         cps = await manager.list_checkpoints(session)
-        print(f"checkpoints of {session!r} (newest first, {len(cps)} in all):")
+        print(f"checkpoints of {session!r} (newest first, {len(cps):,} in all):")
         for c in cps[:5]:
             print(f"  {c.checkpoint_id}")
         if len(cps) > 5:
             print(f"  ... and {len(cps) - 5} more")
         written = store_bytes(store) - disk_before
-        print(f"\nthis run: {steps - first_step} steps saved, {checkpoints} checkpoints taken in {elapsed:.2f} s")
+        saved, taken = count(steps - first_step, "step"), count(checkpoints, "checkpoint")
+        print(f"\nthis run: {saved} saved, {taken} taken in {elapsed:.2f} s")
         print(f"  logical bytes (a full JSON copy per save and checkpoint): {human(logical)}")
         print(f"  bytes castate added to the store on disk:                {human(written)}")
         if written > 0:
@@ -162,8 +168,12 @@ async def run(store: Path, steps: int, session: str) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m castate.demo", description=__doc__.splitlines()[0])
     parser.add_argument("--store", default=os.environ.get("CASTATE_STORE", "./state"), help="store directory")
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--session", default="market_analysis_2024_q1")
+    parser.add_argument(
+        "--steps", type=int, default=200, help="run the workflow up to this step (default 200; resumes past steps)"
+    )
+    parser.add_argument(
+        "--session", default="market_analysis_2024_q1", help="the session id to save under (default %(default)s)"
+    )
     args = parser.parse_args()
     asyncio.run(run(Path(args.store), args.steps, args.session))
 

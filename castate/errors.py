@@ -51,8 +51,18 @@ class ConflictError(CastateError):
         self.current = current
 
 
+class AlreadyExistsError(ConflictError):
+    """A new name (a forked or imported session) is taken: a usage error, not a race to retry.
+
+    A ConflictError, so code that catches those keeps working."""
+
+
 class StoreError(CastateError):
     """The store cannot be used as asked (not a castate store, closed, locked, I/O failure)."""
+
+
+class StoreNotFoundError(StoreError):
+    """There is no castate store where one was asked for (and nothing was created there)."""
 
 
 class BackendUnavailableError(StoreError):

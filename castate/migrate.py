@@ -89,7 +89,7 @@ async def import_marsys_directory(
     backend = store if isinstance(store, MarsysJsonStorage) else MarsysJsonStorage(store)
     report = ImportReport(str(src), str(backend.base_path))
     try:
-        await backend.repository.open()
+        await backend.repository.open(create=True)  # an import creates the store, as a save does
         local = backend.repository.backend
         before = await local.stats()
         for key, path in _marsys_files(src):

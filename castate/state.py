@@ -25,7 +25,13 @@ from castate.backends.blob import BlobBackend
 from castate.codec import Commit, encode_commit, object_id
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT
-from castate.errors import CastateError, ConflictError, InvalidKeyError, NotFoundError
+from castate.errors import (
+    AlreadyExistsError,
+    CastateError,
+    ConflictError,
+    InvalidKeyError,
+    NotFoundError,
+)
 from castate.repository import Repository
 from castate.repository import refs as names
 from castate.repository.bundle import BundleProgress, BundleReport, export_session, import_bundle
@@ -149,7 +155,7 @@ class StateManager:
 
     async def __aenter__(self) -> StateManager:
         if self._repo is not None:
-            await self._repo.open()
+            await self._repo.open(missing_ok=True)  # a URL store not created yet: its first save does
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -169,6 +175,7 @@ class StateManager:
             await self._plain.save(session_id, state, metadata)
             return None
         ref = names.session_ref(session_id)
+        await self._repo.open(create=True)  # a save creates a URL store that does not exist yet
         carried = await lifecycle.carried_meta(self._repo, ref)  # paused flag and times stay
         try:
             result = await self._repo.save(
@@ -418,7 +425,9 @@ class StateManager:
             try:
                 await repo.update_refs([RefUpdate(target, rev.commit, None)], message=f"fork {rev.label}"[:200])
             except ConflictError:
-                raise ConflictError(f"session {new_session_id!r} already exists; pick another id", target) from None
+                raise AlreadyExistsError(
+                    f"session {new_session_id!r} already exists; pick another id", target
+                ) from None
         return rev.commit.hex()
 
     async def restore_into_session(self, source: str, session_id: str | None = None) -> RestoreResult:

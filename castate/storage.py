@@ -89,7 +89,7 @@ class FileStorageBackend(StorageBackend):
         await self.repository.close()
 
     async def __aenter__(self) -> FileStorageBackend:
-        await self.repository.open()
+        await self.repository.open(missing_ok=True)  # a URL store not created yet: its first save does
         return self
 
     async def __aexit__(self, *exc: object) -> None:

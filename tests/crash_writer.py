@@ -69,7 +69,7 @@ def say(*parts: object) -> None:
 
 async def main(path: str, mode: str, steps: dict[str, int], max_saves: int | None) -> None:
     sm = manager(path, mode)
-    await sm.repository.open()
+    await sm.repository.open(create=True)  # a writer: creates a URL store that does not exist yet
     say("start")
     n = 0
     while max_saves is None or n < max_saves:

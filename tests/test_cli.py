@@ -41,6 +41,8 @@ COMMANDS = [
     "import",
     "import-marsys",
     "ui",
+    "doctor",
+    "completion",
 ]
 
 
@@ -110,7 +112,7 @@ def test_listing_commands(store: Path, cps: list[str]) -> None:
     sessions = run_json("sessions", store=store)
     assert [(s["session_id"], s["checkpoints"]) for s in sessions] == [("run-1", 3), ("run-2", 0)]
     table = run("sessions", store=store).splitlines()
-    assert table[0].split() == ["SESSION", "LAST", "SAVED", "CHECKPOINTS", "HEAD"]
+    assert table[0].split() == ["SESSION", "UPDATED", "CHECKPOINTS", "HEAD"]
     assert table[1].startswith("run-1 ")
     assert "\x1b[" not in "".join(table)  # no colour when not on a terminal
     assert len({line.index(line.split()[-1]) for line in table}) == 1  # aligned last column
@@ -161,7 +163,7 @@ def test_checkpoint_restore_undo_and_fork(store: Path, cps: list[str]) -> None:
     out = run("fork", cps[1], "run-1-retry", store=store)
     assert "forked" in out
     assert json.loads(run("show", "run-1-retry", "--path", "/step", store=store)) == 2
-    assert "already exists" in run("fork", cps[1], "run-1-retry", store=store, code=3)
+    assert "already exists" in run("fork", cps[1], "run-1-retry", store=store, code=2)  # usage, not a race
 
 
 def test_rm_forget_gc_fsck_stats(store: Path, cps: list[str]) -> None:
@@ -235,7 +237,7 @@ def test_export_and_import(store: Path, cps: list[str], tmp_path: Path) -> None:
     assert run_json("import", str(bundle), "--session", "copy", store=other)["written"] == 0
     assert json.loads(run("show", "copy", "--path", "/step", store=other)) == 3
     assert [s["session_id"] for s in run_json("sessions", store=other)] == ["copy", "run-1"]
-    assert "already exists" in run("import", str(bundle), store=other, code=3)
+    assert "already exists" in run("import", str(bundle), store=other, code=2)
 
 
 def test_errors_are_one_line_with_exit_codes(tmp_path: Path, store: Path) -> None:
@@ -290,7 +292,7 @@ def test_fsck_repair_refs_rebuilds_a_damaged_journal_and_rolls_back_damaged_refs
     assert "castate fsck --repair-refs" in err
     out = fsck_output(store, "--repair-refs")
     assert "was damaged" in out
-    assert "Lost: 1 record(s)" in out
+    assert "Lost: 1 record of ref changes" in out
     assert "quarantine" in out
     assert out.splitlines()[-1] == "Damage found (exit code 1)."
     assert [s["session_id"] for s in run_json("sessions", store=store)] == ["run-1", "run-2"]

@@ -49,7 +49,7 @@ async def _run_workers_while_gc(url: str, tmp_path: Path) -> tuple[dict[str, str
         for w in range(WORKERS)
     ]
     waits = [asyncio.create_task(p.communicate()) for p in procs]
-    backend = PackStore(open_backend(url))  # type: ignore[arg-type]
+    backend = PackStore(open_backend(url, create=True))  # type: ignore[arg-type]
     await backend.open()
     passes = deleted = 0
     try:

@@ -20,8 +20,21 @@ if [ ${#need[@]} -gt 0 ]; then
   fi
   echo "== apt-get install ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq >/dev/null
-  apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  # Another apt or dpkg run (unattended-upgrades on a fresh machine) may hold the lock: wait
+  # for it, up to APT_LOCK_WAIT seconds, instead of failing at once.
+  wait_s=${APT_LOCK_WAIT:-600}
+  if command -v fuser >/dev/null 2>&1 && fuser /var/lib/dpkg/lock-frontend /var/lib/apt/lists/lock >/dev/null 2>&1; then
+    echo "tools/test.sh: another apt/dpkg run holds the lock; waiting up to ${wait_s}s for it" >&2
+  fi
+  lock=(-o "DPkg::Lock::Timeout=${wait_s}")
+  apt-get "${lock[@]}" update -qq >/dev/null || {
+    echo "tools/test.sh: apt-get update failed (the apt lock was held for over ${wait_s}s?)" >&2
+    exit 1
+  }
+  apt-get "${lock[@]}" install -y -qq --no-install-recommends "${need[@]}" >/dev/null || {
+    echo "tools/test.sh: apt-get install ${need[*]} failed (the dpkg lock was held for over ${wait_s}s?)" >&2
+    exit 1
+  }
 fi
 
 PYTHON=${PYTHON:-python3}

@@ -54,6 +54,7 @@ from castate.errors import (
     InvalidKeyError,
     NotFoundError,
     StoreError,
+    StoreNotFoundError,
     UnsupportedFormatError,
 )
 
@@ -292,7 +293,9 @@ class PostgresBackend(BlobBackend):
     parameter may follow in the query string) plus castate's ``schema=NAME``.
     ``timeout`` bounds connecting and each statement (seconds); ``lock_timeout`` bounds how
     long a save waits for gc (and gc for the saves in flight). ``pool_size`` is the most
-    connections this backend object opens at once.
+    connections this backend object opens at once. ``create``: True creates the schema's
+    tables on open when missing; False refuses (StoreError); None refuses until a write
+    opens it (what ``castate.open`` does).
     """
 
     def __init__(
@@ -303,6 +306,7 @@ class PostgresBackend(BlobBackend):
         timeout: float = 30.0,
         lock_timeout: float = 60.0,
         pool_size: int = 4,
+        create: bool | None = True,
     ) -> None:
         conninfo, url_schema = split_url(url)
         schema = schema or url_schema
@@ -314,6 +318,7 @@ class PostgresBackend(BlobBackend):
         self.timeout = timeout
         self.lock_timeout = lock_timeout
         self.pool_size = pool_size
+        self.create = create
         self.store_id = ""
         self._gc_key = _lock_key(schema, "gc")
         self._pool: AsyncConnectionPool | None = None
@@ -400,6 +405,7 @@ class PostgresBackend(BlobBackend):
             exists = await (
                 await conn.execute("SELECT 1 FROM information_schema.schemata WHERE schema_name = %s", (s,))
             ).fetchone()
+            tables: set[str] = set()
             if exists:
                 tables = {
                     r[0]
@@ -411,7 +417,10 @@ class PostgresBackend(BlobBackend):
                 }
                 if tables and "schema_version" not in tables:
                     raise StoreError(f"schema {s} of {self.location} holds tables but is not a castate store")
-            else:
+            if self.create is not True and (not exists or "schema_version" not in tables):
+                later = " (a save creates it)" if self.create is None else ""
+                raise StoreNotFoundError(f"no castate store at {self.location}{later}")
+            if not exists:
                 await conn.execute(f"CREATE SCHEMA {s}")
             await conn.execute(
                 f"CREATE TABLE IF NOT EXISTS {s}.schema_version (version integer PRIMARY KEY, "

@@ -73,6 +73,7 @@ from castate.errors import (
     ConflictError,
     NotFoundError,
     StoreError,
+    StoreNotFoundError,
     UnsupportedFormatError,
 )
 
@@ -108,7 +109,8 @@ class RedisBackend(BlobBackend):
     ``timeout`` bounds connecting and each command (seconds); ``lock_timeout`` bounds how
     long a commit waits for gc and gc for the lock; ``gc_lease`` is how long the gc lock
     outlives a gc process that died (it is renewed while gc runs). ``create=False``
-    refuses to start a new store where there is none (e.g. after a restart that lost data).
+    refuses to start a new store where there is none (e.g. after a restart that lost data);
+    ``create=None`` refuses until a write opens it (what ``castate.open`` does).
     """
 
     def __init__(
@@ -119,7 +121,7 @@ class RedisBackend(BlobBackend):
         timeout: float = 30.0,
         lock_timeout: float = 60.0,
         gc_lease: float = 30.0,
-        create: bool = True,
+        create: bool | None = True,
     ) -> None:
         conn_url, url_prefix = split_url(url)
         self.url = conn_url
@@ -206,13 +208,14 @@ class RedisBackend(BlobBackend):
             "id": os.urandom(16).hex(),
             "created_ns": time.time_ns(),
         }
-        if self.create:
+        if self.create is True:
             await r.set(self.k_store, orjson.dumps(marker), nx=True)
         set_marker = r.register_script(SET_MARKER)
         while True:
             raw: bytes | None = await r.get(self.k_store)  # type: ignore[assignment]  # no decode_responses
             if raw is None:
-                raise StoreError(f"no castate store at {self.location}")
+                later = " (a save creates it)" if self.create is None else ""
+                raise StoreNotFoundError(f"no castate store at {self.location}{later}")
             meta = self._parse_marker(raw)
             version = meta["version"]
             if version > STORE_VERSION:

@@ -31,6 +31,7 @@ import os
 import sqlite3
 import threading
 import time
+import urllib.parse
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -38,7 +39,14 @@ from typing import Any, Literal, TypeVar
 from castate.backends.base import ReflogEntry, RefUpdate, _Any, plan_ref_updates
 from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.backends.local.locks import FileLock
-from castate.errors import ConflictError, CorruptFileError, NotFoundError, StoreError, UnsupportedFormatError
+from castate.errors import (
+    ConflictError,
+    CorruptFileError,
+    NotFoundError,
+    StoreError,
+    StoreNotFoundError,
+    UnsupportedFormatError,
+)
 
 SCHEMA_VERSION = 2
 BATCH = 500  # names per IN (...) list, well under SQLite's bound-parameter limit
@@ -97,7 +105,13 @@ def _has_table(conn: sqlite3.Connection, name: str) -> bool:
 
 
 class SQLiteBackend(BlobBackend):
-    """A castate store in one SQLite file (created on first open unless ``create=False``).
+    """A castate store in one SQLite file.
+
+    ``create``: True creates the store on open when the file is missing or empty; False
+    refuses (StoreError); None refuses too, until a write opens it (``Repository`` sets
+    ``create`` to True for a save: what ``castate.open`` does for URLs). An existing file is
+    checked on a read-only connection first, so another application's database is refused
+    unchanged.
 
     ``durability="durable"`` (default) runs with ``synchronous=FULL``: a save is on disk
     when it returns. ``"relaxed"`` uses ``synchronous=NORMAL``: a power loss may drop the
@@ -109,7 +123,7 @@ class SQLiteBackend(BlobBackend):
         path: str | os.PathLike[str],
         *,
         durability: Durability = "durable",
-        create: bool = True,
+        create: bool | None = True,
         lock_timeout: float = 60.0,
     ) -> None:
         if durability not in ("durable", "relaxed"):
@@ -137,9 +151,16 @@ class SQLiteBackend(BlobBackend):
     def _open_sync(self) -> None:
         if self._conn is not None:
             return
-        if not self.path.exists():
-            if not self.create:
-                raise StoreError(f"no castate store at {self.path}")
+        exists = self.path.exists()
+        if exists:
+            # Look before changing anything, on a read-only connection: a foreign database or a
+            # newer store stays exactly as it was (no WAL switch, no journal, no schema).
+            self._check_read_only()
+        elif self.create is not True:
+            raise StoreNotFoundError(
+                f"no castate store at {self.path}" + (" (a save creates it)" if self.create is None else "")
+            )
+        else:
             if not self.path.parent.is_dir():
                 raise StoreError(f"cannot create {self.path}: {self.path.parent} is not a directory")
             # Private to the owner (state often holds secrets); SQLite gives its -wal and -shm
@@ -149,10 +170,14 @@ class SQLiteBackend(BlobBackend):
         conn = sqlite3.connect(self.path, timeout=self.lock_timeout, isolation_level=None, check_same_thread=False)
         try:
             if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                if self.create is not True:  # an empty file is no store yet
+                    raise StoreNotFoundError(
+                        f"no castate store at {self.path} (an empty file)"
+                        + (" (a save creates it)" if self.create is None else "")
+                    )
                 # An empty file becomes a new store. auto_vacuum can only be chosen before the
                 # file's first page is written, and switching to WAL writes it, so this comes first.
                 conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
-            # Look before changing anything: a foreign database or a newer store stays as it was.
             # One read transaction, so a store another process creates meanwhile is seen whole.
             conn.execute("BEGIN")
             try:
@@ -167,6 +192,26 @@ class SQLiteBackend(BlobBackend):
             conn.close()
             raise
         self._conn = conn
+
+    def _check_read_only(self) -> None:
+        """Refuse an existing file that is not a (supported) castate store, reading it only."""
+        uri = f"file:{urllib.parse.quote(str(self.path.resolve()))}?mode=ro"
+        try:
+            conn = sqlite3.connect(uri, uri=True, timeout=self.lock_timeout, isolation_level=None)
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from exc
+        try:
+            if conn.execute("PRAGMA page_count").fetchone()[0] == 0:
+                return  # empty: a store to be (the caller decides whether to create it)
+            conn.execute("BEGIN")
+            try:
+                self._check_version(conn)
+            finally:
+                conn.execute("COMMIT")
+        except sqlite3.DatabaseError as exc:
+            raise self._error(exc) from exc
+        finally:
+            conn.close()
 
     def _enable_wal(self, conn: sqlite3.Connection) -> None:
         """Switch the file to WAL (persistent; a no-op once done), retrying while another opener holds it.
@@ -189,6 +234,8 @@ class SQLiteBackend(BlobBackend):
     def _check_version(self, conn: sqlite3.Connection) -> int:
         """The file's schema version, after refusing files that are not (supported) castate stores."""
         version: int = conn.execute("PRAGMA user_version").fetchone()[0]
+        if version and not _has_table(conn, "castate_meta"):  # another application's versioned database
+            raise StoreError(f"{self.path} is an SQLite database but not a castate store")
         if version > SCHEMA_VERSION:
             raise UnsupportedFormatError(
                 f"store {self.path} has schema version {version}; this castate reads up to {SCHEMA_VERSION} "

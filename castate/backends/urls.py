@@ -35,21 +35,29 @@ def scheme_of(target: str | os.PathLike[str]) -> str:
 
 
 def open_backend(
-    target: str | os.PathLike[str], *, durability: str = "durable", **options: Any
+    target: str | os.PathLike[str], *, durability: str = "durable", create: bool | None = None, **options: Any
 ) -> Backend | BlobBackend:
     """The backend for a store URL or a directory path, not yet connected.
 
     A ``Repository`` or ``StateManager`` opens it on first use (or call ``await b.open()``).
+    ``create``: where there is no store yet, True creates one when opened, False refuses
+    (StoreError naming the place), and None (the default) creates a URL store only when a
+    write opens it (a save, an import; ``castate init``), so a mistyped URL read by
+    ``list_sessions`` or ``castate sessions`` is an error instead of a new empty store. A
+    directory store with None is created when first opened, as the embedded default store
+    always was.
     ``durability`` applies to the stores castate writes to disk itself (local directory,
     SQLite); a server's durability is its own configuration. Other keyword arguments go to
     the backend's constructor (e.g. ``timeout=`` for PostgreSQL and Redis).
     """
     scheme = scheme_of(target)
+    local_create = True if create is None else create
     if not scheme:
-        return LocalBackend(os.fspath(target), durability=durability, **options)  # type: ignore[arg-type]
+        return LocalBackend(os.fspath(target), durability=durability, create=local_create, **options)  # type: ignore[arg-type]
     assert isinstance(target, str)
     if scheme == "file":
-        return LocalBackend(unquote(urlsplit(target).path), durability=durability, **options)  # type: ignore[arg-type]
+        path = unquote(urlsplit(target).path)
+        return LocalBackend(path, durability=durability, create=local_create, **options)  # type: ignore[arg-type]
     if scheme == "memory":
         return MemoryBackend()
     if scheme == "sqlite":
@@ -58,19 +66,19 @@ def open_backend(
         path = unquote(target.split("://", 1)[1].split("?", 1)[0])
         if not path.startswith("/") or path == "/":
             raise ValueError(f"bad SQLite URL {target!r}: use sqlite:///relative/path.db or sqlite:////absolute.db")
-        return SQLiteBackend(path[1:], durability=durability, **options)  # type: ignore[arg-type]
+        return SQLiteBackend(path[1:], durability=durability, create=create, **options)  # type: ignore[arg-type]
     if scheme in POSTGRES_SCHEMES:
         try:
             from castate.backends.postgres import PostgresBackend
         except ImportError as exc:
             raise StoreError(f"{scheme}:// stores need psycopg: pip install 'castate[postgres]' ({exc})") from None
-        return PostgresBackend(target, **options)
+        return PostgresBackend(target, create=create, **options)
     if scheme in REDIS_SCHEMES:
         try:
             from castate.backends.redis import RedisBackend
         except ImportError as exc:
             raise StoreError(f"{scheme}:// stores need redis-py: pip install 'castate[redis]' ({exc})") from None
-        return RedisBackend(target, **options)
+        return RedisBackend(target, create=create, **options)
     raise ValueError(
         f"unknown store URL scheme {scheme!r} in {target!r}: use a directory path, sqlite:///, "
         "postgresql://, redis:// or memory://"

@@ -13,14 +13,15 @@ import os
 import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING
 
 from castate.backends.base import Backend
 from castate.backends.blob import BlobBackend
-from castate.backends.local import LocalBackend
 from castate.backends.urls import open_backend, scheme_of
 from castate.cli import commands as c
-from castate.cli.output import Output
+from castate.cli.output import Output, printable
 from castate.errors import (
+    AlreadyExistsError,
     CastateError,
     ConflictError,
     CorruptionError,
@@ -33,20 +34,36 @@ from castate.errors import (
 from castate.repository.packs.upgrade import upgrade_store
 from castate.state import StateManager
 
+if TYPE_CHECKING:
+    from _typeshed import SupportsWrite
+
 DEFAULT_STORE = "./state"
+REF_HELP = (
+    "a session (its head), SESSION@NAME (newest checkpoint of that name), SESSION/NAME, a checkpoint id, "
+    "a commit prefix; REF~N: N saves before (docs/cli.md, references)"
+)
 Command = Callable[[StateManager, argparse.Namespace, Output], Awaitable[int]]
 
 EPILOG = """exit codes: 0 ok, 1 fsck found damage, 2 bad usage or unknown name, 3 the command failed
 store: --store PATH, else $CASTATE_STORE, else ./state
 examples:
   castate sessions
-  castate diff run-1/before_api/20261127T110102.123456Z-3fa9c1 run-1
-  castate forget --all --keep-last 5 --dry-run && castate gc
+  castate diff run-1/before_api run-1
+  castate show run-1@before_api --path /messages/0
+  castate forget --all --keep-last 5 --forget-named --dry-run && castate gc
 """
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with what it echoes of the command line (a bad value, an unknown choice)
+    escaped like every other human output: an argument can hold control characters too."""
+
+    def _print_message(self, message: str, file: SupportsWrite[str] | None = None) -> None:
+        super()._print_message("\n".join(printable(line) for line in message.split("\n")), file)
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+    p = _Parser(
         prog="castate",
         description="Inspect, roll back, fork and clean up a castate store.",
         epilog=EPILOG,
@@ -61,10 +78,16 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--debug", action="store_true", help="show the traceback of errors")
     p.add_argument("--version", action="version", version=f"castate {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    # The global options are accepted after the command too (`castate sessions --store X`);
+    # SUPPRESS keeps a command's parser from resetting what was given before the command.
+    common = _Parser(add_help=False)
+    common.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS, help="the store (as before the command)")
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
 
     def add(name: str, help_: str, example: str, fn: Command | None, *, json: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(
             name,
+            parents=[common],
             help=help_,
             description=help_[0].upper() + help_[1:] + ".",
             epilog=f"example:\n  {example}",
@@ -83,18 +106,25 @@ def _parser() -> argparse.ArgumentParser:
         None,
     )
 
-    add(
-        "sessions", "list sessions with their last save and checkpoint count", "castate sessions --json", c.cmd_sessions
+    sp = add(
+        "sessions",
+        "list sessions with when they last changed and their checkpoint count",
+        "castate sessions --json",
+        c.cmd_sessions,
     )
+    _full(sp)
 
     sp = add(
         "checkpoints", "list a session's checkpoints, newest first", "castate checkpoints run-1", c.cmd_checkpoints
     )
     sp.add_argument("session", metavar="SESSION")
+    _full(sp)
 
-    sp = add("log", "list a session's saves, newest first", "castate log run-1 -n 20", c.cmd_log)
+    sp = add("log", "list a session's saves, newest first", "castate log run-1 -n 20 --oneline", c.cmd_log)
     sp.add_argument("session", metavar="SESSION")
     sp.add_argument("-n", "--limit", type=_positive, metavar="N", help="show at most N saves")
+    sp.add_argument("--oneline", action="store_true", help="one line per save: commit, time, checkpoints, metadata")
+    _full(sp)
 
     sp = add(
         "reflog",
@@ -104,6 +134,8 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("session", metavar="SESSION", nargs="?", help="only this session's head and checkpoints")
     sp.add_argument("-n", "--limit", type=_positive, metavar="N", help="show at most N changes")
+    sp.add_argument("--all", action="store_true", help="include castate's own records (meta/health: gc and fsck runs)")
+    _full(sp)
 
     sp = add(
         "show",
@@ -112,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
         c.cmd_show,
         json=False,
     )
-    sp.add_argument("ref", metavar="REF", help="a session, checkpoint id or commit id (REF~N: N saves before)")
+    sp.add_argument("ref", metavar="REF", help=REF_HELP + "; REF:/POINTER prints one value")
     sp.add_argument("--path", metavar="POINTER", help="a JSON pointer (RFC 6901) into the state, e.g. /agents/coder")
     sp.add_argument("--commit", action="store_true", help="print the commit (time, parents, metadata) instead")
 
@@ -123,8 +155,8 @@ def _parser() -> argparse.ArgumentParser:
         c.cmd_diff,
         json=False,
     )
-    sp.add_argument("a", metavar="A", help="a session, checkpoint id or commit id")
-    sp.add_argument("b", metavar="B", help="a session, checkpoint id or commit id")
+    sp.add_argument("a", metavar="A", help=REF_HELP)
+    sp.add_argument("b", metavar="B", help=REF_HELP)
     fmt = sp.add_mutually_exclusive_group()
     fmt.add_argument("--json", action="store_true", help="print the changes as JSON (op, path, old, new)")
     fmt.add_argument("--patch", action="store_true", help="print an RFC 6902 JSON Patch")
@@ -139,19 +171,19 @@ def _parser() -> argparse.ArgumentParser:
     sp = add(
         "restore",
         "make a checkpoint (or commit) the current state of its session",
-        "castate restore run-1/before_deploy/20261127T110102.123456Z-3fa9c1",
+        "castate restore run-1@before_deploy",
         c.cmd_restore,
     )
-    sp.add_argument("checkpoint", metavar="CHECKPOINT", help="a checkpoint id or commit id")
+    sp.add_argument("checkpoint", metavar="REF", help=REF_HELP)
     sp.add_argument("--session", metavar="S", help="the session to restore into (default: the checkpoint's own)")
 
     sp = add(
         "fork",
         "start a new session from a checkpoint, session or commit (no copy)",
-        "castate fork run-1/before_deploy/20261127T110102.123456Z-3fa9c1 run-1-retry",
+        "castate fork run-1@before_deploy run-1-retry",
         c.cmd_fork,
     )
-    sp.add_argument("checkpoint", metavar="CHECKPOINT")
+    sp.add_argument("checkpoint", metavar="REF", help=REF_HELP)
     sp.add_argument("new_session", metavar="NEW_SESSION")
 
     sp = add(
@@ -165,7 +197,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = add(
         "forget",
         "remove the checkpoints (or whole sessions) a retention policy does not keep",
-        "castate forget --all --keep-last 10 --keep-daily 7 --dry-run",
+        "castate forget --all --keep-last 3 --forget-named --dry-run",
         c.cmd_forget,
     )
     sp.add_argument("sessions", metavar="SESSION", nargs="*", help="sessions whose checkpoints to consider")
@@ -174,15 +206,20 @@ def _parser() -> argparse.ArgumentParser:
         "--sessions",
         dest="whole_sessions",
         action="store_true",
-        help="decide on whole sessions (timed by their last save) instead of checkpoints",
+        help="decide on whole sessions (timed by when their head last moved) instead of checkpoints",
     )
-    sp.add_argument("--keep-last", type=_count, metavar="N", help="keep the newest N")
+    sp.add_argument("--keep-last", type=_count, metavar="N", help="keep the newest N (and every named one)")
     sp.add_argument("--keep-within", metavar="DURATION", help="keep everything younger than DURATION (30d, 12h, 2w)")
     sp.add_argument("--keep-hourly", type=_count, metavar="N", help="keep the newest of each of the last N hours")
     sp.add_argument("--keep-daily", type=_count, metavar="N", help="keep the newest of each of the last N days")
     sp.add_argument("--keep-weekly", type=_count, metavar="N", help="keep the newest of each of the last N weeks")
     sp.add_argument("--keep-monthly", type=_count, metavar="N", help="keep the newest of each of the last N months")
-    sp.add_argument("--forget-named", action="store_true", help="apply the policy to named checkpoints too")
+    sp.add_argument(
+        "--forget-named",
+        action="store_true",
+        help="apply the policy to named checkpoints too (otherwise every name but checkpoint and auto is kept)",
+    )
+    _full(sp)
     sp.add_argument("--dry-run", action="store_true", help="show what would be forgotten; change nothing")
 
     sp = add("gc", "delete objects that nothing refers to any more", "castate gc --dry-run", c.cmd_gc)
@@ -209,6 +246,22 @@ def _parser() -> argparse.ArgumentParser:
 
     sp = add("stats", "show objects, bytes, logical sizes and the dedup ratio", "castate stats --top 5", c.cmd_stats)
     sp.add_argument("--top", type=_count, default=10, metavar="N", help="list the N largest sessions (default 10)")
+
+    add(
+        "doctor",
+        "explain the store's health in plain words (a quick read-only check, the last gc and fsck)",
+        "castate doctor",
+        c.cmd_doctor,
+    )
+
+    sp = add(
+        "completion",
+        "print a shell completion script (bash, zsh or fish)",
+        "castate completion bash > ~/.local/share/bash-completion/completions/castate",
+        None,
+        json=False,
+    )
+    sp.add_argument("shell", choices=["bash", "zsh", "fish"], metavar="SHELL", help="bash, zsh or fish")
 
     sp = add(
         "export",
@@ -257,6 +310,10 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _full(sp: argparse.ArgumentParser) -> None:
+    sp.add_argument("--full", action="store_true", help="print whole commit and checkpoint ids, not unique prefixes")
+
+
 def _version() -> str:
     from castate import __version__
 
@@ -287,11 +344,18 @@ def _positive(text: str) -> int:
     return n
 
 
+#: The commands that write into a store that may be empty, and so create it when missing
+#: (besides ``init``). Every other command needs an existing store: reading a missing one is
+#: an error naming it (exit 3), whatever the store kind.
+CREATING = frozenset(("import", "import-marsys"))
+
+
 def _backend(path: str, *, create: bool) -> Backend | BlobBackend:
     """The backend a --store value names: a directory, or a store URL (sqlite://, postgresql://, redis://)."""
-    if scheme_of(path):
-        return open_backend(path)
-    return LocalBackend(path, create=create)
+    try:
+        return open_backend(path, create=create)
+    except ValueError as exc:  # a malformed URL: bad usage
+        raise InvalidKeyError(f"--store: {exc}") from None
 
 
 async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
@@ -302,7 +366,7 @@ async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
         out.line(f"{backend.location} is ready.")
         return c.EXIT_OK
     existed = os.path.exists(os.path.join(path, "castate.json"))
-    backend = LocalBackend(path, create=True)
+    backend = _backend(path, create=True)
     await backend.open()
     await backend.close()
     if existed:
@@ -333,6 +397,8 @@ async def _run_upgrade(path: str, args: argparse.Namespace, out: Output) -> int:
 
 async def _run(args: argparse.Namespace, out: Output) -> int:
     path = args.store or os.environ.get("CASTATE_STORE") or DEFAULT_STORE
+    if args.command == "completion":  # needs no store
+        return c.cmd_completion(args, _parser())
     if args.command == "init":  # the one command that may create the store
         return await _run_init(path, args, out)
     if args.command == "upgrade":  # before opening: a format-1 store does not open
@@ -344,7 +410,7 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
         if ui is None:
             return c.EXIT_FAILED
         func = ui
-    sm = StateManager(_backend(path, create=False))
+    sm = StateManager(_backend(path, create=args.command in CREATING))
     try:
         if args.command == "fsck" and args.repair_refs:  # before opening: a damaged journal stops that
             args.ref_repair = await sm.repair_refs()
@@ -371,11 +437,12 @@ def _load_ui(args: argparse.Namespace, out: Output) -> Command | None:
 _HINTS: list[tuple[type[BaseException], str, int]] = [
     (NotFoundError, "list what exists with `castate sessions` or `castate checkpoints SESSION`", c.EXIT_USAGE),
     (InvalidKeyError, "see `castate COMMAND --help`", c.EXIT_USAGE),
+    (AlreadyExistsError, "", c.EXIT_USAGE),  # the message says what to do
     (ConflictError, "another process changed it meanwhile; look again and retry", c.EXIT_FAILED),
     (UnsupportedFormatError, "upgrade castate to read this store", c.EXIT_FAILED),
     (CorruptionError, "run `castate fsck` to find and quarantine the damage", c.EXIT_FAILED),
     (StoreIOError, "the store's disk failed; free space or fix it and retry: what was stored is intact", c.EXIT_FAILED),
-    (StoreError, "check --store (or $CASTATE_STORE); create a store with `castate init`", c.EXIT_FAILED),
+    (StoreError, "check --store (or $CASTATE_STORE)", c.EXIT_FAILED),
     (CastateError, "run with --debug for details", c.EXIT_FAILED),
     (FileNotFoundError, "check the file name", c.EXIT_USAGE),
     (PermissionError, "check the permissions of the store and files", c.EXIT_FAILED),
@@ -405,7 +472,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 message = str(exc) or type(exc).__name__
                 if isinstance(exc, OSError) and exc.filename is not None:
                     message = f"{exc.strerror or exc}: {exc.filename}"
-                if "`castate" not in message:  # the message gives no next step of its own
+                if isinstance(exc, StoreError) and message.startswith("no castate store at"):
+                    hint = "create one with `castate init`, or import into it with `castate import FILE`"
+                if hint and "`castate" not in message and "pip install" not in message:  # no next step of its own
                     message = f"{message} ({hint})"
                 out.error(_one_line(message))
                 return code

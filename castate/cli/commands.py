@@ -6,15 +6,20 @@ Each takes the manager, the parsed arguments and the output, and returns the exi
 from __future__ import annotations
 
 import argparse
+import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from castate.backends.base import RefRepairReport
-from castate.cli.output import Output, human_bytes, iso_time, local_time, short_json, to_json
+from castate.backends.base import ReflogEntry, RefRepairReport
+from castate.cli.output import Column, Output, human_bytes, iso_time, local_time, plural, short_json, to_json
 from castate.errors import InvalidKeyError, NotFoundError
 from castate.repository import refs as names
 from castate.repository.diff import to_patch
+from castate.repository.health import read_runs
+from castate.repository.moved import session_moved_ns
+from castate.repository.refspec import Revision, abbrev_length, known_commits, short_checkpoint_ids
 from castate.repository.retention import ForgetReport, Policy, parse_duration
 from castate.repository.tree import Loader, entry_at, parse_pointer
 from castate.state import StateManager
@@ -24,9 +29,49 @@ EXIT_DAMAGE = 1
 EXIT_USAGE = 2
 EXIT_FAILED = 3
 
+FREE_ALL = "castate gc --reflog-expire 0 --grace 0"  # what frees every object no ref reaches, at once
 
-def _short(hex_id: str | None) -> str:
-    return hex_id[:12] if hex_id else "-"
+
+def _short(hex_id: str | None, length: int = 12) -> str:
+    return hex_id[:length] if hex_id else "-"
+
+
+async def _abbrev(
+    sm: StateManager, args: argparse.Namespace, shown: list[bytes], reflog: Sequence[ReflogEntry] | None = None
+) -> int:
+    """How many hex digits the listing prints per commit: all with --full, else git's unique prefix."""
+    if getattr(args, "full", False):
+        return 64
+    return abbrev_length(shown, await known_commits(sm.repository, reflog))
+
+
+def _ref_label(ref: str, short: dict[str, str]) -> str:
+    """A ref as the user names it: a session id, a (shortened) checkpoint id, or the ref itself."""
+    if ref.startswith(names.SESSIONS):
+        try:
+            return names.session_of_ref(ref)
+        except UnicodeDecodeError:
+            return ref
+    if ref.startswith(names.CHECKPOINTS):
+        return short.get(ref[len(names.CHECKPOINTS) :], ref[len(names.CHECKPOINTS) :])
+    return ref
+
+
+def _short_ids(args: argparse.Namespace, cpids: Sequence[str], others: Sequence[str] = ()) -> dict[str, str]:
+    """Checkpoint id -> what a listing prints: the shortest form that resolves back (full with --full)."""
+    if getattr(args, "full", False):
+        return {c: c for c in cpids}
+    valid = [c for c in cpids if _is_cpid(c)]
+    short = short_checkpoint_ids(valid, [c for c in others if _is_cpid(c)])
+    return {c: short.get(c, c) for c in cpids}
+
+
+def _is_cpid(text: str) -> bool:
+    try:
+        names.parse_checkpoint_id(text)
+    except InvalidKeyError:
+        return False
+    return True
 
 
 # -- listing ---------------------------------------------------------------------------------
@@ -34,11 +79,16 @@ def _short(hex_id: str | None) -> str:
 
 async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     sessions = await sm.list_sessions()
+    reflog = await sm.repository.reflog()  # read once: for the move times and the id prefixes
+    moved = await session_moved_ns(sm.repository, reflog=reflog)
+    updated = {s.session_id: moved.get(names.session_ref(s.session_id), int(s.timestamp * 1e9)) for s in sessions}
     if args.json:
         out.json(
             [
                 {
                     "session_id": s.session_id,
+                    "updated": iso_time(updated[s.session_id] / 1e9),
+                    "updated_ns": updated[s.session_id],
                     "saved": iso_time(s.timestamp),
                     "timestamp": s.timestamp,
                     "checkpoints": s.checkpoint_count,
@@ -52,10 +102,13 @@ async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) 
     if not sessions:
         out.line("No sessions in this store.")
         return EXIT_OK
+    n = await _abbrev(sm, args, [bytes.fromhex(s.head) for s in sessions if s.head], reflog)
     out.table(
-        ["SESSION", "LAST SAVED", "CHECKPOINTS", "HEAD"],
-        [(s.session_id, local_time(s.timestamp), s.checkpoint_count, _short(s.head)) for s in sessions],
-        right=["CHECKPOINTS"],
+        [Column("SESSION"), Column("UPDATED"), Column("CHECKPOINTS", right=True), Column("HEAD")],
+        [
+            (s.session_id, local_time(updated[s.session_id] / 1e9), f"{s.checkpoint_count:,}", _short(s.head, n))
+            for s in sessions
+        ],
     )
     return EXIT_OK
 
@@ -82,9 +135,11 @@ async def cmd_checkpoints(sm: StateManager, args: argparse.Namespace, out: Outpu
     if not cps:
         out.line(f"Session {args.session} has no checkpoints.")
         return EXIT_OK
+    short = _short_ids(args, [c.checkpoint_id for c in cps])
+    n = await _abbrev(sm, args, [bytes.fromhex(c.commit) for c in cps if c.commit])
     out.table(
-        ["CHECKPOINT", "NAME", "CREATED", "COMMIT"],
-        [(c.checkpoint_id, c.name, local_time(c.timestamp), _short(c.commit)) for c in cps],
+        [Column("CHECKPOINT"), Column("NAME", drop=2), Column("CREATED"), Column("COMMIT", drop=1)],
+        [(short[c.checkpoint_id], c.name, local_time(c.timestamp), _short(c.commit, n)) for c in cps],
     )
     return EXIT_OK
 
@@ -121,29 +176,41 @@ async def cmd_log(sm: StateManager, args: argparse.Namespace, out: Output) -> in
             }
         )
         return EXIT_OK
-    out.table(
-        ["COMMIT", "SAVED", "CHECKPOINTS", "METADATA"],
-        [
-            (_short(cid.hex()), local_time(c.time_ns / 1e9), ", ".join(sorted(labels.get(cid, []))), _meta(c.meta))
-            for cid, c in entries
-        ],
-    )
+    n = await _abbrev(sm, args, [cid for cid, _ in entries])
+    if args.oneline:
+        for cid, c in entries:
+            cps = ", ".join(sorted(labels.get(cid, [])))
+            parts = [_short(cid.hex(), n), local_time(c.time_ns / 1e9)]
+            parts += [f"({cps})"] if cps else []
+            parts += [to_json(c.meta, indent=False)] if c.meta else []
+            out.line(" ".join(parts))
+    else:
+        out.table(
+            [Column("COMMIT"), Column("SAVED"), Column("CHECKPOINTS", wrap=True), Column("METADATA", wrap=True)],
+            [
+                (
+                    _short(cid.hex(), n),
+                    local_time(c.time_ns / 1e9),
+                    ", ".join(sorted(labels.get(cid, []))),
+                    to_json(c.meta, indent=False) if c.meta else "",
+                )
+                for cid, c in entries
+            ],
+        )
     if truncated:
         out.line("(earlier saves are no longer stored: gc removed them once their reflog entries expired)", "dim")
     return EXIT_OK
 
 
-def _meta(meta: dict[str, Any]) -> str:
-    return short_json(meta, 60) if meta else ""
-
-
 async def cmd_reflog(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     repo = sm.repository
-    entries = await repo.reflog()
+    entries = everything = await repo.reflog()
     if args.session is not None:
         head = names.session_ref(args.session)
         prefix = names.checkpoint_prefix(args.session)
         entries = [e for e in entries if e.name == head or e.name.startswith(prefix)]
+    elif not args.all:  # castate's own records (gc and fsck runs) are not the user's history
+        entries = [e for e in entries if not e.name.startswith(names.META)]
     entries = entries[::-1][: args.limit] if args.limit else entries[::-1]
     rows = [
         {
@@ -162,11 +229,21 @@ async def cmd_reflog(sm: StateManager, args: argparse.Namespace, out: Output) ->
     if not rows:
         out.line("No ref changes recorded.")
         return EXIT_OK
+    cpids = [e.name[len(names.CHECKPOINTS) :] for e in entries if e.name.startswith(names.CHECKPOINTS)]
+    existing = [r[len(names.CHECKPOINTS) :] for r in await repo.list_refs(names.CHECKPOINTS)]
+    short = _short_ids(args, cpids, existing)
+    n = await _abbrev(sm, args, [c for e in entries for c in (e.old, e.new) if c is not None], everything)
     out.table(
-        ["TIME", "REF", "OLD", "NEW", "MESSAGE"],
+        [Column("TIME"), Column("REF"), Column("OLD", drop=2), Column("NEW"), Column("MESSAGE", wrap=True, drop=1)],
         [
-            (local_time(e.time_ns / 1e9), e.name, _short(r["old"]), _short(r["new"]), e.message)
-            for e, r in zip(entries, rows, strict=True)
+            (
+                local_time(e.time_ns / 1e9),
+                _ref_label(e.name, short),
+                _short(e.old.hex() if e.old else None, n),
+                _short(e.new.hex() if e.new else None, n),
+                e.message,
+            )
+            for e in entries
         ],
     )
     return EXIT_OK
@@ -177,9 +254,9 @@ async def cmd_reflog(sm: StateManager, args: argparse.Namespace, out: Output) ->
 
 async def cmd_show(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     repo = sm.repository
-    rev = await sm.resolve(args.ref)
+    rev, pointer = await _ref_and_path(sm, args.ref, args.path)
     commit = await repo.read_commit(rev.commit)
-    parts = parse_pointer(args.path or "")
+    parts = parse_pointer(pointer)
     loader = Loader(repo.backend)
     entry = await entry_at(loader, commit.root, parts)
     (value,) = await loader.values([entry])
@@ -200,6 +277,19 @@ async def cmd_show(sm: StateManager, args: argparse.Namespace, out: Output) -> i
     else:
         out.json(value)
     return EXIT_OK
+
+
+async def _ref_and_path(sm: StateManager, text: str, path: str | None) -> tuple[Revision, str]:
+    """``REF`` with ``--path``, or ``REF:POINTER`` (git's ``rev:path``): ``run-1:/messages/0``;
+    the leading ``/`` may be left out. A whole reference that resolves wins over the split."""
+    try:
+        return await sm.resolve(text), path or ""
+    except (NotFoundError, InvalidKeyError):
+        ref, sep, pointer = text.rpartition(":")
+        if not sep or not ref or path is not None:
+            raise
+        rev = await sm.resolve(ref)  # when this fails too, its error names the reference part
+    return rev, pointer if pointer.startswith("/") or not pointer else "/" + pointer
 
 
 async def cmd_diff(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
@@ -223,7 +313,8 @@ async def cmd_diff(sm: StateManager, args: argparse.Namespace, out: Output) -> i
             out.line(f"~ {path}  {short_json(c.old, 60)} -> {short_json(c.new, 60)}", "yellow")
     counts = {op: sum(1 for c in changes if c.op == op) for op in ("add", "remove", "replace")}
     out.line(
-        f"{len(changes)} changes: {counts['add']} added, {counts['remove']} removed, {counts['replace']} replaced",
+        f"{plural(len(changes), 'change')}: {counts['add']:,} added, {counts['remove']:,} removed, "
+        f"{counts['replace']:,} replaced",
         "dim",
     )
     return EXIT_OK
@@ -290,7 +381,7 @@ async def cmd_rm(sm: StateManager, args: argparse.Namespace, out: Output) -> int
         out.json({"removed_refs": removed})
         return EXIT_OK
     for session, n in removed.items():
-        out.line(f"Removed session {session} ({n} refs: its head and checkpoints).")
+        out.line(f"Removed session {session} ({plural(n, 'ref')}: its head and checkpoints).")
     out.line("Its data stays in the store until `castate gc` (after the reflog expiry).", "dim")
     return EXIT_OK
 
@@ -326,7 +417,7 @@ async def cmd_forget(sm: StateManager, args: argparse.Namespace, out: Output) ->
     if args.json:
         out.json(_forget_json(report))
         return EXIT_OK
-    _forget_table(report, out)
+    _forget_table(report, args, out)
     return EXIT_OK
 
 
@@ -349,28 +440,45 @@ def _forget_json(report: ForgetReport) -> dict[str, Any]:
     }
 
 
-def _forget_table(report: ForgetReport, out: Output) -> None:
+def _forget_table(report: ForgetReport, args: argparse.Namespace, out: Output) -> None:
     if not report.decisions:
         out.line("Nothing to decide: no matching checkpoints or sessions.")
         return
     verb = "would forget" if report.dry_run else "forget"
+    cpids = [d.item.id for d in report.decisions if d.item.kind == "checkpoint"]
+    short = _short_ids(args, cpids)
     out.table(
-        ["ACTION", "KIND", "ID", "TIME", "WHY KEPT"],
+        [Column("ACTION"), Column("KIND", drop=1), Column("ID"), Column("TIME"), Column("WHY KEPT", wrap=True)],
         [
-            ("keep" if d.keep else verb, d.item.kind, d.item.id, local_time(d.item.time), ", ".join(d.reasons))
+            (
+                "keep" if d.keep else verb,
+                d.item.kind,
+                short.get(d.item.id, d.item.id),
+                local_time(d.item.time),
+                ", ".join(d.reasons),
+            )
             for d in report.decisions
         ],
     )
     kinds = {d.item.kind for d in report.decisions}
-    what = "sessions" if kinds == {"session"} else "checkpoints"
+    what = "session" if kinds == {"session"} else "checkpoint"
     gone = len(report.removed) - len(report.skipped)
+    only_named = sum(1 for d in report.decisions if d.reasons == ("named",))
     if report.dry_run:
-        out.line(f"Dry run: would forget {len(report.removed)} {what}, keep {len(report.kept)}.", "dim")
+        out.line(f"Dry run: would forget {plural(len(report.removed), what)}, keep {len(report.kept):,}.", "dim")
     else:
-        out.line(f"Forgot {gone} {what} ({report.refs_removed} refs), kept {len(report.kept)}.", "dim")
+        out.line(
+            f"Forgot {plural(gone, what)} ({plural(report.refs_removed, 'ref')}), kept {len(report.kept):,}.", "dim"
+        )
         if report.skipped:
             out.line(f"Left alone because they changed meanwhile: {', '.join(report.skipped)}", "yellow")
         out.line("Run `castate gc` to free their space.", "dim")
+    if only_named:
+        out.line(
+            f"{plural(only_named, what)} kept only because named (any name but checkpoint and auto): "
+            "add --forget-named to apply the policy to them too.",
+            "dim",
+        )
 
 
 async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
@@ -394,18 +502,27 @@ async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int
         return EXIT_OK
     verb = "Would delete" if report.dry_run else "Deleted"
     out.line(
-        f"{verb} {report.deleted} of {report.objects} objects ({human_bytes(report.deleted_bytes)} of "
+        f"{verb} {report.deleted:,} of {plural(report.objects, 'object')} ({human_bytes(report.deleted_bytes)} of "
         f"{human_bytes(report.object_bytes)} object bytes) in {elapsed:.1f}s."
     )
     out.line(
-        f"Kept {report.reachable} reachable (refs, reflog, recent) and {report.recent} unreachable but younger "
-        f"than the grace period ({args.grace}).",
+        f"Kept {report.reachable:,} reachable from refs and from reflog entries younger than {args.reflog_expire}, "
+        f"and {report.recent:,} unreachable but younger than the grace period ({args.grace}).",
         "dim",
     )
+    if report.reachable and expire > 0:
+        out.line(
+            f"What only the reflog keeps goes once its entries are older than {args.reflog_expire}; "
+            f"`{FREE_ALL}` frees it now (older rm, forget and restore can then no longer be undone).",
+            "dim",
+        )
     if report.left:
-        out.line(f"{report.left} objects could not be deleted yet (in a pack another process is still writing).", "dim")
+        out.line(
+            f"{plural(report.left, 'object')} could not be deleted yet (in a pack another process is still writing).",
+            "dim",
+        )
     if not report.dry_run:
-        out.line(f"Expired {report.reflog_expired} reflog records older than {args.reflog_expire}.", "dim")
+        out.line(f"Expired {plural(report.reflog_expired, 'reflog record')} older than {args.reflog_expire}.", "dim")
         if report.store_bytes_before is not None and report.store_bytes_after is not None:
             out.line(
                 f"Store on disk: {human_bytes(report.store_bytes_before)} -> {human_bytes(report.store_bytes_after)}.",
@@ -463,12 +580,19 @@ async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> i
     if repair is not None:
         _print_repair(repair, out)
     mode = "full" if report.full else "quick"
-    out.line(f"Checked {report.refs} refs and {report.reachable} reachable objects ({mode} check).")
+    out.line(f"Checked {plural(report.refs, 'ref')} and {plural(report.reachable, 'reachable object')} ({mode} check).")
     if report.full:
         out.line(
-            f"Checked {report.stored_checked} stored objects; {report.dangling} dangling "
-            f"({human_bytes(report.dangling_bytes)}), which gc removes."
+            f"Checked {plural(report.stored_checked, 'stored object')}; {report.dangling:,} dangling "
+            f"({human_bytes(report.dangling_bytes)}): no ref reaches them."
         )
+        if report.dangling:
+            out.line(
+                "gc keeps what the reflog recorded for 7 days (so rm, forget and restore can be undone) and "
+                "anything younger than 1 hour, and deletes the rest; `castate gc --dry-run` counts what it "
+                f"would delete now, `{FREE_ALL}` frees every dangling object (undo then ends).",
+                "dim",
+            )
     for line in report.storage:
         out.line(f"storage: {line}", "red")
     for p in report.problems:
@@ -479,10 +603,10 @@ async def cmd_fsck(sm: StateManager, args: argparse.Namespace, out: Output) -> i
         detail = p.detail if p.id.hex() in p.detail else f"{p.id.hex()}: {p.detail}"
         out.line(f"corrupt (unreachable): {detail}", "red")
     for ref, bad in report.damaged_refs.items():
-        out.line(f"damaged ref {ref}: {len(bad)} bad object(s) under it", "red")
+        out.line(f"damaged ref {ref}: {plural(len(bad), 'bad object')} under it", "red")
     if report.quarantined:
         out.line(
-            f"Moved {report.quarantined} corrupt object(s) to the quarantine; "
+            f"Moved {plural(report.quarantined, 'corrupt object')} to the quarantine; "
             "saving the same content again restores them.",
             "yellow",
         )
@@ -521,15 +645,15 @@ def _repair_json(r: RefRepairReport) -> dict[str, Any]:
 
 def _print_repair(r: RefRepairReport, out: Output) -> None:
     if not r.damaged:
-        out.line(f"Ref journal {r.location}: intact ({r.kept} records, {r.refs} refs).")
+        out.line(f"Ref journal {r.location}: intact ({plural(r.kept, 'record')}, {plural(r.refs, 'ref')}).")
         return
     spans = ", ".join(f"{a}-{b}" for a, b in r.damaged_spans)
     out.line(
-        f"Ref journal {r.location} was damaged (bytes {spans}): rebuilt from its {r.kept} intact "
-        f"record(s); {r.refs} refs now.",
+        f"Ref journal {r.location} was damaged (bytes {spans}): rebuilt from its {plural(r.kept, 'intact record')}; "
+        f"{plural(r.refs, 'ref')} now.",
         "yellow",
     )
-    out.line(f"Lost: {r.lost_records} record(s) of ref changes.", "red" if r.lost_records else None)
+    out.line(f"Lost: {plural(r.lost_records, 'record')} of ref changes.", "red" if r.lost_records else None)
     for ref, (before, after) in sorted(r.inferred.items()):
         out.line(
             f"  {ref}: a lost record moved it from {_short(before.hex() if before else None)} "
@@ -576,9 +700,9 @@ async def cmd_stats(sm: StateManager, args: argparse.Namespace, out: Output) -> 
         ["what", "value"],
         header=False,
         rows=[
-            ("sessions", s.sessions),
-            ("checkpoints", s.checkpoints),
-            ("objects", f"{s.objects} ({s.reachable_objects} reachable)"),
+            ("sessions", f"{s.sessions:,}"),
+            ("checkpoints", f"{s.checkpoints:,}"),
+            ("objects", f"{s.objects:,} ({s.reachable_objects:,} reachable)"),
             ("object bytes", f"{human_bytes(s.object_bytes)} ({human_bytes(s.reachable_bytes)} reachable)"),
             ("bytes on disk", human_bytes(s.disk_bytes)),
             ("logical bytes", f"{human_bytes(s.logical_bytes)} (every head and checkpoint as a full copy)"),
@@ -589,7 +713,10 @@ async def cmd_stats(sm: StateManager, args: argparse.Namespace, out: Output) -> 
         out.line()
         out.table(
             ["LARGEST SESSIONS", "HEAD", "CHECKPOINTS", "IN CHECKPOINTS"],
-            [(x.session, human_bytes(x.head_bytes), x.checkpoints, human_bytes(x.checkpoint_bytes)) for x in s.largest],
+            [
+                (x.session, human_bytes(x.head_bytes), f"{x.checkpoints:,}", human_bytes(x.checkpoint_bytes))
+                for x in s.largest
+            ],
             right=["HEAD", "CHECKPOINTS", "IN CHECKPOINTS"],
         )
     return EXIT_OK
@@ -610,7 +737,8 @@ async def cmd_export(sm: StateManager, args: argparse.Namespace, out: Output) ->
         )
     else:
         out.line(
-            f"Exported session {report.session} ({len(report.refs)} refs, {report.objects} objects) "
+            f"Exported session {report.session} ({plural(len(report.refs), 'ref')}, "
+            f"{plural(report.objects, 'object')}) "
             f"to {report.path} ({human_bytes(report.bytes)})."
         )
     return EXIT_OK
@@ -633,8 +761,8 @@ async def cmd_import(sm: StateManager, args: argparse.Namespace, out: Output) ->
         )
     else:
         out.line(
-            f"Imported session {report.session} ({len(report.refs)} refs): {report.objects} objects verified, "
-            f"{report.written} new to this store."
+            f"Imported session {report.session} ({plural(len(report.refs), 'ref')}): "
+            f"{plural(report.objects, 'object')} verified, {report.written:,} new to this store."
         )
     return EXIT_OK
 
@@ -658,3 +786,95 @@ async def cmd_import_marsys(sm: StateManager, args: argparse.Namespace, out: Out
     else:
         out.line(report.summary())
     return EXIT_OK if report.ok else EXIT_FAILED  # some files were skipped: the summary names them
+
+
+# -- doctor ----------------------------------------------------------------------------------------
+
+
+def _ago(epoch: float) -> str:
+    seconds = max(0.0, time.time() - epoch)
+    for unit, size in (("day", 86400), ("hour", 3600), ("minute", 60)):
+        if seconds >= size:
+            return f"{plural(int(seconds // size), unit)} ago"
+    return "just now"
+
+
+async def cmd_doctor(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
+    """The store's health in plain words: a quick read-only check, the last gc and fsck, the reflog."""
+    repo = sm.repository
+    report = await sm.fsck(full=False, quarantine=False)  # read-only: no quarantine, no record
+    stats = await sm.stats(top=0)
+    runs = await read_runs(repo)
+    reflog = await repo.reflog()
+    last = {
+        op: next((r for r in reversed(runs) if r.get("op") == op and (op != "fsck" or r.get("full"))), None)
+        for op in ("gc", "fsck")
+    }
+    advice: list[str] = []
+    if not report.ok:
+        advice.append("run `castate fsck` to find and quarantine the damage, then `castate fsck --repair-refs`")
+    if last["fsck"] is None:
+        advice.append("run `castate fsck --full` once to verify every stored object")
+    if last["gc"] is None or time.time() - last["gc"]["time"] > 30 * 86400:
+        advice.append("run `castate gc --dry-run` to see how much space gc would free")
+    if args.json:
+        out.json(
+            {
+                "ok": report.ok,
+                "store": args.store_path,
+                "sessions": stats.sessions,
+                "checkpoints": stats.checkpoints,
+                "disk_bytes": stats.disk_bytes,
+                "refs_checked": report.refs,
+                "damaged_refs": sorted(report.damaged_refs),
+                "problems": len(report.problems) + len(report.storage),
+                "last_gc": last["gc"],
+                "last_full_fsck": last["fsck"],
+                "reflog_records": len(reflog),
+                "advice": advice,
+            }
+        )
+        return EXIT_OK if report.ok else EXIT_DAMAGE
+    out.line(
+        f"Store {args.store_path}: {plural(stats.sessions, 'session')}, {plural(stats.checkpoints, 'checkpoint')}, "
+        f"{human_bytes(stats.disk_bytes)} on disk."
+    )
+    if report.ok:
+        out.line(f"Data: every ref leads to complete, intact data ({plural(report.refs, 'ref')} checked).", "green")
+    else:
+        damaged = ", ".join(sorted(report.damaged_refs)[:5]) or "the store's files"
+        out.line(f"Data: DAMAGED ({damaged}); `castate fsck` says what and where.", "bold red")
+    for line in report.storage:
+        out.line(f"Storage: {line}", "red")
+    fsck_run = last["fsck"]
+    if fsck_run is None:
+        out.line("Full check: never run (it reads every stored object, not only what refs reach).")
+    else:
+        verdict = "no damage" if fsck_run.get("ok") else "damage found"
+        out.line(f"Full check: {_ago(fsck_run['time'])}, {verdict}.")
+    gc_run = last["gc"]
+    if gc_run is None:
+        out.line("gc: never run here; objects nothing needs any more stay on disk until it runs.")
+    else:
+        out.line(
+            f"gc: {_ago(gc_run['time'])}, deleted {plural(gc_run.get('deleted', 0), 'object')} "
+            f"({human_bytes(gc_run.get('deleted_bytes'))})."
+        )
+    if reflog:
+        out.line(
+            f"Reflog: {plural(len(reflog), 'record')}, the oldest {_ago(reflog[0].time_ns / 1e9)}; it keeps rm, "
+            "forget and restore undoable until gc expires its records (7 days by default)."
+        )
+    for line in advice:
+        out.line(f"To do: {line}.", "yellow")
+    if not advice:
+        out.line("Nothing to do.", "green")
+    return EXIT_OK if report.ok else EXIT_DAMAGE
+
+
+def cmd_completion(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
+    """Print the completion script for ``args.shell``; needs no store."""
+    from castate.cli.completion import SHELLS
+
+    sys.stdout.write(SHELLS[args.shell](parser))
+    return EXIT_OK

@@ -36,7 +36,14 @@ from castate.codec import decode_frame, encode_frame
 from castate.codec.decoder import Content
 from castate.codec.encoder import MAX_DEPTH
 from castate.codec.objects import ID_SIZE, KIND_COMMIT, KIND_DICT, KIND_LIST, KIND_NAMES
-from castate.errors import ConflictError, CorruptFileError, CorruptionError, NotFoundError, UnsupportedFormatError
+from castate.errors import (
+    AlreadyExistsError,
+    ConflictError,
+    CorruptFileError,
+    CorruptionError,
+    NotFoundError,
+    UnsupportedFormatError,
+)
 from castate.repository import refs as names
 from castate.repository.repository import Repository
 from castate.repository.walk import Problem, Walker, links
@@ -222,8 +229,9 @@ async def import_bundle(
     progress: BundleProgress | None = None,
 ) -> BundleReport:
     """Import a bundle; ``session_id`` imports it under another session id. ConflictError
-    when the session (or one of its checkpoints) exists already: nothing is replaced."""
-    await repo.open()
+    when the session (or one of its checkpoints) exists already: nothing is replaced.
+    Like a save, it creates a store that does not exist yet (``Repository.open``)."""
+    await repo.open(create=True)
     backend = repo.backend
     source = Path(path)
     size = (await aiofiles.os.stat(source)).st_size
@@ -346,9 +354,10 @@ async def import_bundle(
                     message=f"import {source.name}"[:200],
                 )
             except ConflictError:
-                raise ConflictError(
+                raise AlreadyExistsError(
                     f"session {report.session!r} (or one of its checkpoints) already exists in this store: "
-                    "import it under another id (--session NEW) or remove it first (castate rm)"
+                    "import it under another id (--session NEW) or remove it first (castate rm)",
+                    names.session_ref(report.session) if report.session else None,
                 ) from None
     report.bytes = size
     return report

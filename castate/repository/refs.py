@@ -20,6 +20,7 @@ MAX_NAME_BYTES = 1024
 SESSIONS = "sessions/"
 CHECKPOINTS = "checkpoints/"
 KV = "kv/"
+META = "meta/"  # castate's own records (the maintenance runs of castate.repository.health)
 
 
 def check_name(value: object, what: str) -> str:

@@ -22,7 +22,7 @@ from castate.backends.blob import BlobBackend
 from castate.codec import Commit, Shadow, encode_commit, object_id, parse_commit
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT, KIND_NAMES
-from castate.errors import ConflictError, CorruptObjectError, MissingObjectError, NotFoundError
+from castate.errors import ConflictError, CorruptObjectError, MissingObjectError, NotFoundError, StoreNotFoundError
 from castate.repository.diff import Change, diff_trees
 from castate.repository.packs import PackStore
 from castate.repository.snapshot import encode_state, fetch_objects, frames, read_state
@@ -57,6 +57,7 @@ class Repository:
         # A blob backend keeps objects in format-2 packs; the pack store is what the rest of
         # the repository reads and writes objects through.
         self.backend: Backend = PackStore(backend) if isinstance(backend, BlobBackend) else backend
+        self._store = backend  # the backend as given: its ``create`` says whether a write may create the store
         self._heads: OrderedDict[str, _Head] = OrderedDict()
         self._commits: OrderedDict[bytes, Commit] = OrderedDict()
         self._open_lock = asyncio.Lock()
@@ -65,10 +66,22 @@ class Repository:
 
     # -- lifecycle -------------------------------------------------------------------------
 
-    async def open(self) -> Repository:
+    async def open(self, *, create: bool = False, missing_ok: bool = False) -> Repository:
+        """Connect to the store. ``create`` (a save, an import) lets a backend whose ``create``
+        is None (a URL opened by ``castate.open``) create a store that does not exist yet.
+        ``missing_ok`` (``async with``) leaves such a store unopened instead of raising
+        StoreNotFoundError: the first save creates it, a read before that raises."""
         async with self._open_lock:
             if not self._opened:
-                await self.backend.open()
+                lazy = getattr(self._store, "create", True) is None
+                if create and lazy:
+                    self._store.create = True  # type: ignore[union-attr]
+                try:
+                    await self.backend.open()
+                except StoreNotFoundError:
+                    if missing_ok and lazy:
+                        return self
+                    raise
                 self._opened = True
         return self
 
@@ -79,7 +92,7 @@ class Repository:
         self._heads.clear()
 
     async def __aenter__(self) -> Repository:
-        return await self.open()
+        return await self.open(missing_ok=True)
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
@@ -113,7 +126,7 @@ class Repository:
         incrementally through one working ref. ``new`` says the ref must not exist yet: the
         save skips looking it up and raises ConflictError if it does exist.
         """
-        await self.open()
+        await self.open(create=True)
         if new:
             return await self._save_once(
                 ref, state, None, session, name, meta, default, message, extra_updates, stream or ref, also

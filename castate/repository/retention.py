@@ -20,6 +20,7 @@ from typing import Literal
 from castate.backends.base import RefUpdate
 from castate.errors import ConflictError, InvalidKeyError
 from castate.repository import refs as names
+from castate.repository.moved import moved_ns
 from castate.repository.repository import Repository
 
 #: Checkpoint names that count as "unnamed": the one ``create_checkpoint`` uses when given
@@ -171,10 +172,11 @@ async def checkpoint_items(repo: Repository, sessions: Sequence[str] | None, pol
 
 
 async def session_items(repo: Repository, sessions: Sequence[str] | None, policy: Policy) -> list[Item]:
-    """Whole sessions (head and checkpoints), timed by their last save."""
+    """Whole sessions (head and checkpoints), timed by when their head last moved (a save, a
+    fork, a restore: ``castate.repository.moved``), so a session forked a minute ago is young."""
     heads = await repo.list_refs(names.SESSIONS)
     cps = await repo.list_refs(names.CHECKPOINTS)
-    commits = await repo.read_commits(list(set(heads.values())))
+    moved = await moved_ns(repo, heads)
     wanted = None if sessions is None else {names.session_ref(s) for s in sessions}
     out = []
     for ref, cid in heads.items():
@@ -184,7 +186,7 @@ async def session_items(repo: Repository, sessions: Sequence[str] | None, policy
         prefix = names.checkpoint_prefix(sid)
         own = sorted((r, c) for r, c in cps.items() if r.startswith(prefix))
         named = any(names.parse_checkpoint_id(r[len(names.CHECKPOINTS) :])[1] not in policy.unnamed for r, _ in own)
-        out.append(Item("session", sid, sid, commits[cid].time_ns / 1e9, named, ((ref, cid), *own)))
+        out.append(Item("session", sid, sid, moved[ref] / 1e9, named, ((ref, cid), *own)))
     return out
 
 

@@ -53,6 +53,7 @@ from castate.errors import (
     CorruptObjectError,
     StoreError,
     StoreIOError,
+    StoreNotFoundError,
     StoreWarning,
     UnsupportedFormatError,
 )
@@ -95,7 +96,7 @@ class LocalBackend(Backend):
         *,
         durability: Durability = "durable",
         loose: bool = False,
-        create: bool = True,
+        create: bool | None = True,
         cache_bytes: int = 64 << 20,
         lock_timeout: float = 60.0,
         pack_index: bool = False,
@@ -198,8 +199,9 @@ class LocalBackend(Backend):
                     f"{root} is not a castate store: it holds files but no {CONFIG} "
                     "(pick an empty or new directory, or import the old data with `castate import`)"
                 )
-            if not self.create:
-                raise StoreError(f"no castate store at {root}")
+            if self.create is not True:
+                later = " (a save creates it)" if self.create is None else ""
+                raise StoreNotFoundError(f"no castate store at {root}{later}")
             make_dirs(root)
             for d in (self.packs_dir, self.objects_dir, root / "locks"):
                 store_dir(d)
@@ -844,7 +846,7 @@ class LocalBackend(Backend):
         """Rebuild a damaged ref journal from its intact records; the store need not open."""
         with self._mutex:
             if not (self.root / CONFIG).exists():
-                raise StoreError(f"no castate store at {self.root}")
+                raise StoreNotFoundError(f"no castate store at {self.root}")
             self._init_or_check()
             journal = self._journal or RefJournal(
                 self.root / "refs.journal",
