@@ -519,3 +519,15 @@ async def test_segments_of_saves_of_different_sizes_are_merged_too() -> None:
     fresh = PackStore(blobs)
     await fresh.open()
     assert await fresh.has_objects([i for i, _ in items]) == {i for i, _ in items}
+
+
+async def test_orphans_of_several_chains_are_all_indexed_from_their_bytes() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    items = [await _save(store, n, stream=f"s{n % 3}") for n in range(9)]  # three chains
+    await blobs.delete_blobs([i.name for i in await blobs.list_blobs(INDEX_PREFIX)])
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert await fresh.has_objects([i for i, _ in items]) == {i for i, _ in items}
+    assert len(fresh._cat.orphans) == 9

@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from typing import Any
 
 from castate.backends.base import ANY, Backend, ObjectInfo, ReflogEntry, RefRepairReport, RefUpdate, _Any
-from castate.backends.blob import BlobBackend, BlobInfo
+from castate.backends.blob import BlobBackend
 from castate.codec.objects import decode_frame, frame_id
 from castate.errors import (
     ConflictError,
@@ -38,19 +38,18 @@ from castate.errors import (
 )
 from castate.repository.packs.catalog import Catalog, Place
 from castate.repository.packs.chains import ChainCache, ChainDamage, WriterChains
+from castate.repository.packs.discovery import LIST_ATTEMPTS, add_segments, list_packs, load_catalog
 from castate.repository.packs.format import (
     CHAIN_MAX_RAW,
     MAX_CHAIN_SETTING,
     PACK_MAX_RAW,
     PACK_PREFIX,
     PackInfo,
-    entries_end,
     make_pack,
     parse_pack_head,
 )
 from castate.repository.packs.segments import (
     INDEX_PREFIX,
-    MAX_SEGMENT_BYTES,
     Segment,
     make_segment,
     parse_segment,
@@ -65,12 +64,9 @@ GC_DONE = 0
 # every load until a gc completes (it writes one segment from a listing, then GC_DONE).
 GC_DIRTY = 2
 STALE_EPOCH = b"stale"  # no stored epoch has this value: a commit checking it conflicts and reloads
-HEAD_READ = 4096  # bytes read from each new pack at open: the head and, usually, every entry
-HEAD_BATCH = 1000  # packs whose heads one range-read call asks for
 SAVE_ATTEMPTS = 4
 CONSOLIDATE_MIN = 16  # packs in a chain before gc merges them into one
 INDEX_AFTER = 16  # index segments (one per save, merged as they go) before a writer merges them
-LIST_ATTEMPTS = 3
 
 
 # Set in the task that holds gc_exclusive (and the tasks it starts): its own catalog reloads
@@ -156,11 +152,11 @@ class PackStore(Backend):
             else:
                 async with self.blobs.gc_shared():
                     epoch = await self._finish_dead_gc(await self.blobs.get_ref(EPOCH_REF))
-        cat = await self._load_catalog()
+        cat = await load_catalog(self.blobs)
         if cat.segments and (_IN_GC.get() or (epoch is not None and epoch[:1] == bytes((GC_DIRTY,)))):
             # gc and fsck act on every pack; after a gc that failed, segments may name packs
             # it deleted: a listing tells which are gone.
-            await self._list_packs(cat)
+            await list_packs(self.blobs, cat)
         self._cat = cat
         self._epoch = epoch
         self._writing.clear()
@@ -174,40 +170,6 @@ class PackStore(Backend):
             await self.blobs.commit((), [RefUpdate(EPOCH_REF, dirty, epoch)], message="gc: an interrupted gc closed")
         return await self.blobs.get_ref(EPOCH_REF)
 
-    async def _load_catalog(self) -> Catalog:
-        """A catalog from the index segments alone (a store without any, from before them or
-        new, has its packs listed and read from their heads). A segment deleted between the
-        listing and the read was merged into a newer one by another writer: list again."""
-        cat = Catalog()
-        for attempt in range(LIST_ATTEMPTS):
-            cat = Catalog()
-            if await self._add_segments(cat, last=attempt + 1 == LIST_ATTEMPTS):
-                break
-        if not cat.segments:
-            await self._list_packs(cat)
-        return cat
-
-    async def _add_segments(self, cat: Catalog, *, last: bool) -> bool:
-        """Add the listed segments ``cat`` lacks; False if one was gone when read (unless
-        ``last``: then what it covered stays unknown)."""
-        wanted = []
-        for info in await self.blobs.list_blobs(INDEX_PREFIX):
-            if cat.has_segment(info.name):
-                continue
-            if info.size > MAX_SEGMENT_BYTES:
-                cat.bad[info.name] = f"index segment of {info.size} bytes (at most {MAX_SEGMENT_BYTES} are read)"
-            else:
-                wanted.append(info.name)
-        got = await self.blobs.get_blobs(wanted) if wanted else {}
-        if len(got) < len(wanted) and not last:
-            return False
-        for blob, data in got.items():
-            try:
-                cat.add_segment(parse_segment(blob[len(INDEX_PREFIX) :], data))
-            except (CorruptFileError, UnsupportedFormatError) as exc:
-                cat.bad[blob] = str(exc)
-        return True
-
     async def _refresh(self) -> None:
         """Learn what was written since the catalog was built (other writers' saves) and which
         packs the segments name are gone."""
@@ -215,96 +177,9 @@ class PackStore(Backend):
         for attempt in range(LIST_ATTEMPTS):
             if self._cat is not cat:
                 return  # a reload swapped in a newer catalog meanwhile
-            if await self._add_segments(cat, last=attempt + 1 == LIST_ATTEMPTS):
-                await self._list_packs(cat)
+            if await add_segments(self.blobs, cat, last=attempt + 1 == LIST_ATTEMPTS):
+                await list_packs(self.blobs, cat)
                 return
-
-    async def _list_packs(self, cat: Catalog) -> list[BlobInfo]:
-        """List the packs: those the segments already known name and the listing lacks are gone
-        (a segment read later may name a pack committed after the listing); segments of saves
-        committed meanwhile are read, then the heads of listed packs no segment covers."""
-        known = set(cat.owners())
-        infos = await self.blobs.list_blobs(PACK_PREFIX)
-        listed = {i.name[len(PACK_PREFIX) :] for i in infos}
-        cat.mark_listed(listed, among=known)
-        if any(not cat.knows(name) for name in listed):
-            await self._add_segments(cat, last=True)  # a save commits its pack and segment together
-        await self._read_heads(cat, infos)
-        return infos
-
-    async def _read_heads(self, cat: Catalog, infos: list[BlobInfo]) -> None:
-        new = [i for i in infos if not cat.knows(i.name[len(PACK_PREFIX) :])]
-        for start in range(0, len(new), HEAD_BATCH):
-            await self._read_head_batch(cat, new[start : start + HEAD_BATCH])
-
-    async def _read_head_batch(self, cat: Catalog, infos: list[BlobInfo]) -> None:
-        orphans: list[PackInfo] = []
-        heads = await self.blobs.get_ranges([(i.name, 0, HEAD_READ) for i in infos])
-        more: list[tuple[int, int]] = []
-        for n, (info, head) in enumerate(zip(infos, heads, strict=True)):
-            if head is None:
-                continue  # deleted since the listing
-            name = info.name[len(PACK_PREFIX) :]
-            try:
-                end = entries_end(head, info.name)
-            except (CorruptFileError, UnsupportedFormatError) as exc:
-                cat.bad[info.name] = str(exc)
-                continue
-            if end > info.size:
-                cat.bad[info.name] = f"entries run past the pack's {info.size} bytes"
-            elif end > len(head):
-                more.append((n, end))
-        if more:
-            rest = await self.blobs.get_ranges([(infos[n].name, 0, end) for n, end in more])
-            for (n, _), data in zip(more, rest, strict=True):
-                heads[n] = data
-        for info, head in zip(infos, heads, strict=True):
-            name = info.name[len(PACK_PREFIX) :]
-            if head is None or cat.knows(name):
-                continue
-            try:
-                pack = parse_pack_head(name, head, info.size)
-            except (CorruptFileError, UnsupportedFormatError) as exc:
-                cat.bad[info.name] = str(exc)
-                continue
-            if pack.version == 2:
-                cat.add(pack)
-            else:
-                orphans.append(pack)
-        if orphans:
-            await self._index_from_bytes(cat, orphans)
-
-    async def _index_from_bytes(self, cat: Catalog, orphans: list[PackInfo]) -> None:
-        """Packs whose ids only a segment holds, and no readable segment lists (it was damaged or
-        deleted): decompress their chains and hash every frame to learn their objects. Slow,
-        bounded by a chain at a time; the next merge of segments lists them again."""
-        by_chain: dict[bytes, dict[int, PackInfo]] = {}
-        for pack in orphans:
-            by_chain.setdefault(pack.chain, {})[pack.seq] = pack
-        for chain_id, lost in by_chain.items():
-            members = {p.seq: p for p in cat.chain(chain_id)} | lost
-            chain: list[PackInfo] = []
-            for seq in range(max(lost) + 1):  # only a prefix whose heads continue one another
-                member = members.get(seq)
-                if member is None or (seq and not _continues(member, chain[-1])):
-                    break
-                chain.append(member)
-            blobs = await self.blobs.get_blobs([p.blob for p in chain])
-            cache = ChainCache(1 << 62)
-            for pack in chain:
-                try:
-                    cache.decompress([pack], blobs)
-                    raw = (cache.raws(chain_id, {pack.seq}) or {})[pack.seq]
-                    if pack.seq in lost:
-                        pack.entries = [(frame_id(raw[o : o + n]), o, n) for o, n in pack.spans]
-                except (ChainDamage, CorruptionError) as exc:
-                    for rest in lost.values():
-                        if not cat.knows(rest.name):
-                            cat.bad[rest.blob] = f"no index segment lists it, and its chain cannot be read: {exc}"
-                    break
-                if pack.seq in lost:
-                    cat.add(pack)
-                    cat.orphans.append(pack.blob)
 
     async def _epoch_moved(self) -> bool:
         return await self.blobs.get_ref(EPOCH_REF) != self._epoch
@@ -389,9 +264,9 @@ class PackStore(Backend):
     async def iter_objects(self) -> AsyncIterator[ObjectInfo]:
         """Every object in a pack, with the time the backend stored its newest copy (gc's grace
         runs on the backend's clock, never a writer's)."""
-        await self._add_segments(self._cat, last=True)
+        await add_segments(self.blobs, self._cat, last=True)
         cat = self._cat
-        infos = await self._list_packs(cat)
+        infos = await list_packs(self.blobs, cat)
         times = {i.name[len(PACK_PREFIX) :]: i.time_ns for i in infos}
         seen: dict[bytes, ObjectInfo] = {}
         for pack, oid, _, length in cat.entries():
@@ -793,10 +668,6 @@ class PackStore(Backend):
         out["object_bytes"] = sum(sizes.values())
         out["pack_bytes"] = sum(p.size for p in cat.all_packs())
         return out
-
-
-def _continues(pack: PackInfo, before: PackInfo) -> bool:
-    return pack.prev == bytes.fromhex(before.name) and pack.chain_raw == before.chain_raw + before.raw_len
 
 
 def _corrupt(damage: ChainDamage) -> Exception:
