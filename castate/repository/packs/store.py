@@ -215,7 +215,9 @@ class PackStore(Backend):
         """Frames of the ``wanted`` objects the catalog knows, chain by chain: a chain is
         decompressed, its frames taken, and the cache held to its budget before the next, so
         one call holds at most one chain beyond the cache (frames are views into the cache's
-        bytes while those fit in a quarter of its budget, copies after)."""
+        bytes while those fit in a quarter of its budget, copies after). The packs of every
+        chain not cached are fetched in one call; chains cached then are read first, and one
+        that the reading of others pushed out of the cache meanwhile is fetched again."""
         cat = self._cat
         by_chain: dict[bytes, dict[bytes, Place]] = {}
         for oid in wanted:
@@ -224,22 +226,31 @@ class PackStore(Backend):
                 by_chain.setdefault(place[0].chain, {})[oid] = place
         if not by_chain:
             return {}
-        fetch: dict[bytes, list[PackInfo]] = {}
+        cached: list[bytes] = []
+        names: list[str] = []
         for chain_id, places in by_chain.items():
             seqs = {p.seq for p, _, _ in places.values()}
             if self._cache.raws(chain_id, seqs) is None:
-                fetch[chain_id] = self._cache.to_fetch(cat.chain(chain_id), max(seqs))
-        names = [p.blob for packs in fetch.values() for p in packs]
+                names.extend(p.blob for p in self._cache.to_fetch(cat.chain(chain_id), max(seqs)))
+            else:
+                cached.append(chain_id)
         blobs = await self.blobs.get_blobs(names) if names else {}
         out: dict[bytes, Any] = {}
         pinned = 0
-        for chain_id, places in by_chain.items():
+        for chain_id in [*cached, *(c for c in by_chain if c not in cached)]:
+            places = by_chain[chain_id]
+            seqs = {p.seq for p, _, _ in places.values()}
             try:
-                if chain_id in fetch:
-                    self._cache.decompress(fetch[chain_id], blobs)
-                    for p in fetch[chain_id]:
+                raws = self._cache.raws(chain_id, seqs)
+                if raws is None:
+                    packs = self._cache.to_fetch(cat.chain(chain_id), max(seqs))
+                    lacking = [p.blob for p in packs if p.blob not in blobs]
+                    if lacking:
+                        blobs.update(await self.blobs.get_blobs(lacking))
+                    self._cache.decompress(packs, blobs)
+                    for p in packs:
                         blobs.pop(p.blob, None)
-                raws = self._cache.raws(chain_id, {p.seq for p, _, _ in places.values()})
+                    raws = self._cache.raws(chain_id, seqs)
                 if raws is None:
                     raise ChainDamage(0, "its compression chain could not be read", missing=True)
             except ChainDamage as damage:
