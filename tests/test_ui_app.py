@@ -214,3 +214,34 @@ def test_castate_core_never_imports_the_ui_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_numeric_parameters_and_pointers_are_validated(sm: castate.StateManager) -> None:
+    # Issue 16 item 12: every numeric parameter is checked (a 400 that says why, never a 500),
+    # and a JSON pointer with an escape RFC 6901 does not define is refused, not read literally.
+    await sm.save_session("s", {"a~2": 1, "a~b": 2, "list": [1, 2, 3]})
+    async with client(sm) as c:
+        for bad in ("²", "٣", "1" * 30, "-1", "+1", " 1", "1.0", "0x10", ""):
+            err = await get(c, "/api/tree", 400, rev="s", path="/list", offset=bad)
+            assert "offset must be" in err["error"], (bad, err)
+        for bad in ("0", "1001", "abc"):
+            assert "limit must be" in (await get(c, "/api/tree", 400, rev="s", path="/list", limit=bad))["error"]
+        page = await get(c, "/api/tree", rev="s", path="/list", offset="1", limit="1000")
+        assert [i["value"] for i in page["node"]["items"]] == [2, 3]
+        assert (await get(c, "/api/tree", rev="s", path="/list", offset="999999999999"))["node"]["items"] == []
+        for bad in ("/a~2", "/a~", "/~x"):
+            err = await get(c, "/api/tree", 400, rev="s", path=bad)
+            assert "RFC 6901" in err["error"], bad
+            await get(c, "/api/value", 400, rev="s", path=bad)
+        assert (await get(c, "/api/tree", rev="s", path="/a~02"))["node"]["value"] == 1  # "~0" then "2": the key "a~2"
+
+
+def test_parse_pointer_follows_rfc_6901() -> None:
+    from castate.errors import InvalidKeyError
+    from castate.repository.tree import parse_pointer
+
+    assert parse_pointer("") == []
+    assert parse_pointer("/a~1b/~0/~01/") == ["a/b", "~", "~1", ""]
+    for bad in ("/~2", "/a~", "/~~0", "a"):
+        with pytest.raises(InvalidKeyError):
+            parse_pointer(bad)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import importlib.resources
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -37,6 +38,8 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 MAX_BODY = 64 << 10
+MAX_INT = 10**12  # an offset beyond any list's length, small enough for every int the library takes
+_DIGITS = re.compile(r"[0-9]{1,13}", re.ASCII)
 
 Handler = Callable[[Request], Awaitable[Any]]
 
@@ -76,13 +79,18 @@ def _text(request: Request, name: str, default: str | None = None) -> str:
     return value
 
 
-def _int(request: Request, name: str, default: int) -> int:
+def _int(request: Request, name: str, default: int, *, low: int = 0, high: int = MAX_INT) -> int:
+    """A whole-number query parameter in [low, high]: ASCII digits only (``str.isdigit`` would
+    take "²" or other scripts' digits), bounded; anything else is a 400."""
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not text.isdigit():
-        raise InvalidKeyError(f"{name} must be a whole number, not {text!r}")
-    return int(text)
+    if not _DIGITS.fullmatch(text):
+        raise InvalidKeyError(f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise InvalidKeyError(f"{name} must be from {low} to {high}, not {value}")
+    return value
 
 
 class HostCheck:
@@ -145,7 +153,10 @@ def create_app(
 
     async def tree(request: Request) -> Any:
         return await explorer.tree(
-            _text(request, "rev"), _text(request, "path", ""), _int(request, "offset", 0), _int(request, "limit", 200)
+            _text(request, "rev"),
+            _text(request, "path", ""),
+            _int(request, "offset", 0),
+            _int(request, "limit", 200, low=1, high=1000),
         )
 
     async def value(request: Request) -> Any:
