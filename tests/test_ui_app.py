@@ -74,10 +74,10 @@ async def test_sessions_and_timeline_agree_with_the_library(sm: castate.StateMan
         assert [p["commit"] for p in points] == [cid.hex() for cid, _ in reversed(log)]
         assert t["stored_bytes"] == run["stored_bytes"] == sum(p["new_bytes"] for p in points)
         assert all(p["new_bytes"] > 0 and p["complete"] for p in points)
-        flagged = {p["commit"]: [c["checkpoint_id"] for c in p["checkpoints"]] for p in points if p["checkpoints"]}
+        flagged = {p["commit"]: [c["checkpoint_id"] for c in p["checkpoints"]] for p in points if p.get("checkpoints")}
         cp_commits = {c.checkpoint_id: c.commit for c in await sm.list_checkpoints("run-1")}
         assert flagged == {cp_commits[cps["cp2"]]: [cps["cp2"]], cp_commits[cps["cp4"]]: [cps["cp4"]]}
-        fork_point = next(p for p in points if p["marks"])
+        fork_point = next(p for p in points if p.get("marks"))
         assert fork_point["commit"] == cp_commits[cps["cp2"]]
         assert fork_point["marks"][0]["text"] == "forked to run-1-retry"
 
@@ -179,16 +179,84 @@ async def test_write_actions_exist_only_when_allowed(sm: castate.StateManager) -
         assert r.json()["head"] == (await sm.resolve(cps["cp2"])).commit.hex()
         again = await c.post("/api/actions/fork", json=body, headers={"X-Castate-Token": TOKEN})
         assert again.status_code == 409
+        fork_head = r.json()["head"]
         r = await c.post(
-            "/api/actions/checkpoint", json={"session": "from-ui", "name": "ui"}, headers={"X-Castate-Token": TOKEN}
+            "/api/actions/checkpoint",
+            json={"session": "from-ui", "name": "ui", "expected": fork_head},
+            headers={"X-Castate-Token": TOKEN},
         )
         assert r.json()["checkpoint_id"].startswith("from-ui/ui/")
+        run1 = (await sm.resolve("run-1")).commit.hex()
         r = await c.post(
-            "/api/actions/restore", json={"source": cps["cp4"], "session": "run-1"}, headers={"X-Castate-Token": TOKEN}
+            "/api/actions/restore",
+            json={"source": cps["cp4"], "session": "run-1", "expected": run1},
+            headers={"X-Castate-Token": TOKEN},
         )
         assert r.json()["changed"] is True
+        assert r.json()["previous"] == run1
     assert [c.name for c in await sm.list_checkpoints("from-ui")] == ["ui"]
     assert (await sm.resolve("run-1")).commit == (await sm.resolve(cps["cp4"])).commit
+
+
+async def test_actions_send_the_head_the_page_showed(sm: castate.StateManager) -> None:
+    # Issue 20 item 4: a restore or checkpoint from a stale page is a conflict that says what
+    # happened, never a silent overwrite of newer saves or the re-creation of a deleted session.
+    cps = await build(sm)
+    headers = {"X-Castate-Token": TOKEN}
+    async with client(sm, writes=True) as c:
+        shown = (await get(c, "/api/timeline", session="run-1"))["head"]
+        assert shown == (await sm.resolve("run-1")).commit.hex()
+        for body in ({"source": cps["cp2"], "session": "run-1"}, {"session": "run-1", "name": "x"}):
+            action = "restore" if "source" in body else "checkpoint"
+            r = await c.post(f"/api/actions/{action}", json=body, headers=headers)
+            assert r.status_code == 400 and "expected" in r.json()["error"]  # the page must say what it saw
+
+        await sm.save_session("run-1", {"step": 99})  # another writer, after the page was drawn
+        newer = (await sm.resolve("run-1")).commit
+        r = await c.post(
+            "/api/actions/restore", json={"source": cps["cp2"], "session": "run-1", "expected": shown}, headers=headers
+        )
+        assert r.status_code == 409
+        assert f"is at {newer.hex()[:12]}" in r.json()["error"] and "nothing restored" in r.json()["error"]
+        r = await c.post(
+            "/api/actions/checkpoint", json={"session": "run-1", "name": "late", "expected": shown}, headers=headers
+        )
+        assert r.status_code == 409
+        assert (await sm.resolve("run-1")).commit == newer  # untouched
+        assert all(cp.name != "late" for cp in await sm.list_checkpoints("run-1"))
+
+        await sm.delete_session("other")
+        r = await c.post(
+            "/api/actions/restore", json={"source": cps["cp2"], "session": "other", "expected": "00" * 32}, headers=headers
+        )
+        assert r.status_code == 409 and "no longer exists" in r.json()["error"]
+        assert "other" not in [s.session_id for s in await sm.list_sessions()]  # not re-created
+
+        # The restore reports the head it replaced; the head's history lists it, restorable.
+        r = await c.post(
+            "/api/actions/restore",
+            json={"source": cps["cp2"], "session": "run-1", "expected": newer.hex()},
+            headers=headers,
+        )
+        assert r.status_code == 200 and r.json()["previous"] == newer.hex()
+        log = await get(c, "/api/reflog", session="run-1", saves="0")
+        assert log["head"] == (await sm.resolve(cps["cp2"])).commit.hex()
+        top = log["entries"][0]
+        assert top["message"].startswith("restore run-1 to")
+        assert (top["old"], top["new"], top["old_restorable"]) == (newer.hex(), log["head"], True)
+        assert all(not e["message"].startswith("save ") for e in log["entries"])
+        everything = await get(c, "/api/reflog", session="run-1", limit=3)
+        assert len(everything["entries"]) == 3 and everything["total"] > log["total"]
+        # Undo: restore the replaced head, expecting the one the restore made.
+        r = await c.post(
+            "/api/actions/restore",
+            json={"source": newer.hex(), "session": "run-1", "expected": log["head"]},
+            headers=headers,
+        )
+        assert r.status_code == 200
+        assert (await sm.resolve("run-1")).commit == newer
+        await get(c, "/api/reflog", 404, session="nope")
+        await get(c, "/api/reflog", 400, session="run-1", saves="yes")
 
 
 def test_every_static_file_is_package_data() -> None:

@@ -165,6 +165,17 @@ def create_app(
     async def health(request: Request) -> Any:
         return await explorer.health()
 
+    async def reflog(request: Request) -> Any:
+        saves = _text(request, "saves", "1")
+        if saves not in ("0", "1"):
+            raise InvalidKeyError(f"saves must be 0 or 1, not {saves[:40]!r}")
+        return await explorer.reflog(
+            _text(request, "session"),
+            _int(request, "offset", 0),
+            _int(request, "limit", 100, low=1, high=1000),
+            saves == "1",
+        )
+
     async def no_icon(request: Request) -> Response:
         return Response(status_code=204, headers=HEADERS)
 
@@ -179,6 +190,7 @@ def create_app(
         Route("/api/tree", _endpoint(tree)),
         Route("/api/value", _endpoint(value)),
         Route("/api/health", _endpoint(health)),
+        Route("/api/reflog", _endpoint(reflog)),
     ]
 
     if allow_writes:
@@ -207,7 +219,7 @@ def create_app(
 
         async def restore(request: Request) -> Any:
             data = await body(request)
-            return await explorer.restore(field(data, "source"), data.get("session") or None)
+            return await explorer.restore(field(data, "source"), field(data, "session"), field(data, "expected"))
 
         async def fork(request: Request) -> Any:
             data = await body(request)
@@ -215,7 +227,7 @@ def create_app(
 
         async def checkpoint(request: Request) -> Any:
             data = await body(request)
-            return await explorer.checkpoint(field(data, "session"), field(data, "name"))
+            return await explorer.checkpoint(field(data, "session"), field(data, "name"), field(data, "expected"))
 
         for path, fn in (("restore", restore), ("fork", fork), ("checkpoint", checkpoint)):
             routes.append(Route(f"/api/actions/{path}", _guarded(fn), methods=["POST"]))

@@ -9,12 +9,14 @@ gathers and labels. Nothing here knows HTTP (``castate.ui.app`` does).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from castate.cli.output import iso_time
 from castate.codec import Commit
-from castate.errors import InvalidKeyError, NotFoundError
+from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository import browse
 from castate.repository import refs as names
 from castate.repository.growth import Growth, GrowthIndex
@@ -26,6 +28,8 @@ FOLD = 2000  # characters of a str (bytes of a bytes value) a diff sends before 
 FOLD_ITEMS = 200  # items of a list a diff sends before folding the rest
 MAX_CHANGES = 2000  # changes a diff sends
 MAX_VALUE = 16 << 20  # bytes of a str or bytes value sent whole
+INLINE_GROWTH = 1000  # unknown saves measured within a request; more go to the background
+GROWTH_SLICE = 100  # saves the background measures before letting requests in
 
 
 def fold(value: Any) -> Any:
@@ -49,14 +53,43 @@ def _item(item: browse.Item) -> dict[str, Any]:
     return {"key": item.key, "kind": item.kind, "size": item.size, "value": item.value, "complete": item.complete}
 
 
+@dataclass(slots=True)
+class _Chain:
+    """A session's saves, oldest first, as read at ``head``."""
+
+    head: bytes
+    entries: list[tuple[bytes, Commit]]
+    index: dict[bytes, int]
+
+
 class Explorer:
-    """The documents behind the pages, over one open ``StateManager``."""
+    """The documents behind the pages, over one open ``StateManager``.
+
+    What the pages ask for again and again is kept, keyed by what would change it, so a view
+    costs what changed since the last one and not a re-read of every history:
+
+    - each session's chain of saves, per head: after new saves only they are read;
+    - every commit the reflog names, read in one batch the first time a chain is needed
+      (a hint only: the chain is still followed parent by parent);
+    - each save's growth (``GrowthIndex``, final per commit); a history longer than
+      ``INLINE_GROWTH`` unknown saves is measured in the background, and the documents say
+      ``growth_pending`` until it is done;
+    - the timeline and health documents, per state of the refs (any ref move recomputes).
+    """
 
     def __init__(self, sm: StateManager) -> None:
         self.sm = sm
         self.repo = sm.repository
         self.growth = GrowthIndex(self.repo.backend)
         self._growth_lock = asyncio.Lock()
+        self._growth_queue: list[list[bytes]] = []
+        self._growth_task: asyncio.Task[None] | None = None
+        self.growth_error: str | None = None  # why the last background measuring stopped
+        self._chains: dict[str, _Chain] = {}
+        self._commits: dict[bytes, Commit] = {}
+        self._hinted = False
+        self._timelines: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._health: tuple[Any, dict[str, Any]] | None = None
 
     @property
     def location(self) -> str:
@@ -64,58 +97,152 @@ class Explorer:
 
     # -- sessions and their histories -------------------------------------------------------------
 
-    async def _history(self, session_id: str) -> tuple[list[tuple[bytes, Commit]], list[Growth]]:
-        """The session's saves, oldest first, with the growth of each."""
-        entries = await self.repo.log(names.session_ref(session_id))
-        if not entries:
+    async def _commit(self, cid: bytes) -> Commit:
+        commit = self._commits.get(cid)
+        if commit is None and not self._hinted:
+            self._hinted = True
+            ids = list({e.new for e in await self.repo.reflog() if e.new is not None} - self._commits.keys())
+            for i in range(0, len(ids), 4096):
+                try:
+                    self._commits.update(await self.repo.read_commits(ids[i : i + 4096]))
+                except CastateError:
+                    break  # a hint only: a commit gc took is read (and reported) on the way below
+            commit = self._commits.get(cid)
+        if commit is None:
+            commit = self._commits[cid] = await self.repo.read_commit(cid)
+        return commit
+
+    async def _chain(self, session_id: str, head: bytes | None = None) -> _Chain:
+        """The session's saves oldest first (as ``Repository.log``), reading only the saves
+        made since the last call."""
+        ref = names.session_ref(session_id)
+        head = head if head is not None else await self.repo.head(ref)
+        if head is None:
             raise NotFoundError(f"no session {session_id!r}")
-        entries.reverse()
-        async with self._growth_lock:
-            growth = await self.growth.history([cid for cid, _ in entries])
-        return entries, growth
+        kept = self._chains.get(session_id)
+        if kept is not None and kept.head == head:
+            return kept
+        newer: list[tuple[bytes, Commit]] = []
+        prefix: list[tuple[bytes, Commit]] = []
+        cid: bytes | None = head
+        while cid is not None:
+            if kept is not None and cid in kept.index:
+                prefix = kept.entries[: kept.index[cid] + 1]
+                break
+            try:
+                commit = await self._commit(cid)
+            except MissingObjectError:
+                if not newer:
+                    raise
+                break  # gc removed older saves: the history ends here, as in `castate log`
+            newer.append((cid, commit))
+            cid = commit.parents[0] if commit.parents else None
+        entries = prefix + newer[::-1]
+        chain = _Chain(head, entries, {c: i for i, (c, _) in enumerate(entries)})
+        self._chains[session_id] = chain
+        return chain
+
+    async def _growth_of(self, ids: list[bytes]) -> list[Growth] | None:
+        """The growth of each save, or None while a long history is measured in the background."""
+        done = self.growth.done
+        missing = sum(1 for c in ids if c not in done)
+        if missing == 0:
+            return [done[c] for c in ids]
+        self.growth_error = None
+        if missing <= INLINE_GROWTH:
+            async with self._growth_lock:
+                return await self.growth.history(ids)
+        self._growth_queue.append(ids)
+        if self._growth_task is None or self._growth_task.done():
+            self._growth_task = asyncio.get_running_loop().create_task(self._measure())
+        return None
+
+    async def _measure(self) -> None:
+        # Slice by slice (each continues the walk where the last stopped), letting requests
+        # run in between: the walk reads and decodes without awaiting anything slow.
+        try:
+            while self._growth_queue:
+                ids = self._growth_queue.pop(0)
+                for end in range(GROWTH_SLICE, len(ids) + GROWTH_SLICE, GROWTH_SLICE):
+                    async with self._growth_lock:
+                        await self.growth.history(ids[:end])
+                    await asyncio.sleep(0)
+        except CastateError as exc:  # shown by the next document, which retries
+            self.growth_error = str(exc)
+            self._growth_queue.clear()
+
+    async def settle(self) -> None:
+        """Wait for the background measuring (benchmarks and tests)."""
+        while self._growth_task is not None and not self._growth_task.done():
+            await asyncio.shield(self._growth_task)
+
+    async def close(self) -> None:
+        """Stop the background measuring (before the store closes)."""
+        if self._growth_task is not None and not self._growth_task.done():
+            self._growth_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._growth_task
 
     async def sessions(self) -> dict[str, Any]:
         rows = []
-        for s in await self.sm.list_sessions():
-            entries, growth = await self._history(s.session_id)
+        pending = False
+        listed = await self.sm.list_sessions()
+        chains = [await self._chain(s.session_id, bytes.fromhex(s.head) if s.head else None) for s in listed]
+        for s, chain in zip(listed, chains, strict=True):
+            growth = await self._growth_of([c for c, _ in chain.entries])
+            pending = pending or growth is None
             rows.append(
                 {
                     "session_id": s.session_id,
                     "updated": iso_time(s.timestamp),
                     "timestamp": s.timestamp,
-                    "saves": len(entries),
+                    "saves": len(chain.entries),
                     "checkpoints": s.checkpoint_count,
-                    "logical_bytes": growth[-1].logical_bytes,
-                    "stored_bytes": sum(g.new_bytes for g in growth),
+                    "logical_bytes": growth[-1].logical_bytes if growth else None,
+                    "stored_bytes": sum(g.new_bytes for g in growth) if growth else None,
                     "head": s.head,
                     "paused": s.paused,
-                    "older_history_removed": bool(entries[0][1].parents),
+                    "older_history_removed": bool(chain.entries[0][1].parents),
                 }
             )
-        return {"sessions": rows}
+        return {"sessions": rows, "growth_pending": pending, "growth_error": self.growth_error}
 
     async def timeline(self, session_id: str) -> dict[str, Any]:
-        entries, growth = await self._history(session_id)
+        refs = await self.repo.list_refs()
+        key = tuple(sorted(refs.items()))
+        kept = self._timelines.get(session_id)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        head = refs.get(names.session_ref(session_id))
+        if head is None:
+            raise NotFoundError(f"no session {session_id!r}")
+        doc = await self._timeline(session_id, head)
+        if not doc["growth_pending"]:
+            self._timelines[session_id] = (key, doc)
+        return doc
+
+    async def _timeline(self, session_id: str, head: bytes) -> dict[str, Any]:
+        chain = await self._chain(session_id, head)
+        entries = chain.entries
+        growth = await self._growth_of([c for c, _ in entries])
         own_ref = names.session_ref(session_id)
-        index = {cid: i for i, (cid, _) in enumerate(entries)}
-        points: list[dict[str, Any]] = [
-            {
+        index = chain.index
+        points: list[dict[str, Any]] = []
+        for i, (cid, c) in enumerate(entries):
+            g = growth[i] if growth is not None else None
+            point: dict[str, Any] = {
                 "commit": cid.hex(),
-                "time": iso_time(c.time_ns / 1e9),
                 "time_ns": c.time_ns,
                 "session": c.session,
-                "name": c.name,
                 "meta": fold(c.meta),
-                "parents": [p.hex() for p in c.parents],
-                "new_objects": g.new_objects,
-                "new_bytes": g.new_bytes,
-                "logical_bytes": g.logical_bytes,
-                "complete": g.complete,
-                "checkpoints": [],
-                "marks": [],
+                "new_objects": g.new_objects if g else None,
+                "new_bytes": g.new_bytes if g else None,
+                "logical_bytes": g.logical_bytes if g else None,
+                "complete": g.complete if g else True,
             }
-            for (cid, c), g in zip(entries, growth, strict=True)
-        ]
+            if c.name:
+                point["name"] = c.name
+            points.append(point)
 
         elsewhere = []
         cps = await self.sm.list_checkpoints(session_id)
@@ -131,7 +258,7 @@ class Explorer:
             if at is None:
                 elsewhere.append({**label, "commit": cp.commit})
             else:
-                points[at]["checkpoints"].append(label)
+                points[at].setdefault("checkpoints", []).append(label)
 
         for e in await self.repo.reflog():
             if e.new is None or e.new not in index or not e.name.startswith(names.SESSIONS):
@@ -144,11 +271,14 @@ class Explorer:
             elif e.name == own_ref and e.message.startswith("restore "):
                 mark = {"kind": "restore", "text": e.message}
             if mark is not None:
-                points[index[e.new]]["marks"].append({**mark, "time": iso_time(e.time_ns / 1e9)})
+                points[index[e.new]].setdefault("marks", []).append({**mark, "time": iso_time(e.time_ns / 1e9)})
         return {
             "session_id": session_id,
+            "head": head.hex(),
             "points": points,
-            "stored_bytes": sum(g.new_bytes for g in growth),
+            "stored_bytes": sum(g.new_bytes for g in growth) if growth is not None else None,
+            "growth_pending": growth is None,
+            "growth_error": self.growth_error,
             "older_history_removed": bool(entries[0][1].parents),
             "checkpoints_elsewhere": elsewhere,
         }
@@ -223,6 +353,16 @@ class Explorer:
     # -- the store -----------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
+        """The store's stats and recorded runs, computed again only when a ref moved (a save,
+        a gc or fsck run recording itself): ``now.time`` says when they were computed."""
+        key = tuple(sorted((await self.repo.list_refs()).items()))
+        if self._health is not None and self._health[0] == key:
+            return self._health[1]
+        doc = await self._health_now()
+        self._health = (key, doc)
+        return doc
+
+    async def _health_now(self) -> dict[str, Any]:
         stats = await self.sm.stats(top=0)
         runs = await read_runs(self.repo)
         last = {op: next((r for r in reversed(runs) if r.get("op") == op), None) for op in ("gc", "fsck")}
@@ -246,14 +386,65 @@ class Explorer:
 
     # -- actions (only served with --allow-writes) ---------------------------------------------
 
-    async def restore(self, source: str, session_id: str | None) -> dict[str, Any]:
-        return (await self.sm.restore_into_session(source, session_id or None)).to_dict()
+    async def restore(self, source: str, session_id: str, expected: str) -> dict[str, Any]:
+        """Restore ``source`` into ``session_id`` only if its head is still ``expected`` (the
+        head the page showed): a moved or deleted session is a conflict, never overwritten."""
+        return (await self.sm.restore_into_session(source, session_id, expected=expected)).to_dict()
 
     async def fork(self, source: str, new_session_id: str) -> dict[str, Any]:
         return {"session_id": new_session_id, "head": await self.sm.fork(source, new_session_id)}
 
-    async def checkpoint(self, session_id: str, name: str) -> dict[str, Any]:
+    async def checkpoint(self, session_id: str, name: str, expected: str) -> dict[str, Any]:
+        """Checkpoint the session's head if it is still ``expected``. The check comes before
+        the checkpoint, not with it: ``create_checkpoint`` takes no expected head yet, so a
+        save landing in between is checkpointed (it is kept either way, nothing is lost)."""
+        await self._expect_head(session_id, expected)
         return {"checkpoint_id": await self.sm.create_checkpoint(session_id, name)}
+
+    async def _expect_head(self, session_id: str, expected: str) -> None:
+        current = await self.repo.head(names.session_ref(session_id))
+        if current is None or current.hex() != expected.lower():
+            now = f"is at {current.hex()[:12]}" if current is not None else "no longer exists"
+            raise ConflictError(
+                f"session {session_id!r} {now}, not at {expected[:12]} as the page showed: look at it again, then retry",
+                names.session_ref(session_id),
+            )
+
+    # -- the head's own history ---------------------------------------------------------------
+
+    async def reflog(self, session_id: str, offset: int, limit: int, saves: bool) -> dict[str, Any]:
+        """Every move of the session's head, newest first (``saves=False`` leaves out plain
+        saves): what a restore replaced stays listed here, and can be restored, until gc
+        expires the entry and collects the commit. ``restorable``: the commit is still stored."""
+        ref = names.session_ref(session_id)
+        entries = [e for e in reversed(await self.repo.reflog(ref)) if saves or not _is_save(e.message)]
+        page = entries[offset : offset + limit]
+        ids = sorted({c for e in page for c in (e.old, e.new) if c is not None})
+        present = set(await self.repo.backend.has_objects(ids)) if ids else set()
+        head = await self.repo.head(ref)
+        if head is None and not entries:
+            raise NotFoundError(f"no session {session_id!r}")
+        return {
+            "session_id": session_id,
+            "head": head.hex() if head else None,
+            "total": len(entries),
+            "offset": offset,
+            "entries": [
+                {
+                    "time": iso_time(e.time_ns / 1e9),
+                    "message": e.message,
+                    "old": e.old.hex() if e.old else None,
+                    "new": e.new.hex() if e.new else None,
+                    "restorable": e.new is not None and e.new in present,
+                    "old_restorable": e.old is not None and e.old in present,
+                }
+                for e in page
+            ],
+        }
+
+
+def _is_save(message: str) -> bool:
+    return message.startswith("save ")
 
 
 __all__ = ["Explorer", "fold"]
