@@ -27,7 +27,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from castate.cli.output import to_json
 from castate.errors import CastateError, ConflictError, InvalidKeyError, NotFoundError
-from castate.ui.explorer import Explorer
+from castate.ui.explorer import MAX_CHANGES, Explorer
 
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 HEADERS = {
@@ -68,6 +68,8 @@ def _endpoint(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
             return json_response(await fn(request))
         except CastateError as exc:
             return json_response({"error": str(exc), "type": type(exc).__name__}, _error_status(exc))
+        except OSError as exc:  # e.g. the store was moved or deleted while being served
+            return json_response({"error": f"the store cannot be read: {exc}", "type": "StoreError"}, 503)
 
     return run
 
@@ -149,7 +151,13 @@ def create_app(
         return await explorer.revisions()
 
     async def diff(request: Request) -> Any:
-        return await explorer.diff(_text(request, "a"), _text(request, "b"))
+        return await explorer.diff(
+            _text(request, "a"),
+            _text(request, "b"),
+            _text(request, "path", ""),
+            _int(request, "offset", 0),
+            _int(request, "limit", MAX_CHANGES, low=1, high=MAX_CHANGES),
+        )
 
     async def tree(request: Request) -> Any:
         return await explorer.tree(
@@ -161,6 +169,19 @@ def create_app(
 
     async def value(request: Request) -> Any:
         return await explorer.value(_text(request, "rev"), _text(request, "path", ""))
+
+    async def download(request: Request) -> Response:
+        # The value itself as a file (bytes as they are, a str as UTF-8 text): never shown
+        # inline, whatever it holds (Content-Disposition: attachment, nosniff).
+        try:
+            v = await explorer.value(_text(request, "rev"), _text(request, "path", ""))
+        except CastateError as exc:
+            return json_response({"error": str(exc), "type": type(exc).__name__}, _error_status(exc))
+        name = "value.bin" if v["kind"] == "bytes" else "value.txt"
+        body = v["value"] if v["kind"] == "bytes" else v["value"].encode("utf-8")
+        kind = "application/octet-stream" if v["kind"] == "bytes" else "text/plain; charset=utf-8"
+        headers = {**HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
+        return Response(body, media_type=kind, headers=headers)
 
     async def health(request: Request) -> Any:
         return await explorer.health()
@@ -189,6 +210,7 @@ def create_app(
         Route("/api/diff", _endpoint(diff)),
         Route("/api/tree", _endpoint(tree)),
         Route("/api/value", _endpoint(value)),
+        Route("/api/download", download),
         Route("/api/health", _endpoint(health)),
         Route("/api/reflog", _endpoint(reflog)),
     ]

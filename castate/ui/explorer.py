@@ -21,13 +21,16 @@ from castate.repository import browse
 from castate.repository import refs as names
 from castate.repository.growth import Growth, GrowthIndex
 from castate.repository.health import read_runs
-from castate.repository.tree import Loader, entry_at, parse_pointer
+from castate.repository.tree import Loader, dict_of, entry_at, parse_pointer
 from castate.state import StateManager
+from castate.ui.textdiff import text_diff
 
 FOLD = 2000  # characters of a str (bytes of a bytes value) a diff sends before folding the rest
 FOLD_ITEMS = 200  # items of a list a diff sends before folding the rest
 MAX_CHANGES = 2000  # changes a diff sends
 MAX_VALUE = 16 << 20  # bytes of a str or bytes value sent whole
+MESSAGE_FIELDS = ("role", "type", "name", "content", "tool_call_id", "tool_calls")
+MESSAGE_PREVIEW = 160  # characters of a message's content shown in a list
 INLINE_GROWTH = 1000  # unknown saves measured within a request; more go to the background
 GROWTH_SLICE = 100  # saves the background measures before letting requests in
 
@@ -303,10 +306,27 @@ class Explorer:
             "root": c.root,
         }
 
-    async def diff(self, a: str, b: str) -> dict[str, Any]:
+    async def diff(self, a: str, b: str, path: str = "", offset: int = 0, limit: int = MAX_CHANGES) -> dict[str, Any]:
+        """The changes from ``a`` to ``b``: counts in all and by top-level key, then the changes
+        under ``path`` (a JSON pointer prefix; "" for all) from ``offset``, at most ``limit``.
+        A str replaced by a str carries ``text_diff`` (lines, and words within a changed line)."""
+        parse_pointer(path)  # refuse a malformed prefix, as the tree does
         ra, rb = await self._revision(a), await self._revision(b)
         changes = await self.sm.diff(a, b)
+        by_key: dict[str, dict[str, int]] = {}
+        for c in changes:
+            top = "/" + c.path.split("/")[1] if c.path.count("/") >= 1 and c.path else "/"
+            row = by_key.setdefault(top, {"add": 0, "remove": 0, "replace": 0})
+            row[c.op] += 1
         counts = {op: sum(1 for c in changes if c.op == op) for op in ("add", "remove", "replace")}
+        chosen = [c for c in changes if _under(c.path, path)] if path else changes
+        page = chosen[offset : offset + limit]
+        out = []
+        for c in page:
+            d = fold(c.to_dict())
+            if c.op == "replace" and type(c.old) is str and type(c.new) is str:
+                d["text_diff"] = text_diff(c.old, c.new)
+            out.append(d)
         ra.pop("root")
         rb.pop("root")
         return {
@@ -314,26 +334,75 @@ class Explorer:
             "b": rb,
             "total": len(changes),
             "counts": counts,
-            "changes": [fold(c.to_dict()) for c in changes[:MAX_CHANGES]],
-            "truncated": len(changes) > MAX_CHANGES,
+            "by_key": by_key,
+            "path": path,
+            "matching": len(chosen),
+            "offset": offset,
+            "changes": out,
+            "truncated": offset + len(page) < len(chosen),
         }
 
     async def tree(self, rev: str, path: str, offset: int, limit: int) -> dict[str, Any]:
         r = await self._revision(rev)
         root = r.pop("root")
-        node = await browse.level(
-            Loader(self.repo.backend), root, parse_pointer(path), offset=offset, limit=min(limit, 1000)
-        )
+        parts = parse_pointer(path)
+        loader = Loader(self.repo.backend)
+        node = await browse.level(loader, root, parts, offset=offset, limit=min(limit, 1000))
         if isinstance(node, browse.Level):
-            body = {
-                "kind": node.kind,
-                "total": node.total,
-                "offset": node.offset,
-                "items": [_item(i) for i in node.items],
-            }
+            items = [_item(i) for i in node.items]
+            if node.kind == "list":
+                for at, preview in (await self._messages(loader, root, parts, node)).items():
+                    items[at]["message"] = preview
+            body = {"kind": node.kind, "total": node.total, "offset": node.offset, "items": items}
         else:
             body = _item(node)
         return {**r, "path": path, "node": body}
+
+    async def _messages(
+        self, loader: Loader, root: bytes, parts: list[str], node: browse.Level
+    ) -> dict[int, dict[str, Any]]:
+        """For the dicts of a list page that look like chat messages (a ``role`` or ``type``
+        key): role, name, a preview of the content, tool call ids and names, the id of the
+        call a tool result answers. Reads one object per message and per field shown, in
+        batches, plus the (small) tool call lists whole."""
+        at = [k for k, i in enumerate(node.items) if i.kind == "dict"]
+        if not at:
+            return {}
+        entry = await entry_at(loader, root, parts)
+        stop = node.offset + len(node.items)
+        chosen = (
+            entry[node.offset : stop]
+            if type(entry) is list
+            else await browse.list_range(loader, entry.id, node.offset, stop)
+        )
+        dicts = await asyncio.gather(*(_children(loader, chosen[k]) for k in at))
+        pairs: list[tuple[tuple[int, str], Any]] = []
+        for k, children in zip(at, dicts, strict=True):
+            if "role" in children or "type" in children:
+                pairs.extend(((k, f), children[f]) for f in MESSAGE_FIELDS if f in children)
+        described = await browse.describe(loader, [(None, e) for _, e in pairs], MESSAGE_PREVIEW)
+        out: dict[int, dict[str, Any]] = {}
+        calls: list[tuple[int, Any]] = []
+        for ((k, f), e), item in zip(pairs, described, strict=True):
+            row = out.setdefault(k, {})
+            if f == "tool_calls":
+                row["tool_calls"] = item.size or 0
+                if item.kind == "list" and (item.size or 0) <= 32:
+                    calls.append((k, e))
+            elif item.kind == "str":
+                row[f] = item.value
+                if f == "content":
+                    row["content_size"] = item.size  # UTF-8 bytes
+            elif f == "content":
+                row["content_kind"] = f"{item.kind} · {item.size} " + ("items" if item.kind == "list" else "keys")
+        if calls:
+            for (k, _), value in zip(calls, await loader.values([e for _, e in calls]), strict=True):
+                out[k]["calls"] = [
+                    {"id": c.get("id"), "name": c.get("name") or (c.get("function") or {}).get("name")}
+                    for c in value
+                    if isinstance(c, dict)
+                ]
+        return out
 
     async def value(self, rev: str, path: str) -> dict[str, Any]:
         """The whole value at ``path`` (a str or bytes value up to ``MAX_VALUE`` bytes)."""
@@ -406,7 +475,8 @@ class Explorer:
         if current is None or current.hex() != expected.lower():
             now = f"is at {current.hex()[:12]}" if current is not None else "no longer exists"
             raise ConflictError(
-                f"session {session_id!r} {now}, not at {expected[:12]} as the page showed: look at it again, then retry",
+                f"session {session_id!r} {now}, not at {expected[:12]} as the page showed: "
+                "look at it again, then retry",
                 names.session_ref(session_id),
             )
 
@@ -441,6 +511,14 @@ class Explorer:
                 for e in page
             ],
         }
+
+
+async def _children(loader: Loader, entry: Any) -> dict[str, Any]:
+    return entry if type(entry) is dict else await dict_of(loader, entry.id)
+
+
+def _under(path: str, prefix: str) -> bool:
+    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
 
 
 def _is_save(message: str) -> bool:
