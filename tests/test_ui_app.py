@@ -209,7 +209,8 @@ async def test_actions_send_the_head_the_page_showed(sm: castate.StateManager) -
         for body in ({"source": cps["cp2"], "session": "run-1"}, {"session": "run-1", "name": "x"}):
             action = "restore" if "source" in body else "checkpoint"
             r = await c.post(f"/api/actions/{action}", json=body, headers=headers)
-            assert r.status_code == 400 and "expected" in r.json()["error"]  # the page must say what it saw
+            assert r.status_code == 400
+            assert "expected" in r.json()["error"]
 
         await sm.save_session("run-1", {"step": 99})  # another writer, after the page was drawn
         newer = (await sm.resolve("run-1")).commit
@@ -217,7 +218,8 @@ async def test_actions_send_the_head_the_page_showed(sm: castate.StateManager) -
             "/api/actions/restore", json={"source": cps["cp2"], "session": "run-1", "expected": shown}, headers=headers
         )
         assert r.status_code == 409
-        assert f"is at {newer.hex()[:12]}" in r.json()["error"] and "nothing restored" in r.json()["error"]
+        assert f"is at {newer.hex()[:12]}" in r.json()["error"]
+        assert "nothing restored" in r.json()["error"]
         r = await c.post(
             "/api/actions/checkpoint", json={"session": "run-1", "name": "late", "expected": shown}, headers=headers
         )
@@ -227,9 +229,12 @@ async def test_actions_send_the_head_the_page_showed(sm: castate.StateManager) -
 
         await sm.delete_session("other")
         r = await c.post(
-            "/api/actions/restore", json={"source": cps["cp2"], "session": "other", "expected": "00" * 32}, headers=headers
+            "/api/actions/restore",
+            json={"source": cps["cp2"], "session": "other", "expected": "00" * 32},
+            headers=headers,
         )
-        assert r.status_code == 409 and "no longer exists" in r.json()["error"]
+        assert r.status_code == 409
+        assert "no longer exists" in r.json()["error"]
         assert "other" not in [s.session_id for s in await sm.list_sessions()]  # not re-created
 
         # The restore reports the head it replaced; the head's history lists it, restorable.
@@ -238,7 +243,8 @@ async def test_actions_send_the_head_the_page_showed(sm: castate.StateManager) -
             json={"source": cps["cp2"], "session": "run-1", "expected": newer.hex()},
             headers=headers,
         )
-        assert r.status_code == 200 and r.json()["previous"] == newer.hex()
+        assert r.status_code == 200
+        assert r.json()["previous"] == newer.hex()
         log = await get(c, "/api/reflog", session="run-1", saves="0")
         assert log["head"] == (await sm.resolve(cps["cp2"])).commit.hex()
         top = log["entries"][0]
@@ -246,7 +252,8 @@ async def test_actions_send_the_head_the_page_showed(sm: castate.StateManager) -
         assert (top["old"], top["new"], top["old_restorable"]) == (newer.hex(), log["head"], True)
         assert all(not e["message"].startswith("save ") for e in log["entries"])
         everything = await get(c, "/api/reflog", session="run-1", limit=3)
-        assert len(everything["entries"]) == 3 and everything["total"] > log["total"]
+        assert len(everything["entries"]) == 3
+        assert everything["total"] > log["total"]
         # Undo: restore the replaced head, expecting the one the restore made.
         r = await c.post(
             "/api/actions/restore",
