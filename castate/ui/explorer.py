@@ -12,18 +12,21 @@ import asyncio
 import contextlib
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from castate.cli.output import iso_time
-from castate.codec import Commit
 from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository import browse
 from castate.repository import refs as names
+from castate.repository.diff import Change
 from castate.repository.growth import Growth, GrowthIndex
 from castate.repository.health import read_runs
 from castate.repository.tree import Loader, dict_of, entry_at, parse_pointer
 from castate.state import StateManager
 from castate.ui.textdiff import text_diff
+
+if TYPE_CHECKING:
+    from castate.codec import Commit  # the type only: commits come from the repository
 
 FOLD = 2000  # characters of a str (bytes of a bytes value) a diff sends before folding the rest
 FOLD_ITEMS = 200  # items of a list a diff sends before folding the rest
@@ -31,6 +34,8 @@ MAX_CHANGES = 2000  # changes a diff sends
 MAX_VALUE = 16 << 20  # bytes of a str or bytes value sent whole
 MESSAGE_FIELDS = ("role", "type", "name", "content", "tool_call_id", "tool_calls")
 MESSAGE_PREVIEW = 160  # characters of a message's content shown in a list
+RUN_MIN = 3  # consecutive list items added or removed that a diff sends as one run
+RUN_ITEMS = 100  # items of a run sent
 INLINE_GROWTH = 1000  # unknown saves measured within a request; more go to the background
 GROWTH_SLICE = 100  # saves the background measures before letting requests in
 
@@ -309,7 +314,10 @@ class Explorer:
     async def diff(self, a: str, b: str, path: str = "", offset: int = 0, limit: int = MAX_CHANGES) -> dict[str, Any]:
         """The changes from ``a`` to ``b``: counts in all and by top-level key, then the changes
         under ``path`` (a JSON pointer prefix; "" for all) from ``offset``, at most ``limit``.
-        A str replaced by a str carries ``text_diff`` (lines, and words within a changed line)."""
+        Items added to (or removed from) one list one after the other are one entry, a run
+        (``{"run": true, "op", "path": the list, "first", "count", "roles", "items": the first
+        RUN_ITEMS}``); ``offset`` and ``limit`` count entries. A str replaced by a str carries
+        ``text_diff`` (lines, and words within a changed line)."""
         parse_pointer(path)  # refuse a malformed prefix, as the tree does
         ra, rb = await self._revision(a), await self._revision(b)
         changes = await self.sm.diff(a, b)
@@ -320,12 +328,16 @@ class Explorer:
             row[c.op] += 1
         counts = {op: sum(1 for c in changes if c.op == op) for op in ("add", "remove", "replace")}
         chosen = [c for c in changes if _under(c.path, path)] if path else changes
-        page = chosen[offset : offset + limit]
+        entries = _runs(chosen)
+        page = entries[offset : offset + limit]
         out = []
-        for c in page:
-            d = fold(c.to_dict())
-            if c.op == "replace" and type(c.old) is str and type(c.new) is str:
-                d["text_diff"] = text_diff(c.old, c.new)
+        for e in page:
+            if isinstance(e, list):
+                out.append(_run(e))
+                continue
+            d = fold(e.to_dict())
+            if e.op == "replace" and type(e.old) is str and type(e.new) is str:
+                d["text_diff"] = text_diff(e.old, e.new)
             out.append(d)
         ra.pop("root")
         rb.pop("root")
@@ -337,9 +349,10 @@ class Explorer:
             "by_key": by_key,
             "path": path,
             "matching": len(chosen),
+            "entries": len(entries),
             "offset": offset,
             "changes": out,
-            "truncated": offset + len(page) < len(chosen),
+            "truncated": offset + len(page) < len(entries),
         }
 
     async def tree(self, rev: str, path: str, offset: int, limit: int) -> dict[str, Any]:
@@ -515,6 +528,61 @@ class Explorer:
 
 async def _children(loader: Loader, entry: Any) -> dict[str, Any]:
     return entry if type(entry) is dict else await dict_of(loader, entry.id)
+
+
+def _index_of(path: str) -> tuple[str, int] | None:
+    parent, _, last = path.rpartition("/")
+    return (parent, int(last)) if last.isascii() and last.isdigit() else None
+
+
+def _runs(changes: list[Change]) -> list[Change | list[Change]]:
+    """``changes`` with each run of at least RUN_MIN adds (or removes) of consecutive items of
+    one list gathered into a list."""
+    out: list[Change | list[Change]] = []
+    run: list[Change] = []
+    at: tuple[str, int] | None = None
+
+    def close() -> None:
+        if len(run) >= RUN_MIN:
+            out.append(list(run))
+        else:
+            out.extend(run)
+        run.clear()
+
+    for c in changes:
+        where = _index_of(c.path) if c.op != "replace" else None
+        if where is not None and run and at is not None and c.op == run[0].op and where == (at[0], at[1] + 1):
+            run.append(c)
+            at = where
+            continue
+        close()
+        if where is not None:
+            run.append(c)
+            at = where
+        else:
+            out.append(c)
+    close()
+    return out
+
+
+def _run(run: list[Change]) -> dict[str, Any]:
+    first = _index_of(run[0].path)
+    assert first is not None
+    roles: dict[str, int] = {}
+    for c in run:
+        v = c.new if c.op == "add" else c.old
+        role = v.get("role") or v.get("type") if isinstance(v, dict) else None
+        if isinstance(role, str):
+            roles[role] = roles.get(role, 0) + 1
+    return {
+        "run": True,
+        "op": run[0].op,
+        "path": first[0],
+        "first": first[1],
+        "count": len(run),
+        "roles": roles,
+        "items": [fold(c.to_dict()) for c in run[:RUN_ITEMS]],
+    }
 
 
 def _under(path: str, prefix: str) -> bool:

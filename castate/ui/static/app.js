@@ -141,7 +141,10 @@ function act(action, body) {
   });
 }
 
+let drawn = false; // whether the current view has drawn anything yet
+
 function show(...children) {
+  drawn = true;
   main.replaceChildren(...children.flat().filter((c) => c !== null && c !== undefined && c !== false));
 }
 
@@ -153,9 +156,11 @@ function errorBox(err, retry, id) {
 }
 
 function showError(err) {
+  // Over what the view drew (its inputs stay), or alone when it drew nothing yet.
   const box = errorBox(err, () => route(), "error");
-  if (main.querySelector("h1")) main.prepend(box);
-  else show(el("h1", { text: "Something went wrong" }), box);
+  for (const old of main.querySelectorAll("#error")) old.remove();
+  if (drawn) main.prepend(box);
+  else show(el("h1", { text: "This view could not be shown" }), box);
 }
 
 function toggle(label, closed, build) {
@@ -608,7 +613,7 @@ async function sessionView(params) {
     let at = shown.indexOf(st.selected);
     if (at < 0) at = shown.findIndex((i) => i > st.selected);
     if (at < 0) at = shown.length - 1;
-    const start = Math.max(0, Math.floor(Math.max(at, 0) / PAGE_ROWS) * PAGE_ROWS);
+    const start = Math.max(0, Math.min(Math.floor(Math.max(at, 0) / PAGE_ROWS) * PAGE_ROWS, shown.length - PAGE_ROWS));
     const page = shown.slice(start, start + PAGE_ROWS);
     const go = (k) => { const i = shown[Math.max(0, Math.min(shown.length - 1, k))]; if (i !== undefined) select(i); };
     const nav = el("div", { class: "toolbar pager" },
@@ -631,9 +636,9 @@ async function sessionView(params) {
     listBox.replaceChildren(nav, el("table", { id: "saves" }, el("thead", {}, el("tr", {}, ["Save", "Step", "Node", "Metadata", "When", "New", "Logical", "Checkpoints, marks"].map((t, k) => el("th", { class: [0, 1, 5, 6].includes(k) ? "num" : null, text: t })))), body));
   }
 
-  function select(i, scroll) {
+  function select(i, scroll, keepZoom) {
     st.selected = i;
-    if (i < st.lo || i >= st.hi) {
+    if (!keepZoom && (i < st.lo || i >= st.hi)) {
       const span = st.hi - st.lo;
       st.lo = Math.max(0, Math.min(N - span, i - Math.floor(span / 2)));
       st.hi = st.lo + span;
@@ -715,8 +720,27 @@ async function sessionView(params) {
   );
   drawCompare();
   applyFilter();
-  if (N) select(st.selected);
-  if (data.growth_pending) later();
+  if (N) select(st.selected, false, true); // as the address says, zoom included
+  if (data.growth_pending) fillGrowth();
+  async function fillGrowth() {
+    // The sizes arrive later on a long history: fetch them again and fill them in, without
+    // drawing the view again (what the page showed, its head included, stays as it was).
+    await new Promise((r) => setTimeout(r, 1500));
+    if (!main.contains(details)) return;
+    let fresh;
+    try { fresh = await api("timeline", { session: sid }); } catch { return fillGrowth(); }
+    if (!main.contains(details)) return;
+    if (fresh.growth_pending) return fillGrowth();
+    const same = fresh.points.length >= N && points.every((p, i) => fresh.points[i].commit === p.commit);
+    if (same) {
+      fresh.points.forEach((q, i) => { if (i < N) Object.assign(points[i], { new_bytes: q.new_bytes, new_objects: q.new_objects, logical_bytes: q.logical_bytes, complete: q.complete }); });
+      chart.draw();
+      drawList();
+      select(st.selected, false, true);
+    }
+    const note = document.getElementById("growth-pending");
+    if (note) note.replaceWith(same ? "" : el("p", { class: "muted", id: "growth-changed" }, "The sizes are measured; the session changed since this page was drawn: ", el("a", { href: location.hash, onclick: () => route(), text: "see it now" })));
+  }
   keys = (e) => {
     const at = st.shown.indexOf(st.selected);
     if (e.key === "j" || e.key === "ArrowDown" || e.key === "ArrowRight") {
@@ -869,37 +893,22 @@ function textDiffView(td) {
     rows);
 }
 
-function parentOf(path) {
-  const k = path.lastIndexOf("/");
-  return [path.slice(0, k), path.slice(k + 1)];
-}
-
-function groupRuns(changes) {
-  // Consecutive adds (or removes) of items N, N+1, … of one list become one group.
-  const out = [];
-  for (const c of changes) {
-    const [parent, last] = parentOf(c.path);
-    const idx = /^\d+$/.test(last) ? Number(last) : null;
-    const g = out[out.length - 1];
-    if (idx !== null && (c.op === "add" || c.op === "remove") && g && g.group && g.op === c.op && g.parent === parent && g.next === idx) {
-      g.items.push(c);
-      g.next = idx + 1;
-      continue;
-    }
-    out.push(idx !== null && (c.op === "add" || c.op === "remove") ? { group: true, op: c.op, parent, first: idx, next: idx + 1, items: [c] } : c);
-  }
-  return out.flatMap((g) => (g.group && g.items.length < 3 ? g.items : [g]));
-}
-
-function roleSummary(items, op) {
-  const roles = {};
-  for (const c of items) {
-    const v = op === "add" ? c.new : c.old;
-    const r = v && typeof v === "object" && !Array.isArray(v) ? v.role || v.type : null;
-    if (r) roles[r] = (roles[r] || 0) + 1;
-  }
-  const parts = Object.entries(roles).map(([r, n]) => `${fmt(n)} ${r}`);
+function roleSummary(roles) {
+  const parts = Object.entries(roles || {}).map(([r, n]) => `${fmt(n)} ${r}`);
   return parts.length ? ` (${parts.join(", ")})` : "";
+}
+
+function runItem(g, d) {
+  // Items added to (or removed from) one list one after another: one line, opened on demand.
+  const side = g.op === "add" ? d.b.rev : d.a.rev;
+  const [button, body] = toggle("fold", g.items.length < g.count ? `show the first ${fmt(g.items.length)}` : `show ${plural(g.count, "item")}`, () => el("div", {},
+    el("ul", { class: "changes" }, g.items.map((c) => changeItem(c, d))),
+    g.items.length < g.count ? el("p", { class: "muted" }, `${plural(g.count - g.items.length, "more item")}: `, el("a", { href: href("tree", { rev: side, path: g.path, open: g.path }), text: "open the list in the tree" })) : null));
+  return el("li", { class: `change change-${g.op} change-group`, "data-op": g.op, "data-path": g.path, "data-count": g.count },
+    el("div", {}, el("span", { class: "op", text: `${g.op === "add" ? "+" : "−"}${fmt(g.count)} items` }), g.op === "add" ? "appended to " : "removed from ",
+      el("a", { class: "mono path", href: href("tree", { rev: side, path: g.path }), text: g.path || "/" }),
+      el("span", { class: "muted", text: ` [${fmt(g.first)}–${fmt(g.first + g.count - 1)}]${roleSummary(g.roles)} ` }), button),
+    body);
 }
 
 function changeItem(c, d) {
@@ -953,18 +962,10 @@ async function diffView(params) {
       el("tbody", {}, keysTable.map(([k, n]) => el("tr", { "data-key": k },
         el("td", {}, el("a", { href: href("diff", { a, b, path: k }), class: "mono", text: k })),
         el("td", { class: "num", text: fmt(n.add) }), el("td", { class: "num", text: fmt(n.remove) }), el("td", { class: "num", text: fmt(n.replace) }))))) : null,
-    el("ul", { class: "changes", id: "changes" }, groupRuns(d.changes).map((g) => {
-      if (!g.group) return changeItem(g, d);
-      const [button, body] = toggle("fold", `show ${plural(g.items.length, "item")}`, () => el("ul", { class: "changes" }, g.items.map((c) => changeItem(c, d))));
-      return el("li", { class: `change change-${g.op} change-group`, "data-op": g.op, "data-path": g.parent, "data-count": g.items.length },
-        el("div", {}, el("span", { class: "op", text: `${g.op === "add" ? "+" : "−"}${fmt(g.items.length)} items` }), g.op === "add" ? "appended to " : "removed from ",
-          el("a", { class: "mono path", href: href("tree", { rev: g.op === "add" ? d.b.rev : d.a.rev, path: g.parent }), text: g.parent || "/" }),
-          el("span", { class: "muted", text: ` [${fmt(g.first)}–${fmt(g.next - 1)}]${roleSummary(g.items, g.op)} ` }), button),
-        body);
-    })),
+    el("ul", { class: "changes", id: "changes" }, d.changes.map((c) => (c.run ? runItem(c, d) : changeItem(c, d)))),
     d.offset > 0 || d.truncated ? el("div", { class: "toolbar pager" },
       d.offset > 0 ? el("a", { href: pageLink(Math.max(0, d.offset - 2000)), id: "diff-prev", text: "‹ Previous changes" }) : null,
-      el("span", { class: "muted", text: `changes ${fmt(d.offset + 1)}–${fmt(shownTo)} of ${fmt(d.matching)}` }),
+      el("span", { class: "muted", text: `entries ${fmt(d.offset + 1)}–${fmt(shownTo)} of ${fmt(d.entries)} (a run of list items counts once)` }),
       d.truncated ? el("a", { href: pageLink(shownTo), id: "diff-next", text: "Next changes ›" }) : null) : null,
   );
 }
@@ -1221,6 +1222,7 @@ async function route() {
   const params = Object.fromEntries(search);
   const view = VIEWS[name];
   keys = null;
+  drawn = false;
   for (const a of document.querySelectorAll("header nav a")) a.classList.toggle("active", a.dataset.view === (name === "session" || name === "tree" || name === "" ? "sessions" : name));
   main.setAttribute("data-view", name || "sessions");
   main.removeAttribute("data-ready");
