@@ -95,6 +95,7 @@ class Explorer:
         self.growth_error: str | None = None  # why the last background measuring stopped
         self._chains: dict[str, _Chain] = {}
         self._commits: dict[bytes, Commit] = {}
+        self._summaries: dict[bytes, dict[str, Any]] = {}  # per save: commit, time, session, metadata
         self._hinted = False
         self._timelines: dict[str, tuple[Any, dict[str, Any]]] = {}
         self._health: tuple[Any, dict[str, Any]] | None = None
@@ -160,10 +161,15 @@ class Explorer:
         if missing <= INLINE_GROWTH:
             async with self._growth_lock:
                 return await self.growth.history(ids)
-        self._growth_queue.append(ids)
-        if self._growth_task is None or self._growth_task.done():
-            self._growth_task = asyncio.get_running_loop().create_task(self._measure())
+        if ids not in self._growth_queue:
+            self._growth_queue.append(ids)
         return None
+
+    def _kick(self) -> None:
+        """Start measuring what ``_growth_of`` queued: called when a document is ready, so the
+        measuring does not slow the request that asked for it."""
+        if self._growth_queue and (self._growth_task is None or self._growth_task.done()):
+            self._growth_task = asyncio.get_running_loop().create_task(self._measure())
 
     async def _measure(self) -> None:
         # Slice by slice (each continues the walk where the last stopped), letting requests
@@ -213,6 +219,7 @@ class Explorer:
                     "older_history_removed": bool(chain.entries[0][1].parents),
                 }
             )
+        self._kick()
         return {"sessions": rows, "growth_pending": pending, "growth_error": self.growth_error}
 
     async def timeline(self, session_id: str) -> dict[str, Any]:
@@ -225,6 +232,7 @@ class Explorer:
         if head is None:
             raise NotFoundError(f"no session {session_id!r}")
         doc = await self._timeline(session_id, head)
+        self._kick()
         if not doc["growth_pending"]:
             self._timelines[session_id] = (key, doc)
         return doc
@@ -236,21 +244,28 @@ class Explorer:
         own_ref = names.session_ref(session_id)
         index = chain.index
         points: list[dict[str, Any]] = []
+        summaries = self._summaries
         for i, (cid, c) in enumerate(entries):
+            base = summaries.get(cid)
+            if base is None:  # what a save says of itself never changes: made once per commit
+                base = summaries[cid] = {
+                    "commit": cid.hex(),
+                    "time_ns": c.time_ns,
+                    "session": c.session,
+                    "meta": fold(c.meta),
+                }
+                if c.name:
+                    base["name"] = c.name
             g = growth[i] if growth is not None else None
-            point: dict[str, Any] = {
-                "commit": cid.hex(),
-                "time_ns": c.time_ns,
-                "session": c.session,
-                "meta": fold(c.meta),
-                "new_objects": g.new_objects if g else None,
-                "new_bytes": g.new_bytes if g else None,
-                "logical_bytes": g.logical_bytes if g else None,
-                "complete": g.complete if g else True,
-            }
-            if c.name:
-                point["name"] = c.name
-            points.append(point)
+            points.append(
+                {
+                    **base,
+                    "new_objects": g.new_objects if g else None,
+                    "new_bytes": g.new_bytes if g else None,
+                    "logical_bytes": g.logical_bytes if g else None,
+                    "complete": g.complete if g else True,
+                }
+            )
 
         elsewhere = []
         cps = await self.sm.list_checkpoints(session_id)
