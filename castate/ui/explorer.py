@@ -34,6 +34,7 @@ MAX_CHANGES = 2000  # changes a diff sends
 MAX_VALUE = 16 << 20  # bytes of a str or bytes value sent whole
 MESSAGE_FIELDS = ("role", "type", "name", "content", "tool_call_id", "tool_calls")
 MESSAGE_PREVIEW = 160  # characters of a message's content shown in a list
+TEXT_DIFF_FROM = 120  # characters from which a replaced one-line string gets a word diff
 RUN_MIN = 3  # consecutive list items added or removed that a diff sends as one run
 RUN_ITEMS = 100  # items of a run sent
 INLINE_GROWTH = 1000  # unknown saves measured within a request; more go to the background
@@ -351,7 +352,7 @@ class Explorer:
                 out.append(_run(e))
                 continue
             d = fold(e.to_dict())
-            if e.op == "replace" and type(e.old) is str and type(e.new) is str:
+            if e.op == "replace" and type(e.old) is str and type(e.new) is str and _text_like(e.old, e.new):
                 d["text_diff"] = text_diff(e.old, e.new)
             out.append(d)
         ra.pop("root")
@@ -598,6 +599,12 @@ def _run(run: list[Change]) -> dict[str, Any]:
         "roles": roles,
         "items": [fold(c.to_dict()) for c in run[:RUN_ITEMS]],
     }
+
+
+def _text_like(a: str, b: str) -> bool:
+    """Whether two strings read better as a line and word diff than side by side: text with
+    lines, or long enough that their first characters may be all one sees."""
+    return "\n" in a or "\n" in b or max(len(a), len(b)) > TEXT_DIFF_FROM
 
 
 def _under(path: str, prefix: str) -> bool:
