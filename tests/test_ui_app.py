@@ -320,3 +320,117 @@ def test_parse_pointer_follows_rfc_6901() -> None:
     for bad in ("/~2", "/a~", "/~~0", "a"):
         with pytest.raises(InvalidKeyError):
             parse_pointer(bad)
+
+
+def test_text_diff_shows_the_changed_lines_and_words() -> None:
+    from castate.ui.textdiff import text_diff
+
+    report = "# Report\n" + "".join(f"- fact {i}\n" for i in range(100))
+    d = text_diff(report, report + "- fact 100\n")
+    assert (d["added"], d["removed"], d["lines_a"], d["lines_b"]) == (1, 0, 101, 102)
+    assert d["rows"][0] == {"t": "skip", "n": 99}  # the unchanged head is counted, not sent
+    assert [r["t"] for r in d["rows"][1:]] == ["=", "=", "+"]
+    assert d["rows"][-1] == {"t": "+", "line": 102, "text": "- fact 100\n"}
+    edit = text_diff("the quick fox\nsame\n", "the slow fox\nsame\n")["rows"][0]
+    assert edit["t"] == "~"
+    assert edit["words"] == [["=", "the "], ["-", "quick"], ["+", "slow"], ["=", " fox\n"]]
+
+
+async def test_diff_sends_runs_counts_by_key_a_path_filter_and_text_diffs(sm: castate.StateManager) -> None:
+    messages = [message(i) for i in range(3)]
+    doc = "".join(f"line {i}\n" for i in range(50))
+    await sm.save_session("s", {"messages": list(messages), "doc": doc, "n": 1})
+    a = (await sm.resolve("s")).commit.hex()
+    await sm.save_session(
+        "s", {"messages": [*messages, *(message(i) for i in range(3, 40))], "doc": doc + "end\n", "n": 2}
+    )
+    async with client(sm) as c:
+        d = await get(c, "/api/diff", a=a, b="s")
+        assert d["counts"] == {"add": 37, "remove": 0, "replace": 2}
+        assert d["by_key"]["/messages"] == {"add": 37, "remove": 0, "replace": 0}
+        run = next(ch for ch in d["changes"] if ch.get("run"))
+        assert (run["op"], run["path"], run["first"], run["count"]) == ("add", "/messages", 3, 37)
+        assert run["roles"] == {"user": 19, "assistant": 18}  # odd items are the user's
+        assert run["items"][0] == {"op": "add", "path": "/messages/3", "new": message(3)}
+        assert d["entries"] == 3  # the run, /doc and /n
+        text = next(ch for ch in d["changes"] if ch.get("path") == "/doc")["text_diff"]
+        assert [r for r in text["rows"] if r["t"] == "+"] == [{"t": "+", "line": 51, "text": "end\n"}]
+        assert "text_diff" not in next(ch for ch in d["changes"] if ch.get("path") == "/n")
+        only = await get(c, "/api/diff", a=a, b="s", path="/doc")
+        assert [ch["path"] for ch in only["changes"]] == ["/doc"]
+        assert only["matching"] == 1
+        assert only["total"] == 39
+        paged = await get(c, "/api/diff", a=a, b="s", offset=1, limit=1)
+        assert len(paged["changes"]) == 1
+        assert paged["truncated"] is True
+        await get(c, "/api/diff", 400, a=a, b="s", path="/~2")
+
+
+async def test_long_histories_are_measured_in_the_background(
+    sm: castate.StateManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import castate.ui.explorer as explorer_module
+
+    for step in range(12):
+        await sm.save_session("run", {"step": step, "items": list(range(step * 10))})
+    expected = await Explorer(sm).timeline("run")  # short enough to measure within the request
+    monkeypatch.setattr(explorer_module, "INLINE_GROWTH", 4)
+    ex = Explorer(sm)
+    first = await ex.sessions()
+    assert first["growth_pending"] is True
+    assert first["sessions"][0]["saves"] == 12
+    assert first["sessions"][0]["stored_bytes"] is None  # not measured yet, said so
+    pending = await ex.timeline("run")
+    assert pending["growth_pending"] is True
+    assert all(p["new_bytes"] is None for p in pending["points"])
+    await ex.settle()
+    done = await ex.timeline("run")
+    assert done["growth_pending"] is False
+    assert done["points"] == expected["points"]  # the same numbers as measured in one go
+    assert (await ex.sessions())["sessions"][0]["stored_bytes"] == expected["stored_bytes"]
+    # One more save: only it is read (the chain and the walk continue where they stopped).
+    await sm.save_session("run", {"step": 12, "items": list(range(120))})
+    more = await ex.timeline("run")
+    assert len(more["points"]) == 13
+    assert more["points"][:12] == expected["points"]
+    assert more["head"] == (await sm.resolve("run")).commit.hex()
+    await ex.close()
+
+
+async def test_tree_sums_up_messages_and_serves_downloads(sm: castate.StateManager) -> None:
+    call = {"role": "assistant", "name": "researcher", "content": "", "tool_calls": [{"id": "c1", "name": "search"}]}
+    answer = {"role": "tool", "tool_call_id": "c1", "content": "found " + "x" * 300}
+    await sm.save_session(
+        "s", {"messages": [message(1), call, answer, {"not": "a message"}], "blob": b"\x00\x01" * 400}
+    )
+    async with client(sm) as c:
+        items = (await get(c, "/api/tree", rev="s", path="/messages"))["node"]["items"]
+        assert items[0]["message"] == {"role": "user", "content": "message number 1", "content_size": 16}
+        assert items[1]["message"]["calls"] == [{"id": "c1", "name": "search"}]
+        assert items[1]["message"]["name"] == "researcher"
+        assert items[2]["message"]["tool_call_id"] == "c1"
+        assert items[2]["message"]["content_size"] == 306
+        assert len(items[2]["message"]["content"]) == 160  # a preview
+        assert "message" not in items[3]
+        r = await c.get("/api/download", params={"rev": "s", "path": "/blob"})
+        assert r.status_code == 200
+        assert r.content == b"\x00\x01" * 400
+        assert r.headers["content-disposition"] == 'attachment; filename="value.bin"'
+        assert r.headers["x-content-type-options"] == "nosniff"
+        r = await c.get("/api/download", params={"rev": "s", "path": "/messages/2/content"})
+        assert r.text == answer["content"]
+        assert (await c.get("/api/download", params={"rev": "s", "path": "/messages"})).status_code == 400
+
+
+async def test_a_store_deleted_while_served_is_an_error_that_says_so(tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "store"
+    async with castate.StateManager(castate.FileStorageBackend(path)) as sm:
+        await sm.save_session("a", {"x": 1})
+        async with client(sm) as c:
+            shutil.rmtree(path)
+            for url in ("/api/sessions", "/api/health", "/api/timeline"):
+                r = await c.get(url, params={"session": "a"})
+                assert r.status_code in (500, 503)
+                assert str(path) in r.json()["error"]  # names what is missing, as JSON the page shows inline

@@ -26,7 +26,14 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from castate.cli.output import to_json
-from castate.errors import CastateError, ConflictError, InvalidKeyError, NotFoundError
+from castate.errors import (
+    BackendUnavailableError,
+    CastateError,
+    ConflictError,
+    InvalidKeyError,
+    NotFoundError,
+    StoreIOError,
+)
 from castate.ui.explorer import MAX_CHANGES, Explorer
 
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
@@ -59,7 +66,9 @@ def _error_status(exc: CastateError) -> int:
         return 400
     if isinstance(exc, ConflictError):
         return 409
-    return 500
+    if isinstance(exc, BackendUnavailableError | StoreIOError):
+        return 503  # the store cannot be reached or read now: worth a retry
+    return 500  # e.g. corruption, which names the object or file
 
 
 def _endpoint(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
