@@ -154,7 +154,7 @@ def test_step_view_finds_a_step_among_10000_saves(page: Page, server: Server) ->
     # The whole view is in the address: a reload shows the same save, filter and zoom.
     url = page.url
     assert "node=critic" in url
-    assert "q=step%3A100-200" in url
+    assert "q=step:100-200" in url
     load(page, url, "session")
     assert "step 123 · critic" in page.locator("#point-details h3").inner_text()
     assert page.input_value("#step-filter") == "step:100-200"

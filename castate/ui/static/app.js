@@ -88,13 +88,19 @@ function short(id) {
   return id ? id.slice(0, 12) : "–";
 }
 
+function revLabel(r) {
+  // "session run-1 (commit 0f53b2777bc3)", or "commit 0f53b2777bc3" alone.
+  return r.label.startsWith("commit ") ? r.label : `${r.label} (commit ${short(r.commit)})`;
+}
+
 function href(view, params) {
   const q = new URLSearchParams();
   for (const [k, v] of Object.entries(params || {})) {
     if (Array.isArray(v)) for (const x of v) q.append(k, x);
     else if (v !== null && v !== undefined && v !== "") q.set(k, v);
   }
-  const s = q.toString();
+  // "/" and ":" may stay as they are in a fragment: checkpoint ids and paths stay readable.
+  const s = q.toString().replace(/%2F/gi, "/").replace(/%3A/gi, ":");
   return `#/${view}${s ? "?" + s : ""}`;
 }
 
@@ -457,7 +463,11 @@ function timelineCanvas(points, sid, st, onSelect, onZoom) {
         if (labels && px - lastLabel > 90) {
           const p = points.slice(col.a, col.b).find((q) => q.checkpoints);
           g.font = "11px system-ui, sans-serif";
-          g.fillText(p.checkpoints[0].name + (col.cp > 1 ? ` +${col.cp - 1}` : ""), px + 9, pad.t - 16);
+          const label = p.checkpoints[0].name + (col.cp > 1 ? ` +${col.cp - 1}` : "");
+          const right = px + 9 + g.measureText(label).width <= W - pad.r;
+          g.textAlign = right ? "left" : "right";
+          g.fillText(label, right ? px + 9 : px - 4, pad.t - 16);
+          g.textAlign = "left";
           lastLabel = px;
         }
       }
@@ -483,7 +493,8 @@ function timelineCanvas(points, sid, st, onSelect, onZoom) {
       g.textAlign = "right";
       g.fillText(`save ${fmt(st.hi)} · ${absTime(points[st.hi - 1].time_ns)}`, W - pad.r, H - 8);
       g.fillStyle = c.logical;
-      g.fillText(`logical ${humanBytes(maxLogical)}`, W - pad.r, pad.t - 4);
+      g.textAlign = "left";
+      g.fillText(`${humanBytes(maxLogical)} logical`, 4, pad.t + 24);
     }
     if (st.selected >= st.lo && st.selected < st.hi) {
       const px = x(st.selected);
@@ -953,7 +964,7 @@ async function diffView(params) {
   const pageLink = (o) => href("diff", { a, b, path, offset: o || null });
   const shownTo = d.offset + d.changes.length;
   out.append(
-    el("p", { class: "muted" }, "A = ", el("a", { href: href("tree", { rev: d.a.rev }), text: d.a.label }), ` (${short(d.a.commit)}, `, when(d.a.time), ") · B = ", el("a", { href: href("tree", { rev: d.b.rev }), text: d.b.label }), ` (${short(d.b.commit)}, `, when(d.b.time), ")"),
+    el("p", { class: "muted" }, "A = ", el("a", { href: href("tree", { rev: d.a.rev }), text: revLabel(d.a) }), ", saved ", when(d.a.time), " · B = ", el("a", { href: href("tree", { rev: d.b.rev }), text: revLabel(d.b) }), ", saved ", when(d.b.time)),
     el("div", { id: "diff-summary", class: "summary" },
       d.total === 0 ? "No differences." : `${plural(d.total, "change")}: ${fmt(d.counts.add)} added, ${fmt(d.counts.remove)} removed, ${fmt(d.counts.replace)} replaced.`,
       path ? ` Under ${path}: ${plural(d.matching, "change")}.` : null),
@@ -1123,7 +1134,7 @@ async function treeView(params, search) {
   show(el("h1", {}, "State ", el("code", { text: rev })), title, crumbs, box);
   const data = await loadLevel(ctx, parts, box, 0);
   if (!data) return;
-  title.replaceChildren(`${data.label} · commit ${short(data.commit)} · saved `, when(data.time), data.session ? ` by session ${data.session}` : "");
+  title.replaceChildren(`${revLabel(data)} · saved `, when(data.time), data.session ? ` by session ${data.session}` : "");
   if (data.session) title.append(" · ", el("a", { href: href("session", { id: data.session }), text: "timeline" }));
   // Open again what the URL says was open, parents first.
   for (const p of [...ctx.open].sort((x, y) => x.split("/").length - y.split("/").length)) {
