@@ -295,23 +295,25 @@ def test_actions_on_a_stale_page_conflict_and_a_restore_can_be_undone(
         server.stop()
 
 
-def test_dark_mode_inline_errors_and_a_stopped_server(page: Page, long_store: tuple[Path, dict[str, Any]]) -> None:
-    server = Server(long_store[0])
-    try:
-        page.emulate_media(color_scheme="dark")
-        load(page, server.url + "#/session?id=long-run", "session")
-        assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(21, 24, 30)"
-        shoot(page, "timeline-dark")
-        page.emulate_media(color_scheme="light")
+def test_dark_mode_inline_errors_and_a_stopped_server(page: Page, server: Server, long_store: tuple[Path, Any]) -> None:
+    page.emulate_media(color_scheme="dark")
+    load(page, server.url + "#/session?id=long-run", "session")
+    assert page.evaluate("getComputedStyle(document.body).backgroundColor") == "rgb(21, 24, 30)"
+    shoot(page, "timeline-dark")
+    page.emulate_media(color_scheme="light")
 
-        load(page, server.url + "#/diff?a=long-run&b=no-such-session", "diff")
-        error = page.locator("#diff-result .error")
-        assert "no-such-session" in error.inner_text()
-        assert error.locator("button.retry").count() == 1
-        assert page.input_value("#diff-b") == "no-such-session"  # the inputs stay, to be corrected
-        assert page.locator("#diff-path").count() == 1
+    load(page, server.url + "#/diff?a=long-run&b=no-such-session", "diff")
+    error = page.locator("#diff-result .error")
+    assert "no-such-session" in error.inner_text()
+    assert error.locator("button.retry").count() == 1
+    assert page.input_value("#diff-b") == "no-such-session"  # the inputs stay, to be corrected
+    assert page.locator("#diff-path").count() == 1
+
+    other = Server(long_store[0])
+    try:
+        load(page, other.url + "#/diff", "diff")
     finally:
-        server.stop()
+        other.stop()
     page.click("header nav a[data-view=health]")
     ready(page, "health")
     assert "does not answer" in page.locator("#error").inner_text()

@@ -450,7 +450,7 @@ function timelineCanvas(points, sid, st, onSelect, onZoom) {
     g.stroke();
     // Checkpoints above, forks and restores below, filter matches on the axis.
     const labels = agg.filter((col) => col.cp).length <= 24;
-    let lastLabel = -1e9;
+    let lastEnd = -1e9; // where the last checkpoint name drawn ends: names never overlap
     agg.forEach((col, k) => {
       const px = pad.l + (k + 0.5) * cw;
       if (col.cp) {
@@ -460,15 +460,17 @@ function timelineCanvas(points, sid, st, onSelect, onZoom) {
         g.globalAlpha = 1;
         g.fillStyle = c.cp;
         g.beginPath(); g.moveTo(px, pad.t - 24); g.lineTo(px + 7, pad.t - 21); g.lineTo(px, pad.t - 18); g.fill();
-        if (labels && px - lastLabel > 90) {
+        if (labels) {
           const p = points.slice(col.a, col.b).find((q) => q.checkpoints);
           g.font = "11px system-ui, sans-serif";
           const label = p.checkpoints[0].name + (col.cp > 1 ? ` +${col.cp - 1}` : "");
-          const right = px + 9 + g.measureText(label).width <= W - pad.r;
-          g.textAlign = right ? "left" : "right";
-          g.fillText(label, right ? px + 9 : px - 4, pad.t - 16);
-          g.textAlign = "left";
-          lastLabel = px;
+          const w = g.measureText(label).width;
+          const right = px + 9 + w <= W - pad.r;
+          const start = right ? px + 9 : px - 4 - w;
+          if (start > lastEnd + 6) {
+            g.fillText(label, start, pad.t - 16);
+            lastEnd = start + w;
+          }
         }
       }
       if (col.mark) {
@@ -486,7 +488,9 @@ function timelineCanvas(points, sid, st, onSelect, onZoom) {
     g.fillStyle = c.muted;
     g.font = "11px system-ui, sans-serif";
     g.textAlign = "left";
-    g.fillText(humanBytes(maxNew), 4, pad.t + 8);
+    const measured = points[st.lo] && points[st.lo].new_bytes !== null;
+    if (measured) g.fillText(humanBytes(maxNew), 4, pad.t + 8);
+    else g.fillText("sizes being measured…", pad.l + 8, pad.t + 8);
     g.fillText("0", 4, base);
     if (n > 0) {
       g.fillText(`save ${fmt(st.lo + 1)} · ${absTime(points[st.lo].time_ns)}`, pad.l, H - 8);
@@ -494,7 +498,7 @@ function timelineCanvas(points, sid, st, onSelect, onZoom) {
       g.fillText(`save ${fmt(st.hi)} · ${absTime(points[st.hi - 1].time_ns)}`, W - pad.r, H - 8);
       g.fillStyle = c.logical;
       g.textAlign = "left";
-      g.fillText(`${humanBytes(maxLogical)} logical`, 4, pad.t + 24);
+      if (measured) g.fillText(`${humanBytes(maxLogical)} logical`, 4, pad.t + 24);
     }
     if (st.selected >= st.lo && st.selected < st.hi) {
       const px = x(st.selected);
