@@ -1,9 +1,12 @@
 """What the pages show, as JSON-ready documents built from the library: sessions and their
-logs, per-save growth, diffs, one level of a state, the store's stats and maintenance record.
+histories, per-save growth, the head's moves, diffs, one level of a state, the store's stats
+and maintenance record, and the write actions the page may ask for.
 
-Every number comes from a library call (``StateManager``, ``Repository.log``,
-``GrowthIndex``, ``browse.level``, ``store_stats``, ``read_runs``); this module only
-gathers and labels. Nothing here knows HTTP (``castate.ui.app`` does).
+Every number comes from a library call (``StateManager``, ``Repository``, ``GrowthIndex``,
+``browse.level``, ``store_stats``, ``read_runs``); this module gathers, labels and keeps
+what does not change (see ``Explorer``). How a diff and a list of messages are shaped lives
+in ``castate.ui.changes`` and ``castate.ui.messages``. Nothing here knows HTTP
+(``castate.ui.app`` does).
 """
 
 from __future__ import annotations
@@ -18,44 +21,21 @@ from castate.cli.output import iso_time
 from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository import browse
 from castate.repository import refs as names
-from castate.repository.diff import Change
 from castate.repository.growth import Growth, GrowthIndex
 from castate.repository.health import read_runs
-from castate.repository.tree import Loader, dict_of, entry_at, parse_pointer
+from castate.repository.tree import Loader, entry_at, parse_pointer
 from castate.state import StateManager
-from castate.ui.textdiff import text_diff
+from castate.ui.changes import by_key, present
+from castate.ui.fold import FOLD, fold
+from castate.ui.messages import summaries
 
 if TYPE_CHECKING:
     from castate.codec import Commit  # the type only: commits come from the repository
 
-FOLD = 2000  # characters of a str (bytes of a bytes value) a diff sends before folding the rest
-FOLD_ITEMS = 200  # items of a list a diff sends before folding the rest
 MAX_CHANGES = 2000  # changes a diff sends
 MAX_VALUE = 16 << 20  # bytes of a str or bytes value sent whole
-MESSAGE_FIELDS = ("role", "type", "name", "content", "tool_call_id", "tool_calls")
-MESSAGE_PREVIEW = 160  # characters of a message's content shown in a list
-TEXT_DIFF_FROM = 120  # characters from which a replaced one-line string gets a word diff
-RUN_MIN = 3  # consecutive list items added or removed that a diff sends as one run
-RUN_ITEMS = 100  # items of a run sent
 INLINE_GROWTH = 1000  # unknown saves measured within a request; more go to the background
 GROWTH_SLICE = 100  # saves the background measures before letting requests in
-
-
-def fold(value: Any) -> Any:
-    """A copy of ``value`` small enough to send: long str and bytes values become
-    ``{"$folded": <head>, "$length": n}`` (bytes as ``{"$bytes": base64}`` inside), long
-    lists keep their head and end with ``{"$more": n}``."""
-    t = type(value)
-    if t is str:
-        return value if len(value) <= FOLD else {"$folded": value[:FOLD], "$length": len(value)}
-    if t is bytes:
-        return value if len(value) <= FOLD else {"$folded": value[:FOLD], "$length": len(value)}
-    if t is dict:
-        return {k: fold(v) for k, v in value.items()}
-    if t is list:
-        head = [fold(v) for v in value[:FOLD_ITEMS]]
-        return head if len(value) <= FOLD_ITEMS else [*head, {"$more": len(value) - FOLD_ITEMS}]
-    return value
 
 
 def _item(item: browse.Item) -> dict[str, Any]:
@@ -337,24 +317,8 @@ class Explorer:
         parse_pointer(path)  # refuse a malformed prefix, as the tree does
         ra, rb = await self._revision(a), await self._revision(b)
         changes = await self.sm.diff(a, b)
-        by_key: dict[str, dict[str, int]] = {}
-        for c in changes:
-            top = "/" + c.path.split("/")[1] if c.path.count("/") >= 1 and c.path else "/"
-            row = by_key.setdefault(top, {"add": 0, "remove": 0, "replace": 0})
-            row[c.op] += 1
         counts = {op: sum(1 for c in changes if c.op == op) for op in ("add", "remove", "replace")}
-        chosen = [c for c in changes if _under(c.path, path)] if path else changes
-        entries = _runs(chosen)
-        page = entries[offset : offset + limit]
-        out = []
-        for e in page:
-            if isinstance(e, list):
-                out.append(_run(e))
-                continue
-            d = fold(e.to_dict())
-            if e.op == "replace" and type(e.old) is str and type(e.new) is str and _text_like(e.old, e.new):
-                d["text_diff"] = text_diff(e.old, e.new)
-            out.append(d)
+        shown = present(changes, path, offset, limit)
         ra.pop("root")
         rb.pop("root")
         return {
@@ -362,13 +326,10 @@ class Explorer:
             "b": rb,
             "total": len(changes),
             "counts": counts,
-            "by_key": by_key,
+            "by_key": by_key(changes),
             "path": path,
-            "matching": len(chosen),
-            "entries": len(entries),
             "offset": offset,
-            "changes": out,
-            "truncated": offset + len(page) < len(entries),
+            **shown,
         }
 
     async def tree(self, rev: str, path: str, offset: int, limit: int) -> dict[str, Any]:
@@ -380,58 +341,12 @@ class Explorer:
         if isinstance(node, browse.Level):
             items = [_item(i) for i in node.items]
             if node.kind == "list":
-                for at, preview in (await self._messages(loader, root, parts, node)).items():
+                for at, preview in (await summaries(loader, root, parts, node)).items():
                     items[at]["message"] = preview
             body = {"kind": node.kind, "total": node.total, "offset": node.offset, "items": items}
         else:
             body = _item(node)
         return {**r, "path": path, "node": body}
-
-    async def _messages(
-        self, loader: Loader, root: bytes, parts: list[str], node: browse.Level
-    ) -> dict[int, dict[str, Any]]:
-        """For the dicts of a list page that look like chat messages (a ``role`` or ``type``
-        key): role, name, a preview of the content, tool call ids and names, the id of the
-        call a tool result answers. Reads one object per message and per field shown, in
-        batches, plus the (small) tool call lists whole."""
-        at = [k for k, i in enumerate(node.items) if i.kind == "dict"]
-        if not at:
-            return {}
-        entry = await entry_at(loader, root, parts)
-        stop = node.offset + len(node.items)
-        chosen = (
-            entry[node.offset : stop]
-            if type(entry) is list
-            else await browse.list_range(loader, entry.id, node.offset, stop)
-        )
-        dicts = await asyncio.gather(*(_children(loader, chosen[k]) for k in at))
-        pairs: list[tuple[tuple[int, str], Any]] = []
-        for k, children in zip(at, dicts, strict=True):
-            if "role" in children or "type" in children:
-                pairs.extend(((k, f), children[f]) for f in MESSAGE_FIELDS if f in children)
-        described = await browse.describe(loader, [(None, e) for _, e in pairs], MESSAGE_PREVIEW)
-        out: dict[int, dict[str, Any]] = {}
-        calls: list[tuple[int, Any]] = []
-        for ((k, f), e), item in zip(pairs, described, strict=True):
-            row = out.setdefault(k, {})
-            if f == "tool_calls":
-                row["tool_calls"] = item.size or 0
-                if item.kind == "list" and (item.size or 0) <= 32:
-                    calls.append((k, e))
-            elif item.kind == "str":
-                row[f] = item.value
-                if f == "content":
-                    row["content_size"] = item.size  # UTF-8 bytes
-            elif f == "content":
-                row["content_kind"] = f"{item.kind} · {item.size} " + ("items" if item.kind == "list" else "keys")
-        if calls:
-            for (k, _), value in zip(calls, await loader.values([e for _, e in calls]), strict=True):
-                out[k]["calls"] = [
-                    {"id": c.get("id"), "name": c.get("name") or (c.get("function") or {}).get("name")}
-                    for c in value
-                    if isinstance(c, dict)
-                ]
-        return out
 
     async def value(self, rev: str, path: str) -> dict[str, Any]:
         """The whole value at ``path`` (a str or bytes value up to ``MAX_VALUE`` bytes)."""
@@ -542,77 +457,8 @@ class Explorer:
         }
 
 
-async def _children(loader: Loader, entry: Any) -> dict[str, Any]:
-    return entry if type(entry) is dict else await dict_of(loader, entry.id)
-
-
-def _index_of(path: str) -> tuple[str, int] | None:
-    parent, _, last = path.rpartition("/")
-    return (parent, int(last)) if last.isascii() and last.isdigit() else None
-
-
-def _runs(changes: list[Change]) -> list[Change | list[Change]]:
-    """``changes`` with each run of at least RUN_MIN adds (or removes) of consecutive items of
-    one list gathered into a list."""
-    out: list[Change | list[Change]] = []
-    run: list[Change] = []
-    at: tuple[str, int] | None = None
-
-    def close() -> None:
-        if len(run) >= RUN_MIN:
-            out.append(list(run))
-        else:
-            out.extend(run)
-        run.clear()
-
-    for c in changes:
-        where = _index_of(c.path) if c.op != "replace" else None
-        if where is not None and run and at is not None and c.op == run[0].op and where == (at[0], at[1] + 1):
-            run.append(c)
-            at = where
-            continue
-        close()
-        if where is not None:
-            run.append(c)
-            at = where
-        else:
-            out.append(c)
-    close()
-    return out
-
-
-def _run(run: list[Change]) -> dict[str, Any]:
-    first = _index_of(run[0].path)
-    assert first is not None
-    roles: dict[str, int] = {}
-    for c in run:
-        v = c.new if c.op == "add" else c.old
-        role = v.get("role") or v.get("type") if isinstance(v, dict) else None
-        if isinstance(role, str):
-            roles[role] = roles.get(role, 0) + 1
-    return {
-        "run": True,
-        "op": run[0].op,
-        "path": first[0],
-        "first": first[1],
-        "count": len(run),
-        "roles": roles,
-        "items": [fold(c.to_dict()) for c in run[:RUN_ITEMS]],
-    }
-
-
-def _text_like(a: str, b: str) -> bool:
-    """Whether two strings read better as a line and word diff than side by side: text with
-    lines, or long enough that their first characters may be all one sees."""
-    return "\n" in a or "\n" in b or max(len(a), len(b)) > TEXT_DIFF_FROM
-
-
-def _under(path: str, prefix: str) -> bool:
-    return path == prefix or path.startswith(prefix.rstrip("/") + "/")
-
-
 def _is_save(message: str) -> bool:
     return message.startswith("save ")
 
 
-__all__ = ["Explorer", "fold"]
+__all__ = ["FOLD", "Explorer", "fold"]
