@@ -434,3 +434,21 @@ async def test_a_store_deleted_while_served_is_an_error_that_says_so(tmp_path: P
                 r = await c.get(url, params={"session": "a"})
                 assert r.status_code in (500, 503)
                 assert str(path) in r.json()["error"]  # names what is missing, as JSON the page shows inline
+
+
+async def test_health_walks_the_store_again_only_when_refs_moved(
+    sm: castate.StateManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import castate.ui.explorer as explorer_module
+
+    await sm.save_session("a", {"x": 1})
+    ex = Explorer(sm)
+    first = await ex.health()
+    assert (await ex.health())["now"] is first["now"]  # nothing moved: the same numbers, no walk
+    await sm.save_session("b", {"y": 2})
+    assert (await ex.health())["now"] is first["now"]  # moved, but walked less than HEALTH_EVERY ago
+    monkeypatch.setattr(explorer_module, "HEALTH_EVERY", 0.0)
+    again = await ex.health()
+    assert again["now"]["sessions"] == 2
+    await sm.fsck(record=True)
+    assert [r["op"] for r in (await ex.health())["runs"]] == ["fsck"]  # runs are read on every call

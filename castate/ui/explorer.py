@@ -36,6 +36,7 @@ MAX_CHANGES = 2000  # changes a diff sends
 MAX_VALUE = 16 << 20  # bytes of a str or bytes value sent whole
 INLINE_GROWTH = 1000  # unknown saves measured within a request; more go to the background
 GROWTH_SLICE = 100  # saves the background measures before letting requests in
+HEALTH_EVERY = 10.0  # seconds between two walks of the store for its stats while refs keep moving
 
 
 def _item(item: browse.Item) -> dict[str, Any]:
@@ -366,35 +367,31 @@ class Explorer:
     # -- the store -----------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        """The store's stats and recorded runs, computed again only when a ref moved (a save,
-        a gc or fsck run recording itself): ``now.time`` says when they were computed."""
+        """The store's stats and its recorded gc and fsck runs. The runs are read on every
+        call (one ref). The stats, a walk of the store, are computed again only when a ref
+        moved, and at most every ``HEALTH_EVERY`` seconds on a store whose sessions keep
+        saving: ``now.time`` says when they were computed."""
         key = tuple(sorted((await self.repo.list_refs()).items()))
-        if self._health is not None and self._health[0] == key:
-            return self._health[1]
-        doc = await self._health_now()
-        self._health = (key, doc)
-        return doc
-
-    async def _health_now(self) -> dict[str, Any]:
-        stats = await self.sm.stats(top=0)
+        kept = self._health
+        if kept is None or (kept[0] != key and time.time() - kept[1]["time"] >= HEALTH_EVERY):
+            kept = self._health = (key, await self._stats())
         runs = await read_runs(self.repo)
         last = {op: next((r for r in reversed(runs) if r.get("op") == op), None) for op in ("gc", "fsck")}
+        return {"now": kept[1], "last_gc": last["gc"], "last_fsck": last["fsck"], "runs": runs}
+
+    async def _stats(self) -> dict[str, Any]:
+        stats = await self.sm.stats(top=0)
         return {
-            "now": {
-                "time": time.time(),
-                "sessions": stats.sessions,
-                "checkpoints": stats.checkpoints,
-                "objects": stats.objects,
-                "object_bytes": stats.object_bytes,
-                "reachable_objects": stats.reachable_objects,
-                "reachable_bytes": stats.reachable_bytes,
-                "store_bytes": stats.disk_bytes,
-                "logical_bytes": stats.logical_bytes,
-                "dedup_ratio": round(stats.dedup_ratio, 3),
-            },
-            "last_gc": last["gc"],
-            "last_fsck": last["fsck"],
-            "runs": runs,
+            "time": time.time(),
+            "sessions": stats.sessions,
+            "checkpoints": stats.checkpoints,
+            "objects": stats.objects,
+            "object_bytes": stats.object_bytes,
+            "reachable_objects": stats.reachable_objects,
+            "reachable_bytes": stats.reachable_bytes,
+            "store_bytes": stats.disk_bytes,
+            "logical_bytes": stats.logical_bytes,
+            "dedup_ratio": round(stats.dedup_ratio, 3),
         }
 
     # -- actions (only served with --allow-writes) ---------------------------------------------
