@@ -273,7 +273,7 @@ def test_actions_on_a_stale_page_conflict_and_a_restore_can_be_undone(
         # The head the undo replaced stays in the head history, and can be restored from it.
         page.locator(f"#reflog tr.reflog-row[data-new='{restored}'] button.restore-new").first.click()
         page.click("#confirm-yes")
-        page.wait_for_selector("#action-result.ok >> text=is now at")
+        page.wait_for_selector(f"#action-result.ok >> text=Restored: session long-run is now at {restored[:12]}")  # type: ignore[index]
         assert in_thread(asyncio.run, head_of("long-run")) == restored
         page.locator("#reflog-saves").check()  # plain saves too: the head before the other writer
         page.locator(f"#reflog tr.reflog-row[data-old='{head}']").first.wait_for()
