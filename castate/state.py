@@ -430,10 +430,17 @@ class StateManager:
                 ) from None
         return rev.commit.hex()
 
-    async def restore_into_session(self, source: str, session_id: str | None = None) -> RestoreResult:
+    async def restore_into_session(
+        self, source: str, session_id: str | None = None, *, expected: str | None = None
+    ) -> RestoreResult:
         """Make ``source`` (a checkpoint or commit) the current state of ``session_id`` (by
         default the session the checkpoint belongs to). A ref move, recorded in the reflog:
-        restoring ``result.previous`` undoes it."""
+        restoring ``result.previous`` undoes it.
+
+        ``expected``: the head (hex commit id) the caller last saw; when given, the restore
+        happens only if the session is still there (ConflictError otherwise, also when the
+        session was deleted), so a stale view never overwrites newer saves or re-creates a
+        deleted session."""
         repo = self.repository
         rev = await self.resolve(source)
         sid = session_id if session_id is not None else rev.session
@@ -444,6 +451,13 @@ class StateManager:
         async with repo.backend.gc_shared():
             await repo.require_complete(rev.commit, holders=[rev.ref] if rev.ref else ())
             current = await repo.head(ref)
+            if expected is not None and (current is None or current.hex() != expected.lower()):
+                now = f"is at {current.hex()[:12]}" if current is not None else "no longer exists"
+                raise ConflictError(
+                    f"session {sid!r} {now}, not at {expected[:12]} as expected (it changed since it was read); "
+                    "nothing restored: look at it again, then retry",
+                    ref,
+                )
             if current == rev.commit:
                 return RestoreResult(sid, current.hex(), current.hex(), False)
             await repo.update_refs([RefUpdate(ref, rev.commit, current)], message=f"restore {sid} to {rev.label}"[:200])

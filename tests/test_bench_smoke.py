@@ -122,6 +122,16 @@ def test_bench_ui_runs(tmp_path):
     assert sorted(c.split(":")[0] for c in big["children"]) == ["document", "index", "messages"]
 
 
+def test_bench_ui_long_runs(tmp_path):
+    proc = run_bench("ui_long", "--saves", "40", "--dir", str(tmp_path))
+    out = json.loads(proc.stdout)
+    assert out["build"]["saves"] == 40
+    api = out["api"]
+    for name in ("sessions", "health", "timeline", "far_diff", "tree_root", "tree_messages"):
+        assert api[name]["response_bytes"] > 0, name
+    assert api["sessions"]["after_background_s"] >= 0
+
+
 def test_bench_restore_floor_runs(tmp_path):
     out = tmp_path / "floor.json"
     run_bench("restore_floor", "--steps", "20", "--repeat", "2", "--out", str(out))

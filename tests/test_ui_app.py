@@ -74,10 +74,10 @@ async def test_sessions_and_timeline_agree_with_the_library(sm: castate.StateMan
         assert [p["commit"] for p in points] == [cid.hex() for cid, _ in reversed(log)]
         assert t["stored_bytes"] == run["stored_bytes"] == sum(p["new_bytes"] for p in points)
         assert all(p["new_bytes"] > 0 and p["complete"] for p in points)
-        flagged = {p["commit"]: [c["checkpoint_id"] for c in p["checkpoints"]] for p in points if p["checkpoints"]}
+        flagged = {p["commit"]: [c["checkpoint_id"] for c in p["checkpoints"]] for p in points if p.get("checkpoints")}
         cp_commits = {c.checkpoint_id: c.commit for c in await sm.list_checkpoints("run-1")}
         assert flagged == {cp_commits[cps["cp2"]]: [cps["cp2"]], cp_commits[cps["cp4"]]: [cps["cp4"]]}
-        fork_point = next(p for p in points if p["marks"])
+        fork_point = next(p for p in points if p.get("marks"))
         assert fork_point["commit"] == cp_commits[cps["cp2"]]
         assert fork_point["marks"][0]["text"] == "forked to run-1-retry"
 
@@ -179,16 +179,91 @@ async def test_write_actions_exist_only_when_allowed(sm: castate.StateManager) -
         assert r.json()["head"] == (await sm.resolve(cps["cp2"])).commit.hex()
         again = await c.post("/api/actions/fork", json=body, headers={"X-Castate-Token": TOKEN})
         assert again.status_code == 409
+        fork_head = r.json()["head"]
         r = await c.post(
-            "/api/actions/checkpoint", json={"session": "from-ui", "name": "ui"}, headers={"X-Castate-Token": TOKEN}
+            "/api/actions/checkpoint",
+            json={"session": "from-ui", "name": "ui", "expected": fork_head},
+            headers={"X-Castate-Token": TOKEN},
         )
         assert r.json()["checkpoint_id"].startswith("from-ui/ui/")
+        run1 = (await sm.resolve("run-1")).commit.hex()
         r = await c.post(
-            "/api/actions/restore", json={"source": cps["cp4"], "session": "run-1"}, headers={"X-Castate-Token": TOKEN}
+            "/api/actions/restore",
+            json={"source": cps["cp4"], "session": "run-1", "expected": run1},
+            headers={"X-Castate-Token": TOKEN},
         )
         assert r.json()["changed"] is True
+        assert r.json()["previous"] == run1
     assert [c.name for c in await sm.list_checkpoints("from-ui")] == ["ui"]
     assert (await sm.resolve("run-1")).commit == (await sm.resolve(cps["cp4"])).commit
+
+
+async def test_actions_send_the_head_the_page_showed(sm: castate.StateManager) -> None:
+    # Issue 20 item 4: a restore or checkpoint from a stale page is a conflict that says what
+    # happened, never a silent overwrite of newer saves or the re-creation of a deleted session.
+    cps = await build(sm)
+    headers = {"X-Castate-Token": TOKEN}
+    async with client(sm, writes=True) as c:
+        shown = (await get(c, "/api/timeline", session="run-1"))["head"]
+        assert shown == (await sm.resolve("run-1")).commit.hex()
+        for body in ({"source": cps["cp2"], "session": "run-1"}, {"session": "run-1", "name": "x"}):
+            action = "restore" if "source" in body else "checkpoint"
+            r = await c.post(f"/api/actions/{action}", json=body, headers=headers)
+            assert r.status_code == 400
+            assert "expected" in r.json()["error"]
+
+        await sm.save_session("run-1", {"step": 99})  # another writer, after the page was drawn
+        newer = (await sm.resolve("run-1")).commit
+        r = await c.post(
+            "/api/actions/restore", json={"source": cps["cp2"], "session": "run-1", "expected": shown}, headers=headers
+        )
+        assert r.status_code == 409
+        assert f"is at {newer.hex()[:12]}" in r.json()["error"]
+        assert "nothing restored" in r.json()["error"]
+        r = await c.post(
+            "/api/actions/checkpoint", json={"session": "run-1", "name": "late", "expected": shown}, headers=headers
+        )
+        assert r.status_code == 409
+        assert (await sm.resolve("run-1")).commit == newer  # untouched
+        assert all(cp.name != "late" for cp in await sm.list_checkpoints("run-1"))
+
+        await sm.delete_session("other")
+        r = await c.post(
+            "/api/actions/restore",
+            json={"source": cps["cp2"], "session": "other", "expected": "00" * 32},
+            headers=headers,
+        )
+        assert r.status_code == 409
+        assert "no longer exists" in r.json()["error"]
+        assert "other" not in [s.session_id for s in await sm.list_sessions()]  # not re-created
+
+        # The restore reports the head it replaced; the head's history lists it, restorable.
+        r = await c.post(
+            "/api/actions/restore",
+            json={"source": cps["cp2"], "session": "run-1", "expected": newer.hex()},
+            headers=headers,
+        )
+        assert r.status_code == 200
+        assert r.json()["previous"] == newer.hex()
+        log = await get(c, "/api/reflog", session="run-1", saves="0")
+        assert log["head"] == (await sm.resolve(cps["cp2"])).commit.hex()
+        top = log["entries"][0]
+        assert top["message"].startswith("restore run-1 to")
+        assert (top["old"], top["new"], top["old_restorable"]) == (newer.hex(), log["head"], True)
+        assert all(not e["message"].startswith("save ") for e in log["entries"])
+        everything = await get(c, "/api/reflog", session="run-1", limit=3)
+        assert len(everything["entries"]) == 3
+        assert everything["total"] > log["total"]
+        # Undo: restore the replaced head, expecting the one the restore made.
+        r = await c.post(
+            "/api/actions/restore",
+            json={"source": newer.hex(), "session": "run-1", "expected": log["head"]},
+            headers=headers,
+        )
+        assert r.status_code == 200
+        assert (await sm.resolve("run-1")).commit == newer
+        await get(c, "/api/reflog", 404, session="nope")
+        await get(c, "/api/reflog", 400, session="run-1", saves="yes")
 
 
 def test_every_static_file_is_package_data() -> None:
@@ -214,3 +289,166 @@ def test_castate_core_never_imports_the_ui_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_numeric_parameters_and_pointers_are_validated(sm: castate.StateManager) -> None:
+    # Issue 16 item 12: every numeric parameter is checked (a 400 that says why, never a 500),
+    # and a JSON pointer with an escape RFC 6901 does not define is refused, not read literally.
+    await sm.save_session("s", {"a~2": 1, "a~b": 2, "list": [1, 2, 3]})
+    async with client(sm) as c:
+        for bad in ("²", "٣", "1" * 30, "-1", "+1", " 1", "1.0", "0x10", ""):
+            err = await get(c, "/api/tree", 400, rev="s", path="/list", offset=bad)
+            assert "offset must be" in err["error"], (bad, err)
+        for bad in ("0", "1001", "abc"):
+            assert "limit must be" in (await get(c, "/api/tree", 400, rev="s", path="/list", limit=bad))["error"]
+        page = await get(c, "/api/tree", rev="s", path="/list", offset="1", limit="1000")
+        assert [i["value"] for i in page["node"]["items"]] == [2, 3]
+        assert (await get(c, "/api/tree", rev="s", path="/list", offset="999999999999"))["node"]["items"] == []
+        for bad in ("/a~2", "/a~", "/~x"):
+            err = await get(c, "/api/tree", 400, rev="s", path=bad)
+            assert "RFC 6901" in err["error"], bad
+            await get(c, "/api/value", 400, rev="s", path=bad)
+        assert (await get(c, "/api/tree", rev="s", path="/a~02"))["node"]["value"] == 1  # "~0" then "2": the key "a~2"
+
+
+def test_parse_pointer_follows_rfc_6901() -> None:
+    from castate.errors import InvalidKeyError
+    from castate.repository.tree import parse_pointer
+
+    assert parse_pointer("") == []
+    assert parse_pointer("/a~1b/~0/~01/") == ["a/b", "~", "~1", ""]
+    for bad in ("/~2", "/a~", "/~~0", "a"):
+        with pytest.raises(InvalidKeyError):
+            parse_pointer(bad)
+
+
+def test_text_diff_shows_the_changed_lines_and_words() -> None:
+    from castate.ui.textdiff import text_diff
+
+    report = "# Report\n" + "".join(f"- fact {i}\n" for i in range(100))
+    d = text_diff(report, report + "- fact 100\n")
+    assert (d["added"], d["removed"], d["lines_a"], d["lines_b"]) == (1, 0, 101, 102)
+    assert d["rows"][0] == {"t": "skip", "n": 99}  # the unchanged head is counted, not sent
+    assert [r["t"] for r in d["rows"][1:]] == ["=", "=", "+"]
+    assert d["rows"][-1] == {"t": "+", "line": 102, "text": "- fact 100\n"}
+    edit = text_diff("the quick fox\nsame\n", "the slow fox\nsame\n")["rows"][0]
+    assert edit["t"] == "~"
+    assert edit["words"] == [["=", "the "], ["-", "quick"], ["+", "slow"], ["=", " fox\n"]]
+
+
+async def test_diff_sends_runs_counts_by_key_a_path_filter_and_text_diffs(sm: castate.StateManager) -> None:
+    messages = [message(i) for i in range(3)]
+    doc = "".join(f"line {i}\n" for i in range(50))
+    await sm.save_session("s", {"messages": list(messages), "doc": doc, "n": 1})
+    a = (await sm.resolve("s")).commit.hex()
+    await sm.save_session(
+        "s", {"messages": [*messages, *(message(i) for i in range(3, 40))], "doc": doc + "end\n", "n": 2}
+    )
+    async with client(sm) as c:
+        d = await get(c, "/api/diff", a=a, b="s")
+        assert d["counts"] == {"add": 37, "remove": 0, "replace": 2}
+        assert d["by_key"]["/messages"] == {"add": 37, "remove": 0, "replace": 0}
+        run = next(ch for ch in d["changes"] if ch.get("run"))
+        assert (run["op"], run["path"], run["first"], run["count"]) == ("add", "/messages", 3, 37)
+        assert run["roles"] == {"user": 19, "assistant": 18}  # odd items are the user's
+        assert run["items"][0] == {"op": "add", "path": "/messages/3", "new": message(3)}
+        assert d["entries"] == 3  # the run, /doc and /n
+        text = next(ch for ch in d["changes"] if ch.get("path") == "/doc")["text_diff"]
+        assert [r for r in text["rows"] if r["t"] == "+"] == [{"t": "+", "line": 51, "text": "end\n"}]
+        assert "text_diff" not in next(ch for ch in d["changes"] if ch.get("path") == "/n")
+        only = await get(c, "/api/diff", a=a, b="s", path="/doc")
+        assert [ch["path"] for ch in only["changes"]] == ["/doc"]
+        assert only["matching"] == 1
+        assert only["total"] == 39
+        paged = await get(c, "/api/diff", a=a, b="s", offset=1, limit=1)
+        assert len(paged["changes"]) == 1
+        assert paged["truncated"] is True
+        await get(c, "/api/diff", 400, a=a, b="s", path="/~2")
+
+
+async def test_long_histories_are_measured_in_the_background(
+    sm: castate.StateManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import castate.ui.explorer as explorer_module
+
+    for step in range(12):
+        await sm.save_session("run", {"step": step, "items": list(range(step * 10))})
+    expected = await Explorer(sm).timeline("run")  # short enough to measure within the request
+    monkeypatch.setattr(explorer_module, "INLINE_GROWTH", 4)
+    ex = Explorer(sm)
+    first = await ex.sessions()
+    assert first["growth_pending"] is True
+    assert first["sessions"][0]["saves"] == 12
+    assert first["sessions"][0]["stored_bytes"] is None  # not measured yet, said so
+    pending = await ex.timeline("run")
+    assert pending["growth_pending"] is True
+    assert all(p["new_bytes"] is None for p in pending["points"])
+    await ex.settle()
+    done = await ex.timeline("run")
+    assert done["growth_pending"] is False
+    assert done["points"] == expected["points"]  # the same numbers as measured in one go
+    assert (await ex.sessions())["sessions"][0]["stored_bytes"] == expected["stored_bytes"]
+    # One more save: only it is read (the chain and the walk continue where they stopped).
+    await sm.save_session("run", {"step": 12, "items": list(range(120))})
+    more = await ex.timeline("run")
+    assert len(more["points"]) == 13
+    assert more["points"][:12] == expected["points"]
+    assert more["head"] == (await sm.resolve("run")).commit.hex()
+    await ex.close()
+
+
+async def test_tree_sums_up_messages_and_serves_downloads(sm: castate.StateManager) -> None:
+    call = {"role": "assistant", "name": "researcher", "content": "", "tool_calls": [{"id": "c1", "name": "search"}]}
+    answer = {"role": "tool", "tool_call_id": "c1", "content": "found " + "x" * 300}
+    await sm.save_session(
+        "s", {"messages": [message(1), call, answer, {"not": "a message"}], "blob": b"\x00\x01" * 400}
+    )
+    async with client(sm) as c:
+        items = (await get(c, "/api/tree", rev="s", path="/messages"))["node"]["items"]
+        assert items[0]["message"] == {"role": "user", "content": "message number 1", "content_size": 16}
+        assert items[1]["message"]["calls"] == [{"id": "c1", "name": "search"}]
+        assert items[1]["message"]["name"] == "researcher"
+        assert items[2]["message"]["tool_call_id"] == "c1"
+        assert items[2]["message"]["content_size"] == 306
+        assert len(items[2]["message"]["content"]) == 160  # a preview
+        assert "message" not in items[3]
+        r = await c.get("/api/download", params={"rev": "s", "path": "/blob"})
+        assert r.status_code == 200
+        assert r.content == b"\x00\x01" * 400
+        assert r.headers["content-disposition"] == 'attachment; filename="value.bin"'
+        assert r.headers["x-content-type-options"] == "nosniff"
+        r = await c.get("/api/download", params={"rev": "s", "path": "/messages/2/content"})
+        assert r.text == answer["content"]
+        assert (await c.get("/api/download", params={"rev": "s", "path": "/messages"})).status_code == 400
+
+
+async def test_a_store_deleted_while_served_is_an_error_that_says_so(tmp_path: Path) -> None:
+    import shutil
+
+    path = tmp_path / "store"
+    async with castate.StateManager(castate.FileStorageBackend(path)) as sm:
+        await sm.save_session("a", {"x": 1})
+        async with client(sm) as c:
+            shutil.rmtree(path)
+            for url in ("/api/sessions", "/api/health", "/api/timeline"):
+                r = await c.get(url, params={"session": "a"})
+                assert r.status_code in (500, 503)
+                assert str(path) in r.json()["error"]  # names what is missing, as JSON the page shows inline
+
+
+async def test_health_walks_the_store_again_only_when_refs_moved(
+    sm: castate.StateManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import castate.ui.explorer as explorer_module
+
+    await sm.save_session("a", {"x": 1})
+    ex = Explorer(sm)
+    first = await ex.health()
+    assert (await ex.health())["now"] is first["now"]  # nothing moved: the same numbers, no walk
+    await sm.save_session("b", {"y": 2})
+    assert (await ex.health())["now"] is first["now"]  # moved, but walked less than HEALTH_EVERY ago
+    monkeypatch.setattr(explorer_module, "HEALTH_EVERY", 0.0)
+    again = await ex.health()
+    assert again["now"]["sessions"] == 2
+    await sm.fsck(record=True)
+    assert [r["op"] for r in (await ex.health())["runs"]] == ["fsck"]  # runs are read on every call

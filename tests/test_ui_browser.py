@@ -115,20 +115,24 @@ def test_sessions_table_lists_sorts_and_searches(page: Page, server: Server, sto
     assert rows.evaluate_all("rs => rs.map(r => r.dataset.session)") == ["research-42-retry"]
 
 
-def test_timeline_renders_a_point_per_save(page: Page, server: Server, store: tuple[Path, dict]) -> None:
+def test_timeline_lists_every_save_with_its_marks(page: Page, server: Server, store: tuple[Path, dict]) -> None:
     visit(page, server, "#/session?id=research-42", "session")
-    assert page.locator("#timeline .tl-point").count() == 12
-    assert page.locator("#timeline .tl-bar").count() == 12
-    assert page.locator("#timeline .tl-checkpoint").count() == 2
-    assert "forked to research-42-retry" in page.locator("#timeline .tl-mark title").text_content()
-    assert page.locator("tr.save-row").count() == 12
-    page.locator("#timeline .tl-point").nth(4).click()
+    canvas = page.locator("canvas#timeline")
+    assert canvas.get_attribute("data-lo") == "0"
+    assert canvas.get_attribute("data-hi") == "12"
+    assert int(canvas.get_attribute("data-columns") or 0) == 12  # one column per save when they fit
+    rows = page.locator("tr.save-row")
+    assert rows.count() == 12
+    assert page.locator("tr.save-row .badge.cp").count() == 2
+    assert "forked to research-42-retry" in page.locator("tr.save-row .badge.mark").all_inner_texts()
+    rows.nth(4).click()
     assert "Save 5 of 12" in page.locator("#point-details").inner_text()
     assert "before_tool_call" in page.locator("#point-details").inner_text()
+    assert "save=5" in page.url  # the selection is part of the address
     shoot(page, "timeline")
     visit(page, server, "#/session?id=research-42-retry", "session")
-    assert page.locator("#timeline .tl-point").count() == 12
-    assert page.locator("#timeline .tl-point.inherited").count() == 9  # saved by research-42 before the fork
+    assert page.locator("tr.save-row").count() == 12
+    assert page.locator("tr.save-row.inherited").count() == 9  # saved by research-42 before the fork
 
 
 def test_diff_between_checkpoints_shows_the_added_messages(
@@ -137,12 +141,19 @@ def test_diff_between_checkpoints_shows_the_added_messages(
     info = store[1]
     a, b = info["checkpoints"][4], info["checkpoints"][8]
     visit(page, server, f"#/diff?a={a}&b={b}", "diff")
-    added_paths = page.locator(".change-add").evaluate_all("cs => cs.map(c => c.dataset.path)")
     first, last = info["messages_at"][4], info["messages_at"][8]
+    group = page.locator("#changes > li.change-group")  # the appended messages, as one group
+    assert group.get_attribute("data-path") == "/messages"
+    assert group.get_attribute("data-count") == str(last - first)
+    assert f"+{last - first} items" in group.inner_text()
+    assert "appended to" in group.inner_text()
+    group.locator("button.fold").click()
+    added_paths = group.locator(".change-add").evaluate_all("cs => cs.map(c => c.dataset.path)")
     assert added_paths == [f"/messages/{i}" for i in range(first, last)]
-    added = page.locator(".change-add").nth(0).inner_text()
-    assert info["last_messages"][first]["content"] in added
+    assert info["last_messages"][first]["content"] in group.locator(".change-add").nth(0).inner_text()
     assert "replaced" in page.locator("#diff-summary").inner_text()
+    scratch = page.locator("li.change-replace[data-path='/scratchpad'] .textdiff")  # a string: its words
+    assert scratch.locator("ins").count() >= 1
     shoot(page, "diff")
 
 
@@ -193,19 +204,27 @@ def test_write_actions_work_with_allow_writes(page: Page, store: tuple[Path, dic
     try:
         visit(page, server, "#/session?id=research-42", "session")
         assert page.locator("#mode").inner_text() == "writes allowed"
-        page.locator("#timeline .tl-point").nth(2).click()
+        page.locator("tr.save-row").nth(2).click()
         page.fill("#fork-name", "research-42-from-ui")
         page.click("#do-fork")
+        assert "Create session “research-42-from-ui” at save 3" in page.locator("#confirm").inner_text()
+        page.click("#confirm-yes")
         page.wait_for_selector("#action-result.ok")
         assert "Forked session research-42-from-ui" in page.locator("#action-result").inner_text()
         page.locator("#action-result").scroll_into_view_if_needed()
         shoot(page, "actions")
         page.fill("#checkpoint-name", "looked_at_in_ui")
         page.click("#do-checkpoint")
+        page.click("#confirm-yes")
         page.wait_for_selector("#action-result.ok >> text=Created checkpoint")
-        page.locator("#timeline .tl-point").nth(5).click()
+        page.locator("tr.save-row").nth(5).click()
         page.click("#do-restore")
+        page.click("#confirm-no")  # nothing happens without the confirmation
+        assert page.locator("#confirm").count() == 0
+        page.click("#do-restore")
+        page.click("#confirm-yes")
         page.wait_for_selector("#action-result.ok >> text=is now at")
+        assert page.locator("#undo").count() == 1
     finally:
         server.stop()
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -193,13 +194,22 @@ def pointer(parts: Iterable[str | int]) -> str:
     return "".join("/" + str(p).replace("~", "~0").replace("/", "~1") for p in parts)
 
 
+_BAD_ESCAPE = re.compile(r"~(?![01])")
+
+
 def parse_pointer(text: str) -> list[str]:
     """The reference tokens of a JSON pointer; InvalidKeyError when it is not one."""
     if text == "":
         return []
     if not text.startswith("/"):
         raise InvalidKeyError(f"{text!r} is not a JSON pointer: it must start with '/' (the root is '')")
-    return [p.replace("~1", "/").replace("~0", "~") for p in text[1:].split("/")]
+    parts = text[1:].split("/")
+    for p in parts:
+        # RFC 6901: "~" appears only as "~0" (a tilde) or "~1" (a slash); "~2" or a trailing
+        # "~" is an error, not literal text.
+        if _BAD_ESCAPE.search(p):
+            raise InvalidKeyError(f"{text!r} is not a JSON pointer: '~' must be followed by 0 or 1 (RFC 6901)")
+    return [p.replace("~1", "/").replace("~0", "~") for p in parts]
 
 
 async def dict_of(loader: Loader, oid: bytes) -> dict[str, Entry]:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hmac
 import importlib.resources
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -25,8 +26,15 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from castate.cli.output import to_json
-from castate.errors import CastateError, ConflictError, InvalidKeyError, NotFoundError
-from castate.ui.explorer import Explorer
+from castate.errors import (
+    BackendUnavailableError,
+    CastateError,
+    ConflictError,
+    InvalidKeyError,
+    NotFoundError,
+    StoreIOError,
+)
+from castate.ui.explorer import MAX_CHANGES, Explorer
 
 ASSETS = {"app.js": "text/javascript; charset=utf-8", "style.css": "text/css; charset=utf-8"}
 HEADERS = {
@@ -37,6 +45,8 @@ HEADERS = {
     "Cache-Control": "no-store",
 }
 MAX_BODY = 64 << 10
+MAX_INT = 10**12  # an offset beyond any list's length, small enough for every int the library takes
+_DIGITS = re.compile(r"[0-9]{1,13}", re.ASCII)
 
 Handler = Callable[[Request], Awaitable[Any]]
 
@@ -56,7 +66,9 @@ def _error_status(exc: CastateError) -> int:
         return 400
     if isinstance(exc, ConflictError):
         return 409
-    return 500
+    if isinstance(exc, BackendUnavailableError | StoreIOError):
+        return 503  # the store cannot be reached or read now: worth a retry
+    return 500  # e.g. corruption, which names the object or file
 
 
 def _endpoint(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
@@ -65,6 +77,8 @@ def _endpoint(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
             return json_response(await fn(request))
         except CastateError as exc:
             return json_response({"error": str(exc), "type": type(exc).__name__}, _error_status(exc))
+        except OSError as exc:  # e.g. the store was moved or deleted while being served
+            return json_response({"error": f"the store cannot be read: {exc}", "type": "StoreError"}, 503)
 
     return run
 
@@ -76,13 +90,18 @@ def _text(request: Request, name: str, default: str | None = None) -> str:
     return value
 
 
-def _int(request: Request, name: str, default: int) -> int:
+def _int(request: Request, name: str, default: int, *, low: int = 0, high: int = MAX_INT) -> int:
+    """A whole-number query parameter in [low, high]: ASCII digits only (``str.isdigit`` would
+    take "²" or other scripts' digits), bounded; anything else is a 400."""
     text = request.query_params.get(name)
     if text is None:
         return default
-    if not text.isdigit():
-        raise InvalidKeyError(f"{name} must be a whole number, not {text!r}")
-    return int(text)
+    if not _DIGITS.fullmatch(text):
+        raise InvalidKeyError(f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}")
+    value = int(text)
+    if not low <= value <= high:
+        raise InvalidKeyError(f"{name} must be from {low} to {high}, not {value}")
+    return value
 
 
 class HostCheck:
@@ -141,18 +160,51 @@ def create_app(
         return await explorer.revisions()
 
     async def diff(request: Request) -> Any:
-        return await explorer.diff(_text(request, "a"), _text(request, "b"))
+        return await explorer.diff(
+            _text(request, "a"),
+            _text(request, "b"),
+            _text(request, "path", ""),
+            _int(request, "offset", 0),
+            _int(request, "limit", MAX_CHANGES, low=1, high=MAX_CHANGES),
+        )
 
     async def tree(request: Request) -> Any:
         return await explorer.tree(
-            _text(request, "rev"), _text(request, "path", ""), _int(request, "offset", 0), _int(request, "limit", 200)
+            _text(request, "rev"),
+            _text(request, "path", ""),
+            _int(request, "offset", 0),
+            _int(request, "limit", 200, low=1, high=1000),
         )
 
     async def value(request: Request) -> Any:
         return await explorer.value(_text(request, "rev"), _text(request, "path", ""))
 
+    async def download(request: Request) -> Response:
+        # The value itself as a file (bytes as they are, a str as UTF-8 text): never shown
+        # inline, whatever it holds (Content-Disposition: attachment, nosniff).
+        try:
+            v = await explorer.value(_text(request, "rev"), _text(request, "path", ""))
+        except CastateError as exc:
+            return json_response({"error": str(exc), "type": type(exc).__name__}, _error_status(exc))
+        name = "value.bin" if v["kind"] == "bytes" else "value.txt"
+        body = v["value"] if v["kind"] == "bytes" else v["value"].encode("utf-8")
+        kind = "application/octet-stream" if v["kind"] == "bytes" else "text/plain; charset=utf-8"
+        headers = {**HEADERS, "Content-Disposition": f'attachment; filename="{name}"'}
+        return Response(body, media_type=kind, headers=headers)
+
     async def health(request: Request) -> Any:
         return await explorer.health()
+
+    async def reflog(request: Request) -> Any:
+        saves = _text(request, "saves", "1")
+        if saves not in ("0", "1"):
+            raise InvalidKeyError(f"saves must be 0 or 1, not {saves[:40]!r}")
+        return await explorer.reflog(
+            _text(request, "session"),
+            _int(request, "offset", 0),
+            _int(request, "limit", 100, low=1, high=1000),
+            saves == "1",
+        )
 
     async def no_icon(request: Request) -> Response:
         return Response(status_code=204, headers=HEADERS)
@@ -167,7 +219,9 @@ def create_app(
         Route("/api/diff", _endpoint(diff)),
         Route("/api/tree", _endpoint(tree)),
         Route("/api/value", _endpoint(value)),
+        Route("/api/download", download),
         Route("/api/health", _endpoint(health)),
+        Route("/api/reflog", _endpoint(reflog)),
     ]
 
     if allow_writes:
@@ -196,7 +250,7 @@ def create_app(
 
         async def restore(request: Request) -> Any:
             data = await body(request)
-            return await explorer.restore(field(data, "source"), data.get("session") or None)
+            return await explorer.restore(field(data, "source"), field(data, "session"), field(data, "expected"))
 
         async def fork(request: Request) -> Any:
             data = await body(request)
@@ -204,7 +258,7 @@ def create_app(
 
         async def checkpoint(request: Request) -> Any:
             data = await body(request)
-            return await explorer.checkpoint(field(data, "session"), field(data, "name"))
+            return await explorer.checkpoint(field(data, "session"), field(data, "name"), field(data, "expected"))
 
         for path, fn in (("restore", restore), ("fork", fork), ("checkpoint", checkpoint)):
             routes.append(Route(f"/api/actions/{path}", _guarded(fn), methods=["POST"]))

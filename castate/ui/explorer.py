@@ -1,62 +1,86 @@
 """What the pages show, as JSON-ready documents built from the library: sessions and their
-logs, per-save growth, diffs, one level of a state, the store's stats and maintenance record.
+histories, per-save growth, the head's moves, diffs, one level of a state, the store's stats
+and maintenance record, and the write actions the page may ask for.
 
-Every number comes from a library call (``StateManager``, ``Repository.log``,
-``GrowthIndex``, ``browse.level``, ``store_stats``, ``read_runs``); this module only
-gathers and labels. Nothing here knows HTTP (``castate.ui.app`` does).
+Every number comes from a library call (``StateManager``, ``Repository``, ``GrowthIndex``,
+``browse.level``, ``store_stats``, ``read_runs``); this module gathers, labels and keeps
+what does not change (see ``Explorer``). How a diff and a list of messages are shaped lives
+in ``castate.ui.changes`` and ``castate.ui.messages``. Nothing here knows HTTP
+(``castate.ui.app`` does).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
-from typing import Any
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
 
 from castate.cli.output import iso_time
-from castate.codec import Commit
-from castate.errors import InvalidKeyError, NotFoundError
+from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository import browse
 from castate.repository import refs as names
 from castate.repository.growth import Growth, GrowthIndex
 from castate.repository.health import read_runs
 from castate.repository.tree import Loader, entry_at, parse_pointer
 from castate.state import StateManager
+from castate.ui.changes import by_key, present
+from castate.ui.fold import FOLD, fold
+from castate.ui.messages import summaries
 
-FOLD = 2000  # characters of a str (bytes of a bytes value) a diff sends before folding the rest
-FOLD_ITEMS = 200  # items of a list a diff sends before folding the rest
+if TYPE_CHECKING:
+    from castate.codec import Commit  # the type only: commits come from the repository
+
 MAX_CHANGES = 2000  # changes a diff sends
 MAX_VALUE = 16 << 20  # bytes of a str or bytes value sent whole
-
-
-def fold(value: Any) -> Any:
-    """A copy of ``value`` small enough to send: long str and bytes values become
-    ``{"$folded": <head>, "$length": n}`` (bytes as ``{"$bytes": base64}`` inside), long
-    lists keep their head and end with ``{"$more": n}``."""
-    t = type(value)
-    if t is str:
-        return value if len(value) <= FOLD else {"$folded": value[:FOLD], "$length": len(value)}
-    if t is bytes:
-        return value if len(value) <= FOLD else {"$folded": value[:FOLD], "$length": len(value)}
-    if t is dict:
-        return {k: fold(v) for k, v in value.items()}
-    if t is list:
-        head = [fold(v) for v in value[:FOLD_ITEMS]]
-        return head if len(value) <= FOLD_ITEMS else [*head, {"$more": len(value) - FOLD_ITEMS}]
-    return value
+INLINE_GROWTH = 1000  # unknown saves measured within a request; more go to the background
+GROWTH_SLICE = 100  # saves the background measures before letting requests in
+HEALTH_EVERY = 10.0  # seconds between two walks of the store for its stats while refs keep moving
 
 
 def _item(item: browse.Item) -> dict[str, Any]:
     return {"key": item.key, "kind": item.kind, "size": item.size, "value": item.value, "complete": item.complete}
 
 
+@dataclass(slots=True)
+class _Chain:
+    """A session's saves, oldest first, as read at ``head``."""
+
+    head: bytes
+    entries: list[tuple[bytes, Commit]]
+    index: dict[bytes, int]
+
+
 class Explorer:
-    """The documents behind the pages, over one open ``StateManager``."""
+    """The documents behind the pages, over one open ``StateManager``.
+
+    What the pages ask for again and again is kept, keyed by what would change it, so a view
+    costs what changed since the last one and not a re-read of every history:
+
+    - each session's chain of saves, per head: after new saves only they are read;
+    - every commit the reflog names, read in one batch the first time a chain is needed
+      (a hint only: the chain is still followed parent by parent);
+    - each save's growth (``GrowthIndex``, final per commit); a history longer than
+      ``INLINE_GROWTH`` unknown saves is measured in the background, and the documents say
+      ``growth_pending`` until it is done;
+    - the timeline and health documents, per state of the refs (any ref move recomputes).
+    """
 
     def __init__(self, sm: StateManager) -> None:
         self.sm = sm
         self.repo = sm.repository
         self.growth = GrowthIndex(self.repo.backend)
         self._growth_lock = asyncio.Lock()
+        self._growth_queue: list[list[bytes]] = []
+        self._growth_task: asyncio.Task[None] | None = None
+        self.growth_error: str | None = None  # why the last background measuring stopped
+        self._chains: dict[str, _Chain] = {}
+        self._commits: dict[bytes, Commit] = {}
+        self._summaries: dict[bytes, dict[str, Any]] = {}  # per save: commit, time, session, metadata
+        self._hinted = False
+        self._timelines: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._health: tuple[Any, dict[str, Any]] | None = None
 
     @property
     def location(self) -> str:
@@ -64,58 +88,166 @@ class Explorer:
 
     # -- sessions and their histories -------------------------------------------------------------
 
-    async def _history(self, session_id: str) -> tuple[list[tuple[bytes, Commit]], list[Growth]]:
-        """The session's saves, oldest first, with the growth of each."""
-        entries = await self.repo.log(names.session_ref(session_id))
-        if not entries:
+    async def _commit(self, cid: bytes) -> Commit:
+        commit = self._commits.get(cid)
+        if commit is None and not self._hinted:
+            self._hinted = True
+            ids = list({e.new for e in await self.repo.reflog() if e.new is not None} - self._commits.keys())
+            for i in range(0, len(ids), 4096):
+                try:
+                    self._commits.update(await self.repo.read_commits(ids[i : i + 4096]))
+                except CastateError:
+                    break  # a hint only: a commit gc took is read (and reported) on the way below
+            commit = self._commits.get(cid)
+        if commit is None:
+            commit = self._commits[cid] = await self.repo.read_commit(cid)
+        return commit
+
+    async def _chain(self, session_id: str, head: bytes | None = None) -> _Chain:
+        """The session's saves oldest first (as ``Repository.log``), reading only the saves
+        made since the last call."""
+        ref = names.session_ref(session_id)
+        head = head if head is not None else await self.repo.head(ref)
+        if head is None:
             raise NotFoundError(f"no session {session_id!r}")
-        entries.reverse()
-        async with self._growth_lock:
-            growth = await self.growth.history([cid for cid, _ in entries])
-        return entries, growth
+        kept = self._chains.get(session_id)
+        if kept is not None and kept.head == head:
+            return kept
+        newer: list[tuple[bytes, Commit]] = []
+        prefix: list[tuple[bytes, Commit]] = []
+        cid: bytes | None = head
+        while cid is not None:
+            if kept is not None and cid in kept.index:
+                prefix = kept.entries[: kept.index[cid] + 1]
+                break
+            try:
+                commit = await self._commit(cid)
+            except MissingObjectError:
+                if not newer:
+                    raise
+                break  # gc removed older saves: the history ends here, as in `castate log`
+            newer.append((cid, commit))
+            cid = commit.parents[0] if commit.parents else None
+        entries = prefix + newer[::-1]
+        chain = _Chain(head, entries, {c: i for i, (c, _) in enumerate(entries)})
+        self._chains[session_id] = chain
+        return chain
+
+    async def _growth_of(self, ids: list[bytes]) -> list[Growth] | None:
+        """The growth of each save, or None while a long history is measured in the background."""
+        done = self.growth.done
+        missing = sum(1 for c in ids if c not in done)
+        if missing == 0:
+            return [done[c] for c in ids]
+        self.growth_error = None
+        if missing <= INLINE_GROWTH:
+            async with self._growth_lock:
+                return await self.growth.history(ids)
+        if ids not in self._growth_queue:
+            self._growth_queue.append(ids)
+        return None
+
+    def _kick(self) -> None:
+        """Start measuring what ``_growth_of`` queued: called when a document is ready, so the
+        measuring does not slow the request that asked for it."""
+        if self._growth_queue and (self._growth_task is None or self._growth_task.done()):
+            self._growth_task = asyncio.get_running_loop().create_task(self._measure())
+
+    async def _measure(self) -> None:
+        # Slice by slice (each continues the walk where the last stopped), letting requests
+        # run in between: the walk reads and decodes without awaiting anything slow.
+        try:
+            while self._growth_queue:
+                ids = self._growth_queue.pop(0)
+                for end in range(GROWTH_SLICE, len(ids) + GROWTH_SLICE, GROWTH_SLICE):
+                    async with self._growth_lock:
+                        await self.growth.history(ids[:end])
+                    await asyncio.sleep(0)
+        except CastateError as exc:  # shown by the next document, which retries
+            self.growth_error = str(exc)
+            self._growth_queue.clear()
+
+    async def settle(self) -> None:
+        """Wait for the background measuring (benchmarks and tests)."""
+        while self._growth_task is not None and not self._growth_task.done():
+            await asyncio.shield(self._growth_task)
+
+    async def close(self) -> None:
+        """Stop the background measuring (before the store closes)."""
+        if self._growth_task is not None and not self._growth_task.done():
+            self._growth_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._growth_task
 
     async def sessions(self) -> dict[str, Any]:
         rows = []
-        for s in await self.sm.list_sessions():
-            entries, growth = await self._history(s.session_id)
+        pending = False
+        listed = await self.sm.list_sessions()
+        chains = [await self._chain(s.session_id, bytes.fromhex(s.head) if s.head else None) for s in listed]
+        for s, chain in zip(listed, chains, strict=True):
+            growth = await self._growth_of([c for c, _ in chain.entries])
+            pending = pending or growth is None
             rows.append(
                 {
                     "session_id": s.session_id,
                     "updated": iso_time(s.timestamp),
                     "timestamp": s.timestamp,
-                    "saves": len(entries),
+                    "saves": len(chain.entries),
                     "checkpoints": s.checkpoint_count,
-                    "logical_bytes": growth[-1].logical_bytes,
-                    "stored_bytes": sum(g.new_bytes for g in growth),
+                    "logical_bytes": growth[-1].logical_bytes if growth else None,
+                    "stored_bytes": sum(g.new_bytes for g in growth) if growth else None,
                     "head": s.head,
                     "paused": s.paused,
-                    "older_history_removed": bool(entries[0][1].parents),
+                    "older_history_removed": bool(chain.entries[0][1].parents),
                 }
             )
-        return {"sessions": rows}
+        self._kick()
+        return {"sessions": rows, "growth_pending": pending, "growth_error": self.growth_error}
 
     async def timeline(self, session_id: str) -> dict[str, Any]:
-        entries, growth = await self._history(session_id)
+        refs = await self.repo.list_refs()
+        key = tuple(sorted(refs.items()))
+        kept = self._timelines.get(session_id)
+        if kept is not None and kept[0] == key:
+            return kept[1]
+        head = refs.get(names.session_ref(session_id))
+        if head is None:
+            raise NotFoundError(f"no session {session_id!r}")
+        doc = await self._timeline(session_id, head)
+        self._kick()
+        if not doc["growth_pending"]:
+            self._timelines[session_id] = (key, doc)
+        return doc
+
+    async def _timeline(self, session_id: str, head: bytes) -> dict[str, Any]:
+        chain = await self._chain(session_id, head)
+        entries = chain.entries
+        growth = await self._growth_of([c for c, _ in entries])
         own_ref = names.session_ref(session_id)
-        index = {cid: i for i, (cid, _) in enumerate(entries)}
-        points: list[dict[str, Any]] = [
-            {
-                "commit": cid.hex(),
-                "time": iso_time(c.time_ns / 1e9),
-                "time_ns": c.time_ns,
-                "session": c.session,
-                "name": c.name,
-                "meta": fold(c.meta),
-                "parents": [p.hex() for p in c.parents],
-                "new_objects": g.new_objects,
-                "new_bytes": g.new_bytes,
-                "logical_bytes": g.logical_bytes,
-                "complete": g.complete,
-                "checkpoints": [],
-                "marks": [],
-            }
-            for (cid, c), g in zip(entries, growth, strict=True)
-        ]
+        index = chain.index
+        points: list[dict[str, Any]] = []
+        summaries = self._summaries
+        for i, (cid, c) in enumerate(entries):
+            base = summaries.get(cid)
+            if base is None:  # what a save says of itself never changes: made once per commit
+                base = summaries[cid] = {
+                    "commit": cid.hex(),
+                    "time_ns": c.time_ns,
+                    "session": c.session,
+                    "meta": fold(c.meta),
+                }
+                if c.name:
+                    base["name"] = c.name
+            g = growth[i] if growth is not None else None
+            points.append(
+                {
+                    **base,
+                    "new_objects": g.new_objects if g else None,
+                    "new_bytes": g.new_bytes if g else None,
+                    "logical_bytes": g.logical_bytes if g else None,
+                    "complete": g.complete if g else True,
+                }
+            )
 
         elsewhere = []
         cps = await self.sm.list_checkpoints(session_id)
@@ -131,7 +263,7 @@ class Explorer:
             if at is None:
                 elsewhere.append({**label, "commit": cp.commit})
             else:
-                points[at]["checkpoints"].append(label)
+                points[at].setdefault("checkpoints", []).append(label)
 
         for e in await self.repo.reflog():
             if e.new is None or e.new not in index or not e.name.startswith(names.SESSIONS):
@@ -144,11 +276,14 @@ class Explorer:
             elif e.name == own_ref and e.message.startswith("restore "):
                 mark = {"kind": "restore", "text": e.message}
             if mark is not None:
-                points[index[e.new]]["marks"].append({**mark, "time": iso_time(e.time_ns / 1e9)})
+                points[index[e.new]].setdefault("marks", []).append({**mark, "time": iso_time(e.time_ns / 1e9)})
         return {
             "session_id": session_id,
+            "head": head.hex(),
             "points": points,
-            "stored_bytes": sum(g.new_bytes for g in growth),
+            "stored_bytes": sum(g.new_bytes for g in growth) if growth is not None else None,
+            "growth_pending": growth is None,
+            "growth_error": self.growth_error,
             "older_history_removed": bool(entries[0][1].parents),
             "checkpoints_elsewhere": elsewhere,
         }
@@ -173,10 +308,18 @@ class Explorer:
             "root": c.root,
         }
 
-    async def diff(self, a: str, b: str) -> dict[str, Any]:
+    async def diff(self, a: str, b: str, path: str = "", offset: int = 0, limit: int = MAX_CHANGES) -> dict[str, Any]:
+        """The changes from ``a`` to ``b``: counts in all and by top-level key, then the changes
+        under ``path`` (a JSON pointer prefix; "" for all) from ``offset``, at most ``limit``.
+        Items added to (or removed from) one list one after the other are one entry, a run
+        (``{"run": true, "op", "path": the list, "first", "count", "roles", "items": the first
+        RUN_ITEMS}``); ``offset`` and ``limit`` count entries. A str replaced by a str carries
+        ``text_diff`` (lines, and words within a changed line)."""
+        parse_pointer(path)  # refuse a malformed prefix, as the tree does
         ra, rb = await self._revision(a), await self._revision(b)
         changes = await self.sm.diff(a, b)
         counts = {op: sum(1 for c in changes if c.op == op) for op in ("add", "remove", "replace")}
+        shown = present(changes, path, offset, limit)
         ra.pop("root")
         rb.pop("root")
         return {
@@ -184,23 +327,24 @@ class Explorer:
             "b": rb,
             "total": len(changes),
             "counts": counts,
-            "changes": [fold(c.to_dict()) for c in changes[:MAX_CHANGES]],
-            "truncated": len(changes) > MAX_CHANGES,
+            "by_key": by_key(changes),
+            "path": path,
+            "offset": offset,
+            **shown,
         }
 
     async def tree(self, rev: str, path: str, offset: int, limit: int) -> dict[str, Any]:
         r = await self._revision(rev)
         root = r.pop("root")
-        node = await browse.level(
-            Loader(self.repo.backend), root, parse_pointer(path), offset=offset, limit=min(limit, 1000)
-        )
+        parts = parse_pointer(path)
+        loader = Loader(self.repo.backend)
+        node = await browse.level(loader, root, parts, offset=offset, limit=min(limit, 1000))
         if isinstance(node, browse.Level):
-            body = {
-                "kind": node.kind,
-                "total": node.total,
-                "offset": node.offset,
-                "items": [_item(i) for i in node.items],
-            }
+            items = [_item(i) for i in node.items]
+            if node.kind == "list":
+                for at, preview in (await summaries(loader, root, parts, node)).items():
+                    items[at]["message"] = preview
+            body = {"kind": node.kind, "total": node.total, "offset": node.offset, "items": items}
         else:
             body = _item(node)
         return {**r, "path": path, "node": body}
@@ -223,37 +367,95 @@ class Explorer:
     # -- the store -----------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        stats = await self.sm.stats(top=0)
+        """The store's stats and its recorded gc and fsck runs. The runs are read on every
+        call (one ref). The stats, a walk of the store, are computed again only when a ref
+        moved, and at most every ``HEALTH_EVERY`` seconds on a store whose sessions keep
+        saving: ``now.time`` says when they were computed."""
+        key = tuple(sorted((await self.repo.list_refs()).items()))
+        kept = self._health
+        if kept is None or (kept[0] != key and time.time() - kept[1]["time"] >= HEALTH_EVERY):
+            kept = self._health = (key, await self._stats())
         runs = await read_runs(self.repo)
         last = {op: next((r for r in reversed(runs) if r.get("op") == op), None) for op in ("gc", "fsck")}
+        return {"now": kept[1], "last_gc": last["gc"], "last_fsck": last["fsck"], "runs": runs}
+
+    async def _stats(self) -> dict[str, Any]:
+        stats = await self.sm.stats(top=0)
         return {
-            "now": {
-                "time": time.time(),
-                "sessions": stats.sessions,
-                "checkpoints": stats.checkpoints,
-                "objects": stats.objects,
-                "object_bytes": stats.object_bytes,
-                "reachable_objects": stats.reachable_objects,
-                "reachable_bytes": stats.reachable_bytes,
-                "store_bytes": stats.disk_bytes,
-                "logical_bytes": stats.logical_bytes,
-                "dedup_ratio": round(stats.dedup_ratio, 3),
-            },
-            "last_gc": last["gc"],
-            "last_fsck": last["fsck"],
-            "runs": runs,
+            "time": time.time(),
+            "sessions": stats.sessions,
+            "checkpoints": stats.checkpoints,
+            "objects": stats.objects,
+            "object_bytes": stats.object_bytes,
+            "reachable_objects": stats.reachable_objects,
+            "reachable_bytes": stats.reachable_bytes,
+            "store_bytes": stats.disk_bytes,
+            "logical_bytes": stats.logical_bytes,
+            "dedup_ratio": round(stats.dedup_ratio, 3),
         }
 
     # -- actions (only served with --allow-writes) ---------------------------------------------
 
-    async def restore(self, source: str, session_id: str | None) -> dict[str, Any]:
-        return (await self.sm.restore_into_session(source, session_id or None)).to_dict()
+    async def restore(self, source: str, session_id: str, expected: str) -> dict[str, Any]:
+        """Restore ``source`` into ``session_id`` only if its head is still ``expected`` (the
+        head the page showed): a moved or deleted session is a conflict, never overwritten."""
+        return (await self.sm.restore_into_session(source, session_id, expected=expected)).to_dict()
 
     async def fork(self, source: str, new_session_id: str) -> dict[str, Any]:
         return {"session_id": new_session_id, "head": await self.sm.fork(source, new_session_id)}
 
-    async def checkpoint(self, session_id: str, name: str) -> dict[str, Any]:
+    async def checkpoint(self, session_id: str, name: str, expected: str) -> dict[str, Any]:
+        """Checkpoint the session's head if it is still ``expected``. The check comes before
+        the checkpoint, not with it: ``create_checkpoint`` takes no expected head yet, so a
+        save landing in between is checkpointed (it is kept either way, nothing is lost)."""
+        await self._expect_head(session_id, expected)
         return {"checkpoint_id": await self.sm.create_checkpoint(session_id, name)}
 
+    async def _expect_head(self, session_id: str, expected: str) -> None:
+        current = await self.repo.head(names.session_ref(session_id))
+        if current is None or current.hex() != expected.lower():
+            now = f"is at {current.hex()[:12]}" if current is not None else "no longer exists"
+            raise ConflictError(
+                f"session {session_id!r} {now}, not at {expected[:12]} as the page showed: "
+                "look at it again, then retry",
+                names.session_ref(session_id),
+            )
 
-__all__ = ["Explorer", "fold"]
+    # -- the head's own history ---------------------------------------------------------------
+
+    async def reflog(self, session_id: str, offset: int, limit: int, saves: bool) -> dict[str, Any]:
+        """Every move of the session's head, newest first (``saves=False`` leaves out plain
+        saves): what a restore replaced stays listed here, and can be restored, until gc
+        expires the entry and collects the commit. ``restorable``: the commit is still stored."""
+        ref = names.session_ref(session_id)
+        entries = [e for e in reversed(await self.repo.reflog(ref)) if saves or not _is_save(e.message)]
+        page = entries[offset : offset + limit]
+        ids = sorted({c for e in page for c in (e.old, e.new) if c is not None})
+        present = set(await self.repo.backend.has_objects(ids)) if ids else set()
+        head = await self.repo.head(ref)
+        if head is None and not entries:
+            raise NotFoundError(f"no session {session_id!r}")
+        return {
+            "session_id": session_id,
+            "head": head.hex() if head else None,
+            "total": len(entries),
+            "offset": offset,
+            "entries": [
+                {
+                    "time": iso_time(e.time_ns / 1e9),
+                    "message": e.message,
+                    "old": e.old.hex() if e.old else None,
+                    "new": e.new.hex() if e.new else None,
+                    "restorable": e.new is not None and e.new in present,
+                    "old_restorable": e.old is not None and e.old in present,
+                }
+                for e in page
+            ],
+        }
+
+
+def _is_save(message: str) -> bool:
+    return message.startswith("save ")
+
+
+__all__ = ["FOLD", "Explorer", "fold"]

@@ -52,7 +52,8 @@ async def serve(
     sock = bind(host, port)
     port = sock.getsockname()[1]
     hosts = None if not loopback(host) else host_names(host, port)
-    app = create_app(Explorer(sm), allow_writes=allow_writes, hosts=hosts)
+    explorer = Explorer(sm)
+    app = create_app(explorer, allow_writes=allow_writes, hosts=hosts)
     config = uvicorn.Config(
         app,
         http="h11",
@@ -69,7 +70,10 @@ async def serve(
     announce(f"castate ui: {sm.repository.backend.location} at http://{shown}:{port}/ ({mode}); Ctrl-C stops it")
     if hosts is None:
         announce("castate ui: warning: not a loopback address; anyone who can reach it can use this page")
-    await server.serve(sockets=[sock])
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await explorer.close()
     # uvicorn re-raises the signal once it has shut down, but under asyncio.run that only
     # cancels the main task, which may already be done: say it here.
     return server.should_exit
