@@ -405,11 +405,10 @@ class Explorer:
         return {"session_id": new_session_id, "head": await self.sm.fork(source, new_session_id)}
 
     async def checkpoint(self, session_id: str, name: str, expected: str) -> dict[str, Any]:
-        """Checkpoint the session's head if it is still ``expected``. The check comes before
-        the checkpoint, not with it: ``create_checkpoint`` takes no expected head yet, so a
-        save landing in between is checkpointed (it is kept either way, nothing is lost)."""
-        await self._expect_head(session_id, expected)
-        return {"checkpoint_id": await self.sm.create_checkpoint(session_id, name)}
+        """Checkpoint the session's head if it is still ``expected``, in one step with the
+        checkpoint (``create_checkpoint(expected=)``): a save landing in between is a conflict."""
+        await self._expect_head(session_id, expected)  # a deleted session says so by name
+        return {"checkpoint_id": await self.sm.create_checkpoint(session_id, name, expected=expected)}
 
     async def _expect_head(self, session_id: str, expected: str) -> None:
         current = await self.repo.head(names.session_ref(session_id))
