@@ -188,7 +188,7 @@ async def test_diff_of_two_checkpoints_reads_objects_in_proportion_to_the_change
     # The root, the list's index path and the changed runs on each side, and the two
     # commits: a few dozen objects out of a tree of hundreds.
     print(f"diff read {backend.reads} objects in {backend.calls} calls; tree {tree}, store {total} objects")
-    assert tree > 200
+    assert tree >= 200
     assert backend.reads <= 30
     assert backend.calls <= 8  # batched by level, not one call per object
 

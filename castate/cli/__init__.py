@@ -14,6 +14,7 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
+from castate.codec.types import unregistered_as_dicts
 from castate.backends.base import Backend
 from castate.backends.blob import BlobBackend
 from castate.backends.local import LocalBackend
@@ -393,7 +394,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Output()
     try:
-        return asyncio.run(_run(args, out))
+        # The command line has no user types registered: it shows them as tagged dicts.
+        with unregistered_as_dicts():
+            return asyncio.run(_run(args, out))
     except KeyboardInterrupt:
         out.error("interrupted")
         return 130

@@ -7,6 +7,11 @@ are aligned (``difflib.SequenceMatcher``), matching runs are skipped, and only t
 between them are opened, level by level, down to the items. Appending k items to a
 10,000-item list therefore reads a few nodes and yields k ``add`` changes.
 
+Dicts keep their key order: when the changes of a dict, applied in order (a removed key
+leaves, an added key goes last), would not give its new key order, the dict is one
+"replace" instead. A reorder inside a big dict whose unchanged runs cancel is not seen
+(those runs are never read).
+
 Changes are listed in the order they apply: list positions are those of the list as the
 earlier changes left it, as in an RFC 6902 JSON Patch (``to_patch``).
 """
@@ -19,13 +24,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import ormsgpack
-
 from castate.backends.base import Backend
+from castate.codec.encoder import typed_key
 from castate.codec.nodes import parse_index
 from castate.codec.objects import KIND_INDEX, KIND_LIST
 from castate.errors import CorruptObjectError
-from castate.repository.tree import Entry, Loader, Ref, entry_shape, node_entries, pointer, same_entry, shape
+from castate.repository.tree import Entry, Loader, Ref, dict_of, entry_shape, node_entries, pointer, same_entry, shape
 
 Op = Literal["add", "remove", "replace"]
 
@@ -118,15 +122,18 @@ class Differ:
 
     # -- dicts --------------------------------------------------------------------------------
 
-    async def _dict_leaves(self, a: Entry, b: Entry) -> tuple[dict[str, Entry], dict[str, Entry]]:
+    async def _dict_leaves(self, a: Entry, b: Entry) -> tuple[dict[str, Entry], dict[str, Entry], bool]:
         """The entries of both dicts, minus every run the two share (keys are unique in a
-        dict, so a run with the same id on both sides holds the same keys and values)."""
+        dict, so a run with the same id on both sides holds the same keys and values), and
+        whether no run was shared (then both sides are whole, in their key order)."""
         ea: dict[str, Entry] = {} if type(a) is Ref else dict(a)
         eb: dict[str, Entry] = {} if type(b) is Ref else dict(b)
         pa = {a.id} if type(a) is Ref else set()
         pb = {b.id} if type(b) is Ref else set()
+        whole = True
         while pa or pb:
             common = pa & pb
+            whole = whole and not common
             pa -= common
             pb -= common
             got = await self.loader.get_many([*pa, *pb])
@@ -138,20 +145,31 @@ class Differ:
                         pending.update(c for c, _ in parse_index(oid, content)[1])
                     else:
                         out.update(node_entries(oid, kind, content))  # type: ignore[arg-type]
-        return ea, eb
+        if whole:  # the runs were read in no particular order: take each side's key order again
+            if type(a) is Ref:
+                ea = await dict_of(self.loader, a.id)  # from the loader's cache: no reads
+            if type(b) is Ref:
+                eb = await dict_of(self.loader, b.id)
+        return ea, eb, whole
 
     async def _dicts(self, path: tuple[str | int, ...], a: Entry, b: Entry) -> list[_Raw]:
-        ea, eb = await self._dict_leaves(a, b)
+        ea, eb, whole = await self._dict_leaves(a, b)
         out: list[_Raw] = []
         nested = []
+        added = []
         for key in sorted(ea.keys() | eb.keys()):
             if key not in eb:
                 out.append(_Raw("remove", (*path, key), ea[key]))
             elif key not in ea:
                 out.append(_Raw("add", (*path, key), None, eb[key]))
+                added.append(key)
             elif not same_entry(ea[key], eb[key]):
-                nested.append(self.compare((*path, key), ea[key], eb[key]))
-        for part in await asyncio.gather(*nested):
+                nested.append(key)
+        if whole and [k for k in ea if k in eb] + added != list(eb):
+            # Dicts keep their key order, and these changes, applied in order, would leave the
+            # keys in another one (a key moved): the dict is replaced as a whole.
+            return [_Raw("replace", path, a, b)]
+        for part in await asyncio.gather(*(self.compare((*path, k), ea[k], eb[k]) for k in nested)):
             out.extend(part)
         out.sort(key=lambda r: r.path[len(path)])  # keys in order, each key's changes together (stable)
         return out
@@ -239,7 +257,7 @@ async def _done(value: list[_Raw]) -> list[_Raw]:
 def _key(entry: Entry) -> Any:
     if type(entry) is Ref:
         return entry.id
-    return (0, ormsgpack.packb(entry, option=ormsgpack.OPT_SORT_KEYS))
+    return (0, typed_key(entry) or repr(entry).encode())
 
 
 async def diff_trees(backend: Backend, root_a: bytes, root_b: bytes) -> list[Change]:

@@ -24,6 +24,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from castate.codec.types import unregistered_as_dicts
 from castate.cli.output import to_json
 from castate.errors import CastateError, ConflictError, InvalidKeyError, NotFoundError
 from castate.ui.explorer import Explorer
@@ -62,7 +63,8 @@ def _error_status(exc: CastateError) -> int:
 def _endpoint(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
         try:
-            return json_response(await fn(request))
+            with unregistered_as_dicts():  # the page has no user types registered: tagged dicts
+                return json_response(await fn(request))
         except CastateError as exc:
             return json_response({"error": str(exc), "type": type(exc).__name__}, _error_status(exc))
 

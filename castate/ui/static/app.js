@@ -122,6 +122,8 @@ function renderValue(v, moreLink) {
     }));
   }
   if ("$bytes" in v && Object.keys(v).length === 1) return el("span", { class: "n", text: `bytes ${v.$bytes.slice(0, 80)}${v.$bytes.length > 80 ? "…" : ""} (base64)` });
+  const typed = Object.keys(v);
+  if (typed.length === 1 && /^\$(datetime|date|time|timedelta|UUID|Decimal|float)$/.test(typed[0])) return el("span", { class: "n", text: `${typed[0].slice(1)} ${v[typed[0]]}` });
   if ("$folded" in v && "$length" in v) {
     if (typeof v.$folded === "string") return foldedText(v.$folded, v.$length, moreLink ? el("a", { href: moreLink, text: "open in the tree" }) : null);
     return el("span", { class: "n", text: `bytes, ${v.$length} in all (base64 head ${(v.$folded.$bytes || "").slice(0, 60)}…)` });
