@@ -13,6 +13,7 @@ sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0.
 from castate.autocheckpoint import AutoCheckpoint
 from castate.backends import Backend, LocalBackend, MemoryBackend
 from castate.backends.urls import open_backend as open  # noqa: F401 - public as castate.open, kept out of __all__
+from castate.codec.types import register, unregistered_as_dicts
 from castate.errors import (
     BackendUnavailableError,
     CastateError,
@@ -23,8 +24,10 @@ from castate.errors import (
     InvalidKeyError,
     MissingObjectError,
     NotFoundError,
+    RegistrationError,
     StoreError,
     StoreIOError,
+    UnregisteredTypeError,
     UnsupportedFormatError,
     UnsupportedValueError,
 )
@@ -54,6 +57,7 @@ __all__ = [
     "MemoryBackend",
     "MissingObjectError",
     "NotFoundError",
+    "RegistrationError",
     "Repository",
     "RestoreResult",
     "RetentionPolicy",
@@ -65,9 +69,12 @@ __all__ = [
     "StoreIOError",
     "TrackedDict",
     "TrackedList",
+    "UnregisteredTypeError",
     "UnsupportedFormatError",
     "UnsupportedValueError",
+    "register",
     "to_patch",
     "tracked",
+    "unregistered_as_dicts",
 ]
 # castate.open is public but stays out of __all__, so `from castate import *` never shadows the builtin.

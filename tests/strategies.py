@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import random
 from typing import Any
 
@@ -23,17 +25,54 @@ values = st.recursive(
 )
 states = st.dictionaries(text, values, max_size=8)
 
+# -- the extended domain: typed values (format 2) --------------------------------------------------
+
+zones = st.none() | st.timezones() | st.builds(
+    datetime.timezone, st.timedeltas(datetime.timedelta(hours=-23), datetime.timedelta(hours=23))
+) | st.builds(datetime.timezone, st.timedeltas(datetime.timedelta(hours=-2), datetime.timedelta(hours=2)), text)
+hashable_typed = (
+    st.datetimes(timezones=zones).flatmap(lambda d: st.sampled_from([d, d.replace(fold=1)]))
+    | st.dates()
+    | st.times(timezones=zones)
+    | st.timedeltas()
+    | st.uuids()
+    | st.decimals(allow_nan=False, allow_infinity=True)
+    | st.sampled_from([float("inf"), float("-inf")])
+)
+hashables = st.recursive(
+    scalars | hashable_typed,
+    lambda children: st.tuples(children, children) | st.frozensets(children, max_size=6),
+    max_leaves=10,
+)
+typed_values = st.recursive(
+    scalars | hashable_typed | st.decimals(allow_nan=True) | st.just(float("nan")),
+    lambda children: st.lists(children, max_size=12)
+    | st.dictionaries(text, children, max_size=8)
+    | st.lists(children, max_size=6).map(tuple)
+    | st.sets(hashables, max_size=6)
+    | st.frozensets(hashables, max_size=6),
+    max_leaves=30,
+)
+typed_states = st.dictionaries(text, typed_values, max_size=8)
+
 
 def same(a: Any, b: Any) -> bool:
-    """Equal values of equal types all the way down (1, 1.0 and True are all different)."""
+    """Equal values of equal types all the way down (1, 1.0 and True are all different), dicts
+    in the same key order, datetimes in the same zone, Decimals with the same digits."""
     if type(a) is not type(b):
         return False
     if type(a) is dict:
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if type(a) is list:
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if type(a) is list or type(a) is tuple:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is set or type(a) is frozenset:
+        return a == b and all(any(same(x, y) for y in b) for x in a)
     if type(a) is float:
-        return a == b and str(a) == str(b)  # tells 0.0 from -0.0
+        return (a == b or a != a and b != b) and str(a) == str(b)  # tells 0.0 from -0.0; NaN is NaN
+    if type(a) is datetime.datetime or type(a) is datetime.time:
+        return a == b and a.tzinfo == b.tzinfo and type(a.tzinfo) is type(b.tzinfo) and a.fold == b.fold
+    if type(a) is decimal.Decimal:
+        return str(a) == str(b)
     return bool(a == b)
 
 
