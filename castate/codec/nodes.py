@@ -125,16 +125,26 @@ def check_nesting(oid: bytes, body: Any) -> None:
     writes one: its states stop at 200; walking such a value recursively would exhaust
     Python's stack). ormsgpack's encoder checks the depth at C speed."""
     try:
-        ormsgpack.packb(body, option=ormsgpack.OPT_NON_STR_KEYS, default=_opaque)
+        ormsgpack.packb(body, option=_NESTING_OPTIONS, default=_opaque)
     except TypeError as exc:
         raise CorruptObjectError(oid.hex(), f"bad node body: {exc}") from None
 
 
-def _opaque(value: Any) -> Any:
+def _opaque(_value: Any) -> Any:
     # A typed value in a body: nesting inside it was bounded when its ext was decoded.
-    if isinstance(value, (set, frozenset)):
-        return list(value)
     return None
+
+
+# Typed values go to ``_opaque`` instead of being encoded (ormsgpack refuses some, such as a
+# time with a zone).
+_NESTING_OPTIONS = (
+    ormsgpack.OPT_NON_STR_KEYS
+    | ormsgpack.OPT_PASSTHROUGH_DATETIME
+    | ormsgpack.OPT_PASSTHROUGH_UUID
+    | ormsgpack.OPT_PASSTHROUGH_TUPLE
+    | ormsgpack.OPT_PASSTHROUGH_DATACLASS
+    | ormsgpack.OPT_PASSTHROUGH_ENUM
+)
 
 
 _TYPED_HEAD = struct.Struct("<B32s")
