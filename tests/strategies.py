@@ -27,9 +27,12 @@ states = st.dictionaries(text, values, max_size=8)
 
 # -- the extended domain: typed values (format 2) --------------------------------------------------
 
-zones = st.none() | st.timezones() | st.builds(
-    datetime.timezone, st.timedeltas(datetime.timedelta(hours=-23), datetime.timedelta(hours=23))
-) | st.builds(datetime.timezone, st.timedeltas(datetime.timedelta(hours=-2), datetime.timedelta(hours=2)), text)
+zones = (
+    st.none()
+    | st.timezones()
+    | st.builds(datetime.timezone, st.timedeltas(datetime.timedelta(hours=-23), datetime.timedelta(hours=23)))
+    | st.builds(datetime.timezone, st.timedeltas(datetime.timedelta(hours=-2), datetime.timedelta(hours=2)), text)
+)
 hashable_typed = (
     st.datetimes(timezones=zones).flatmap(lambda d: st.sampled_from([d, d.replace(fold=1)]))
     | st.dates()
@@ -46,11 +49,13 @@ hashables = st.recursive(
 )
 typed_values = st.recursive(
     scalars | hashable_typed | st.decimals(allow_nan=True) | st.just(float("nan")),
-    lambda children: st.lists(children, max_size=12)
-    | st.dictionaries(text, children, max_size=8)
-    | st.lists(children, max_size=6).map(tuple)
-    | st.sets(hashables, max_size=6)
-    | st.frozensets(hashables, max_size=6),
+    lambda children: (
+        st.lists(children, max_size=12)
+        | st.dictionaries(text, children, max_size=8)
+        | st.lists(children, max_size=6).map(tuple)
+        | st.sets(hashables, max_size=6)
+        | st.frozensets(hashables, max_size=6)
+    ),
     max_leaves=30,
 )
 typed_states = st.dictionaries(text, typed_values, max_size=8)
@@ -68,7 +73,7 @@ def same(a: Any, b: Any) -> bool:
     if type(a) is set or type(a) is frozenset:
         return a == b and all(any(same(x, y) for y in b) for x in a)
     if type(a) is float:
-        return (a == b or a != a and b != b) and str(a) == str(b)  # tells 0.0 from -0.0; NaN is NaN
+        return (a == b or (a != a and b != b)) and str(a) == str(b)  # tells 0.0 from -0.0; NaN is NaN
     if type(a) is datetime.datetime or type(a) is datetime.time:
         return a == b and a.tzinfo == b.tzinfo and type(a.tzinfo) is type(b.tzinfo) and a.fold == b.fold
     if type(a) is decimal.Decimal:

@@ -375,8 +375,16 @@ def test_show_and_diff_render_typed_values(store: Path) -> None:
                 one = await sm.create_checkpoint("t", "one")
                 await sm.save_session(
                     "t",
-                    {"at": when + dt.timedelta(hours=1), "id": uuid.UUID(int=5), "n": 1, "price": decimal.Decimal("9.90"),
-                     "pair": (1, 2), "tags": {"b", "a"}, "nan": float("nan"), "note": Note("hi")},
+                    {
+                        "at": when + dt.timedelta(hours=1),
+                        "id": uuid.UUID(int=5),
+                        "n": 1,
+                        "price": decimal.Decimal("9.90"),
+                        "pair": (1, 2),
+                        "tags": {"b", "a"},
+                        "nan": float("nan"),
+                        "note": Note("hi"),
+                    },
                 )
                 return one
         finally:

@@ -71,7 +71,11 @@ def _cycle_list() -> dict[str, Any]:
     [
         ({"tags": {1, object()}}, "object", "state['tags'][1]"),
         ({"pair": (1, [2, bytearray(b"x")])}, "bytearray", "state['pair'][1][1]"),
-        ({"a": {"when": datetime.datetime(2024, 1, 1, tzinfo=_OtherZone())}}, "tzinfo _OtherZone", "state['a']['when']"),
+        (
+            {"a": {"when": datetime.datetime(2024, 1, 1, tzinfo=_OtherZone())}},
+            "tzinfo _OtherZone",
+            "state['a']['when']",
+        ),
         ({"a": [1, {"ts": datetime.time(1, tzinfo=_OtherZone())}]}, "tzinfo _OtherZone", "state['a'][1]['ts']"),
         ({"d": decimal.Decimal("1" * 3000)}, "Decimal of 3000 characters", "state['d']"),
         ({"f": lambda: 1}, "function", "state['f']"),
@@ -288,7 +292,8 @@ def test_typed_lookalikes_replacing_old_content_are_saved(old: Any, new: Any) ->
     root, _, objects = encode(state, shadow)
     assert root == encode(state)[0] != before
     back = Decoder({**objects, **encode(state)[2]}).build(root)["items"][100]
-    assert type(back) is type(new) and (back == new or new != new)
+    assert type(back) is type(new)
+    assert back == new or new != new
     if isinstance(new, datetime.datetime):
         assert back.tzinfo == new.tzinfo
 

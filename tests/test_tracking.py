@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import copy
-import math
 import random
 import statistics
-import uuid
 from typing import Any
 
 import pytest

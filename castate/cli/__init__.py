@@ -14,13 +14,13 @@ import sys
 import traceback
 from collections.abc import Awaitable, Callable, Sequence
 
-from castate.codec.types import unregistered_as_dicts
 from castate.backends.base import Backend
 from castate.backends.blob import BlobBackend
 from castate.backends.local import LocalBackend
 from castate.backends.urls import open_backend, scheme_of
 from castate.cli import commands as c
 from castate.cli.output import Output
+from castate.codec.types import unregistered_as_dicts
 from castate.errors import (
     CastateError,
     ConflictError,

@@ -12,12 +12,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 import orjson
-
-from castate.codec.types import readable, registered
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
+
+from castate.codec.types import readable, registered
 
 WIDE = 200  # columns when stdout is not a terminal: never wrap ids in pipes and files
 

@@ -182,7 +182,6 @@ class Decoder:
             parts.append((cid, count, self._get(cid, oid)[0], (yield cid, oid, depth)))
         return _join(oid, flavor, parts)
 
-
     def _typed(self, oid: bytes, content: Content, depth: int) -> Steps:
         code, inner, name = parse_typed(oid, content)
         return _typed(oid, code, (yield inner, oid, depth + 1), name)

@@ -454,7 +454,7 @@ class Encoder:
         get = d.__getitem__
         found: list[tuple[int, DictRun]] = []
         lo = 0
-        where = dict(zip(keys, range(n)))  # key -> its position in insertion order
+        where = dict(zip(keys, range(n), strict=True))  # key -> its position in insertion order
         for run in runs:
             if run.digest is None:
                 continue
@@ -675,6 +675,7 @@ class Encoder:
                 code, name = EXT_USER, user.name
         finally:
             self._active.discard(id(value))
+        assert code is not None
         tag, payload = inner
         if tag == INLINE:
             data = payload if name is None else b"\x92" + _pack(name) + payload

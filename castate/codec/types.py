@@ -89,7 +89,7 @@ def _tz_state(tz: dt.tzinfo | None) -> Any:
             raise ValueError("a ZoneInfo without a key (made from a file) cannot be stored")
         return tz.key
     if type(tz) is dt.timezone:
-        args = tz.__getinitargs__()  # (offset,) or (offset, name): the name only if one was given
+        args = tz.__getinitargs__()  # type: ignore[attr-defined]  # (offset,) or (offset, name given)
         off: dt.timedelta = args[0]
         micros = (off.days * 86400 + off.seconds) * 1_000_000 + off.microseconds
         return [micros, *args[1:]]
@@ -387,7 +387,7 @@ def build_container(code: int, inner: Any, name: str | None = None) -> Any:
         if type(inner) is not list:
             raise BadBody("a tuple whose body is not a list")
         return tuple(inner)
-    if code == EXT_SET or code == EXT_FROZENSET:
+    if code in (EXT_SET, EXT_FROZENSET):
         if type(inner) is not list:
             raise BadBody(f"a {CODE_NAMES[code]} whose body is not a list")
         try:

@@ -173,7 +173,9 @@ def _inline(key: str | int | None, value: Any, preview: int) -> Item:
     if t in (bool, int, float):
         return Item(key, {bool: "bool", int: "int", float: "float"}[t], None, value, True)
     text = repr(value)  # an inline tuple, set, frozenset or user type
-    return Item(key, t.__name__, len(value) if hasattr(value, "__len__") else None, text[:preview], len(text) <= preview)
+    return Item(
+        key, t.__name__, len(value) if hasattr(value, "__len__") else None, text[:preview], len(text) <= preview
+    )
 
 
 __all__ = ["PAGE", "PREVIEW", "Item", "Level", "describe", "level", "list_range"]

@@ -166,7 +166,7 @@ class Differ:
             return [_Raw("replace", path, a, b)]
         for part in await asyncio.gather(*(self.compare((*path, k), ea[k], eb[k]) for k in nested)):
             out.extend(part)
-        order = {k: i for i, k in enumerate([k for k in ea if k not in eb] + list(eb))}
+        order: dict[str | int, int] = {k: i for i, k in enumerate([k for k in ea if k not in eb] + list(eb))}
         out.sort(key=lambda r: order[r.path[len(path)]])  # stable: each key's changes stay together
         return out
 

@@ -17,8 +17,8 @@ from typing import Any
 from castate.backends.base import Backend
 from castate.codec import Decoder, decode_frame
 from castate.codec.decoder import Content
-from castate.codec.nodes import INDEX_DICT, TAG_REF, check_nesting, parse_index, parse_node
 from castate.codec.encoder import typed_key
+from castate.codec.nodes import INDEX_DICT, TAG_REF, check_nesting, parse_index, parse_node
 from castate.codec.objects import KIND_DICT, KIND_INDEX, KIND_LIST
 from castate.codec.types import unregistered_as_dicts
 from castate.errors import InvalidKeyError, MissingObjectError, NotFoundError
@@ -187,7 +187,7 @@ def strict_equal(a: Any, b: Any) -> bool:
     if ta is list:
         return len(a) == len(b) and all(strict_equal(x, y) for x, y in zip(a, b, strict=True))
     if ta is float:
-        return bool(a == b) and math.copysign(1.0, a) == math.copysign(1.0, b) or (a != a and b != b)
+        return (bool(a == b) and math.copysign(1.0, a) == math.copysign(1.0, b)) or (a != a and b != b)
     if ta is str or ta is int or ta is bool or ta is bytes or a is None:
         return bool(a == b)
     return typed_key(a) == typed_key(b)

@@ -24,8 +24,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from castate.codec.types import unregistered_as_dicts
 from castate.cli.output import to_json
+from castate.codec.types import unregistered_as_dicts
 from castate.errors import CastateError, ConflictError, InvalidKeyError, NotFoundError
 from castate.ui.explorer import Explorer
 
