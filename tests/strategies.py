@@ -83,8 +83,29 @@ def same(a: Any, b: Any) -> bool:
 
 # -- edits of long lists, for the incremental encoder's properties ----------------------------
 
-# Equal under == but different values to castate (1, 1.0 and True, 0, 0.0, -0.0 and False).
-lookalikes = st.sampled_from([1, 1.0, True, 0, 0.0, -0.0, False, None, "1", b"1"])
+# Equal under == but different values to castate (1, 1.0 and True, 0, 0.0, -0.0 and False,
+# a tuple and a list, a set and a frozenset, the same instant in two zones, 1 and Decimal(1)).
+lookalikes = st.sampled_from(
+    [
+        1,
+        1.0,
+        True,
+        0,
+        0.0,
+        -0.0,
+        False,
+        None,
+        "1",
+        b"1",
+        (1, 2),
+        [1, 2],
+        frozenset({1}),
+        decimal.Decimal(1),
+        decimal.Decimal("1.0"),
+        datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        datetime.datetime(2026, 1, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=1))),
+    ]
+)
 # Elements heavy enough that a few hundred of them make several runs.
 elements = st.one_of(
     lookalikes,
@@ -93,6 +114,11 @@ elements = st.one_of(
         lambda n, k: {"role": "user", "content": f"message {n} " * k, "n": n}, st.integers(0, 10**6), st.integers(1, 60)
     ),
     st.builds(lambda n: "x" * n, st.integers(2000, 3000)),
+    st.builds(
+        lambda n, k: {"at": datetime.date(2026, 1, 1 + n % 28), "tags": {f"t{n}", "x"}, "pair": (n, "y" * k)},
+        st.integers(0, 10**6),
+        st.integers(1, 400),
+    ),
     st.builds(lambda n: [n, {"k": n}], st.integers(0, 9)),
 )
 LIST_OPS = (
