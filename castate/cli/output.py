@@ -17,7 +17,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from castate.codec.types import readable, registered
+from castate.codec.types import ndarray_type, readable, registered
 
 WIDE = 200  # columns when stdout is not a terminal: never wrap ids in pipes and files
 
@@ -63,6 +63,8 @@ def _plain(value: Any) -> Any:
     user = registered(t)
     if user is not None:
         return {"$type": user.name, "value": _plain(user.to_state(value))}
+    if t is ndarray_type():
+        return {"$ndarray": _plain(value.tolist()), "dtype": value.dtype.str}
     return value
 
 

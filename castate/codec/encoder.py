@@ -62,7 +62,17 @@ from castate.codec.objects import (
     KIND_TYPED,
     object_id,
 )
-from castate.codec.types import CANONICAL_NAN, CONTAINER_TYPES, EXT_TUPLE, EXT_USER, SCALARS, registered
+from castate.codec.types import (
+    CANONICAL_NAN,
+    CONTAINER_TYPES,
+    EXT_NDARRAY,
+    EXT_TUPLE,
+    EXT_USER,
+    SCALARS,
+    ndarray_state,
+    ndarray_type,
+    registered,
+)
 from castate.errors import UnsupportedValueError
 from castate.tracking import TrackedDict, TrackedList
 
@@ -140,6 +150,9 @@ def _typed_default(value: Any) -> Any:
         if code is not None:
             _touch()
             return ormsgpack.Ext(code, _pack(list(value), default=_typed_default, option=_STRICT))
+        if t is ndarray_type():
+            _touch()
+            return ormsgpack.Ext(EXT_NDARRAY, _pack(ndarray_state(value)))
         user = registered(t)
         if user is not None:
             if user.mutable:
@@ -650,7 +663,9 @@ class Encoder:
         code = CONTAINER_TYPES.get(t)
         user = registered(t) if code is None else None
         if code is None and user is None:
-            return self._convert(value, path, depth)
+            if t is not ndarray_type():
+                return self._convert(value, path, depth)
+            return self._ndarray(value, path, depth)
         if depth >= MAX_DEPTH:
             raise UnsupportedValueError(f"state nested deeper than {MAX_DEPTH} levels", format_path(path))
         self._enter(value, path)
@@ -681,6 +696,19 @@ class Encoder:
             data = payload if name is None else b"\x92" + _pack(name) + payload
             return (INLINE, _pack(ormsgpack.Ext(code, data)))
         return (REF, self._put(KIND_TYPED, encode_typed(code, payload, name)))
+
+    def _ndarray(self, value: Any, path: Path, depth: int) -> Entry:
+        """A numpy array: ``[dtype, shape, data]`` as a list, its data a bytes value (a blob,
+        content-defined chunks when large, so an appended row rewrites only the last chunks)."""
+        _touch()
+        try:
+            state = ndarray_state(value)
+        except ValueError as exc:
+            raise UnsupportedValueError(str(exc), format_path(path)) from None
+        tag, payload = self.encode(state, path, depth + 1)
+        if tag == INLINE:
+            return (INLINE, _pack(ormsgpack.Ext(EXT_NDARRAY, payload)))
+        return (REF, self._put(KIND_TYPED, encode_typed(EXT_NDARRAY, payload, None)))
 
     def _list_of(self, entries: list[Entry]) -> Entry:
         """The entry of a list made of ``entries`` (inline when small, else a node or runs)."""

@@ -24,6 +24,7 @@ from castate.codec.objects import (
 )
 from castate.codec.types import (
     EXT_FROZENSET,
+    EXT_NDARRAY,
     EXT_SET,
     EXT_TUPLE,
     EXT_USER,
@@ -169,7 +170,7 @@ def parse_typed(oid: bytes, content: bytes | memoryview) -> tuple[int, bytes, st
             raise CorruptObjectError(oid.hex(), "typed object name is not UTF-8") from None
         if not name:
             raise CorruptObjectError(oid.hex(), "registered-type object without a name")
-    elif code in (EXT_TUPLE, EXT_SET, EXT_FROZENSET) and not rest:
+    elif code in (EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_NDARRAY) and not rest:
         name = None
     else:
         raise CorruptObjectError(oid.hex(), f"bad typed object (code {code})")

@@ -41,8 +41,9 @@ EXT_TUPLE = 7
 EXT_SET = 8
 EXT_FROZENSET = 9
 EXT_USER = 10
+EXT_NDARRAY = 11
 
-CONTAINER_CODES = frozenset((EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_USER))
+CONTAINER_CODES = frozenset((EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_USER, EXT_NDARRAY))
 CODE_NAMES = {
     EXT_DATETIME: "datetime",
     EXT_DATE: "date",
@@ -54,6 +55,7 @@ CODE_NAMES = {
     EXT_SET: "set",
     EXT_FROZENSET: "frozenset",
     EXT_USER: "registered type",
+    EXT_NDARRAY: "ndarray",
 }
 CONTAINER_TYPES: dict[type, int] = {tuple: EXT_TUPLE, set: EXT_SET, frozenset: EXT_FROZENSET}
 
@@ -195,6 +197,66 @@ def _fields(data: bytes, n: int, ints: int) -> list[Any]:
     if type(items) is not list or len(items) != n or any(type(x) is not int for x in items[:ints]):
         raise BadBody("bad fields")
     return items
+
+
+# -- numpy arrays (only when numpy is installed) --------------------------------------------------
+
+# dtype kinds castate keeps: bool, ints, floats, complex, datetime64/timedelta64, bytes, str.
+# Never object ("O") or void/structured ("V") dtypes: their bytes are not their values.
+NDARRAY_KINDS = frozenset("biufcmMSU")
+
+
+def ndarray_type() -> type | None:
+    """numpy.ndarray if numpy is imported (a state can hold an array only then), else None."""
+    numpy = sys.modules.get("numpy")
+    return None if numpy is None else numpy.ndarray  # type: ignore[no-any-return]
+
+
+def ndarray_state(arr: Any) -> list[Any]:
+    """``[dtype, shape, data]`` of an array: its dtype string (with byte order), its shape,
+    and its C-order bytes; ValueError for a dtype castate does not keep."""
+    dtype = arr.dtype
+    if dtype.kind not in NDARRAY_KINDS or dtype.fields is not None:
+        raise ValueError(f"numpy dtype {dtype} (kept: bool, int, uint, float, complex, datetime64, bytes, str)")
+    numpy = sys.modules["numpy"]
+    return [dtype.str, list(arr.shape), numpy.ascontiguousarray(arr).tobytes()]
+
+
+def _numpy() -> Any:
+    """numpy, castate's own optional dependency (imported by this fixed name, never a stored one)."""
+    module = sys.modules.get("numpy")
+    if module is not None:
+        return module
+    try:
+        import numpy
+    except ImportError:
+        raise Unregistered("numpy.ndarray", "needs numpy, which is not installed") from None
+    return numpy
+
+
+def _ndarray_from(state: Any) -> Any:
+    numpy = _numpy()
+    if (
+        type(state) is not list
+        or len(state) != 3
+        or type(state[0]) is not str
+        or type(state[1]) is not list
+        or any(type(n) is not int or n < 0 for n in state[1])
+        or type(state[2]) is not bytes
+    ):
+        raise BadBody("bad ndarray body")
+    try:
+        dtype = numpy.dtype(state[0])
+    except (TypeError, ValueError) as exc:
+        raise BadBody(f"bad ndarray dtype {state[0]!r}: {exc}") from None
+    if dtype.kind not in NDARRAY_KINDS or dtype.fields is not None or dtype.str != state[0]:
+        raise BadBody(f"bad ndarray dtype {state[0]!r}")
+    count = 1
+    for n in state[1]:
+        count *= n
+    if count * dtype.itemsize != len(state[2]):
+        raise BadBody(f"ndarray data of {len(state[2])} bytes for shape {state[1]} of {dtype}")
+    return numpy.frombuffer(state[2], dtype=dtype).reshape(state[1]).copy()  # a writable array of its own
 
 
 # -- the registry --------------------------------------------------------------------------------
@@ -387,6 +449,15 @@ def build_container(code: int, inner: Any, name: str | None = None) -> Any:
         if type(inner) is not list:
             raise BadBody("a tuple whose body is not a list")
         return tuple(inner)
+    if code == EXT_NDARRAY:
+        if _mode.get() == TAGGED_ALL:
+            return tagged("numpy.ndarray", inner)
+        try:
+            return _ndarray_from(inner)
+        except Unregistered:
+            if _mode.get() != STRICT:
+                return tagged("numpy.ndarray", inner)
+            raise
     if code in (EXT_SET, EXT_FROZENSET):
         if type(inner) is not list:
             raise BadBody(f"a {CODE_NAMES[code]} whose body is not a list")
