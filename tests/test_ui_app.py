@@ -214,3 +214,27 @@ def test_castate_core_never_imports_the_ui_stack() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+async def test_typed_values_in_the_tree_and_the_diff(sm: castate.StateManager) -> None:
+    import datetime as dt
+    import uuid
+
+    when = dt.datetime(2026, 12, 5, 2, 10, 23, tzinfo=dt.UTC)
+    await sm.save_session("typed", {"at": when, "id": uuid.UUID(int=7), "pair": (1, "x"), "inf": float("inf")})
+    cp = await sm.create_checkpoint("typed", "one")
+    await sm.save_session("typed", {"at": when + dt.timedelta(minutes=1), "id": uuid.UUID(int=7), "pair": (1, "y")})
+    async with client(sm) as c:
+        root = await get(c, "/api/tree", rev=cp)
+        items = {i["key"]: i for i in root["node"]["items"]}
+        assert list(items) == ["at", "id", "pair", "inf"]  # insertion order
+        assert (items["at"]["kind"], items["at"]["value"]) == ("datetime", "2026-12-05T02:10:23+00:00")
+        assert (items["id"]["kind"], items["id"]["value"]) == ("UUID", "00000000-0000-0000-0000-000000000007")
+        assert (items["inf"]["kind"], items["inf"]["value"]) == ("float", "inf")
+        assert items["pair"]["kind"] == "tuple"
+        d = await get(c, "/api/diff", a=cp, b="typed")
+        changes = {ch["path"]: ch for ch in d["changes"]}
+        assert changes["/at"]["new"] == {"$datetime": "2026-12-05T02:11:23+00:00"}
+        assert changes["/pair"]["new"] == {"$tuple": [1, "y"]}
+        assert changes["/inf"]["op"] == "remove"
+        assert changes["/inf"]["old"] == {"$float": "inf"}
