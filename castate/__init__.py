@@ -13,6 +13,7 @@ sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0.
 from castate.autocheckpoint import AutoCheckpoint
 from castate.backends import Backend, LocalBackend, MemoryBackend
 from castate.backends.urls import open_backend as open  # noqa: F401 - public as castate.open, kept out of __all__
+from castate.codec.types import register, unregistered_as_dicts
 from castate.errors import (
     AlreadyExistsError,
     BackendUnavailableError,
@@ -24,10 +25,12 @@ from castate.errors import (
     InvalidKeyError,
     MissingObjectError,
     NotFoundError,
+    RegistrationError,
     StoreError,
     StoreIOError,
     StoreNotFoundError,
     StoreWarning,
+    UnregisteredTypeError,
     UnsupportedFormatError,
     UnsupportedValueError,
 )
@@ -58,6 +61,7 @@ __all__ = [
     "MemoryBackend",
     "MissingObjectError",
     "NotFoundError",
+    "RegistrationError",
     "Repository",
     "RestoreResult",
     "RetentionPolicy",
@@ -71,9 +75,12 @@ __all__ = [
     "StoreWarning",
     "TrackedDict",
     "TrackedList",
+    "UnregisteredTypeError",
     "UnsupportedFormatError",
     "UnsupportedValueError",
+    "register",
     "to_patch",
     "tracked",
+    "unregistered_as_dicts",
 ]
 # castate.open is public but stays out of __all__, so `from castate import *` never shadows the builtin.

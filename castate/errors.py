@@ -26,6 +26,24 @@ class UnsupportedValueError(CastateError, TypeError):
         self.path = path
 
 
+class RegistrationError(CastateError, ValueError):
+    """``castate.register`` refused: a reserved or taken name, or a class registered already."""
+
+
+class UnregisteredTypeError(CastateError, TypeError):
+    """A stored user type that this process cannot rebuild: its name is not registered, or
+    its ``from_state`` refused the stored state. ``name`` is the stored type name, ``path``
+    where it sits in the state. ``castate.unregistered_as_dicts()`` reads it as a tagged dict."""
+
+    def __init__(self, name: str, reason: str, path: str = "state") -> None:
+        super().__init__(
+            f"stored type {name!r} {reason} at {path}; read it as a plain tagged dict with "
+            "castate.unregistered_as_dicts()"
+        )
+        self.name = name
+        self.path = path
+
+
 class ConflictError(CastateError):
     """A compare-and-swap on a ref lost a race: another writer moved the ref first.
 

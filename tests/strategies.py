@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
+import decimal
 import random
 from typing import Any
 
@@ -23,24 +25,87 @@ values = st.recursive(
 )
 states = st.dictionaries(text, values, max_size=8)
 
+# -- the extended domain: typed values (format 2) --------------------------------------------------
+
+zones = (
+    st.none()
+    | st.timezones()
+    | st.builds(datetime.timezone, st.timedeltas(datetime.timedelta(hours=-23), datetime.timedelta(hours=23)))
+    | st.builds(datetime.timezone, st.timedeltas(datetime.timedelta(hours=-2), datetime.timedelta(hours=2)), text)
+)
+hashable_typed = (
+    st.datetimes(timezones=zones).flatmap(lambda d: st.sampled_from([d, d.replace(fold=1)]))
+    | st.dates()
+    | st.times(timezones=zones)
+    | st.timedeltas()
+    | st.uuids()
+    | st.decimals(allow_nan=False, allow_infinity=True)
+    | st.sampled_from([float("inf"), float("-inf")])
+)
+hashables = st.recursive(
+    scalars | hashable_typed,
+    lambda children: st.tuples(children, children) | st.frozensets(children, max_size=6),
+    max_leaves=10,
+)
+typed_values = st.recursive(
+    scalars | hashable_typed | st.decimals(allow_nan=True) | st.just(float("nan")),
+    lambda children: (
+        st.lists(children, max_size=12)
+        | st.dictionaries(text, children, max_size=8)
+        | st.lists(children, max_size=6).map(tuple)
+        | st.sets(hashables, max_size=6)
+        | st.frozensets(hashables, max_size=6)
+    ),
+    max_leaves=30,
+)
+typed_states = st.dictionaries(text, typed_values, max_size=8)
+
 
 def same(a: Any, b: Any) -> bool:
-    """Equal values of equal types all the way down (1, 1.0 and True are all different)."""
+    """Equal values of equal types all the way down (1, 1.0 and True are all different), dicts
+    in the same key order, datetimes in the same zone, Decimals with the same digits."""
     if type(a) is not type(b):
         return False
     if type(a) is dict:
-        return a.keys() == b.keys() and all(same(a[k], b[k]) for k in a)
-    if type(a) is list:
+        return list(a) == list(b) and all(same(a[k], b[k]) for k in a)
+    if type(a) is list or type(a) is tuple:
         return len(a) == len(b) and all(same(x, y) for x, y in zip(a, b, strict=True))
+    if type(a) is set or type(a) is frozenset:
+        return a == b and all(any(same(x, y) for y in b) for x in a)
     if type(a) is float:
-        return a == b and str(a) == str(b)  # tells 0.0 from -0.0
+        return (a == b or (a != a and b != b)) and str(a) == str(b)  # tells 0.0 from -0.0; NaN is NaN
+    if type(a) is datetime.datetime or type(a) is datetime.time:
+        return a == b and a.tzinfo == b.tzinfo and type(a.tzinfo) is type(b.tzinfo) and a.fold == b.fold
+    if type(a) is decimal.Decimal:
+        return str(a) == str(b)
     return bool(a == b)
 
 
 # -- edits of long lists, for the incremental encoder's properties ----------------------------
 
-# Equal under == but different values to castate (1, 1.0 and True, 0, 0.0, -0.0 and False).
-lookalikes = st.sampled_from([1, 1.0, True, 0, 0.0, -0.0, False, None, "1", b"1"])
+# Equal under == but different values to castate (1, 1.0 and True, 0, 0.0, -0.0 and False,
+# a tuple and a list, a set and a frozenset, the same instant in two zones, 1 and Decimal(1)).
+lookalikes = st.sampled_from(
+    [
+        1,
+        1.0,
+        True,
+        0,
+        0.0,
+        -0.0,
+        False,
+        None,
+        "1",
+        b"1",
+        (1, 2),
+        [1, 2],
+        frozenset({1}),
+        decimal.Decimal(1),
+        decimal.Decimal("1.0"),
+        datetime.datetime(2026, 1, 1, tzinfo=datetime.UTC),
+        datetime.datetime(2026, 1, 1, 1, tzinfo=datetime.timezone(datetime.timedelta(hours=1))),
+    ]
+)
 # Elements heavy enough that a few hundred of them make several runs.
 elements = st.one_of(
     lookalikes,
@@ -49,6 +114,11 @@ elements = st.one_of(
         lambda n, k: {"role": "user", "content": f"message {n} " * k, "n": n}, st.integers(0, 10**6), st.integers(1, 60)
     ),
     st.builds(lambda n: "x" * n, st.integers(2000, 3000)),
+    st.builds(
+        lambda n, k: {"at": datetime.date(2026, 1, 1 + n % 28), "tags": {f"t{n}", "x"}, "pair": (n, "y" * k)},
+        st.integers(0, 10**6),
+        st.integers(1, 400),
+    ),
     st.builds(lambda n: [n, {"k": n}], st.integers(0, 9)),
 )
 LIST_OPS = (

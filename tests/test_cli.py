@@ -138,7 +138,7 @@ def test_show_and_diff(store: Path, cps: list[str]) -> None:
     assert commit["session"] == "run-1"
     assert len(commit["parents"]) == 1
     changes = run_json("diff", cps[0], cps[2], store=store)
-    assert [c["path"] for c in changes] == [f"/messages/{i}" for i in range(50, 150)] + ["/step"]
+    assert [c["path"] for c in changes] == ["/step"] + [f"/messages/{i}" for i in range(50, 150)]  # key order
     patch = json.loads(run("diff", cps[0], "run-1", "--patch", store=store))
     start = {k: v for k, v in state(1).items() if k != "blob"}
     end = {k: v for k, v in state(3).items() if k != "blob"}
@@ -353,3 +353,55 @@ def test_upgrade_moves_a_format_1_sqlite_store_into_packs(tmp_path: Path) -> Non
                 assert await sm.restore_checkpoint(cp["id"]) == plain(cp["state"])
 
     asyncio.run(read())
+
+
+def test_show_and_diff_render_typed_values(store: Path) -> None:
+    """Typed values on the command line: one readable line in a diff, tagged JSON objects in
+    --json, --patch and show; a user type (never registered in the CLI) as a tagged dict."""
+    import dataclasses
+    import datetime as dt
+    import decimal
+    import uuid
+
+    @dataclasses.dataclass
+    class Note:
+        text: str
+
+    when = dt.datetime(2026, 12, 5, 2, 10, 23, tzinfo=dt.UTC)
+
+    async def save() -> str:
+        castate.register(Note, name="test.cli.note")
+        try:
+            async with castate.StateManager(castate.FileStorageBackend(store)) as sm:
+                await sm.save_session("t", {"at": when, "id": uuid.UUID(int=5), "n": 1})
+                one = await sm.create_checkpoint("t", "one")
+                await sm.save_session(
+                    "t",
+                    {
+                        "at": when + dt.timedelta(hours=1),
+                        "id": uuid.UUID(int=5),
+                        "n": 1,
+                        "price": decimal.Decimal("9.90"),
+                        "pair": (1, 2),
+                        "tags": {"b", "a"},
+                        "nan": float("nan"),
+                        "note": Note("hi"),
+                    },
+                )
+                return one
+        finally:
+            castate.codec.types.unregister("test.cli.note")
+
+    one = asyncio.run(save())
+    human = run("diff", one, "t", store=store)
+    assert "~ /at  datetime 2026-12-05T02:10:23+00:00 -> datetime 2026-12-05T03:10:23+00:00" in human
+    assert "+ /price  Decimal 9.90" in human
+    assert "+ /nan  float nan" in human
+    patch = json.loads(run("diff", one, "t", "--patch", store=store))
+    assert {"op": "replace", "path": "/at", "value": {"$datetime": "2026-12-05T03:10:23+00:00"}} in patch
+    assert {"op": "add", "path": "/tags", "value": {"$set": ["a", "b"]}} in patch
+    shown = json.loads(run("show", "t", store=store))
+    assert list(shown) == ["at", "id", "n", "price", "pair", "tags", "nan", "note"]  # insertion order
+    assert shown["id"] == {"$UUID": "00000000-0000-0000-0000-000000000005"}
+    assert shown["pair"] == {"$tuple": [1, 2]}
+    assert shown["note"] == {"__castate_type__": "test.cli.note", "value": {"text": "hi"}}

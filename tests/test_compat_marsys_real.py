@@ -300,7 +300,10 @@ async def test_a_marsys_directory_imports_and_marsys_reads_it_unchanged(tmp_path
     report = await import_marsys_directory(tmp_path / "marsys", tmp_path / "castate")
     assert report.ok, report.summary()
     assert len(report.imported) == 7
-    assert report.store_bytes_added < report.source_bytes / 10, report.summary()
+    # About 1/10: 28.9 KB of 313 KB with keys sorted (object format 1), 33.7 KB in MARSYS's own
+    # key order (format 2). The same data with its keys sorted still stores 28.9 KB: the 5 KB are
+    # where the content-defined cuts of the message lists fell (6 list runs instead of 7).
+    assert report.store_bytes_added < report.source_bytes / 8, report.summary()
 
     backend = MarsysStorageBackend(tmp_path / "castate")
     try:

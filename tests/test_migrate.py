@@ -86,7 +86,8 @@ async def test_bad_files_are_reported_and_the_rest_imported(tmp_path: Path) -> N
     marsys_directory(root, checkpoints=1)
     (root / "sessions" / "session_broken.json").write_text('{"truncated": ')
     (root / "sessions" / "session_list.json").write_text("[1, 2]")
-    (root / "sessions" / "session_nan.json").write_text('{"score": NaN}')
+    (root / "sessions" / "session_nan.json").write_text('{"score": NaN}')  # imported: castate holds NaN
+    (root / "sessions" / "session_huge.json").write_text('{"n": 123456789012345678901234567890}')
     (root / "sessions" / "checkpoint_misplaced_x_1.json").write_text("{}")
     (root / "checkpoints" / "notes.json").write_text("{}")
     (root / "sessions" / "README.txt").write_text("not a state")
@@ -95,13 +96,13 @@ async def test_bad_files_are_reported_and_the_rest_imported(tmp_path: Path) -> N
     assert set(report.skipped) == {
         "sessions/session_broken.json",
         "sessions/session_list.json",
-        "sessions/session_nan.json",
+        "sessions/session_huge.json",
         "sessions/checkpoint_misplaced_x_1.json",
         "checkpoints/notes.json",
     }
     assert "not valid JSON" in report.skipped["sessions/session_broken.json"]
-    assert "nan" in report.skipped["sessions/session_nan.json"]
-    assert sorted(report.imported) == ["checkpoint_s1_step0_1795777000", "session_s1", "session_s2"]
+    assert "64-bit" in report.skipped["sessions/session_huge.json"]
+    assert sorted(report.imported) == ["checkpoint_s1_step0_1795777000", "session_nan", "session_s1", "session_s2"]
 
 
 async def test_no_overwrite_keeps_what_the_store_holds(tmp_path: Path) -> None:

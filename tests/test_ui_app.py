@@ -452,3 +452,27 @@ async def test_health_walks_the_store_again_only_when_refs_moved(
     assert again["now"]["sessions"] == 2
     await sm.fsck(record=True)
     assert [r["op"] for r in (await ex.health())["runs"]] == ["fsck"]  # runs are read on every call
+
+
+async def test_typed_values_in_the_tree_and_the_diff(sm: castate.StateManager) -> None:
+    import datetime as dt
+    import uuid
+
+    when = dt.datetime(2026, 12, 5, 2, 10, 23, tzinfo=dt.UTC)
+    await sm.save_session("typed", {"at": when, "id": uuid.UUID(int=7), "pair": (1, "x"), "inf": float("inf")})
+    cp = await sm.create_checkpoint("typed", "one")
+    await sm.save_session("typed", {"at": when + dt.timedelta(minutes=1), "id": uuid.UUID(int=7), "pair": (1, "y")})
+    async with client(sm) as c:
+        root = await get(c, "/api/tree", rev=cp)
+        items = {i["key"]: i for i in root["node"]["items"]}
+        assert list(items) == ["at", "id", "pair", "inf"]  # insertion order
+        assert (items["at"]["kind"], items["at"]["value"]) == ("datetime", "2026-12-05T02:10:23+00:00")
+        assert (items["id"]["kind"], items["id"]["value"]) == ("UUID", "00000000-0000-0000-0000-000000000007")
+        assert (items["inf"]["kind"], items["inf"]["value"]) == ("float", "inf")
+        assert items["pair"]["kind"] == "tuple"
+        d = await get(c, "/api/diff", a=cp, b="typed")
+        changes = {ch["path"]: ch for ch in d["changes"]}
+        assert changes["/at"]["new"] == {"$datetime": "2026-12-05T02:11:23+00:00"}
+        assert changes["/pair"]["new"] == {"$tuple": [1, "y"]}
+        assert changes["/inf"]["op"] == "remove"
+        assert changes["/inf"]["old"] == {"$float": "inf"}

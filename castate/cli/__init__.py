@@ -20,6 +20,7 @@ from castate.backends.blob import BlobBackend
 from castate.backends.urls import open_backend, scheme_of
 from castate.cli import commands as c
 from castate.cli.output import Output, printable
+from castate.codec.types import unregistered_as_dicts
 from castate.errors import (
     AlreadyExistsError,
     CastateError,
@@ -460,7 +461,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     out = Output()
     try:
-        return asyncio.run(_run(args, out))
+        # The command line has no user types registered: it shows them as tagged dicts.
+        with unregistered_as_dicts():
+            return asyncio.run(_run(args, out))
     except KeyboardInterrupt:
         out.error("interrupted")
         return 130

@@ -13,7 +13,16 @@ from pathlib import Path
 from typing import Any
 
 from castate.backends.base import ReflogEntry, RefRepairReport
-from castate.cli.output import Column, Output, human_bytes, iso_time, local_time, plural, short_json, to_json
+from castate.cli.output import (
+    Column,
+    Output,
+    human_bytes,
+    iso_time,
+    local_time,
+    plural,
+    short_value,
+    to_json,
+)
 from castate.errors import InvalidKeyError, NotFoundError
 from castate.repository import refs as names
 from castate.repository.diff import to_patch
@@ -306,11 +315,11 @@ async def cmd_diff(sm: StateManager, args: argparse.Namespace, out: Output) -> i
     for c in changes:
         path = c.path or "/"
         if c.op == "add":
-            out.line(f"+ {path}  {short_json(c.new)}", "green")
+            out.line(f"+ {path}  {short_value(c.new)}", "green")
         elif c.op == "remove":
-            out.line(f"- {path}  {short_json(c.old)}", "red")
+            out.line(f"- {path}  {short_value(c.old)}", "red")
         else:
-            out.line(f"~ {path}  {short_json(c.old, 60)} -> {short_json(c.new, 60)}", "yellow")
+            out.line(f"~ {path}  {short_value(c.old, 60)} -> {short_value(c.new, 60)}", "yellow")
     counts = {op: sum(1 for c in changes if c.op == op) for op in ("add", "remove", "replace")}
     out.line(
         f"{plural(len(changes), 'change')}: {counts['add']:,} added, {counts['remove']:,} removed, "

@@ -22,6 +22,7 @@ from castate.codec.nodes import (
     parse_index,
     parse_node,
     parse_specials,
+    parse_typed,
 )
 from castate.codec.objects import (
     KIND_BYTES,
@@ -32,10 +33,12 @@ from castate.codec.objects import (
     KIND_LIST,
     KIND_NAMES,
     KIND_STR,
+    KIND_TYPED,
 )
-from castate.errors import CorruptObjectError, MissingObjectError
+from castate.codec.types import TAG_KEY, BadBody, Unregistered, build_container, unregistered_as_dicts
+from castate.errors import CorruptObjectError, MissingObjectError, UnregisteredTypeError
 
-VALUE_KINDS = frozenset((KIND_STR, KIND_BYTES, KIND_CHUNKED, KIND_DICT, KIND_LIST, KIND_INDEX))
+VALUE_KINDS = frozenset((KIND_STR, KIND_BYTES, KIND_CHUNKED, KIND_DICT, KIND_LIST, KIND_INDEX, KIND_TYPED))
 _DICT_OR_LIST = frozenset((KIND_DICT, KIND_LIST))
 Content = bytes | memoryview
 
@@ -50,6 +53,8 @@ def child_ids(oid: bytes, kind: int, content: Content) -> list[bytes]:
         return [cid for cid, _ in parse_index(oid, content)[1]]
     if kind == KIND_CHUNKED:
         return [cid for cid, _ in parse_chunked(oid, content)[2]]
+    if kind == KIND_TYPED:
+        return [parse_typed(oid, content)[1]]
     return []
 
 
@@ -72,6 +77,15 @@ class Decoder:
         return got
 
     def build(self, oid: bytes, parent: bytes | None = None) -> Any:
+        try:
+            return self._build(oid, parent)
+        except Unregistered as exc:
+            # Rare: find where the type sits by building again with user types as tagged dicts.
+            with unregistered_as_dicts():
+                tree = self._build(oid, parent)
+            raise UnregisteredTypeError(exc.name, exc.reason, _tagged_path(tree, exc.name)) from None
+
+    def _build(self, oid: bytes, parent: bytes | None) -> Any:
         try:
             return self._value(oid, parent or oid, 0)
         except RecursionError:
@@ -98,6 +112,9 @@ class Decoder:
             flavor, children = parse_index(oid, content)
             parts = [(cid, count, self._get(cid, oid)[0], self._value(cid, oid, depth)) for cid, count in children]
             return _join(oid, flavor, parts)
+        if kind == KIND_TYPED:
+            code, inner, name = parse_typed(oid, content)
+            return _typed(oid, code, self._value(inner, oid, depth + 1), name)
         return self._leaf(oid, kind, content)
 
     def _leaf(self, oid: bytes, kind: int, content: Content) -> Any:
@@ -148,6 +165,8 @@ class Decoder:
             return _Pending(self._fill(oid, kind, body, specials, depth + 1)) if specials else body
         if kind == KIND_INDEX:
             return _Pending(self._index(oid, content, depth))
+        if kind == KIND_TYPED:
+            return _Pending(self._typed(oid, content, depth))
         return self._leaf(oid, kind, content)
 
     def _fill(self, oid: bytes, kind: int, body: Any, specials: list[Special], depth: int) -> Steps:
@@ -162,6 +181,10 @@ class Decoder:
         for cid, count in children:
             parts.append((cid, count, self._get(cid, oid)[0], (yield cid, oid, depth)))
         return _join(oid, flavor, parts)
+
+    def _typed(self, oid: bytes, content: Content, depth: int) -> Steps:
+        code, inner, name = parse_typed(oid, content)
+        return _typed(oid, code, (yield inner, oid, depth + 1), name)
 
 
 #: The steps of one object's assembly: yields (child id, parent id, depth) and is sent the child's value.
@@ -203,6 +226,28 @@ def _join(oid: bytes, flavor: int, parts: list[tuple[bytes, int, int, Any]]) -> 
             raise CorruptObjectError(oid.hex(), f"child {cid.hex()} is not a {count}-key dict")
         merged.update(part)
     return merged
+
+
+def _typed(oid: bytes, code: int, inner: Any, name: str | None) -> Any:
+    try:
+        return build_container(code, inner, name)
+    except BadBody as exc:
+        raise CorruptObjectError(oid.hex(), f"bad typed value: {exc}") from None
+
+
+def _tagged_path(tree: Any, name: str) -> str:
+    """Where the first user type called ``name`` sits in a tree read with tagged dicts."""
+    stack: list[tuple[Any, tuple[Any, ...]]] = [(tree, ())]
+    while stack:
+        value, keys = stack.pop()
+        t = type(value)
+        if t is dict:
+            if value.get(TAG_KEY) == name and len(value) == 2 and "value" in value:
+                return "state" + "".join(f"[{k!r}]" for k in keys)
+            stack.extend((v, (*keys, k)) for k, v in reversed(value.items()))
+        elif t is list or t is tuple:
+            stack.extend((v, (*keys, i)) for i, v in reversed(list(enumerate(value))))
+    return "state"
 
 
 def _utf8(oid: bytes, data: Content) -> str:

@@ -21,14 +21,17 @@ propose offsets, digests confirm them, and the cutter is replayed from the list'
 keeping each confirmed run whole when it reaches a cut exactly at its start. Only the
 elements between confirmed runs are encoded in Python, except that the remnant of a
 front-trimmed first run reuses the entries it had. A big dict is realigned the same way
-over its keys in code-point order, where a run is found again by its first key.
+over its keys in insertion order, where a run is found again by its first key.
+
+Dicts keep their insertion order: entries, inline maps and runs follow it, so a dict with
+the same items in another order is another value with another id (as ``list(d)`` tells).
 """
 
 from __future__ import annotations
 
 import bisect
 import itertools
-import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar, cast
@@ -46,6 +49,7 @@ from castate.codec.nodes import (
     encode_chunked,
     encode_index,
     encode_node,
+    encode_typed,
 )
 from castate.codec.objects import (
     KIND_BYTES,
@@ -55,7 +59,19 @@ from castate.codec.objects import (
     KIND_INDEX,
     KIND_LIST,
     KIND_STR,
+    KIND_TYPED,
     object_id,
+)
+from castate.codec.types import (
+    CANONICAL_NAN,
+    CONTAINER_TYPES,
+    EXT_NDARRAY,
+    EXT_TUPLE,
+    EXT_USER,
+    SCALARS,
+    ndarray_state,
+    ndarray_type,
+    registered,
 )
 from castate.errors import UnsupportedValueError
 from castate.tracking import TrackedDict, TrackedList
@@ -104,21 +120,59 @@ def format_path(path: Path) -> str:
     return "state" + "".join("[...]" if k is ... else f"[{k!r}]" for k in keys)
 
 
-def _refuse(_value: Any) -> Any:
+# Counts, per thread, the mutable typed values (tuples, sets, registered types other than
+# enums, values converted by default=) that encodings and digests met. Tracked containers
+# change their version only when they themselves change, not when such a value inside them
+# is mutated in place, so a tracked container whose save met one is not skipped by version.
+_tl = threading.local()
+
+
+def _touch() -> None:
+    _tl.n = getattr(_tl, "n", 0) + 1
+
+
+def _touched() -> int:
+    return getattr(_tl, "n", 0)  # type: ignore[no-any-return]
+
+
+def _typed_default(value: Any) -> Any:
+    """ormsgpack's ``default`` for digests and packed shadows: a typed value as an ext value
+    that tells it from every other value (its type code and exact body); TypeError otherwise."""
+    t = type(value)
+    try:
+        scalar = SCALARS.get(t)
+        if scalar is not None:
+            return ormsgpack.Ext(scalar[0], scalar[1](value))
+        code = CONTAINER_TYPES.get(t)
+        if code is not None:
+            _touch()
+            return ormsgpack.Ext(code, _pack(list(value), default=_typed_default, option=_STRICT))
+        if t is ndarray_type():
+            _touch()
+            return ormsgpack.Ext(EXT_NDARRAY, _pack(ndarray_state(value)))
+        user = registered(t)
+        if user is not None:
+            if user.mutable:
+                _touch()
+            state = [user.name, user.to_state(value)]
+            return ormsgpack.Ext(EXT_USER, _pack(state, default=_typed_default, option=_STRICT))
+    except Exception as exc:  # whatever fails here fails again, with a message, when encoded
+        raise TypeError(str(exc)) from None
     raise TypeError("outside the value domain")
 
 
 def _untrack(value: Any) -> Any:
-    """``default`` for packing under ``_STRICT``: castate's own TrackedDict and TrackedList as
-    the plain dict and list they stand for; any other subclass (``OrderedDict``, a ``str``
-    subclass...) refused, as a fresh encoding refuses it. A comparison that packed subclasses
-    as their base type accepted them whenever their content equalled the previous save's."""
+    """``default`` for packing a tracked state under ``_STRICT``: castate's own TrackedDict and
+    TrackedList as the plain dict and list they stand for, typed values as ``_typed_default``
+    has them, and any other subclass (``OrderedDict``, a ``str`` subclass...) refused, as a
+    fresh encoding refuses it. A comparison that packed subclasses as their base type accepted
+    them whenever their content equalled the previous save's."""
     t = type(value)
     if t is TrackedDict:
         return dict(value)
     if t is TrackedList:
         return list(value)
-    raise TypeError("outside the value domain")
+    return _typed_default(value)
 
 
 def _stamps(lst: TrackedList) -> tuple[int, int, int, int, int]:
@@ -129,7 +183,7 @@ def _stamps(lst: TrackedList) -> tuple[int, int, int, int, int]:
 def run_digest(items: list[Any], tracked: bool = False) -> bytes | None:
     """blake3 of the elements' MessagePack, or None when they hold anything outside the domain."""
     try:
-        return blake3.blake3(_pack(items, default=_untrack if tracked else _refuse, option=_STRICT)).digest()
+        return blake3.blake3(_pack(items, default=_untrack if tracked else _typed_default, option=_STRICT)).digest()
     except (TypeError, ormsgpack.MsgpackEncodeError):
         return None
 
@@ -162,7 +216,7 @@ Level = tuple[list[int], list[tuple[bytes, int]]]  # (ends of the groups closed 
 
 @dataclass(slots=True)
 class DictRun:
-    """One run of a big dict: consecutive keys in code-point order."""
+    """One run of a big dict: consecutive keys in insertion order."""
 
     first: str  # its first key: where the run is looked for among the next save's keys
     count: int
@@ -189,6 +243,7 @@ class ListShadow:
     items: list[Any] | None = None
     # For a TrackedList: the list itself and its stamps and counters when it was encoded.
     source: Any = None
+    volatile: bool = False  # it held a mutable typed value: never skipped by its stamps
     version: int = 0
     shape: int = 0
     child: int = 0
@@ -205,6 +260,7 @@ class DictShadow:
     version: int = 0
     runs: list[DictRun] | None = None  # a dict cut into runs: its runs, which hold the children
     levels: list[Level] = field(default_factory=list)  # the index above the runs
+    volatile: bool = False  # it held a mutable typed value: never skipped by its version
 
 
 @dataclass(slots=True)
@@ -353,14 +409,23 @@ class Encoder:
     def _dict_tracked(
         self, d: dict[Any, Any], shadow: DictShadow | None, path: Path, depth: int, force_node: bool
     ) -> tuple[Entry, Shadow | None]:
+        mark = _touched()
+        entry, new = self._dict_walk(d, shadow, path, depth, force_node)
+        if type(new) is DictShadow and new is not shadow:
+            new.volatile = _touched() != mark
+        return entry, new
+
+    def _dict_walk(
+        self, d: dict[Any, Any], shadow: DictShadow | None, path: Path, depth: int, force_node: bool
+    ) -> tuple[Entry, Shadow | None]:
         if depth >= MAX_DEPTH:
             raise UnsupportedValueError(f"state nested deeper than {MAX_DEPTH} levels", format_path(path))
         tracked = type(d) is TrackedDict
         version = cast(TrackedDict, d)._version if tracked else 0
-        if tracked and shadow is not None and shadow.source is d and shadow.version == version:
+        if tracked and shadow is not None and shadow.source is d and shadow.version == version and not shadow.volatile:
             return shadow.entry, shadow  # nothing under it changed since the last save
         source = d if tracked else None
-        keys = self._sorted_keys(d, path)
+        keys = self._keys(d, path)
         old: dict[str, Any] = {}
         if shadow is not None and shadow.runs is not None:
             # A big dict last time: find its runs again among the keys; None if it is no longer big.
@@ -411,12 +476,13 @@ class Encoder:
         get = d.__getitem__
         found: list[tuple[int, DictRun]] = []
         lo = 0
+        where = dict(zip(keys, range(n), strict=True))  # key -> its position in insertion order
         for run in runs:
             if run.digest is None:
                 continue
-            a = bisect.bisect_left(keys, run.first, lo)
+            a = where.get(run.first, -1)
             b = a + run.count
-            if b <= n and keys[a] == run.first and _dict_digest(keys, get, a, b, tracked) == run.digest:
+            if a >= lo and b <= n and _dict_digest(keys, get, a, b, tracked) == run.digest:
                 found.append((a, run))
                 lo = b
         if (
@@ -483,12 +549,21 @@ class Encoder:
     def _list_tracked(
         self, lst: list[Any], shadow: ListShadow | None, path: Path, depth: int
     ) -> tuple[Entry, Shadow | None]:
+        mark = _touched()
+        entry, new = self._list_walk(lst, shadow, path, depth)
+        if type(new) is ListShadow:
+            new.volatile = _touched() != mark
+        return entry, new
+
+    def _list_walk(
+        self, lst: list[Any], shadow: ListShadow | None, path: Path, depth: int
+    ) -> tuple[Entry, Shadow | None]:
         if depth >= MAX_DEPTH:
             raise UnsupportedValueError(f"state nested deeper than {MAX_DEPTH} levels", format_path(path))
         tracked = type(lst) is TrackedList
         stamps = _stamps(cast(TrackedList, lst)) if tracked else (0, 0, 0, 0, 0)
         new: Shadow | None
-        if tracked and shadow is not None and shadow.source is lst:
+        if tracked and shadow is not None and shadow.source is lst and not shadow.volatile:
             if shadow.version == stamps[0]:
                 return shadow.entry, shadow  # nothing under it changed since the last save
             if shadow.shape == stamps[1] and shadow.child == stamps[2]:
@@ -556,8 +631,8 @@ class Encoder:
                 raise UnsupportedValueError("int outside the 64-bit range [-2**63, 2**64-1]", format_path(path))
             return (INLINE, _pack(value))
         if t is float:
-            if not math.isfinite(value):
-                raise UnsupportedValueError(f"non-finite float {value!r}", format_path(path))
+            if value != value:  # every NaN is stored as one canonical NaN
+                return (INLINE, CANONICAL_NAN)
             return (INLINE, _pack(value))
         if value is None:
             return (INLINE, _NIL)
@@ -571,7 +646,7 @@ class Encoder:
                 return hit[1]
             self._enter(value, path)
             if t is dict or t is TrackedDict:
-                keys = self._sorted_keys(value, path)
+                keys = self._keys(value, path)
                 entries = [(k, self.encode(value[k], (path, k), depth + 1)) for k in keys]
                 entry = self._dict_entry(entries, False)[0]
             else:
@@ -583,16 +658,85 @@ class Encoder:
             if len(value) <= BLOB_MIN:
                 return (INLINE, _pack(value))
             return (REF, self._blob(KIND_BYTES, value))
-        return self._convert(value, path, depth)
+        return self._typed(value, t, path, depth)
+
+    def _typed(self, value: Any, t: type, path: Path, depth: int) -> Entry:
+        """The entry of a typed value: an ext value inline, or a ``T`` object around the
+        object of its inner value (format.md §1.7); other types go to ``default=``."""
+        scalar = SCALARS.get(t)
+        if scalar is not None:
+            try:
+                return (INLINE, _pack(ormsgpack.Ext(scalar[0], scalar[1](value))))
+            except ValueError as exc:
+                raise UnsupportedValueError(f"{t.__name__}: {exc}", format_path(path)) from None
+        code = CONTAINER_TYPES.get(t)
+        user = registered(t) if code is None else None
+        if code is None and user is None:
+            if t is not ndarray_type():
+                return self._convert(value, path, depth)
+            return self._ndarray(value, path, depth)
+        if depth >= MAX_DEPTH:
+            raise UnsupportedValueError(f"state nested deeper than {MAX_DEPTH} levels", format_path(path))
+        self._enter(value, path)
+        try:
+            if user is None:
+                _touch()
+                entries = [self.encode(x, (path, i), depth + 1) for i, x in enumerate(value)]
+                if code != EXT_TUPLE:
+                    entries.sort()  # canonical order: equal sets get equal ids
+                inner = self._list_of(entries)
+                name = None
+            else:
+                if user.mutable:
+                    _touch()
+                try:
+                    state = user.to_state(value)
+                except Exception as exc:
+                    raise UnsupportedValueError(
+                        f"to_state of registered type {user.name!r} failed: {exc}", format_path(path)
+                    ) from exc
+                inner = self.encode(state, path, depth + 1)
+                code, name = EXT_USER, user.name
+        finally:
+            self._active.discard(id(value))
+        assert code is not None
+        tag, payload = inner
+        if tag == INLINE:
+            data = payload if name is None else b"\x92" + _pack(name) + payload
+            return (INLINE, _pack(ormsgpack.Ext(code, data)))
+        return (REF, self._put(KIND_TYPED, encode_typed(code, payload, name)))
+
+    def _ndarray(self, value: Any, path: Path, depth: int) -> Entry:
+        """A numpy array: ``[dtype, shape, data]`` as a list, its data a bytes value (a blob,
+        content-defined chunks when large, so an appended row rewrites only the last chunks)."""
+        _touch()
+        try:
+            state = ndarray_state(value)
+        except ValueError as exc:
+            raise UnsupportedValueError(str(exc), format_path(path)) from None
+        tag, payload = self.encode(state, path, depth + 1)
+        if tag == INLINE:
+            return (INLINE, _pack(ormsgpack.Ext(EXT_NDARRAY, payload)))
+        return (REF, self._put(KIND_TYPED, encode_typed(EXT_NDARRAY, payload, None)))
+
+    def _list_of(self, entries: list[Entry]) -> Entry:
+        """The entry of a list made of ``entries`` (inline when small, else a node or runs)."""
+        if all(e[0] == INLINE for e in entries):
+            mp = array_header(len(entries)) + b"".join(e[1] for e in entries)
+            if len(mp) <= INLINE_MAX:
+                return (INLINE, mp)
+        return self._list_from_runs([], [], entries, 0, [], False)[0]
 
     def _convert(self, value: Any, path: Path, depth: int) -> Entry:
         where = format_path(path)
         if self.default is None:
             raise UnsupportedValueError(
-                f"{type(value).__name__} is not supported (use dict, list, str, bytes, int, float, bool, "
-                "None, or pass default= to convert it)",
+                f"{type(value).__name__} is not supported (use dict, list, str, bytes, int, float, bool, None, "
+                "datetime, date, time, timedelta, UUID, Decimal, tuple, set, frozenset, a type registered with "
+                "castate.register, or pass default= to convert it)",
                 where,
             )
+        _touch()  # what default= returns for a mutable object may change with it
         if depth >= MAX_DEPTH:
             raise UnsupportedValueError("default= keeps returning unsupported values", where)
         try:
@@ -607,17 +751,12 @@ class Encoder:
             raise UnsupportedValueError("cycle: a container contains itself", format_path(path))
         self._active.add(key)
 
-    def _sorted_keys(self, d: dict[Any, Any], path: Path) -> list[str]:
-        if len(d) > 16:
-            # Big dicts: check every key at C speed (all str, all ASCII), else look key by key.
-            try:
-                keys = sorted(d)
-            except Exception:  # keys that do not compare (not all str): the loop names the first
-                pass
-            else:
-                if set(map(type, keys)) == _STR_TYPE and all(map(str.isascii, keys)):
-                    return keys
-        for k in d:
+    def _keys(self, d: dict[Any, Any], path: Path) -> list[str]:
+        """The keys of ``d`` in insertion order, each checked to be a str that is valid UTF-8."""
+        keys = list(d)
+        if len(keys) > 16 and set(map(type, keys)) == _STR_TYPE and all(map(str.isascii, keys)):
+            return keys  # big dicts: every key checked at C speed (all str, all ASCII)
+        for k in keys:
             if type(k) is not str:
                 raise UnsupportedValueError(f"dict key {k!r} is not a str", format_path(path))
             if not k.isascii():
@@ -627,7 +766,7 @@ class Encoder:
                     raise UnsupportedValueError(
                         f"dict key {k!r} has a lone surrogate (not valid UTF-8)", format_path(path)
                     ) from None
-        return sorted(d)
+        return keys
 
     # -- strings and bytes ----------------------------------------------------------------
 
@@ -648,7 +787,7 @@ class Encoder:
     ) -> tuple[Entry, list[DictRun] | None, list[Level]]:
         """Inline MessagePack for a small plain dict, else a dict node (cut into runs when big).
 
-        With ``keep`` (the dict, its sorted keys and its children's shadows), a dict cut into
+        With ``keep`` (the dict, its keys and its children's shadows), a dict cut into
         runs also returns its runs and index levels, for the shadow.
         """
         plain = all(e[0] == INLINE for _, e in entries)
@@ -1013,6 +1152,12 @@ def _packed(value: Any) -> bytes | None:
         return None
 
 
+def typed_key(value: Any) -> bytes | None:
+    """Bytes that tell a value from every other (typed values by type and exact body), for
+    comparing values outside plain JSON; None for a value outside the domain."""
+    return _packed(value)
+
+
 def _packed_shadow(value: Any, entry: Entry) -> PackedShadow | None:
     packed = _packed(value)
     return None if packed is None else PackedShadow(packed, entry)
@@ -1092,7 +1237,7 @@ def _maybe_inline(lst: list[Any]) -> bool:
         return False
     option = _STRICT_TRACKED if type(lst) is TrackedList else _STRICT
     try:
-        return len(_pack(lst, default=_refuse, option=option)) <= INLINE_MAX
+        return len(_pack(lst, default=_typed_default, option=option)) <= INLINE_MAX
     except (TypeError, ormsgpack.MsgpackEncodeError):
         return True
 

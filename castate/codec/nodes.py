@@ -22,6 +22,18 @@ from castate.codec.objects import (
     KIND_LIST,
     KIND_STR,
 )
+from castate.codec.types import (
+    EXT_FROZENSET,
+    EXT_NDARRAY,
+    EXT_SET,
+    EXT_TUPLE,
+    EXT_USER,
+    TAGGED_ALL,
+    HookError,
+    Unregistered,
+    ext_hook,
+    reading_user_types,
+)
 from castate.errors import CorruptObjectError
 
 # The tag of an entry held out of line (a "special"): a 32-byte object id.
@@ -66,10 +78,17 @@ def parse_specials(oid: bytes, content: bytes | memoryview) -> tuple[list[Specia
     return specials, end
 
 
-def parse_node(oid: bytes, kind: int, content: bytes | memoryview) -> tuple[Any, list[Special]]:
-    """The body (refs still nil) and the refs table of a dict or list node."""
+def parse_node(oid: bytes, kind: int, content: bytes | memoryview, tagged: bool = False) -> tuple[Any, list[Special]]:
+    """The body (refs still nil) and the refs table of a dict or list node.
+
+    With ``tagged``, user types in the body read as tagged dicts and no user code runs
+    (for the walks of maintenance, which read every object of a store)."""
     specials, off = parse_specials(oid, content)
-    body = parse_body(oid, kind, content[off:])
+    if tagged:
+        with reading_user_types(TAGGED_ALL):
+            body = parse_body(oid, kind, content[off:])
+    else:
+        body = parse_body(oid, kind, content[off:])
     if specials and specials[-1][0] >= len(body):
         raise CorruptObjectError(oid.hex(), "ref position out of range")
     return body, specials
@@ -82,13 +101,24 @@ def parse_body(oid: bytes, kind: int, data: bytes | memoryview) -> Any:
     body and nothing else, so a reader can take its value with this one call.
     """
     try:
-        body = ormsgpack.unpackb(data)
+        body = ormsgpack.unpackb(data, ext_hook=ext_hook)
     except (ormsgpack.MsgpackDecodeError, ValueError, TypeError) as exc:
-        raise CorruptObjectError(oid.hex(), f"bad node body: {exc}") from None
+        raise _body_error(oid, exc) from None
     want = dict if kind == KIND_DICT else list
     if type(body) is not want:
         raise CorruptObjectError(oid.hex(), f"node body is not a {want.__name__}")
     return body
+
+
+def _body_error(oid: bytes, exc: Exception) -> Exception:
+    """The error of a node body that did not decode: a typed value's own failure when the
+    ext_hook kept one (a body not matching its tag, or a user type not registered)."""
+    kept = HookError.take()
+    if type(kept) is Unregistered:
+        return kept
+    if kept is not None:
+        return CorruptObjectError(oid.hex(), f"bad typed value: {kept}")
+    return CorruptObjectError(oid.hex(), f"bad node body: {exc}")
 
 
 def check_nesting(oid: bytes, body: Any) -> None:
@@ -96,9 +126,55 @@ def check_nesting(oid: bytes, body: Any) -> None:
     writes one: its states stop at 200; walking such a value recursively would exhaust
     Python's stack). ormsgpack's encoder checks the depth at C speed."""
     try:
-        ormsgpack.packb(body, option=ormsgpack.OPT_NON_STR_KEYS)
+        ormsgpack.packb(body, option=_NESTING_OPTIONS, default=_opaque)
     except TypeError as exc:
         raise CorruptObjectError(oid.hex(), f"bad node body: {exc}") from None
+
+
+def _opaque(_value: Any) -> Any:
+    # A typed value in a body: nesting inside it was bounded when its ext was decoded.
+    return None
+
+
+# Typed values go to ``_opaque`` instead of being encoded (ormsgpack refuses some, such as a
+# time with a zone).
+_NESTING_OPTIONS = (
+    ormsgpack.OPT_NON_STR_KEYS
+    | ormsgpack.OPT_PASSTHROUGH_DATETIME
+    | ormsgpack.OPT_PASSTHROUGH_UUID
+    | ormsgpack.OPT_PASSTHROUGH_TUPLE
+    | ormsgpack.OPT_PASSTHROUGH_DATACLASS
+    | ormsgpack.OPT_PASSTHROUGH_ENUM
+)
+
+
+_TYPED_HEAD = struct.Struct("<B32s")
+
+
+def encode_typed(code: int, inner: bytes, name: str | None) -> bytes:
+    """Content of a ``T`` object: ext type code, the inner value's object id, then the
+    registered name (UTF-8) for a user type."""
+    return _TYPED_HEAD.pack(code, inner) + (name.encode("utf-8") if name is not None else b"")
+
+
+def parse_typed(oid: bytes, content: bytes | memoryview) -> tuple[int, bytes, str | None]:
+    """(code, inner id, name) of a ``T`` object; CorruptObjectError when malformed."""
+    if len(content) < _TYPED_HEAD.size:
+        raise CorruptObjectError(oid.hex(), "typed object shorter than its head")
+    code, inner = _TYPED_HEAD.unpack_from(content, 0)
+    rest = bytes(content[_TYPED_HEAD.size :])
+    if code == EXT_USER:
+        try:
+            name: str | None = rest.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CorruptObjectError(oid.hex(), "typed object name is not UTF-8") from None
+        if not name:
+            raise CorruptObjectError(oid.hex(), "registered-type object without a name")
+    elif code in (EXT_TUPLE, EXT_SET, EXT_FROZENSET, EXT_NDARRAY) and not rest:
+        name = None
+    else:
+        raise CorruptObjectError(oid.hex(), f"bad typed object (code {code})")
+    return code, inner, name
 
 
 def encode_index(flavor: int, children: list[tuple[bytes, int]]) -> bytes:

@@ -15,7 +15,11 @@ import zstandard
 
 from castate.errors import CorruptObjectError, UnsupportedFormatError
 
-FORMAT_VERSION = 1
+# 2: dicts keep insertion order, typed values (MessagePack ext types and "T" objects).
+# Version-1 content means the same under version 2 (sorted dicts, no typed values), so a
+# reader takes both and a version-1 object may travel in a version-2 frame.
+FORMAT_VERSION = 2
+READABLE_VERSIONS = frozenset((1, 2))
 ID_SIZE = 32
 
 # Object kinds (one ASCII byte each; part of the hashed bytes).
@@ -27,6 +31,7 @@ KIND_DICT = 0x44  # "D": a dict node
 KIND_LIST = 0x4C  # "L": a list node, or one run of a long list
 KIND_INDEX = 0x49  # "I": an index over runs of a long list or dict
 KIND_COMMIT = 0x4B  # "K": a commit (a session save)
+KIND_TYPED = 0x54  # "T": a typed value (tuple, set, registered type) whose inner value is an object
 
 KIND_NAMES = {
     KIND_STR: "str",
@@ -37,6 +42,7 @@ KIND_NAMES = {
     KIND_LIST: "list",
     KIND_INDEX: "index",
     KIND_COMMIT: "commit",
+    KIND_TYPED: "typed",
 }
 
 # The byte each kind's content is hashed behind (the id covers the kind).
@@ -104,7 +110,7 @@ def decode_frame(oid: bytes, frame: bytes | memoryview) -> tuple[int, bytes | me
     if len(frame) < 3:
         raise CorruptObjectError(oid.hex(), "frame shorter than its header")
     version, kind, codec = frame[0], frame[1], frame[2]
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         if version > FORMAT_VERSION:
             raise UnsupportedFormatError(
                 f"object {oid.hex()} has format version {version}; this castate reads {FORMAT_VERSION}"
@@ -128,8 +134,8 @@ def decode_frame(oid: bytes, frame: bytes | memoryview) -> tuple[int, bytes | me
 def frame_id(frame: bytes | memoryview) -> bytes:
     """The id of the object a frame holds, computed from its content (for stores that keep
     frames without their ids). Raises CorruptObjectError (naming no id) if it does not parse."""
-    if len(frame) < 3 or frame[0] != FORMAT_VERSION or frame[1] not in _KIND_PREFIX:
-        raise CorruptObjectError("?", "not a frame of this format version")
+    if len(frame) < 3 or frame[0] not in READABLE_VERSIONS or frame[1] not in _KIND_PREFIX:
+        raise CorruptObjectError("?", "not a frame castate reads")
     payload = memoryview(frame)[3:]
     if frame[2] == CODEC_RAW:
         content: bytes | memoryview = payload

@@ -1,8 +1,9 @@
 """Byte payloads as castate states: JSON documents by structure, read back byte for byte.
 
 A JSON object or array is parsed and stored as its value, so successive versions of a
-document share their unchanged parts. castate keeps dict keys sorted, so the key order of
-every dict that was not sorted is recorded beside the value, together with the formatting,
+document share their unchanged parts. The key order of every dict that was not sorted is
+recorded beside the value (castate kept dict keys sorted before object format 2; the record
+stays so that payloads written by either version read the same), with the formatting,
 chosen among the styles ``json.dumps`` produces. A document is stored this way only if
 rendering the stored form reproduces the exact input bytes; anything else (other
 formatting, duplicate keys, ``1e5``, non-JSON bytes) is stored as one bytes value.

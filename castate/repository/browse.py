@@ -12,8 +12,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from castate.codec.nodes import INDEX_DICT, parse_chunked, parse_index, parse_node
-from castate.codec.objects import KIND_BYTES, KIND_CHUNKED, KIND_DICT, KIND_INDEX, KIND_LIST, KIND_STR
+from castate.codec.nodes import INDEX_DICT, parse_chunked, parse_index, parse_node, parse_typed
+from castate.codec.objects import KIND_BYTES, KIND_CHUNKED, KIND_DICT, KIND_INDEX, KIND_LIST, KIND_STR, KIND_TYPED
+from castate.codec.types import CODE_NAMES, readable
 from castate.errors import CorruptObjectError, InvalidKeyError
 from castate.repository.tree import Entry, Loader, Ref, dict_of, entry_at, node_entries
 
@@ -23,7 +24,8 @@ PAGE = 200  # children per page
 
 @dataclass(frozen=True, slots=True)
 class Item:
-    """A value summed up: ``kind`` is dict, list, str, bytes, int, float, bool or null;
+    """A value summed up: ``kind`` is dict, list, str, bytes, int, float, bool or null, or a
+    typed value's type (datetime, UUID, tuple, a registered name, ...);
     ``size`` counts keys, items, or UTF-8 bytes of a str or bytes (None for the rest);
     ``value`` is the value itself for numbers, bools and null, the first ``preview``
     characters (or bytes) of a str or bytes value, and None for a dict or list;
@@ -147,6 +149,9 @@ def _stored(key: str | int | None, oid: bytes, kind: int, content: Any, first: b
             head = first[: preview * 4].decode("utf-8", errors="ignore")[:preview]
             return Item(key, "str", total, head, False)
         return Item(key, "bytes", total, first[:preview], False)
+    if kind == KIND_TYPED:
+        code, _, name = parse_typed(oid, content)
+        return Item(key, name or CODE_NAMES[code], None, f"({CODE_NAMES[code]}, stored as an object of its own)", True)
     raise CorruptObjectError(oid.hex(), "not a value object")
 
 
@@ -162,7 +167,15 @@ def _inline(key: str | int | None, value: Any, preview: int) -> Item:
         return Item(key, "bytes", len(value), value[:preview], len(value) <= preview)
     if value is None:
         return Item(key, "null", None, None, True)
-    return Item(key, {bool: "bool", int: "int", float: "float"}[t], None, value, True)
+    shown = readable(value)
+    if shown is not None:  # a typed scalar, or a float NaN or infinity (not JSON)
+        return Item(key, shown[0], None, shown[1], True)
+    if t in (bool, int, float):
+        return Item(key, {bool: "bool", int: "int", float: "float"}[t], None, value, True)
+    text = repr(value)  # an inline tuple, set, frozenset or user type
+    return Item(
+        key, t.__name__, len(value) if hasattr(value, "__len__") else None, text[:preview], len(text) <= preview
+    )
 
 
 __all__ = ["PAGE", "PREVIEW", "Item", "Level", "describe", "level", "list_range"]

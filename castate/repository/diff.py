@@ -7,6 +7,11 @@ are aligned (``difflib.SequenceMatcher``), matching runs are skipped, and only t
 between them are opened, level by level, down to the items. Appending k items to a
 10,000-item list therefore reads a few nodes and yields k ``add`` changes.
 
+Dicts keep their key order. A dict's changes list its removed keys first, then the rest in
+its new key order, so that applied in order (a removed key leaves, an added key goes last)
+they give the new order; when no such list can (a key moved), the dict is one "replace".
+A move inside a big dict whose unchanged runs cancel is not seen (those runs are not read).
+
 Changes are listed in the order they apply: list positions are those of the list as the
 earlier changes left it, as in an RFC 6902 JSON Patch (``to_patch``).
 """
@@ -19,9 +24,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import ormsgpack
-
 from castate.backends.base import Backend
+from castate.codec.encoder import typed_key
 from castate.codec.nodes import parse_index
 from castate.codec.objects import KIND_INDEX, KIND_LIST
 from castate.errors import CorruptObjectError
@@ -118,42 +122,52 @@ class Differ:
 
     # -- dicts --------------------------------------------------------------------------------
 
-    async def _dict_leaves(self, a: Entry, b: Entry) -> tuple[dict[str, Entry], dict[str, Entry]]:
+    async def _dict_leaves(self, a: Entry, b: Entry) -> tuple[dict[str, Entry], dict[str, Entry], bool]:
         """The entries of both dicts, minus every run the two share (keys are unique in a
-        dict, so a run with the same id on both sides holds the same keys and values)."""
+        dict, so a run with the same id on both sides holds the same keys and values), each in
+        its key order, and whether no run was shared (then both sides are whole)."""
         ea: dict[str, Entry] = {} if type(a) is Ref else dict(a)
         eb: dict[str, Entry] = {} if type(b) is Ref else dict(b)
-        pa = {a.id} if type(a) is Ref else set()
-        pb = {b.id} if type(b) is Ref else set()
-        while pa or pb:
-            common = pa & pb
-            pa -= common
-            pb -= common
+        pa = [a.id] if type(a) is Ref else []
+        pb = [b.id] if type(b) is Ref else []
+        whole = True
+        while pa or pb:  # level by level, each in order: the runs of a dict sit at one depth
+            common = set(pa) & set(pb)
+            if common:
+                whole = False
+                pa = [oid for oid in pa if oid not in common]
+                pb = [oid for oid in pb if oid not in common]
             got = await self.loader.get_many([*pa, *pb])
-            for pending, out in ((pa, ea), (pb, eb)):
-                for oid in list(pending):
-                    pending.discard(oid)
+            below: tuple[list[bytes], list[bytes]] = ([], [])
+            for pending, out, nxt in ((pa, ea, below[0]), (pb, eb, below[1])):
+                for oid in pending:
                     kind, content = got[oid]
                     if kind == KIND_INDEX:
-                        pending.update(c for c, _ in parse_index(oid, content)[1])
+                        nxt.extend(c for c, _ in parse_index(oid, content)[1])
                     else:
                         out.update(node_entries(oid, kind, content))  # type: ignore[arg-type]
-        return ea, eb
+            pa, pb = below
+        return ea, eb, whole
 
     async def _dicts(self, path: tuple[str | int, ...], a: Entry, b: Entry) -> list[_Raw]:
-        ea, eb = await self._dict_leaves(a, b)
-        out: list[_Raw] = []
+        ea, eb, whole = await self._dict_leaves(a, b)
+        # Removed keys first (in their old order), then the rest in the new key order, so the
+        # adds, applied in order, append the new keys in the order the new dict has them.
+        out = [_Raw("remove", (*path, key), ea[key]) for key in ea if key not in eb]
         nested = []
-        for key in sorted(ea.keys() | eb.keys()):
-            if key not in eb:
-                out.append(_Raw("remove", (*path, key), ea[key]))
-            elif key not in ea:
+        for key in eb:
+            if key not in ea:
                 out.append(_Raw("add", (*path, key), None, eb[key]))
             elif not same_entry(ea[key], eb[key]):
-                nested.append(self.compare((*path, key), ea[key], eb[key]))
-        for part in await asyncio.gather(*nested):
+                nested.append(key)
+        if whole and [k for k in ea if k in eb] + [k for k in eb if k not in ea] != list(eb):
+            # A key moved: no list of per-key changes gives the new order (JSON Patch cannot
+            # move a key inside an object), so the dict is replaced as a whole.
+            return [_Raw("replace", path, a, b)]
+        for part in await asyncio.gather(*(self.compare((*path, k), ea[k], eb[k]) for k in nested)):
             out.extend(part)
-        out.sort(key=lambda r: r.path[len(path)])  # keys in order, each key's changes together (stable)
+        order: dict[str | int, int] = {k: i for i, k in enumerate([k for k in ea if k not in eb] + list(eb))}
+        out.sort(key=lambda r: order[r.path[len(path)]])  # stable: each key's changes stay together
         return out
 
     # -- lists --------------------------------------------------------------------------------
@@ -239,7 +253,7 @@ async def _done(value: list[_Raw]) -> list[_Raw]:
 def _key(entry: Entry) -> Any:
     if type(entry) is Ref:
         return entry.id
-    return (0, ormsgpack.packb(entry, option=ormsgpack.OPT_SORT_KEYS))
+    return (0, typed_key(entry) or repr(entry).encode())
 
 
 async def diff_trees(backend: Backend, root_a: bytes, root_b: bytes) -> list[Change]:

@@ -18,8 +18,10 @@ from typing import Any
 from castate.backends.base import Backend
 from castate.codec import Decoder, decode_frame
 from castate.codec.decoder import Content
+from castate.codec.encoder import typed_key
 from castate.codec.nodes import INDEX_DICT, TAG_REF, check_nesting, parse_index, parse_node
 from castate.codec.objects import KIND_DICT, KIND_INDEX, KIND_LIST
+from castate.codec.types import unregistered_as_dicts
 from castate.errors import InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository.snapshot import fetch_levels
 
@@ -107,7 +109,8 @@ class Loader:
         if refs:
             await self.fetch_tree(refs)
         decoder = Decoder(self.cache)
-        return [decoder.build(e.id) if type(e) is Ref else _copy(e) for e in entries]
+        with unregistered_as_dicts():  # a diff or a look at a path does not fail on an unknown user type
+            return [decoder.build(e.id) if type(e) is Ref else _copy(e) for e in entries]
 
 
 def _ignore(task: asyncio.Future[None]) -> None:
@@ -129,7 +132,8 @@ def _copy(value: Any) -> Any:
 
 def node_entries(oid: bytes, kind: int, content: Content) -> dict[str, Entry] | list[Entry]:
     """The entries of a dict or list node: inline values as parsed, specials as Ref or bytes."""
-    body, specials = parse_node(oid, kind, content)
+    with unregistered_as_dicts():
+        body, specials = parse_node(oid, kind, content)
     check_nesting(oid, body)  # its entries are copied and compared recursively
     if specials:
         keys = list(body) if kind == KIND_DICT else None
@@ -140,7 +144,7 @@ def node_entries(oid: bytes, kind: int, content: Content) -> dict[str, Entry] | 
 
 
 def shape(kind: int, content: Content) -> str:
-    """ "dict", "list" or "scalar": what kind of value an object holds."""
+    """ "dict", "list" or "scalar": what kind of value an object holds (a typed value is a scalar)."""
     if kind == KIND_DICT:
         return "dict"
     if kind == KIND_LIST:
@@ -174,17 +178,20 @@ def same_entry(a: Entry, b: Entry) -> bool:
 
 
 def strict_equal(a: Any, b: Any) -> bool:
-    """Equality of JSON values that tells 1, 1.0 and True apart, and 0.0 from -0.0."""
+    """Equality of values that tells 1, 1.0 and True apart, 0.0 from -0.0, dicts in another
+    key order apart, and typed values by their stored form (a datetime's zone included)."""
     ta = type(a)
     if ta is not type(b):
         return False
     if ta is dict:
-        return a.keys() == b.keys() and all(strict_equal(v, b[k]) for k, v in a.items())
+        return list(a) == list(b) and all(strict_equal(v, b[k]) for k, v in a.items())
     if ta is list:
         return len(a) == len(b) and all(strict_equal(x, y) for x, y in zip(a, b, strict=True))
     if ta is float:
-        return bool(a == b) and math.copysign(1.0, a) == math.copysign(1.0, b)
-    return bool(a == b)
+        return (bool(a == b) and math.copysign(1.0, a) == math.copysign(1.0, b)) or (a != a and b != b)
+    if ta is str or ta is int or ta is bool or ta is bytes or a is None:
+        return bool(a == b)
+    return typed_key(a) == typed_key(b)
 
 
 # -- JSON pointers (RFC 6901) -------------------------------------------------------------------

@@ -16,7 +16,15 @@ from castate.backends.base import Backend
 from castate.codec import child_ids, decode_frame
 from castate.codec.decoder import Content
 from castate.codec.encoder import MAX_DEPTH
-from castate.codec.nodes import INDEX_DICT, check_nesting, parse_chunked, parse_commit, parse_index, parse_node
+from castate.codec.nodes import (
+    INDEX_DICT,
+    check_nesting,
+    parse_chunked,
+    parse_commit,
+    parse_index,
+    parse_node,
+    parse_typed,
+)
 from castate.codec.objects import (
     ID_SIZE,
     KIND_BYTES,
@@ -28,12 +36,14 @@ from castate.codec.objects import (
     KIND_LIST,
     KIND_NAMES,
     KIND_STR,
+    KIND_TYPED,
 )
+from castate.codec.types import EXT_USER
 from castate.errors import CorruptionError, CorruptObjectError, UnsupportedFormatError
 
 BATCH = 2048  # ids per get_objects call: bounds memory and request size on servers
 
-VALUES = frozenset((KIND_STR, KIND_BYTES, KIND_CHUNKED, KIND_DICT, KIND_LIST, KIND_INDEX))
+VALUES = frozenset((KIND_STR, KIND_BYTES, KIND_CHUNKED, KIND_DICT, KIND_LIST, KIND_INDEX, KIND_TYPED))
 ROOTS = frozenset((KIND_DICT, KIND_INDEX))
 LIST_RUNS = frozenset((KIND_LIST, KIND_INDEX))
 DICT_RUNS = frozenset((KIND_DICT, KIND_INDEX))
@@ -71,7 +81,7 @@ def links(oid: bytes, kind: int, content: Content, deep: bool) -> list[tuple[byt
         return [(root, ROOTS)]
     if kind in (KIND_DICT, KIND_LIST):
         if deep:
-            check_nesting(oid, parse_node(oid, kind, content)[0])
+            check_nesting(oid, parse_node(oid, kind, content, tagged=True)[0])
         return [(c, VALUES) for c in child_ids(oid, kind, content)]
     if kind == KIND_INDEX:
         flavor, children = parse_index(oid, content)
@@ -79,6 +89,9 @@ def links(oid: bytes, kind: int, content: Content, deep: bool) -> list[tuple[byt
         return [(c, allowed) for c, _ in children]
     if kind == KIND_CHUNKED:
         return [(c, CHUNKS) for c, _ in parse_chunked(oid, content)[2]]
+    if kind == KIND_TYPED:
+        code, inner, _ = parse_typed(oid, content)
+        return [(inner, VALUES if code == EXT_USER else LIST_RUNS)]
     if kind == KIND_STR and deep:
         try:
             bytes(content).decode("utf-8")

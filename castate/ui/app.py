@@ -26,6 +26,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from castate.cli.output import to_json
+from castate.codec.types import unregistered_as_dicts
 from castate.errors import (
     BackendUnavailableError,
     CastateError,
@@ -74,7 +75,8 @@ def _error_status(exc: CastateError) -> int:
 def _endpoint(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
         try:
-            return json_response(await fn(request))
+            with unregistered_as_dicts():  # the page has no user types registered: tagged dicts
+                return json_response(await fn(request))
         except CastateError as exc:
             return json_response({"error": str(exc), "type": type(exc).__name__}, _error_status(exc))
         except OSError as exc:  # e.g. the store was moved or deleted while being served

@@ -240,6 +240,8 @@ function renderValue(v, moreLink) {
     }));
   }
   if ("$bytes" in v && Object.keys(v).length === 1) return bytesView(v.$bytes);
+  const typed = Object.keys(v);
+  if (typed.length === 1 && /^\$(datetime|date|time|timedelta|UUID|Decimal|float)$/.test(typed[0])) return el("span", { class: "n", text: `${typed[0].slice(1)} ${v[typed[0]]}` });
   if ("$folded" in v && "$length" in v) {
     const link = moreLink ? el("a", { href: moreLink, text: "open in the tree" }) : null;
     if (typeof v.$folded === "string") return foldedText(v.$folded, v.$length, link);
