@@ -69,7 +69,7 @@ def _cycle_list() -> dict[str, Any]:
 @pytest.mark.parametrize(
     ("state", "fragment", "path"),
     [
-        ({"tags": {1, object()}}, "object", "state['tags'][1]"),
+        ({"tags": {object()}}, "object", "state['tags'][0]"),  # a set's order of unsortable items is arbitrary
         ({"pair": (1, [2, bytearray(b"x")])}, "bytearray", "state['pair'][1][1]"),
         (
             {"a": {"when": datetime.datetime(2024, 1, 1, tzinfo=_OtherZone())}},

@@ -290,7 +290,7 @@ class CastateSaver(BaseCheckpointSaver[str]):
         self, store: Backend | BlobBackend | str | os.PathLike[str], *, serde: SerializerProtocol | None = None
     ) -> None:
         super().__init__(serde=serde)
-        backend = store if isinstance(store, Backend | BlobBackend) else open_backend(store)
+        backend = store if isinstance(store, Backend | BlobBackend) else open_backend(store, create=True)
         self._store = _Store(Repository(backend))
         self._loop = _LoopThread()
         self._closed = False
