@@ -236,13 +236,13 @@ async def test_a_hostile_segment_entry_gives_a_named_error_not_wrong_data() -> N
     await store.open()
     a, b = raw_obj("first object " * 5), raw_obj("second object " * 5)
     await store.put_objects([a, b], stream="s")
-    assert store._segment is not None
-    (name,) = store._segment.pack_names()
-    p = store._segment.pack(key_of(name))
+    (saved,) = store._cat.segments  # the save's own segment
+    (name,) = saved.pack_names()
+    p = saved.pack(key_of(name))
     assert p is not None
-    places = {oid: (off, length) for oid, _, off, length in store._segment.entries()}
+    places = {oid: (off, length) for oid, _, off, length in saved.entries()}
     name, data = make_segment([(p, [(a[0], *places[b[0]]), (b[0], *places[a[0]])])])
-    await blobs.delete_blobs([store._segment.blob])
+    await blobs.delete_blobs([saved.blob])
     await blobs.put_blobs([(INDEX_PREFIX + name, data)])
     victim = PackStore(blobs)
     await victim.open()

@@ -111,7 +111,6 @@ class PackStore(Backend):
         # Lock order: ``_lock`` (this process's saves and gc), then the backend's gc lock.
         self._lock = asyncio.Lock()
         self._opened = False
-        self._segment: Segment | None = None  # the segment of the save being committed
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -313,9 +312,11 @@ class PackStore(Backend):
             for _ in range(SAVE_ATTEMPTS):
                 fresh = self._missing(all_items)
                 packs = self._build(fresh, stream)
+                cat = self._cat
+                blobs, segment, absorbed, unindexed = self._save_blobs(packs)
                 try:
                     await self.blobs.commit(
-                        self._with_segment(packs),
+                        blobs,
                         updates,
                         message=message,
                         checks={EPOCH_REF: self._epoch},
@@ -329,14 +330,18 @@ class PackStore(Backend):
                 except BaseException:
                     self._writing.drop(stream)  # the stream's compressor ran ahead of the store
                     raise
-                if packs and self._segment is not None:
-                    self._cat.add_segment(self._segment)
                 for pack, _, raw in packs:
                     self._cache.put(pack, raw)
                 self._cache.evict()
-                cat = self._cat
-                if len(cat.segments) >= self.index_after or any(map(cat.readable, cat.packs.values())):
-                    await self._merge_segments()
+                if segment is not None and self._cat is cat:  # else gc ran since: a reload follows
+                    if absorbed or unindexed:
+                        self._cat = self._merged_catalog(cat, segment, absorbed, unindexed)
+                        with contextlib.suppress(StoreError):
+                            # The save is done; segments merged but not deleted only repeat
+                            # places (merges drop repeated entries), and the next merge retries.
+                            await self.blobs.delete_blobs([s.blob for s in absorbed if s.name != segment.name])
+                    else:
+                        cat.add_segment(segment)
                 return len(fresh)
         raise ConflictError(f"gc ran during {SAVE_ATTEMPTS} attempts to save", EPOCH_REF)
 
@@ -378,54 +383,52 @@ class PackStore(Backend):
     # -- index segments ---------------------------------------------------------------------------------
 
     def _with_segment(self, packs: list[tuple[PackInfo, bytes, bytes]]) -> list[tuple[str, bytes]]:
-        """The blobs of a save: its packs, and one segment listing their objects (kept as
-        ``self._segment`` for the catalog once the commit is through)."""
+        """Blobs for packs gc writes: the packs, and one segment listing their objects."""
         if not packs:
             return []
         name, data = make_segment([(p, p.entries) for p, _, _ in packs])
-        self._segment = parse_segment(name, data)
         return [*((p.blob, blob) for p, blob, _ in packs), (INDEX_PREFIX + name, data)]
 
-    async def _merge_segments(self) -> None:
-        """Merge the smallest segments, and the packs no segment covers, into one: half the
-        threshold's smallest, then every segment not larger than what the merge holds so far
-        (so each object is rewritten about log2(n) times and a store keeps the threshold plus
-        about log2(n) segments); then delete the merged ones. The write carries the epoch
-        check: after a gc it is skipped, the next save's reload sees gc's own segment."""
+    def _save_blobs(
+        self, packs: list[tuple[PackInfo, bytes, bytes]]
+    ) -> tuple[list[tuple[str, bytes]], Segment | None, list[Segment], list[PackInfo]]:
+        """The blobs of a save: its packs, and one segment listing their objects. Once the
+        writer knows of ``index_after`` segments (or of readable packs no segment covers),
+        that segment also merges the smallest ones, which are deleted after the commit: half
+        the threshold's smallest, then every one not larger than what the merge holds so far
+        (sizes double from one merge to the next, so each object is rewritten about log2(n)
+        times and a store keeps about the threshold plus log2(n) segments). Returns the blobs,
+        the segment, the segments it merges and the uncovered packs it covers."""
+        if not packs:
+            return [], None, [], []
         cat = self._cat
-        new = [p for p in cat.packs.values() if cat.readable(p)]
-        total = sum(len(p.entries) for p in new)
+        mine = [p for p, _, _ in packs]
         absorbed: list[Segment] = []
-        for segment in sorted(cat.segments, key=lambda s: s.n_entries):
-            # Half of the threshold's smallest always (saves' segments differ in size), then
-            # every one not larger than the merge so far: sizes double from tier to tier.
-            if len(absorbed) >= max(2, self.index_after // 2) and segment.n_entries > total:
-                break
-            absorbed.append(segment)
-            total += segment.n_entries
-        if len(absorbed) + len(new) < 2:
-            return
-        name, data = self._merged(absorbed, new)
-        try:
-            await self.blobs.commit([(INDEX_PREFIX + name, data)], (), checks={EPOCH_REF: self._epoch})
-            await self.blobs.delete_blobs([s.blob for s in absorbed if s.name != name])
-        except (ConflictError, StoreError):
-            # The save is done; a merge that gc overtook or the backend refused loses nothing
-            # (segments merged but not deleted only repeat places) and the next save tries again.
-            return
-        if self._cat is not cat:
-            return  # a reload swapped in a newer catalog meanwhile (gc ran): keep that one
-        merged = parse_segment(name, data)
-        covered = {p.blob for p in new}
+        unindexed = [p for p in cat.packs.values() if cat.readable(p)]
+        if len(cat.segments) + 1 >= self.index_after or unindexed:
+            total = sum(len(p.entries) for p in (*unindexed, *mine))
+            for segment in sorted(cat.segments, key=lambda s: s.n_entries):
+                if len(absorbed) >= max(2, self.index_after // 2) and segment.n_entries > total:
+                    break
+                absorbed.append(segment)
+                total += segment.n_entries
+        name, data = self._merged(absorbed, [*unindexed, *mine])
+        blobs = [*((p.blob, blob) for p, blob, _ in packs), (INDEX_PREFIX + name, data)]
+        return blobs, parse_segment(name, data), absorbed, unindexed
+
+    @staticmethod
+    def _merged_catalog(cat: Catalog, merged: Segment, absorbed: list[Segment], unindexed: list[PackInfo]) -> Catalog:
+        """``cat`` after a save's segment merged ``absorbed`` and covered ``unindexed`` (no I/O)."""
+        covered = {p.blob for p in unindexed}
         fresh = Catalog(bad=dict(cat.bad), dead=set(cat.dead), orphans=[o for o in cat.orphans if o not in covered])
         for segment in cat.segments:
             if segment not in absorbed:
                 fresh.add_segment(segment)
         fresh.add_segment(merged)
         for pack in cat.packs.values():
-            if pack not in new:
+            if pack not in unindexed:
                 fresh.add(pack)
-        self._cat = fresh
+        return fresh
 
     def _merged(self, segments: list[Segment], packs: list[PackInfo]) -> tuple[str, bytes]:
         """A segment covering what ``segments`` cover (without the packs known gone) and
