@@ -149,3 +149,14 @@ def test_a_save_and_a_checkpoint_are_one_round_trip_on_every_database_backend():
     for row in rows:
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1:3] == ["1.00", "1.00"], row  # per save, per checkpoint
+
+
+def test_bench_history_runs_fresh_restoring_processes(tmp_path):
+    out = tmp_path / "history.json"
+    run_bench("history", "--saves", "4,8", "--runs", "1", "--systems", "local,sqlite", "--out", str(out))
+    r = json.loads(out.read_text())
+    for system in ("local", "sqlite"):
+        for saves in ("4", "8"):
+            row = r["systems"][system][saves]
+            assert row["restored_state_bytes"] == row["state_bytes"] > 0  # the middle save came back whole
+            assert row["rss_peak_bytes"]["median"] > 10 << 20  # a Python process that imported castate
