@@ -26,6 +26,7 @@ INDEX_PREFIX = "index/"
 SEGMENT_MAGIC = b"CASTIDX2"
 SEGMENT_VERSION = 2
 MAX_SEGMENT_BYTES = 1 << 30  # a listed segment larger than this is refused before it is read
+THREADED_HASH = 4 << 20
 
 # magic, version, fanout bits, n_packs, n_entries
 _HEAD = struct.Struct("<8sBB2xII16x")
@@ -37,6 +38,13 @@ _ENTRY = struct.Struct("<32s8sII")  # id, pack key (first 8 bytes of its name), 
 ENTRY_SIZE = _ENTRY.size  # 48
 _SPAN = struct.Struct("<II")
 _FAN = struct.Struct("<II")
+
+
+def _hash(data: bytes) -> str:
+    """blake3 hex of a segment: on several threads only when it is large (starting threads
+    costs more than hashing a save's segment)."""
+    threads = blake3.blake3.AUTO if len(data) >= THREADED_HASH else 1
+    return blake3.blake3(data, max_threads=threads).hexdigest()
 
 
 def fanout_bits(n_entries: int) -> int:
@@ -167,7 +175,7 @@ def parse_segment(name: str, data: bytes) -> Segment:
     """A segment from its bytes, checked: its name is their blake3 and its tables fit its size.
     Pack rows are checked when first used, entries when a lookup uses them."""
     where = INDEX_PREFIX + name
-    if blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest() != name:
+    if _hash(data) != name:
         raise CorruptFileError(where, "index segment bytes do not match its name")
     if len(data) < HEAD_SIZE:
         raise CorruptFileError(where, "index segment shorter than its head")
@@ -227,7 +235,7 @@ def make_segment(
         struct.pack(f"<{len(fan)}I", *fan),
     ]
     data = b"".join(parts)
-    return blake3.blake3(data, max_threads=blake3.blake3.AUTO).hexdigest(), data
+    return _hash(data), data
 
 
 def key_of(name: str) -> bytes:

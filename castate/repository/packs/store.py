@@ -187,10 +187,12 @@ class PackStore(Backend):
 
     async def get_objects(self, ids: Collection[bytes]) -> dict[bytes, Any]:
         wanted = list(ids)
-        if not all(map(self._cat.has, wanted)):
-            await self._refresh()
         try:
-            return await self._read(wanted)
+            got = await self._read(wanted)
+            if len(got) < len(set(wanted)):  # written since the catalog was built, or absent
+                await self._refresh()
+                got.update(await self._read([oid for oid in wanted if oid not in got]))
+            return got
         except ChainDamage as damage:
             # A pack gone missing means gc rewrote its chain since this catalog was built: read
             # again from a new one. Only when the epoch has not moved is it damage.
