@@ -476,3 +476,124 @@ async def test_typed_values_in_the_tree_and_the_diff(sm: castate.StateManager) -
         assert changes["/pair"]["new"] == {"$tuple": [1, "y"]}
         assert changes["/inf"]["op"] == "remove"
         assert changes["/inf"]["old"] == {"$float": "inf"}
+
+
+async def test_sizes_survive_a_restart_through_the_cache(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import castate.ui.explorer as explorer_module
+    from castate.ui.sizecache import SizeCache
+
+    monkeypatch.setenv("CASTATE_UI_CACHE", str(tmp_path / "cache"))
+    async with castate.StateManager(castate.FileStorageBackend(store_path)) as sm:
+        for step in range(12):
+            await sm.save_session("run", {"step": step, "items": list(range(step * 10))})
+        expected = await Explorer(sm).timeline("run")  # measured in one go, no cache
+    store_files = sorted(p.relative_to(store_path) for p in store_path.rglob("*"))
+    monkeypatch.setattr(explorer_module, "INLINE_GROWTH", 4)
+
+    async def served() -> tuple[Explorer, castate.StateManager]:
+        sm = castate.StateManager(castate.FileStorageBackend(store_path))
+        await sm.__aenter__()
+        return Explorer(sm, SizeCache.for_backend(sm.repository.backend)), sm
+
+    ex, sm = await served()
+    assert (await ex.timeline("run"))["growth_pending"] is True  # nothing kept yet: measured in the background
+    await ex.settle()
+    assert ex.cache is not None
+    assert ex.cache.path.parent == tmp_path / "cache"
+    assert ex.cache.path.stat().st_mode & 0o777 == 0o600
+    await ex.close()
+    await sm.__aexit__(None, None, None)
+    # The store's directory is left as it was: the cache lives in the user's cache dir.
+    assert sorted(p.relative_to(store_path) for p in store_path.rglob("*")) == store_files
+
+    ex, sm = await served()  # a restart: 12 saves to measure would go to the background again
+    again = await ex.timeline("run")
+    assert again["growth_pending"] is False
+    assert again["points"] == expected["points"]
+    # New saves after the restart: the walk continues from the cache, within the request.
+    await sm.save_session("run", {"step": 12, "items": list(range(120))})
+    more = await ex.timeline("run")
+    assert more["growth_pending"] is False
+    async with castate.StateManager(castate.FileStorageBackend(store_path)) as fresh:
+        measured = Explorer(fresh)  # no cache: measures the 13 saves from the start
+        await measured.timeline("run")
+        await measured.settle()
+        assert more["points"] == (await measured.timeline("run"))["points"]
+    rows = (await ex.sessions())["sessions"]
+    assert rows[0]["stored_bytes"] == more["stored_bytes"]
+    await ex.close()
+    await sm.__aexit__(None, None, None)
+
+
+async def test_a_damaged_or_foreign_size_cache_is_ignored(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import castate.ui.explorer as explorer_module
+    from castate.repository.growth import Growth, GrowthState
+    from castate.ui.sizecache import MAX_BYTES, SizeCache, decode, encode
+
+    async with castate.StateManager(castate.FileStorageBackend(store_path)) as sm:
+        for step in range(8):
+            await sm.save_session("run", {"step": step, "items": list(range(step * 10))})
+        expected = await Explorer(sm).timeline("run")
+        monkeypatch.setattr(explorer_module, "INLINE_GROWTH", 2)
+        cache = SizeCache.for_backend(sm.repository.backend, tmp_path / "cache")
+        assert cache is not None
+        ex = Explorer(sm, cache)
+        await ex.timeline("run")
+        await ex.settle()
+        good = cache.path.read_bytes()
+        assert decode(good, cache.key).done
+
+        forged_numbers = GrowthState([(b"\0" * 32, Growth(b"\1" * 32, 1, 2, 3))], [], {})
+        bad_index = bytearray(encode(GrowthState([], [(b"\0" * 32, b"\1" * 32, {b"\2" * 32})], {}), cache.key))
+        bad_index[-36:-32] = (7).to_bytes(4, "little")  # the walk names object 7 of 1
+        damaged = {
+            "a flipped byte": good[:100] + bytes([good[100] ^ 1]) + good[101:],
+            "truncated": good[: len(good) // 2],
+            "another store's": encode(decode(good, cache.key), b"\x09" * 32),
+            "an index out of range, checksum recomputed": _resum(bytes(bad_index)),
+            "empty": b"",
+        }
+        for what, blob in damaged.items():
+            cache.path.write_bytes(blob)
+            ex = Explorer(sm, cache)
+            t = await ex.timeline("run")
+            assert t["growth_pending"] is True, what  # ignored: measured again
+            assert "ignored" in (cache.note or ""), what
+            await ex.settle()
+            assert (await ex.timeline("run"))["points"] == expected["points"], what
+            assert decode(cache.path.read_bytes(), cache.key).done, what  # and written again whole
+        assert (await ex.sessions())["cache_error"] is None  # the last write went well
+
+        # A forged file with a valid checksum can only change the numbers shown, for commits it names.
+        cache.path.write_bytes(encode(forged_numbers, cache.key))
+        ex = Explorer(sm, cache)
+        assert (await ex.timeline("run"))["growth_pending"] is True
+        await ex.close()
+
+        cache.path.unlink()
+        cache.path.symlink_to(tmp_path / "elsewhere")
+        (tmp_path / "elsewhere").write_bytes(good)
+        ex = Explorer(sm, cache)
+        assert (await ex.timeline("run"))["growth_pending"] is True  # a link is not followed
+        await ex.settle()
+        await ex.close()
+        assert (tmp_path / "elsewhere").read_bytes() == good  # nor written through: replaced by a file
+        assert not cache.path.is_symlink()
+        cache.path.unlink()
+        with open(cache.path, "wb") as f:
+            f.truncate(MAX_BYTES + 1)
+        ex = Explorer(sm, cache)
+        assert (await ex.timeline("run"))["growth_pending"] is True  # too large: not read
+        assert "ignored" in (cache.note or "")
+        await ex.close()
+
+
+def _resum(body_and_sum: bytes) -> bytes:
+    from blake3 import blake3
+
+    body = body_and_sum[:-32]
+    return body + blake3(body).digest()

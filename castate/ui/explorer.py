@@ -28,6 +28,7 @@ from castate.state import StateManager
 from castate.ui.changes import by_key, present
 from castate.ui.fold import FOLD, fold
 from castate.ui.messages import summaries
+from castate.ui.sizecache import SizeCache
 
 if TYPE_CHECKING:
     from castate.codec import Commit  # the type only: commits come from the repository
@@ -37,6 +38,7 @@ MAX_VALUE = 16 << 20  # bytes of a str or bytes value sent whole
 INLINE_GROWTH = 1000  # unknown saves measured within a request; more go to the background
 GROWTH_SLICE = 100  # saves the background measures before letting requests in
 HEALTH_EVERY = 10.0  # seconds between two walks of the store for its stats while refs keep moving
+CACHE_EVERY = 10.0  # seconds between two writes of the size cache while sizes keep being measured
 
 
 def _item(item: browse.Item) -> dict[str, Any]:
@@ -61,16 +63,24 @@ class Explorer:
     - each session's chain of saves, per head: after new saves only they are read;
     - every commit the reflog names, read in one batch the first time a chain is needed
       (a hint only: the chain is still followed parent by parent);
-    - each save's growth (``GrowthIndex``, final per commit); a history longer than
-      ``INLINE_GROWTH`` unknown saves is measured in the background, and the documents say
-      ``growth_pending`` until it is done;
+    - each save's growth (``GrowthIndex``, final per commit and history base); a history
+      with more than ``INLINE_GROWTH`` saves to walk is measured in the background, and the
+      documents say ``growth_pending`` until it is done. With a ``SizeCache`` what was
+      measured is read back from it the first time sizes are needed, and written to it when
+      a background measure ends, at most every ``CACHE_EVERY`` seconds while measuring,
+      and on ``close``: a restarted server shows the sizes at once;
     - the timeline and health documents, per state of the refs (any ref move recomputes).
     """
 
-    def __init__(self, sm: StateManager) -> None:
+    def __init__(self, sm: StateManager, cache: SizeCache | None = None) -> None:
         self.sm = sm
         self.repo = sm.repository
         self.growth = GrowthIndex(self.repo.backend)
+        self.cache = cache
+        self._cache_read = cache is None
+        self._cache_dirty = False
+        self._cache_saved = time.monotonic()
+        self._cache_task: asyncio.Task[None] | None = None
         self._growth_lock = asyncio.Lock()
         self._growth_queue: list[list[bytes]] = []
         self._growth_task: asyncio.Task[None] | None = None
@@ -135,23 +145,59 @@ class Explorer:
 
     async def _growth_of(self, ids: list[bytes]) -> list[Growth] | None:
         """The growth of each save, or None while a long history is measured in the background."""
-        done = self.growth.done
-        missing = sum(1 for c in ids if c not in done)
-        if missing == 0:
-            return [done[c] for c in ids]
+        if not self._cache_read:
+            await self._read_cache()
+        known = self.growth.known(ids)
+        if known is not None:
+            return known
         self.growth_error = None
-        if missing <= INLINE_GROWTH:
+        if self.growth.pending(ids) <= INLINE_GROWTH:
             async with self._growth_lock:
-                return await self.growth.history(ids)
+                growth = await self.growth.history(ids)
+            self._cache_dirty = True
+            return growth
         if ids not in self._growth_queue:
             self._growth_queue.append(ids)
         return None
 
     def _kick(self) -> None:
-        """Start measuring what ``_growth_of`` queued: called when a document is ready, so the
-        measuring does not slow the request that asked for it."""
+        """Start measuring what ``_growth_of`` queued, and write the size cache when it is
+        due: called when a document is ready, so neither slows the request that asked."""
         if self._growth_queue and (self._growth_task is None or self._growth_task.done()):
             self._growth_task = asyncio.get_running_loop().create_task(self._measure())
+        elif self._cache_dirty and time.monotonic() - self._cache_saved >= CACHE_EVERY:
+            self._write_cache_soon()
+
+    # -- the size cache (see castate.ui.sizecache) ----------------------------------------------
+
+    async def _read_cache(self) -> None:
+        self._cache_read = True
+        assert self.cache is not None
+        state = await asyncio.to_thread(self.cache.load)
+        if state is not None:
+            async with self._growth_lock:
+                self.growth.absorb(state)
+
+    def _write_cache_soon(self) -> None:
+        if self.cache is not None and (self._cache_task is None or self._cache_task.done()):
+            self._cache_task = asyncio.get_running_loop().create_task(self._write_cache())
+
+    async def _write_cache(self) -> None:
+        """Write what is known of the histories shown now (what gc or a restore left behind
+        is dropped from the file)."""
+        if self.cache is None or not self._cache_read:
+            return
+        self._cache_dirty = False
+        self._cache_saved = time.monotonic()
+        chains = [[c for c, _ in chain.entries] for chain in self._chains.values()]
+        async with self._growth_lock:
+            state = self.growth.export(chains)
+        await asyncio.to_thread(self.cache.save, state)
+
+    @property
+    def cache_note(self) -> str | None:
+        """What went wrong with the size cache last (None: nothing)."""
+        return self.cache.note if self.cache is not None else None
 
     async def _measure(self) -> None:
         # Slice by slice (each continues the walk where the last stopped), letting requests
@@ -162,22 +208,33 @@ class Explorer:
                 for end in range(GROWTH_SLICE, len(ids) + GROWTH_SLICE, GROWTH_SLICE):
                     async with self._growth_lock:
                         await self.growth.history(ids[:end])
+                    self._cache_dirty = True
+                    if time.monotonic() - self._cache_saved >= CACHE_EVERY:
+                        await self._write_cache()  # the progress so far survives a restart
                     await asyncio.sleep(0)
+            if self._cache_dirty:
+                await self._write_cache()
         except CastateError as exc:  # shown by the next document, which retries
             self.growth_error = str(exc)
             self._growth_queue.clear()
 
     async def settle(self) -> None:
-        """Wait for the background measuring (benchmarks and tests)."""
-        while self._growth_task is not None and not self._growth_task.done():
-            await asyncio.shield(self._growth_task)
+        """Wait for the background measuring and cache writes (benchmarks and tests)."""
+        for task in (self._growth_task, self._cache_task):
+            while task is not None and not task.done():
+                await asyncio.shield(task)
 
     async def close(self) -> None:
-        """Stop the background measuring (before the store closes)."""
+        """Stop the background measuring and keep what it measured (before the store closes)."""
         if self._growth_task is not None and not self._growth_task.done():
             self._growth_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._growth_task
+        if self._cache_task is not None and not self._cache_task.done():
+            with contextlib.suppress(CastateError):
+                await self._cache_task
+        if self._cache_dirty:
+            await self._write_cache()
 
     async def sessions(self) -> dict[str, Any]:
         rows = []
@@ -202,7 +259,12 @@ class Explorer:
                 }
             )
         self._kick()
-        return {"sessions": rows, "growth_pending": pending, "growth_error": self.growth_error}
+        return {
+            "sessions": rows,
+            "growth_pending": pending,
+            "growth_error": self.growth_error,
+            "cache_error": self.cache_note,
+        }
 
     async def timeline(self, session_id: str) -> dict[str, Any]:
         refs = await self.repo.list_refs()
