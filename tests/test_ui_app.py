@@ -162,7 +162,7 @@ async def test_write_actions_exist_only_when_allowed(sm: castate.StateManager) -
     cps = await build(sm)
     body = {"source": cps["cp2"], "new_session": "from-ui"}
     async with client(sm) as c:
-        for action in ("fork", "restore", "checkpoint"):
+        for action in ("fork", "undo-fork", "restore", "checkpoint"):
             r = await c.post(f"/api/actions/{action}", json=body, headers={"X-Castate-Token": TOKEN})
             assert r.status_code == 404
     async with client(sm, writes=True) as c:
@@ -264,6 +264,44 @@ async def test_actions_send_the_head_the_page_showed(sm: castate.StateManager) -
         assert (await sm.resolve("run-1")).commit == newer
         await get(c, "/api/reflog", 404, session="nope")
         await get(c, "/api/reflog", 400, session="run-1", saves="yes")
+
+
+async def test_a_fork_can_be_undone_only_while_nothing_moved_it(sm: castate.StateManager) -> None:
+    cps = await build(sm)
+    headers = {"X-Castate-Token": TOKEN}
+
+    async def post(c: httpx.AsyncClient, action: str, status: int, **body: str) -> dict:
+        r = await c.post(f"/api/actions/{action}", json=body, headers=headers)
+        assert r.status_code == status, r.text
+        return r.json()
+
+    async with client(sm) as c:
+        assert (await c.post("/api/actions/undo-fork", json={}, headers=headers)).status_code == 404
+    async with client(sm, writes=True) as c:
+        r = await c.post("/api/actions/undo-fork", json={"session": "run-1", "expected": "00" * 32})
+        assert r.status_code == 403  # no token
+        head = (await post(c, "fork", 200, source=cps["cp2"], new_session="try"))["head"]
+        await post(c, "undo-fork", 400, session="try", expected="not a commit")
+        await post(c, "undo-fork", 409, session="try", expected="00" * 32)  # not the head the fork made
+        assert (await post(c, "undo-fork", 200, session="try", expected=head))["deleted"] == head
+        assert "try" not in [s.session_id for s in await sm.list_sessions()]
+        assert (await get(c, "/api/reflog", session="try", saves="0"))["entries"][0]["message"] == "undo fork try"
+        gone = await post(c, "undo-fork", 409, session="try", expected=head)  # twice: nothing left to undo
+        assert "no longer exists" in gone["error"]
+
+        # A session that is not a fork, or a fork that was saved to or checkpointed since, stays.
+        run1 = (await sm.resolve("run-1")).commit.hex()
+        assert "moved since the fork" in (await post(c, "undo-fork", 409, session="run-1", expected=run1))["error"]
+        head = (await post(c, "fork", 200, source=cps["cp2"], new_session="try"))["head"]
+        await sm.save_session("try", {"step": 3, "other": True})
+        moved = await post(c, "undo-fork", 409, session="try", expected=head)
+        assert "nothing was deleted" in moved["error"]
+        assert "try" in [s.session_id for s in await sm.list_sessions()]
+        head = (await post(c, "fork", 200, source=cps["cp4"], new_session="try-2"))["head"]
+        await sm.create_checkpoint("try-2", "keep")
+        assert "checkpoint" in (await post(c, "undo-fork", 409, session="try-2", expected=head))["error"]
+        assert (await sm.resolve("try-2")).commit.hex() == head
+    assert (await sm.resolve("run-1")).commit.hex() == run1
 
 
 def test_every_static_file_is_package_data() -> None:

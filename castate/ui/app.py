@@ -262,7 +262,12 @@ def create_app(
             data = await body(request)
             return await explorer.checkpoint(field(data, "session"), field(data, "name"), field(data, "expected"))
 
-        for path, fn in (("restore", restore), ("fork", fork), ("checkpoint", checkpoint)):
+        async def undo_fork(request: Request) -> Any:
+            data = await body(request)
+            return await explorer.undo_fork(field(data, "session"), field(data, "expected"))
+
+        actions = (("restore", restore), ("fork", fork), ("undo-fork", undo_fork), ("checkpoint", checkpoint))
+        for path, fn in actions:
             routes.append(Route(f"/api/actions/{path}", _guarded(fn), methods=["POST"]))
 
     app = Starlette(routes=routes, max_body_size=MAX_BODY)

@@ -17,6 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from castate.backends.base import RefUpdate
 from castate.cli.output import iso_time
 from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository import browse
@@ -466,6 +467,37 @@ class Explorer:
     async def fork(self, source: str, new_session_id: str) -> dict[str, Any]:
         return {"session_id": new_session_id, "head": await self.sm.fork(source, new_session_id)}
 
+    async def undo_fork(self, session_id: str, expected: str) -> dict[str, Any]:
+        """Delete the session a fork created, only if nothing moved it since: its last reflog
+        entry is that fork, at ``expected`` (the head the fork returned), it holds no
+        checkpoint, and the delete itself is a compare-and-swap on ``expected`` (a save landing
+        in between is a conflict). Anything else is a conflict: the page deletes nothing else.
+        The fork's saves stay where they came from; the delete is recorded in the reflog."""
+        want = _commit_hex(expected)
+        ref = names.session_ref(session_id)
+
+        def refused(why: str) -> ConflictError:
+            return ConflictError(
+                f"session {session_id!r} {why}: undoing the fork would lose that, so nothing was deleted "
+                f"(delete it with `castate rm {session_id}` if you mean to)",
+                ref,
+            )
+
+        log = await self.repo.reflog(ref)
+        last = log[-1] if log else None
+        if last is None or last.new is None:
+            raise ConflictError(f"session {session_id!r} no longer exists: nothing to undo", ref)
+        if last.new != want or last.old is not None or not last.message.startswith("fork "):
+            raise refused(f"moved since the fork ({last.message[:80]!r}, now at {last.new.hex()[:12]})")
+        cps = await self.repo.list_refs(names.checkpoint_prefix(session_id))
+        if cps:
+            raise refused(f"has {len(cps)} checkpoint(s) since the fork")
+        try:
+            await self.repo.update_refs([RefUpdate(ref, None, want)], message=f"undo fork {session_id}"[:200])
+        except ConflictError:
+            raise refused("moved while it was being deleted") from None
+        return {"session_id": session_id, "deleted": want.hex()}
+
     async def checkpoint(self, session_id: str, name: str, expected: str) -> dict[str, Any]:
         """Checkpoint the session's head if it is still ``expected``, in one step with the
         checkpoint (``create_checkpoint(expected=)``): a save landing in between is a conflict."""
@@ -517,6 +549,13 @@ class Explorer:
 
 def _is_save(message: str) -> bool:
     return message.startswith("save ")
+
+
+def _commit_hex(value: str) -> bytes:
+    """A commit id the page sent (64 hex digits), as bytes; InvalidKeyError otherwise."""
+    if len(value) != 64 or any(ch not in "0123456789abcdefABCDEF" for ch in value):
+        raise InvalidKeyError(f"expected a commit id (64 hex digits), not {value[:80]!r}")
+    return bytes.fromhex(value)
 
 
 __all__ = ["FOLD", "Explorer", "fold"]
