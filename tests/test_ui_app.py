@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -635,3 +636,70 @@ def _resum(body_and_sum: bytes) -> bytes:
 
     body = body_and_sum[:-32]
     return body + blake3(body).digest()
+
+
+async def test_the_timeline_is_encoded_once_per_state_of_the_refs(sm: castate.StateManager) -> None:
+    import orjson
+
+    from castate.cli.output import to_json
+
+    await build(sm)
+    ex = Explorer(sm)
+    body = await ex.timeline_json("run-1")
+    assert await ex.timeline_json("run-1") is body  # nothing moved: the same bytes
+    assert orjson.loads(body) == orjson.loads(to_json(await ex.timeline("run-1"), indent=False))
+    when = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
+    await sm.save_session("run-1", {"step": 6}, metadata={"step": 6, "when": when, "blob": b"\x00", "long": "x" * 3000})
+    moved = orjson.loads(await ex.timeline_json("run-1"))
+    assert moved["head"] == (await sm.resolve("run-1")).commit.hex()
+    assert len(moved["points"]) == len(orjson.loads(body)["points"]) + 1
+    assert moved["points"][-1]["meta"] == {  # typed and long values as everywhere else on the page
+        "step": 6,
+        "when": {"$datetime": "2026-01-15T09:00:00+00:00"},
+        "blob": {"$bytes": "AA=="},
+        "long": {"$folded": "x" * FOLD, "$length": 3000},
+    }
+    assert moved["points"][0]["meta"] == {}
+
+
+async def test_a_local_store_has_one_cache_file_however_it_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from castate.ui.sizecache import SizeCache
+
+    async with castate.StateManager(castate.FileStorageBackend(tmp_path / "s")) as sm:
+        await sm.save_session("a", {"x": 1})
+        absolute = SizeCache.for_backend(sm.repository.backend, tmp_path / "c")
+    monkeypatch.chdir(tmp_path)
+    async with castate.StateManager(castate.FileStorageBackend(Path("s"))) as sm:
+        relative = SizeCache.for_backend(sm.repository.backend, tmp_path / "c")
+    assert absolute is not None
+    assert relative is not None
+    assert absolute.path == relative.path
+    async with castate.StateManager(castate.MemoryBackend()) as sm:
+        assert SizeCache.for_backend(sm.repository.backend, tmp_path / "c") is None  # no store id: no file
+
+
+async def test_warming_reads_the_histories_once_for_requests_that_arrive_meanwhile(
+    sm: castate.StateManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    await build(sm)
+    expected_sessions = await Explorer(sm).sessions()
+    expected_timeline = await Explorer(sm).timeline("run-1")
+    one_by_one: list[bytes] = []
+    read_commit = sm.repository.read_commit
+
+    async def counted(cid: bytes) -> object:
+        one_by_one.append(cid)
+        return await read_commit(cid)
+
+    monkeypatch.setattr(sm.repository, "read_commit", counted)
+    ex = Explorer(sm)
+    ex.start_warming()  # as `castate ui` does on start; two views are asked for at once meanwhile
+    rows, timeline = await asyncio.gather(ex.sessions(), ex.timeline("run-1"))
+    assert rows == expected_sessions
+    assert timeline == expected_timeline
+    assert one_by_one == []  # every commit came from the one batch the reflog names
+    await ex.close()

@@ -17,8 +17,10 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import orjson
+
 from castate.backends.base import RefUpdate
-from castate.cli.output import iso_time
+from castate.cli.output import iso_time, to_json
 from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository import browse
 from castate.repository import refs as names
@@ -90,7 +92,10 @@ class Explorer:
         self._commits: dict[bytes, Commit] = {}
         self._summaries: dict[bytes, dict[str, Any]] = {}  # per save: commit, time, session, metadata
         self._hinted = False
+        self._hint_lock = asyncio.Lock()
+        self._warming: asyncio.Task[None] | None = None
         self._timelines: dict[str, tuple[Any, dict[str, Any]]] = {}
+        self._timeline_bodies: dict[str, tuple[dict[str, Any], bytes]] = {}  # per kept document: its JSON
         self._health: tuple[Any, dict[str, Any]] | None = None
 
     @property
@@ -102,13 +107,15 @@ class Explorer:
     async def _commit(self, cid: bytes) -> Commit:
         commit = self._commits.get(cid)
         if commit is None and not self._hinted:
-            self._hinted = True
-            ids = list({e.new for e in await self.repo.reflog() if e.new is not None} - self._commits.keys())
-            for i in range(0, len(ids), 4096):
-                try:
-                    self._commits.update(await self.repo.read_commits(ids[i : i + 4096]))
-                except CastateError:
-                    break  # a hint only: a commit gc took is read (and reported) on the way below
+            async with self._hint_lock:  # a request arriving meanwhile waits for the batch
+                if not self._hinted:
+                    ids = list({e.new for e in await self.repo.reflog() if e.new is not None} - self._commits.keys())
+                    for i in range(0, len(ids), 4096):
+                        try:
+                            self._commits.update(await self.repo.read_commits(ids[i : i + 4096]))
+                        except CastateError:
+                            break  # a hint only: a commit gc took is read (and reported) on the way below
+                    self._hinted = True
             commit = self._commits.get(cid)
         if commit is None:
             commit = self._commits[cid] = await self.repo.read_commit(cid)
@@ -227,6 +234,10 @@ class Explorer:
 
     async def close(self) -> None:
         """Stop the background measuring and keep what it measured (before the store closes)."""
+        if self._warming is not None and not self._warming.done():
+            self._warming.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._warming
         if self._growth_task is not None and not self._growth_task.done():
             self._growth_task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -237,7 +248,23 @@ class Explorer:
         if self._cache_dirty:
             await self._write_cache()
 
+    def start_warming(self) -> None:
+        """Read every session's history (and the kept sizes) now, before the first request:
+        on a 10,000-save store that is most of the first view's time (reading the commits).
+        Requests arriving meanwhile wait for it rather than read the same commits again."""
+        self._warming = asyncio.get_running_loop().create_task(self._warm())
+
+    async def _warm(self) -> None:
+        with contextlib.suppress(CastateError, OSError):  # the request that needs it reports it
+            await self.sessions()
+
+    async def _warmed(self) -> None:
+        task = self._warming
+        if task is not None and not task.done() and task is not asyncio.current_task():
+            await asyncio.shield(task)
+
     async def sessions(self) -> dict[str, Any]:
+        await self._warmed()
         rows = []
         pending = False
         listed = await self.sm.list_sessions()
@@ -268,6 +295,7 @@ class Explorer:
         }
 
     async def timeline(self, session_id: str) -> dict[str, Any]:
+        await self._warmed()
         refs = await self.repo.list_refs()
         key = tuple(sorted(refs.items()))
         kept = self._timelines.get(session_id)
@@ -281,6 +309,21 @@ class Explorer:
         if not doc["growth_pending"]:
             self._timelines[session_id] = (key, doc)
         return doc
+
+    async def timeline_json(self, session_id: str) -> bytes:
+        """``timeline`` as JSON, encoded once per kept document: on a 10,000-save history
+        the encoding (typed values made plain, 2.4 MB) took most of a repeated request."""
+        doc = await self.timeline(session_id)
+        kept = self._timeline_bodies.get(session_id)
+        if kept is not None and kept[0] is doc:
+            return kept[1]
+        try:  # the document is plain JSON already (each save's metadata made plain once, in _meta)
+            body = orjson.dumps(doc)
+        except TypeError:
+            body = to_json(doc, indent=False).encode("utf-8")
+        if not doc["growth_pending"]:
+            self._timeline_bodies[session_id] = (doc, body)
+        return body
 
     async def _timeline(self, session_id: str, head: bytes) -> dict[str, Any]:
         chain = await self._chain(session_id, head)
@@ -297,7 +340,7 @@ class Explorer:
                     "commit": cid.hex(),
                     "time_ns": c.time_ns,
                     "session": c.session,
-                    "meta": fold(c.meta),
+                    "meta": _meta(c.meta),
                 }
                 if c.name:
                     base["name"] = c.name
@@ -545,6 +588,20 @@ class Explorer:
                 for e in page
             ],
         }
+
+
+def _meta(meta: dict[str, Any]) -> Any:
+    """A save's metadata as the page gets it: plain JSON, folded. Most metadata is a few
+    numbers and short strings (``{"step": 121, "node": "coder"}``), sent as it is; the rest
+    goes through ``fold`` and ``to_json`` (typed values as ``$`` objects). Done once per
+    save, so a timeline is encoded without walking 10,000 metadata dicts again."""
+    for k, v in meta.items():
+        t = type(v)
+        if type(k) is not str or not (
+            t is bool or v is None or (t is int and -(1 << 63) <= v < 1 << 64) or (t is str and len(v) <= FOLD)
+        ):
+            return orjson.loads(to_json(fold(meta), indent=False))
+    return meta
 
 
 def _is_save(message: str) -> bool:

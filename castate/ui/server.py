@@ -55,6 +55,7 @@ async def serve(
     hosts = None if not loopback(host) else host_names(host, port)
     explorer = Explorer(sm, SizeCache.for_backend(sm.repository.backend))
     app = create_app(explorer, allow_writes=allow_writes, hosts=hosts)
+    explorer.start_warming()  # read the histories while the browser opens the page
     config = uvicorn.Config(
         app,
         http="h11",

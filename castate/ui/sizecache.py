@@ -72,7 +72,9 @@ def store_key(backend: Backend) -> bytes | None:
     store_id = str(getattr(backend, "store_id", "") or "")
     if not store_id:
         return None
-    who = "\0".join((type(backend).__name__, store_id, str(backend.location)))
+    root = getattr(backend, "root", None)  # a local store: the same directory however it was named
+    where = str(root.resolve()) if isinstance(root, Path) else str(backend.location)
+    who = "\0".join((type(backend).__name__, store_id, where))
     return blake3(b"castate-ui-growth\0" + who.encode("utf-8", "surrogatepass")).digest()
 
 
