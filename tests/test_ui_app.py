@@ -703,3 +703,46 @@ async def test_warming_reads_the_histories_once_for_requests_that_arrive_meanwhi
     assert timeline == expected_timeline
     assert one_by_one == []  # every commit came from the one batch the reflog names
     await ex.close()
+
+
+async def test_the_progress_of_an_interrupted_measure_is_kept(
+    sm: castate.StateManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import castate.ui.explorer as explorer_module
+    from castate.ui.sizecache import SizeCache, decode
+
+    for step in range(12):
+        await sm.save_session("run", {"step": step, "items": list(range(step * 10))})
+    expected = await Explorer(sm).timeline("run")
+    monkeypatch.setattr(explorer_module, "INLINE_GROWTH", 2)
+    monkeypatch.setattr(explorer_module, "GROWTH_SLICE", 3)
+    cache = SizeCache.for_backend(sm.repository.backend, tmp_path / "cache")
+    assert cache is not None
+    ex = Explorer(sm, cache)
+    measure = ex.growth.history
+    slices: list[int] = []
+
+    async def first_slice_only(chain: list[bytes]) -> object:
+        slices.append(len(chain))
+        if len(slices) > 1:
+            await asyncio.Event().wait()  # the second slice never ends: the server stops first
+        return await measure(chain)
+
+    monkeypatch.setattr(ex.growth, "history", first_slice_only)
+    assert (await ex.timeline("run"))["growth_pending"] is True
+    while len(slices) < 2:
+        await asyncio.sleep(0.001)
+    await ex.close()  # the server stops mid-measure
+    kept = decode(cache.path.read_bytes(), cache.key)
+    measured = len(kept.done)
+    assert measured == 3
+    assert [tip for _, tip, _ in kept.walks] == [bytes.fromhex(expected["points"][measured - 1]["commit"])]
+
+    ex = Explorer(sm, cache)
+    await ex.timeline("run")
+    assert ex.growth.pending([bytes.fromhex(p["commit"]) for p in expected["points"]]) == 12 - measured
+    await ex.settle()
+    assert (await ex.timeline("run"))["points"] == expected["points"]  # continued, same numbers
+    await ex.close()
