@@ -114,3 +114,32 @@ async def test_damage_marks_a_save_incomplete() -> None:
     growth = await GrowthIndex(backend).history(chain)
     assert growth[0].complete
     assert not growth[1].complete
+
+
+async def test_a_later_index_continues_from_an_export_and_a_shorter_history_is_measured_again() -> None:
+    backend = Counting()
+    sm = castate.StateManager(backend)
+    for step in range(4):
+        await sm.save_session("run", state(step))
+    chain = await chain_of(sm, "run")
+    first = GrowthIndex(backend)
+    measured = await first.history(chain)
+
+    later = GrowthIndex(backend)
+    later.absorb(first.export([chain]))
+    backend.read = 0
+    assert later.known(chain) == measured
+    await sm.save_session("run", state(4))
+    longer = await chain_of(sm, "run")
+    assert later.pending(longer) == 1  # the walk continues where the earlier process stopped
+    more = await later.history(longer)
+    assert more == await GrowthIndex(backend).history(longer)
+    assert backend.read == more[-1].new_objects + sum(g.new_objects for g in more)  # the fresh index read all
+
+    # A history that starts later (gc removed its oldest saves) is not the one measured:
+    # its first save holds the whole state, so nothing known is reused for it.
+    assert later.known(longer[1:]) is None
+    assert later.pending(longer[1:]) == 4
+    shorter = await later.history(longer[1:])
+    assert shorter == await GrowthIndex(backend).history(longer[1:])
+    assert shorter[0].new_objects > more[1].new_objects

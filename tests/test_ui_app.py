@@ -7,6 +7,7 @@ import subprocess
 import sys
 import tomllib
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from fnmatch import fnmatch
 from pathlib import Path
 
@@ -162,7 +163,7 @@ async def test_write_actions_exist_only_when_allowed(sm: castate.StateManager) -
     cps = await build(sm)
     body = {"source": cps["cp2"], "new_session": "from-ui"}
     async with client(sm) as c:
-        for action in ("fork", "restore", "checkpoint"):
+        for action in ("fork", "undo-fork", "restore", "checkpoint"):
             r = await c.post(f"/api/actions/{action}", json=body, headers={"X-Castate-Token": TOKEN})
             assert r.status_code == 404
     async with client(sm, writes=True) as c:
@@ -264,6 +265,44 @@ async def test_actions_send_the_head_the_page_showed(sm: castate.StateManager) -
         assert (await sm.resolve("run-1")).commit == newer
         await get(c, "/api/reflog", 404, session="nope")
         await get(c, "/api/reflog", 400, session="run-1", saves="yes")
+
+
+async def test_a_fork_can_be_undone_only_while_nothing_moved_it(sm: castate.StateManager) -> None:
+    cps = await build(sm)
+    headers = {"X-Castate-Token": TOKEN}
+
+    async def post(c: httpx.AsyncClient, action: str, status: int, **body: str) -> dict:
+        r = await c.post(f"/api/actions/{action}", json=body, headers=headers)
+        assert r.status_code == status, r.text
+        return r.json()
+
+    async with client(sm) as c:
+        assert (await c.post("/api/actions/undo-fork", json={}, headers=headers)).status_code == 404
+    async with client(sm, writes=True) as c:
+        r = await c.post("/api/actions/undo-fork", json={"session": "run-1", "expected": "00" * 32})
+        assert r.status_code == 403  # no token
+        head = (await post(c, "fork", 200, source=cps["cp2"], new_session="try"))["head"]
+        await post(c, "undo-fork", 400, session="try", expected="not a commit")
+        await post(c, "undo-fork", 409, session="try", expected="00" * 32)  # not the head the fork made
+        assert (await post(c, "undo-fork", 200, session="try", expected=head))["deleted"] == head
+        assert "try" not in [s.session_id for s in await sm.list_sessions()]
+        assert (await get(c, "/api/reflog", session="try", saves="0"))["entries"][0]["message"] == "undo fork try"
+        gone = await post(c, "undo-fork", 409, session="try", expected=head)  # twice: nothing left to undo
+        assert "no longer exists" in gone["error"]
+
+        # A session that is not a fork, or a fork that was saved to or checkpointed since, stays.
+        run1 = (await sm.resolve("run-1")).commit.hex()
+        assert "moved since the fork" in (await post(c, "undo-fork", 409, session="run-1", expected=run1))["error"]
+        head = (await post(c, "fork", 200, source=cps["cp2"], new_session="try"))["head"]
+        await sm.save_session("try", {"step": 3, "other": True})
+        moved = await post(c, "undo-fork", 409, session="try", expected=head)
+        assert "nothing was deleted" in moved["error"]
+        assert "try" in [s.session_id for s in await sm.list_sessions()]
+        head = (await post(c, "fork", 200, source=cps["cp4"], new_session="try-2"))["head"]
+        await sm.create_checkpoint("try-2", "keep")
+        assert "checkpoint" in (await post(c, "undo-fork", 409, session="try-2", expected=head))["error"]
+        assert (await sm.resolve("try-2")).commit.hex() == head
+    assert (await sm.resolve("run-1")).commit.hex() == run1
 
 
 def test_every_static_file_is_package_data() -> None:
@@ -476,3 +515,234 @@ async def test_typed_values_in_the_tree_and_the_diff(sm: castate.StateManager) -
         assert changes["/pair"]["new"] == {"$tuple": [1, "y"]}
         assert changes["/inf"]["op"] == "remove"
         assert changes["/inf"]["old"] == {"$float": "inf"}
+
+
+async def test_sizes_survive_a_restart_through_the_cache(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import castate.ui.explorer as explorer_module
+    from castate.ui.sizecache import SizeCache
+
+    monkeypatch.setenv("CASTATE_UI_CACHE", str(tmp_path / "cache"))
+    async with castate.StateManager(castate.FileStorageBackend(store_path)) as sm:
+        for step in range(12):
+            await sm.save_session("run", {"step": step, "items": list(range(step * 10))})
+        expected = await Explorer(sm).timeline("run")  # measured in one go, no cache
+    store_files = sorted(p.relative_to(store_path) for p in store_path.rglob("*"))
+    monkeypatch.setattr(explorer_module, "INLINE_GROWTH", 4)
+
+    async def served() -> tuple[Explorer, castate.StateManager]:
+        sm = castate.StateManager(castate.FileStorageBackend(store_path))
+        await sm.__aenter__()
+        return Explorer(sm, SizeCache.for_backend(sm.repository.backend)), sm
+
+    ex, sm = await served()
+    assert (await ex.timeline("run"))["growth_pending"] is True  # nothing kept yet: measured in the background
+    await ex.settle()
+    assert ex.cache is not None
+    assert ex.cache.path.parent == tmp_path / "cache"
+    assert ex.cache.path.stat().st_mode & 0o777 == 0o600
+    await ex.close()
+    await sm.__aexit__(None, None, None)
+    # The store's directory is left as it was: the cache lives in the user's cache dir.
+    assert sorted(p.relative_to(store_path) for p in store_path.rglob("*")) == store_files
+
+    ex, sm = await served()  # a restart: 12 saves to measure would go to the background again
+    again = await ex.timeline("run")
+    assert again["growth_pending"] is False
+    assert again["points"] == expected["points"]
+    # New saves after the restart: the walk continues from the cache, within the request.
+    await sm.save_session("run", {"step": 12, "items": list(range(120))})
+    more = await ex.timeline("run")
+    assert more["growth_pending"] is False
+    async with castate.StateManager(castate.FileStorageBackend(store_path)) as fresh:
+        measured = Explorer(fresh)  # no cache: measures the 13 saves from the start
+        await measured.timeline("run")
+        await measured.settle()
+        assert more["points"] == (await measured.timeline("run"))["points"]
+    rows = (await ex.sessions())["sessions"]
+    assert rows[0]["stored_bytes"] == more["stored_bytes"]
+    await ex.close()
+    await sm.__aexit__(None, None, None)
+
+
+async def test_a_damaged_or_foreign_size_cache_is_ignored(
+    store_path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import castate.ui.explorer as explorer_module
+    from castate.repository.growth import Growth, GrowthState
+    from castate.ui.sizecache import MAX_BYTES, SizeCache, decode, encode
+
+    async with castate.StateManager(castate.FileStorageBackend(store_path)) as sm:
+        for step in range(8):
+            await sm.save_session("run", {"step": step, "items": list(range(step * 10))})
+        expected = await Explorer(sm).timeline("run")
+        monkeypatch.setattr(explorer_module, "INLINE_GROWTH", 2)
+        cache = SizeCache.for_backend(sm.repository.backend, tmp_path / "cache")
+        assert cache is not None
+        ex = Explorer(sm, cache)
+        await ex.timeline("run")
+        await ex.settle()
+        good = cache.path.read_bytes()
+        assert decode(good, cache.key).done
+
+        forged_numbers = GrowthState([(b"\0" * 32, Growth(b"\1" * 32, 1, 2, 3))], [], {})
+        bad_index = bytearray(encode(GrowthState([], [(b"\0" * 32, b"\1" * 32, {b"\2" * 32})], {}), cache.key))
+        bad_index[-36:-32] = (7).to_bytes(4, "little")  # the walk names object 7 of 1
+        damaged = {
+            "a flipped byte": good[:100] + bytes([good[100] ^ 1]) + good[101:],
+            "truncated": good[: len(good) // 2],
+            "another store's": encode(decode(good, cache.key), b"\x09" * 32),
+            "an index out of range, checksum recomputed": _resum(bytes(bad_index)),
+            "empty": b"",
+        }
+        for what, blob in damaged.items():
+            cache.path.write_bytes(blob)
+            ex = Explorer(sm, cache)
+            t = await ex.timeline("run")
+            assert t["growth_pending"] is True, what  # ignored: measured again
+            assert "ignored" in (cache.note or ""), what
+            await ex.settle()
+            assert (await ex.timeline("run"))["points"] == expected["points"], what
+            assert decode(cache.path.read_bytes(), cache.key).done, what  # and written again whole
+        assert (await ex.sessions())["cache_error"] is None  # the last write went well
+
+        # A forged file with a valid checksum can only change the numbers shown, for commits it names.
+        cache.path.write_bytes(encode(forged_numbers, cache.key))
+        ex = Explorer(sm, cache)
+        assert (await ex.timeline("run"))["growth_pending"] is True
+        await ex.close()
+
+        cache.path.unlink()
+        cache.path.symlink_to(tmp_path / "elsewhere")
+        (tmp_path / "elsewhere").write_bytes(good)
+        ex = Explorer(sm, cache)
+        assert (await ex.timeline("run"))["growth_pending"] is True  # a link is not followed
+        await ex.settle()
+        await ex.close()
+        assert (tmp_path / "elsewhere").read_bytes() == good  # nor written through: replaced by a file
+        assert not cache.path.is_symlink()
+        cache.path.unlink()
+        with open(cache.path, "wb") as f:
+            f.truncate(MAX_BYTES + 1)
+        ex = Explorer(sm, cache)
+        assert (await ex.timeline("run"))["growth_pending"] is True  # too large: not read
+        assert "ignored" in (cache.note or "")
+        await ex.close()
+
+
+def _resum(body_and_sum: bytes) -> bytes:
+    from blake3 import blake3
+
+    body = body_and_sum[:-32]
+    return body + blake3(body).digest()
+
+
+async def test_the_timeline_is_encoded_once_per_state_of_the_refs(sm: castate.StateManager) -> None:
+    import orjson
+
+    from castate.cli.output import to_json
+
+    await build(sm)
+    ex = Explorer(sm)
+    body = await ex.timeline_json("run-1")
+    assert await ex.timeline_json("run-1") is body  # nothing moved: the same bytes
+    assert orjson.loads(body) == orjson.loads(to_json(await ex.timeline("run-1"), indent=False))
+    when = datetime(2026, 1, 15, 9, 0, tzinfo=UTC)
+    await sm.save_session("run-1", {"step": 6}, metadata={"step": 6, "when": when, "blob": b"\x00", "long": "x" * 3000})
+    moved = orjson.loads(await ex.timeline_json("run-1"))
+    assert moved["head"] == (await sm.resolve("run-1")).commit.hex()
+    assert len(moved["points"]) == len(orjson.loads(body)["points"]) + 1
+    assert moved["points"][-1]["meta"] == {  # typed and long values as everywhere else on the page
+        "step": 6,
+        "when": {"$datetime": "2026-01-15T09:00:00+00:00"},
+        "blob": {"$bytes": "AA=="},
+        "long": {"$folded": "x" * FOLD, "$length": 3000},
+    }
+    assert moved["points"][0]["meta"] == {}
+
+
+async def test_a_local_store_has_one_cache_file_however_it_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from castate.ui.sizecache import SizeCache
+
+    async with castate.StateManager(castate.FileStorageBackend(tmp_path / "s")) as sm:
+        await sm.save_session("a", {"x": 1})
+        absolute = SizeCache.for_backend(sm.repository.backend, tmp_path / "c")
+    monkeypatch.chdir(tmp_path)
+    async with castate.StateManager(castate.FileStorageBackend(Path("s"))) as sm:
+        relative = SizeCache.for_backend(sm.repository.backend, tmp_path / "c")
+    assert absolute is not None
+    assert relative is not None
+    assert absolute.path == relative.path
+    async with castate.StateManager(castate.MemoryBackend()) as sm:
+        assert SizeCache.for_backend(sm.repository.backend, tmp_path / "c") is None  # no store id: no file
+
+
+async def test_warming_reads_the_histories_once_for_requests_that_arrive_meanwhile(
+    sm: castate.StateManager, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    await build(sm)
+    expected_sessions = await Explorer(sm).sessions()
+    expected_timeline = await Explorer(sm).timeline("run-1")
+    one_by_one: list[bytes] = []
+    read_commit = sm.repository.read_commit
+
+    async def counted(cid: bytes) -> object:
+        one_by_one.append(cid)
+        return await read_commit(cid)
+
+    monkeypatch.setattr(sm.repository, "read_commit", counted)
+    ex = Explorer(sm)
+    ex.start_warming()  # as `castate ui` does on start; two views are asked for at once meanwhile
+    rows, timeline = await asyncio.gather(ex.sessions(), ex.timeline("run-1"))
+    assert rows == expected_sessions
+    assert timeline == expected_timeline
+    assert one_by_one == []  # every commit came from the one batch the reflog names
+    await ex.close()
+
+
+async def test_the_progress_of_an_interrupted_measure_is_kept(
+    sm: castate.StateManager, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import asyncio
+
+    import castate.ui.explorer as explorer_module
+    from castate.ui.sizecache import SizeCache, decode
+
+    for step in range(12):
+        await sm.save_session("run", {"step": step, "items": list(range(step * 10))})
+    expected = await Explorer(sm).timeline("run")
+    monkeypatch.setattr(explorer_module, "INLINE_GROWTH", 2)
+    monkeypatch.setattr(explorer_module, "GROWTH_SLICE", 3)
+    cache = SizeCache.for_backend(sm.repository.backend, tmp_path / "cache")
+    assert cache is not None
+    ex = Explorer(sm, cache)
+    measure = ex.growth.history
+    slices: list[int] = []
+
+    async def first_slice_only(chain: list[bytes]) -> object:
+        slices.append(len(chain))
+        if len(slices) > 1:
+            await asyncio.Event().wait()  # the second slice never ends: the server stops first
+        return await measure(chain)
+
+    monkeypatch.setattr(ex.growth, "history", first_slice_only)
+    assert (await ex.timeline("run"))["growth_pending"] is True
+    while len(slices) < 2:
+        await asyncio.sleep(0.001)
+    await ex.close()  # the server stops mid-measure
+    kept = decode(cache.path.read_bytes(), cache.key)
+    measured = len(kept.done)
+    assert measured == 3
+    assert [tip for _, tip, _ in kept.walks] == [bytes.fromhex(expected["points"][measured - 1]["commit"])]
+
+    ex = Explorer(sm, cache)
+    await ex.timeline("run")
+    assert ex.growth.pending([bytes.fromhex(p["commit"]) for p in expected["points"]]) == 12 - measured
+    await ex.settle()
+    assert (await ex.timeline("run"))["points"] == expected["points"]  # continued, same numbers
+    await ex.close()

@@ -213,6 +213,15 @@ def test_write_actions_work_with_allow_writes(page: Page, store: tuple[Path, dic
         assert "Forked session research-42-from-ui" in page.locator("#action-result").inner_text()
         page.locator("#action-result").scroll_into_view_if_needed()
         shoot(page, "actions")
+        page.click("#undo-fork")  # asks first, then deletes the fork it made
+        assert "Delete session “research-42-from-ui” again?" in page.locator("#confirm").inner_text()
+        page.click("#confirm-yes")
+        page.wait_for_selector("#action-result.ok >> text=Undone: session research-42-from-ui deleted")
+        page.locator("tr.save-row").nth(2).click()
+        page.fill("#fork-name", "research-42-from-ui")
+        page.click("#do-fork")
+        page.click("#confirm-yes")
+        page.wait_for_selector("#action-result.ok >> text=Forked session research-42-from-ui")
         page.fill("#checkpoint-name", "looked_at_in_ui")
         page.click("#do-checkpoint")
         page.click("#confirm-yes")
@@ -233,6 +242,8 @@ def test_write_actions_work_with_allow_writes(page: Page, store: tuple[Path, dic
             log = await sm.repository.log("sessions/research-42")
             fork = await sm.resolve("research-42-from-ui")
             assert fork.commit == log[-3][0]  # the third save
+            moves = [e.message for e in await sm.repository.reflog("sessions/research-42-from-ui")]
+            assert moves[:2] == [moves[2], "undo fork research-42-from-ui"]  # forked, undone, forked again
             newest = (await sm.list_checkpoints("research-42"))[0]
             assert newest.name == "looked_at_in_ui"
             assert (await sm.resolve("research-42")).commit == log[-6][0]  # restored to the sixth save

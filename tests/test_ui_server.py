@@ -52,7 +52,12 @@ def test_serves_loopback_and_stops_on_ctrl_c(empty_store: Path, tmp_path: Path) 
     try:
         assert server.url.startswith("http://127.0.0.1:")
         with urllib.request.urlopen(server.url + "api/sessions", timeout=10) as r:
-            assert json.load(r) == {"sessions": [], "growth_pending": False, "growth_error": None}
+            assert json.load(r) == {
+                "sessions": [],
+                "growth_pending": False,
+                "growth_error": None,
+                "cache_error": None,
+            }
         foreign = urllib.request.Request(server.url + "api/sessions", headers={"Host": "attacker.example"})
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(foreign, timeout=10)

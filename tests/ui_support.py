@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
+import os
 import signal
 import subprocess
 import sys
@@ -108,7 +109,11 @@ class Server:
         # Run from the store's parent, so the page names the store "state" and screenshots do not
         # change with the temporary directory.
         argv = [sys.executable, "-m", "castate.cli", "--store", store.name, "ui", "--port", "0", *extra]
-        self.proc = subprocess.Popen(argv, cwd=store.parent, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        # The size cache goes next to the test's store, never into the user's cache directory.
+        env = {**os.environ, "CASTATE_UI_CACHE": str(store.parent / "ui-cache")}
+        self.proc = subprocess.Popen(
+            argv, cwd=store.parent, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         assert self.proc.stdout is not None
         line = self.proc.stdout.readline()
         if "http://" not in line:

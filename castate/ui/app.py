@@ -76,7 +76,8 @@ def _endpoint(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
     async def run(request: Request) -> Response:
         try:
             with unregistered_as_dicts():  # the page has no user types registered: tagged dicts
-                return json_response(await fn(request))
+                result = await fn(request)
+                return result if isinstance(result, Response) else json_response(result)
         except CastateError as exc:
             return json_response({"error": str(exc), "type": type(exc).__name__}, _error_status(exc))
         except OSError as exc:  # e.g. the store was moved or deleted while being served
@@ -156,7 +157,8 @@ def create_app(
         return await explorer.sessions()
 
     async def timeline(request: Request) -> Any:
-        return await explorer.timeline(_text(request, "session"))
+        body = await explorer.timeline_json(_text(request, "session"))  # encoded once per state of the refs
+        return Response(body, media_type="application/json", headers=HEADERS)
 
     async def revisions(request: Request) -> Any:
         return await explorer.revisions()
@@ -262,7 +264,12 @@ def create_app(
             data = await body(request)
             return await explorer.checkpoint(field(data, "session"), field(data, "name"), field(data, "expected"))
 
-        for path, fn in (("restore", restore), ("fork", fork), ("checkpoint", checkpoint)):
+        async def undo_fork(request: Request) -> Any:
+            data = await body(request)
+            return await explorer.undo_fork(field(data, "session"), field(data, "expected"))
+
+        actions = (("restore", restore), ("fork", fork), ("undo-fork", undo_fork), ("checkpoint", checkpoint))
+        for path, fn in actions:
             routes.append(Route(f"/api/actions/{path}", _guarded(fn), methods=["POST"]))
 
     app = Starlette(routes=routes, max_body_size=MAX_BODY)

@@ -12,6 +12,7 @@ from castate.errors import InvalidKeyError
 from castate.state import StateManager
 from castate.ui.app import create_app
 from castate.ui.explorer import Explorer
+from castate.ui.sizecache import SizeCache
 
 
 def bind(host: str, port: int) -> socket.socket:
@@ -52,8 +53,9 @@ async def serve(
     sock = bind(host, port)
     port = sock.getsockname()[1]
     hosts = None if not loopback(host) else host_names(host, port)
-    explorer = Explorer(sm)
+    explorer = Explorer(sm, SizeCache.for_backend(sm.repository.backend))
     app = create_app(explorer, allow_writes=allow_writes, hosts=hosts)
+    explorer.start_warming()  # read the histories while the browser opens the page
     config = uvicorn.Config(
         app,
         http="h11",

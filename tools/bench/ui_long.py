@@ -135,6 +135,9 @@ async def measure(path: Path) -> dict[str, Any]:
                 r = await c.get(url, params=params)
                 out[name]["after_background_s"] = round(time.perf_counter() - t, 4)
                 out[name]["response_bytes"] = len(r.content)
+                t = time.perf_counter()
+                await c.get(url, params=params)  # nothing moved: what a page drawn again costs
+                out[name]["warm_s"] = round(time.perf_counter() - t, 4)
             await explorer.close()
     return out
 

@@ -820,6 +820,17 @@ function actionsPanel(sid, data, current, st) {
     if (f.undo) {
       result.append(" ", el("button", { type: "button", id: "undo", text: "Undo", onclick: () => doRestore(panel, sid, f.undo.source, f.undo.expected, "Undone") }));
     }
+    if (f.undoFork) {
+      const u = f.undoFork;
+      result.append(" ", el("button", { type: "button", id: "undo-fork", text: "Undo",
+        onclick: () => confirmStep(panel, `Delete session “${u.session}” again? Only while it is still at ${short(u.expected)} as the fork left it, with no checkpoint; the saves it was forked from stay where they are.`, "Delete the fork", async () => {
+          try {
+            await act("undo-fork", u);
+            flash = { text: `Undone: session ${u.session} deleted.`, sid };
+            await route();
+          } catch (err) { result.className = "error"; result.replaceChildren(err.message); }
+        }) }));
+    }
   }
   const cpName = el("input", { type: "text", id: "checkpoint-name", placeholder: "checkpoint name", "aria-label": "checkpoint name" });
   const forkName = el("input", { type: "text", id: "fork-name", placeholder: "new session id", "aria-label": "new session id" });
@@ -840,7 +851,7 @@ function actionsPanel(sid, data, current, st) {
         confirmStep(panel, `Create session “${forkName.value}” at save ${fmt(st.selected + 1)} (${short(p.commit)})? Nothing existing changes.`, "Fork", async () => {
           try {
             const o = await act("fork", { source: p.commit, new_session: forkName.value });
-            flash = { text: `Forked session ${o.session_id} at ${short(o.head)}.`, link: href("session", { id: o.session_id }), sid };
+            flash = { text: `Forked session ${o.session_id} at ${short(o.head)}.`, link: href("session", { id: o.session_id }), undoFork: { session: o.session_id, expected: o.head }, sid };
             await route();
           } catch (err) { fail(err); }
         });
