@@ -16,7 +16,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from castate import lifecycle
 from castate.autocheckpoint import AutoCheckpoint, AutoCheckpointer
@@ -54,6 +54,8 @@ UPDATE_BACKOFF_MAX = 1.0
 class _Record(Mapping[str, Any]):
     """Read-only record with attribute and item access (``r.session_id`` and ``r["session_id"]``)."""
 
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # every record is a dataclass (for fields() below)
+
     def __getitem__(self, key: str) -> Any:
         if key not in self._names():
             raise KeyError(key)
@@ -66,7 +68,7 @@ class _Record(Mapping[str, Any]):
         return len(self._names())
 
     def _names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(self))  # type: ignore[arg-type]
+        return tuple(f.name for f in fields(self))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._names()}

@@ -505,7 +505,7 @@ async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int
     for w in report.warnings:
         out.warn(w)
     if args.json:
-        data = {k: getattr(report, k) for k in report.__slots__}  # type: ignore[attr-defined]
+        data = {k: getattr(report, k) for k in report.__slots__}
         data["seconds"] = round(elapsed, 3)
         out.json(data)
         return EXIT_OK
