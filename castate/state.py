@@ -13,6 +13,7 @@ import inspect
 import os
 import random
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
@@ -138,6 +139,8 @@ class StateManager:
         else:
             self._repo = None
             self._plain = _PlainSessions(storage_backend)
+        # update_session's per-session turns; a lock no update holds or awaits drops out
+        self._update_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.auto_checkpointer: AutoCheckpointer | None = None
         if auto_checkpoint is not None:
             if self._repo is None:
@@ -215,19 +218,26 @@ class StateManager:
         """
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
-        delay = UPDATE_BACKOFF
-        for attempt in range(attempts):
-            state = await self.load_session(session_id)
-            new = fn(state)
-            if inspect.isawaitable(new):
-                new = await new
-            try:
-                return await self.save_session(session_id, new, metadata=metadata)
-            except ConflictError:
-                if attempt + 1 == attempts:
-                    raise
-            await asyncio.sleep(random.uniform(0, delay))  # jitter: writers that collided do not retry in step
-            delay = min(delay * 2, UPDATE_BACKOFF_MAX)
+        # This manager's saves of a session take turns without conflicting (each builds on the
+        # one before), so its own concurrent updates (tasks, SyncStateManager's threads) go one
+        # at a time: else one could save over another's change it never loaded.
+        lock = self._update_locks.get(session_id)
+        if lock is None:
+            lock = self._update_locks[session_id] = asyncio.Lock()
+        async with lock:
+            delay = UPDATE_BACKOFF
+            for attempt in range(attempts):
+                state = await self.load_session(session_id)
+                new = fn(state)
+                if inspect.isawaitable(new):
+                    new = await new
+                try:
+                    return await self.save_session(session_id, new, metadata=metadata)
+                except ConflictError:
+                    if attempt + 1 == attempts:
+                        raise
+                await asyncio.sleep(random.uniform(0, delay))  # jitter: writers that collided do not retry in step
+                delay = min(delay * 2, UPDATE_BACKOFF_MAX)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def last_seen(self, session_id: str) -> str | None:

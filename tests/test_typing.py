@@ -37,6 +37,15 @@ async def main() -> None:
         assert_type(await sm.list_checkpoints("run-1"), list[castate.CheckpointInfo])
         assert_type(await sm.diff("run-1~1", "run-1"), list[castate.Change])
         assert_type(await sm.restore_into_session("run-1@before_call"), castate.RestoreResult)
+    with castate.SyncStateManager("./state") as ssm:  # the blocking API keeps the same types
+        assert_type(ssm.save_session("run-1", {"step": 2}), str | None)
+        assert_type(ssm.load_session("run-1"), dict[str, Any] | None)
+        assert_type(ssm.create_checkpoint("run-1", "after", metadata={"k": 1}), str)
+        assert_type(ssm.restore_checkpoint("run-1@after"), dict[str, Any])
+        assert_type(ssm.list_checkpoints("run-1"), list[castate.CheckpointInfo])
+        assert_type(ssm.last_seen("run-1"), str | None)
+        with ssm.checkpointed("run-1", "risky") as cp:
+            assert_type(cp, str)
 """
 
 MISTAKE = """
@@ -47,6 +56,7 @@ async def main() -> None:
     sm = castate.StateManager("./state")
     await sm.save_session(42, {"step": 1})
     cp: int = await sm.create_checkpoint("run-1")
+    castate.SyncStateManager("./state").create_checkpoint("run-1", nme="x")
 """
 
 
@@ -86,3 +96,4 @@ def test_users_mypy_reports_misuse_of_castates_api(tmp_path):
     assert run.returncode == 1, run.stdout + run.stderr
     assert 'Argument 1 to "save_session" of "StateManager" has incompatible type "int"; expected "str"' in run.stdout
     assert 'Incompatible types in assignment (expression has type "str", variable has type "int")' in run.stdout
+    assert 'Unexpected keyword argument "nme"' in run.stdout  # the sync API keeps parameter names
