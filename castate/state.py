@@ -365,13 +365,32 @@ class StateManager:
         raise ConflictError(f"could not allocate a checkpoint id for {session_id!r}")
 
     async def restore_checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
-        """The state saved in a checkpoint (the session itself is not changed)."""
+        """The state saved in a checkpoint (the session itself is not changed).
+
+        ``checkpoint_id``: the id ``create_checkpoint`` returned, or on a castate store any
+        reference (``castate.repository.refspec``): ``run-1@before_call`` (the newest
+        checkpoint of that name), ``run-1/before_call`` (the only one of that name), a commit
+        id or unique prefix, ``REF~N`` (N saves before REF); a session id gives its head's
+        state. NotFoundError for a checkpoint id that names nothing, InvalidKeyError for text
+        that is no checkpoint id and names nothing, or names several things.
+        """
         if self._repo is None:
             return await self._plain.restore(checkpoint_id)
-        ref = names.checkpoint_ref(checkpoint_id)
-        cid = await self._repo.head(ref)
-        if cid is None:
-            raise NotFoundError(f"no checkpoint {checkpoint_id!r}")
+        cid: bytes | None = None
+        try:
+            names.parse_checkpoint_id(checkpoint_id)
+        except InvalidKeyError:
+            well_formed = False
+        else:
+            well_formed = True
+            cid = await self._repo.head(names.checkpoint_ref(checkpoint_id))  # a full id: one lookup
+        if not well_formed or cid is None:  # a short form (SESSION/NAME/STAMP-PREFIX parses as an id too)
+            try:
+                cid = (await resolve(self._repo, checkpoint_id)).commit
+            except NotFoundError as exc:
+                if well_formed:
+                    raise NotFoundError(f"no checkpoint {checkpoint_id!r}") from None
+                raise InvalidKeyError(str(exc)) from None  # no checkpoint id, and no reference either
         return await self._repo.read_state((await self._repo.read_commit(cid)).root)
 
     async def list_checkpoints(self, session_id: str) -> list[CheckpointInfo]:
@@ -416,12 +435,15 @@ class StateManager:
     # -- history: diff, fork, restore ------------------------------------------------------
 
     async def resolve(self, revision: str) -> Revision:
-        """The commit a session id, checkpoint id or commit id names (see ``castate.repository.revisions``)."""
+        """The commit a reference names: a session id, checkpoint id, ``SESSION@NAME``,
+        ``SESSION/NAME``, a commit id or unique prefix, any of them ``~N`` (the grammar:
+        ``castate.repository.refspec``)."""
         return await resolve(self.repository, revision)
 
     async def diff(self, a: str, b: str) -> list[Change]:
-        """The changes from state ``a`` to state ``b``: each a session id (its head), a
-        checkpoint id or a commit id, in any sessions. Cost grows with the change."""
+        """The changes from state ``a`` to state ``b``: each a reference (a session id for its
+        head, a checkpoint id or short form, a commit id or prefix, ``~N``; see ``resolve``),
+        in any sessions. Cost grows with the change."""
         ra, rb = await self.resolve(a), await self.resolve(b)
         return await self.repository.diff(ra.commit, rb.commit)
 
