@@ -423,7 +423,8 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
 
 def _load_ui(args: argparse.Namespace, out: Output) -> Command | None:
     """``castate ui``: checks the address, then imports the optional UI (None when it is not installed)."""
-    from castate.cli.ui import check_address, missing_extra
+    from castate.cli.ui import missing_extra
+    from castate.ui.address import check_address
 
     check_address(args.host, args.allow_remote)
     missing = missing_extra()

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import uvicorn
 
-from castate.cli.ui import check_address, loopback
 from castate.errors import InvalidKeyError
 from castate.state import StateManager
+from castate.ui.address import check_address, loopback
 from castate.ui.app import create_app
 from castate.ui.explorer import Explorer
 
