@@ -17,12 +17,11 @@ from castate.cli.output import (
     Column,
     Output,
     human_bytes,
-    iso_time,
     local_time,
     plural,
     short_value,
-    to_json,
 )
+from castate.display import iso_time, to_json
 from castate.errors import InvalidKeyError, NotFoundError
 from castate.repository import refs as names
 from castate.repository.diff import to_patch

@@ -25,8 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from castate.cli.output import to_json
 from castate.codec.types import unregistered_as_dicts
+from castate.display import to_json
 from castate.errors import (
     BackendUnavailableError,
     CastateError,

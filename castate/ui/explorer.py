@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from castate.cli.output import iso_time
+from castate.display import iso_time
 from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository import browse
 from castate.repository import refs as names
