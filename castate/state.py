@@ -281,7 +281,8 @@ class StateManager:
         return sorted(out, key=lambda s: s.session_id)
 
     async def delete_session(self, session_id: str) -> int:
-        """Delete the session and its checkpoints (refs only; gc frees the bytes). Returns refs removed."""
+        """Delete the session and its checkpoints (refs only; gc frees the bytes). Returns how many
+        refs were removed (keys, over the dict storage interface): 0 when there was no such session."""
         if self._repo is None:
             return await self._plain.delete(session_id)
         ref = names.session_ref(session_id)
