@@ -39,7 +39,7 @@ from castate.errors import (
 from castate.repository import Repository, SaveResult
 from castate.repository.diff import Change, to_patch
 from castate.repository.retention import Policy as RetentionPolicy
-from castate.state import CheckpointInfo, RestoreResult, SessionInfo, StateManager
+from castate.state import CheckpointInfo, RestoreResult, SaveInfo, SessionInfo, StateManager
 from castate.storage import FileStorageBackend, StorageBackend
 from castate.sync import SyncStateManager
 from castate.tracking import TrackedDict, TrackedList, tracked
@@ -68,6 +68,7 @@ __all__ = [
     "Repository",
     "RestoreResult",
     "RetentionPolicy",
+    "SaveInfo",
     "SaveResult",
     "SessionInfo",
     "StateManager",

@@ -31,6 +31,7 @@ from castate.errors import (
     CastateError,
     ConflictError,
     InvalidKeyError,
+    MissingObjectError,
     NotFoundError,
 )
 from castate.repository import Repository
@@ -99,6 +100,19 @@ class CheckpointInfo(_Record):
     name: str
     timestamp: float
     commit: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=True)
+class SaveInfo(_Record):
+    """One save in a session's history: its commit and first parent (hex; None for the first
+    save), time (epoch seconds), name (None for a plain save; ``pause``, ``resume`` or a
+    checkpoint's name for commits those made) and metadata."""
+
+    commit: str
+    parent: str | None
+    timestamp: float
+    name: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -434,6 +448,41 @@ class StateManager:
         return state
 
     # -- history: diff, fork, restore ------------------------------------------------------
+
+    async def history(self, session_id: str, *, limit: int = 50, before: str | None = None) -> list[SaveInfo]:
+        """The session's saves, newest first, at most ``limit``: a page. For the next page pass
+        ``before=page[-1].commit`` (any reference works: the saves before the one it names).
+
+        Follows first parents from the head; it ends early where gc removed older saves (the
+        last entry's ``parent`` is then still set). NotFoundError when there is no such session.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        repo = self.repository
+        if before is None:
+            start: bytes | None = await repo.head(names.session_ref(session_id))
+            if start is None:
+                raise NotFoundError(f"no session {session_id!r}")
+        else:
+            first = await repo.read_commit((await self.resolve(before)).commit)
+            start = first.parents[0] if first.parents else None
+        out: list[SaveInfo] = []
+        cid = start
+        while cid is not None and len(out) < limit:
+            try:
+                commit = await repo.read_commit(cid)
+            except MissingObjectError:
+                if not out and before is None:
+                    raise
+                break  # gc removed the saves from here on
+            parent = commit.parents[0] if commit.parents else None
+            out.append(
+                SaveInfo(
+                    cid.hex(), parent.hex() if parent else None, commit.time_ns / 1e9, commit.name, dict(commit.meta)
+                )
+            )
+            cid = parent
+        return out
 
     async def resolve(self, revision: str) -> Revision:
         """The commit a reference names: a session id, checkpoint id, ``SESSION@NAME``,

@@ -144,6 +144,7 @@ class SyncStateManager:
     pause_session = _blocking(StateManager.pause_session)
     resume_session = _blocking(StateManager.resume_session)
     resolve = _blocking(StateManager.resolve)
+    history = _blocking(StateManager.history)
     diff = _blocking(StateManager.diff)
     fork = _blocking(StateManager.fork)
     restore_into_session = _blocking(StateManager.restore_into_session)
