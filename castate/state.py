@@ -13,6 +13,7 @@ import inspect
 import os
 import random
 import time
+import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
@@ -316,11 +317,19 @@ class StateManager:
     ) -> str:
         """Checkpoint the session's current state; returns the checkpoint id. O(1): a new ref.
 
+        ``checkpoint_name`` is the old spelling of ``name``, deprecated (a DeprecationWarning).
+
         ``expected`` (a commit id, hex as ``save_session`` and ``last_seen`` return it, or
         bytes): checkpoint only if that is still the session's head, else ConflictError
         naming both heads. On a session other writers save too, pass it: without it the
         checkpoint holds whatever state is current, possibly another writer's.
         """
+        if checkpoint_name is not None:
+            warnings.warn(
+                "create_checkpoint(checkpoint_name=...) is deprecated: pass name= (or the name as the second argument)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         if name is not None and checkpoint_name is not None and name != checkpoint_name:
             raise ValueError("pass the checkpoint name once: name= or checkpoint_name=")
         label = name if name is not None else checkpoint_name if checkpoint_name is not None else "checkpoint"
