@@ -24,9 +24,7 @@ from castate import lifecycle
 from castate.autocheckpoint import AutoCheckpoint, AutoCheckpointer
 from castate.backends.base import Backend, RefRepairReport, RefUpdate
 from castate.backends.blob import BlobBackend
-from castate.codec import Commit, encode_commit, object_id
 from castate.codec.encoder import Default
-from castate.codec.objects import KIND_COMMIT
 from castate.errors import (
     AlreadyExistsError,
     CastateError,
@@ -45,7 +43,6 @@ from castate.repository.health import fsck_run, gc_run, record_run
 from castate.repository.recover import Rollback, roll_back
 from castate.repository.retention import ForgetReport, Policy, forget
 from castate.repository.revisions import Revision, resolve
-from castate.repository.snapshot import frames
 from castate.repository.stats import StoreStats, store_stats
 from castate.storage import FileStorageBackend, StorageBackend
 
@@ -350,7 +347,7 @@ class StateManager:
                 # The head is read under gc's shared lock and the checkpoint's ref moves before it
                 # is released: a head a ref holds is complete, and gc cannot take its tree away
                 # in between (another writer's save could otherwise leave it unreferenced).
-                async with repo.backend.gc_shared():
+                async with repo.gc_shared():
                     head = await repo.head(session_ref)
                     if head is None:
                         raise NotFoundError(f"no session {session_id!r}")
@@ -368,16 +365,14 @@ class StateManager:
                             [RefUpdate(names.checkpoint_ref(cpid), head, None)], message=f"checkpoint {label}"[:200]
                         )
                         return cpid
-                    root = (await repo.read_commit(head)).root
-                    commit = Commit(root, (head,), session_id, time.time_ns(), label, dict(metadata))
-                    content = encode_commit(commit)
-                    target = object_id(KIND_COMMIT, content)
-                    await repo.backend.commit(
-                        [],
-                        [RefUpdate(names.checkpoint_ref(cpid), target, None)],
+                    await repo.add_ref_with_meta(
+                        names.checkpoint_ref(cpid),
+                        head,
+                        session=session_id,
+                        name=label,
+                        meta=metadata,
                         message=f"checkpoint {label}"[:200],
                         stream=session_ref,
-                        history=frames({target: (KIND_COMMIT, content)}, compress=not repo.backend.packs_objects),
                     )
                 return cpid
             except NotFoundError:
@@ -513,7 +508,7 @@ class StateManager:
         rev = await self.resolve(source)
         target = names.session_ref(new_session_id)
         await repo.open()
-        async with repo.backend.gc_shared():  # the tree cannot be collected before the ref exists
+        async with repo.gc_shared():  # the tree cannot be collected before the ref exists
             await repo.require_complete(rev.commit, holders=[rev.ref] if rev.ref else ())
             try:
                 await repo.update_refs([RefUpdate(target, rev.commit, None)], message=f"fork {rev.label}"[:200])
@@ -541,7 +536,7 @@ class StateManager:
             raise InvalidKeyError(f"{source!r} belongs to no session: name the session to restore into")
         ref = names.session_ref(sid)
         await repo.open()
-        async with repo.backend.gc_shared():
+        async with repo.gc_shared():
             await repo.require_complete(rev.commit, holders=[rev.ref] if rev.ref else ())
             current = await repo.head(ref)
             if expected is not None and (current is None or current.hex() != expected.lower()):
