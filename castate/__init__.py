@@ -35,6 +35,7 @@ from castate.errors import (
     UnregisteredTypeError,
     UnsupportedFormatError,
     UnsupportedValueError,
+    UsageError,
 )
 from castate.repository import Repository, SaveResult
 from castate.repository.diff import Change, to_patch
@@ -83,6 +84,7 @@ __all__ = [
     "UnregisteredTypeError",
     "UnsupportedFormatError",
     "UnsupportedValueError",
+    "UsageError",
     "register",
     "to_patch",
     "tracked",

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from castate.errors import InvalidKeyError
+from castate.errors import UsageError
 
 
 def loopback(host: str) -> bool:
@@ -25,7 +25,7 @@ def check_address(host: str, allow_remote: bool) -> str:
     """The address to bind (``localhost`` becomes 127.0.0.1); refuses anything but loopback
     unless ``allow_remote``."""
     if not loopback(host) and not allow_remote:
-        raise InvalidKeyError(
+        raise UsageError(
             f"castate ui serves loopback addresses only (127.0.0.1, ::1), not {host!r}: the page has no login, "
             "so anyone who can reach another address could read the store; pass --allow-remote to do it anyway"
         )

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from castate.display import iso_time
-from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
+from castate.errors import CastateError, ConflictError, MissingObjectError, NotFoundError, UsageError
 from castate.repository import browse
 from castate.repository import refs as names
 from castate.repository.growth import Growth, GrowthIndex
@@ -356,9 +356,9 @@ class Explorer:
         entry = await entry_at(loader, r.pop("root"), parse_pointer(path))
         (item,) = await browse.describe(loader, [(None, entry)], 0)
         if item.kind not in ("str", "bytes"):
-            raise InvalidKeyError(f"{path or '/'} holds a {item.kind}: open it as a tree")
+            raise UsageError(f"{path or '/'} holds a {item.kind}: open it as a tree")
         if item.size is not None and item.size > MAX_VALUE:
-            raise InvalidKeyError(
+            raise UsageError(
                 f"{path} is {item.size} bytes, too large to show whole here; use `castate show {rev} --path {path}`"
             )
         (value,) = await loader.values([entry])

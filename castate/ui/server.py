@@ -7,7 +7,7 @@ from collections.abc import Callable
 
 import uvicorn
 
-from castate.errors import InvalidKeyError
+from castate.errors import UsageError
 from castate.state import StateManager
 from castate.ui.address import check_address, loopback
 from castate.ui.app import create_app
@@ -23,7 +23,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(128)  # connections wait in the backlog from now on, even before uvicorn accepts them
     except OSError as exc:
         sock.close()
-        raise InvalidKeyError(
+        raise UsageError(
             f"cannot serve on {host}:{port}: {exc.strerror or exc}; pick another port with "
             "`castate ui --port N` (0 picks a free one)"
         ) from None
