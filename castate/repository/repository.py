@@ -76,7 +76,7 @@ class Repository:
             if not self._opened:
                 lazy = getattr(self._store, "create", True) is None
                 if create and lazy:
-                    self._store.create = True  # type: ignore[union-attr]
+                    self._store.create = True  # type: ignore[union-attr]  # lazy: this backend has a create attribute
                 try:
                     await self.backend.open()
                 except StoreNotFoundError:
