@@ -6,6 +6,8 @@ await sm.save_session("run-1", state)
 cp = await sm.create_checkpoint("run-1", name="before_api_call")
 state = await sm.restore_checkpoint(cp)
 
+Without an event loop: castate.SyncStateManager(...) has the same methods, blocking.
+
 StateManager, FileStorageBackend and castate.open(url) also take store URLs:
 sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0.
 """
@@ -33,12 +35,14 @@ from castate.errors import (
     UnregisteredTypeError,
     UnsupportedFormatError,
     UnsupportedValueError,
+    UsageError,
 )
 from castate.repository import Repository, SaveResult
 from castate.repository.diff import Change, to_patch
 from castate.repository.retention import Policy as RetentionPolicy
-from castate.state import CheckpointInfo, RestoreResult, SessionInfo, StateManager
+from castate.state import CheckpointInfo, RestoreResult, SaveInfo, SessionInfo, StateManager
 from castate.storage import FileStorageBackend, StorageBackend
+from castate.sync import SyncStateManager
 from castate.tracking import TrackedDict, TrackedList, tracked
 
 __version__ = "0.1.0"
@@ -65,6 +69,7 @@ __all__ = [
     "Repository",
     "RestoreResult",
     "RetentionPolicy",
+    "SaveInfo",
     "SaveResult",
     "SessionInfo",
     "StateManager",
@@ -73,11 +78,13 @@ __all__ = [
     "StoreIOError",
     "StoreNotFoundError",
     "StoreWarning",
+    "SyncStateManager",
     "TrackedDict",
     "TrackedList",
     "UnregisteredTypeError",
     "UnsupportedFormatError",
     "UnsupportedValueError",
+    "UsageError",
     "register",
     "to_patch",
     "tracked",

@@ -146,7 +146,7 @@ class AutoCheckpointer:
         # Another writer may have saved since this save, leaving ``commit`` unreferenced, and
         # a gc with no grace may have collected it: check the tree while gc is held off,
         # until the new ref holds it (cheap while the session's head is still ``commit``).
-        async with repo.backend.gc_shared():
+        async with repo.gc_shared():
             await repo.require_complete(commit, holders=[names.session_ref(session_id)])
             await repo.update_refs([RefUpdate(names.checkpoint_ref(cpid), commit, None)], message=message)
         if self.policy.keep_last is not None:

@@ -18,6 +18,11 @@ class InvalidKeyError(CastateError, ValueError):
     """A session id, key or checkpoint name that castate cannot store safely."""
 
 
+class UsageError(CastateError, ValueError):
+    """An argument castate cannot use that is not a key: a command-line option, an HTTP
+    request's parameter or body, an address to serve on."""
+
+
 class UnsupportedValueError(CastateError, TypeError):
     """A value outside castate's value domain; ``path`` names where it sits in the state."""
 

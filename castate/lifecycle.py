@@ -11,14 +11,26 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
+from castate.autocheckpoint import AutoCheckpointer
 from castate.errors import NotFoundError
 from castate.repository import Repository
 from castate.repository import refs as names
 
-if TYPE_CHECKING:
-    from castate.state import StateManager
+
+class Sessions(Protocol):
+    """What a critical section needs of the session manager (``StateManager`` has it), named
+    here so that this module does not import the manager that imports it."""
+
+    auto_checkpointer: AutoCheckpointer | None
+
+    async def create_checkpoint(
+        self, session_id: str, name: str | None = None, *, metadata: dict[str, Any] | None = None
+    ) -> str: ...
+
+    async def restore_into_session(self, source: str, session_id: str | None = None) -> Any: ...
+
 
 LIFECYCLE_KEYS = ("paused", "paused_at", "resumed_at", "pause_reason")
 
@@ -65,7 +77,7 @@ async def resume(repo: Repository, session_id: str) -> None:
 
 @contextlib.asynccontextmanager
 async def checkpointed(
-    sm: StateManager, repo: Repository, session_id: str, name: str, metadata: dict[str, Any] | None
+    sm: Sessions, repo: Repository, session_id: str, name: str, metadata: dict[str, Any] | None
 ) -> AsyncIterator[str]:
     """Checkpoint on entry; if the block raises, move the session back to it and re-raise."""
     checkpoint_id = await sm.create_checkpoint(session_id, name, metadata=metadata)

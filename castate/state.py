@@ -13,23 +13,24 @@ import inspect
 import os
 import random
 import time
+import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
-from typing import Any
+from typing import Any, ClassVar
 
 from castate import lifecycle
 from castate.autocheckpoint import AutoCheckpoint, AutoCheckpointer
 from castate.backends.base import Backend, RefRepairReport, RefUpdate
 from castate.backends.blob import BlobBackend
-from castate.codec import Commit, encode_commit, object_id
 from castate.codec.encoder import Default
-from castate.codec.objects import KIND_COMMIT
 from castate.errors import (
     AlreadyExistsError,
     CastateError,
     ConflictError,
     InvalidKeyError,
+    MissingObjectError,
     NotFoundError,
 )
 from castate.repository import Repository
@@ -42,7 +43,6 @@ from castate.repository.health import fsck_run, gc_run, record_run
 from castate.repository.recover import Rollback, roll_back
 from castate.repository.retention import ForgetReport, Policy, forget
 from castate.repository.revisions import Revision, resolve
-from castate.repository.snapshot import frames
 from castate.repository.stats import StoreStats, store_stats
 from castate.storage import FileStorageBackend, StorageBackend
 
@@ -53,6 +53,8 @@ UPDATE_BACKOFF_MAX = 1.0
 
 class _Record(Mapping[str, Any]):
     """Read-only record with attribute and item access (``r.session_id`` and ``r["session_id"]``)."""
+
+    __dataclass_fields__: ClassVar[dict[str, Any]]  # every record is a dataclass (for fields() below)
 
     def __getitem__(self, key: str) -> Any:
         if key not in self._names():
@@ -66,7 +68,7 @@ class _Record(Mapping[str, Any]):
         return len(self._names())
 
     def _names(self) -> tuple[str, ...]:
-        return tuple(f.name for f in fields(self))  # type: ignore[arg-type]
+        return tuple(f.name for f in fields(self))
 
     def to_dict(self) -> dict[str, Any]:
         return {k: getattr(self, k) for k in self._names()}
@@ -96,6 +98,19 @@ class CheckpointInfo(_Record):
     name: str
     timestamp: float
     commit: str
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, eq=True)
+class SaveInfo(_Record):
+    """One save in a session's history: its commit and first parent (hex; None for the first
+    save), time (epoch seconds), name (None for a plain save; ``pause``, ``resume`` or a
+    checkpoint's name for commits those made) and metadata."""
+
+    commit: str
+    parent: str | None
+    timestamp: float
+    name: str | None
     metadata: dict[str, Any] = field(default_factory=dict)
 
 
@@ -136,6 +151,8 @@ class StateManager:
         else:
             self._repo = None
             self._plain = _PlainSessions(storage_backend)
+        # update_session's per-session turns; a lock no update holds or awaits drops out
+        self._update_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.auto_checkpointer: AutoCheckpointer | None = None
         if auto_checkpoint is not None:
             if self._repo is None:
@@ -213,19 +230,26 @@ class StateManager:
         """
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
-        delay = UPDATE_BACKOFF
-        for attempt in range(attempts):
-            state = await self.load_session(session_id)
-            new = fn(state)
-            if inspect.isawaitable(new):
-                new = await new
-            try:
-                return await self.save_session(session_id, new, metadata=metadata)
-            except ConflictError:
-                if attempt + 1 == attempts:
-                    raise
-            await asyncio.sleep(random.uniform(0, delay))  # jitter: writers that collided do not retry in step
-            delay = min(delay * 2, UPDATE_BACKOFF_MAX)
+        # This manager's saves of a session take turns without conflicting (each builds on the
+        # one before), so its own concurrent updates (tasks, SyncStateManager's threads) go one
+        # at a time: else one could save over another's change it never loaded.
+        lock = self._update_locks.get(session_id)
+        if lock is None:
+            lock = self._update_locks[session_id] = asyncio.Lock()
+        async with lock:
+            delay = UPDATE_BACKOFF
+            for attempt in range(attempts):
+                state = await self.load_session(session_id)
+                new = fn(state)
+                if inspect.isawaitable(new):
+                    new = await new
+                try:
+                    return await self.save_session(session_id, new, metadata=metadata)
+                except ConflictError:
+                    if attempt + 1 == attempts:
+                        raise
+                await asyncio.sleep(random.uniform(0, delay))  # jitter: writers that collided do not retry in step
+                delay = min(delay * 2, UPDATE_BACKOFF_MAX)
         raise AssertionError("unreachable")  # pragma: no cover
 
     def last_seen(self, session_id: str) -> str | None:
@@ -269,7 +293,8 @@ class StateManager:
         return sorted(out, key=lambda s: s.session_id)
 
     async def delete_session(self, session_id: str) -> int:
-        """Delete the session and its checkpoints (refs only; gc frees the bytes). Returns refs removed."""
+        """Delete the session and its checkpoints (refs only; gc frees the bytes). Returns how many
+        refs were removed (keys, over the dict storage interface): 0 when there was no such session."""
         if self._repo is None:
             return await self._plain.delete(session_id)
         ref = names.session_ref(session_id)
@@ -289,11 +314,19 @@ class StateManager:
     ) -> str:
         """Checkpoint the session's current state; returns the checkpoint id. O(1): a new ref.
 
+        ``checkpoint_name`` is the old spelling of ``name``, deprecated (a DeprecationWarning).
+
         ``expected`` (a commit id, hex as ``save_session`` and ``last_seen`` return it, or
         bytes): checkpoint only if that is still the session's head, else ConflictError
         naming both heads. On a session other writers save too, pass it: without it the
         checkpoint holds whatever state is current, possibly another writer's.
         """
+        if checkpoint_name is not None:
+            warnings.warn(
+                "create_checkpoint(checkpoint_name=...) is deprecated: pass name= (or the name as the second argument)",
+                DeprecationWarning,
+                stacklevel=2,
+            )
         if name is not None and checkpoint_name is not None and name != checkpoint_name:
             raise ValueError("pass the checkpoint name once: name= or checkpoint_name=")
         label = name if name is not None else checkpoint_name if checkpoint_name is not None else "checkpoint"
@@ -314,7 +347,7 @@ class StateManager:
                 # The head is read under gc's shared lock and the checkpoint's ref moves before it
                 # is released: a head a ref holds is complete, and gc cannot take its tree away
                 # in between (another writer's save could otherwise leave it unreferenced).
-                async with repo.backend.gc_shared():
+                async with repo.gc_shared():
                     head = await repo.head(session_ref)
                     if head is None:
                         raise NotFoundError(f"no session {session_id!r}")
@@ -332,16 +365,14 @@ class StateManager:
                             [RefUpdate(names.checkpoint_ref(cpid), head, None)], message=f"checkpoint {label}"[:200]
                         )
                         return cpid
-                    root = (await repo.read_commit(head)).root
-                    commit = Commit(root, (head,), session_id, time.time_ns(), label, dict(metadata))
-                    content = encode_commit(commit)
-                    target = object_id(KIND_COMMIT, content)
-                    await repo.backend.commit(
-                        [],
-                        [RefUpdate(names.checkpoint_ref(cpid), target, None)],
+                    await repo.add_ref_with_meta(
+                        names.checkpoint_ref(cpid),
+                        head,
+                        session=session_id,
+                        name=label,
+                        meta=metadata,
                         message=f"checkpoint {label}"[:200],
                         stream=session_ref,
-                        history=frames({target: (KIND_COMMIT, content)}, compress=not repo.backend.packs_objects),
                     )
                 return cpid
             except NotFoundError:
@@ -353,13 +384,32 @@ class StateManager:
         raise ConflictError(f"could not allocate a checkpoint id for {session_id!r}")
 
     async def restore_checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
-        """The state saved in a checkpoint (the session itself is not changed)."""
+        """The state saved in a checkpoint (the session itself is not changed).
+
+        ``checkpoint_id``: the id ``create_checkpoint`` returned, or on a castate store any
+        reference (``castate.repository.refspec``): ``run-1@before_call`` (the newest
+        checkpoint of that name), ``run-1/before_call`` (the only one of that name), a commit
+        id or unique prefix, ``REF~N`` (N saves before REF); a session id gives its head's
+        state. NotFoundError for a checkpoint id that names nothing, InvalidKeyError for text
+        that is no checkpoint id and names nothing, or names several things.
+        """
         if self._repo is None:
             return await self._plain.restore(checkpoint_id)
-        ref = names.checkpoint_ref(checkpoint_id)
-        cid = await self._repo.head(ref)
-        if cid is None:
-            raise NotFoundError(f"no checkpoint {checkpoint_id!r}")
+        cid: bytes | None = None
+        try:
+            names.parse_checkpoint_id(checkpoint_id)
+        except InvalidKeyError:
+            well_formed = False
+        else:
+            well_formed = True
+            cid = await self._repo.head(names.checkpoint_ref(checkpoint_id))  # a full id: one lookup
+        if not well_formed or cid is None:  # a short form (SESSION/NAME/STAMP-PREFIX parses as an id too)
+            try:
+                cid = (await resolve(self._repo, checkpoint_id)).commit
+            except NotFoundError as exc:
+                if well_formed:
+                    raise NotFoundError(f"no checkpoint {checkpoint_id!r}") from None
+                raise InvalidKeyError(str(exc)) from None  # no checkpoint id, and no reference either
         return await self._repo.read_state((await self._repo.read_commit(cid)).root)
 
     async def list_checkpoints(self, session_id: str) -> list[CheckpointInfo]:
@@ -403,13 +453,51 @@ class StateManager:
 
     # -- history: diff, fork, restore ------------------------------------------------------
 
+    async def history(self, session_id: str, *, limit: int = 50, before: str | None = None) -> list[SaveInfo]:
+        """The session's saves, newest first, at most ``limit``: a page. For the next page pass
+        ``before=page[-1].commit`` (any reference works: the saves before the one it names).
+
+        Follows first parents from the head; it ends early where gc removed older saves (the
+        last entry's ``parent`` is then still set). NotFoundError when there is no such session.
+        """
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        repo = self.repository
+        if before is None:
+            start: bytes | None = await repo.head(names.session_ref(session_id))
+            if start is None:
+                raise NotFoundError(f"no session {session_id!r}")
+        else:
+            first = await repo.read_commit((await self.resolve(before)).commit)
+            start = first.parents[0] if first.parents else None
+        out: list[SaveInfo] = []
+        cid = start
+        while cid is not None and len(out) < limit:
+            try:
+                commit = await repo.read_commit(cid)
+            except MissingObjectError:
+                if not out and before is None:
+                    raise
+                break  # gc removed the saves from here on
+            parent = commit.parents[0] if commit.parents else None
+            out.append(
+                SaveInfo(
+                    cid.hex(), parent.hex() if parent else None, commit.time_ns / 1e9, commit.name, dict(commit.meta)
+                )
+            )
+            cid = parent
+        return out
+
     async def resolve(self, revision: str) -> Revision:
-        """The commit a session id, checkpoint id or commit id names (see ``castate.repository.revisions``)."""
+        """The commit a reference names: a session id, checkpoint id, ``SESSION@NAME``,
+        ``SESSION/NAME``, a commit id or unique prefix, any of them ``~N`` (the grammar:
+        ``castate.repository.refspec``)."""
         return await resolve(self.repository, revision)
 
     async def diff(self, a: str, b: str) -> list[Change]:
-        """The changes from state ``a`` to state ``b``: each a session id (its head), a
-        checkpoint id or a commit id, in any sessions. Cost grows with the change."""
+        """The changes from state ``a`` to state ``b``: each a reference (a session id for its
+        head, a checkpoint id or short form, a commit id or prefix, ``~N``; see ``resolve``),
+        in any sessions. Cost grows with the change."""
         ra, rb = await self.resolve(a), await self.resolve(b)
         return await self.repository.diff(ra.commit, rb.commit)
 
@@ -420,7 +508,7 @@ class StateManager:
         rev = await self.resolve(source)
         target = names.session_ref(new_session_id)
         await repo.open()
-        async with repo.backend.gc_shared():  # the tree cannot be collected before the ref exists
+        async with repo.gc_shared():  # the tree cannot be collected before the ref exists
             await repo.require_complete(rev.commit, holders=[rev.ref] if rev.ref else ())
             try:
                 await repo.update_refs([RefUpdate(target, rev.commit, None)], message=f"fork {rev.label}"[:200])
@@ -448,7 +536,7 @@ class StateManager:
             raise InvalidKeyError(f"{source!r} belongs to no session: name the session to restore into")
         ref = names.session_ref(sid)
         await repo.open()
-        async with repo.backend.gc_shared():
+        async with repo.gc_shared():
             await repo.require_complete(rev.commit, holders=[rev.ref] if rev.ref else ())
             current = await repo.head(ref)
             if expected is not None and (current is None or current.hex() != expected.lower()):

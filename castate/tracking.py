@@ -80,7 +80,7 @@ def tracked(value: Any) -> Any:
     return _convert(value, {})
 
 
-class TrackedDict(dict):  # type: ignore[type-arg]
+class TrackedDict(dict[str, Any]):
     """A dict that stamps itself and its ancestors on every change."""
 
     __slots__ = ("_parents", "_version")
@@ -103,12 +103,12 @@ class TrackedDict(dict):  # type: ignore[type-arg]
         super().__delitem__(key)
         self._touch()
 
-    def update(self, *args: Any, **kwargs: Any) -> None:  # type: ignore[override]
+    def update(self, *args: Any, **kwargs: Any) -> None:
         for k, v in dict(*args, **kwargs).items():
             super().__setitem__(k, _adopt(v, self))
         self._touch()
 
-    def __ior__(self, other: Any) -> TrackedDict:  # type: ignore[override,misc]
+    def __ior__(self, other: Any) -> TrackedDict:  # type: ignore[override,misc]  # in place: returns self, as dict does
         self.update(other)
         return self
 
@@ -138,7 +138,7 @@ class TrackedDict(dict):  # type: ignore[type-arg]
         return (dict, (dict(self),))
 
 
-class TrackedList(list):  # type: ignore[type-arg]
+class TrackedList(list[Any]):
     """A list that stamps itself and its ancestors on every change.
 
     Besides its version it keeps ``_shape``, the version of its last change other than an
@@ -187,7 +187,7 @@ class TrackedList(list):  # type: ignore[type-arg]
         super().extend(adopted)
         self._grow(len(adopted))
 
-    def __iadd__(self, values: Iterable[Any]) -> TrackedList:  # type: ignore[override,misc]
+    def __iadd__(self, values: Iterable[Any]) -> TrackedList:  # type: ignore[misc]  # any iterable, as list.__iadd__ takes
         self.extend(values)
         return self
 
@@ -258,7 +258,7 @@ class TrackedList(list):  # type: ignore[type-arg]
         super().reverse()
         self._reshape()
 
-    def __imul__(self, n: SupportsIndex) -> TrackedList:  # type: ignore[override,misc]
+    def __imul__(self, n: SupportsIndex) -> TrackedList:
         super().__imul__(n)
         self._reshape()
         return self

@@ -3,6 +3,7 @@ and forget over a store (checkpoints per session, whole sessions, dry run)."""
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 
 import pytest
@@ -117,3 +118,18 @@ async def test_forget_whole_sessions_by_age() -> None:
     assert report.kept[0].reasons == ("named",)
     assert [s.session_id for s in await sm.list_sessions()] == ["old-named"]
     assert await backend.list_refs(names.checkpoint_prefix("old")) == {}
+
+
+async def test_a_forget_report_prints_commit_ids_as_hex() -> None:
+    sm = castate.StateManager(MemoryBackend())
+    head = await sm.save_session("s", {"v": 1})
+    assert head is not None
+    await sm.create_checkpoint("s", "a")
+    report = await sm.forget(Policy(last=5), dry_run=True)
+    text = repr(report)
+    assert head in text  # the checkpoint's target, as the hex id save_session returned
+    assert re.search(r"[(\[,=\s]b['\"]", text) is None  # no bytes literal anywhere
+    assert "Item(kind='checkpoint', id='s/a/" in text
+    ref = report.decisions[0].item.refs[0][0]
+    assert f"refs=(({ref!r}, {head!r}),)" in text
+    await sm.close()

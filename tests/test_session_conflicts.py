@@ -3,6 +3,7 @@ which session and which heads, and ``update_session``, the load-apply-save retry
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -95,3 +96,17 @@ async def test_update_session_gives_up_after_its_attempts(tmp_path: Path) -> Non
             await a.update_session("run", always_raced, attempts=3)
         assert tries == 3
         assert err.value.session_id == "run"
+
+
+async def test_concurrent_updates_through_one_manager_lose_nothing(tmp_path: Path) -> None:
+    # one manager's saves of a session never conflict with each other, so its own concurrent
+    # update_session calls must take turns, or one saves over a change it never loaded
+    async with castate.StateManager(tmp_path / "s") as sm:
+
+        async def bump(state: dict[str, Any] | None) -> dict[str, Any]:
+            count = (state or {"count": 0})["count"]
+            await asyncio.sleep(0)  # let the other tasks load the same state meanwhile
+            return {"count": count + 1}
+
+        await asyncio.gather(*(sm.update_session("run", bump) for _ in range(20)))
+        assert await sm.load_session("run") == {"count": 20}

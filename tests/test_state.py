@@ -53,7 +53,8 @@ async def test_same_name_twice_in_one_second_gives_two_checkpoints(manager: cast
     await manager.save_session("s", {"v": 1})
     a = await manager.create_checkpoint("s", "same")
     await manager.save_session("s", {"v": 2})
-    b = await manager.create_checkpoint("s", checkpoint_name="same")
+    with pytest.warns(DeprecationWarning, match="checkpoint_name"):
+        b = await manager.create_checkpoint("s", checkpoint_name="same")  # the old spelling still works
     assert a != b
     assert (await manager.restore_checkpoint(a))["v"] == 1
     assert (await manager.restore_checkpoint(b))["v"] == 2
@@ -64,7 +65,7 @@ async def test_same_name_twice_in_one_second_gives_two_checkpoints(manager: cast
 
 async def test_checkpoint_name_arguments(manager: castate.StateManager) -> None:
     await manager.save_session("s", {"v": 1})
-    with pytest.raises(ValueError, match="once"):
+    with pytest.raises(ValueError, match="once"), pytest.warns(DeprecationWarning, match="checkpoint_name"):
         await manager.create_checkpoint("s", "a", checkpoint_name="b")
     with pytest.raises(NotFoundError, match="no session"):
         await manager.create_checkpoint("missing", "a")

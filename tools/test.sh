@@ -58,5 +58,8 @@ echo "== ruff"
 .venv/bin/ruff format --check castate tests tools examples
 .venv/bin/ruff check castate tests tools examples
 
+echo "== mypy"
+.venv/bin/python -m mypy -p castate
+
 echo "== pytest"
 .venv/bin/python -m pytest "$@"

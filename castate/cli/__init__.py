@@ -31,6 +31,7 @@ from castate.errors import (
     StoreError,
     StoreIOError,
     UnsupportedFormatError,
+    UsageError,
 )
 from castate.repository.packs.upgrade import upgrade_store
 from castate.state import StateManager
@@ -356,7 +357,7 @@ def _backend(path: str, *, create: bool) -> Backend | BlobBackend:
     try:
         return open_backend(path, create=create)
     except ValueError as exc:  # a malformed URL: bad usage
-        raise InvalidKeyError(f"--store: {exc}") from None
+        raise UsageError(f"--store: {exc}") from None
 
 
 async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
@@ -423,7 +424,8 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
 
 def _load_ui(args: argparse.Namespace, out: Output) -> Command | None:
     """``castate ui``: checks the address, then imports the optional UI (None when it is not installed)."""
-    from castate.cli.ui import check_address, missing_extra
+    from castate.cli.ui import missing_extra
+    from castate.ui.address import check_address
 
     check_address(args.host, args.allow_remote)
     missing = missing_extra()
@@ -438,6 +440,7 @@ def _load_ui(args: argparse.Namespace, out: Output) -> Command | None:
 _HINTS: list[tuple[type[BaseException], str, int]] = [
     (NotFoundError, "list what exists with `castate sessions` or `castate checkpoints SESSION`", c.EXIT_USAGE),
     (InvalidKeyError, "see `castate COMMAND --help`", c.EXIT_USAGE),
+    (UsageError, "see `castate COMMAND --help`", c.EXIT_USAGE),
     (AlreadyExistsError, "", c.EXIT_USAGE),  # the message says what to do
     (ConflictError, "another process changed it meanwhile; look again and retry", c.EXIT_FAILED),
     (UnsupportedFormatError, "upgrade castate to read this store", c.EXIT_FAILED),

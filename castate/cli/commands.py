@@ -17,13 +17,12 @@ from castate.cli.output import (
     Column,
     Output,
     human_bytes,
-    iso_time,
     local_time,
     plural,
     short_value,
-    to_json,
 )
-from castate.errors import InvalidKeyError, NotFoundError
+from castate.display import iso_time, to_json
+from castate.errors import InvalidKeyError, NotFoundError, UsageError
 from castate.repository import refs as names
 from castate.repository.diff import to_patch
 from castate.repository.health import read_runs
@@ -345,7 +344,7 @@ async def cmd_checkpoint(sm: StateManager, args: argparse.Namespace, out: Output
 def _key_value(text: str) -> tuple[str, Any]:
     key, sep, value = text.partition("=")
     if not sep or not key:
-        raise InvalidKeyError(f"--meta takes KEY=VALUE, not {text!r}")
+        raise UsageError(f"--meta takes KEY=VALUE, not {text!r}")
     return key, value
 
 
@@ -414,9 +413,9 @@ async def cmd_forget(sm: StateManager, args: argparse.Namespace, out: Output) ->
     policy = policy_from(args)
     policy.check()
     if not args.whole_sessions and not args.sessions and not args.all:
-        raise InvalidKeyError("name the sessions whose checkpoints to forget, or pass --all (or --sessions)")
+        raise UsageError("name the sessions whose checkpoints to forget, or pass --all (or --sessions)")
     if args.all and args.sessions:
-        raise InvalidKeyError("pass either session ids or --all, not both")
+        raise UsageError("pass either session ids or --all, not both")
     report = await sm.forget(
         policy,
         session_ids=args.sessions or None,
@@ -505,7 +504,7 @@ async def cmd_gc(sm: StateManager, args: argparse.Namespace, out: Output) -> int
     for w in report.warnings:
         out.warn(w)
     if args.json:
-        data = {k: getattr(report, k) for k in report.__slots__}  # type: ignore[attr-defined]
+        data = {k: getattr(report, k) for k in report.__slots__}
         data["seconds"] = round(elapsed, 3)
         out.json(data)
         return EXIT_OK

@@ -13,7 +13,6 @@ cursor or forge a row. JSON output is exact.
 
 from __future__ import annotations
 
-import base64
 import contextlib
 import os
 import sys
@@ -21,16 +20,16 @@ import textwrap
 import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import Any
 
-import orjson
 from rich.cells import cell_len
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
-from castate.codec.types import ndarray_type, readable, registered
+from castate.codec.types import readable
+from castate.display import to_json
 
 MIN_WRAP = 16  # a wrapped free-text column keeps at least this many cells
 
@@ -79,50 +78,6 @@ def printable(text: str) -> str:
     return "".join(out)
 
 
-def _json_default(value: Any) -> Any:
-    if isinstance(value, bytes | bytearray | memoryview):
-        return {"$bytes": base64.b64encode(bytes(value)).decode("ascii")}
-    raise TypeError(f"{type(value).__name__} is not JSON")
-
-
-def _plain(value: Any) -> Any:
-    """``value`` with its typed values as JSON objects: ``{"$datetime": "2026-...+00:00"}``,
-    ``{"$UUID": ...}``, ``{"$Decimal": ...}``, ``{"$float": "nan"}``, ``{"$tuple": [...]}``,
-    ``{"$set": [...]}`` (see docs/cli.md). The same object when it holds none."""
-    t = type(value)
-    if t is dict:
-        out = {k: _plain(v) for k, v in value.items()}
-        return value if all(out[k] is v for k, v in value.items()) else out
-    if t is list:
-        items = [_plain(v) for v in value]
-        return value if all(a is b for a, b in zip(items, value, strict=True)) else items
-    if t is tuple or t is set or t is frozenset:
-        items = [_plain(v) for v in value]
-        if t is not tuple:
-            items.sort(key=lambda v: to_json(v, indent=False))  # a stable order for sets
-        return {f"${t.__name__}": items}
-    if t in _SCALARS:
-        return value
-    shown = readable(value)
-    if shown is not None:
-        return {f"${shown[0]}": shown[1]}
-    user = registered(t)
-    if user is not None:
-        return {"$type": user.name, "value": _plain(user.to_state(value))}
-    if t is ndarray_type():
-        return {"$ndarray": _plain(value.tolist()), "dtype": value.dtype.str}
-    return value
-
-
-_SCALARS = frozenset((str, int, bool, bytes, type(None)))
-
-
-def to_json(value: Any, *, indent: bool = True) -> str:
-    """JSON text; bytes values become ``{"$bytes": "<base64>"}``, typed values as ``_plain`` says."""
-    opts = orjson.OPT_INDENT_2 if indent else 0
-    return orjson.dumps(_plain(value), default=_json_default, option=opts | orjson.OPT_NON_STR_KEYS).decode()
-
-
 def short_json(value: Any, limit: int = 100) -> str:
     """Compact JSON for a one-line summary (a diff line); longer text ends in a visible ``…``."""
     text = to_json(value, indent=False)
@@ -139,10 +94,6 @@ def short_value(value: Any, limit: int = 100) -> str:
 
 def local_time(epoch: float) -> str:
     return datetime.fromtimestamp(epoch).strftime("%Y-%m-%d %H:%M:%S")
-
-
-def iso_time(epoch: float) -> str:
-    return datetime.fromtimestamp(epoch, UTC).isoformat().replace("+00:00", "Z")
 
 
 def human_bytes(n: int | None) -> str:

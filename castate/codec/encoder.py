@@ -132,7 +132,8 @@ def _touch() -> None:
 
 
 def _touched() -> int:
-    return getattr(_tl, "n", 0)  # type: ignore[no-any-return]
+    n: int = getattr(_tl, "n", 0)
+    return n
 
 
 def _typed_default(value: Any) -> Any:

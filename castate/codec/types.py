@@ -209,7 +209,7 @@ NDARRAY_KINDS = frozenset("biufcmMSU")
 def ndarray_type() -> type | None:
     """numpy.ndarray if numpy is imported (a state can hold an array only then), else None."""
     numpy = sys.modules.get("numpy")
-    return None if numpy is None else numpy.ndarray  # type: ignore[no-any-return]
+    return None if numpy is None else numpy.ndarray  # type: ignore[no-any-return]  # a module from sys.modules is Any
 
 
 def ndarray_state(arr: Any) -> list[Any]:
@@ -336,7 +336,7 @@ def register(
     elif issubclass(cls, enum.Enum):
         entry = UserType(name, cls, _enum_state, cls, "enum")
     elif _is_pydantic(cls):
-        entry = UserType(name, cls, _pydantic_state, cls.model_validate, "pydantic")  # type: ignore[attr-defined]
+        entry = UserType(name, cls, _pydantic_state, cls.model_validate, "pydantic")  # type: ignore[attr-defined]  # a pydantic model, not imported to be typed
     elif dataclasses.is_dataclass(cls):
         entry = UserType(name, cls, _dataclass_state, _dataclass_builder(cls), "dataclass")
     else:

@@ -16,7 +16,7 @@ from castate.codec.nodes import INDEX_DICT, parse_chunked, parse_index, parse_no
 from castate.codec.objects import KIND_BYTES, KIND_CHUNKED, KIND_DICT, KIND_INDEX, KIND_LIST, KIND_STR, KIND_TYPED
 from castate.codec.types import CODE_NAMES, readable
 from castate.errors import CorruptObjectError, InvalidKeyError
-from castate.repository.tree import Entry, Loader, Ref, dict_of, entry_at, node_entries
+from castate.repository.tree import Entry, Loader, Ref, dict_of, entry_at, list_entries
 
 PREVIEW = 300  # characters of a str (or bytes of a bytes value) shown before folding
 PAGE = 200  # children per page
@@ -64,7 +64,7 @@ async def list_range(loader: Loader, oid: bytes, start: int, stop: int) -> list[
                         nxt.append((cid, pos))
                     pos += count
             elif kind == KIND_LIST:
-                runs.append((pos, node_entries(sid, kind, content)))  # type: ignore[arg-type]
+                runs.append((pos, list_entries(sid, kind, content)))
             else:
                 raise CorruptObjectError(sid.hex(), "a list index points at something that is not a list")
         frontier = nxt

@@ -29,7 +29,17 @@ from castate.codec.encoder import typed_key
 from castate.codec.nodes import parse_index
 from castate.codec.objects import KIND_INDEX, KIND_LIST
 from castate.errors import CorruptObjectError
-from castate.repository.tree import Entry, Loader, Ref, entry_shape, node_entries, pointer, same_entry, shape
+from castate.repository.tree import (
+    Entry,
+    Loader,
+    Ref,
+    dict_entries,
+    entry_shape,
+    list_entries,
+    pointer,
+    same_entry,
+    shape,
+)
 
 Op = Literal["add", "remove", "replace"]
 
@@ -145,7 +155,7 @@ class Differ:
                     if kind == KIND_INDEX:
                         nxt.extend(c for c, _ in parse_index(oid, content)[1])
                     else:
-                        out.update(node_entries(oid, kind, content))  # type: ignore[arg-type]
+                        out.update(dict_entries(oid, kind, content))
             pa, pb = below
         return ea, eb, whole
 
@@ -190,7 +200,7 @@ class Differ:
             if kind == KIND_INDEX:
                 out.extend(_Seg(c, n) for c, n in parse_index(s.oid, content)[1])
             elif kind == KIND_LIST:
-                out.append(_Seg(s.oid, -1, node_entries(s.oid, kind, content)))  # type: ignore[arg-type]
+                out.append(_Seg(s.oid, -1, list_entries(s.oid, kind, content)))
             else:
                 raise CorruptObjectError(s.oid.hex(), "a list index points at something that is not a list")
         for s in out:
@@ -206,7 +216,7 @@ class Differ:
         """Changes turning segments ``sa`` into ``sb``, which start at list position ``pos``."""
         ka = [s.oid if s.oid is not None else ("a", i) for i, s in enumerate(sa)]
         kb = [s.oid if s.oid is not None else ("b", i) for i, s in enumerate(sb)]
-        matcher = difflib.SequenceMatcher(None, ka, kb, autojunk=False)  # type: ignore[arg-type]
+        matcher = difflib.SequenceMatcher(None, ka, kb, autojunk=False)
         jobs = []
         for tag, i1, i2, j1, j2 in matcher.get_opcodes():
             if tag != "equal":

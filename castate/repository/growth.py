@@ -179,8 +179,9 @@ class GrowthIndex:
 
     async def _step(self, walk: _Walk, cid: bytes) -> Growth:
         walker = walk.walker
-        assert walker.children is not None
-        walker.children.clear()
+        children = walker.children
+        assert children is not None
+        children.clear()
         walker.kinds.clear()
         own: dict[bytes, int] = {}
         stored = 0
@@ -188,13 +189,13 @@ class GrowthIndex:
         def visit(oid: bytes, kind: int, frame: bytes | memoryview, content: Content) -> None:
             nonlocal stored
             stored += len(frame)
-            own[oid] = own_size(kind, content, len(walker.children.get(oid, ())))  # type: ignore[union-attr]
+            own[oid] = own_size(kind, content, len(children.get(oid, ())))
 
         walker.on_object = visit
         problems = len(walker.problems)
         await walker.walk([cid])
         walker.on_object = None
-        logical_sizes(own, walker.children, self.sizes)
+        logical_sizes(own, children, self.sizes)
         walk.tip = cid
         complete = len(walker.problems) == problems and cid not in walker.problems
         return Growth(cid, len(own), stored, self.sizes.get(cid, 0), complete)

@@ -14,6 +14,7 @@ import time
 import weakref
 from collections import OrderedDict
 from collections.abc import Sequence
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,7 +76,7 @@ class Repository:
             if not self._opened:
                 lazy = getattr(self._store, "create", True) is None
                 if create and lazy:
-                    self._store.create = True  # type: ignore[union-attr]
+                    self._store.create = True  # type: ignore[union-attr]  # lazy: this backend has a create attribute
                 try:
                     await self.backend.open()
                 except StoreNotFoundError:
@@ -234,6 +235,36 @@ class Repository:
         self._cache_commit(cid, commit)
         self._remember(ref, _Head(cid, old.root, known.shadow if known and known.commit == head else None))
         return cid
+
+    async def add_ref_with_meta(
+        self,
+        ref: str,
+        head: bytes,
+        *,
+        session: str | None,
+        name: str | None,
+        meta: dict[str, Any],
+        message: str,
+        stream: str,
+    ) -> bytes:
+        """Point the new ``ref`` at a new commit of ``head``'s root, with ``head`` as its parent
+        and ``meta``; returns it. A checkpoint that carries metadata: the state is not encoded
+        again. ConflictError when ``ref`` exists already. Call it under ``gc_shared()`` with
+        ``head`` read there, so gc cannot take ``head``'s tree away in between."""
+        await self.open()
+        root = (await self.read_commit(head)).root
+        commit = Commit(root, (head,), session, time.time_ns(), name, dict(meta))
+        content = encode_commit(commit)
+        cid = object_id(KIND_COMMIT, content)
+        history = frames({cid: (KIND_COMMIT, content)}, compress=not self.backend.packs_objects)
+        await self.backend.commit([], [RefUpdate(ref, cid, None)], message=message, stream=stream, history=history)
+        self._cache_commit(cid, commit)
+        return cid
+
+    def gc_shared(self) -> AbstractAsyncContextManager[None]:
+        """gc's shared lock (``Backend.gc_shared``): hold it from reading a head to moving a
+        ref to it, so the tree stays stored in between."""
+        return self.backend.gc_shared()
 
     async def require_complete(self, cid: bytes, *, holders: Sequence[str] = ()) -> None:
         """Raise MissingObjectError (or CorruptObjectError) unless commit ``cid``'s whole tree is stored.

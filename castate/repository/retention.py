@@ -90,6 +90,13 @@ class Item:
     named: bool
     refs: tuple[tuple[str, bytes], ...]  # what forgetting it removes (ref, current target)
 
+    def __repr__(self) -> str:  # targets as hex, as castate shows commit ids everywhere else
+        refs = ", ".join(f"({ref!r}, {cid.hex()!r})" for ref, cid in self.refs)
+        return (
+            f"Item(kind={self.kind!r}, id={self.id!r}, session={self.session!r}, time={self.time!r}, "
+            f"named={self.named!r}, refs=({refs}{',' if len(self.refs) == 1 else ''}))"
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class Decision:

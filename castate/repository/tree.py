@@ -22,7 +22,7 @@ from castate.codec.encoder import typed_key
 from castate.codec.nodes import INDEX_DICT, TAG_REF, check_nesting, parse_index, parse_node
 from castate.codec.objects import KIND_DICT, KIND_INDEX, KIND_LIST
 from castate.codec.types import unregistered_as_dicts
-from castate.errors import InvalidKeyError, MissingObjectError, NotFoundError
+from castate.errors import CorruptObjectError, InvalidKeyError, MissingObjectError, NotFoundError
 from castate.repository.snapshot import fetch_levels
 
 
@@ -140,7 +140,23 @@ def node_entries(oid: bytes, kind: int, content: Content) -> dict[str, Entry] | 
         for pos, tag, payload in specials:
             entry = Ref(payload) if tag == TAG_REF else payload
             body[keys[pos] if keys is not None else pos] = entry
-    return body  # type: ignore[no-any-return]
+    return body  # type: ignore[no-any-return]  # parse_node's body is a dict or list of msgpack values
+
+
+def dict_entries(oid: bytes, kind: int, content: Content) -> dict[str, Entry]:
+    """The entries of a node that must be a dict node (below a dict index, or a dict's root)."""
+    body = node_entries(oid, kind, content)
+    if not isinstance(body, dict):
+        raise CorruptObjectError(oid.hex(), "a list node where a dict node belongs")
+    return body
+
+
+def list_entries(oid: bytes, kind: int, content: Content) -> list[Entry]:
+    """The entries of a node that must be a list node (below a list index, or a list's root)."""
+    body = node_entries(oid, kind, content)
+    if not isinstance(body, list):
+        raise CorruptObjectError(oid.hex(), "a dict node where a list node belongs")
+    return body
 
 
 def shape(kind: int, content: Content) -> str:
@@ -231,7 +247,7 @@ async def dict_of(loader: Loader, oid: bytes) -> dict[str, Entry]:
             if kind == KIND_INDEX:
                 frontier.extend(c for c, _ in parse_index(cid, content)[1])
             else:
-                out.update(node_entries(cid, kind, content))  # type: ignore[arg-type]
+                out.update(dict_entries(cid, kind, content))
     return out
 
 
@@ -247,8 +263,7 @@ async def list_item(loader: Loader, oid: bytes, index: int) -> Entry:
         else:
             raise IndexError(index)
         kind, content = await loader.get(oid)
-    items = node_entries(oid, kind, content)
-    return items[index]
+    return list_entries(oid, kind, content)[index]
 
 
 async def entry_at(loader: Loader, root: bytes, parts: Sequence[str]) -> Entry:
@@ -256,6 +271,7 @@ async def entry_at(loader: Loader, root: bytes, parts: Sequence[str]) -> Entry:
     entry: Entry = Ref(root)
     for depth, part in enumerate(parts):
         where = pointer(parts[: depth + 1])
+        what: str | None
         if type(entry) is Ref:
             kind, content = await loader.get(entry.id)
             what = shape(kind, content)
@@ -283,9 +299,11 @@ __all__ = [
     "Entry",
     "Loader",
     "Ref",
+    "dict_entries",
     "dict_of",
     "entry_at",
     "entry_shape",
+    "list_entries",
     "node_entries",
     "parse_pointer",
     "pointer",

@@ -200,7 +200,7 @@ class Walker:
         return out
 
 
-async def get_frames(backend: Backend, ids: list[bytes]) -> tuple[dict[bytes, bytes | memoryview], dict[bytes, str]]:
+async def get_frames(backend: Backend, ids: list[bytes]) -> tuple[dict[bytes, bytes], dict[bytes, str]]:
     """Frames of ``ids``, and the ids the backend itself reports as unreadable (a damaged
     pack record), each with the reason: one bad object does not hide the rest of a batch."""
     unreadable: dict[bytes, str] = {}

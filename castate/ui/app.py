@@ -25,8 +25,8 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from castate.cli.output import to_json
 from castate.codec.types import unregistered_as_dicts
+from castate.display import to_json
 from castate.errors import (
     BackendUnavailableError,
     CastateError,
@@ -34,6 +34,7 @@ from castate.errors import (
     InvalidKeyError,
     NotFoundError,
     StoreIOError,
+    UsageError,
 )
 from castate.ui.explorer import MAX_CHANGES, Explorer
 
@@ -63,7 +64,7 @@ def json_response(value: Any, status: int = 200) -> Response:
 def _error_status(exc: CastateError) -> int:
     if isinstance(exc, NotFoundError):
         return 404
-    if isinstance(exc, InvalidKeyError):
+    if isinstance(exc, InvalidKeyError | UsageError):
         return 400
     if isinstance(exc, ConflictError):
         return 409
@@ -89,7 +90,7 @@ def _endpoint(fn: Handler) -> Callable[[Request], Awaitable[Response]]:
 def _text(request: Request, name: str, default: str | None = None) -> str:
     value = request.query_params.get(name, default)
     if value is None:
-        raise InvalidKeyError(f"missing query parameter {name!r}")
+        raise UsageError(f"missing query parameter {name!r}")
     return value
 
 
@@ -100,10 +101,10 @@ def _int(request: Request, name: str, default: int, *, low: int = 0, high: int =
     if text is None:
         return default
     if not _DIGITS.fullmatch(text):
-        raise InvalidKeyError(f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}")
+        raise UsageError(f"{name} must be a whole number from {low} to {high}, not {text[:40]!r}")
     value = int(text)
     if not low <= value <= high:
-        raise InvalidKeyError(f"{name} must be from {low} to {high}, not {value}")
+        raise UsageError(f"{name} must be from {low} to {high}, not {value}")
     return value
 
 
@@ -202,7 +203,7 @@ def create_app(
     async def reflog(request: Request) -> Any:
         saves = _text(request, "saves", "1")
         if saves not in ("0", "1"):
-            raise InvalidKeyError(f"saves must be 0 or 1, not {saves[:40]!r}")
+            raise UsageError(f"saves must be 0 or 1, not {saves[:40]!r}")
         return await explorer.reflog(
             _text(request, "session"),
             _int(request, "offset", 0),
@@ -238,18 +239,18 @@ def create_app(
                 raise _Forbidden("write actions take application/json")
             raw = await request.body()
             if len(raw) > MAX_BODY:
-                raise InvalidKeyError("request body too large")
+                raise UsageError("request body too large")
             try:
                 data = orjson.loads(raw)
             except ValueError:
-                raise InvalidKeyError("the request body is not JSON") from None
+                raise UsageError("the request body is not JSON") from None
             if not isinstance(data, dict) or not all(isinstance(v, str) for v in data.values()):
-                raise InvalidKeyError("the request body must be a JSON object of strings")
+                raise UsageError("the request body must be a JSON object of strings")
             return data
 
         def field(data: dict[str, str], name: str) -> str:
             if not data.get(name):
-                raise InvalidKeyError(f"missing {name!r}")
+                raise UsageError(f"missing {name!r}")
             return data[name]
 
         async def restore(request: Request) -> Any:

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 import orjson
 
 from castate.backends.base import RefUpdate
-from castate.cli.output import iso_time, to_json
-from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError
+from castate.display import iso_time, to_json
+from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError, UsageError
 from castate.repository import browse
 from castate.repository import refs as names
 from castate.repository.growth import Growth, GrowthIndex
@@ -462,9 +462,9 @@ class Explorer:
         entry = await entry_at(loader, r.pop("root"), parse_pointer(path))
         (item,) = await browse.describe(loader, [(None, entry)], 0)
         if item.kind not in ("str", "bytes"):
-            raise InvalidKeyError(f"{path or '/'} holds a {item.kind}: open it as a tree")
+            raise UsageError(f"{path or '/'} holds a {item.kind}: open it as a tree")
         if item.size is not None and item.size > MAX_VALUE:
-            raise InvalidKeyError(
+            raise UsageError(
                 f"{path} is {item.size} bytes, too large to show whole here; use `castate show {rev} --path {path}`"
             )
         (value,) = await loader.values([entry])

@@ -7,9 +7,9 @@ from collections.abc import Callable
 
 import uvicorn
 
-from castate.cli.ui import check_address, loopback
-from castate.errors import InvalidKeyError
+from castate.errors import UsageError
 from castate.state import StateManager
+from castate.ui.address import check_address, loopback
 from castate.ui.app import create_app
 from castate.ui.explorer import Explorer
 from castate.ui.sizecache import SizeCache
@@ -24,7 +24,7 @@ def bind(host: str, port: int) -> socket.socket:
         sock.listen(128)  # connections wait in the backlog from now on, even before uvicorn accepts them
     except OSError as exc:
         sock.close()
-        raise InvalidKeyError(
+        raise UsageError(
             f"cannot serve on {host}:{port}: {exc.strerror or exc}; pick another port with "
             "`castate ui --port N` (0 picks a free one)"
         ) from None

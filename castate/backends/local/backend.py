@@ -469,9 +469,9 @@ class LocalBackend(Backend):
             self._cache.forget_pack(name)
         if gone:
             self._index = {}
-            for pack in self._packs.values():
-                for oid in pack.entries:
-                    self._index.setdefault(oid, pack)
+            for kept in self._packs.values():
+                for oid in kept.entries:
+                    self._index.setdefault(oid, kept)
         for name in sorted(names):
             pack = self._packs.get(name)
             new: list[bytes] = []
@@ -766,7 +766,7 @@ class LocalBackend(Backend):
             }
 
     def _loose_ids(self) -> list[bytes]:
-        out = []
+        out: list[bytes] = []
         for sub in os.scandir(self.objects_dir):
             if sub.is_dir() and len(sub.name) == 2:
                 out.extend(bytes.fromhex(sub.name + f.name) for f in os.scandir(sub.path) if not f.name.startswith("."))

@@ -1,0 +1,130 @@
+"""The layers of docs/architecture.md, from the code: no module imports one of a higher layer,
+and no modules import each other in a circle (imports under TYPE_CHECKING and inside
+functions count too: they are the same dependency, only later)."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import castate
+
+ROOT = Path(castate.__file__).parent
+
+# Lowest first; a module may import its own layer and those below. The most specific prefix wins.
+LAYERS: dict[str, int] = {
+    "castate.errors": 0,
+    "castate.tracking": 0,
+    "castate.codec": 1,
+    "castate.backends": 2,
+    "castate.repository": 3,
+    "castate.testing": 3,
+    "castate.storage": 4,
+    "castate.autocheckpoint": 4,
+    "castate.lifecycle": 4,
+    "castate.state": 5,
+    "castate.sync": 6,
+    "castate": 7,  # the package's facade (castate/__init__.py)
+    "castate.compat": 7,
+    "castate.integrations": 7,
+    "castate.display": 7,
+    "castate.migrate": 8,
+    "castate.ui": 8,
+    "castate.cli": 9,
+    "castate.demo": 9,
+}
+
+
+def layer(module: str) -> int:
+    parts = module.split(".")
+    for n in range(len(parts), 0, -1):
+        found = LAYERS.get(".".join(parts[:n]))
+        if found is not None:
+            return found
+    raise AssertionError(f"{module} is in no layer: add it to LAYERS (and to docs/architecture.md)")
+
+
+def modules() -> dict[str, Path]:
+    out = {}
+    for path in ROOT.rglob("*.py"):
+        parts = path.relative_to(ROOT.parent).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        out[name] = path
+    return out
+
+
+def imports() -> dict[str, set[str]]:
+    """Module -> the castate modules it imports (``from castate import lifecycle`` names the submodule)."""
+    known = modules()
+    graph: dict[str, set[str]] = {}
+    for name, path in known.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        found: set[str] = set()
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            if isinstance(node, ast.Import):
+                found.update(a.name for a in node.names if a.name.split(".")[0] == "castate")
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    base = ".".join([*package.split(".")[: len(package.split(".")) - node.level + 1], base]).strip(".")
+                if base.split(".")[0] != "castate":
+                    continue
+                subs = [f"{base}.{a.name}" for a in node.names if f"{base}.{a.name}" in known]
+                found.update(subs or [base])
+        graph[name] = {m for m in found if m != name}
+    return graph
+
+
+def test_no_import_runs_up_a_layer() -> None:
+    upward = [
+        f"{a} (layer {layer(a)}) imports {b} (layer {layer(b)})"
+        for a, targets in sorted(imports().items())
+        for b in sorted(targets)
+        if layer(b) > layer(a)
+    ]
+    assert upward == []
+
+
+def test_no_modules_import_each_other_in_a_circle() -> None:
+    graph = imports()
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    circles: list[list[str]] = []
+
+    def visit(v: str) -> None:  # Tarjan's strongly connected components
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        on_stack.add(v)
+        for w in graph.get(v, ()):
+            if w not in graph:
+                continue
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            part = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                part.append(w)
+                if w == v:
+                    break
+            if len(part) > 1:
+                circles.append(sorted(part))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    assert circles == []
+
+
+def test_the_layer_test_sees_what_it_checks() -> None:
+    graph = imports()
+    assert "castate.lifecycle" in graph["castate.state"]  # `from castate import lifecycle`
+    assert "castate.ui.address" in graph["castate.ui.server"]
+    assert "castate.ui.server" in graph["castate.cli.ui"]  # an import inside a function counts
+    assert layer("castate.repository.packs.store") == layer("castate.repository") < layer("castate.state")
