@@ -531,3 +531,50 @@ async def test_orphans_of_several_chains_are_all_indexed_from_their_bytes() -> N
     await fresh.open()
     assert await fresh.has_objects([i for i, _ in items]) == {i for i, _ in items}
     assert len(fresh._cat.orphans) == 9
+
+
+def _resegment(data: bytes) -> tuple[str, bytes]:
+    return _resign(bytes(data))
+
+
+def test_fsck_names_what_lookups_would_not_notice_in_a_segment() -> None:
+    entries = [(oid(i * 7919), 10 * i, 10) for i in range(40)]
+    name, data = make_segment([(pack(0, raw_len=400), entries)])
+    assert parse_segment(name, data).check() == []
+    seg = parse_segment(name, data)
+    at = seg.entries_at
+    swapped = bytearray(data)
+    swapped[at : at + 2 * ENTRY_SIZE] = data[at + ENTRY_SIZE : at + 2 * ENTRY_SIZE] + data[at : at + ENTRY_SIZE]
+    assert any("out of id order" in p for p in parse_segment(*_resegment(swapped)).check())
+    fanned = bytearray(data)
+    struct.pack_into("<I", fanned, seg.fanout_at + 4 * 3, 39)
+    assert any("fanout does not count" in p for p in parse_segment(*_resegment(fanned)).check())
+    keyless = bytearray(data)
+    keyless[at + 32 : at + 40] = b"\xee" * 8
+    assert any("name no pack" in p for p in parse_segment(*_resegment(keyless)).check())
+    outside = parse_segment(*make_segment([(pack(0, raw_len=400), [*entries, (oid(1), 395, 10)])]))
+    assert any("outside their pack" in p for p in outside.check())
+    twin = PackInfo("01" * 8 + "ff" * 24, b"d" * 16, 0, ZERO_ID, 100, 0, 7, 200, 50, 250)
+    shared = parse_segment(*make_segment([(pack(0), [(oid(1), 0, 10)]), (twin, [(oid(2), 0, 10)])]))
+    assert any("share the first 8 bytes" in p for p in shared.check())
+
+
+async def test_a_segment_that_lies_is_reported_by_fsck() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs)
+    await store.open()
+    for n in range(3):
+        await _save(store, n)
+    await store.maintain()
+    (info,) = await blobs.list_blobs(INDEX_PREFIX)
+    data = (await blobs.get_blobs([info.name]))[info.name]
+    seg = parse_segment(info.name[len(INDEX_PREFIX) :], data)
+    at = seg.entries_at
+    swapped = bytearray(data)
+    swapped[at : at + 2 * ENTRY_SIZE] = data[at + ENTRY_SIZE : at + 2 * ENTRY_SIZE] + data[at : at + ENTRY_SIZE]
+    name, forged = _resegment(swapped)
+    await blobs.delete_blobs([info.name])
+    await blobs.put_blobs([(INDEX_PREFIX + name, forged)])
+    fresh = PackStore(blobs)
+    await fresh.open()
+    assert any("out of id order" in line for line in await fresh.check_storage())

@@ -204,6 +204,7 @@ class Catalog:
         packs that cannot be read."""
         lines = [f"{name}: {why}" for name, why in sorted(self.bad.items())]
         for segment in self.segments:
+            lines.extend(segment.check())
             lines.extend(f"{PACK_PREFIX}{name}: {why} ({segment.blob})" for name, why in segment.refused.items())
         lines.extend(
             f"{name}: no index segment lists it (its objects were found by reading it; "

@@ -161,6 +161,40 @@ class Segment:
             self._chains = chains
         return self._chains.get(chain_id, [])
 
+    def check(self) -> list[str]:
+        """What lookups would not notice (fsck reads it): entries out of id order, so lookups
+        miss objects; a fanout that does not count them; two packs sharing a key; entries that
+        name no pack of the table or lie outside their pack."""
+        problems: list[str] = []
+        keys = [self.data[HEAD_SIZE + r * PACK_SIZE : HEAD_SIZE + r * PACK_SIZE + 8] for r in range(self.n_packs)]
+        if len(set(keys)) < len(keys):
+            problems.append(f"{self.blob}: two packs of its table share the first 8 bytes of their names")
+        fan = [0] * ((1 << self.bits) + 1)
+        shift = 32 - self.bits
+        before = b""
+        unsorted = nameless = outside = 0
+        for oid, key, off, length in self.entries():
+            if oid < before:
+                unsorted += 1
+            before = oid
+            fan[(int.from_bytes(oid[:4], "big") >> shift) + 1] += 1
+            pack = self.pack(key)
+            if pack is None:
+                nameless += 1
+            elif off + length > pack.raw_len or length < 3:
+                outside += 1
+        for k in range(1, len(fan)):
+            fan[k] += fan[k - 1]
+        if list(struct.unpack_from(f"<{len(fan)}I", self.data, self.fanout_at)) != fan:
+            problems.append(f"{self.blob}: its fanout does not count its entries (lookups miss objects)")
+        if unsorted:
+            problems.append(f"{self.blob}: {unsorted} entries out of id order (lookups miss objects)")
+        if nameless:
+            problems.append(f"{self.blob}: {nameless} entries name no pack of its table")
+        if outside:
+            problems.append(f"{self.blob}: {outside} entries lie outside their pack's raw bytes")
+        return problems
+
     def pack_rows(self) -> list[bytes]:
         """The pack table's rows as they are (what a merge copies)."""
         data = self.data
