@@ -250,17 +250,25 @@ class TrackedList(list[Any]):
         if n:
             self._trim(n)
 
+    # A sort that raises part way (items that do not compare) may have reordered the list
+    # already: the change is recorded whatever happens.
     def sort(self, *args: Any, **kwargs: Any) -> None:
-        super().sort(*args, **kwargs)
-        self._reshape()
+        try:
+            super().sort(*args, **kwargs)
+        finally:
+            self._reshape()
 
     def reverse(self) -> None:
-        super().reverse()
-        self._reshape()
+        try:
+            super().reverse()
+        finally:
+            self._reshape()
 
     def __imul__(self, n: SupportsIndex) -> TrackedList:
-        super().__imul__(n)
-        self._reshape()
+        try:
+            super().__imul__(n)
+        finally:
+            self._reshape()
         return self
 
     def __reduce__(self) -> Any:

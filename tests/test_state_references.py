@@ -90,3 +90,21 @@ def test_the_sync_api_takes_the_same_references(store_path: Path) -> None:
         assert sm.restore_checkpoint("s@first") == {"n": 1}
         assert sm.restore_checkpoint("s~1") == {"n": 1}
         assert sm.resolve("s/first").session == "s"
+
+
+async def test_an_ancestor_reference_with_a_trailing_newline_names_nothing(tmp_path: Path) -> None:
+    """``~N`` is matched on the whole text: 'run-1~1\\n' is another name, not run-1~1."""
+    async with castate.StateManager(tmp_path / "store") as sm:
+        await sm.save_session("run-1", {"v": 1})
+        await sm.save_session("run-1", {"v": 2})
+        with pytest.raises((NotFoundError, InvalidKeyError)):
+            await sm.restore_checkpoint("run-1~1\n")
+        with pytest.raises((NotFoundError, InvalidKeyError)):
+            await sm.restore_checkpoint("run-1~\u0661")  # an Arabic-Indic digit is not a count
+
+
+async def test_an_ancestor_count_of_thousands_of_digits_is_a_reference_error(tmp_path: Path) -> None:
+    async with castate.StateManager(tmp_path / "store") as sm:
+        await sm.save_session("run-1", {"v": 1})
+        with pytest.raises((NotFoundError, InvalidKeyError)):
+            await sm.restore_checkpoint("run-1~" + "9" * 5000)

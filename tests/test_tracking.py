@@ -350,3 +350,25 @@ def test_a_tracked_window_whose_new_message_is_edited_in_place() -> None:
         work.append(enc.encoded)
         assert root == Encoder().encode_root(plain(state), None)[0]
     assert statistics.median(work) == 2  # the root's one key and the new message
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+def test_tracked_list_reordered_by_a_failed_sort_is_saved() -> None:
+    """list.sort() that raises part way leaves the list permuted; TrackedList.sort stamps
+    only after a successful sort, so the next save skips the changed list."""
+    rng = random.Random(1)
+    state = castate.tracked({"log": [rng.random() for _ in range(200)] + ["x"]})
+    _, shadow = Encoder().encode_root(state, None)
+    before = list(state["log"])
+    with pytest.raises(TypeError):
+        state["log"].sort()
+    assert state["log"] != before  # the failed sort did reorder the list in place
+    root, _ = Encoder().encode_root(state, shadow)
+    assert root == Encoder().encode_root(_plain(state), None)[0]

@@ -43,7 +43,7 @@ from castate.repository.repository import Repository
 MIN_PREFIX = 6  # the shortest commit prefix resolved
 MIN_ABBREV = 7  # the shortest commit prefix printed (git's default)
 STAMP_ABBREV = 15  # a shortened checkpoint stamp keeps at least its date and time to the second
-_ANCESTOR = re.compile(r"^(.+)~(\d*)$", re.DOTALL)
+_ANCESTOR = re.compile(r"(.+)~([0-9]{0,9})", re.DOTALL)  # fullmatch: no trailing newline; ASCII digits
 _KINDS = ("session", "checkpoint", "commit")
 _MAX_LISTED = 5
 
@@ -66,7 +66,7 @@ async def resolve(repo: Repository, text: str) -> Revision:
     found = await _exact(repo, text)
     if found is not None:
         return found
-    m = _ANCESTOR.match(text)
+    m = _ANCESTOR.fullmatch(text)
     if m is not None:
         base = await _exact(repo, m.group(1))
         if base is not None:
