@@ -35,7 +35,7 @@ from castate.compat.json_bytes import bytes_state, json_state, render
 from castate.errors import ConflictError, InvalidKeyError, KeyNotFoundError, UnsupportedValueError
 from castate.repository import Repository
 from castate.repository.refs import check_name, encode_part, kv_ref
-from castate.storage import FileStorageBackend
+from castate.sessions.storage import FileStorageBackend
 
 BYTES = "bytes/"  # ref namespace of MarsysBytesBackend keys
 EXPIRE_ATTEMPTS = 5
