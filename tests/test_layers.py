@@ -161,3 +161,18 @@ def test_the_sessions_layers_old_module_paths_still_import() -> None:
     assert castate.sync.SyncStateManager is castate.sessions.SyncStateManager is castate.SyncStateManager
     for module in (castate.state, castate.storage, castate.autocheckpoint, castate.lifecycle, castate.sync):
         assert all(getattr(module, name) is not None for name in module.__all__)
+
+
+def test_the_sessions_layer_imports_no_concrete_backend() -> None:
+    """The sessions package takes backends through their contract (``base``, ``blob``) and store
+    URLs (``urls``), never one backend's module: ``Durability`` lives in ``castate.backends.base``."""
+    neutral = {"castate.backends", "castate.backends.base", "castate.backends.blob", "castate.backends.urls"}
+    concrete = [
+        f"{a} imports {b}"
+        for a, targets in sorted(imports().items())
+        if a.startswith("castate.sessions")
+        for b in sorted(targets)
+        if b.startswith("castate.backends") and b not in neutral
+    ]
+    assert concrete == []
+    assert "castate.backends.base" in imports()["castate.sessions.storage"]

@@ -12,7 +12,7 @@ import abc
 import os
 from typing import Any
 
-from castate.backends.local.backend import Durability
+from castate.backends.base import Durability
 from castate.backends.urls import open_backend
 from castate.codec.encoder import Default
 from castate.errors import UnsupportedValueError
