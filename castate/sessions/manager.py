@@ -3,7 +3,10 @@
 Over a castate store (``FileStorageBackend``, a ``Backend`` or a path) a session is a
 ref to its latest commit, a save writes only what changed, and a checkpoint is a new
 ref to the session's current commit: O(1), never a copy. Over any other object with
-the dict storage interface it still works, by storing plain dict copies.
+the dict storage interface it still works, by storing plain dict copies. The two are
+storage strategies (``_RepoSessions``, ``_PlainSessions``) chosen once when the manager is
+built; what only a castate store can do (history, diff, fork, pause, gc, ...) goes through
+``StateManager.repository``, which says so over plain storage.
 """
 
 from __future__ import annotations
@@ -140,39 +143,38 @@ class StateManager:
             storage_backend = FileStorageBackend(storage_backend, default=default)
         self.storage = storage_backend
         self.default = default
-        self._repo: Repository | None
+        # The one storage strategy, chosen here: commits and refs on a castate repository, or
+        # plain dict copies over any other object with the dict storage interface.
+        self._store: _RepoSessions | _PlainSessions
         if isinstance(storage_backend, FileStorageBackend):
-            self._repo = storage_backend.repository
+            self._store = _RepoSessions(storage_backend.repository)
             self.default = default if default is not None else storage_backend.default
         elif isinstance(storage_backend, Backend | BlobBackend):
-            self._repo = Repository(storage_backend)
+            self._store = _RepoSessions(Repository(storage_backend))
         elif isinstance(storage_backend, Repository):
-            self._repo = storage_backend
+            self._store = _RepoSessions(storage_backend)
         else:
-            self._repo = None
-            self._plain = _PlainSessions(storage_backend)
+            self._store = _PlainSessions(storage_backend)
         # update_session's per-session turns; a lock no update holds or awaits drops out
         self._update_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.auto_checkpointer: AutoCheckpointer | None = None
         if auto_checkpoint is not None:
-            if self._repo is None:
+            if self._store.repo is None:
                 raise TypeError("auto_checkpoint needs a castate store (a path, FileStorageBackend or Backend)")
             self.auto_checkpointer = AutoCheckpointer(auto_checkpoint)
 
     @property
     def repository(self) -> Repository:
         """The castate repository underneath (only when the storage is a castate store)."""
-        if self._repo is None:
+        if self._store.repo is None:
             raise TypeError("this StateManager stores plain dict copies; it has no castate repository")
-        return self._repo
+        return self._store.repo
 
     async def close(self) -> None:
-        if self._repo is not None:
-            await self._repo.close()
+        await self._store.close()
 
     async def __aenter__(self) -> StateManager:
-        if self._repo is not None:
-            await self._repo.open(missing_ok=True)  # a URL store not created yet: its first save does
+        await self._store.open()
         return self
 
     async def __aexit__(self, *exc: object) -> None:
@@ -188,28 +190,14 @@ class StateManager:
         Raises ConflictError when another writer saved this session since this manager last
         read or wrote it; load it again to continue from that state.
         """
-        if self._repo is None:
-            await self._plain.save(session_id, state, metadata)
+        commit = await self._store.save(session_id, state, metadata, self.default)
+        if commit is None:
             return None
-        ref = names.session_ref(session_id)
-        await self._repo.open(create=True)  # a save creates a URL store that does not exist yet
-        carried = await lifecycle.carried_meta(self._repo, ref)  # paused flag and times stay
-        try:
-            result = await self._repo.save(
-                ref,
-                state,
-                session=session_id,
-                meta={**carried, **(metadata or {})},
-                default=self.default,
-                message=f"save {session_id}"[:200],
-            )
-        except ConflictError as exc:
-            raise _session_conflict(session_id, exc) from None
         if self.auto_checkpointer is not None:
             reasons = self.auto_checkpointer.due(session_id, state)
             if reasons:
-                await self.auto_checkpointer.checkpoint(self._repo, session_id, result.commit, reasons)
-        return result.commit.hex()
+                await self.auto_checkpointer.checkpoint(self.repository, session_id, commit, reasons)
+        return commit.hex()
 
     async def update_session(
         self,
@@ -258,48 +246,23 @@ class StateManager:
         No I/O. Pass it as ``create_checkpoint(..., expected=...)`` to checkpoint exactly the
         state this writer worked on, not whatever another writer saved since.
         """
-        if self._repo is None:
-            return None
-        head = self._repo.known_head(names.session_ref(session_id))
-        return head.hex() if head is not None else None
+        return self._store.last_seen(session_id)
 
     async def load_session(self, session_id: str) -> dict[str, Any] | None:
         """The session's current state, or None when there is no such session."""
-        if self._repo is None:
-            return await self._plain.load(session_id)
-        state = await self._repo.load(names.session_ref(session_id))
+        state = await self._store.load(session_id)
         if self.auto_checkpointer is not None:
             self.auto_checkpointer.observe(session_id, state)
         return state
 
     async def list_sessions(self) -> list[SessionInfo]:
         """Every session, sorted by id."""
-        if self._repo is None:
-            return await self._plain.list_sessions()
-        heads = await self._repo.list_refs(names.SESSIONS)
-        checkpoints = await self._repo.list_refs(names.CHECKPOINTS)
-        counts: dict[str, int] = {}
-        for ref in checkpoints:
-            part = ref[len(names.CHECKPOINTS) :].split("/", 1)[0]
-            counts[part] = counts.get(part, 0) + 1
-        commits = await self._repo.read_commits(list(heads.values()))
-        out = []
-        for ref, cid in heads.items():
-            sid = names.session_of_ref(ref)
-            c = commits[cid]
-            out.append(
-                SessionInfo(sid, c.time_ns / 1e9, counts.get(names.encode_part(sid), 0), cid.hex(), dict(c.meta))
-            )
-        return sorted(out, key=lambda s: s.session_id)
+        return await self._store.list_sessions()
 
     async def delete_session(self, session_id: str) -> int:
         """Delete the session and its checkpoints (refs only; gc frees the bytes). Returns how many
         refs were removed (keys, over the dict storage interface): 0 when there was no such session."""
-        if self._repo is None:
-            return await self._plain.delete(session_id)
-        ref = names.session_ref(session_id)
-        cps = await self._repo.list_refs(names.checkpoint_prefix(session_id))
-        return await self._repo.delete_refs([ref, *cps], message=f"delete session {session_id}"[:200])
+        return await self._store.delete(session_id)
 
     # -- checkpoints -----------------------------------------------------------------------------
 
@@ -332,56 +295,7 @@ class StateManager:
         label = name if name is not None else checkpoint_name if checkpoint_name is not None else "checkpoint"
         names.check_name(label, "checkpoint name")
         want = _commit_id(expected) if expected is not None else None
-        if self._repo is None:
-            if want is not None:
-                raise TypeError("expected= needs a castate store: plain dict storage keeps no commits")
-            return await self._plain.checkpoint(session_id, label, metadata)
-        repo = await self._repo.open()
-        session_ref = names.session_ref(session_id)
-        for _ in range(3):
-            cpid = names.new_checkpoint_id(session_id, label)
-            try:
-                if not metadata and want is None:  # one step: the backend reads and writes atomically
-                    await repo.copy_ref(session_ref, names.checkpoint_ref(cpid), message=f"checkpoint {label}"[:200])
-                    return cpid
-                # The head is read under gc's shared lock and the checkpoint's ref moves before it
-                # is released: a head a ref holds is complete, and gc cannot take its tree away
-                # in between (another writer's save could otherwise leave it unreferenced).
-                async with repo.gc_shared():
-                    head = await repo.head(session_ref)
-                    if head is None:
-                        raise NotFoundError(f"no session {session_id!r}")
-                    if want is not None and head != want:
-                        raise ConflictError(
-                            f"session {session_id!r} is at {head.hex()[:12]}, expected {want.hex()[:12]}: "
-                            "another writer saved it; load it again and checkpoint what you mean to",
-                            session_ref,
-                            session_id=session_id,
-                            expected=want.hex(),
-                            current=head.hex(),
-                        )
-                    if not metadata:
-                        await repo.update_refs(
-                            [RefUpdate(names.checkpoint_ref(cpid), head, None)], message=f"checkpoint {label}"[:200]
-                        )
-                        return cpid
-                    await repo.add_ref_with_meta(
-                        names.checkpoint_ref(cpid),
-                        head,
-                        session=session_id,
-                        name=label,
-                        meta=metadata,
-                        message=f"checkpoint {label}"[:200],
-                        stream=session_ref,
-                    )
-                return cpid
-            except NotFoundError:
-                raise NotFoundError(f"no session {session_id!r} to checkpoint") from None
-            except ConflictError as exc:
-                if exc.session_id is not None:  # the session moved, not a drawn id
-                    raise
-                continue  # the same id drawn twice: draw again
-        raise ConflictError(f"could not allocate a checkpoint id for {session_id!r}")
+        return await self._store.checkpoint(session_id, label, metadata, want)
 
     async def restore_checkpoint(self, checkpoint_id: str) -> dict[str, Any]:
         """The state saved in a checkpoint (the session itself is not changed).
@@ -393,38 +307,11 @@ class StateManager:
         state. NotFoundError for a checkpoint id that names nothing, InvalidKeyError for text
         that is no checkpoint id and names nothing, or names several things.
         """
-        if self._repo is None:
-            return await self._plain.restore(checkpoint_id)
-        cid: bytes | None = None
-        try:
-            names.parse_checkpoint_id(checkpoint_id)
-        except InvalidKeyError:
-            well_formed = False
-        else:
-            well_formed = True
-            cid = await self._repo.head(names.checkpoint_ref(checkpoint_id))  # a full id: one lookup
-        if not well_formed or cid is None:  # a short form (SESSION/NAME/STAMP-PREFIX parses as an id too)
-            try:
-                cid = (await resolve(self._repo, checkpoint_id)).commit
-            except NotFoundError as exc:
-                if well_formed:
-                    raise NotFoundError(f"no checkpoint {checkpoint_id!r}") from None
-                raise InvalidKeyError(str(exc)) from None  # no checkpoint id, and no reference either
-        return await self._repo.read_state((await self._repo.read_commit(cid)).root)
+        return await self._store.restore(checkpoint_id)
 
     async def list_checkpoints(self, session_id: str) -> list[CheckpointInfo]:
         """The session's checkpoints, newest first."""
-        if self._repo is None:
-            return await self._plain.list_checkpoints(session_id)
-        refs = await self._repo.list_refs(names.checkpoint_prefix(session_id))
-        commits = await self._repo.read_commits(list(set(refs.values())))
-        out = []
-        for ref, cid in refs.items():
-            cpid = ref[len(names.CHECKPOINTS) :]
-            _, label, stamp = names.parse_checkpoint_id(cpid)
-            meta = dict(commits[cid].meta) if commits[cid].name == label else {}
-            out.append(CheckpointInfo(cpid, session_id, label, names.checkpoint_time(stamp), cid.hex(), meta))
-        return sorted(out, key=lambda c: (c.timestamp, c.checkpoint_id), reverse=True)
+        return await self._store.list_checkpoints(session_id)
 
     # -- lifecycle (castate/lifecycle.py) ----------------------------------------------------------
 
@@ -689,6 +576,8 @@ async def _record(repo: Repository, run: dict[str, Any]) -> str | None:
 class _PlainSessions:
     """Sessions and checkpoints as plain dict copies over any dict storage backend."""
 
+    repo: Repository | None = None  # none: plain copies keep no commits
+
     def __init__(self, storage: Any) -> None:
         for method in ("save", "load", "delete", "list_keys"):
             if not callable(getattr(storage, method, None)):
@@ -707,15 +596,29 @@ class _PlainSessions:
         names.parse_checkpoint_id(checkpoint_id)
         return "checkpoint_" + checkpoint_id.replace("/", "!")
 
-    async def save(self, session_id: str, state: dict[str, Any], metadata: dict[str, Any] | None) -> None:
+    async def open(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def last_seen(self, session_id: str) -> str | None:
+        return None  # plain copies have no heads
+
+    async def save(
+        self, session_id: str, state: dict[str, Any], metadata: dict[str, Any] | None, default: Default | None
+    ) -> bytes | None:
         record = {"session_id": session_id, "timestamp": time.time(), "state": state, "metadata": metadata or {}}
         await self.storage.save(self._session_key(session_id), record)
+        return None
 
     async def load(self, session_id: str) -> dict[str, Any] | None:
         record = await self.storage.load(self._session_key(session_id))
         return None if record is None else record["state"]
 
-    async def checkpoint(self, session_id: str, name: str, metadata: dict[str, Any] | None) -> str:
+    async def checkpoint(self, session_id: str, name: str, metadata: dict[str, Any] | None, want: bytes | None) -> str:
+        if want is not None:
+            raise TypeError("expected= needs a castate store: plain dict storage keeps no commits")
         record = await self.storage.load(self._session_key(session_id))
         if record is None:
             raise NotFoundError(f"no session {session_id!r} to checkpoint")
@@ -770,3 +673,144 @@ class _PlainSessions:
         for key in present:
             await self.storage.delete(key)
         return len(present)
+
+
+class _RepoSessions:
+    """Sessions and checkpoints on a castate repository: a session is a ref to its latest
+    commit, a checkpoint a new ref to a commit (O(1), never a copy)."""
+
+    def __init__(self, repo: Repository) -> None:
+        self.repo: Repository | None = repo
+        self._repository = repo
+
+    async def open(self) -> None:
+        await self._repository.open(missing_ok=True)  # a URL store not created yet: its first save does
+
+    async def close(self) -> None:
+        await self._repository.close()
+
+    async def save(
+        self, session_id: str, state: dict[str, Any], metadata: dict[str, Any] | None, default: Default | None
+    ) -> bytes | None:
+        repo = self._repository
+        ref = names.session_ref(session_id)
+        await repo.open(create=True)  # a save creates a URL store that does not exist yet
+        carried = await lifecycle.carried_meta(repo, ref)  # paused flag and times stay
+        try:
+            result = await repo.save(
+                ref,
+                state,
+                session=session_id,
+                meta={**carried, **(metadata or {})},
+                default=default,
+                message=f"save {session_id}"[:200],
+            )
+        except ConflictError as exc:
+            raise _session_conflict(session_id, exc) from None
+        return result.commit
+
+    def last_seen(self, session_id: str) -> str | None:
+        head = self._repository.known_head(names.session_ref(session_id))
+        return head.hex() if head is not None else None
+
+    async def load(self, session_id: str) -> dict[str, Any] | None:
+        return await self._repository.load(names.session_ref(session_id))
+
+    async def list_sessions(self) -> list[SessionInfo]:
+        heads = await self._repository.list_refs(names.SESSIONS)
+        checkpoints = await self._repository.list_refs(names.CHECKPOINTS)
+        counts: dict[str, int] = {}
+        for ref in checkpoints:
+            part = ref[len(names.CHECKPOINTS) :].split("/", 1)[0]
+            counts[part] = counts.get(part, 0) + 1
+        commits = await self._repository.read_commits(list(heads.values()))
+        out = []
+        for ref, cid in heads.items():
+            sid = names.session_of_ref(ref)
+            c = commits[cid]
+            out.append(
+                SessionInfo(sid, c.time_ns / 1e9, counts.get(names.encode_part(sid), 0), cid.hex(), dict(c.meta))
+            )
+        return sorted(out, key=lambda s: s.session_id)
+
+    async def delete(self, session_id: str) -> int:
+        ref = names.session_ref(session_id)
+        cps = await self._repository.list_refs(names.checkpoint_prefix(session_id))
+        return await self._repository.delete_refs([ref, *cps], message=f"delete session {session_id}"[:200])
+
+    async def checkpoint(self, session_id: str, label: str, metadata: dict[str, Any] | None, want: bytes | None) -> str:
+        repo = await self._repository.open()
+        session_ref = names.session_ref(session_id)
+        for _ in range(3):
+            cpid = names.new_checkpoint_id(session_id, label)
+            try:
+                if not metadata and want is None:  # one step: the backend reads and writes atomically
+                    await repo.copy_ref(session_ref, names.checkpoint_ref(cpid), message=f"checkpoint {label}"[:200])
+                    return cpid
+                # The head is read under gc's shared lock and the checkpoint's ref moves before it
+                # is released: a head a ref holds is complete, and gc cannot take its tree away
+                # in between (another writer's save could otherwise leave it unreferenced).
+                async with repo.gc_shared():
+                    head = await repo.head(session_ref)
+                    if head is None:
+                        raise NotFoundError(f"no session {session_id!r}")
+                    if want is not None and head != want:
+                        raise ConflictError(
+                            f"session {session_id!r} is at {head.hex()[:12]}, expected {want.hex()[:12]}: "
+                            "another writer saved it; load it again and checkpoint what you mean to",
+                            session_ref,
+                            session_id=session_id,
+                            expected=want.hex(),
+                            current=head.hex(),
+                        )
+                    if not metadata:
+                        await repo.update_refs(
+                            [RefUpdate(names.checkpoint_ref(cpid), head, None)], message=f"checkpoint {label}"[:200]
+                        )
+                        return cpid
+                    await repo.add_ref_with_meta(
+                        names.checkpoint_ref(cpid),
+                        head,
+                        session=session_id,
+                        name=label,
+                        meta=metadata,
+                        message=f"checkpoint {label}"[:200],
+                        stream=session_ref,
+                    )
+                return cpid
+            except NotFoundError:
+                raise NotFoundError(f"no session {session_id!r} to checkpoint") from None
+            except ConflictError as exc:
+                if exc.session_id is not None:  # the session moved, not a drawn id
+                    raise
+                continue  # the same id drawn twice: draw again
+        raise ConflictError(f"could not allocate a checkpoint id for {session_id!r}")
+
+    async def restore(self, checkpoint_id: str) -> dict[str, Any]:
+        cid: bytes | None = None
+        try:
+            names.parse_checkpoint_id(checkpoint_id)
+        except InvalidKeyError:
+            well_formed = False
+        else:
+            well_formed = True
+            cid = await self._repository.head(names.checkpoint_ref(checkpoint_id))  # a full id: one lookup
+        if not well_formed or cid is None:  # a short form (SESSION/NAME/STAMP-PREFIX parses as an id too)
+            try:
+                cid = (await resolve(self._repository, checkpoint_id)).commit
+            except NotFoundError as exc:
+                if well_formed:
+                    raise NotFoundError(f"no checkpoint {checkpoint_id!r}") from None
+                raise InvalidKeyError(str(exc)) from None  # no checkpoint id, and no reference either
+        return await self._repository.read_state((await self._repository.read_commit(cid)).root)
+
+    async def list_checkpoints(self, session_id: str) -> list[CheckpointInfo]:
+        refs = await self._repository.list_refs(names.checkpoint_prefix(session_id))
+        commits = await self._repository.read_commits(list(set(refs.values())))
+        out = []
+        for ref, cid in refs.items():
+            cpid = ref[len(names.CHECKPOINTS) :]
+            _, label, stamp = names.parse_checkpoint_id(cpid)
+            meta = dict(commits[cid].meta) if commits[cid].name == label else {}
+            out.append(CheckpointInfo(cpid, session_id, label, names.checkpoint_time(stamp), cid.hex(), meta))
+        return sorted(out, key=lambda c: (c.timestamp, c.checkpoint_id), reverse=True)
