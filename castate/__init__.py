@@ -12,7 +12,6 @@ StateManager, FileStorageBackend and castate.open(url) also take store URLs:
 sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0.
 """
 
-from castate.autocheckpoint import AutoCheckpoint
 from castate.backends import Backend, LocalBackend, MemoryBackend
 from castate.backends.urls import open_backend as open  # noqa: F401 - public as castate.open, kept out of __all__
 from castate.codec.types import register, unregistered_as_dicts
@@ -40,9 +39,10 @@ from castate.errors import (
 from castate.repository import Repository, SaveResult
 from castate.repository.diff import Change, to_patch
 from castate.repository.retention import Policy as RetentionPolicy
-from castate.state import CheckpointInfo, RestoreResult, SaveInfo, SessionInfo, StateManager
-from castate.storage import FileStorageBackend, StorageBackend
-from castate.sync import SyncStateManager
+from castate.sessions.auto import AutoCheckpoint
+from castate.sessions.manager import CheckpointInfo, RestoreResult, SaveInfo, SessionInfo, StateManager
+from castate.sessions.storage import FileStorageBackend, StorageBackend
+from castate.sessions.sync import SyncStateManager
 from castate.tracking import TrackedDict, TrackedList, tracked
 
 __version__ = "0.1.0"

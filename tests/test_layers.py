@@ -19,12 +19,20 @@ LAYERS: dict[str, int] = {
     "castate.backends": 2,
     "castate.repository": 3,
     "castate.testing": 3,
-    "castate.storage": 4,
-    "castate.autocheckpoint": 4,
-    "castate.lifecycle": 4,
-    "castate.state": 5,
-    "castate.sync": 6,
+    # the sessions package: the dict interface and the policies, the manager, the blocking API
+    "castate.sessions.storage": 4,
+    "castate.sessions.auto": 4,
+    "castate.sessions.lifecycle": 4,
+    "castate.sessions.manager": 5,
+    "castate.sessions.sync": 6,
+    "castate.sessions": 6,  # its facade (castate/sessions/__init__.py) and any module added there
     "castate": 7,  # the package's facade (castate/__init__.py)
+    # the sessions layer's old module paths, re-exports kept for users' imports: nothing in castate uses them
+    "castate.state": 7,
+    "castate.storage": 7,
+    "castate.autocheckpoint": 7,
+    "castate.lifecycle": 7,
+    "castate.sync": 7,
     "castate.compat": 7,
     "castate.integrations": 7,
     "castate.display": 7,
@@ -124,7 +132,47 @@ def test_no_modules_import_each_other_in_a_circle() -> None:
 
 def test_the_layer_test_sees_what_it_checks() -> None:
     graph = imports()
-    assert "castate.lifecycle" in graph["castate.state"]  # `from castate import lifecycle`
+    assert "castate.sessions.lifecycle" in graph["castate.sessions.manager"]  # `from castate.sessions import lifecycle`
+    assert "castate.sessions.manager" in graph["castate.state"]  # the old path re-exports the new one
     assert "castate.ui.address" in graph["castate.ui.server"]
     assert "castate.ui.server" in graph["castate.cli.ui"]  # an import inside a function counts
-    assert layer("castate.repository.packs.store") == layer("castate.repository") < layer("castate.state")
+    assert layer("castate.sessions.manager") < layer("castate.cli")
+    assert layer("castate.sessions.sync") < layer("castate.ui")
+    assert layer("castate.repository.packs.store") == layer("castate.repository") < layer("castate.sessions.storage")
+
+
+def test_the_sessions_layers_old_module_paths_still_import() -> None:
+    """Users and MARSYS adapters import from the paths the sessions layer had before its package."""
+    import castate.autocheckpoint
+    import castate.lifecycle
+    import castate.sessions
+    import castate.state
+    import castate.storage
+    import castate.sync
+
+    assert castate.state.StateManager is castate.sessions.StateManager is castate.StateManager
+    assert castate.state.CheckpointInfo is castate.sessions.manager.CheckpointInfo
+    assert castate.storage.FileStorageBackend is castate.sessions.FileStorageBackend is castate.FileStorageBackend
+    assert castate.storage.StorageBackend is castate.sessions.storage.StorageBackend
+    assert castate.autocheckpoint.AutoCheckpoint is castate.sessions.auto.AutoCheckpoint is castate.AutoCheckpoint
+    assert castate.autocheckpoint.AutoCheckpointer is castate.sessions.auto.AutoCheckpointer
+    assert castate.lifecycle.checkpointed is castate.sessions.lifecycle.checkpointed
+    assert castate.lifecycle.pause is castate.sessions.lifecycle.pause
+    assert castate.sync.SyncStateManager is castate.sessions.SyncStateManager is castate.SyncStateManager
+    for module in (castate.state, castate.storage, castate.autocheckpoint, castate.lifecycle, castate.sync):
+        assert all(getattr(module, name) is not None for name in module.__all__)
+
+
+def test_the_sessions_layer_imports_no_concrete_backend() -> None:
+    """The sessions package takes backends through their contract (``base``, ``blob``) and store
+    URLs (``urls``), never one backend's module: ``Durability`` lives in ``castate.backends.base``."""
+    neutral = {"castate.backends", "castate.backends.base", "castate.backends.blob", "castate.backends.urls"}
+    concrete = [
+        f"{a} imports {b}"
+        for a, targets in sorted(imports().items())
+        if a.startswith("castate.sessions")
+        for b in sorted(targets)
+        if b.startswith("castate.backends") and b not in neutral
+    ]
+    assert concrete == []
+    assert "castate.backends.base" in imports()["castate.sessions.storage"]

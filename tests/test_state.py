@@ -183,6 +183,20 @@ async def test_state_manager_over_any_dict_storage() -> None:
         _ = sm.repository
 
 
+async def test_plain_dict_storage_keeps_no_commits() -> None:
+    """What only a castate store can do says so over plain dict storage, instead of half-working."""
+    storage = DictBackend()
+    async with castate.StateManager(storage) as sm:
+        assert await sm.save_session("p", {"v": 1}) is None
+        assert sm.last_seen("p") is None
+        with pytest.raises(TypeError, match="expected= needs a castate store"):
+            await sm.create_checkpoint("p", "first", expected="00" * 32)
+        assert await sm.list_checkpoints("p") == []
+        assert await sm.load_session("p") == {"v": 1}
+    with pytest.raises(TypeError, match="auto_checkpoint needs a castate store"):
+        castate.StateManager(storage, auto_checkpoint=castate.AutoCheckpoint(every_saves=2))
+
+
 def test_state_manager_rejects_objects_that_are_not_storage() -> None:
     with pytest.raises(TypeError, match="not a storage backend"):
         castate.StateManager(object())  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import contextlib
 import time
 from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar, Final
+from typing import ClassVar, Final, Literal
 
 
 class _Any:
@@ -25,6 +25,11 @@ class _Any:
 
 
 ANY: Final = _Any()
+
+# The durability setting of the stores on disk (local directory, SQLite): "durable" syncs each
+# write, "relaxed" skips that (a machine crash may lose recent saves; docs/backends.md). Named
+# here, at the contract, so the layers above need not import a concrete backend for it.
+Durability = Literal["durable", "relaxed"]
 
 
 @dataclass(frozen=True, slots=True)

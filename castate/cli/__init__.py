@@ -34,7 +34,7 @@ from castate.errors import (
     UsageError,
 )
 from castate.repository.packs.upgrade import upgrade_store
-from castate.state import StateManager
+from castate.sessions.manager import StateManager
 
 if TYPE_CHECKING:
     from _typeshed import SupportsWrite

@@ -30,7 +30,7 @@ from castate.repository.moved import session_moved_ns
 from castate.repository.refspec import Revision, abbrev_length, known_commits, short_checkpoint_ids
 from castate.repository.retention import ForgetReport, Policy, parse_duration
 from castate.repository.tree import Loader, entry_at, parse_pointer
-from castate.state import StateManager
+from castate.sessions.manager import StateManager
 
 EXIT_OK = 0
 EXIT_DAMAGE = 1

@@ -8,7 +8,7 @@ import argparse
 import importlib
 
 from castate.cli.output import Output
-from castate.state import StateManager
+from castate.sessions.manager import StateManager
 
 EXTRA = ("starlette", "uvicorn")
 

@@ -27,15 +27,14 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from castate.backends.base import Backend, RefUpdate
+from castate.backends.base import Backend, Durability, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.local import LocalBackend
-from castate.backends.local.backend import Durability
 from castate.compat.json_bytes import bytes_state, json_state, render
 from castate.errors import ConflictError, InvalidKeyError, KeyNotFoundError, UnsupportedValueError
 from castate.repository import Repository
 from castate.repository.refs import check_name, encode_part, kv_ref
-from castate.storage import FileStorageBackend
+from castate.sessions.storage import FileStorageBackend
 
 BYTES = "bytes/"  # ref namespace of MarsysBytesBackend keys
 EXPIRE_ATTEMPTS = 5

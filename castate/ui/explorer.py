@@ -27,7 +27,7 @@ from castate.repository import refs as names
 from castate.repository.growth import Growth, GrowthIndex
 from castate.repository.health import read_runs
 from castate.repository.tree import Loader, entry_at, parse_pointer
-from castate.state import StateManager
+from castate.sessions.manager import StateManager
 from castate.ui.changes import by_key, present
 from castate.ui.fold import FOLD, fold
 from castate.ui.messages import summaries

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import uvicorn
 
 from castate.errors import UsageError
-from castate.state import StateManager
+from castate.sessions.manager import StateManager
 from castate.ui.address import check_address, loopback
 from castate.ui.app import create_app
 from castate.ui.explorer import Explorer
