@@ -110,3 +110,58 @@ async def test_concurrent_updates_through_one_manager_lose_nothing(tmp_path: Pat
 
         await asyncio.gather(*(sm.update_session("run", bump) for _ in range(20)))
         assert await sm.load_session("run") == {"count": 20}
+
+
+def _run(tmp_path: Path, body: Any) -> Any:
+    async def main() -> Any:
+        sm = castate.StateManager(castate.FileStorageBackend(tmp_path / "store"))
+        try:
+            return await body(sm)
+        finally:
+            await sm.close()
+
+    return asyncio.run(main())
+
+
+def test_update_session_does_not_overwrite_a_concurrent_save_of_the_same_manager(tmp_path: Path) -> None:
+    """update_session loads head h1 and runs fn; meanwhile the same manager's save_session
+    moves the head to h2 (acknowledged). update's save then builds on the repository's known
+    head (h2, its own), so the compare-and-swap succeeds and h2's change is lost silently
+    instead of fn running again on h2 (as it would for another writer's save)."""
+
+    async def body(sm: castate.StateManager) -> Any:
+        await sm.save_session("s", {"n": 0, "notes": []})
+        loaded = asyncio.Event()
+        go = asyncio.Event()
+
+        async def fn(state: Any) -> Any:
+            loaded.set()
+            await go.wait()
+            return {**state, "n": state["n"] + 1}
+
+        update = asyncio.create_task(sm.update_session("s", fn))
+        await loaded.wait()
+        await sm.save_session("s", {"n": 0, "notes": ["acknowledged"]})  # returns a commit id
+        go.set()
+        await update
+        final = await sm.load_session("s")
+        assert final is not None
+        assert final["notes"] == ["acknowledged"], final
+
+    _run(tmp_path, body)
+
+
+def test_update_session_creates_a_missing_url_store_as_save_session_does(tmp_path: Path) -> None:
+    """update_session is a write (fn gets None for a new session), but it loads first through
+    Repository.open() without create=True, so on a URL store not created yet it raises
+    StoreNotFoundError where save_session would create the store."""
+    url = f"sqlite:///{tmp_path}/store.db"  # absolute path: four slashes
+
+    async def main() -> Any:
+        sm = castate.StateManager(url)
+        try:
+            return await sm.update_session("s", lambda state: {"n": 1 if state is None else state["n"] + 1})
+        finally:
+            await sm.close()
+
+    assert asyncio.run(main()) is not None

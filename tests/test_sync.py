@@ -177,3 +177,33 @@ def test_bad_construction_raises_and_leaves_no_thread() -> None:
         castate.SyncStateManager(object())  # type: ignore[arg-type]  # the wrong type, on purpose
     after = {t.ident for t in threading.enumerate() if t.name == "castate-sync" and t.is_alive()}
     assert after <= before
+
+
+def test_sync_close_does_not_strand_a_call_in_flight(tmp_path: Path) -> None:
+    """close() from one thread while another thread's update_session runs on the loop: the
+    loop is stopped and closed under the pending task, whose caller then waits forever."""
+    import threading
+
+    sm = castate.SyncStateManager(castate.FileStorageBackend(tmp_path / "store"))
+    sm.save_session("s", {"n": 0})
+    entered = threading.Event()
+    outcome: list[Any] = []
+
+    async def fn(state: Any) -> Any:
+        entered.set()
+        await asyncio.sleep(1.0)
+        return {"n": state["n"] + 1}
+
+    def worker() -> None:
+        try:
+            outcome.append(sm.update_session("s", fn))
+        except BaseException as exc:  # an error is fine; never returning is not
+            outcome.append(exc)
+
+    t = threading.Thread(target=worker, daemon=True)
+    t.start()
+    assert entered.wait(10)
+    sm.close()
+    t.join(5)
+    assert not t.is_alive(), "update_session never returned after close()"
+    assert outcome

@@ -157,6 +157,7 @@ class StateManager:
             self._store = _PlainSessions(storage_backend)
         # update_session's per-session turns; a lock no update holds or awaits drops out
         self._update_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
+        self._save_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.auto_checkpointer: AutoCheckpointer | None = None
         if auto_checkpoint is not None:
             if self._store.repo is None:
@@ -190,6 +191,12 @@ class StateManager:
         Raises ConflictError when another writer saved this session since this manager last
         read or wrote it; load it again to continue from that state.
         """
+        async with self._lock(self._save_locks, session_id):
+            return await self._save_unlocked(session_id, state, metadata)
+
+    async def _save_unlocked(
+        self, session_id: str, state: dict[str, Any], metadata: dict[str, Any] | None
+    ) -> str | None:
         commit = await self._store.save(session_id, state, metadata, self.default)
         if commit is None:
             return None
@@ -220,25 +227,37 @@ class StateManager:
             raise ValueError("attempts must be at least 1")
         # This manager's saves of a session take turns without conflicting (each builds on the
         # one before), so its own concurrent updates (tasks, SyncStateManager's threads) go one
-        # at a time: else one could save over another's change it never loaded.
-        lock = self._update_locks.get(session_id)
-        if lock is None:
-            lock = self._update_locks[session_id] = asyncio.Lock()
-        async with lock:
+        # at a time, and an update saves only if no save of this manager moved the session
+        # since its load (checked under the lock saves take): else it would save over a change
+        # ``fn`` never saw. Then ``fn`` runs again, on that state.
+        async with self._lock(self._update_locks, session_id):
+            await self._store.open_for_write()
             delay = UPDATE_BACKOFF
-            for attempt in range(attempts):
+            conflicts = 0
+            while True:
                 state = await self.load_session(session_id)
+                seen = self.last_seen(session_id)
                 new = fn(state)
                 if inspect.isawaitable(new):
                     new = await new
-                try:
-                    return await self.save_session(session_id, new, metadata=metadata)
-                except ConflictError:
-                    if attempt + 1 == attempts:
-                        raise
+                async with self._lock(self._save_locks, session_id):
+                    if self.last_seen(session_id) != seen:
+                        continue
+                    try:
+                        return await self._save_unlocked(session_id, new, metadata)
+                    except ConflictError:
+                        conflicts += 1
+                        if conflicts == attempts:
+                            raise
                 await asyncio.sleep(random.uniform(0, delay))  # jitter: writers that collided do not retry in step
                 delay = min(delay * 2, UPDATE_BACKOFF_MAX)
-        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _lock(table: weakref.WeakValueDictionary[str, asyncio.Lock], session_id: str) -> asyncio.Lock:
+        lock = table.get(session_id)
+        if lock is None:
+            lock = table[session_id] = asyncio.Lock()
+        return lock
 
     def last_seen(self, session_id: str) -> str | None:
         """The head (commit id, hex) this manager last saved or loaded for the session, or None.
@@ -599,6 +618,9 @@ class _PlainSessions:
     async def open(self) -> None:
         pass
 
+    async def open_for_write(self) -> None:
+        pass
+
     async def close(self) -> None:
         pass
 
@@ -685,6 +707,9 @@ class _RepoSessions:
 
     async def open(self) -> None:
         await self._repository.open(missing_ok=True)  # a URL store not created yet: its first save does
+
+    async def open_for_write(self) -> None:
+        await self._repository.open(create=True)  # a write creates a URL store that does not exist yet
 
     async def close(self) -> None:
         await self._repository.close()

@@ -111,13 +111,26 @@ class SyncStateManager:
     # -- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        """Close the store and end the loop thread. Closing twice is a no-op."""
+        """Close the store and end the loop thread. Closing twice is a no-op. Calls still
+        running in other threads are cancelled (they raise ``CancelledError``), never left
+        waiting on a stopped loop."""
         if self._closed:
             return
+        if threading.current_thread() is self._thread:
+            raise RuntimeError("a SyncStateManager cannot be closed from a callback it runs")
+        self._closed = True  # no new calls from here on
+
+        async def shut() -> None:
+            current = asyncio.current_task()
+            pending = [t for t in asyncio.all_tasks() if t is not current]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
+            await self._sm.close()
+
         try:
-            self._run(lambda sm: sm.close())
+            self._submit(shut()).result()
         finally:
-            self._closed = True
             self._finalizer()
 
     def __enter__(self) -> SyncStateManager:
