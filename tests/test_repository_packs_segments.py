@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import contextlib
 import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import blake3
 import pytest
 
 from castate.backends import RefUpdate
 from castate.backends.base import ANY, Backend
+from castate.backends.blob import BlobInfo
 from castate.backends.memory import MemoryBackend
 from castate.codec.objects import decode_frame
 from castate.errors import (
@@ -128,6 +130,29 @@ def test_an_entry_that_points_outside_its_pack_is_not_used() -> None:
     assert cat.place(oid(2)) == (seg.pack(key_of(pack(0).name)), 10, 20)
     cat.mark_listed(set(), among={pack(0).name})  # gc deleted the pack since the segment was written
     assert cat.place(oid(2)) is None
+
+
+@contextlib.asynccontextmanager
+async def _after_first_listing(
+    blobs: MemoryBackend, prefix: str, action: Callable[[], Awaitable[object]]
+) -> AsyncIterator[list[int]]:
+    """Run ``action`` right after the first listing of ``prefix`` (another process acting
+    between two listings); yields a list that holds 1 once it ran."""
+    real_list = blobs.list_blobs
+    ran: list[int] = []
+
+    async def racing_list(listed: str = "") -> list[BlobInfo]:
+        out = await real_list(listed)
+        if not ran and listed == prefix:
+            ran.append(1)
+            await action()
+        return out
+
+    blobs.list_blobs = racing_list  # type: ignore[method-assign]
+    try:
+        yield ran
+    finally:
+        blobs.list_blobs = real_list  # type: ignore[method-assign]
 
 
 async def _save(store: PackStore, n: int, stream: str = "s") -> tuple[bytes, bytes]:
@@ -369,19 +394,9 @@ async def test_a_save_committed_during_a_refresh_is_not_dropped_from_merged_segm
     await a.open()
     await b.open()
     await _save_text(a, 0, stream="a")
-    real_list = blobs.list_blobs
-    armed: list[int] = [1]
-
-    async def racing_list(prefix: str = ""):  # type: ignore[no-untyped-def]
-        out = await real_list(prefix)
-        if armed and prefix == PACK_PREFIX:
-            armed.clear()
-            await _save_text(b, 1, stream="b")  # another process saves between the two listings
-        return out
-
-    blobs.list_blobs = racing_list  # type: ignore[method-assign]
-    assert await a.has_objects([bytes(32)]) == set()  # an unknown id: a refresh
-    blobs.list_blobs = real_list  # type: ignore[method-assign]
+    async with _after_first_listing(blobs, PACK_PREFIX, lambda: _save_text(b, 1, stream="b")):
+        # another process saves between the two listings
+        assert await a.has_objects([bytes(32)]) == set()  # an unknown id: a refresh
     await _save_text(a, 2, stream="a")  # 3 segments: merge
     fresh = PackStore(blobs)
     await fresh.open()
@@ -488,20 +503,9 @@ async def test_a_dirty_open_lists_packs_before_segments() -> None:
     await _save_text(b, 0, stream="b")
     await blobs.commit((), [RefUpdate(EPOCH_REF, new_epoch(GC_DIRTY), ANY)])  # a gc failed earlier
     await b._reload()
-    real_list = blobs.list_blobs
-    armed: list[int] = [1]
-
-    async def racing_list(prefix: str = ""):  # type: ignore[no-untyped-def]
-        out = await real_list(prefix)
-        if armed and prefix == INDEX_PREFIX:
-            armed.clear()
-            await _save_text(b, 1, stream="b")
-        return out
-
-    blobs.list_blobs = racing_list  # type: ignore[method-assign]
-    await a.open()
-    blobs.list_blobs = real_list  # type: ignore[method-assign]
-    assert not armed
+    async with _after_first_listing(blobs, INDEX_PREFIX, lambda: _save_text(b, 1, stream="b")) as ran:
+        await a.open()
+    assert ran
     assert a._cat.orphans == []
     assert await a.check_storage() == []
 
