@@ -1,5 +1,6 @@
-"""The local-directory backend (castate's embedded default)."""
+"""The local-directory backend (castate's embedded default): a blob backend on plain files."""
 
-from castate.backends.local.backend import LocalBackend
+from castate.backends.local.backend import LegacyLocalBackend
+from castate.backends.local.blobs import LocalBackend
 
-__all__ = ["LocalBackend"]
+__all__ = ["LegacyLocalBackend", "LocalBackend"]

@@ -85,8 +85,9 @@ def _bounded(groups: list[tuple[str, list[tuple[bytes, bytes]]]]) -> list[tuple[
     return out
 
 
-class LocalBackend(Backend):
-    """A castate store in a local directory (created on first open when missing or empty)."""
+class LegacyLocalBackend(Backend):
+    """A format-1 local store (packs and loose objects of its own): read by ``castate upgrade``, which
+    moves its objects into the format-2 blob store (``castate.backends.local.LocalBackend``)."""
 
     packs_objects = True
 
@@ -245,6 +246,9 @@ class LocalBackend(Backend):
             )
 
     async def close(self) -> None:
+        self.close_sync()
+
+    def close_sync(self) -> None:
         with self._mutex:
             self._seal()
             for p in self._packs.values():

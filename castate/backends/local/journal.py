@@ -14,9 +14,10 @@ import os
 import struct
 import time
 import zlib
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 import blake3
 
@@ -36,6 +37,9 @@ MAX_RECORD = 64 << 20
 SNAPSHOT_NAME = "refs.snapshot"
 SNAPSHOT_MIN_TAIL = 64 << 10  # journal bytes after the snapshot before a writer rewrites it
 REPAIR_HINT = " (run `castate fsck --repair-refs` to rebuild it from its intact records)"
+
+T = TypeVar("T")
+Change = tuple[str, bytes | None, bytes | None]  # (name, old value, new value); None: absent
 
 _REC_HEAD = struct.Struct("<4sI")
 _PAYLOAD_HEAD = struct.Struct("<BQQH")
@@ -413,6 +417,19 @@ class RefJournal:
             if self.refresh():
                 self._rewrite(self.records)  # a crashed writer left a torn record: drop it
             self._append(plan_ref_updates(self.refs, updates), message)
+
+    def apply(self, plan: Callable[[dict[str, bytes]], tuple[list[Change], T]], message: str) -> T:
+        """Append the changes ``plan`` makes from the current refs, as one record (takes the lock).
+
+        ``plan`` runs under the lock with the refs replayed to the end, so what it checks stays
+        true until its changes are appended; it may write other files first (the local blob
+        store appends blobs to a volume there), and raises to append nothing."""
+        with self.lock.hold(exclusive=True):
+            if self.refresh():
+                self._rewrite(self.records)
+            changes, result = plan(self.refs)
+            self._append(changes, message)
+            return result
 
     def _append(self, changes: list[tuple[str, bytes | None, bytes | None]], message: str) -> None:
         """Append one record (the caller holds the lock and has refreshed)."""

@@ -1,0 +1,218 @@
+"""Volume files: the local store's blobs, each appended as one framed record to a numbered file.
+
+A record carries its blob's name, length and blake3, so damage is found and named without
+the journal, and a lost journal could be rebuilt from the volumes. The journal holds each
+live blob's *place* (volume, offset, length, write time). Volumes are append-only: a record
+never moves while it is live; gc copies the live records of a mostly-dead volume into a new
+volume and then removes the old file. docs/format.md §3.4 has the bytes.
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import blake3
+
+from castate.backends.local import crashpoints, osio
+from castate.backends.local.files import FILE_MODE, fsync_dir, naming, open_regular, write_all
+from castate.errors import CorruptFileError
+
+MAGIC = b"CASTVOL\x00"
+VERSION = 1
+HEADER = MAGIC + bytes((VERSION,)) + bytes(7)
+REC_MAGIC = b"CBLB"
+_REC = struct.Struct("<4sHQ32s")  # magic, name length, data length, blake3 of the data
+_PLACE = struct.Struct("<IQQQ4x")  # volume, record offset, data length, write time (ns)
+PLACE_SIZE = _PLACE.size  # 32: a place fits the journal's value slot
+MAX_BLOB = 1 << 30  # a place claiming more is damage: castate never writes blobs that large
+SUFFIX = ".vol"
+
+
+@dataclass(frozen=True, slots=True)
+class Place:
+    """Where a blob's record starts, and the blob's length and write time."""
+
+    volume: int
+    offset: int
+    size: int
+    time_ns: int
+
+    def pack(self) -> bytes:
+        return _PLACE.pack(self.volume, self.offset, self.size, self.time_ns)
+
+    @classmethod
+    def unpack(cls, raw: bytes) -> Place:
+        return cls(*_PLACE.unpack(raw))
+
+
+def volume_name(number: int) -> str:
+    return f"{number:08d}{SUFFIX}"
+
+
+def volume_number(filename: str) -> int | None:
+    stem = filename[: -len(SUFFIX)]
+    if not filename.endswith(SUFFIX) or len(stem) != 8 or not stem.isdigit():
+        return None
+    return int(stem)
+
+
+def encode_record(name: str, data: bytes) -> bytes:
+    raw = name.encode("ascii")
+    return _REC.pack(REC_MAGIC, len(raw), len(data), blake3.blake3(data).digest()) + raw + data
+
+
+class Volumes:
+    """The volume files of one store: cached read descriptors, and appends under the caller's lock."""
+
+    def __init__(self, directory: Path, durable: bool, max_size: int) -> None:
+        self.dir = directory
+        self.durable = durable
+        self.max_size = max_size
+        self._fds: dict[int, int] = {}
+
+    def path(self, number: int) -> Path:
+        return self.dir / volume_name(number)
+
+    def numbers(self) -> list[int]:
+        """The volumes on disk, in order."""
+        found = (volume_number(e.name) for e in os.scandir(self.dir))
+        return sorted(n for n in found if n is not None)
+
+    def close(self) -> None:
+        for fd in self._fds.values():
+            os.close(fd)
+        self._fds.clear()
+
+    def forget(self, number: int) -> None:
+        """Drop the cached descriptor of a volume gc removed (or that may have been replaced)."""
+        fd = self._fds.pop(number, None)
+        if fd is not None:
+            os.close(fd)
+
+    def _fd(self, number: int) -> int:
+        fd = self._fds.get(number)
+        if fd is None:
+            fd = open_regular(self.path(number))  # FileNotFoundError when gc removed it
+            self._fds[number] = fd
+        return fd
+
+    # -- reading ----------------------------------------------------------------------------
+
+    def read(self, name: str, place: Place, *, verify: bool = False) -> bytes:
+        """The blob's bytes, after checking that its record frames this name and length (and,
+        with ``verify``, its blake3). CorruptFileError names the volume and the blob."""
+        raw = name.encode("ascii")
+        head = _REC.size + len(raw)
+        if place.size > MAX_BLOB or place.offset < len(HEADER):
+            raise self._damage(name, place, f"its place claims {place.size} bytes at offset {place.offset}")
+        buf = self._pread(place.volume, head + place.size, place.offset)
+        if len(buf) < head + place.size:
+            raise self._damage(name, place, "the volume ends inside its record")
+        magic, nlen, size, digest = _REC.unpack_from(buf, 0)
+        if magic != REC_MAGIC or nlen != len(raw) or size != place.size or buf[_REC.size : head] != raw:
+            raise self._damage(name, place, "the record there frames another blob")
+        data = buf[head:]
+        if verify and blake3.blake3(data).digest() != digest:
+            raise self._damage(name, place, "its bytes fail their blake3 check")
+        return data
+
+    def read_range(self, name: str, place: Place, offset: int, length: int) -> bytes:
+        """Bytes ``offset`` to ``offset + length`` of the blob (fewer at its end); the record's frame is checked."""
+        raw = name.encode("ascii")
+        head = _REC.size + len(raw)
+        frame = self._pread(place.volume, head, place.offset)
+        if len(frame) < head:
+            raise self._damage(name, place, "the volume ends inside its record")
+        magic, nlen, size, _ = _REC.unpack_from(frame, 0)
+        if magic != REC_MAGIC or nlen != len(raw) or size != place.size or frame[_REC.size :] != raw:
+            raise self._damage(name, place, "the record there frames another blob")
+        start = min(offset, place.size)
+        stop = min(place.size, offset + length)
+        return self._pread(place.volume, stop - start, place.offset + head + start)
+
+    def _pread(self, number: int, size: int, offset: int) -> bytes:
+        fd = self._fd(number)
+        parts = []
+        while size > 0:
+            chunk = os.pread(fd, min(size, 1 << 26), offset)
+            if not chunk:
+                break
+            parts.append(chunk)
+            size -= len(chunk)
+            offset += len(chunk)
+        return b"".join(parts)
+
+    def _damage(self, name: str, place: Place, why: str) -> CorruptFileError:
+        return CorruptFileError(str(self.path(place.volume)), f"blob {name} at offset {place.offset}: {why}")
+
+    # -- writing (the caller holds the journal lock: one appender at a time) -----------------
+
+    def append(self, items: Sequence[tuple[str, bytes]], time_ns: int, *, fresh: bool = False) -> list[Place]:
+        """Append the blobs to the newest volume (a new one past ``max_size``, or with ``fresh``)
+        and make them durable; their places, in order."""
+        numbers = self.numbers()
+        number = numbers[-1] if numbers else 0
+        if not numbers or fresh or os.stat(self.path(number)).st_size >= self.max_size:
+            number = self._create(number + 1)
+        path = self.path(number)
+        with naming(path):
+            fd = osio.open_fd(path, os.O_WRONLY | os.O_APPEND | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+            try:
+                offset = os.fstat(fd).st_size  # after any torn record a crashed writer left
+                places = []
+                records = []
+                for name, data in items:
+                    places.append(Place(number, offset, len(data), time_ns))
+                    records.append(encode_record(name, data))
+                    offset += len(records[-1])
+                data = b"".join(records)
+                crashpoints.tear("volume-mid-record", fd, data)
+                write_all(fd, data)
+                crashpoints.reach("volume-before-sync")
+                if self.durable:
+                    osio.fdatasync(fd)
+            finally:
+                os.close(fd)
+        crashpoints.reach("volume-after-sync")
+        return places
+
+    def _create(self, number: int) -> int:
+        """A new, empty volume numbered at least ``number`` (created exclusively, header durable)."""
+        while True:
+            path = self.path(number)
+            try:
+                fd = osio.open_fd(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, FILE_MODE)
+            except FileExistsError:
+                number += 1
+                continue
+            try:
+                write_all(fd, HEADER)
+                if self.durable:
+                    osio.fdatasync(fd)
+            finally:
+                os.close(fd)
+            if self.durable:
+                fsync_dir(self.dir)
+            return number
+
+    def remove(self, numbers: Sequence[int]) -> None:
+        """Unlink volumes that hold no live blob (gc, after the journal moved every place away)."""
+        for number in numbers:
+            self.forget(number)
+            crashpoints.reach("gc-before-unlink")
+            try:
+                osio.unlink(self.path(number))
+            except FileNotFoundError:
+                pass
+        if numbers and self.durable:
+            fsync_dir(self.dir)
+
+    def size(self, number: int) -> int:
+        try:
+            return os.stat(self.path(number)).st_size
+        except FileNotFoundError:
+            return 0
