@@ -1,9 +1,9 @@
 """A writer for crash tests: saves and checkpoints deterministic states until it is killed.
 
-``python -m tests.crash_writer STORE MODE STEPS_JSON [MAX_SAVES]`` where MODE is ``packed``,
-``loose``, ``gc`` (packed, plus a gc with no grace and no reflog every few saves),
-``snapshot`` (packed, with refs.snapshot rewritten every ~512 bytes of journal and the pack
-index every few saves), ``sqlite`` or ``sqlite-gc`` (format-2 packs in ``STORE/store.db``) and
+``python -m tests.crash_writer STORE MODE STEPS_JSON [MAX_SAVES]`` where MODE is ``local``,
+``rotate`` (a new volume every 16 KiB), ``gc`` (local, plus a gc with no grace and no reflog
+every few saves), ``snapshot`` (local, with refs.snapshot rewritten every ~512 bytes of
+journal), ``sqlite`` or ``sqlite-gc`` (packs in ``STORE/store.db``) and
 STEPS_JSON maps each session to the step it continues from; with MAX_SAVES it exits after
 that many saves (a crash point that was never reached). It writes a ledger line to stdout, flushed,
 before and after every call, so the test knows what was in flight when the process died
@@ -50,15 +50,15 @@ def state_at(session: str, step: int) -> dict[str, Any]:
 
 
 def manager(path: str, mode: str) -> castate.StateManager:
-    if mode.startswith("sqlite"):  # format 2: packs in an SQLite file inside the directory
+    if mode.startswith("sqlite"):  # packs in an SQLite file inside the directory
         os.makedirs(path, exist_ok=True)
         return castate.StateManager(f"sqlite:///{os.path.join(path, 'store.db')}")
-    if mode == "snapshot":  # packed, with the caches (refs.snapshot, packs/*.idx) rewritten often
-        from castate.backends.local import journal, packidx
+    if mode == "snapshot":  # refs.snapshot rewritten every ~512 bytes of journal
+        from castate.backends.local import journal
 
         journal.SNAPSHOT_MIN_TAIL = 512
-        packidx.MIN_NEW = 8
-    backend = castate.LocalBackend(path, loose=mode == "loose", pack_index=mode == "snapshot")
+    # "rotate": a new volume every few saves, so kills land while one is created
+    backend = castate.LocalBackend(path, volume_size=16 << 10 if mode == "rotate" else 64 << 20)
     return castate.StateManager(castate.Repository(backend))
 
 

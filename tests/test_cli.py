@@ -355,6 +355,43 @@ def test_upgrade_moves_a_format_1_sqlite_store_into_packs(tmp_path: Path) -> Non
     asyncio.run(read())
 
 
+def test_upgrade_moves_a_format_1_local_store_into_volumes(tmp_path: Path) -> None:
+    """The fixture was made by castate at 5e76cb1 (the local store's own format 1: packs/*.pack and
+    a loose object): refused with the command to run, upgraded, then read back whole."""
+    fixtures = Path(__file__).parent / "fixtures" / "v1"
+    store = tmp_path / "store"
+    shutil.copytree(fixtures / "local-store", store)
+    expected = json.loads((fixtures / "store-local-expected.json").read_text())
+    assert "upgrade`" in run("sessions", store=store, code=3)
+    report = json.loads(run("upgrade", "--json", store=store))
+    assert report["legacy"] == expected["objects"]
+    assert report["damaged"] == []
+    assert not (store / "packs").exists() and not (store / "objects").exists()
+    assert json.loads((store / "castate.json").read_text())["version"] == 2
+    assert "nothing to upgrade" in run("upgrade", store=store)
+
+    def plain(value: Any) -> Any:
+        if isinstance(value, dict):
+            if set(value) == {"__bytes__"}:
+                return bytes.fromhex(value["__bytes__"])
+            return {k: plain(v) for k, v in value.items()}
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value
+
+    async def read() -> None:
+        async with castate.StateManager(str(store)) as sm:
+            for session, state in expected["sessions"].items():
+                assert await sm.load_session(session) == plain(state)
+            for cp in expected["checkpoints"].values():
+                assert await sm.restore_checkpoint(cp["id"]) == plain(cp["state"])
+            loose = bytes.fromhex(expected["loose_id"])
+            assert loose in await sm.repository.backend.has_objects([loose])
+
+    asyncio.run(read())
+    assert "No damage found." in run("fsck", store=store)
+
+
 def test_show_and_diff_render_typed_values(store: Path) -> None:
     """Typed values on the command line: one readable line in a diff, tagged JSON objects in
     --json, --patch and show; a user type (never registered in the CLI) as a tagged dict."""

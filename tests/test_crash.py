@@ -4,7 +4,7 @@ Two kinds of trials, each running ``tests/crash_writer.py`` in a subprocess:
 
 - random: the test kills the writer at a random moment of its save/checkpoint loop;
 - chosen: the writer kills itself at a named point of the local backend's write path
-  (``castate/backends/local/crashpoints.py``), e.g. between a pack write and its fsync.
+  (``castate/backends/local/crashpoints.py``), e.g. between a volume write and its fsync.
 
 After every kill: the store opens; a full fsck finds no damage (unreferenced garbage is
 allowed); every checkpoint whose create call returned, and every checkpoint that exists,
@@ -42,24 +42,23 @@ STORE_TRIALS = 25  # trials per store before starting a fresh one (keeps each fs
 MAX_DELAY = 0.3  # seconds after "start" within which a random kill lands
 
 # (point, writer mode, whether the check after the kill saves, how many passes it may skip):
-# in packed mode the only whole-file rename is the journal rewrite that drops a torn record,
-# so the kill in the middle of a journal record is checked read-only and the next writer
-# does that rewrite (once: it takes no skip), as a writer creates its pack once.
+# in the plain mode the only whole-file rename after creation is the journal rewrite that
+# drops a torn record, so the kill in the middle of a journal record is checked read-only and
+# the next writer does that rewrite (once: it takes no skip), as a writer creates the first
+# volume once.
 POINT_PLAN = [
-    ("pack-created", "packed", True, 0),
-    ("pack-mid-record", "packed", True, 3),
-    ("pack-before-sync", "packed", True, 3),
-    ("pack-after-sync", "packed", True, 3),
-    ("journal-mid-record", "packed", False, 3),
-    ("file-before-rename", "packed", True, 0),
-    ("journal-before-sync", "packed", True, 3),
-    ("journal-after-sync", "packed", True, 3),
-    ("file-before-rename", "loose", True, 3),
+    ("volume-created", "local", True, 0),
+    ("volume-mid-record", "local", True, 3),
+    ("volume-before-sync", "local", True, 3),
+    ("volume-after-sync", "local", True, 3),
+    ("journal-mid-record", "local", False, 3),
+    ("file-before-rename", "local", True, 0),
+    ("journal-before-sync", "local", True, 3),
+    ("journal-after-sync", "local", True, 3),
+    ("volume-created", "rotate", True, 3),
     ("gc-before-unlink", "gc", True, 3),
-    ("gc-before-marker", "gc", True, 3),
     ("file-before-rename", "gc", True, 3),
     ("snapshot-before-rename", "snapshot", True, 3),
-    ("index-before-rename", "snapshot", True, 3),
     ("journal-after-sync", "snapshot", True, 3),
 ]
 MAX_SAVES = 60  # a writer that reaches no crash point in this many saves exits
@@ -122,7 +121,7 @@ def run_writer(path: Path, mode: str, ledger: Ledger, *, delay: float | None, en
     return proc.returncode
 
 
-async def verify(path: Path, ledger: Ledger, outcomes: Counter[str], write: bool = True, store: str = "packed") -> None:
+async def verify(path: Path, ledger: Ledger, outcomes: Counter[str], write: bool = True, store: str = "local") -> None:
     """Check the store after a kill, then (with ``write``) save once more; move the ledger on."""
     sm = manager(str(path), store)
     try:
@@ -175,7 +174,7 @@ async def test_random_kills_lose_nothing_promised(tmp_path: Path) -> None:
     for trial in range(TRIALS):
         if trial and trial % STORE_TRIALS == 0:
             path, ledger = tmp_path / f"store-{trial}", Ledger()
-        mode = rng.choice(["packed", "packed", "loose", "gc", "snapshot"])
+        mode = rng.choice(["local", "local", "rotate", "gc", "snapshot"])
         code = run_writer(path, mode, ledger, delay=rng.uniform(0, MAX_DELAY), env={})
         assert code == -signal.SIGKILL, f"writer exited with {code} before it was killed"
         outcomes[f"killed during {ledger.last or 'start'}"] += 1

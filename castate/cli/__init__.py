@@ -381,7 +381,7 @@ async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
 async def _run_upgrade(path: str, args: argparse.Namespace, out: Output) -> int:
     backend = _backend(path, create=False)
     if not isinstance(backend, BlobBackend):
-        out.line(f"{path}: a local directory store keeps its own format (format 1); nothing to upgrade.")
+        out.line(f"{path}: an in-process store has no older format; nothing to upgrade.")
         return c.EXIT_OK
     report = await upgrade_store(backend)
     if args.json:

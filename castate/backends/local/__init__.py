@@ -1,6 +1,5 @@
 """The local-directory backend (castate's embedded default): a blob backend on plain files."""
 
-from castate.backends.local.backend import LegacyLocalBackend
 from castate.backends.local.blobs import LocalBackend
 
-__all__ = ["LegacyLocalBackend", "LocalBackend"]
+__all__ = ["LocalBackend"]

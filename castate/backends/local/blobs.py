@@ -42,6 +42,7 @@ from castate.backends.base import (
 from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.backends.local.files import atomic_write, exposed, make_dirs, store_dir
 from castate.backends.local.journal import Change, RefJournal
+from castate.backends.local.legacy import FormatOneObjects
 from castate.backends.local.locks import FileLock
 from castate.backends.local.volumes import MAX_BLOB, Place, Volumes
 from castate.errors import (
@@ -91,7 +92,7 @@ class LocalBackend(BlobBackend):
         self._shared_held: contextvars.ContextVar[bool] = contextvars.ContextVar(
             f"castate-local-gc-shared-{id(self)}", default=False
         )
-        self._legacy: Any = None  # a format-1 store's objects, until `castate upgrade` moves them
+        self._legacy: FormatOneObjects | None = None  # a format-1 store's objects, until `castate upgrade` moves them
         self._opened = False
         self.store_id = ""
 
@@ -129,10 +130,8 @@ class LocalBackend(BlobBackend):
             self._gc_lock = self._new_gc_lock()
             self._journal.refresh()
             if version == 1:
-                from castate.backends.local.backend import LegacyLocalBackend
-
-                self._legacy = LegacyLocalBackend(self.root, durability="durable", create=False)
-                self._legacy.open_sync()
+                self._legacy = FormatOneObjects(self.root)
+                self._legacy.scan()
             self._opened = True
 
     def _new_journal(self) -> RefJournal:
@@ -179,8 +178,7 @@ class LocalBackend(BlobBackend):
         if not (root / "refs.journal").exists():
             raise CorruptFileError(
                 str(root / "refs.journal"),
-                "the ref journal (every ref, the reflog and where each blob lies) is missing: restore it "
-                "from a backup",
+                "the ref journal (every ref, the reflog and where each blob lies) is missing: restore it from a backup",
             )
         return int(version)
 
@@ -215,7 +213,7 @@ class LocalBackend(BlobBackend):
                 if lock is not None:
                     lock.close()
             if self._legacy is not None:
-                await self._legacy.close()
+                self._legacy.close()
                 self._legacy = None
             self._opened = False
 
@@ -570,35 +568,33 @@ class LocalBackend(BlobBackend):
     # -- format-1 stores ----------------------------------------------------------------------
 
     async def legacy_objects(self) -> int:
-        if self._legacy is None:
-            return 0
-        return int((await self._legacy.stats())["objects"])
+        return 0 if self._legacy is None else len(self._legacy.ids())
 
     async def iter_legacy_frames(self, batch: int = 1000) -> AsyncIterator[list[tuple[bytes, bytes]]]:
-        if self._legacy is None:
+        legacy = self._legacy
+        if legacy is None:
             return
-        ids = [info.oid async for info in self._legacy.iter_objects()]
+        ids = legacy.ids()
         for start in range(0, len(ids), batch):
             part = ids[start : start + batch]
-            frames = await self._legacy.get_objects(part)
-            yield [(oid, frames[oid]) for oid in part if oid in frames]
+            frames = await self._run(legacy.frames, part)
+            yield [(oid, frames[oid]) for oid in part]
 
     async def drop_legacy(self) -> None:
         if self._legacy is not None:
             await self._run(self._drop_legacy)
 
     def _drop_legacy(self) -> None:
-        """Remove the format-1 packs and loose objects, then mark the store format 2."""
-        import shutil
-
+        """Remove the format-1 packs and loose objects (every one is in a durable pack now), then
+        mark the store format 2."""
         with self._mutex:
-            self._legacy.close_sync()
+            assert self._legacy is not None
+            self._legacy.drop()
             self._legacy = None
-            for d in ("packs", "objects"):
-                shutil.rmtree(self.root / d, ignore_errors=True)
-            meta = orjson.loads((self.root / CONFIG).read_bytes())
+            config = self.root / CONFIG
+            meta = orjson.loads(config.read_bytes())
             meta["version"] = STORE_VERSION
-            atomic_write(self.root / CONFIG, orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n", durable=True)
+            atomic_write(config, orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n", durable=True)
 
 
 def _check_blobs(items: Sequence[tuple[str, bytes]]) -> None:

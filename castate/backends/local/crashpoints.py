@@ -13,21 +13,16 @@ import os
 import signal
 
 POINTS = {
-    "pack-created": "a new pack file exists, its header not yet written",
-    "pack-mid-record": "half of a save's pack record written",
-    "pack-before-sync": "a save's pack record written, not yet fdatasync'ed",
-    "pack-after-sync": "a save's objects durable, the ref journal not yet touched",
+    "volume-created": "a new volume file exists, its header not yet written",
     "volume-mid-record": "half of a save's blob records written to a volume",
     "volume-before-sync": "a save's blob records written to a volume, not yet fdatasync'ed",
     "volume-after-sync": "a save's blobs durable in a volume, the ref journal not yet touched",
     "journal-mid-record": "half of a ref journal record written",
     "journal-before-sync": "a ref journal record written, not yet fdatasync'ed",
     "journal-after-sync": "the ref moved and durable, the call not yet returned",
-    "file-before-rename": "a whole-file write (loose object, rewritten journal, config) before its rename",
-    "snapshot-before-rename": "a new refs.snapshot (cache of the replayed refs) written, not yet renamed into place",
-    "index-before-rename": "a new packs/<name>.idx (cache of a pack's scan) written, not yet renamed into place",
-    "gc-before-unlink": "gc copied a pack's survivors to a new pack, the old pack not yet removed",
-    "gc-before-marker": "gc about to delete objects, locks/gc.generation not yet replaced",
+    "file-before-rename": "a whole-file write (rewritten journal, config) before its rename",
+    "snapshot-before-rename": "a new refs.snapshot (cache of the replayed journal) written, not yet renamed into place",
+    "gc-before-unlink": "gc moved the live blobs out of a volume (or none were left), the volume not yet removed",
 }
 
 _point = os.environ.get("CASTATE_CRASH_POINT") or None

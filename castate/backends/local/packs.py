@@ -1,13 +1,11 @@
-"""Pack files: many objects per file, compressed together, appended one record per save.
+"""Format-1 pack files (read by ``castate upgrade``): many objects per file, compressed together.
 
-A pack is written by one writer (one open backend) and read by everyone. Each save
-appends one *record*: a table of the objects it holds (id, offset, length) and their
-frames, zstd-compressed as the continuation of a *chain*: one zstd stream that spans
-successive records of one stream (session), so a save compresses against the saves
-before it. Chains are cut after ``CHAIN_MAX_RAW`` bytes, so reading one object never
-decompresses more than that. Records are framed by magic, lengths and CRCs; a record
-torn by a crash is ignored, and a pack whose append failed is never appended to again.
-See docs/format.md for the bytes.
+Format 1's local store wrote them; format 2 keeps objects in the repository's packs. Each
+save appended one *record*: a table of the objects it holds (id, offset, length) and their
+frames, zstd-compressed as the continuation of a *chain* (one zstd stream over successive
+records of one session). Records are framed by magic, lengths and CRCs; a torn last
+record is ignored. This module reads them with bounds against hostile records (sizes are
+checked before anything is decompressed). See docs/format.md §3.4 for the bytes.
 """
 
 from __future__ import annotations
@@ -108,7 +106,7 @@ def unpack_loc(loc: bytes) -> tuple[int, int, int]:
     return _LOC.unpack(loc)  # type: ignore[return-value]
 
 
-# -- writing -------------------------------------------------------------------------------
+# -- the bytes a format-1 writer appended (tests build old and hostile packs with it) -------
 
 
 def encode_record(items: Sequence[tuple[bytes, bytes]], comp: bytes, raw_len: int, prev: int, time_ns: int) -> bytes:
@@ -129,39 +127,6 @@ def encode_record(items: Sequence[tuple[bytes, bytes]], comp: bytes, raw_len: in
             _U32.pack(zlib.crc32(comp)),
         )
     )
-
-
-class Chain:
-    """The compressor state of one open chain in the writer's current pack."""
-
-    def __init__(self) -> None:
-        self.cobj = zstandard.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=False).compressobj()
-        self.last = 0  # offset of the chain's latest record; 0 before the first
-        self.raw = 0
-
-    def compress(self, raw: bytes) -> bytes:
-        return self.cobj.compress(raw) + self.cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
-
-
-class ChainSet:
-    """Open chains of one writer, by stream, least recently used dropped first."""
-
-    def __init__(self, max_streams: int = 16) -> None:
-        self.max_streams = max_streams
-        self._chains: OrderedDict[str, Chain] = OrderedDict()
-
-    def get(self, stream: str, incoming: int) -> Chain:
-        chain = self._chains.get(stream)
-        if chain is None or chain.raw + incoming > CHAIN_MAX_RAW:
-            chain = Chain()
-            self._chains[stream] = chain
-        self._chains.move_to_end(stream)
-        while len(self._chains) > self.max_streams:
-            self._chains.popitem(last=False)
-        return chain
-
-    def clear(self) -> None:
-        self._chains.clear()
 
 
 # -- reading ---------------------------------------------------------------------------------

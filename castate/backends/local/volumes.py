@@ -9,6 +9,7 @@ volume and then removes the old file. docs/format.md §3.4 has the bytes.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import struct
 from collections.abc import Sequence
@@ -19,7 +20,7 @@ import blake3
 
 from castate.backends.local import crashpoints, osio
 from castate.backends.local.files import FILE_MODE, fsync_dir, naming, open_regular, write_all
-from castate.errors import CorruptFileError
+from castate.errors import CorruptFileError, UnsupportedFormatError
 
 MAGIC = b"CASTVOL\x00"
 VERSION = 1
@@ -96,7 +97,15 @@ class Volumes:
     def _fd(self, number: int) -> int:
         fd = self._fds.get(number)
         if fd is None:
-            fd = open_regular(self.path(number))  # FileNotFoundError when gc removed it
+            path = self.path(number)
+            fd = open_regular(path)  # FileNotFoundError when gc removed it
+            head = os.pread(fd, len(HEADER), 0)
+            if head[:8] != MAGIC or len(head) < len(HEADER):
+                os.close(fd)
+                raise CorruptFileError(str(path), "not a castate volume (bad header)")
+            if head[8] > VERSION:
+                os.close(fd)
+                raise UnsupportedFormatError(f"{path} has volume version {head[8]}; this castate reads {VERSION}")
             self._fds[number] = fd
         return fd
 
@@ -156,7 +165,10 @@ class Volumes:
         and make them durable; their places, in order."""
         numbers = self.numbers()
         number = numbers[-1] if numbers else 0
-        if not numbers or fresh or os.stat(self.path(number)).st_size >= self.max_size:
+        size = os.stat(self.path(number)).st_size if numbers else 0
+        # A volume shorter than its header lost its creator before it was written: never append
+        # there (gc removes it once a newer volume exists).
+        if not numbers or fresh or size >= self.max_size or size < len(HEADER):
             number = self._create(number + 1)
         path = self.path(number)
         with naming(path):
@@ -190,6 +202,7 @@ class Volumes:
                 number += 1
                 continue
             try:
+                crashpoints.reach("volume-created")
                 write_all(fd, HEADER)
                 if self.durable:
                     osio.fdatasync(fd)
@@ -204,10 +217,8 @@ class Volumes:
         for number in numbers:
             self.forget(number)
             crashpoints.reach("gc-before-unlink")
-            try:
+            with contextlib.suppress(FileNotFoundError):
                 osio.unlink(self.path(number))
-            except FileNotFoundError:
-                pass
         if numbers and self.durable:
             fsync_dir(self.dir)
 
