@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -38,6 +39,16 @@ def tree(root: Path) -> set[Path]:
     return {p.relative_to(root) for p in root.rglob("*")}
 
 
+STORE_FILES = {"castate.json", "volumes", "locks", "refs.journal", "refs.snapshot"}
+
+
+def assert_store_layout(store: Path) -> None:
+    """Only the store's own files: a session name never becomes a file or directory name."""
+    assert {p.parts[0] for p in tree(store)} <= STORE_FILES
+    assert all(re.fullmatch(r"\d{8}\.vol", p.name) for p in (store / "volumes").iterdir())
+    assert {p.name for p in (store / "locks").iterdir()} <= {"refs.lock", "gc.lock", "gc.turnstile"}
+
+
 @pytest.mark.parametrize("name", ODD_NAMES)
 async def test_odd_names_work_inside_the_store(tmp_path: Path, name: str) -> None:
     store = tmp_path / "store"
@@ -61,7 +72,7 @@ async def test_odd_names_work_inside_the_store(tmp_path: Path, name: str) -> Non
         await sm.close()
     assert tree(tmp_path) - {Path("outside")} <= {Path("store")} | {Path("store") / p for p in tree(store)}
     assert not any(outside.iterdir())
-    assert {p.parts[0] for p in tree(store)} <= {"castate.json", "packs", "objects", "locks", "refs.journal"}
+    assert_store_layout(store)
 
 
 @pytest.mark.parametrize("name", ["", "x" * 10_000, "bad \udc80 surrogate", 7, None, b"bytes"])
@@ -232,7 +243,7 @@ async def test_session_ids_from_every_odd_character_class_stay_distinct_and_insi
             await sm.save_session("\U0001f600" * 256 + "x", {})
         assert (await sm.fsck(full=True)).ok
     assert {p.name for p in tmp_path.iterdir()} == {"store"}
-    assert {p.parts[0] for p in tree(store)} <= {"castate.json", "packs", "objects", "locks", "refs.journal"}
+    assert_store_layout(store)
 
 
 def run_big_case(case: str, tmp_path: Path) -> dict[str, Any]:

@@ -3,6 +3,7 @@ endpoint returns, and what the app refuses (foreign hosts, writes without the fl
 
 from __future__ import annotations
 
+import asyncio
 import subprocess
 import sys
 import tomllib
@@ -10,6 +11,7 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from fnmatch import fnmatch
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -415,6 +417,16 @@ async def test_long_histories_are_measured_in_the_background(
     expected = await Explorer(sm).timeline("run")  # short enough to measure within the request
     monkeypatch.setattr(explorer_module, "INLINE_GROWTH", 4)
     ex = Explorer(sm)
+    # The background measure waits for the gate, so the documents in between are read while
+    # it is surely unfinished (the store's reads hop to threads, letting the task run).
+    gate = asyncio.Event()
+    measure = ex.growth.history
+
+    async def gated(chain: Any) -> Any:
+        await gate.wait()
+        return await measure(chain)
+
+    monkeypatch.setattr(ex.growth, "history", gated)
     first = await ex.sessions()
     assert first["growth_pending"] is True
     assert first["sessions"][0]["saves"] == 12
@@ -422,6 +434,7 @@ async def test_long_histories_are_measured_in_the_background(
     pending = await ex.timeline("run")
     assert pending["growth_pending"] is True
     assert all(p["new_bytes"] is None for p in pending["points"])
+    gate.set()
     await ex.settle()
     done = await ex.timeline("run")
     assert done["growth_pending"] is False
@@ -676,6 +689,10 @@ async def test_a_local_store_has_one_cache_file_however_it_is_named(
     assert absolute is not None
     assert relative is not None
     assert absolute.path == relative.path
+    async with castate.StateManager(f"sqlite:///{tmp_path / 'db.sqlite'}") as sm:
+        database = SizeCache.for_backend(sm.repository.backend, tmp_path / "c")  # an id of its own
+    assert database is not None
+    assert database.path != absolute.path
     async with castate.StateManager(castate.MemoryBackend()) as sm:
         assert SizeCache.for_backend(sm.repository.backend, tmp_path / "c") is None  # no store id: no file
 

@@ -69,12 +69,14 @@ def cache_dir() -> Path | None:
 
 def store_key(backend: Backend) -> bytes | None:
     """What names the store's cache file, or None when the store has no id (a memory store)."""
-    store_id = str(getattr(backend, "store_id", "") or "")
+    # A repository's backend is a pack store; the blob backend under it keeps the id and location.
+    storage = getattr(backend, "blobs", backend)
+    store_id = str(getattr(storage, "store_id", "") or "")
     if not store_id:
         return None
-    root = getattr(backend, "root", None)  # a local store: the same directory however it was named
-    where = str(root.resolve()) if isinstance(root, Path) else str(backend.location)
-    who = "\0".join((type(backend).__name__, store_id, where))
+    root = getattr(storage, "root", None)  # a local store: the same directory however it was named
+    where = str(root.resolve()) if isinstance(root, Path) else str(storage.location)
+    who = "\0".join((type(storage).__name__, store_id, where))
     return blake3(b"castate-ui-growth\0" + who.encode("utf-8", "surrogatepass")).digest()
 
 
