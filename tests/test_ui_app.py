@@ -690,6 +690,7 @@ async def test_a_local_store_has_one_cache_file_however_it_is_named(
     assert relative is not None
     assert absolute.path == relative.path
     async with castate.StateManager(f"sqlite:///{tmp_path / 'db.sqlite'}") as sm:
+        await sm.save_session("a", {"x": 1})
         database = SizeCache.for_backend(sm.repository.backend, tmp_path / "c")  # an id of its own
     assert database is not None
     assert database.path != absolute.path
