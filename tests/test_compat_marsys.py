@@ -25,6 +25,7 @@ import pytest
 from castate import LocalBackend, MemoryBackend
 from castate.compat.marsys import MarsysBytesBackend, MarsysStorageBackend, marsys_json
 from castate.errors import InvalidKeyError, KeyNotFoundError, StoreError, UnsupportedValueError
+from castate.repository.packs import PackStore
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -191,7 +192,8 @@ async def test_checkpoints_share_storage_with_their_session(tmp_path: Path) -> N
     """MARSYS's create_checkpoint saves a near copy of the session: castate stores only the difference."""
     async with MarsysStorageBackend(tmp_path / "store") as fs:
         backend = fs.repository.backend
-        assert isinstance(backend, LocalBackend)
+        assert isinstance(backend, PackStore)
+        assert isinstance(backend.blobs, LocalBackend)  # stats measure the store's directory
         session = marsys_like_session(400)
         size = len(json.dumps(session, indent=2))
         await fs.save("session_s1", session)
