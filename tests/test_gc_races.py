@@ -141,7 +141,7 @@ async def tree_ids(repo: castate.Repository, root: bytes) -> list[bytes]:
 
 
 async def test_fork_and_restore_refuse_a_commit_whose_tree_gc_partly_removed(tmp_path: Path) -> None:
-    async with castate.StateManager(castate.LocalBackend(tmp_path / "state", loose=True)) as sm:
+    async with castate.StateManager(castate.LocalBackend(tmp_path / "state")) as sm:
         old, gone = await partly_collected(sm)
         with pytest.raises(MissingObjectError) as err:
             await sm.fork(old, "revived")
@@ -155,7 +155,7 @@ async def test_fork_and_restore_refuse_a_commit_whose_tree_gc_partly_removed(tmp
 async def test_an_automatic_checkpoint_refuses_a_commit_another_writer_left_partly_collected(
     tmp_path: Path,
 ) -> None:
-    async with castate.StateManager(castate.LocalBackend(tmp_path / "state", loose=True)) as sm:
+    async with castate.StateManager(castate.LocalBackend(tmp_path / "state")) as sm:
         old, _ = await partly_collected(sm)
         checkpointer = AutoCheckpointer(castate.AutoCheckpoint(every_saves=1))
         with pytest.raises(MissingObjectError):
