@@ -12,7 +12,7 @@ import orjson
 import pytest
 
 import castate
-from castate.backends.local import packs
+from castate.backends.local import volumes
 from castate.errors import (
     CastateError,
     CorruptFileError,
@@ -34,8 +34,12 @@ def make_state(step: int) -> dict[str, Any]:
     }
 
 
-async def build_store(path: Path, loose: bool = False) -> tuple[dict[str, Any], str]:
-    sm = castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=loose)))
+def backend(path: Path) -> castate.LocalBackend:
+    return castate.LocalBackend(path, volume_size=16 << 10)  # small volumes: several files to damage
+
+
+async def build_store(path: Path) -> tuple[dict[str, Any], str]:
+    sm = castate.StateManager(castate.Repository(backend(path)))
     for step in range(1, 6):
         await sm.save_session("s", make_state(step))
         cp = await sm.create_checkpoint("s", f"step{step}")
@@ -43,8 +47,8 @@ async def build_store(path: Path, loose: bool = False) -> tuple[dict[str, Any], 
     return make_state(5), cp
 
 
-async def read_back(path: Path, loose: bool, cp: str) -> tuple[Any, Any]:
-    sm = castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=loose)))
+async def read_back(path: Path, cp: str) -> tuple[Any, Any]:
+    sm = castate.StateManager(castate.Repository(backend(path)))
     try:
         return await sm.load_session("s"), await sm.restore_checkpoint(cp)
     finally:
@@ -55,10 +59,9 @@ def store_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.parent.name != "locks")
 
 
-@pytest.mark.parametrize("loose", [False, True], ids=["packed", "loose"])
-async def test_flipped_bytes_never_return_wrong_data(tmp_path: Path, loose: bool) -> None:
+async def test_flipped_bytes_never_return_wrong_data(tmp_path: Path) -> None:
     path = tmp_path / "store"
-    expected, cp = await build_store(path, loose)
+    expected, cp = await build_store(path)
     pristine = {p: p.read_bytes() for p in store_files(path)}
     rng = random.Random(1234)
     outcomes = {"intact": 0, "error": 0}
@@ -69,7 +72,7 @@ async def test_flipped_bytes_never_return_wrong_data(tmp_path: Path, loose: bool
             damaged[pos] ^= 1 << rng.randrange(8)
             file.write_bytes(bytes(damaged))
             try:
-                head, old = await read_back(path, loose, cp)
+                head, old = await read_back(path, cp)
             except CastateError:
                 outcomes["error"] += 1
             else:
@@ -81,45 +84,59 @@ async def test_flipped_bytes_never_return_wrong_data(tmp_path: Path, loose: bool
     assert outcomes["error"] > 0
 
 
+def records(volume: Path) -> list[tuple[int, str, int]]:
+    """(record offset, blob name, data offset) of each blob record in a volume file."""
+    data = volume.read_bytes()
+    out = []
+    pos = data.find(volumes.REC_MAGIC, len(volumes.HEADER))
+    while pos >= 0:
+        nlen = int.from_bytes(data[pos + 4 : pos + 6], "little")
+        size = int.from_bytes(data[pos + 6 : pos + 14], "little")
+        start = pos + 46 + nlen
+        out.append((pos, data[pos + 46 : start].decode(), start))
+        pos = data.find(volumes.REC_MAGIC, start + size)
+    return out
+
+
 async def test_damaged_pack_data_names_the_object(tmp_path: Path) -> None:
     path = tmp_path / "store"
     await build_store(path)
-    (pack,) = (path / "packs").glob("*.pack")
-    scanned = packs.Pack(pack)
-    packs.scan_pack(scanned)
-    scanned.close()
-    rec = scanned.records[sorted(scanned.records)[len(scanned.records) // 2]]
-    data = bytearray(pack.read_bytes())
-    data[rec.comp_start + rec.comp_len // 2] ^= 0xFF  # the compressed objects of a record in the middle
-    pack.write_bytes(bytes(data))
+    volume = sorted((path / "volumes").glob("*.vol"))[0]
+    (_, name, start), *_ = [r for r in records(volume) if r[1].startswith("packs/")]
+    data = bytearray(volume.read_bytes())
+    data[start + 40] ^= 0xFF  # inside the first pack blob's compressed objects
+    volume.write_bytes(bytes(data))
     sm = castate.StateManager(path)
     try:
         with pytest.raises(CastateError) as info:
             await sm.load_session("s")
         assert isinstance(info.value, CorruptObjectError | CorruptFileError)
         assert "corrupt" in str(info.value)
+        report = await sm.fsck(full=True, quarantine=False)
+        assert any(name in line and volume.name in line for line in report.storage), report.storage
     finally:
         await sm.close()
 
 
-async def test_damaged_loose_object_names_the_object(tmp_path: Path) -> None:
+async def test_a_record_that_frames_another_blob_is_refused_naming_volume_and_blob(tmp_path: Path) -> None:
+    """A record's name is checked against the place the journal gives: bytes moved or overwritten
+    in a volume are never returned as another blob."""
     path = tmp_path / "store"
-    await build_store(path, loose=True)
-    repo = castate.Repository(castate.LocalBackend(path, loose=True))
-    head = await repo.head("sessions/s")
-    root = (await repo.read_commit(head)).root.hex()
-    await repo.close()
-    victim = path / "objects" / root[:2] / root[2:]
-    data = bytearray(victim.read_bytes())
-    data[-1] ^= 0x01
-    victim.write_bytes(bytes(data))
-    sm = castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=True)))
+    await build_store(path)
+    volume = sorted((path / "volumes").glob("*.vol"))[0]
+    (pos, name, _), *_ = records(volume)
+    data = bytearray(volume.read_bytes())
+    data[pos + 50] ^= 0x01  # a letter of the blob's name inside its record
+    volume.write_bytes(bytes(data))
+    store = castate.LocalBackend(path)
+    await store.open()
     try:
-        with pytest.raises(CorruptObjectError) as info:
-            await sm.load_session("s")
-        assert info.value.object_id == victim.parent.name + victim.name
+        with pytest.raises(CorruptFileError, match="frames another blob") as info:
+            await store.get_blobs([name])
+        assert info.value.path == str(volume)
+        assert name in str(info.value)
     finally:
-        await sm.close()
+        await store.close()
 
 
 async def test_a_store_from_a_newer_castate_is_refused(tmp_path: Path) -> None:
@@ -152,15 +169,14 @@ async def test_a_missing_ref_journal_is_reported(tmp_path: Path) -> None:
 # -- every file: truncated, emptied, deleted; each pack record's table damaged ----------------------
 
 
-def pack_ids(path: Path) -> dict[str, set[str]]:
-    """The object ids (hex) each pack file holds, read before any damage."""
-    out = {}
-    for pack in (path / "packs").glob("*.pack"):
-        p = packs.Pack(pack)
-        packs.scan_pack(p)
-        out[pack.name] = {oid.hex() for oid in p.entries}
-        p.close()
-    return out
+async def object_ids(path: Path) -> set[str]:
+    """Every object id (hex) the store holds, read before any damage: a volume may hold any of them."""
+    repo = castate.Repository(backend(path))
+    await repo.open()
+    try:
+        return {info.id.hex() async for info in repo.backend.iter_objects()}
+    finally:
+        await repo.close()
 
 
 def damages(file: Path, data: bytes) -> list[tuple[str, bytes | None]]:
@@ -170,14 +186,11 @@ def damages(file: Path, data: bytes) -> list[tuple[str, bytes | None]]:
         ("emptied", b""),
         ("deleted", None),
     ]
-    if file.suffix == ".pack":  # the pack's index: each record's table of ids, offsets and lengths
-        p = packs.Pack(file)
-        packs.scan_pack(p)
-        for rec_off in sorted(p.records):
+    if file.suffix == ".vol":  # each record's frame: its name no longer matches the journal's place
+        for pos, _, _ in records(file):
             damaged = bytearray(data)
-            damaged[rec_off + 8 + 40] ^= 0xFF  # inside the first table entry of the record
-            out.append((f"table of record {rec_off} damaged", bytes(damaged)))
-        p.close()
+            damaged[pos + 47] ^= 0xFF
+            out.append((f"frame of record {pos} damaged", bytes(damaged)))
     return out
 
 
@@ -189,10 +202,10 @@ async def attempt(call: Awaitable[T]) -> T | CastateError:
         return exc
 
 
-async def older_state(path: Path, loose: bool, history: set[bytes]) -> str:
+async def older_state(path: Path, history: set[bytes]) -> str:
     """A journal cut inside a record reads as a writer's torn last record: an older state of
     the store, never one it did not have (docs/reliability.md)."""
-    async with castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=loose))) as sm:
+    async with castate.StateManager(castate.Repository(backend(path))) as sm:
         assert set((await sm.repository.list_refs()).values()) <= history
         for ref in await sm.repository.list_refs():
             await sm.repository.load(ref)  # every ref still loads
@@ -207,33 +220,30 @@ def names_the_damage(exc: CastateError, file: Path, ids_in_file: set[str]) -> bo
     return file.name in str(exc)
 
 
-@pytest.mark.parametrize("loose", [False, True], ids=["packed", "loose"])
-async def test_truncated_emptied_or_deleted_files_are_named_never_misread(tmp_path: Path, loose: bool) -> None:
+async def test_truncated_emptied_or_deleted_files_are_named_never_misread(tmp_path: Path) -> None:
     path = tmp_path / "store"
-    expected, cp = await build_store(path, loose)
-    async with castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=loose))) as sm:
+    expected, cp = await build_store(path)
+    async with castate.StateManager(castate.Repository(backend(path))) as sm:
         history = {e.new for e in await sm.repository.reflog() if e.new}
-    in_pack = pack_ids(path)
+    stored = await object_ids(path)
     pristine = {p: p.read_bytes() for p in store_files(path)}
     outcomes: dict[str, int] = {}
     for file, data in pristine.items():
-        ids = in_pack.get(file.name, set()) or (
-            {file.parent.name + file.name} if file.parent.parent.name == "objects" else set()
-        )
+        ids = stored if file.suffix == ".vol" else set()
         for label, content in damages(file, data):
             if content is None:
                 file.unlink()
             else:
                 file.write_bytes(content)
             try:
-                read = await attempt(read_back(path, loose, cp))
+                read = await attempt(read_back(path, cp))
                 if isinstance(read, NotFoundError):
                     assert file.name == "refs.journal", f"{file.name} {label}: a ref vanished"
-                    outcome = await older_state(path, loose, history)
+                    outcome = await older_state(path, history)
                 elif isinstance(read, CastateError):
                     assert names_the_damage(read, file, ids), f"{file.name} {label}: {read!r} does not name it"
                     outcome = "named error"
-                    sm = castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=loose)))
+                    sm = castate.StateManager(castate.Repository(backend(path)))
                     report = await attempt(sm.fsck(full=True, quarantine=False))
                     await sm.close()
                     if isinstance(report, CastateError):  # a store that cannot open: the same error
@@ -245,7 +255,7 @@ async def test_truncated_emptied_or_deleted_files_are_named_never_misread(tmp_pa
                 else:
                     head, old = read
                     if file.name == "refs.journal" and head != expected:
-                        outcome = await older_state(path, loose, history)
+                        outcome = await older_state(path, history)
                     else:
                         assert head == expected, f"wrong data after {file.name} {label}"
                         assert old == expected
@@ -254,7 +264,7 @@ async def test_truncated_emptied_or_deleted_files_are_named_never_misread(tmp_pa
                 if (path / "quarantine").exists():
                     shutil.rmtree(path / "quarantine")
                 file.write_bytes(data)
-            kind = "loose object" if ids and not file.suffix else file.suffix or file.name
+            kind = file.suffix or file.name
             key = f"{kind}: {label.split(' of ')[0]} -> {outcome}"
             outcomes[key] = outcomes.get(key, 0) + 1
     print("\n" + "\n".join(f"{k}: {v}" for k, v in sorted(outcomes.items())))

@@ -96,12 +96,12 @@ class Seam:
             self._short_pending = False
 
 
-def manager(path: Path, loose: bool) -> castate.StateManager:
-    return castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=loose)))
+def manager(path: Path) -> castate.StateManager:
+    return castate.StateManager(castate.Repository(castate.LocalBackend(path)))
 
 
-async def make_base(path: Path, loose: bool, torn_journal: bool) -> str:
-    async with manager(path, loose) as sm:
+async def make_base(path: Path, torn_journal: bool) -> str:
+    async with manager(path) as sm:
         await sm.save_session("s", state(1))
         cp = await sm.create_checkpoint("s", "one")
         await sm.save_session("other", {"unrelated": True})
@@ -119,10 +119,10 @@ async def save_and_checkpoint(sm: castate.StateManager, step: int, done: list[st
     done.append("checkpoint")
 
 
-async def check_store(path: Path, loose: bool, cp: str, head: dict[str, Any], checkpoints: set[str]) -> None:
+async def check_store(path: Path, cp: str, head: dict[str, Any], checkpoints: set[str]) -> None:
     """In a fresh manager: no damage, the old checkpoint and the other session intact, the
     session at ``head`` with exactly ``checkpoints``."""
-    async with manager(path, loose) as sm:
+    async with manager(path) as sm:
         report = await sm.fsck(full=True, quarantine=False)
         assert report.ok, (report.problems[:2], report.stored_corrupt[:2], report.storage)
         assert await sm.restore_checkpoint(cp) == state(1)
@@ -131,31 +131,25 @@ async def check_store(path: Path, loose: bool, cp: str, head: dict[str, Any], ch
         assert {c.name for c in await sm.list_checkpoints("s")} == checkpoints
 
 
-@pytest.mark.parametrize(
-    ("loose", "torn_journal"),
-    [(False, False), (False, True), (True, False)],
-    ids=["packed", "packed-torn-journal", "loose"],
-)
-async def test_every_fault_at_every_step(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, loose: bool, torn_journal: bool
-) -> None:
+@pytest.mark.parametrize("torn_journal", [False, True], ids=["local", "local-torn-journal"])
+async def test_every_fault_at_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torn_journal: bool) -> None:
     # Commit ids hold the commit time; a fixed clock makes every run write the same objects,
-    # so loose saves make the same calls (mkdir for the same new object directories) each time.
+    # so every run makes the same calls.
     monkeypatch.setattr(time, "time_ns", lambda: 1_800_000_000_000_000_000)
     template = tmp_path / "template"
-    cp = await make_base(template, loose, torn_journal)
+    cp = await make_base(template, torn_journal)
     seam = Seam(monkeypatch)
 
     # Dry run: the calls one save and one checkpoint make.
     dry = tmp_path / "dry"
     shutil.copytree(template, dry)
-    sm = manager(dry, loose)
+    sm = manager(dry)
     await sm.repository.open()
     with seam.failing(None):
         await save_and_checkpoint(sm, 2, [])
     calls = list(seam.calls)
     await sm.close()
-    assert {"write", "fdatasync" if not loose else "fsync", "open_fd"} <= set(calls)
+    assert {"write", "fdatasync", "open_fd"} <= set(calls)
 
     outcomes: dict[str, int] = {}
     for index, name in enumerate(calls):
@@ -163,7 +157,7 @@ async def test_every_fault_at_every_step(
         for kind in FAULTS[name]:
             path = tmp_path / f"run-{index}-{kind}"
             shutil.copytree(template, path)
-            sm = manager(path, loose)
+            sm = manager(path)
             await sm.repository.open()
             done: list[str] = []
             try:
@@ -187,7 +181,6 @@ async def test_every_fault_at_every_step(
                 outcomes[key] = outcomes.get(key, 0) + 1
                 await check_store(
                     path,
-                    loose,
                     cp,
                     state(2) if "save" in done else state(1),
                     {"one", "cp2"} if "checkpoint" in done else {"one"},
@@ -200,7 +193,7 @@ async def test_every_fault_at_every_step(
                 await sm.save_session("s", state(3))
             finally:
                 await sm.close()
-            await check_store(path, loose, cp, state(3), {"one", "cp2"})
+            await check_store(path, cp, state(3), {"one", "cp2"})
     print(f"\n{len(calls)} calls; faults: {dict(sorted(outcomes.items()))}")
     assert any(k.endswith("save failed") for k in outcomes)
 
@@ -226,23 +219,24 @@ async def test_when_the_journal_cannot_be_undone_the_error_says_so_and_saves_go_
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "store"
-    cp = await make_base(path, loose=False, torn_journal=False)
-    sm = manager(path, loose=False)
+    cp = await make_base(path, torn_journal=False)
+    sm = manager(path)
     await sm.repository.open()
     try:
-        await sm.save_session("s", state(2))  # the pack exists: the next save's only fdatasyncs are pack, journal
+        await sm.save_session("s", state(2))  # the volume exists: a save opens it, then the journal
         with monkeypatch.context() as m:
-            # fdatasync #1 (the journal's) fails, and so does the rewrite that would undo the record.
-            fail_calls(m, {"fdatasync": [1], "open_fd": [1]})
+            # fdatasync #1 (the journal's) fails, and so does the rewrite that would undo the
+            # record (open_fd #2: its temporary file).
+            fail_calls(m, {"fdatasync": [1], "open_fd": [2]})
             with pytest.raises(StoreIOError, match="could not be made durable nor undone"):
                 await sm.save_session("s", state(3))
         # The record is whole in the file: the refs show it (not durable, but not torn either).
-        assert await manager(path, loose=False).load_session("s") == state(3)
+        assert await manager(path).load_session("s") == state(3)
         # This manager must not hold on to the head it had before: its next save works.
         await sm.save_session("s", state(4))
     finally:
         await sm.close()
-    async with manager(path, loose=False) as sm2:
+    async with manager(path) as sm2:
         assert await sm2.load_session("s") == state(4)
         assert await sm2.restore_checkpoint(cp) == state(1)
         assert (await sm2.fsck(full=True, quarantine=False)).ok
@@ -254,7 +248,7 @@ async def test_a_record_whose_fdatasync_failed_is_written_again(
     """After a failed fdatasync the kernel may drop the record's pages: the next save must not
     deduplicate against it, or a later acknowledged save could point at data that never reached the disk."""
     path = tmp_path / "store"
-    await make_base(path, loose=False, torn_journal=False)
+    await make_base(path, torn_journal=False)
     repo = castate.Repository(castate.LocalBackend(path))
     await repo.open()
     try:
@@ -262,27 +256,28 @@ async def test_a_record_whose_fdatasync_failed_is_written_again(
             fail_calls(m, {"fdatasync": [0]})
             with pytest.raises(StoreIOError):
                 await repo.save("sessions/s", state(7))
-        assert [i async for i in repo.backend.iter_objects()]  # rescans the packs, this one's too
+        assert [i async for i in repo.backend.iter_objects()]
         result = await repo.save("sessions/s", state(7))
         assert result.objects_written > 1  # the state's objects again, not only the commit
     finally:
         await repo.close()
 
 
-async def test_a_pack_whose_header_cannot_be_written_is_removed(
+async def test_a_volume_whose_header_cannot_be_written_is_removed(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     path = tmp_path / "store"
-    await make_base(path, loose=False, torn_journal=False)
-    before = set((path / "packs").iterdir())
-    sm = manager(path, loose=False)
+    await make_base(path, torn_journal=False)
+    before = set((path / "volumes").iterdir())
+    sm = castate.StateManager(castate.Repository(castate.LocalBackend(path, volume_size=1)))  # a new volume per save
     try:
         with monkeypatch.context() as m:
-            fail_calls(m, {"write": [0]})  # the new pack's header
+            fail_calls(m, {"write": [0]})  # the new volume's header
             with pytest.raises(StoreIOError) as info:
                 await sm.save_session("s", state(2))
-        assert info.value.filename.endswith(".pack")
-        assert set((path / "packs").iterdir()) == before
+        assert info.value.filename.endswith(".vol")
+        assert set((path / "volumes").iterdir()) == before
         await sm.save_session("s", state(2))
+        assert len(set((path / "volumes").iterdir())) == len(before) + 1
     finally:
         await sm.close()

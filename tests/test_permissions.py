@@ -36,17 +36,14 @@ def modes(root: Path) -> dict[str, int]:
 async def test_everything_a_store_creates_is_private(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(journal_mod, "SNAPSHOT_MIN_TAIL", 256)  # so the saves below write refs.snapshot
     path = tmp_path / "store"
-    async with castate.StateManager(castate.Repository(castate.LocalBackend(path, loose=True))) as sm:
-        await sm.save_session("loose", {"secret": "x" * 5000})
-    async with castate.StateManager(castate.Repository(castate.LocalBackend(path, pack_index=True))) as sm:
+    async with castate.StateManager(castate.Repository(castate.LocalBackend(path, volume_size=1 << 10))) as sm:
+        await sm.save_session("other", {"secret": "x" * 5000})
         for step in range(3):
             await sm.save_session("s", {"secret": f"token {step} " * 500})
             await sm.create_checkpoint("s", f"cp{step}")
-        await sm.delete_session("loose")
-        await sm.gc(grace=0, reflog_expire=0)  # rewrites packs, compacts the journal
+        await sm.delete_session("other")
+        await sm.gc(grace=0, reflog_expire=0)  # moves live blobs to a new volume, compacts the journal
         await sm.export_session("s", tmp_path / "s.castate")
-        head = (await sm.resolve("s")).commit
-        await sm.repository.backend.quarantine_objects([head])  # fsck's quarantine
     journal = path / "refs.journal"
     data = bytearray(journal.read_bytes())
     data[HEADER_SIZE + 20] ^= 0xFF
@@ -55,9 +52,9 @@ async def test_everything_a_store_creates_is_private(tmp_path: Path, monkeypatch
     assert (await castate.StateManager(path).repair_refs()).damaged
 
     found = modes(path)
-    assert {"packs", "objects", "locks", "quarantine", "refs.journal", "refs.snapshot", "castate.json"} <= set(found)
+    assert {"volumes", "locks", "quarantine", "refs.journal", "refs.snapshot", "castate.json"} <= set(found)
     assert any(name.startswith("quarantine/refs.journal.") for name in found)
-    assert any(name.startswith("packs/") and name.endswith(".pack.idx") for name in found)
+    assert len([name for name in found if name.startswith("volumes/") and name.endswith(".vol")]) >= 2
     wrong = {
         name: oct(mode)
         for name, mode in found.items()
@@ -94,8 +91,8 @@ async def test_a_store_others_can_open_is_used_with_a_warning(tmp_path: Path) ->
         async with castate.StateManager(path) as sm:
             await sm.save_session("s", {"secret": 1})
     os.chmod(path, 0o777)
-    os.chmod(path / "packs", 0o755)
-    with pytest.warns(castate.StoreWarning, match=r"open to other users.*0777.*packs \(0755\).*chmod -R go-rwx"):
+    os.chmod(path / "volumes", 0o755)
+    with pytest.warns(castate.StoreWarning, match=r"open to other users.*0777.*volumes \(0755\).*chmod -R go-rwx"):
         async with castate.StateManager(path) as sm:
             assert await sm.load_session("s") == {"secret": 1}
 
@@ -107,7 +104,7 @@ async def save_and_check(path: Path) -> None:
         await sm.gc(grace=0)
 
 
-@pytest.mark.parametrize("inside", ["packs", "objects", "locks", "quarantine"])
+@pytest.mark.parametrize("inside", ["volumes", "locks", "quarantine"])
 async def test_a_directory_of_the_store_that_is_a_symlink_is_refused(tmp_path: Path, inside: str) -> None:
     path = tmp_path / "store"
     async with castate.StateManager(path) as sm:
@@ -127,14 +124,20 @@ async def test_a_directory_of_the_store_that_is_a_symlink_is_refused(tmp_path: P
 
 
 async def test_quarantine_made_a_symlink_after_open_is_refused(tmp_path: Path) -> None:
+    """A repair keeps the damaged journal in quarantine/ first: never through a link made there."""
     outside = tmp_path / "elsewhere"
     outside.mkdir()
-    async with castate.StateManager(castate.LocalBackend(tmp_path / "store")) as sm:
+    path = tmp_path / "store"
+    async with castate.StateManager(castate.LocalBackend(path)) as sm:
         await sm.save_session("s", {"secret": 1})
-        (tmp_path / "store" / "quarantine").symlink_to(outside)
-        head = (await sm.resolve("s")).commit
+        await sm.save_session("s", {"secret": 2})
+        journal = path / "refs.journal"
+        data = bytearray(journal.read_bytes())
+        data[HEADER_SIZE + 20] ^= 0xFF
+        journal.write_bytes(bytes(data))
+        (path / "quarantine").symlink_to(outside)
         with pytest.raises(castate.CorruptFileError, match="a symlink"):
-            await sm.repository.backend.quarantine_objects([head])
+            await sm.repair_refs()
     assert list(outside.iterdir()) == []
 
 

@@ -202,10 +202,15 @@ class Volumes:
                 number += 1
                 continue
             try:
-                crashpoints.reach("volume-created")
-                write_all(fd, HEADER)
-                if self.durable:
-                    osio.fdatasync(fd)
+                with naming(path):
+                    crashpoints.reach("volume-created")
+                    write_all(fd, HEADER)
+                    if self.durable:
+                        osio.fdatasync(fd)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    osio.unlink(path)  # a volume without its header is never appended to: remove it
+                raise
             finally:
                 os.close(fd)
             if self.durable:
