@@ -11,6 +11,8 @@ import pytest
 import castate
 from castate.backends import MemoryBackend, RefUpdate
 from castate.errors import ConflictError, NotFoundError
+from castate.repository.packs import PackInfo, PackStore
+from castate.repository.packs.format import PACK_PREFIX, parse_pack_head
 
 
 async def count_objects(repo: castate.Repository) -> int:
@@ -125,31 +127,55 @@ async def test_save_new_creates_without_looking_and_refuses_an_existing_ref(repo
     assert await repo.head("kv/one") == made.commit
 
 
+async def pack_heads(repo: castate.Repository) -> list[PackInfo]:
+    """The heads of the packs a local store holds, read from its blobs."""
+    store = repo.backend
+    assert isinstance(store, PackStore)
+    assert isinstance(store.blobs, castate.LocalBackend)
+    names = [info.name for info in await store.blobs.list_blobs(PACK_PREFIX)]
+    return [parse_pack_head(n[len(PACK_PREFIX) :], d, len(d)) for n, d in (await store.blobs.get_blobs(names)).items()]
+
+
 async def test_saves_of_one_stream_share_a_compression_chain(store_path: Path) -> None:
-    backend = castate.LocalBackend(store_path)
-    async with castate.Repository(backend) as repo:
-        text = "shared words " * 400
+    async with castate.Repository(castate.LocalBackend(store_path)) as repo:
+        text = os.urandom(2000).hex()  # 4,000 bytes that compress only to about half alone
         for i in range(3):
             await repo.save(f"checkpoints/t/{i}", {"doc": text + str(i)}, stream="thread-t")
         await repo.save("sessions/other", {"doc": text}, stream="other")
-        packs = list(backend._packs.values())
-        assert len(packs) == 1
-        chains = packs[0].chains
-        assert sorted(len(records) for records in chains.values()) == [1, 1, 3, 3]  # states', commits' per stream
+        chains: dict[bytes, list[PackInfo]] = {}
+        for head in await pack_heads(repo):
+            chains.setdefault(head.chain, []).append(head)
+        assert sorted(len(packs) for packs in chains.values()) == [1, 3]  # a chain per stream
+        shared = sorted(next(packs for packs in chains.values() if len(packs) == 3), key=lambda p: p.seq)
+        assert [p.seq for p in shared] == [0, 1, 2]
+        assert shared[0].body_len > 1_900  # the text itself
+        assert all(p.body_len < 300 for p in shared[1:])  # only what differs: the chain knows the text
         for i in range(3):
             assert await repo.load(f"checkpoints/t/{i}") == {"doc": text + str(i)}
 
 
-async def test_reading_history_decompresses_commits_not_states(store_path: Path) -> None:
-    """A save's commit goes to a chain of its own, so a log of a long session reads a few
-    bytes per save however large its states are."""
+async def test_reading_history_decompresses_each_pack_at_most_once(store_path: Path) -> None:
+    """A log follows a session's saves parent by parent, each in a pack deeper in its chain: a
+    reader continues the chain it decompressed, never starting it over for the next commit.
+    (Format 2 keeps a save's commit in the save's pack: a log decompresses the states too,
+    at most 1 MiB per chain, docs/format.md §6.3.)"""
     async with castate.Repository(castate.LocalBackend(store_path)) as repo:
         for i in range(30):
             await repo.save("sessions/s", {"doc": f"state {i} " + os.urandom(20_000).hex()})
-    backend = castate.LocalBackend(store_path)
-    async with castate.Repository(backend) as repo:
+    async with castate.Repository(castate.LocalBackend(store_path)) as repo:
+        store = repo.backend
+        assert isinstance(store, PackStore)
+        raw = sum(p.raw_len for p in await pack_heads(repo))
+        decompressed: list[int] = []
+        real = store._cache.decompress
+
+        def counting(packs: list[PackInfo], blobs: dict[str, bytes]) -> None:
+            decompressed.extend(p.raw_len for p in packs)
+            real(packs, blobs)
+
+        store._cache.decompress = counting  # type: ignore[method-assign]
         entries = await repo.log("sessions/s")
         assert len(entries) == 30
-        decompressed = backend._cache._bytes
-        assert 0 < decompressed < 30 * 1_000  # commits of about 150 bytes; each state is 40 KB
+        assert raw > 30 * 40_000
+        assert 0 < sum(decompressed) <= raw
         assert (await repo.load("sessions/s"))["doc"].startswith("state 29 ")
