@@ -36,8 +36,10 @@ async def exercise(sm: castate.StateManager, tmp_path: Path) -> None:
 
 @pytest.mark.usefixtures("uuid4_forbidden")
 async def test_a_local_store_draws_no_uuid4(tmp_path: Path) -> None:
-    async with castate.StateManager(castate.LocalBackend(tmp_path / "loose", loose=True)) as sm:
+    # Small volumes: saves start new volume files and gc moves live blobs into fresh ones.
+    async with castate.StateManager(castate.LocalBackend(tmp_path / "small", volume_size=4096)) as sm:
         await exercise(sm, tmp_path)
+    assert "00000001.vol" not in {p.name for p in (tmp_path / "small" / "volumes").iterdir()}  # new volumes made
     async with castate.StateManager(tmp_path / "state") as sm:
         await exercise(sm, tmp_path)
         assert (await sm.repair_refs()).damaged is False
