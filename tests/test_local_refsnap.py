@@ -7,7 +7,6 @@ truncated, stale, of another generation, missing) with a full replay of the same
 
 from __future__ import annotations
 
-import asyncio
 import os
 import tempfile
 from pathlib import Path
@@ -219,30 +218,32 @@ def test_any_snapshot_state_gives_the_refs_of_a_full_replay(n: int, keep: int, d
         assert j2.count == full.count
 
 
-def test_fsck_storage_check_and_repair_read_past_the_snapshot(tmp_path: Path) -> None:
+async def test_fsck_storage_check_and_repair_read_past_the_snapshot(tmp_path: Path) -> None:
     """Damage the snapshot covers: the store opens, the storage check names the journal, and
     the repair rebuilds it (it never trusts the snapshot)."""
-    from castate.backends.local.backend import LocalBackend
+    from castate.backends.local import LocalBackend
 
     store = tmp_path / "store"
     b = LocalBackend(store)
-    b.open_sync()
+    await b.open()
     for i in range(40):
-        b.update_refs_sync([RefUpdate(f"checkpoints/c{i}", cid(i), None)], f"m{i}")
-    asyncio.run(b.close())
+        await b.update_refs([RefUpdate(f"checkpoints/c{i}", cid(i), None)], message=f"m{i}")
+    await b.close()
     assert refsnap.load(store / "refs.snapshot") is not None
     journal_path = store / "refs.journal"
     data = bytearray(journal_path.read_bytes())
     data[journal_mod.HEADER_SIZE + 60] ^= 0x01  # inside the first record
     journal_path.write_bytes(data)
     again = LocalBackend(store)
-    again.open_sync()
-    assert len(again.list_refs_sync("checkpoints/")) == 40
-    problems = again.check_storage_sync()
-    assert any("ref journal" in p for p in problems), problems
-    report = again.repair_refs_sync()
-    assert report.damaged
-    assert report.lost_records == 1
-    assert not again.check_storage_sync()
-    assert len(again.list_refs_sync("checkpoints/")) == 39
-    asyncio.run(again.close())
+    await again.open()
+    try:
+        assert len(await again.list_refs("checkpoints/")) == 40
+        problems = await again.check_storage()
+        assert any("ref journal" in p for p in problems), problems
+        report = await again.repair_refs()
+        assert report.damaged
+        assert report.lost_records == 1
+        assert not await again.check_storage()
+        assert len(await again.list_refs("checkpoints/")) == 39
+    finally:
+        await again.close()
