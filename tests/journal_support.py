@@ -1,7 +1,8 @@
-"""Test helpers for the local ref journal's bytes."""
+"""Test helpers for the bytes of a local store's ref journal and volumes."""
 
 from __future__ import annotations
 
+import struct
 from pathlib import Path
 
 from castate.backends.local.journal import HEADER_SIZE, _record_at
@@ -17,3 +18,20 @@ def record_offsets(path: Path) -> list[int]:
         offs.append(off)
         off = rec[1]
     return offs
+
+
+VOLUME_HEADER_SIZE = 16  # "CASTVOL\0", version, 7 zero bytes (docs/format.md §3.1)
+VOLUME_RECORD = struct.Struct("<4sHQ32s")  # "CBLB", name length, data length, blake3 of the data
+
+
+def volume_records(volume: Path) -> list[tuple[str, int, int]]:
+    """(blob name, offset of its data, length) of each record of the volume file, in order."""
+    data = volume.read_bytes()
+    out, off = [], VOLUME_HEADER_SIZE
+    while off < len(data):
+        magic, name_len, length, _ = VOLUME_RECORD.unpack_from(data, off)
+        assert magic == b"CBLB"
+        start = off + VOLUME_RECORD.size + name_len
+        out.append((data[off + VOLUME_RECORD.size : start].decode("ascii"), start, length))
+        off = start + length
+    return out

@@ -9,6 +9,7 @@ import castate
 from castate.codec import encode_frame, object_id
 from castate.codec.objects import KIND_STR
 from castate.repository.snapshot import fetch_tree
+from tests.journal_support import volume_records
 from tests.memory_objects import MemoryObjects
 
 
@@ -92,12 +93,13 @@ async def test_local_pack_damage_is_reported(store_path: Path) -> None:
     async with castate.StateManager(castate.FileStorageBackend(store_path)) as sm:
         for i in range(3):
             await sm.save_session(f"s{i}", state(f"s{i}"))
-    pack = next((store_path / "packs").glob("*.pack"))
-    data = bytearray(pack.read_bytes())
-    data[40] ^= 0xFF  # inside the first record's head
-    pack.write_bytes(bytes(data))
+    volume = store_path / "volumes" / "00000001.vol"
+    name, start, length = next(r for r in volume_records(volume) if r[0].startswith("packs/"))  # the first save's
+    data = bytearray(volume.read_bytes())
+    data[start + length // 2] ^= 0xFF  # inside the pack's compressed body
+    volume.write_bytes(bytes(data))
     async with castate.StateManager(castate.LocalBackend(store_path)) as sm:
         report = await sm.fsck(full=True)
         assert not report.ok
-        assert any("damaged record" in line for line in report.storage)
-        assert report.damaged_refs  # the first save's objects cannot be read
+        assert any("blake3" in line and name in line for line in report.storage), report.storage
+        assert set(report.damaged_refs) == {"sessions/s0"}  # the first save's objects cannot be read
