@@ -18,6 +18,8 @@ import pytest
 
 import castate
 from castate.repository.health import read_runs
+from castate.repository.packs.store import QUARANTINE_PREFIX
+from tests.journal_support import volume_records
 
 CASTATE = Path(sys.executable).with_name("castate")
 COMMANDS = [
@@ -206,10 +208,11 @@ def test_rm_forget_gc_fsck_stats(store: Path, cps: list[str]) -> None:
 
 
 def test_fsck_reports_damage_with_exit_code_1(store: Path, cps: list[str]) -> None:
-    pack = next((store / "packs").glob("*.pack"))
-    data = bytearray(pack.read_bytes())
-    data[len(data) // 2] ^= 0xFF
-    pack.write_bytes(bytes(data))
+    volume = store / "volumes" / "00000001.vol"
+    _, start, length = next(r for r in volume_records(volume) if r[0].startswith("packs/"))  # run-1's first save
+    data = bytearray(volume.read_bytes())
+    data[start + length // 2] ^= 0xFF
+    volume.write_bytes(bytes(data))
     proc = subprocess.run([str(CASTATE), "--store", str(store), "fsck", "--json"], capture_output=True, text=True)
     assert proc.returncode == 1
     report = json.loads(proc.stdout)
@@ -218,12 +221,21 @@ def test_fsck_reports_damage_with_exit_code_1(store: Path, cps: list[str]) -> No
     assert "sessions/run-1" in report["damaged_refs"]
     corrupt = [p for p in report["problems"] if p["problem"] == "corrupt"]
     assert report["quarantined"] == len(corrupt)
-    if corrupt:
-        assert list((store / "quarantine").iterdir())  # kept for inspection, not deleted
+    assert corrupt
+    assert asyncio.run(quarantined_blobs(store))  # the damaged pack is kept for inspection, not deleted
     proc = subprocess.run([str(CASTATE), "--store", str(store), "fsck"], capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stdout.splitlines()[-1] == "Damage found (exit code 1)."
     assert "damaged ref sessions/run-1" in proc.stdout
+
+
+async def quarantined_blobs(store: Path) -> list[str]:
+    blobs = castate.LocalBackend(store)
+    await blobs.open()
+    try:
+        return [info.name for info in await blobs.list_blobs(QUARANTINE_PREFIX)]
+    finally:
+        await blobs.close()
 
 
 def test_export_and_import(store: Path, cps: list[str], tmp_path: Path) -> None:
