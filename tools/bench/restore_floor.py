@@ -6,8 +6,8 @@ the store, reading and verifying the tree's objects, and building the state. Bes
 least work that each part needs, each done by one C call per object (or per record) with no
 castate code around it:
 
-- decompress: zstd over the records the restore decompressed (the session's chains up to
-  the checkpoint), as one fresh stream per chain;
+- decompress: zstd over the packs the restore decompressed (the chains holding the
+  checkpoint's objects, each up to the last pack needed), as one fresh stream per chain;
 - verify: blake3 over each object's kind byte and content, as castate checks every read;
 - decode: ``ormsgpack.unpackb`` of each dict and list node's body, and UTF-8 decoding of
   each string object;
@@ -37,10 +37,11 @@ import orjson
 import ormsgpack
 
 import castate
-from castate.backends.local import packs
 from castate.codec import Decoder
 from castate.codec.nodes import NO_SPECIALS, parse_specials
 from castate.codec.objects import KIND_DICT, KIND_LIST, KIND_STR
+from castate.codec.zstdlimits import decompressor
+from castate.repository.packs import PackStore
 from castate.repository.snapshot import fetch_tree
 from tools.bench.workload import Workload
 
@@ -102,33 +103,31 @@ async def measure(root: Path, handle: str, expected: bytes, repeat: int) -> dict
     cid = await repo.head(f"checkpoints/{handle}")
     assert cid is not None
     tree_root = (await repo.read_commit(cid)).root
-    backend = repo.backend
-    assert isinstance(backend, castate.LocalBackend)
-    contents = await fetch_tree(backend, tree_root)
-    fetch_warm = await amedian_ms(lambda: fetch_tree(backend, tree_root), repeat)
+    store = repo.backend
+    assert isinstance(store, PackStore)
+    contents = await fetch_tree(store, tree_root)
+    fetch_warm = await amedian_ms(lambda: fetch_tree(store, tree_root), repeat)
     build = median_ms(lambda: Decoder(contents).build(tree_root), repeat)
 
-    # The records a cold restore decompresses: each chain from its start to the last record needed.
-    (pack,) = backend._packs.values()
-    needed: dict[int, int] = {}
+    # The packs a cold restore decompresses: each chain from its start to the last pack needed.
+    cat = store._cat
+    needed: dict[bytes, int] = {}
     for oid in [*contents, cid]:
-        rec_off = packs.unpack_loc(pack.entries[oid])[0]
-        chain = pack.records[rec_off].chain
-        needed[chain] = max(needed.get(chain, 0), rec_off)
-    fd = pack.file()
+        place = cat.place(oid)
+        assert place is not None
+        pack = place[0]
+        needed[pack.chain] = max(needed.get(pack.chain, 0), pack.seq)
+    chains = {chain: [p for p in cat.chain(chain) if p.seq <= top] for chain, top in needed.items()}
+    blobs = await store.blobs.get_blobs([p.blob for packs in chains.values() for p in packs])
     comp = {
-        start: [
-            packs._pread(fd, pack.records[r].comp_len, pack.records[r].comp_start) for r in order if r <= needed[start]
-        ]
-        for start, order in pack.chains.items()
-        if start in needed
+        chain: [blobs[p.blob][p.body_off : p.body_off + p.body_len] for p in packs] for chain, packs in chains.items()
     }
 
     def decompress() -> int:
         out = 0
-        for records in comp.values():
-            d = packs.decompressor().decompressobj()
-            out += sum(len(d.decompress(c)) for c in records)
+        for bodies in comp.values():
+            d = decompressor().decompressobj()
+            out += sum(len(d.decompress(body)) for body in bodies)
         return out
 
     raw_bytes = decompress()
