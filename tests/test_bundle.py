@@ -9,12 +9,19 @@ from typing import Any
 
 import orjson
 import pytest
+import zstandard
 
 import castate
 from castate.errors import ConflictError, CorruptFileError, CorruptObjectError, NotFoundError
 from castate.repository.bundle import HEADER, TRAILER
 from tests.strategies import same
-from tests.test_local_packs import zeros_zstd
+
+
+def zeros_zstd(mib: int, *, end_frame: bool) -> bytes:
+    """A zstd stream of ``mib`` MiB of zeros: a few KiB that expand 30,000 times."""
+    cobj = zstandard.ZstdCompressor(level=3).compressobj()
+    body = b"".join(cobj.compress(bytes(1 << 20)) for _ in range(mib))
+    return body + (cobj.flush() if end_frame else cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK))
 
 
 def state(step: int) -> dict[str, Any]:
