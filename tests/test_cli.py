@@ -378,7 +378,8 @@ def test_upgrade_moves_a_format_1_local_store_into_volumes(tmp_path: Path) -> No
     report = json.loads(run("upgrade", "--json", store=store))
     assert report["legacy"] == expected["objects"]
     assert report["damaged"] == []
-    assert not (store / "packs").exists() and not (store / "objects").exists()
+    assert not (store / "packs").exists()
+    assert not (store / "objects").exists()
     assert json.loads((store / "castate.json").read_text())["version"] == 2
     assert "nothing to upgrade" in run("upgrade", store=store)
 

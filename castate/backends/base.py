@@ -66,6 +66,7 @@ class RefRepairReport:
     maybe_lost: list[str] = field(default_factory=list)  # refs the unreadable bytes seem to name
     refs: int = 0  # refs after the repair
     saved_as: str | None = None  # where the damaged original was kept
+    blobs_found: int = 0  # blobs a lost record had placed, found intact again (the local store's volumes)
 
 
 @dataclass(frozen=True, slots=True)

@@ -648,6 +648,7 @@ def _repair_json(r: RefRepairReport) -> dict[str, Any]:
         "maybe_lost": r.maybe_lost,
         "refs": r.refs,
         "saved_as": r.saved_as,
+        "blobs_found": r.blobs_found,
     }
 
 
@@ -673,6 +674,8 @@ def _print_repair(r: RefRepairReport, out: Output) -> None:
             + ", ".join(r.maybe_lost[:20])
             + (" ..." if len(r.maybe_lost) > 20 else "")
         )
+    if r.blobs_found:
+        out.line(f"Found {plural(r.blobs_found, 'stored blob')} that lost records had placed; placed again.")
     out.line(f"The damaged journal is kept at {r.saved_as}.")
 
 

@@ -44,7 +44,7 @@ from castate.backends.local.files import atomic_write, exposed, make_dirs, store
 from castate.backends.local.journal import Change, RefJournal
 from castate.backends.local.legacy import FormatOneObjects
 from castate.backends.local.locks import FileLock
-from castate.backends.local.volumes import MAX_BLOB, Place, Volumes
+from castate.backends.local.volumes import MAX_BLOB, Place, Volumes, record_size
 from castate.errors import (
     CastateError,
     ConflictError,
@@ -62,7 +62,40 @@ CONFIG = "castate.json"
 VOLUME_MAX = 64 << 20  # a writer starts a new volume past this size
 PLACE = "\x00"  # journal names starting with it hold blob places; ref names never do
 RECLAIM_BELOW = 0.5  # gc rewrites a volume whose live records fill less than this share of it
+# Deletes (the pack store's segment merges, gc) rewrite a volume of at least CLEAN_MIN bytes
+# once its live records fill less than CLEAN_BELOW of it: a store that is never gc'ed stays
+# within about 1/CLEAN_BELOW of its live bytes, for about 1/(1 - CLEAN_BELOW) bytes copied per
+# byte freed.
+CLEAN_BELOW = 0.6
+CLEAN_MIN = 1 << 20
 T = TypeVar("T")
+
+
+class VolumeUsage:
+    """Bytes of live blob records per volume, kept current as the journal replays."""
+
+    def __init__(self) -> None:
+        self.live: dict[int, int] = {}
+
+    def reload(self, entries: dict[str, bytes]) -> None:
+        self.live = {}
+        for name, value in entries.items():
+            if name.startswith(PLACE):
+                self._add(name, Place.unpack(value), 1)
+
+    def change(self, name: str, old: bytes | None, new: bytes | None) -> None:
+        if name.startswith(PLACE):
+            if old is not None:
+                self._add(name, Place.unpack(old), -1)
+            if new is not None:
+                self._add(name, Place.unpack(new), 1)
+
+    def _add(self, name: str, place: Place, sign: int) -> None:
+        live = self.live.get(place.volume, 0) + sign * record_size(name[1:], place)
+        if live:
+            self.live[place.volume] = live
+        else:
+            self.live.pop(place.volume, None)
 
 
 class LocalBackend(BlobBackend):
@@ -87,6 +120,7 @@ class LocalBackend(BlobBackend):
         self._mutex = threading.RLock()
         self._volumes = Volumes(self.root / "volumes", self.durable, volume_size)
         self._journal: RefJournal | None = None
+        self._usage = VolumeUsage()
         self._gc_lock: FileLock | None = None
         # True in a task (and the worker threads it starts) that holds gc_shared.
         self._shared_held: contextvars.ContextVar[bool] = contextvars.ContextVar(
@@ -136,7 +170,10 @@ class LocalBackend(BlobBackend):
 
     def _new_journal(self) -> RefJournal:
         lock = FileLock(self.root / "locks" / "refs.lock", self._lock_timeout)
-        return RefJournal(self.root / "refs.journal", lock, self.durable)
+        journal = RefJournal(self.root / "refs.journal", lock, self.durable)
+        journal.on_change = self._usage.change
+        journal.on_reload = self._usage.reload
+        return journal
 
     def _new_gc_lock(self) -> FileLock:
         locks = self.root / "locks"
@@ -241,8 +278,15 @@ class LocalBackend(BlobBackend):
                 except FileNotFoundError:
                     for place in places.values():
                         self._volumes.forget(place.volume)
-                    self._j().refresh()
+                except CorruptFileError:
+                    # Another process may have deleted the blob (its blocks punched out) or moved
+                    # it since this one replayed the journal: damage only if the places stand.
+                    before = places
                     places = self._places(names)
+                    if places == before:
+                        raise
+                    continue
+                places = self._places(names)
             return reader(places)
 
     async def get_blobs(self, names: Collection[str]) -> dict[str, bytes]:
@@ -297,29 +341,65 @@ class LocalBackend(BlobBackend):
         return await self._run(self._delete_blobs, list(names))
 
     def _delete_blobs(self, names: list[str]) -> int:
-        def plan(refs: dict[str, bytes]) -> tuple[list[Change], int]:
+        def plan(refs: dict[str, bytes]) -> tuple[list[Change], list[tuple[str, Place]]]:
             gone = sorted({PLACE + n for n in names if PLACE + n in refs})
-            return [(key, refs[key], None) for key in gone], len(gone)
+            return [(key, refs[key], None) for key in gone], [(key[1:], Place.unpack(refs[key])) for key in gone]
 
         with self._mutex:
-            count = self._j().apply(plan, "gc: delete blobs")
-            self._drop_empty_volumes()
-            return count
+            gone = self._j().apply(plan, "delete blobs")
+            # After the record is durable: a crash before leaves dead bytes, never a hole in a live blob.
+            for name, place in gone:
+                self._volumes.punch(name, place)
+            self._clean(CLEAN_BELOW, CLEAN_MIN)
+            return len(gone)
 
-    def _live_bytes(self) -> dict[int, int]:
-        """Bytes of live blob records per volume (from the replayed journal)."""
-        live: dict[int, int] = {}
-        for name, raw in self._j().refs.items():
-            if name.startswith(PLACE):
-                place = Place.unpack(raw)
-                live[place.volume] = live.get(place.volume, 0) + place.size + len(name) + 45
-        return live
+    def _clean(self, below: float, min_size: int) -> None:
+        """Move the live blobs of every volume of at least ``min_size`` bytes whose live records
+        fill less than ``below`` of it into a new volume (one journal record), then unlink the
+        emptied volumes; volumes with nothing live are unlinked without a copy.
 
-    def _drop_empty_volumes(self) -> None:
-        """Unlink volumes no live blob is in (never the newest: writers append there)."""
-        numbers = self._volumes.numbers()
-        live = self._live_bytes()
-        self._volumes.remove([n for n in numbers[:-1] if n not in live])
+        Decided under the journal lock: only the newest volume takes appends, so a volume found
+        empty there, and not the newest, stays empty. Writers go on meanwhile (their appends go
+        to the new volume); a reader whose volume vanished replays the journal and reads again."""
+        usage = self._usage.live
+        candidates = [
+            n
+            for n in self._volumes.numbers()
+            if usage.get(n, 0) < below * (size := self._volumes.size(n)) and (size >= min_size or not usage.get(n))
+        ]
+        if not candidates:
+            return
+
+        def plan(refs: dict[str, bytes]) -> tuple[list[Change], list[int]]:
+            numbers = self._volumes.numbers()
+            newest = numbers[-1] if numbers else 0
+            chosen = {n for n in candidates if n in numbers}
+            moving = sorted(
+                ((name, Place.unpack(raw)) for name, raw in refs.items() if name.startswith(PLACE)),
+                key=lambda item: (item[1].volume, item[1].offset),
+            )
+            moving = [(name, place) for name, place in moving if place.volume in chosen]
+            data: list[tuple[str, bytes]] = []
+            kept: set[int] = set()  # volumes holding a damaged blob stay, for fsck to name it
+            ok: list[tuple[str, Place]] = []
+            for name, place in moving:
+                try:
+                    data.append((name[1:], self._volumes.read(name[1:], place, verify=True)))
+                    ok.append((name, place))
+                except CorruptFileError:
+                    kept.add(place.volume)
+            emptied = chosen - kept
+            if not data:
+                return [], sorted(emptied - {newest})  # the newest may take the next append
+            new = self._volumes.append(data, time.time_ns(), fresh=True)
+            changes: list[Change] = [
+                (name, old.pack(), Place(n.volume, n.offset, n.size, old.time_ns).pack())
+                for (name, old), n in zip(ok, new, strict=True)
+            ]
+            return changes, sorted(emptied)
+
+        emptied = self._j().apply(plan, "move live blobs out of sparse volumes")
+        self._volumes.remove(emptied)
 
     # -- refs -------------------------------------------------------------------------------
 
@@ -450,44 +530,10 @@ class LocalBackend(BlobBackend):
         await self._run(self._reclaim)
 
     def _reclaim(self) -> None:
-        """Copy the live blobs of volumes mostly dead into a new volume, move their places in one
-        journal record, then unlink the old files (gc calls this after deleting, under its lock)."""
+        """gc's pass (after deleting, under its lock): every volume less than half live is rewritten."""
         with self._mutex:
             self._j().refresh()
-            numbers = self._volumes.numbers()
-            live = self._live_bytes()
-            sparse = {n for n in numbers if live.get(n, 0) < RECLAIM_BELOW * self._volumes.size(n)}
-            if not sparse:
-                return
-
-            def plan(refs: dict[str, bytes]) -> tuple[list[Change], list[int]]:
-                moving = [
-                    (name, Place.unpack(raw))
-                    for name, raw in refs.items()
-                    if name.startswith(PLACE) and Place.unpack(raw).volume in sparse
-                ]
-                moving.sort(key=lambda item: (item[1].volume, item[1].offset))
-                data: list[tuple[str, bytes]] = []
-                kept: set[int] = set()  # volumes holding a damaged blob stay, for fsck to name it
-                ok: list[tuple[str, Place]] = []
-                for name, place in moving:
-                    try:
-                        data.append((name[1:], self._volumes.read(name[1:], place, verify=True)))
-                        ok.append((name, place))
-                    except CorruptFileError:
-                        kept.add(place.volume)
-                if not data:
-                    return [], sorted(sparse - kept)
-                new = self._volumes.append(data, time.time_ns(), fresh=True)
-                changes: list[Change] = [
-                    (name, old.pack(), Place(n.volume, n.offset, n.size, old.time_ns).pack())
-                    for (name, old), n in zip(ok, new, strict=True)
-                ]
-                return changes, sorted(sparse - kept)
-
-            emptied = self._j().apply(plan, "gc: move live blobs out of sparse volumes")
-            newest = self._volumes.numbers()[-1]
-            self._volumes.remove([n for n in emptied if n != newest])
+            self._clean(RECLAIM_BELOW, 0)
 
     async def expire_reflog(self, before_ns: int) -> int:
         return await self._run(self._expire_reflog, before_ns)
@@ -560,10 +606,37 @@ class LocalBackend(BlobBackend):
                 raise StoreNotFoundError(f"no castate store at {self.root}")
             journal = self._journal or self._new_journal()
             try:
-                return journal.repair(self.root / "quarantine")
+                report = journal.repair(self.root / "quarantine")
+                if report.damaged:
+                    report.blobs_found = self._place_lost_blobs(journal)
+                report.inferred = {k: v for k, v in report.inferred.items() if not k.startswith(PLACE)}
+                report.refs = sum(1 for name in journal.refs if not name.startswith(PLACE))
+                return report
             finally:
                 if journal is not self._journal:
                     journal.lock.close()
+
+    def _place_lost_blobs(self, journal: RefJournal) -> int:
+        """Place again the intact volume records that no journal record names: the blobs of
+        records the repair could not keep (a save's pack and index segment, which would
+        otherwise take every later save of that session with them). A blob placed this way
+        that was garbage (a failed commit's, or deleted before a reflog expiry dropped its
+        record) is garbage again, for gc."""
+        named = {name for rec in journal.records for name, _, _ in rec.changes} | set(journal.refs)
+        found: dict[str, Place] = {}
+        for number in self._volumes.numbers():
+            try:
+                for name, place in self._volumes.salvage(number):
+                    if PLACE + name not in named:
+                        found[name] = place  # a later copy wins
+            except (CorruptFileError, OSError):
+                continue
+
+        def plan(refs: dict[str, bytes]) -> tuple[list[Change], int]:
+            adds = [(PLACE + n, None, p.pack()) for n, p in sorted(found.items()) if PLACE + n not in refs]
+            return adds, len(adds)
+
+        return journal.apply(plan, "repair: blobs of lost records, found in volumes")
 
     # -- format-1 stores ----------------------------------------------------------------------
 

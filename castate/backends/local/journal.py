@@ -248,6 +248,10 @@ class RefJournal:
         self._snap_offset = HEADER_SIZE  # journal bytes the newest snapshot known here covers
         self._snap_size = 0  # refs in it
         self._from_snapshot = False  # the current replay started from a snapshot
+        # Told of every change as it is replayed, and of every wholesale replacement of the
+        # entries (a reset, a snapshot): the local blob store keeps its volume usage with them.
+        self.on_change: Callable[[str, bytes | None, bytes | None], None] | None = None
+        self.on_reload: Callable[[dict[str, bytes]], None] | None = None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -332,6 +336,8 @@ class RefJournal:
         if blake3.blake3(last).digest() != snap.last_hash:
             return
         self.refs = snap.refs
+        if self.on_reload is not None:
+            self.on_reload(self.refs)
         self.count = snap.count
         self._seq = snap.seq
         self._offset = self._snap_offset = snap.offset
@@ -354,6 +360,8 @@ class RefJournal:
         self._snap_offset = HEADER_SIZE
         self._snap_size = 0
         self._from_snapshot = False
+        if self.on_reload is not None:
+            self.on_reload(self.refs)
 
     def _apply(self, rec: Record) -> None:
         if self.count and rec.seq != self._seq + 1:
@@ -362,6 +370,8 @@ class RefJournal:
             )
         if rec.kind == KIND_SNAPSHOT:
             self.refs = {name: new for name, _, new in rec.changes if new is not None}
+            if self.on_reload is not None:
+                self.on_reload(self.refs)
         else:
             for name, old, new in rec.changes:
                 if self.refs.get(name) != old:
@@ -372,6 +382,8 @@ class RefJournal:
                     self.refs.pop(name, None)
                 else:
                     self.refs[name] = new
+                if self.on_change is not None:
+                    self.on_change(name, old, new)
         self.count += 1
         self._seq = rec.seq
 

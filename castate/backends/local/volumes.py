@@ -10,9 +10,11 @@ volume and then removes the old file. docs/format.md §3.4 has the bytes.
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import os
 import struct
-from collections.abc import Sequence
+import sys
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,6 +52,32 @@ class Place:
         return cls(*_PLACE.unpack(raw))
 
 
+BLOCK = 4096
+_PUNCH_HOLE = 0x02  # FALLOC_FL_PUNCH_HOLE (linux/falloc.h)
+_KEEP_SIZE = 0x01  # FALLOC_FL_KEEP_SIZE
+
+
+def _libc_fallocate() -> Callable[[int, int, int, int], None] | None:
+    """fallocate(2) through libc (the standard library has no call for punching holes), or None."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        raw = libc.fallocate
+    except (OSError, AttributeError):
+        return None
+    raw.argtypes = (ctypes.c_int, ctypes.c_int, ctypes.c_int64, ctypes.c_int64)
+    raw.restype = ctypes.c_int
+
+    def call(fd: int, mode: int, offset: int, length: int) -> None:
+        raw(fd, mode, offset, length)  # a file system without holes (EOPNOTSUPP) keeps the bytes: no harm
+
+    return call
+
+
+_fallocate = _libc_fallocate()
+
+
 def volume_name(number: int) -> str:
     return f"{number:08d}{SUFFIX}"
 
@@ -59,6 +87,11 @@ def volume_number(filename: str) -> int | None:
     if not filename.endswith(SUFFIX) or len(stem) != 8 or not stem.isdigit():
         return None
     return int(stem)
+
+
+def record_size(name: str, place: Place) -> int:
+    """Bytes of the blob's record in its volume."""
+    return _REC.size + len(name) + place.size
 
 
 def encode_record(name: str, data: bytes) -> bytes:
@@ -143,6 +176,32 @@ class Volumes:
         stop = min(place.size, offset + length)
         return self._pread(place.volume, stop - start, place.offset + head + start)
 
+    def salvage(self, number: int) -> list[tuple[str, Place]]:
+        """Every record of a volume whose frame and blake3 hold, found by its magic (damaged
+        bytes are skipped): what a repair can place again when the journal lost its records."""
+        path = self.path(number)
+        fd = open_regular(path)
+        try:
+            size = os.fstat(fd).st_size
+            when = os.fstat(fd).st_mtime_ns
+            data = os.pread(fd, size, 0) if size else b""
+        finally:
+            os.close(fd)
+        found: list[tuple[str, Place]] = []
+        pos = data.find(REC_MAGIC, len(HEADER))
+        while pos >= 0:
+            nxt = pos + 1
+            if pos + _REC.size <= len(data):
+                _, nlen, dlen, digest = _REC.unpack_from(data, pos)
+                start = pos + _REC.size + nlen
+                if start + dlen <= len(data):
+                    raw = data[pos + _REC.size : start]
+                    if blake3.blake3(data[start : start + dlen]).digest() == digest and raw.isascii():
+                        found.append((raw.decode("ascii"), Place(number, pos, dlen, when)))
+                        nxt = start + dlen
+            pos = data.find(REC_MAGIC, nxt)
+        return found
+
     def _pread(self, number: int, size: int, offset: int) -> bytes:
         fd = self._fd(number)
         parts = []
@@ -226,6 +285,23 @@ class Volumes:
                 osio.unlink(self.path(number))
         if numbers and self.durable:
             fsync_dir(self.dir)
+
+    def punch(self, name: str, place: Place) -> None:
+        """Give the disk blocks of a dead record back at once (Linux: a hole punched over the
+        whole blocks inside it; the file keeps its length and other records). Elsewhere, or on
+        a file system without holes, the bytes wait for gc to move the volume's live records."""
+        start = -(-place.offset // BLOCK) * BLOCK
+        stop = (place.offset + _REC.size + len(name.encode("ascii")) + place.size) // BLOCK * BLOCK
+        if stop <= start or _fallocate is None:
+            return
+        try:
+            fd = osio.open_fd(self.path(place.volume), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return  # gone with its volume
+        try:
+            _fallocate(fd, _PUNCH_HOLE | _KEEP_SIZE, start, stop - start)
+        finally:
+            os.close(fd)
 
     def size(self, number: int) -> int:
         try:
