@@ -163,16 +163,22 @@ def test_the_sessions_layers_old_module_paths_still_import() -> None:
         assert all(getattr(module, name) is not None for name in module.__all__)
 
 
-def test_the_sessions_layer_imports_no_concrete_backend() -> None:
-    """The sessions package takes backends through their contract (``base``, ``blob``) and store
-    URLs (``urls``), never one backend's module: ``Durability`` lives in ``castate.backends.base``."""
-    neutral = {"castate.backends", "castate.backends.base", "castate.backends.blob", "castate.backends.urls"}
-    concrete = [
+def test_the_sessions_layer_stands_on_the_repository_alone() -> None:
+    """The sessions package imports nothing from the codec or the backends: the types it names
+    (a backend, ``Default``, ``Durability``, ``RefRepairReport``) come re-exported by
+    ``castate.repository``, and ref moves are the repository's operations (``move_ref``,
+    ``point_ref``, ``delete_refs_at``), so no session module builds a ``RefUpdate``."""
+    below = [
         f"{a} imports {b}"
         for a, targets in sorted(imports().items())
-        if a.startswith("castate.sessions")
+        if a == "castate.sessions" or a.startswith("castate.sessions.")
         for b in sorted(targets)
-        if b.startswith("castate.backends") and b not in neutral
+        if b.split(".")[:2] in (["castate", "backends"], ["castate", "codec"])
     ]
-    assert concrete == []
-    assert "castate.backends.base" in imports()["castate.sessions.storage"]
+    assert below == []
+    assert "castate.repository" in imports()["castate.sessions.storage"]  # the test sees its imports
+
+
+def test_the_ui_moves_refs_through_the_repository() -> None:
+    """The UI's fork undo moves a ref with ``Repository.move_ref``, not a backend's ``RefUpdate``."""
+    assert not [b for b in imports()["castate.ui.explorer"] if b.startswith("castate.backends")]

@@ -23,9 +23,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from castate.backends.base import Backend, RefRepairReport, RefUpdate
-from castate.backends.blob import BlobBackend
-from castate.codec.encoder import Default
 from castate.errors import (
     AlreadyExistsError,
     CastateError,
@@ -34,7 +31,7 @@ from castate.errors import (
     MissingObjectError,
     NotFoundError,
 )
-from castate.repository import Repository
+from castate.repository import Backend, BlobBackend, Default, RefRepairReport, Repository
 from castate.repository import refs as names
 from castate.repository.bundle import BundleProgress, BundleReport, export_session, import_bundle
 from castate.repository.diff import Change
@@ -413,15 +410,16 @@ class StateManager:
         repo = self.repository
         rev = await self.resolve(source)
         target = names.session_ref(new_session_id)
-        await repo.open()
-        async with repo.gc_shared():  # the tree cannot be collected before the ref exists
-            await repo.require_complete(rev.commit, holders=[rev.ref] if rev.ref else ())
-            try:
-                await repo.update_refs([RefUpdate(target, rev.commit, None)], message=f"fork {rev.label}"[:200])
-            except ConflictError:
-                raise AlreadyExistsError(
-                    f"session {new_session_id!r} already exists; pick another id", target
-                ) from None
+        try:  # point_ref: the tree cannot be collected before the ref exists
+            await repo.point_ref(
+                target,
+                rev.commit,
+                expected=None,
+                holders=[rev.ref] if rev.ref else (),
+                message=f"fork {rev.label}"[:200],
+            )
+        except ConflictError:
+            raise AlreadyExistsError(f"session {new_session_id!r} already exists; pick another id", target) from None
         return rev.commit.hex()
 
     async def restore_into_session(
@@ -454,7 +452,7 @@ class StateManager:
                 )
             if current == rev.commit:
                 return RestoreResult(sid, current.hex(), current.hex(), False)
-            await repo.update_refs([RefUpdate(ref, rev.commit, current)], message=f"restore {sid} to {rev.label}"[:200])
+            await repo.move_ref(ref, rev.commit, expected=current, message=f"restore {sid} to {rev.label}"[:200])
         return RestoreResult(sid, current.hex() if current else None, rev.commit.hex(), True)
 
     # -- maintenance ------------------------------------------------------------------------
@@ -526,7 +524,7 @@ class StateManager:
         """Rebuild a damaged ref store (the local ref journal) from its intact records, keeping
         the damaged file in the quarantine; works on a store too damaged to open. The report
         says what was kept and what was lost. Stores whose refs live in a database report no damage."""
-        return await self.repository.backend.repair_refs()
+        return await self.repository.repair_refs()
 
     async def roll_back_damaged(self, refs: list[str]) -> list[Rollback]:
         """Move each ref whose data is damaged (``fsck(...).damaged_refs``) back to the newest
@@ -789,8 +787,8 @@ class _RepoSessions:
                             current=head.hex(),
                         )
                     if not metadata:
-                        await repo.update_refs(
-                            [RefUpdate(names.checkpoint_ref(cpid), head, None)], message=f"checkpoint {label}"[:200]
+                        await repo.move_ref(
+                            names.checkpoint_ref(cpid), head, expected=None, message=f"checkpoint {label}"[:200]
                         )
                         return cpid
                     await repo.add_ref_with_meta(

@@ -28,9 +28,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, Concatenate, ParamSpec, TypeVar
 
-from castate.backends.base import Backend
-from castate.backends.blob import BlobBackend
-from castate.codec.encoder import Default
+from castate.repository import Backend, BlobBackend, Default
 from castate.sessions.auto import AutoCheckpoint
 from castate.sessions.manager import StateManager
 from castate.sessions.storage import StorageBackend

@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from castate.backends.base import RefUpdate
 from castate.display import iso_time, to_json
 from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError, UsageError
 from castate.repository import browse
@@ -536,7 +535,7 @@ class Explorer:
         if cps:
             raise refused(f"has {len(cps)} checkpoint(s) since the fork")
         try:
-            await self.repo.update_refs([RefUpdate(ref, None, want)], message=f"undo fork {session_id}"[:200])
+            await self.repo.move_ref(ref, None, expected=want, message=f"undo fork {session_id}"[:200])
         except ConflictError:
             raise refused("moved while it was being deleted") from None
         return {"session_id": session_id, "deleted": want.hex()}
