@@ -776,7 +776,7 @@ async def cmd_import(sm: StateManager, args: argparse.Namespace, out: Output) ->
 
 
 async def cmd_import_marsys(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
-    from castate.migrate import import_marsys_directory
+    from castate.compat.marsys_import import import_marsys_directory
 
     report = await import_marsys_directory(args.source, args.store_path, overwrite=not args.no_overwrite)
     if args.json:
