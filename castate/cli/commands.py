@@ -349,7 +349,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 async def cmd_restore(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
-    result = await sm.restore_into_session(args.checkpoint, args.session)
+    result = await sm.reset_session(args.session, to=args.checkpoint)
     if args.json:
         out.json(result.to_dict())
         return EXIT_OK

@@ -116,12 +116,18 @@ class SaveInfo(_Record):
 
 @dataclass(frozen=True, eq=True)
 class RestoreResult(_Record):
-    """A restore into a session: its head before (None if it had none) and after, as hex ids."""
+    """What ``reset_session`` did: the session's head before (None if it had none) and after, as hex ids."""
 
     session_id: str
     previous: str | None
     current: str
     changed: bool
+
+
+RESTORE_INTO_SESSION_DEPRECATED = (
+    "restore_into_session(source, session_id) is deprecated: call reset_session(session_id, to=source), "
+    "which moves the session the same way"
+)
 
 
 class StateManager:
@@ -422,22 +428,25 @@ class StateManager:
             raise AlreadyExistsError(f"session {new_session_id!r} already exists; pick another id", target) from None
         return rev.commit.hex()
 
-    async def restore_into_session(
-        self, source: str, session_id: str | None = None, *, expected: str | None = None
+    async def reset_session(
+        self, session_id: str | None = None, *, to: str, expected: str | None = None
     ) -> RestoreResult:
-        """Make ``source`` (a checkpoint or commit) the current state of ``session_id`` (by
-        default the session the checkpoint belongs to). A ref move, recorded in the reflog:
-        restoring ``result.previous`` undoes it.
+        """Move the session's head to ``to`` (any reference: a checkpoint, an earlier save, a
+        commit; see ``resolve``), so its current state is that one and the next save continues
+        from it. ``session_id`` defaults to the session ``to`` belongs to. A ref move, recorded
+        in the reflog: ``reset_session(sid, to=result.previous)`` undoes it. (To read a
+        checkpoint's state without moving anything, use ``restore_checkpoint``.)
 
-        ``expected``: the head (hex commit id) the caller last saw; when given, the restore
+        ``expected``: the head (hex commit id) the caller last saw; when given, the reset
         happens only if the session is still there (ConflictError otherwise, also when the
         session was deleted), so a stale view never overwrites newer saves or re-creates a
         deleted session."""
         repo = self.repository
+        source = to
         rev = await self.resolve(source)
         sid = session_id if session_id is not None else rev.session
         if sid is None:
-            raise InvalidKeyError(f"{source!r} belongs to no session: name the session to restore into")
+            raise InvalidKeyError(f"{source!r} belongs to no session: name the session to reset")
         ref = names.session_ref(sid)
         await repo.open()
         async with repo.gc_shared():
@@ -454,6 +463,14 @@ class StateManager:
                 return RestoreResult(sid, current.hex(), current.hex(), False)
             await repo.move_ref(ref, rev.commit, expected=current, message=f"restore {sid} to {rev.label}"[:200])
         return RestoreResult(sid, current.hex() if current else None, rev.commit.hex(), True)
+
+    async def restore_into_session(
+        self, source: str, session_id: str | None = None, *, expected: str | None = None
+    ) -> RestoreResult:
+        """Deprecated (a DeprecationWarning): the old name of ``reset_session(session_id,
+        to=source, expected=expected)``, which says that it moves the session."""
+        warnings.warn(RESTORE_INTO_SESSION_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return await self.reset_session(session_id, to=source, expected=expected)
 
     # -- maintenance ------------------------------------------------------------------------
 

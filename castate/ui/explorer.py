@@ -504,7 +504,7 @@ class Explorer:
     async def restore(self, source: str, session_id: str, expected: str) -> dict[str, Any]:
         """Restore ``source`` into ``session_id`` only if its head is still ``expected`` (the
         head the page showed): a moved or deleted session is a conflict, never overwritten."""
-        return (await self.sm.restore_into_session(source, session_id, expected=expected)).to_dict()
+        return (await self.sm.reset_session(session_id, to=source, expected=expected)).to_dict()
 
     async def fork(self, source: str, new_session_id: str) -> dict[str, Any]:
         return {"session_id": new_session_id, "head": await self.sm.fork(source, new_session_id)}
