@@ -289,11 +289,14 @@ async def cmd_show(sm: StateManager, args: argparse.Namespace, out: Output) -> i
 
 async def _ref_and_path(sm: StateManager, text: str, path: str | None) -> tuple[Revision, str]:
     """``REF`` with ``--path``, or ``REF:POINTER`` (git's ``rev:path``): ``run-1:/messages/0``;
-    the leading ``/`` may be left out. A whole reference that resolves wins over the split."""
+    the leading ``/`` may be left out. A whole reference that resolves wins over the split,
+    and the split is never inside ``@{...}`` (a time has colons: ``run-1@{10:30}:/step``)."""
     try:
         return await sm.resolve(text), path or ""
     except (NotFoundError, InvalidKeyError):
-        ref, sep, pointer = text.rpartition(":")
+        braced, brace, tail = text.rpartition("}")
+        ref, sep, pointer = tail.rpartition(":")
+        ref = braced + brace + ref
         if not sep or not ref or path is not None:
             raise
         rev = await sm.resolve(ref)  # when this fails too, its error names the reference part
