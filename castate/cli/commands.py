@@ -86,10 +86,12 @@ def _is_cpid(text: str) -> bool:
 
 
 async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
-    sessions = await sm.list_sessions()
-    reflog = await sm.repository.reflog()  # read once: for the move times and the id prefixes
+    sessions = await sm.list_sessions()  # each timestamp: when its head last moved
+    reflog = await sm.repository.reflog()  # for the move times to the nanosecond and the id prefixes
     moved = await session_moved_ns(sm.repository, reflog=reflog)
     updated = {s.session_id: moved.get(names.session_ref(s.session_id), int(s.timestamp * 1e9)) for s in sessions}
+    heads = await sm.repository.read_commits([bytes.fromhex(s.head) for s in sessions])  # read by list_sessions
+    saved = {s.session_id: heads[bytes.fromhex(s.head)].time_ns / 1e9 for s in sessions}
     if args.json:
         out.json(
             [
@@ -97,7 +99,7 @@ async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) 
                     "session_id": s.session_id,
                     "updated": iso_time(updated[s.session_id] / 1e9),
                     "updated_ns": updated[s.session_id],
-                    "saved": iso_time(s.timestamp),
+                    "saved": iso_time(saved[s.session_id]),
                     "timestamp": s.timestamp,
                     "checkpoints": s.checkpoint_count,
                     "head": s.head,

@@ -38,6 +38,7 @@ from castate.repository.diff import Change
 from castate.repository.fsck import FsckProgress, FsckReport, fsck
 from castate.repository.gc import DEFAULT_GRACE, DEFAULT_REFLOG_EXPIRE, GcProgress, GcReport, collect_garbage
 from castate.repository.health import fsck_run, gc_run, record_run
+from castate.repository.moved import moved_ns
 from castate.repository.recover import Rollback, roll_back
 from castate.repository.retention import ForgetReport, Policy, forget
 from castate.repository.revisions import Revision, resolve
@@ -76,7 +77,15 @@ class _Record(Mapping[str, Any]):
 
 @dataclass(frozen=True, eq=True)
 class SessionInfo(_Record):
-    """One session: its id, when it was last saved (epoch seconds), its checkpoints."""
+    """One session: its id, ``timestamp`` (epoch seconds), its checkpoint count, its head
+    commit (hex) and the head's metadata.
+
+    ``timestamp`` is when the session's head last moved: its last save, or a later
+    ``reset_session``, ``fork`` (for the new session) or import, which point the head at an
+    older save (the reflog says when; past its expiry, the head's save time, older either
+    way). The time the head's state was saved is ``history(session_id, limit=1)[0].timestamp``.
+    It is what ``castate sessions`` prints as UPDATED and what retention's ``forget
+    --sessions`` ages a session by. Over plain dict storage: the last ``save_session``."""
 
     session_id: str
     timestamp: float
@@ -764,12 +773,13 @@ class _RepoSessions:
             part = ref[len(names.CHECKPOINTS) :].split("/", 1)[0]
             counts[part] = counts.get(part, 0) + 1
         commits = await self._repository.read_commits(list(heads.values()))
+        moved = await moved_ns(self._repository, heads)  # a save, but also a reset, a fork, an import
         out = []
         for ref, cid in heads.items():
             sid = names.session_of_ref(ref)
             c = commits[cid]
             out.append(
-                SessionInfo(sid, c.time_ns / 1e9, counts.get(names.encode_part(sid), 0), cid.hex(), dict(c.meta))
+                SessionInfo(sid, moved[ref] / 1e9, counts.get(names.encode_part(sid), 0), cid.hex(), dict(c.meta))
             )
         return sorted(out, key=lambda s: s.session_id)
 
