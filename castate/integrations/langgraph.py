@@ -66,9 +66,8 @@ if TYPE_CHECKING:  # a TypedDict of langgraph-checkpoint 4.3's DeltaChannel (bet
 from castate.backends.base import ANY, Backend, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.urls import open_backend
-from castate.codec import Commit
 from castate.errors import ConflictError, InvalidKeyError, StoreError
-from castate.repository import Repository
+from castate.repository import Commit, Repository
 from castate.repository.refs import check_name, encode_part
 
 ROOT = "langgraph/"

@@ -33,7 +33,7 @@ from castate.ui.messages import summaries
 from castate.ui.sizecache import SizeCache
 
 if TYPE_CHECKING:
-    from castate.codec import Commit  # the type only: commits come from the repository
+    from castate.repository import Commit  # the type only: commits come from the repository
 
 MAX_CHANGES = 2000  # changes a diff sends
 MAX_VALUE = 16 << 20  # bytes of a str or bytes value sent whole
