@@ -52,7 +52,8 @@ def marsys_storage_interface() -> type | None:
         return None
     if "save" not in getattr(StorageBackend, "__abstractmethods__", ()):
         return None
-    return StorageBackend
+    found: type = StorageBackend
+    return found
 
 
 def marsys_json(data: Any) -> Any:

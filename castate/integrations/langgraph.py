@@ -421,7 +421,8 @@ class CastateSaver(BaseCheckpointSaver[str]):
 
     def _metadata(self, commit: Commit) -> CheckpointMetadata:
         t, b64 = commit.meta["metadata"]
-        return self.serde.loads_typed((t, base64.b64decode(b64)))
+        metadata: CheckpointMetadata = self.serde.loads_typed((t, base64.b64decode(b64)))
+        return metadata
 
     def _tuple(
         self,

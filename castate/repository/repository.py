@@ -19,7 +19,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from castate.backends.base import ANY, Backend, ReflogEntry, RefRepairReport, RefUpdate
+from castate.backends.base import ANY, Backend, Durability, ReflogEntry, RefRepairReport, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.urls import open_backend
 from castate.codec import Commit, Shadow, encode_commit, object_id, parse_commit
@@ -69,7 +69,7 @@ class Repository:
 
     @classmethod
     def at(
-        cls, target: str | os.PathLike[str], *, durability: str = "durable", create: bool | None = None
+        cls, target: str | os.PathLike[str], *, durability: Durability = "durable", create: bool | None = None
     ) -> Repository:
         """A repository over the store at a URL or directory path (``castate.open``'s backend,
         whose ``create`` and ``durability`` these are), not yet connected."""

@@ -678,7 +678,8 @@ class _PlainSessions:
         record = await self.storage.load(self._checkpoint_key(checkpoint_id))
         if record is None:
             raise NotFoundError(f"no checkpoint {checkpoint_id!r}")
-        return record["state"]
+        state: dict[str, Any] = record["state"]
+        return state
 
     async def list_sessions(self) -> list[SessionInfo]:
         out = []
@@ -852,7 +853,8 @@ class _RepoSessions:
                 if well_formed:
                     raise NotFoundError(f"no checkpoint {checkpoint_id!r}") from None
                 raise InvalidKeyError(str(exc)) from None  # no checkpoint id, and no reference either
-        return await self._repository.read_state((await self._repository.read_commit(cid)).root)
+        state: dict[str, Any] = await self._repository.read_state((await self._repository.read_commit(cid)).root)
+        return state  # a session's states are dicts (save_session takes only dicts)
 
     async def list_checkpoints(self, session_id: str) -> list[CheckpointInfo]:
         refs = await self._repository.list_refs(names.checkpoint_prefix(session_id))

@@ -27,7 +27,7 @@ import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
 from castate.repository import Backend, BlobBackend, Default
 from castate.sessions.auto import AutoCheckpoint
@@ -46,7 +46,7 @@ def _blocking(
 
     @functools.wraps(method)
     def call(self: SyncStateManager, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._run(lambda sm: getattr(sm, name)(*args, **kwargs))
+        return cast(R, self._run(lambda sm: getattr(sm, name)(*args, **kwargs)))  # the method's own result
 
     return call
 
