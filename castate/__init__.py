@@ -14,6 +14,7 @@ sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0.
 
 from castate.backends import Backend, LocalBackend, MemoryBackend
 from castate.backends.urls import open_backend as open  # noqa: F401 - public as castate.open, kept out of __all__
+from castate.codec.tracking import TrackedDict, TrackedList, tracked
 from castate.codec.types import register, unregistered_as_dicts
 from castate.errors import (
     AlreadyExistsError,
@@ -43,7 +44,6 @@ from castate.sessions.auto import AutoCheckpoint
 from castate.sessions.manager import CheckpointInfo, RestoreResult, SaveInfo, SessionInfo, StateManager
 from castate.sessions.storage import FileStorageBackend, StorageBackend
 from castate.sessions.sync import SyncStateManager
-from castate.tracking import TrackedDict, TrackedList, tracked
 
 __version__ = "0.1.0"
 

@@ -85,7 +85,7 @@ class Workflow:
         s["messages"].append(message)
         s["agents"][agent]["memory"].append(message)
         s["scratchpad"] = sentence(rng, 30)
-        return s["step"] % 25 == 0
+        return bool(s["step"] % 25 == 0)
 
     def call_tool(self, fail: bool) -> None:
         if fail:

@@ -179,7 +179,8 @@ def test_a_fork_is_timed_by_its_ref_move(tmp_path: Path, monkeypatch: pytest.Mon
     run("fork", "old-run", "forked", store=store)  # now
     sessions = {s["session_id"]: s for s in run_json("sessions", store=store)}
     assert sessions["forked"]["updated_ns"] - sessions["old-run"]["updated_ns"] > 3000 * 10**9
-    assert sessions["forked"]["timestamp"] == sessions["old-run"]["timestamp"]  # the same commit, saved then
+    assert sessions["forked"]["saved"] == sessions["old-run"]["saved"]  # the same commit, saved then
+    assert sessions["forked"]["timestamp"] == pytest.approx(sessions["forked"]["updated_ns"] / 1e9)  # as the API
     human = run("sessions", store=store)
     assert human.splitlines()[0].split()[:2] == ["SESSION", "UPDATED"]
     decisions = run_json("forget", "--sessions", "--keep-within", "10m", "--dry-run", store=store)["decisions"]

@@ -11,9 +11,9 @@ from castate.codec import Decoder, Encoder
 from castate.codec.encoder import map_header
 from castate.codec.nodes import NO_SPECIALS
 from castate.codec.objects import KIND_DICT, object_id
+from castate.codec.tracking import tracked
 from castate.codec.types import EXT_NDARRAY
 from castate.errors import CorruptObjectError, UnsupportedValueError
-from castate.tracking import tracked
 
 np = pytest.importorskip("numpy")
 

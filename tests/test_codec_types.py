@@ -22,9 +22,9 @@ from castate.codec import Decoder, Encoder
 from castate.codec.encoder import array_header, map_header
 from castate.codec.nodes import NO_SPECIALS, encode_typed
 from castate.codec.objects import KIND_DICT, KIND_LIST, KIND_TYPED, decode_frame, encode_frame, object_id
+from castate.codec.tracking import tracked
 from castate.codec.types import EXT_DATE, EXT_DATETIME, EXT_TUPLE, EXT_USER, unregister
 from castate.errors import CorruptObjectError, RegistrationError, UnregisteredTypeError, UnsupportedValueError
-from castate.tracking import tracked
 from tests.strategies import same, typed_states
 
 

@@ -41,7 +41,7 @@ from marsys.coordination.branches.types import (
 from marsys.models import ModelConfig
 
 from castate.compat.marsys import MarsysBytesBackend, MarsysStorageBackend, marsys_storage_interface
-from castate.migrate import import_marsys_directory
+from castate.compat.marsys_import import import_marsys_directory
 
 logging.getLogger("marsys").setLevel(logging.ERROR)
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:marsys.*")

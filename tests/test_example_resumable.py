@@ -45,8 +45,13 @@ def run_until_killed(store: Path, kill_after: int) -> list[str]:
         if line.startswith("saved ") and int(line.split()[1]) >= kill_after:
             proc.send_signal(signal.SIGKILL)
             break
-    rest, _ = proc.communicate(timeout=60)
-    lines += rest.strip().splitlines()
+    proc.wait(timeout=60)
+    # Read the rest through the same file object: the loop above may have read lines ahead into
+    # its buffer, which communicate() (reading the raw pipes) would drop, hiding saves printed
+    # before the kill landed on a busy machine.
+    lines += proc.stdout.read().strip().splitlines()
+    assert proc.stderr is not None
+    proc.stderr.read()
     assert proc.returncode == -signal.SIGKILL, (proc.returncode, lines)
     return lines
 

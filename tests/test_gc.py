@@ -63,7 +63,7 @@ async def test_the_reflog_keeps_removed_sessions_until_it_expires(sm: castate.St
     await sm.delete_session("s")
     report = await sm.gc(grace=0)  # default reflog expiry: days
     assert report.deleted == 0
-    restored = await sm.restore_into_session(head, "s")  # undo the removal
+    restored = await sm.reset_session("s", to=head)  # undo the removal
     assert restored.current == head
     assert restored.previous is None
     assert await sm.load_session("s") == big_state("s")

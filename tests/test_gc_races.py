@@ -148,7 +148,7 @@ async def test_fork_and_restore_refuse_a_commit_whose_tree_gc_partly_removed(tmp
         assert err.value.object_id == gone.hex()
         assert await sm.load_session("revived") is None
         with pytest.raises(MissingObjectError):
-            await sm.restore_into_session(old, "s")
+            await sm.reset_session("s", to=old)
         assert await sm.load_session("s") == state("newer")
 
 

@@ -61,32 +61,44 @@ async def test_restore_into_the_session_and_undo(sm: castate.StateManager) -> No
     await sm.save_session("run", {"step": 1.5})
     cp = await sm.create_checkpoint("run", "good")
     await sm.save_session("run", {"step": "broken"})
-    result = await sm.restore_into_session(cp)
+    result = await sm.reset_session(to=cp)
     assert result.changed
     assert result.session_id == "run"
     assert await sm.load_session("run") == {"step": 1.5}
     entry = (await sm.repository.reflog("sessions/run"))[-1]
     assert entry.message.startswith("restore run to checkpoint")
     assert entry.new.hex() == result.current
-    again = await sm.restore_into_session(cp)
+    again = await sm.reset_session(to=cp)
     assert not again.changed
-    undo = await sm.restore_into_session(result.previous, "run")
+    undo = await sm.reset_session("run", to=result.previous)
     assert await sm.load_session("run") == {"step": "broken"}
     assert undo.previous == result.current
     # Saving after a restore continues from the restored state.
-    await sm.restore_into_session(cp)
+    await sm.reset_session(to=cp)
     await sm.save_session("run", {"step": 2})
     log = await sm.repository.log("sessions/run", 2)
     assert log[1][0].hex() == result.current
 
 
+async def test_restore_into_session_is_the_old_name_of_reset_session_and_warns(sm: castate.StateManager) -> None:
+    cp = await sm.create_checkpoint("run", "good")
+    await sm.save_session("run", {"step": "broken"})
+    with pytest.warns(DeprecationWarning, match=r"reset_session\(session_id, to=source\)") as caught:
+        result = await sm.restore_into_session(cp)  # the old (source, session_id) order
+    assert caught[0].filename == __file__  # the warning points at the caller's line
+    assert (result.session_id, result.changed) == ("run", True)
+    assert await sm.load_session("run") == {"step": 3}
+    with pytest.warns(DeprecationWarning, match="reset_session"), pytest.raises(ConflictError):
+        await sm.restore_into_session(result.previous, "run", expected=result.previous)  # keywords still pass
+
+
 async def test_restore_into_another_session(sm: castate.StateManager) -> None:
     cp = await sm.create_checkpoint("run", "x")
-    await sm.restore_into_session(cp, "elsewhere")
+    await sm.reset_session("elsewhere", to=cp)
     assert await sm.load_session("elsewhere") == {"step": 3}
     head = (await sm.repository.head("sessions/run")).hex()
     with pytest.raises(NotFoundError):
-        await sm.restore_into_session("nope", "run")
+        await sm.reset_session("run", to="nope")
     commit_only = castate.StateManager(MemoryBackend())
     with pytest.raises(NotFoundError):
-        await commit_only.restore_into_session(head)
+        await commit_only.reset_session(to=head)

@@ -14,7 +14,6 @@ ROOT = Path(castate.__file__).parent
 # Lowest first; a module may import its own layer and those below. The most specific prefix wins.
 LAYERS: dict[str, int] = {
     "castate.errors": 0,
-    "castate.tracking": 0,
     "castate.codec": 1,
     "castate.backends": 2,
     "castate.repository": 3,
@@ -33,10 +32,11 @@ LAYERS: dict[str, int] = {
     "castate.autocheckpoint": 7,
     "castate.lifecycle": 7,
     "castate.sync": 7,
+    "castate.tracking": 7,  # old path of castate.codec.tracking
     "castate.compat": 7,
     "castate.integrations": 7,
     "castate.display": 7,
-    "castate.migrate": 8,
+    "castate.migrate": 8,  # old path of castate.compat.marsys_import
     "castate.ui": 8,
     "castate.cli": 9,
     "castate.demo": 9,
@@ -141,14 +141,19 @@ def test_the_layer_test_sees_what_it_checks() -> None:
     assert layer("castate.repository.packs.store") == layer("castate.repository") < layer("castate.sessions.storage")
 
 
-def test_the_sessions_layers_old_module_paths_still_import() -> None:
-    """Users and MARSYS adapters import from the paths the sessions layer had before its package."""
+def test_the_old_module_paths_still_import() -> None:
+    """Users and MARSYS adapters import from the paths the sessions layer had before its
+    package, change tracking before it joined the codec, and the MARSYS import before compat."""
     import castate.autocheckpoint
+    import castate.codec.tracking
+    import castate.compat.marsys_import
     import castate.lifecycle
+    import castate.migrate
     import castate.sessions
     import castate.state
     import castate.storage
     import castate.sync
+    import castate.tracking
 
     assert castate.state.StateManager is castate.sessions.StateManager is castate.StateManager
     assert castate.state.CheckpointInfo is castate.sessions.manager.CheckpointInfo
@@ -159,20 +164,39 @@ def test_the_sessions_layers_old_module_paths_still_import() -> None:
     assert castate.lifecycle.checkpointed is castate.sessions.lifecycle.checkpointed
     assert castate.lifecycle.pause is castate.sessions.lifecycle.pause
     assert castate.sync.SyncStateManager is castate.sessions.SyncStateManager is castate.SyncStateManager
-    for module in (castate.state, castate.storage, castate.autocheckpoint, castate.lifecycle, castate.sync):
+    assert castate.migrate.import_marsys_directory is castate.compat.marsys_import.import_marsys_directory
+    assert castate.migrate.ImportReport is castate.compat.marsys_import.ImportReport
+    assert castate.tracking.tracked is castate.codec.tracking.tracked is castate.tracked
+    assert castate.tracking.TrackedDict is castate.codec.tracking.TrackedDict is castate.TrackedDict
+    assert castate.tracking.TrackedList is castate.codec.tracking.TrackedList is castate.TrackedList
+    for module in (
+        castate.state,
+        castate.storage,
+        castate.autocheckpoint,
+        castate.lifecycle,
+        castate.sync,
+        castate.tracking,
+        castate.migrate,
+    ):
         assert all(getattr(module, name) is not None for name in module.__all__)
 
 
-def test_the_sessions_layer_imports_no_concrete_backend() -> None:
-    """The sessions package takes backends through their contract (``base``, ``blob``) and store
-    URLs (``urls``), never one backend's module: ``Durability`` lives in ``castate.backends.base``."""
-    neutral = {"castate.backends", "castate.backends.base", "castate.backends.blob", "castate.backends.urls"}
-    concrete = [
+def test_the_sessions_layer_stands_on_the_repository_alone() -> None:
+    """The sessions package imports nothing from the codec or the backends: the types it names
+    (a backend, ``Default``, ``Durability``, ``RefRepairReport``) come re-exported by
+    ``castate.repository``, and ref moves are the repository's operations (``move_ref``,
+    ``point_ref``, ``delete_refs_at``), so no session module builds a ``RefUpdate``."""
+    below = [
         f"{a} imports {b}"
         for a, targets in sorted(imports().items())
-        if a.startswith("castate.sessions")
+        if a == "castate.sessions" or a.startswith("castate.sessions.")
         for b in sorted(targets)
-        if b.startswith("castate.backends") and b not in neutral
+        if b.split(".")[:2] in (["castate", "backends"], ["castate", "codec"])
     ]
-    assert concrete == []
-    assert "castate.backends.base" in imports()["castate.sessions.storage"]
+    assert below == []
+    assert "castate.repository" in imports()["castate.sessions.storage"]  # the test sees its imports
+
+
+def test_the_ui_moves_refs_through_the_repository() -> None:
+    """The UI's fork undo moves a ref with ``Repository.move_ref``, not a backend's ``RefUpdate``."""
+    assert not [b for b in imports()["castate.ui.explorer"] if b.startswith("castate.backends")]

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from castate.compat.marsys import MarsysStorageBackend
+from castate.compat.marsys_import import cli_import_marsys, import_marsys_directory
 from castate.errors import CastateError
-from castate.migrate import cli_import_marsys, import_marsys_directory
 from tests.test_compat_marsys import marsys_like_session
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -139,6 +139,23 @@ def test_cli_function_and_module_entry_point(tmp_path: Path) -> None:
     assert proc.returncode == 1, proc.stderr
     assert "imported 0 keys (4 already up to date)" in proc.stdout
     assert "skipped sessions/session_bad.json: not valid JSON" in proc.stdout
+
+
+@pytest.mark.parametrize("module", ["castate.compat.marsys_import", "castate.migrate"])
+def test_the_module_runs_at_its_path_and_its_old_one(tmp_path: Path, module: str) -> None:
+    marsys_directory(tmp_path / "marsys", checkpoints=1)
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "marsys", str(tmp_path / "marsys"), str(tmp_path / "store")],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("imported 3 keys")
+    bad = subprocess.run([sys.executable, "-m", module], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2
+    assert f"python -m {module}" in bad.stderr  # its usage names the path it ran as
 
 
 def test_castate_command_imports_a_marsys_directory(tmp_path: Path) -> None:

@@ -10,7 +10,8 @@ import pytest
 
 import castate
 from castate.backends import MemoryBackend, RefUpdate
-from castate.errors import ConflictError, NotFoundError
+from castate.errors import ConflictError, MissingObjectError, NotFoundError
+from castate.repository.gc import collect_garbage
 from castate.repository.packs import PackInfo, PackStore
 from castate.repository.packs.format import PACK_PREFIX, parse_pack_head
 
@@ -101,6 +102,38 @@ async def test_copy_and_delete_refs(repo: castate.Repository) -> None:
     assert await repo.list_refs("checkpoints/") == {}
     log = await repo.reflog("checkpoints/x/a")
     assert [(e.old, e.new) for e in log] == [(None, saved.commit), (saved.commit, None)]
+
+
+async def test_ref_moves_for_the_layers_above(repo: castate.Repository) -> None:
+    """move_ref (compare-and-swap), point_ref (the same, for a commit checked whole first) and
+    delete_refs_at (all or none): what the sessions package and the UI move refs with."""
+    one = (await repo.save("sessions/x", {"v": 1})).commit
+    two = (await repo.save("sessions/x", {"v": 2})).commit
+    await repo.move_ref("checkpoints/x/a", one, expected=None, message="make")
+    with pytest.raises(ConflictError):
+        await repo.move_ref("checkpoints/x/a", two, expected=None)  # it exists: not "expected absent"
+    with pytest.raises(ConflictError):
+        await repo.move_ref("checkpoints/x/a", two, expected=two)  # it is at one, not two
+    await repo.move_ref("checkpoints/x/a", two, expected=one)
+    await repo.point_ref("sessions/y", one, expected=None, holders=["sessions/x"], message="fork")  # no ref holds one
+    assert await repo.load("sessions/y") == {"v": 1}
+    with pytest.raises(ConflictError):
+        await repo.delete_refs_at({"checkpoints/x/a": two, "sessions/y": two})  # y is at one: nothing goes
+    assert set(await repo.list_refs()) == {"sessions/x", "sessions/y", "checkpoints/x/a"}
+    await repo.delete_refs_at({"checkpoints/x/a": two, "sessions/y": one}, message="clean")
+    assert set(await repo.list_refs()) == {"sessions/x"}
+    log = await repo.reflog("checkpoints/x/a")
+    assert [(e.old, e.new, e.message) for e in log] == [(None, one, "make"), (one, two, ""), (two, None, "clean")]
+
+
+async def test_point_ref_refuses_a_commit_whose_tree_gc_removed() -> None:
+    repo = castate.Repository(MemoryBackend())
+    old = (await repo.save("sessions/x", {"big": "x" * 5000})).commit
+    await repo.save("sessions/x", {"big": "y" * 5000})
+    await collect_garbage(repo.backend, grace=0, reflog_expire=0)  # the first save's tree goes
+    with pytest.raises(MissingObjectError):
+        await repo.point_ref("sessions/fork", old, expected=None)
+    assert await repo.head("sessions/fork") is None  # the ref was never pointed at the broken tree
 
 
 async def test_save_also_points_more_refs_at_the_new_commit(repo: castate.Repository) -> None:

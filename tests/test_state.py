@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -200,3 +201,29 @@ async def test_plain_dict_storage_keeps_no_commits() -> None:
 def test_state_manager_rejects_objects_that_are_not_storage() -> None:
     with pytest.raises(TypeError, match="not a storage backend"):
         castate.StateManager(object())  # type: ignore[arg-type]
+
+
+async def test_list_sessions_times_a_session_by_its_last_head_move(
+    store_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``SessionInfo.timestamp`` is when the head last moved (as ``castate sessions`` UPDATED and
+    retention say), not when the state at the head was saved: a fork or reset of an old save is new."""
+    real = time.time_ns
+    monkeypatch.setattr(time, "time_ns", lambda: real() - 3600 * 10**9)  # these saves happened an hour ago
+    async with castate.StateManager(store_path) as sm:
+        await sm.save_session("old-run", {"step": 1})
+        cp = await sm.create_checkpoint("old-run", "one")
+        await sm.save_session("reset", {"step": 1})
+        await sm.save_session("reset", {"step": 2})
+    monkeypatch.undo()
+    async with castate.StateManager(store_path) as sm:
+        await sm.fork(cp, "forked")  # now
+        await sm.reset_session("reset", to="reset~1")  # now
+        listed = {s.session_id: s for s in await sm.list_sessions()}
+        hour_ago = time.time() - 3600
+        assert listed["old-run"].timestamp < hour_ago + 60
+        assert listed["forked"].timestamp > hour_ago + 3000
+        assert listed["reset"].timestamp > hour_ago + 3000
+        assert listed["forked"].head == listed["old-run"].head  # the same commit...
+        [saved] = await sm.history("forked", limit=1)
+        assert saved.timestamp < hour_ago + 60  # ...saved an hour ago, which history tells

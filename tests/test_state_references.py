@@ -1,5 +1,5 @@
 """Short references in the sessions API: ``restore_checkpoint``, ``diff``, ``fork`` and
-``restore_into_session`` take what the CLI takes (castate/repository/refspec.py), not only
+``reset_session`` take what the CLI takes (castate/repository/refspec.py), not only
 76-character checkpoint ids."""
 
 from __future__ import annotations
@@ -69,16 +69,16 @@ async def test_restore_checkpoint_says_what_a_reference_misses(manager: castate.
         await manager.restore_checkpoint("nothing-here")
 
 
-async def test_diff_fork_and_restore_into_session_take_short_references(manager: castate.StateManager, history) -> None:
+async def test_diff_fork_and_reset_session_take_short_references(manager: castate.StateManager, history) -> None:
     changes = await manager.diff("run-1@before_call", "run-1/other")
     assert [(c.op, c.path) for c in changes] == [("replace", "/v"), ("add", "/log/2")]
     assert await manager.diff("run-1~1", "run-1@other") == []
     await manager.fork("run-1@before_call~1", "retry")
     assert await manager.load_session("retry") == v(1)
-    result = await manager.restore_into_session("run-1/other")
+    result = await manager.reset_session(to="run-1/other")
     assert (result.session_id, result.changed) == ("run-1", True)
     assert await manager.load_session("run-1") == v(3)
-    await manager.restore_into_session(result.previous[:10], "run-1")  # undo by a commit prefix
+    await manager.reset_session("run-1", to=result.previous[:10])  # undo by a commit prefix
     assert await manager.load_session("run-1") == v(4)
 
 

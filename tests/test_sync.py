@@ -41,7 +41,7 @@ def test_save_load_checkpoint_restore_list(ssm: castate.SyncStateManager) -> Non
         ssm.restore_checkpoint("run-1/missing/20260101T000000.000000Z-000000")
 
 
-def test_diff_fork_restore_into_session_delete_gc(ssm: castate.SyncStateManager) -> None:
+def test_diff_fork_reset_session_delete_gc(ssm: castate.SyncStateManager) -> None:
     ssm.save_session("run-1", {"step": 1, "log": ["a"]})
     cp = ssm.create_checkpoint("run-1", "one")
     ssm.save_session("run-1", {"step": 2, "log": ["a", "b"]})
@@ -51,7 +51,7 @@ def test_diff_fork_restore_into_session_delete_gc(ssm: castate.SyncStateManager)
     assert ssm.load_session("retry") == {"step": 1, "log": ["a"]}
     with pytest.raises(AlreadyExistsError):
         ssm.fork(cp, "retry")
-    result = ssm.restore_into_session(cp)
+    result = ssm.reset_session(to=cp)
     assert result.changed
     assert result.session_id == "run-1"
     assert ssm.load_session("run-1") == {"step": 1, "log": ["a"]}
@@ -62,6 +62,17 @@ def test_diff_fork_restore_into_session_delete_gc(ssm: castate.SyncStateManager)
     assert not ssm.fsck(full=True).damaged_refs
     assert ssm.load_session("run-1") == {"step": 1, "log": ["a"]}
     assert ssm.restore_checkpoint(cp) == {"step": 1, "log": ["a"]}
+
+
+def test_restore_into_session_is_a_deprecated_alias_here_too(ssm: castate.SyncStateManager) -> None:
+    ssm.save_session("run-1", {"step": 1})
+    cp = ssm.create_checkpoint("run-1", "one")
+    ssm.save_session("run-1", {"step": 2})
+    with pytest.warns(DeprecationWarning, match="reset_session") as caught:
+        result = ssm.restore_into_session(cp, "run-1")
+    assert caught[0].filename == __file__  # warned in the caller's thread, at its line
+    assert result.changed
+    assert ssm.load_session("run-1") == {"step": 1}
 
 
 def test_pause_resume_update_and_checkpointed(ssm: castate.SyncStateManager) -> None:

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import castate
 from castate.codec import Decoder, Encoder, chunking
 from castate.codec import encoder as encoder_module
+from castate.codec.tracking import TrackedDict, TrackedList, tracked
 from castate.errors import UnsupportedValueError
-from castate.tracking import TrackedDict, TrackedList, tracked
 from tests.strategies import apply_list_edit, initial_list, list_edits, list_lengths, same
 
 

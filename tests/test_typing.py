@@ -36,7 +36,7 @@ async def main() -> None:
         assert_type(await sm.list_sessions(), list[castate.SessionInfo])
         assert_type(await sm.list_checkpoints("run-1"), list[castate.CheckpointInfo])
         assert_type(await sm.diff("run-1~1", "run-1"), list[castate.Change])
-        assert_type(await sm.restore_into_session("run-1@before_call"), castate.RestoreResult)
+        assert_type(await sm.reset_session(to="run-1@before_call"), castate.RestoreResult)
     with castate.SyncStateManager("./state") as ssm:  # the blocking API keeps the same types
         assert_type(ssm.save_session("run-1", {"step": 2}), str | None)
         assert_type(ssm.load_session("run-1"), dict[str, Any] | None)

@@ -86,10 +86,12 @@ def _is_cpid(text: str) -> bool:
 
 
 async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
-    sessions = await sm.list_sessions()
-    reflog = await sm.repository.reflog()  # read once: for the move times and the id prefixes
+    sessions = await sm.list_sessions()  # each timestamp: when its head last moved
+    reflog = await sm.repository.reflog()  # for the move times to the nanosecond and the id prefixes
     moved = await session_moved_ns(sm.repository, reflog=reflog)
     updated = {s.session_id: moved.get(names.session_ref(s.session_id), int(s.timestamp * 1e9)) for s in sessions}
+    heads = await sm.repository.read_commits([bytes.fromhex(s.head) for s in sessions])  # read by list_sessions
+    saved = {s.session_id: heads[bytes.fromhex(s.head)].time_ns / 1e9 for s in sessions}
     if args.json:
         out.json(
             [
@@ -97,7 +99,7 @@ async def cmd_sessions(sm: StateManager, args: argparse.Namespace, out: Output) 
                     "session_id": s.session_id,
                     "updated": iso_time(updated[s.session_id] / 1e9),
                     "updated_ns": updated[s.session_id],
-                    "saved": iso_time(s.timestamp),
+                    "saved": iso_time(saved[s.session_id]),
                     "timestamp": s.timestamp,
                     "checkpoints": s.checkpoint_count,
                     "head": s.head,
@@ -289,11 +291,14 @@ async def cmd_show(sm: StateManager, args: argparse.Namespace, out: Output) -> i
 
 async def _ref_and_path(sm: StateManager, text: str, path: str | None) -> tuple[Revision, str]:
     """``REF`` with ``--path``, or ``REF:POINTER`` (git's ``rev:path``): ``run-1:/messages/0``;
-    the leading ``/`` may be left out. A whole reference that resolves wins over the split."""
+    the leading ``/`` may be left out. A whole reference that resolves wins over the split,
+    and the split is never inside ``@{...}`` (a time has colons: ``run-1@{10:30}:/step``)."""
     try:
         return await sm.resolve(text), path or ""
     except (NotFoundError, InvalidKeyError):
-        ref, sep, pointer = text.rpartition(":")
+        braced, brace, tail = text.rpartition("}")
+        ref, sep, pointer = tail.rpartition(":")
+        ref = braced + brace + ref
         if not sep or not ref or path is not None:
             raise
         rev = await sm.resolve(ref)  # when this fails too, its error names the reference part
@@ -349,7 +354,7 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 
 async def cmd_restore(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
-    result = await sm.restore_into_session(args.checkpoint, args.session)
+    result = await sm.reset_session(args.session, to=args.checkpoint)
     if args.json:
         out.json(result.to_dict())
         return EXIT_OK
@@ -779,7 +784,7 @@ async def cmd_import(sm: StateManager, args: argparse.Namespace, out: Output) ->
 
 
 async def cmd_import_marsys(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
-    from castate.migrate import import_marsys_directory
+    from castate.compat.marsys_import import import_marsys_directory
 
     report = await import_marsys_directory(args.source, args.store_path, overwrite=not args.no_overwrite)
     if args.json:

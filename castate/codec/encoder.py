@@ -62,6 +62,7 @@ from castate.codec.objects import (
     KIND_TYPED,
     object_id,
 )
+from castate.codec.tracking import TrackedDict, TrackedList
 from castate.codec.types import (
     CANONICAL_NAN,
     CONTAINER_TYPES,
@@ -74,7 +75,6 @@ from castate.codec.types import (
     registered,
 )
 from castate.errors import UnsupportedValueError
-from castate.tracking import TrackedDict, TrackedList
 
 # An entry is how a value sits inside its parent node: (tag, payload).
 INLINE = 0  # payload: canonical MessagePack of the value (no refs inside)

@@ -209,7 +209,7 @@ NDARRAY_KINDS = frozenset("biufcmMSU")
 def ndarray_type() -> type | None:
     """numpy.ndarray if numpy is imported (a state can hold an array only then), else None."""
     numpy = sys.modules.get("numpy")
-    return None if numpy is None else numpy.ndarray  # type: ignore[no-any-return]  # a module from sys.modules is Any
+    return None if numpy is None else numpy.ndarray
 
 
 def ndarray_state(arr: Any) -> list[Any]:

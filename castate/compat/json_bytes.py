@@ -51,7 +51,8 @@ def render(state: Any) -> bytes:
     """The bytes a state made by ``json_state`` or ``bytes_state`` stands for."""
     fmt = state.get("format") if type(state) is dict else None
     if fmt == FORMAT_BYTES and type(state.get("data")) is bytes:
-        return state["data"]
+        data: bytes = state["data"]
+        return data
     if fmt == FORMAT_JSON:
         try:
             style = state["style"]

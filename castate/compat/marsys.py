@@ -27,7 +27,7 @@ from pathlib import PurePosixPath
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from castate.backends.base import Backend, Durability, RefUpdate
+from castate.backends.base import Backend, Durability
 from castate.backends.blob import BlobBackend
 from castate.backends.local import LocalBackend
 from castate.compat.json_bytes import bytes_state, json_state, render
@@ -52,7 +52,8 @@ def marsys_storage_interface() -> type | None:
         return None
     if "save" not in getattr(StorageBackend, "__abstractmethods__", ()):
         return None
-    return StorageBackend
+    found: type = StorageBackend
+    return found
 
 
 def marsys_json(data: Any) -> Any:
@@ -237,13 +238,11 @@ class MarsysBytesBackend:
         """Remove every key last written more than ``age`` ago; returns how many went (refs only)."""
         cutoff_ns = int((self._clock() - age.total_seconds()) * 1e9)
         for _ in range(EXPIRE_ATTEMPTS):
-            doomed = [
-                RefUpdate(ref, None, cid) for ref, cid, _, modified in await self._entries() if modified < cutoff_ns
-            ]
+            doomed = {ref: cid for ref, cid, _, modified in await self._entries() if modified < cutoff_ns}
             if not doomed:
                 return 0
             try:
-                await self.repository.update_refs(doomed, message=f"expire older than {age}"[:200])
+                await self.repository.delete_refs_at(doomed, message=f"expire older than {age}"[:200])
                 return len(doomed)
             except ConflictError:  # a key was written meanwhile: judge again
                 continue

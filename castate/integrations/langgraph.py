@@ -66,9 +66,8 @@ if TYPE_CHECKING:  # a TypedDict of langgraph-checkpoint 4.3's DeltaChannel (bet
 from castate.backends.base import ANY, Backend, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.urls import open_backend
-from castate.codec import Commit
 from castate.errors import ConflictError, InvalidKeyError, StoreError
-from castate.repository import Repository
+from castate.repository import Commit, Repository
 from castate.repository.refs import check_name, encode_part
 
 ROOT = "langgraph/"
@@ -422,7 +421,8 @@ class CastateSaver(BaseCheckpointSaver[str]):
 
     def _metadata(self, commit: Commit) -> CheckpointMetadata:
         t, b64 = commit.meta["metadata"]
-        return self.serde.loads_typed((t, base64.b64decode(b64)))
+        metadata: CheckpointMetadata = self.serde.loads_typed((t, base64.b64decode(b64)))
+        return metadata
 
     def _tuple(
         self,

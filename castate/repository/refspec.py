@@ -9,6 +9,12 @@ Accepted, tried in this order (the first form that names something wins):
     a checkpoint, by its full id;
 ``run-1``
     a session: its head (latest save);
+``run-1@{2026-12-05T10:30:00Z}``, ``run-1@{2026-12-05 11:30}``
+    the state of session ``run-1`` at that time: where its head was then (after a save, a
+    restore, a fork at or before it), from the session's reflog, and past the reflog's
+    expiry from its history of saves. An ISO 8601 time; without a zone it is local time,
+    as the CLI's tables print times. A time before the session's first save, or while it
+    was deleted, raises NotFoundError saying when it existed;
 ``run-1@before_deploy``
     the newest checkpoint named ``before_deploy`` of session ``run-1`` (session id and
     name as ``castate sessions`` and ``castate checkpoints`` print them);
@@ -34,6 +40,7 @@ import re
 import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from castate.backends.base import ReflogEntry
 from castate.errors import InvalidKeyError, NotFoundError
@@ -44,6 +51,8 @@ MIN_PREFIX = 6  # the shortest commit prefix resolved
 MIN_ABBREV = 7  # the shortest commit prefix printed (git's default)
 STAMP_ABBREV = 15  # a shortened checkpoint stamp keeps at least its date and time to the second
 _ANCESTOR = re.compile(r"(.+)~([0-9]{0,9})", re.DOTALL)  # fullmatch: no trailing newline; ASCII digits
+_AT_TIME = re.compile(r"(.+)@\{([^{}]*)\}", re.DOTALL)  # fullmatch; the last ``@{`` splits
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _KINDS = ("session", "checkpoint", "commit")
 _MAX_LISTED = 5
 
@@ -87,6 +96,8 @@ async def _exact(repo: Repository, text: str) -> Revision | None:
         if found is not None:
             return found
     found = await _session(repo, text)
+    if found is None and "@{" in text:
+        found = await _at_time(repo, text)
     if found is None and "@" in text:
         found = await _named(repo, text)
     if found is None and "/" in text:
@@ -134,6 +145,73 @@ async def _checkpoints_of(repo: Repository, session_id: str) -> dict[str, bytes]
         for ref, cid in found.items()
         if _is_checkpoint_id(ref[len(names.CHECKPOINTS) :])
     }
+
+
+def parse_time(text: str) -> int | None:
+    """An ISO 8601 time as epoch nanoseconds (local time when it has no zone), or None."""
+    try:
+        when = datetime.fromisoformat(text.strip())
+        if when.tzinfo is None:
+            when = when.astimezone()  # a naive time is the machine's local time
+        delta = when - _EPOCH
+    except (ValueError, OverflowError, OSError):  # not ISO 8601, or out of the platform's range
+        return None
+    return (delta.days * 86_400 + delta.seconds) * 1_000_000_000 + delta.microseconds * 1_000
+
+
+def _when(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def _at_time(repo: Repository, text: str) -> Revision | None:
+    """``SESSION@{TIME}``: where the session's head was at that time. None when the text is
+    not of that form (the braces hold no time, or no valid session id precedes them)."""
+    m = _AT_TIME.fullmatch(text)
+    if m is None:
+        return None
+    session, when = m.group(1), parse_time(m.group(2))
+    if when is None:
+        return None
+    try:
+        ref = names.session_ref(session)
+    except InvalidKeyError:
+        return None
+    label = f"session {session} at {_when(when)}"
+    log = await repo.reflog(ref)
+    before = [e for e in log if e.time_ns <= when]
+    if before:
+        entry = before[-1]
+        if entry.new is None:
+            later = next((e for e in log if e.time_ns > when and e.new is not None), None)
+            again = f"; it was created again at {_when(later.time_ns)}" if later else ""
+            raise NotFoundError(f"{text!r}: session {session!r} was deleted at {_when(entry.time_ns)}{again}")
+        if not await repo.backend.has_objects([entry.new]):
+            raise NotFoundError(f"{text!r}: the state session {session!r} had then is no longer stored (gc removed it)")
+        return Revision(entry.new, label, None, session)
+    if log and log[0].old is None:  # the reflog starts with the session's creation, after ``when``
+        raise NotFoundError(
+            f"{text!r}: session {session!r} did not exist yet; its first state is from {_when(log[0].time_ns)}"
+        )
+    # The reflog does not reach back to ``when`` (its older entries expired, or it has none):
+    # the newest save at or before ``when`` in the history the reflog's oldest entry starts from.
+    start = log[0].old if log else await repo.head(ref)
+    if start is None:
+        raise NotFoundError(f"{text!r}: there is no session {session!r} (see `castate sessions`)")
+    cid: bytes | None = start
+    oldest: int | None = None
+    while cid is not None:
+        if not await repo.backend.has_objects([cid]):
+            raise NotFoundError(
+                f"{text!r}: session {session!r}'s saves from before {_when(oldest or when)} are no longer stored "
+                "(gc removed them)"
+            )
+        commit = await repo.read_commit(cid)
+        if commit.time_ns <= when:
+            return Revision(cid, label, None, session)
+        oldest = commit.time_ns
+        cid = commit.parents[0] if commit.parents else None
+    assert oldest is not None
+    raise NotFoundError(f"{text!r}: session {session!r} did not exist yet; its first save is from {_when(oldest)}")
 
 
 async def _named(repo: Repository, text: str) -> Revision | None:
@@ -265,6 +343,12 @@ async def _explain(repo: Repository, text: str) -> str:
     kind, sep, rest = text.partition(":")
     if sep and kind in _KINDS:
         return f"no {kind} {rest!r}"
+    at = _AT_TIME.fullmatch(text)
+    if at is not None and parse_time(at.group(2)) is None:
+        return (
+            f"{text!r}: {at.group(2)!r} is not a time; write SESSION@{{TIME}} with an ISO 8601 time, "
+            "e.g. run-1@{2026-12-05T10:30:00Z}, or run-1@{2026-12-05 11:30} for local time"
+        )
     for splitter in ("@", "/"):
         if splitter not in text:
             continue
@@ -329,4 +413,4 @@ def short_checkpoint_ids(checkpoint_ids: Sequence[str], others: Iterable[str] = 
     return out
 
 
-__all__ = ["Revision", "abbrev_length", "known_commits", "resolve", "short_checkpoint_ids"]
+__all__ = ["Revision", "abbrev_length", "known_commits", "parse_time", "resolve", "short_checkpoint_ids"]

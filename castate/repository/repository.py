@@ -10,16 +10,18 @@ writer moved in the meantime (unless ``overwrite`` asks for exactly that).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 import weakref
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from typing import Any
 
-from castate.backends.base import ANY, Backend, ReflogEntry, RefUpdate
+from castate.backends.base import ANY, Backend, Durability, ReflogEntry, RefRepairReport, RefUpdate
 from castate.backends.blob import BlobBackend
+from castate.backends.urls import open_backend
 from castate.codec import Commit, Shadow, encode_commit, object_id, parse_commit
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT, KIND_NAMES
@@ -64,6 +66,14 @@ class Repository:
         self._open_lock = asyncio.Lock()
         self._ref_locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self._opened = False
+
+    @classmethod
+    def at(
+        cls, target: str | os.PathLike[str], *, durability: Durability = "durable", create: bool | None = None
+    ) -> Repository:
+        """A repository over the store at a URL or directory path (``castate.open``'s backend,
+        whose ``create`` and ``durability`` these are), not yet connected."""
+        return cls(open_backend(target, durability=durability, create=create))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -300,6 +310,42 @@ class Repository:
         finally:
             for u in updates:
                 self._heads.pop(u.name, None)
+
+    async def move_ref(self, ref: str, to: bytes | None, *, expected: bytes | None, message: str = "") -> None:
+        """Compare-and-swap one ref: point ``ref`` at commit ``to`` (None deletes it) if it is
+        at ``expected`` now (None: if it does not exist), else ConflictError; the reflog records
+        the move. ``to`` must be a commit a ref holds (read under ``gc_shared()``, still held):
+        for any other commit use ``point_ref``, which checks it is still whole."""
+        await self.update_refs([RefUpdate(ref, to, expected)], message=message)
+
+    async def point_ref(
+        self,
+        ref: str,
+        commit: bytes,
+        *,
+        expected: bytes | None,
+        holders: Sequence[str] = (),
+        message: str = "",
+    ) -> None:
+        """``move_ref`` for a commit no ref may hold any more (an older save, another session's
+        checkpoint, the save another writer has since replaced): under gc's shared lock it
+        checks that ``commit``'s tree is complete (``require_complete``, asking ``holders``
+        first) and moves the ref before gc can run, so the ref never points at a tree gc took
+        away. MissingObjectError when it is gone already; ConflictError as ``move_ref``."""
+        await self.open()
+        async with self.gc_shared():
+            await self.require_complete(commit, holders=holders)
+            await self.move_ref(ref, commit, expected=expected, message=message)
+
+    async def delete_refs_at(self, targets: Mapping[str, bytes], *, message: str = "delete") -> None:
+        """Delete each ref in ``targets`` (ref -> the commit it must still point at), all or
+        none: ConflictError when any of them moved."""
+        await self.update_refs([RefUpdate(ref, None, cid) for ref, cid in targets.items()], message=message)
+
+    async def repair_refs(self) -> RefRepairReport:
+        """Rebuild a damaged ref store from its intact records (``Backend.repair_refs``); works
+        on a store too damaged to open."""
+        return await self.backend.repair_refs()
 
     async def copy_ref(self, source: str, target: str, *, message: str = "") -> bytes:
         """Create ``target`` pointing at ``source``'s current commit (O(1)); NotFoundError without it."""

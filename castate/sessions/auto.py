@@ -18,7 +18,6 @@ from typing import Any
 
 import orjson
 
-from castate.backends.base import RefUpdate
 from castate.errors import ConflictError, InvalidKeyError
 from castate.repository import Repository
 from castate.repository import refs as names
@@ -146,9 +145,9 @@ class AutoCheckpointer:
         # Another writer may have saved since this save, leaving ``commit`` unreferenced, and
         # a gc with no grace may have collected it: check the tree while gc is held off,
         # until the new ref holds it (cheap while the session's head is still ``commit``).
-        async with repo.gc_shared():
-            await repo.require_complete(commit, holders=[names.session_ref(session_id)])
-            await repo.update_refs([RefUpdate(names.checkpoint_ref(cpid), commit, None)], message=message)
+        await repo.point_ref(
+            names.checkpoint_ref(cpid), commit, expected=None, holders=[names.session_ref(session_id)], message=message
+        )
         if self.policy.keep_last is not None:
             await self.prune(repo, session_id)
         return cpid
@@ -169,11 +168,11 @@ class AutoCheckpointer:
                 if label == self.policy.name:
                     autos.append((names.checkpoint_time(stamp), ref, target))
             autos.sort(reverse=True)
-            doomed = [RefUpdate(ref, None, target) for _, ref, target in autos[keep:]]
+            doomed = {ref: target for _, ref, target in autos[keep:]}
             if not doomed:
                 return 0
             try:
-                await repo.update_refs(doomed, message=f"auto checkpoint retention: keep last {keep}")
+                await repo.delete_refs_at(doomed, message=f"auto checkpoint retention: keep last {keep}")
                 return len(doomed)
             except ConflictError:  # another process pruned or checkpointed meanwhile
                 continue

@@ -29,7 +29,7 @@ class Sessions(Protocol):
         self, session_id: str, name: str | None = None, *, metadata: dict[str, Any] | None = None
     ) -> str: ...
 
-    async def restore_into_session(self, source: str, session_id: str | None = None) -> Any: ...
+    async def reset_session(self, session_id: str | None = None, *, to: str, expected: str | None = None) -> Any: ...
 
 
 LIFECYCLE_KEYS = ("paused", "paused_at", "resumed_at", "pause_reason")
@@ -87,7 +87,7 @@ async def checkpointed(
         raise
     except BaseException as exc:  # cancellation too: the critical section did not complete
         try:
-            await sm.restore_into_session(checkpoint_id, session_id)
+            await sm.reset_session(session_id, to=checkpoint_id)
             if sm.auto_checkpointer is not None:
                 sm.auto_checkpointer.forget(session_id)
         except Exception as err:

@@ -23,9 +23,6 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar
 
-from castate.backends.base import Backend, RefRepairReport, RefUpdate
-from castate.backends.blob import BlobBackend
-from castate.codec.encoder import Default
 from castate.errors import (
     AlreadyExistsError,
     CastateError,
@@ -34,13 +31,14 @@ from castate.errors import (
     MissingObjectError,
     NotFoundError,
 )
-from castate.repository import Repository
+from castate.repository import Backend, BlobBackend, Default, RefRepairReport, Repository
 from castate.repository import refs as names
 from castate.repository.bundle import BundleProgress, BundleReport, export_session, import_bundle
 from castate.repository.diff import Change
 from castate.repository.fsck import FsckProgress, FsckReport, fsck
 from castate.repository.gc import DEFAULT_GRACE, DEFAULT_REFLOG_EXPIRE, GcProgress, GcReport, collect_garbage
 from castate.repository.health import fsck_run, gc_run, record_run
+from castate.repository.moved import moved_ns
 from castate.repository.recover import Rollback, roll_back
 from castate.repository.retention import ForgetReport, Policy, forget
 from castate.repository.revisions import Revision, resolve
@@ -79,7 +77,15 @@ class _Record(Mapping[str, Any]):
 
 @dataclass(frozen=True, eq=True)
 class SessionInfo(_Record):
-    """One session: its id, when it was last saved (epoch seconds), its checkpoints."""
+    """One session: its id, ``timestamp`` (epoch seconds), its checkpoint count, its head
+    commit (hex) and the head's metadata.
+
+    ``timestamp`` is when the session's head last moved: its last save, or a later
+    ``reset_session``, ``fork`` (for the new session) or import, which point the head at an
+    older save (the reflog says when; past its expiry, the head's save time, older either
+    way). The time the head's state was saved is ``history(session_id, limit=1)[0].timestamp``.
+    It is what ``castate sessions`` prints as UPDATED and what retention's ``forget
+    --sessions`` ages a session by. Over plain dict storage: the last ``save_session``."""
 
     session_id: str
     timestamp: float
@@ -119,12 +125,18 @@ class SaveInfo(_Record):
 
 @dataclass(frozen=True, eq=True)
 class RestoreResult(_Record):
-    """A restore into a session: its head before (None if it had none) and after, as hex ids."""
+    """What ``reset_session`` did: the session's head before (None if it had none) and after, as hex ids."""
 
     session_id: str
     previous: str | None
     current: str
     changed: bool
+
+
+RESTORE_INTO_SESSION_DEPRECATED = (
+    "restore_into_session(source, session_id) is deprecated: call reset_session(session_id, to=source), "
+    "which moves the session the same way"
+)
 
 
 class StateManager:
@@ -413,33 +425,37 @@ class StateManager:
         repo = self.repository
         rev = await self.resolve(source)
         target = names.session_ref(new_session_id)
-        await repo.open()
-        async with repo.gc_shared():  # the tree cannot be collected before the ref exists
-            await repo.require_complete(rev.commit, holders=[rev.ref] if rev.ref else ())
-            try:
-                await repo.update_refs([RefUpdate(target, rev.commit, None)], message=f"fork {rev.label}"[:200])
-            except ConflictError:
-                raise AlreadyExistsError(
-                    f"session {new_session_id!r} already exists; pick another id", target
-                ) from None
+        try:  # point_ref: the tree cannot be collected before the ref exists
+            await repo.point_ref(
+                target,
+                rev.commit,
+                expected=None,
+                holders=[rev.ref] if rev.ref else (),
+                message=f"fork {rev.label}"[:200],
+            )
+        except ConflictError:
+            raise AlreadyExistsError(f"session {new_session_id!r} already exists; pick another id", target) from None
         return rev.commit.hex()
 
-    async def restore_into_session(
-        self, source: str, session_id: str | None = None, *, expected: str | None = None
+    async def reset_session(
+        self, session_id: str | None = None, *, to: str, expected: str | None = None
     ) -> RestoreResult:
-        """Make ``source`` (a checkpoint or commit) the current state of ``session_id`` (by
-        default the session the checkpoint belongs to). A ref move, recorded in the reflog:
-        restoring ``result.previous`` undoes it.
+        """Move the session's head to ``to`` (any reference: a checkpoint, an earlier save, a
+        commit; see ``resolve``), so its current state is that one and the next save continues
+        from it. ``session_id`` defaults to the session ``to`` belongs to. A ref move, recorded
+        in the reflog: ``reset_session(sid, to=result.previous)`` undoes it. (To read a
+        checkpoint's state without moving anything, use ``restore_checkpoint``.)
 
-        ``expected``: the head (hex commit id) the caller last saw; when given, the restore
+        ``expected``: the head (hex commit id) the caller last saw; when given, the reset
         happens only if the session is still there (ConflictError otherwise, also when the
         session was deleted), so a stale view never overwrites newer saves or re-creates a
         deleted session."""
         repo = self.repository
+        source = to
         rev = await self.resolve(source)
         sid = session_id if session_id is not None else rev.session
         if sid is None:
-            raise InvalidKeyError(f"{source!r} belongs to no session: name the session to restore into")
+            raise InvalidKeyError(f"{source!r} belongs to no session: name the session to reset")
         ref = names.session_ref(sid)
         await repo.open()
         async with repo.gc_shared():
@@ -454,8 +470,16 @@ class StateManager:
                 )
             if current == rev.commit:
                 return RestoreResult(sid, current.hex(), current.hex(), False)
-            await repo.update_refs([RefUpdate(ref, rev.commit, current)], message=f"restore {sid} to {rev.label}"[:200])
+            await repo.move_ref(ref, rev.commit, expected=current, message=f"restore {sid} to {rev.label}"[:200])
         return RestoreResult(sid, current.hex() if current else None, rev.commit.hex(), True)
+
+    async def restore_into_session(
+        self, source: str, session_id: str | None = None, *, expected: str | None = None
+    ) -> RestoreResult:
+        """Deprecated (a DeprecationWarning): the old name of ``reset_session(session_id,
+        to=source, expected=expected)``, which says that it moves the session."""
+        warnings.warn(RESTORE_INTO_SESSION_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return await self.reset_session(session_id, to=source, expected=expected)
 
     # -- maintenance ------------------------------------------------------------------------
 
@@ -526,7 +550,7 @@ class StateManager:
         """Rebuild a damaged ref store (the local ref journal) from its intact records, keeping
         the damaged file in the quarantine; works on a store too damaged to open. The report
         says what was kept and what was lost. Stores whose refs live in a database report no damage."""
-        return await self.repository.backend.repair_refs()
+        return await self.repository.repair_refs()
 
     async def roll_back_damaged(self, refs: list[str]) -> list[Rollback]:
         """Move each ref whose data is damaged (``fsck(...).damaged_refs``) back to the newest
@@ -654,7 +678,8 @@ class _PlainSessions:
         record = await self.storage.load(self._checkpoint_key(checkpoint_id))
         if record is None:
             raise NotFoundError(f"no checkpoint {checkpoint_id!r}")
-        return record["state"]
+        state: dict[str, Any] = record["state"]
+        return state
 
     async def list_sessions(self) -> list[SessionInfo]:
         out = []
@@ -749,12 +774,13 @@ class _RepoSessions:
             part = ref[len(names.CHECKPOINTS) :].split("/", 1)[0]
             counts[part] = counts.get(part, 0) + 1
         commits = await self._repository.read_commits(list(heads.values()))
+        moved = await moved_ns(self._repository, heads)  # a save, but also a reset, a fork, an import
         out = []
         for ref, cid in heads.items():
             sid = names.session_of_ref(ref)
             c = commits[cid]
             out.append(
-                SessionInfo(sid, c.time_ns / 1e9, counts.get(names.encode_part(sid), 0), cid.hex(), dict(c.meta))
+                SessionInfo(sid, moved[ref] / 1e9, counts.get(names.encode_part(sid), 0), cid.hex(), dict(c.meta))
             )
         return sorted(out, key=lambda s: s.session_id)
 
@@ -789,8 +815,8 @@ class _RepoSessions:
                             current=head.hex(),
                         )
                     if not metadata:
-                        await repo.update_refs(
-                            [RefUpdate(names.checkpoint_ref(cpid), head, None)], message=f"checkpoint {label}"[:200]
+                        await repo.move_ref(
+                            names.checkpoint_ref(cpid), head, expected=None, message=f"checkpoint {label}"[:200]
                         )
                         return cpid
                     await repo.add_ref_with_meta(
@@ -827,7 +853,8 @@ class _RepoSessions:
                 if well_formed:
                     raise NotFoundError(f"no checkpoint {checkpoint_id!r}") from None
                 raise InvalidKeyError(str(exc)) from None  # no checkpoint id, and no reference either
-        return await self._repository.read_state((await self._repository.read_commit(cid)).root)
+        state: dict[str, Any] = await self._repository.read_state((await self._repository.read_commit(cid)).root)
+        return state  # a session's states are dicts (save_session takes only dicts)
 
     async def list_checkpoints(self, session_id: str) -> list[CheckpointInfo]:
         refs = await self._repository.list_refs(names.checkpoint_prefix(session_id))

@@ -12,11 +12,8 @@ import abc
 import os
 from typing import Any
 
-from castate.backends.base import Durability
-from castate.backends.urls import open_backend
-from castate.codec.encoder import Default
 from castate.errors import UnsupportedValueError
-from castate.repository import Repository
+from castate.repository import Default, Durability, Repository
 from castate.repository.refs import KV, encode_part, key_of_ref, kv_ref
 
 
@@ -63,7 +60,7 @@ class FileStorageBackend(StorageBackend):
     ) -> None:
         self.base_path = base_path
         self.default = default
-        self.repository = Repository(open_backend(base_path, durability=durability))
+        self.repository = Repository.at(base_path, durability=durability)
 
     async def save(self, key: str, data: dict[str, Any]) -> None:
         ref = kv_ref(key)

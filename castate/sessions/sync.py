@@ -23,16 +23,15 @@ import contextlib
 import functools
 import os
 import threading
+import warnings
 import weakref
 from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
-from typing import Any, Concatenate, ParamSpec, TypeVar
+from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
-from castate.backends.base import Backend
-from castate.backends.blob import BlobBackend
-from castate.codec.encoder import Default
+from castate.repository import Backend, BlobBackend, Default
 from castate.sessions.auto import AutoCheckpoint
-from castate.sessions.manager import StateManager
+from castate.sessions.manager import RESTORE_INTO_SESSION_DEPRECATED, RestoreResult, StateManager
 from castate.sessions.storage import StorageBackend
 
 P = ParamSpec("P")
@@ -47,7 +46,7 @@ def _blocking(
 
     @functools.wraps(method)
     def call(self: SyncStateManager, /, *args: P.args, **kwargs: P.kwargs) -> R:
-        return self._run(lambda sm: getattr(sm, name)(*args, **kwargs))
+        return cast(R, self._run(lambda sm: getattr(sm, name)(*args, **kwargs)))  # the method's own result
 
     return call
 
@@ -160,7 +159,7 @@ class SyncStateManager:
     history = _blocking(StateManager.history)
     diff = _blocking(StateManager.diff)
     fork = _blocking(StateManager.fork)
-    restore_into_session = _blocking(StateManager.restore_into_session)
+    reset_session = _blocking(StateManager.reset_session)
     forget = _blocking(StateManager.forget)
     gc = _blocking(StateManager.gc)
     fsck = _blocking(StateManager.fsck)
@@ -169,6 +168,14 @@ class SyncStateManager:
     stats = _blocking(StateManager.stats)
     export_session = _blocking(StateManager.export_session)
     import_session = _blocking(StateManager.import_session)
+
+    def restore_into_session(
+        self, source: str, session_id: str | None = None, *, expected: str | None = None
+    ) -> RestoreResult:
+        """Deprecated (a DeprecationWarning): the old name of ``reset_session(session_id,
+        to=source, expected=expected)``, which says that it moves the session."""
+        warnings.warn(RESTORE_INTO_SESSION_DEPRECATED, DeprecationWarning, stacklevel=2)
+        return self.reset_session(session_id, to=source, expected=expected)
 
     def last_seen(self, session_id: str) -> str | None:
         """The head (commit id, hex) this manager last saved or loaded for the session, or None."""

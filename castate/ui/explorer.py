@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from castate.backends.base import RefUpdate
 from castate.display import iso_time, to_json
 from castate.errors import CastateError, ConflictError, InvalidKeyError, MissingObjectError, NotFoundError, UsageError
 from castate.repository import browse
@@ -34,7 +33,7 @@ from castate.ui.messages import summaries
 from castate.ui.sizecache import SizeCache
 
 if TYPE_CHECKING:
-    from castate.codec import Commit  # the type only: commits come from the repository
+    from castate.repository import Commit  # the type only: commits come from the repository
 
 MAX_CHANGES = 2000  # changes a diff sends
 MAX_VALUE = 16 << 20  # bytes of a str or bytes value sent whole
@@ -505,7 +504,7 @@ class Explorer:
     async def restore(self, source: str, session_id: str, expected: str) -> dict[str, Any]:
         """Restore ``source`` into ``session_id`` only if its head is still ``expected`` (the
         head the page showed): a moved or deleted session is a conflict, never overwritten."""
-        return (await self.sm.restore_into_session(source, session_id, expected=expected)).to_dict()
+        return (await self.sm.reset_session(session_id, to=source, expected=expected)).to_dict()
 
     async def fork(self, source: str, new_session_id: str) -> dict[str, Any]:
         return {"session_id": new_session_id, "head": await self.sm.fork(source, new_session_id)}
@@ -536,7 +535,7 @@ class Explorer:
         if cps:
             raise refused(f"has {len(cps)} checkpoint(s) since the fork")
         try:
-            await self.repo.update_refs([RefUpdate(ref, None, want)], message=f"undo fork {session_id}"[:200])
+            await self.repo.move_ref(ref, None, expected=want, message=f"undo fork {session_id}"[:200])
         except ConflictError:
             raise refused("moved while it was being deleted") from None
         return {"session_id": session_id, "deleted": want.hex()}

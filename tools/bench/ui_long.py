@@ -83,7 +83,7 @@ async def build_long(path: Path, saves: int = 10_000) -> dict[str, Any]:
         log = await sm.repository.log("sessions/long-run")
         info["restored_to"] = log[1][0].hex()
         info["dropped_head"] = log[0][0].hex()
-        await sm.restore_into_session(log[1][0].hex(), "long-run")
+        await sm.reset_session("long-run", to=log[1][0].hex())
         for i in range(8):
             await sm.save_session(f"small-{i}", {"i": i, "text": "small session " * i})
         info["messages"] = len(messages)

@@ -633,7 +633,9 @@ class LocalBackend(BlobBackend):
                 continue
 
         def plan(refs: dict[str, bytes]) -> tuple[list[Change], int]:
-            adds = [(PLACE + n, None, p.pack()) for n, p in sorted(found.items()) if PLACE + n not in refs]
+            adds: list[Change] = [
+                (PLACE + n, None, p.pack()) for n, p in sorted(found.items()) if PLACE + n not in refs
+            ]
             return adds, len(adds)
 
         return journal.apply(plan, "repair: blobs of lost records, found in volumes")

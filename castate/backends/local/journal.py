@@ -143,7 +143,7 @@ def _whole_but_bad(buf: bytes, off: int) -> bool:
     if off + _REC_HEAD.size > len(buf):
         return False
     magic, size = _REC_HEAD.unpack_from(buf, off)
-    return magic == REC_MAGIC and size <= MAX_RECORD and off + _REC_HEAD.size + size + 4 <= len(buf)
+    return bool(magic == REC_MAGIC and size <= MAX_RECORD and off + _REC_HEAD.size + size + 4 <= len(buf))
 
 
 def _good_record_after(buf: bytes, off: int) -> bool:

@@ -103,7 +103,8 @@ def pack_loc(rec_off: int, off: int, n: int) -> bytes:
 
 def unpack_loc(loc: bytes) -> tuple[int, int, int]:
     """(record offset, offset, length) from ``pack_loc``."""
-    return _LOC.unpack(loc)  # type: ignore[return-value]
+    rec_off, off, n = _LOC.unpack(loc)
+    return int(rec_off), int(off), int(n)
 
 
 # -- the bytes a format-1 writer appended (tests build old and hostile packs with it) -------
