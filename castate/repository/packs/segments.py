@@ -1,13 +1,18 @@
 """Index segments: immutable blobs that say where objects are, so opening a store reads a few
-segments instead of every pack's head, and holds 48 bytes per object instead of Python objects.
+segments instead of every pack's head, and holds about 40 bytes per object instead of Python
+objects.
 
 A segment covers a set of packs completely: their heads (the pack table, sorted by name) and
 every object they hold (the entries, sorted by id, with a fanout table over the ids' leading
-bits so a lookup is two integer reads and one bounded search). An entry names its pack by the
-first 8 bytes of the pack's name, not by a row, so merging segments is sorting their entries'
-bytes together. Pack rows are parsed only when a lookup or a chain needs them. Each save
-commits a segment for its packs; writers merge segments as they go, and gc writes one segment
-covering everything it kept. docs/format.md §6.2 fixes every byte.
+bits so a lookup is two integer reads and one bounded search). Writers make version 3: an
+entry names its pack by its row in the table, and the row number and the frame's place take
+as few bytes as the segment's packs need (37 bytes an entry for a save of small objects, 40
+for a whole store's segment), and a pack row keeps only what readers use (100 bytes).
+Version 2, written until then, is still read: 48-byte entries naming their pack by the first
+8 bytes of its name, 120-byte rows. Lookups answer with that 8-byte key in both versions.
+Pack rows are parsed only when a lookup or a chain needs them. Each save commits a segment
+for its packs; writers merge segments as they go (a merge renumbers the rows), and gc writes
+one segment covering everything it kept. docs/format.md §6.2 fixes every byte.
 """
 
 from __future__ import annotations
