@@ -521,6 +521,54 @@ async def test_reclaim_lets_the_space_of_deleted_blobs_be_reused(postgres_url: s
         await b.close()
 
 
+async def test_reclaim_gives_the_space_of_deleted_blobs_back(postgres_url: str) -> None:
+    """After gc deleted most of the blobs, the tables shrink (VACUUM FULL of a small table with
+    much free space), where a plain vacuum only lets the space be reused."""
+    b = PostgresBackend(postgres_url)
+    await b.open()
+    try:
+        empty = (await b.stats())["store_bytes"]
+        doomed = [blob(payload(i, 1 << 20)) for i in range(4)]
+        kept = blob(payload(99, 5000))
+        await b.commit(doomed, [RefUpdate("sessions/s", cid(1), None)])
+        await b.put_blobs([kept])  # after them in the files: a plain vacuum cannot cut them off the end
+        assert (await b.stats())["store_bytes"] - empty >= 4 << 20
+        assert await b.delete_blobs([n for n, _ in doomed]) == 4
+        await b.reclaim()
+        assert (await b.stats())["store_bytes"] < empty + (1 << 20)
+        assert await b.get_blobs([kept[0]]) == {kept[0]: kept[1]}
+        assert await b.get_refs(["sessions/s"]) == {"sessions/s": cid(1)}
+    finally:
+        await b.close()
+
+
+async def test_reclaim_does_not_wait_long_for_readers_to_compact(
+    postgres_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader holding the blobs table keeps VACUUM FULL out: reclaim gives up on it after
+    COMPACT_LOCK_WAIT, without an error, and the store is as it was."""
+    monkeypatch.setattr("castate.backends.postgres.COMPACT_LOCK_WAIT", 0.2)
+    schema = split_url(postgres_url)[1]
+    b = PostgresBackend(postgres_url)
+    await b.open()
+    try:
+        doomed = [blob(payload(i, 1 << 20)) for i in range(3)]
+        kept = blob(payload(99, 5000))
+        await b.commit(doomed, [RefUpdate("sessions/s", cid(1), None)])
+        await b.put_blobs([kept])  # after them in the files: a plain vacuum cannot cut them off the end
+        await b.delete_blobs([n for n, _ in doomed])
+        async with await _connect(postgres_url) as reader, reader.transaction():
+            await reader.execute(f"SELECT count(*) FROM {schema}.blobs")  # holds ACCESS SHARE until the end
+            before = (await b.stats())["store_bytes"]
+            await asyncio.wait_for(b.reclaim(), 30)
+            assert (await b.stats())["store_bytes"] >= before - (64 << 10)  # not compacted
+        assert await b.get_blobs([kept[0]]) == {kept[0]: kept[1]}
+        await b.reclaim()  # the reader is gone: now it compacts
+        assert (await b.stats())["store_bytes"] < before - (2 << 20)
+    finally:
+        await b.close()
+
+
 async def test_stats(postgres_url: str) -> None:
     b = PostgresBackend(postgres_url)
     await b.open()

@@ -22,7 +22,7 @@ import pytest
 from castate.backends import Backend
 from castate.backends.base import RefUpdate
 from castate.backends.blob import BlobBackend
-from castate.backends.sqlite import SCHEMA_VERSION, SQLiteBackend
+from castate.backends.sqlite import PAGE_SIZE, SCHEMA_VERSION, SQLiteBackend
 from castate.codec.objects import decode_frame
 from castate.errors import StoreError, UnsupportedFormatError
 from castate.testing import PersistentBlobBackendTests
@@ -107,6 +107,7 @@ async def test_a_new_file_is_private_incremental_and_has_no_object_tables(tmp_pa
     finally:
         await b.close()
     assert pragma(path, "auto_vacuum") == 2  # INCREMENTAL
+    assert pragma(path, "page_size") == PAGE_SIZE == 1024
     assert pragma(path, "user_version") == SCHEMA_VERSION == 2
     assert pragma(path, "journal_mode") == "wal"
     assert tables(path) == {"castate_meta", "blobs", "refs", "reflog", "sqlite_sequence"}
@@ -233,6 +234,35 @@ async def test_reclaim_gives_a_deleted_blob_back_to_the_file_system(tmp_path: Pa
         assert await b.get_blobs(["packs/small"]) == {"packs/small": b"keep me"}
     finally:
         await b.close()
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+async def test_a_file_with_4_kib_pages_keeps_them_and_works(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Files made before new stores used 1 KiB pages (SQLite's default 4 KiB) open, read, write
+    and reclaim as they are: the page size of a WAL file is fixed once it has a page."""
+    path = tmp_path / "old.db"
+    monkeypatch.setattr("castate.backends.sqlite.PAGE_SIZE", 4096)  # what the code before wrote
+    b = SQLiteBackend(path)
+    await b.open()
+    try:
+        await b.commit([("packs/" + "a" * 64, b"old pack" * 1000)], [RefUpdate("sessions/s", b"\x01" * 32, None)])
+    finally:
+        await b.close()
+    assert pragma(path, "page_size") == 4096
+    monkeypatch.undo()
+    b = SQLiteBackend(path)
+    await b.open()
+    try:
+        assert await b.get_blobs(["packs/" + "a" * 64]) == {"packs/" + "a" * 64: b"old pack" * 1000}
+        await b.commit([("packs/" + "b" * 64, b"new pack")], [RefUpdate("sessions/s", b"\x02" * 32, b"\x01" * 32)])
+        assert await b.delete_blobs(["packs/" + "a" * 64]) == 1
+        await b.reclaim()
+        assert await b.get_refs(["sessions/s"]) == {"sessions/s": b"\x02" * 32}
+        assert await b.get_blobs(["packs/" + "b" * 64]) == {"packs/" + "b" * 64: b"new pack"}
+    finally:
+        await b.close()
+    assert pragma(path, "page_size") == 4096
     with closing(sqlite3.connect(path)) as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
 

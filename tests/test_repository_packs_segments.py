@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import contextlib
+import json
+import shutil
+import sqlite3
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import blake3
 import pytest
@@ -13,6 +17,7 @@ from castate.backends import RefUpdate
 from castate.backends.base import ANY, Backend
 from castate.backends.blob import BlobInfo
 from castate.backends.memory import MemoryBackend
+from castate.backends.sqlite import SQLiteBackend
 from castate.codec.objects import decode_frame
 from castate.errors import (
     BackendUnavailableError,
@@ -25,10 +30,12 @@ from castate.repository.packs import EPOCH_REF, PackStore
 from castate.repository.packs.catalog import Catalog
 from castate.repository.packs.format import PACK_PREFIX, ZERO_ID, PackInfo
 from castate.repository.packs.segments import (
-    ENTRY_SIZE,
+    ENTRY_SIZE_V2,
     INDEX_PREFIX,
     PACK_SIZE,
+    PACK_SIZE_V2,
     SEGMENT_MAGIC,
+    SEGMENT_VERSION,
     fanout_bits,
     key_of,
     make_segment,
@@ -37,6 +44,8 @@ from castate.repository.packs.segments import (
 from castate.repository.packs.store import GC_DIRTY, new_epoch
 from tests.backend_conformance import BackendConformance, cid
 from tests.test_repository_packs import raw_obj
+
+FIXTURE = Path(__file__).parent / "fixtures" / "format2-v2-segments"
 
 
 def pack(n: int, *, seq: int = 0, chain: bytes = b"c" * 16, raw_len: int = 1000) -> PackInfo:
@@ -54,9 +63,15 @@ class TestPackStoreWithSegmentsOnMemory(BackendConformance):
         return PackStore(MemoryBackend(), index_after=2)
 
 
-def test_every_entry_is_found_and_absent_ids_are_not() -> None:
+VERSIONS = pytest.mark.parametrize("version", [2, 3])  # 2: what castate wrote before, still read
+
+
+@VERSIONS
+def test_every_entry_is_found_and_absent_ids_are_not(version: int) -> None:
     entries = [(oid(i * 7919), i % 100, 3 + i) for i in range(5000)]
-    name, data = make_segment([(pack(0), entries[:2500]), (pack(1), entries[2500:])])
+    name, data = make_segment(
+        [(pack(0, raw_len=6000), entries[:2500]), (pack(1, raw_len=6000), entries[2500:])], version=version
+    )
     seg = parse_segment(name, data)
     assert (seg.n_entries, seg.n_packs, seg.bits) == (5000, 2, fanout_bits(5000))
     for n, (i, off, length) in enumerate(entries):
@@ -65,19 +80,24 @@ def test_every_entry_is_found_and_absent_ids_are_not() -> None:
     assert sorted(o for o, *_ in seg.entries()) == sorted(o for o, _, _ in entries)
 
 
-def test_every_copy_of_an_object_is_found() -> None:
-    name, data = make_segment([(pack(0), [(oid(5), 0, 10)]), (pack(1), [(oid(5), 20, 10), (oid(6), 0, 4)])])
+@VERSIONS
+def test_every_copy_of_an_object_is_found(version: int) -> None:
+    name, data = make_segment(
+        [(pack(0), [(oid(5), 0, 10)]), (pack(1), [(oid(5), 20, 10), (oid(6), 0, 4)])], version=version
+    )
     k0, k1 = key_of(pack(0).name), key_of(pack(1).name)
     assert sorted(parse_segment(name, data).find(oid(5))) == [(k0, 0, 10), (k1, 20, 10)]
 
 
-def test_an_id_that_appears_across_entry_boundaries_is_not_taken_for_an_entry() -> None:
+@VERSIONS
+def test_an_id_that_appears_across_entry_boundaries_is_not_taken_for_an_entry(version: int) -> None:
     a = bytes([7]) * 32
-    ghost = a[16:] + key_of(pack(0).name) + struct.pack("<II", 0, 16)  # bytes from inside a's entry on
-    name, data = make_segment([(pack(0), [(a, 0, 16)])])
-    assert data.find(ghost) > 0
+    name, data = make_segment([(pack(0), [(a, 0, 16)])], version=version)
+    seg = parse_segment(name, data)
+    ghost = data[seg.entries_at + seg.entry_size - 32 : seg.entries_at + seg.entry_size]  # a's entry's last 32 bytes
+    assert ghost != a
     assert list(parse_segment(name, data).find(ghost)) == []
-    name, data = make_segment([(pack(0), [(a, 0, 16), (ghost, 16, 8)])])
+    name, data = make_segment([(pack(0), [(a, 0, 16), (ghost, 16, 8)])], version=version)
     assert list(parse_segment(name, data).find(ghost)) == [(key_of(pack(0).name), 16, 8)]
 
 
@@ -94,14 +114,20 @@ def _resign(data: bytes) -> tuple[str, bytes]:
     return blake3.blake3(data).hexdigest(), data
 
 
-def test_damaged_or_foreign_segments_are_refused() -> None:
-    name, data = make_segment([(pack(0), [(oid(1), 0, 10)])])
+@VERSIONS
+def test_damaged_or_foreign_segments_are_refused(version: int) -> None:
+    name, data = make_segment([(pack(0), [(oid(1), 0, 10)])], version=version)
     with pytest.raises(CorruptFileError, match="do not match its name"):
         parse_segment(name, data[:-1] + b"\x01")
     with pytest.raises(CorruptFileError, match="bad magic"):
         parse_segment(*_resign(b"CASTPAK2" + data[8:]))
-    with pytest.raises(UnsupportedFormatError, match="version 3"):
-        parse_segment(*_resign(data[:8] + b"\x03" + data[9:]))
+    with pytest.raises(UnsupportedFormatError, match="version 4"):
+        parse_segment(*_resign(data[:8] + b"\x04" + data[9:]))
+    with pytest.raises(CorruptFileError, match="unknown index segment version 1"):
+        parse_segment(*_resign(data[:8] + b"\x01" + data[9:]))
+    other = bytes([5 - version])  # the other version: the tables no longer fit (or its widths are wrong)
+    with pytest.raises(CorruptFileError):
+        parse_segment(*_resign(data[:8] + other + data[9:]))
     with pytest.raises(CorruptFileError, match="do not fit"):
         parse_segment(*_resign(data + b"\x00" * 4))
     with pytest.raises(CorruptFileError, match="shorter than its head"):
@@ -120,10 +146,17 @@ def test_a_pack_row_that_no_pack_head_could_have_is_not_used() -> None:
     assert any("inconsistent head" in line for line in cat.problems())
 
 
-def test_an_entry_that_points_outside_its_pack_is_not_used() -> None:
-    name, data = make_segment([(pack(0, raw_len=100), [(oid(1), 90, 20), (oid(2), 10, 20)])])
+@VERSIONS
+def test_an_entry_that_points_outside_its_pack_is_not_used(version: int) -> None:
+    name, data = make_segment([(pack(0, raw_len=100), [(oid(1), 90, 20), (oid(2), 10, 20)])], version=version)
     seg = parse_segment(name, data)
-    assert (seg.entries_at, len(data), ENTRY_SIZE) == (36 + PACK_SIZE, seg.fanout_at + 4 * 2, 48)
+    row, entry = (PACK_SIZE_V2, ENTRY_SIZE_V2) if version == 2 else (PACK_SIZE, 32 + 1 + 2 * 2)
+    assert (seg.entries_at, len(data), seg.entry_size, row) == (
+        36 + row,
+        seg.fanout_at + 4 * 2,
+        entry,
+        120 - 20 * (version - 2),
+    )
     cat = Catalog()
     cat.add_segment(seg)
     assert cat.place(oid(1)) is None
@@ -423,6 +456,7 @@ async def test_a_segment_with_a_hostile_fanout_does_not_crash_lookups() -> None:
     fan[120:128] = struct.unpack("<8I", item[0])  # the id, 48-aligned from the entries
     fan[128] = 0  # == n_entries
     data = struct.pack("<8sBB2xII16x", SEGMENT_MAGIC, 2, bits, 0, 0) + struct.pack(f"<{len(fan)}I", *fan)
+    assert ENTRY_SIZE_V2 == 48
     await blobs.put_blobs([(INDEX_PREFIX + blake3.blake3(data).hexdigest(), data)])
     await _save_text(store, 0)  # a real segment too
     victim = PackStore(blobs)
@@ -541,25 +575,26 @@ def _resegment(data: bytes) -> tuple[str, bytes]:
     return _resign(bytes(data))
 
 
-def test_fsck_names_what_lookups_would_not_notice_in_a_segment() -> None:
+@VERSIONS
+def test_fsck_names_what_lookups_would_not_notice_in_a_segment(version: int) -> None:
     entries = [(oid(i * 7919), 10 * i, 10) for i in range(40)]
-    name, data = make_segment([(pack(0, raw_len=400), entries)])
+    name, data = make_segment([(pack(0, raw_len=400), entries)], version=version)
     assert parse_segment(name, data).check() == []
     seg = parse_segment(name, data)
-    at = seg.entries_at
+    at, size = seg.entries_at, seg.entry_size
     swapped = bytearray(data)
-    swapped[at : at + 2 * ENTRY_SIZE] = data[at + ENTRY_SIZE : at + 2 * ENTRY_SIZE] + data[at : at + ENTRY_SIZE]
+    swapped[at : at + 2 * size] = data[at + size : at + 2 * size] + data[at : at + size]
     assert any("out of id order" in p for p in parse_segment(*_resegment(swapped)).check())
     fanned = bytearray(data)
     struct.pack_into("<I", fanned, seg.fanout_at + 4 * 3, 39)
     assert any("fanout does not count" in p for p in parse_segment(*_resegment(fanned)).check())
     keyless = bytearray(data)
-    keyless[at + 32 : at + 40] = b"\xee" * 8
+    keyless[at + 32 : at + 32 + (8 if version == 2 else 1)] = b"\xee" * (8 if version == 2 else 1)  # key, or row
     assert any("name no pack" in p for p in parse_segment(*_resegment(keyless)).check())
-    outside = parse_segment(*make_segment([(pack(0, raw_len=400), [*entries, (oid(1), 395, 10)])]))
+    outside = parse_segment(*make_segment([(pack(0, raw_len=400), [*entries, (oid(1), 395, 10)])], version=version))
     assert any("outside their pack" in p for p in outside.check())
     twin = PackInfo("01" * 8 + "ff" * 24, b"d" * 16, 0, ZERO_ID, 100, 0, 7, 200, 50, 250)
-    shared = parse_segment(*make_segment([(pack(0), [(oid(1), 0, 10)]), (twin, [(oid(2), 0, 10)])]))
+    shared = parse_segment(*make_segment([(pack(0), [(oid(1), 0, 10)]), (twin, [(oid(2), 0, 10)])], version=version))
     assert any("share the first 8 bytes" in p for p in shared.check())
 
 
@@ -573,12 +608,124 @@ async def test_a_segment_that_lies_is_reported_by_fsck() -> None:
     (info,) = await blobs.list_blobs(INDEX_PREFIX)
     data = (await blobs.get_blobs([info.name]))[info.name]
     seg = parse_segment(info.name[len(INDEX_PREFIX) :], data)
-    at = seg.entries_at
+    at, size = seg.entries_at, seg.entry_size
     swapped = bytearray(data)
-    swapped[at : at + 2 * ENTRY_SIZE] = data[at + ENTRY_SIZE : at + 2 * ENTRY_SIZE] + data[at : at + ENTRY_SIZE]
+    swapped[at : at + 2 * size] = data[at + size : at + 2 * size] + data[at : at + size]
     name, forged = _resegment(swapped)
     await blobs.delete_blobs([info.name])
     await blobs.put_blobs([(INDEX_PREFIX + name, forged)])
     fresh = PackStore(blobs)
     await fresh.open()
     assert any("out of id order" in line for line in await fresh.check_storage())
+
+
+async def test_a_store_of_version_2_segments_reads_and_merges_into_version_3(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Segments as castate wrote them before version 3 (48-byte entries, 120-byte rows): a
+    store of them opens, finds every object, and its next merges and gc rewrite them as
+    version 3, losing nothing."""
+    blobs = MemoryBackend()
+    old = PackStore(blobs, index_after=4)
+    monkeypatch.setattr(
+        "castate.repository.packs.store.make_segment",
+        lambda *args, **kwargs: make_segment(*args, **kwargs, version=2),
+    )
+    await old.open()
+    items = [await _save(old, n, stream=f"s{n % 3}") for n in range(30)]
+    await old.close()
+    monkeypatch.undo()
+    datas = await blobs.get_blobs([i.name for i in await blobs.list_blobs(INDEX_PREFIX)])
+    assert len(datas) > 1
+    assert {d[8] for d in datas.values()} == {2}
+    assert any(parse_segment(n[len(INDEX_PREFIX) :], d).n_packs > 1 for n, d in datas.items())  # merged ones too
+
+    store = PackStore(blobs, index_after=4)
+    await store.open()
+    got = await store.get_objects([oid for oid, _ in items])
+    assert {oid: bytes(f) for oid, f in got.items()} == dict(items)
+    more = [await _save(store, n) for n in range(30, 40)]  # merges take version-2 segments in
+    versions = {d[8] for d in (await blobs.get_blobs([i.name for i in await blobs.list_blobs(INDEX_PREFIX)])).values()}
+    assert 3 in versions
+    fresh = PackStore(blobs)
+    await fresh.open()
+    got = await fresh.get_objects([oid for oid, _ in [*items, *more]])
+    assert {oid: bytes(f) for oid, f in got.items()} == dict([*items, *more])
+    assert await fresh.check_storage() == []
+    await fresh.maintain()  # gc's one segment for everything
+    (info,) = await blobs.list_blobs(INDEX_PREFIX)
+    assert (await blobs.get_blobs([info.name]))[info.name][8] == SEGMENT_VERSION == 3
+    again = PackStore(blobs)
+    await again.open()
+    got = await again.get_objects([oid for oid, _ in [*items, *more]])
+    assert {oid: bytes(f) for oid, f in got.items()} == dict([*items, *more])
+
+
+def test_version_3_entries_take_the_bytes_their_segment_needs() -> None:
+    """A save's segment (one small pack): 37-byte entries; a row number and places of 3 bytes
+    once packs or their raw bytes pass 256 and 65,535."""
+    small = parse_segment(*make_segment([(pack(0), [(oid(1), 0, 10)])]))
+    assert (small.version, small.row_width, small.place_width, small.entry_size) == (3, 1, 2, 37)
+    big = pack(1, raw_len=70_000)
+    wide = parse_segment(*make_segment([(big, [(oid(2), 65_000, 5_000)])]))
+    assert (wide.place_width, wide.entry_size, wide.first(oid(2))) == (3, 39, (key_of(big.name), 65_000, 5_000))
+    many = [PackInfo(f"{n:016x}" + "ab" * 24, b"c" * 16, 0, ZERO_ID, 1000, 0, 0, 200, 50, 250) for n in range(1, 302)]
+    seg = parse_segment(*make_segment([(p, [(oid(n), 10, 20)]) for n, p in enumerate(many)]))
+    assert (seg.row_width, seg.entry_size) == (2, 38)
+    for n, p in enumerate(many):
+        assert seg.first(oid(n)) == (key_of(p.name), 10, 20)
+        found = seg.pack(key_of(p.name))
+        assert found is not None
+        assert (found.name, found.size, found.time_ns) == (p.name, 250, 0)
+
+
+async def test_a_sqlite_store_written_before_segment_version_3_keeps_working(tmp_path: Path) -> None:
+    """tests/fixtures/format2-v2-segments: a store made by castate 5e76cb1 (version-2
+    segments, merged ones among them; 4 KiB SQLite pages). Every checkpoint restores; saves
+    and gc then write version 3, and everything still restores."""
+    import importlib.util
+
+    import castate
+
+    spec = importlib.util.spec_from_file_location("make_fixture", FIXTURE / "make_fixture.py")
+    assert spec is not None
+    assert spec.loader is not None
+    fixture = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(fixture)  # its state(n): what each checkpoint holds
+    db = tmp_path / "store.sqlite"
+    shutil.copy(FIXTURE / "store.sqlite", db)
+    expected: dict[str, int] = json.loads((FIXTURE / "expected.json").read_text())
+
+    async def segment_versions() -> set[int]:
+        blobs = SQLiteBackend(db)
+        await blobs.open()
+        try:
+            listed = await blobs.list_blobs(INDEX_PREFIX)
+            return {data[8] for data in (await blobs.get_blobs([i.name for i in listed])).values()}
+        finally:
+            await blobs.close()
+
+    assert await segment_versions() == {2}
+    sm = castate.StateManager(f"sqlite:///{db}")
+    try:
+        for checkpoint, n in expected.items():
+            assert await sm.restore_checkpoint(checkpoint) == fixture.state(n)
+        assert (await sm.load_session("other"))["n"] == 40
+        store = sm.repository.backend
+        assert isinstance(store, PackStore)
+        assert await store.check_storage() == []  # the segments were read, not refused and worked around
+        assert {s.version for s in store._cat.segments} == {2}
+        for n in range(41, 61):  # merges take the version-2 segments in
+            await sm.save_session("main", fixture.state(n))
+    finally:
+        await sm.close()
+    assert 3 in await segment_versions()
+    sm = castate.StateManager(f"sqlite:///{db}")
+    try:
+        assert await sm.load_session("main") == fixture.state(60)
+        await sm.gc()
+        for checkpoint, n in expected.items():
+            assert await sm.restore_checkpoint(checkpoint) == fixture.state(n)
+    finally:
+        await sm.close()
+    assert await segment_versions() == {3}
+    with contextlib.closing(sqlite3.connect(db)) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096  # as the file was made

@@ -63,6 +63,14 @@ SCHEMA_RE = re.compile(r"[a-z_][a-z0-9_]{0,62}")
 CHECK_BYPASS = 0.5  # seconds after a successful call during which a pooled connection is not re-checked
 RETRIES = 5  # for transactions that lost a race on a brand-new ref or a deadlock: they changed nothing
 MAX_OFFSET = 2**31 - 2  # substring() takes int4 positions; a bytea holds at most 1 GB anyway
+# reclaim's VACUUM FULL of the blobs table (see reclaim): when the table takes more than
+# COMPACT_SLACK times what its live rows need (their data, plus ROW_BYTES each for the row, its
+# name in the index and its TOAST pointer) plus 1 MiB, those are at most COMPACT_MAX_BYTES,
+# and the table's lock comes within COMPACT_LOCK_WAIT seconds.
+COMPACT_SLACK = 1.5
+COMPACT_MAX_BYTES = 256 << 20
+COMPACT_LOCK_WAIT = 2.0
+ROW_BYTES = 256
 
 # Each migration is (description, SQL). ``{s}`` is the schema name; the SQL runs in one transaction.
 # Never edit an applied migration: stores out there have run it. Append a new one instead.
@@ -759,17 +767,25 @@ class PostgresBackend(BlobBackend):
         return int(rows[0][0])
 
     async def reclaim(self) -> None:
-        """``VACUUM`` the blobs and reflog tables, so the space of deleted rows is reused.
+        """``VACUUM`` the blobs and reflog tables, then give the blobs table's free space back
+        with ``VACUUM FULL`` when it is large and the table small enough to copy quickly.
 
         PostgreSQL never overwrites a deleted row in place: a vacuum marks its space free for
         new rows (autovacuum would too, but only once enough rows died, so gc's space would
-        otherwise wait). The files do not shrink, except for empty pages at their end: only
-        ``VACUUM FULL`` gives the rest back, and castate does not run it because it rewrites
-        the table under an exclusive lock (every read and save waits meanwhile) and needs room
-        for a whole copy; run it in a quiet window if the disk must shrink. ``SKIP_LOCKED``: a
-        vacuum already running (autovacuum) is left to finish the job. It runs without a
-        statement timeout, on a connection of its own: stopping a vacuum half way wastes it.
-        A role that does not own the tables gets a server warning and no vacuum."""
+        otherwise wait). The files do not shrink, except for empty pages at their end, and gc
+        writes the packs it merges before it deletes the old ones, so after a plain vacuum a
+        store that gc merged takes more room than before it (4.03x the ideal against 2.71x
+        for the benchmark's 1,000 saves, docs/performance.md). ``VACUUM FULL`` rewrites the
+        table without its free space, under an exclusive lock: every read and save of the
+        store waits while it copies. So it runs only when the blobs table (rows, TOAST and
+        indexes) takes more than ``COMPACT_SLACK`` times what its live rows need plus 1 MiB,
+        and those hold at most ``COMPACT_MAX_BYTES`` (a copy of a few seconds at most); and
+        it waits at most ``COMPACT_LOCK_WAIT`` seconds for the lock (reads and saves in
+        flight), giving up quietly. A larger store keeps the free space for new rows; run
+        ``VACUUM FULL`` in a quiet window if its disk must shrink. ``SKIP_LOCKED``: a vacuum
+        already running (autovacuum) is left to finish the job. It runs without a statement
+        timeout, on a connection of its own: stopping a vacuum half way wastes it. A role
+        that does not own the tables gets a server warning and no vacuum."""
         self._require_pool()
         s = self.schema
         conn = await self._guard(
@@ -777,6 +793,22 @@ class PostgresBackend(BlobBackend):
         )
         try:
             await self._guard(conn.execute(f"VACUUM (SKIP_LOCKED) {s}.blobs, {s}.reflog"), "reclaim")
+            row = await (
+                await self._guard(
+                    conn.execute(
+                        f"SELECT pg_total_relation_size(%s::regclass), coalesce(sum(size), 0), count(*) FROM {s}.blobs",
+                        (f"{s}.blobs",),
+                    ),
+                    "reclaim",
+                )
+            ).fetchone()
+            assert row is not None
+            total, data, rows = (int(x) for x in row)
+            live = data + rows * ROW_BYTES
+            if live <= COMPACT_MAX_BYTES and total > COMPACT_SLACK * live + (1 << 20):
+                await self._guard(conn.execute(f"SET lock_timeout = {int(COMPACT_LOCK_WAIT * 1000)}"), "reclaim")
+                with contextlib.suppress(psycopg.errors.LockNotAvailable):
+                    await conn.execute(f"VACUUM FULL {s}.blobs")
         finally:
             await conn.close()
 

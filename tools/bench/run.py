@@ -191,9 +191,11 @@ def child_main(args: argparse.Namespace) -> int:
 # -- parent: all systems --------------------------------------------------------------------
 
 
-def run_system(name: str, args: argparse.Namespace, base: Path) -> dict[str, Any]:
-    store = base / name
-    result_file = base / f"{name}.result.json"
+def run_system(name: str, args: argparse.Namespace, base: Path, root: Path = ROOT, label: str = "") -> dict[str, Any]:
+    """One system in a child process, from the code tree ``root`` (``--base``: another checkout)."""
+    label = label or name
+    store = base / label
+    result_file = base / f"{label}.result.json"
     cmd = [
         sys.executable,
         "-m",
@@ -213,14 +215,15 @@ def run_system(name: str, args: argparse.Namespace, base: Path) -> dict[str, Any
         "--result",
         str(result_file),
     ]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
     t = time.perf_counter()
-    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=False)
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, check=False)
     wall = time.perf_counter() - t
     if result_file.exists():
         result = json.loads(result_file.read_text())
+        result["system"] = label
     else:
-        result = {"system": name, "ok": False, "error": f"child exited with {proc.returncode} and no result"}
+        result = {"system": label, "ok": False, "error": f"child exited with {proc.returncode} and no result"}
     result["returncode"] = proc.returncode
     result["wall_seconds"] = wall
     if proc.returncode != 0:
@@ -302,10 +305,16 @@ def parent_main(args: argparse.Namespace) -> int:
     base = Path(tempfile.mkdtemp(prefix="castate-bench-", dir=args.dir))
     results: dict[str, Any] = {}
     try:
-        for name in names:
-            print(f"running {name} ...", flush=True)
-            r = run_system(name, args, base)
-            results[name] = r
+        runs = [(name, ROOT, name) for name in names]
+        if args.base:  # each system from the other tree first, then from this one: side by side
+            runs = [
+                run for name in names for run in ((name, Path(args.base).resolve(), f"{name}@base"), (name, ROOT, name))
+            ]
+        for name, root, label in runs:
+            print(f"running {label} ...", flush=True)
+            r = run_system(name, args, base, root, label)
+            results[label] = r
+            name = label
             if "disk" in r:
                 print(
                     f"  {name}: last-10 {r['checkpoint_last_mean_s'] * 1e3:.2f} ms, "
@@ -328,6 +337,7 @@ def parent_main(args: argparse.Namespace) -> int:
             "python": platform.python_version(),
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
+            "base": args.base,
             "directory": str(base),
             "kept": bool(args.keep),
         },
@@ -393,6 +403,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", help="report path (default tools/bench/results/run-<timestamp>.json)")
     ap.add_argument("--dir", help="parent directory for the stores (default: the system temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep the stores after the run")
+    ap.add_argument(
+        "--base",
+        help="also run every system from this checkout of another commit (as NAME@base, just before NAME): "
+        "base and this tree side by side in one run",
+    )
     ap.add_argument("--child", help=argparse.SUPPRESS)
     ap.add_argument("--store", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)

@@ -434,19 +434,16 @@ class PackStore(Backend):
 
     def _merged(self, segments: list[Segment], packs: list[PackInfo]) -> tuple[str, bytes]:
         """A segment covering what ``segments`` cover (without the packs known gone) and
-        ``packs`` (with their entries). Segments naming no pack known gone give their rows and
-        entries as bytes, unparsed: merging is sorting them together."""
+        ``packs`` (with their entries). Segments naming no pack known gone are merged whole."""
         cat = self._cat
         table: list[tuple[PackInfo, list[tuple[bytes, int, int]]]] = [(p, list(p.entries)) for p in packs]
-        records: list[bytes] = []
-        rows: list[bytes] = []
+        whole: list[Segment] = []
         slow: list[Segment] = []
         for segment in segments:
             if cat.dead and not cat.dead.isdisjoint(segment.pack_names()):
                 slow.append(segment)
             else:
-                rows.extend(segment.pack_rows())
-                records.extend(segment.records())
+                whole.append(segment)
         if slow:
             by_pack: dict[str, tuple[PackInfo, list[tuple[bytes, int, int]]]] = {}
             for segment in slow:
@@ -455,7 +452,7 @@ class PackStore(Backend):
                     if pack is not None and pack.name not in cat.dead:
                         by_pack.setdefault(pack.name, (pack, []))[1].append((oid, off, length))
             table.extend(by_pack.values())
-        return make_segment(table, records, rows)
+        return make_segment(table, whole)
 
     async def _index_everything(self) -> None:
         """Under ``gc_exclusive``: one segment covering every readable pack, and no other."""
