@@ -48,7 +48,7 @@ from castate.repository.packs.format import (
     make_pack,
     parse_pack_head,
 )
-from castate.repository.packs.layout import UNKNOWN, first_use, last_uses, lifetime_class
+from castate.repository.packs.layout import LONG_CHAIN_RAW, LONG_LIVED, UNKNOWN, first_use, last_uses, lifetime_class
 from castate.repository.packs.segments import (
     INDEX_PREFIX,
     Segment,
@@ -580,6 +580,7 @@ class PackStore(Backend):
         each in write order, then delete the old chains. Every new chain is written (with its
         segment) before any old one is deleted; a failure deletes what this call wrote."""
         order = sorted(chain_ids, key=lambda c: (cat.chain(c)[0].time_ns, c))
+        long_max = min(self.chain_max, LONG_CHAIN_RAW)
         groups: dict[int, dict[bytes, bytes]] = {}
         sizes: dict[int, int] = {}
         placed: set[bytes] = set()
@@ -593,7 +594,7 @@ class PackStore(Backend):
                     use = last.get(oid)
                     k = UNKNOWN if use is None else lifetime_class(first_use(times, pack.time_ns), use)
                     group = groups.setdefault(k, {})
-                    if group and sizes[k] + len(frame) > self.chain_max:
+                    if group and sizes[k] + len(frame) > (self.chain_max if k < LONG_LIVED else long_max):
                         written += await self._put_chain(group, f"gc class {k}")
                         group.clear()
                         sizes[k] = 0
