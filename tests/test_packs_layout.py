@@ -9,8 +9,7 @@ import pytest
 
 import castate
 from castate.backends.memory import MemoryBackend
-from castate.repository.packs import PackStore
-from castate.repository.packs.chains import ChainCache
+from castate.repository.packs import PackStore, chains
 from castate.repository.packs.layout import first_use, lifetime_class
 from castate.repository.packs.segments import INDEX_PREFIX
 
@@ -25,17 +24,21 @@ def test_lifetime_classes_are_about_a_factor_four_wide() -> None:
 
 
 class Counting:
-    """Raw bytes the chain caches of this process decompress."""
+    """Raw bytes the chain caches of this process decompress (on any thread)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.raw = 0
-        real = ChainCache.decompress
+        self.parts: list[int] = []
+        real = chains._decode
 
-        def decompress(cache: ChainCache, packs: list[Any], blobs: dict[str, bytes]) -> None:
-            self.raw += sum(p.raw_len for p in packs)
-            real(cache, packs, blobs)
+        def decode(item: Any, packs: list[Any], blobs: dict[str, bytes]) -> None:
+            self.parts.append(sum(p.raw_len for p in packs))
+            real(item, packs, blobs)
 
-        monkeypatch.setattr(ChainCache, "decompress", decompress)
+        monkeypatch.setattr(chains, "_decode", decode)
+
+    @property
+    def raw(self) -> int:
+        return sum(self.parts)
 
 
 async def test_gc_regroups_long_chains_so_an_old_checkpoint_reads_less(monkeypatch: pytest.MonkeyPatch) -> None:
