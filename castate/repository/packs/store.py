@@ -66,7 +66,7 @@ GC_DONE = 0
 GC_DIRTY = 2
 STALE_EPOCH = b"stale"  # no stored epoch has this value: a commit checking it conflicts and reloads
 SAVE_ATTEMPTS = 4
-CONSOLIDATE_MIN = 16  # packs in a chain before gc merges them into one
+CONSOLIDATE_MIN = 16  # packs in a chain before gc regroups it
 REGROUP_PACK = 128 << 10  # raw bytes per pack of the chains gc regroups by lifetime
 INDEX_AFTER = 16  # index segments (one per save, merged as they go) before a writer merges them
 
@@ -513,9 +513,10 @@ class PackStore(Backend):
         return await self._exclusively(set(ids), quarantine=True, consolidate=False)
 
     async def maintain(self) -> None:
-        """Merge each chain of at least ``CONSOLIDATE_MIN`` packs into one pack (gc calls this
-        under ``gc_exclusive``): the same objects in far fewer blobs, so opening the store
-        reads fewer pack heads and engines keep fewer rows or keys."""
+        """Regroup the chains of at least ``CONSOLIDATE_MIN`` packs (those saves wrote) by the
+        lifetime of their objects (layout.py; gc calls this under ``gc_exclusive``): a restore
+        then decompresses about what it needs wherever its checkpoint lies in the history,
+        and the same objects sit in far fewer blobs, so engines keep fewer rows or keys."""
         await self._exclusively(set(), quarantine=False, consolidate=True)
 
     async def _exclusively(self, doomed: set[bytes], *, quarantine: bool, consolidate: bool) -> int:
@@ -526,8 +527,9 @@ class PackStore(Backend):
 
     async def _rewrite(self, doomed: set[bytes], *, quarantine: bool, consolidate: bool) -> int:
         """Remove ``doomed`` objects (quarantine: the copies that fail verification): every chain
-        holding one, and with ``consolidate`` every long chain, is replaced by new packs holding
-        the rest of its objects, then deleted, and one index segment then covers every pack.
+        holding one is replaced by new packs holding the rest of its objects, then deleted;
+        with ``consolidate`` the long chains are replaced together, their objects regrouped
+        by lifetime (``_regroup``). One index segment then covers every pack.
         Runs under ``gc_exclusive``."""
         await self._reload()
         cat = self._cat
