@@ -9,7 +9,7 @@ import pytest
 from castate.backends.memory import MemoryBackend
 from castate.codec.objects import KIND_STR, encode_frame, object_id
 from castate.errors import CorruptObjectError
-from castate.repository.packs import PackStore
+from castate.repository.packs import PackStore, chains
 from castate.repository.packs.format import PACK_PREFIX
 
 
@@ -31,7 +31,9 @@ async def _streams(blobs: MemoryBackend, n: int) -> dict[str, list[tuple[bytes, 
     return saved
 
 
-async def test_objects_of_many_chains_read_back_in_one_call() -> None:
+@pytest.mark.parametrize("parallel_min", [0, 1 << 40])  # on threads, and on the calling one
+async def test_objects_of_many_chains_read_back_in_one_call(monkeypatch: pytest.MonkeyPatch, parallel_min: int) -> None:
+    monkeypatch.setattr(chains, "PARALLEL_MIN", parallel_min)
     blobs = MemoryBackend()
     saved = await _streams(blobs, 6)
     everything = dict(item for items in saved.values() for item in items)
@@ -43,7 +45,11 @@ async def test_objects_of_many_chains_read_back_in_one_call() -> None:
         await fresh.close()
 
 
-async def test_a_damaged_chain_among_many_is_named_and_the_others_read() -> None:
+@pytest.mark.parametrize("parallel_min", [0, 1 << 40])
+async def test_a_damaged_chain_among_many_is_named_and_the_others_read(
+    monkeypatch: pytest.MonkeyPatch, parallel_min: int
+) -> None:
+    monkeypatch.setattr(chains, "PARALLEL_MIN", parallel_min)
     blobs = MemoryBackend()
     saved = await _streams(blobs, 4)
     damaged = saved["s2"]

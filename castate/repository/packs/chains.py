@@ -18,6 +18,7 @@ from castate.repository.packs.format import ZERO_ID, PackInfo, pack_name
 
 ZSTD_LEVEL = 3
 MAX_STREAMS = 16
+PARALLEL_MIN = 1 << 20  # raw bytes to decompress before chains go to threads (handing off costs)
 
 
 @dataclass(slots=True)
@@ -139,7 +140,8 @@ class ChainCache:
                 return False
             return True
 
-        pool = _pool() if len(started) > 1 else None
+        raw = sum(p.raw_len for packs, _ in started for p in packs)
+        pool = _pool() if len(started) > 1 and raw >= PARALLEL_MIN else None
         done = list(pool.map(run, started)) if pool is not None else [run(job) for job in started]
         for (packs, item), ok in zip(started, done, strict=True):
             if ok:
