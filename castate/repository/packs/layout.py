@@ -52,8 +52,9 @@ async def last_uses(get_objects: GetObjects, roots: Iterable[bytes]) -> tuple[li
     """The commits among ``roots`` (ref targets) sorted by time, as their times, and for every
     object they reach, the rank in that order of the newest commit reaching it.
 
-    Commits are walked newest first, a batch at a time, each object once: an object's first
-    visit comes from the newest batch reaching it. Chunks of large values are not read
+    Commits are walked newest first, a batch at a time: an object's first visit comes from
+    the newest batch reaching it, and within a batch an object reached again from a newer
+    commit is visited again (rarely: its path from that commit is longer). Chunks of large values are not read
     (they have no children). Objects that cannot be read are skipped: this only decides
     where objects go, and gc stops on damage before it gets here."""
     commits: list[tuple[int, bytes]] = []
@@ -89,8 +90,10 @@ async def last_uses(get_objects: GetObjects, roots: Iterable[bytes]) -> tuple[li
                     except (CorruptionError, UnsupportedFormatError):
                         continue
                     for child, allowed in children:
-                        if child in last:
-                            continue
+                        if last.get(child, -1) >= rank:
+                            continue  # reached from a newer commit already
+                        # A commit of this batch reached it first from an older one, through a
+                        # shorter path (a list that grew an index level since): visit it again.
                         if allowed is CHUNKS:
                             last[child] = rank  # a leaf: no need to read it
                         elif frontier.get(child, -1) < rank:
