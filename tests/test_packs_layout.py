@@ -9,7 +9,8 @@ import pytest
 
 import castate
 from castate.backends.memory import MemoryBackend
-from castate.repository.packs import PackStore, chains
+from castate.repository.packs import PackStore
+from castate.repository.packs.chains import ChainCache
 from castate.repository.packs.layout import first_use, lifetime_class
 from castate.repository.packs.segments import INDEX_PREFIX
 
@@ -24,21 +25,17 @@ def test_lifetime_classes_are_about_a_factor_four_wide() -> None:
 
 
 class Counting:
-    """Raw bytes the chain caches of this process decompress (on any thread)."""
+    """Raw bytes the chain caches of this process decompress."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.parts: list[int] = []
-        real = chains._decode
+        self.raw = 0
+        real = ChainCache.decompress
 
-        def decode(item: Any, packs: list[Any], blobs: dict[str, bytes]) -> None:
-            self.parts.append(sum(p.raw_len for p in packs))
-            real(item, packs, blobs)
+        def decompress(cache: ChainCache, packs: list[Any], blobs: dict[str, bytes]) -> None:
+            self.raw += sum(p.raw_len for p in packs)
+            real(cache, packs, blobs)
 
-        monkeypatch.setattr(chains, "_decode", decode)
-
-    @property
-    def raw(self) -> int:
-        return sum(self.parts)
+        monkeypatch.setattr(ChainCache, "decompress", decompress)
 
 
 async def test_gc_regroups_long_chains_so_an_old_checkpoint_reads_less(monkeypatch: pytest.MonkeyPatch) -> None:

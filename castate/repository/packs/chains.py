@@ -3,11 +3,8 @@ decompressed chain prefixes, bounded in bytes."""
 
 from __future__ import annotations
 
-import contextlib
 import os
-import threading
 from collections import OrderedDict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,7 +15,6 @@ from castate.repository.packs.format import ZERO_ID, PackInfo, pack_name
 
 ZSTD_LEVEL = 3
 MAX_STREAMS = 16
-PARALLEL_MIN = 1 << 20  # raw bytes to decompress before chains go to threads (handing off costs)
 
 
 @dataclass(slots=True)
@@ -115,53 +111,40 @@ class ChainCache:
 
     def decompress(self, packs: list[PackInfo], blobs: dict[str, bytes]) -> None:
         """Decompress ``packs`` (consecutive, from a cached prefix's end or from seq 0) into the
-        cache; raises ChainDamage at the first pack that is missing or does not hold together
-        (the chain is then dropped from the cache)."""
+        cache; raises ChainDamage at the first pack that is missing or does not hold together."""
         if not packs:
             return
-        item = self._take(packs)
-        _decode(item, packs, blobs)
-        self._give(packs[0].chain, item)
-
-    def decompress_many(self, jobs: list[list[PackInfo]], blobs: dict[str, bytes]) -> None:
-        """``decompress`` for the packs of several chains, on up to one thread per core (zstd and
-        blake3 release the GIL). A chain that does not read is left out of the cache; the
-        caller's ``decompress`` of it then raises why."""
-        started: list[tuple[list[PackInfo], _Decoded]] = []
-        for packs in jobs:
-            if packs:
-                with contextlib.suppress(ChainDamage):
-                    started.append((packs, self._take(packs)))
-
-        def run(job: tuple[list[PackInfo], _Decoded]) -> bool:
-            try:
-                _decode(job[1], job[0], blobs)
-            except ChainDamage:
-                return False
-            return True
-
-        raw = sum(p.raw_len for packs, _ in started for p in packs)
-        pool = _pool() if len(started) > 1 and raw >= PARALLEL_MIN else None
-        done = list(pool.map(run, started)) if pool is not None else [run(job) for job in started]
-        for (packs, item), ok in zip(started, done, strict=True):
-            if ok:
-                self._give(packs[0].chain, item)
-
-    def _take(self, packs: list[PackInfo]) -> _Decoded:
-        """The chain's cached prefix, out of the cache while it is continued (a new one unless
-        ``packs`` continue it)."""
-        item = self._items.pop(packs[0].chain, None)
-        if item is not None:
-            self._bytes -= item.size
+        chain_id = packs[0].chain
+        item = self._items.get(chain_id)
         if item is None or item.dobj is None or packs[0].seq != item.done:
+            self.forget(chain_id)
             if packs[0].seq != 0:
                 raise ChainDamage(0, "pack 0 of its compression chain is missing", missing=True)
-            item = _Decoded(decompressor().decompressobj())
-        return item
-
-    def _give(self, chain_id: bytes, item: _Decoded) -> None:
-        self._items[chain_id] = item
-        self._bytes += item.size
+            item = self._items[chain_id] = _Decoded(decompressor().decompressobj())
+        self._items.move_to_end(chain_id)
+        for pack in packs:
+            if pack.seq != item.done:
+                self.forget(chain_id)
+                raise ChainDamage(item.done, f"pack {item.done} of its compression chain is missing", missing=True)
+            data = blobs.get(pack.blob)
+            if data is None:
+                self.forget(chain_id)
+                raise ChainDamage(pack.seq, f"pack {pack.name} is missing", missing=True)
+            if len(data) != pack.size or pack_name(data) != pack.name:
+                self.forget(chain_id)
+                raise ChainDamage(pack.seq, f"pack {pack.name}: its bytes do not match its name")
+            try:
+                raw = bounded_decompress(item.dobj, memoryview(data)[pack.body_off :], pack.raw_len, pack.seq == 0)
+            except zstandard.ZstdError as exc:
+                self.forget(chain_id)
+                raise ChainDamage(pack.seq, f"pack {pack.name}: zstd: {exc}") from None
+            if raw is None or len(raw) != pack.raw_len:
+                self.forget(chain_id)
+                raise ChainDamage(pack.seq, f"pack {pack.name} decompressed to a wrong size")
+            item.raws[pack.seq] = raw
+            item.size += len(raw)
+            self._bytes += len(raw)
+            item.done = pack.seq + 1
 
     def put(self, pack: PackInfo, raw: bytes) -> None:
         """A pack this process wrote: its raw bytes, so reading it back decompresses nothing."""
@@ -187,45 +170,6 @@ class ChainCache:
         """Drop the least recently used chains until the cache is within its budget."""
         while self._bytes > self.max_bytes and self._items:
             self.forget(next(iter(self._items)))
-
-
-def _decode(item: _Decoded, packs: list[PackInfo], blobs: dict[str, bytes]) -> None:
-    """Continue ``item``'s stream through ``packs``, checking each pack's bytes against its name
-    first; ChainDamage at the first pack that is missing or does not hold together. Touches
-    nothing but ``item``, so chains can be decoded on several threads."""
-    for pack in packs:
-        if pack.seq != item.done:
-            raise ChainDamage(item.done, f"pack {item.done} of its compression chain is missing", missing=True)
-        data = blobs.get(pack.blob)
-        if data is None:
-            raise ChainDamage(pack.seq, f"pack {pack.name} is missing", missing=True)
-        if len(data) != pack.size or pack_name(data) != pack.name:
-            raise ChainDamage(pack.seq, f"pack {pack.name}: its bytes do not match its name")
-        try:
-            raw = bounded_decompress(item.dobj, memoryview(data)[pack.body_off :], pack.raw_len, pack.seq == 0)
-        except zstandard.ZstdError as exc:
-            raise ChainDamage(pack.seq, f"pack {pack.name}: zstd: {exc}") from None
-        if raw is None or len(raw) != pack.raw_len:
-            raise ChainDamage(pack.seq, f"pack {pack.name} decompressed to a wrong size")
-        item.raws[pack.seq] = raw
-        item.size += len(raw)
-        item.done = pack.seq + 1
-
-
-_POOL: ThreadPoolExecutor | None = None
-_POOL_LOCK = threading.Lock()
-
-
-def _pool() -> ThreadPoolExecutor | None:
-    """Threads that decompress chains side by side: one per core (None on one core)."""
-    global _POOL
-    cores = os.cpu_count() or 1
-    if cores < 2:
-        return None
-    with _POOL_LOCK:
-        if _POOL is None:
-            _POOL = ThreadPoolExecutor(max_workers=min(cores, 8), thread_name_prefix="castate-chains")
-        return _POOL
 
 
 __all__ = ["ChainCache", "ChainDamage", "WriterChain", "WriterChains"]

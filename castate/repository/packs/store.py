@@ -215,10 +215,9 @@ class PackStore(Backend):
             raise _corrupt(damage) from None
 
     async def _read(self, wanted: list[bytes]) -> dict[bytes, Any]:
-        """Frames of the ``wanted`` objects the catalog knows, chain by chain: chains are
-        decompressed in waves that fit in half the cache (side by side, one thread per core),
-        then each chain's frames are taken and the cache held to its budget before the next,
-        so one call holds at most a wave beyond the cache (frames are views into the cache's
+        """Frames of the ``wanted`` objects the catalog knows, chain by chain: a chain is
+        decompressed, its frames taken, and the cache held to its budget before the next, so
+        one call holds at most one chain beyond the cache (frames are views into the cache's
         bytes while those fit in a quarter of its budget, copies after). The packs of every
         chain not cached are fetched in one call; chains cached then are read first, and one
         that the reading of others pushed out of the cache meanwhile is fetched again."""
@@ -241,13 +240,9 @@ class PackStore(Backend):
         blobs = await self.blobs.get_blobs(names) if names else {}
         out: dict[bytes, Any] = {}
         pinned = 0
-        order = [*cached, *(c for c in by_chain if c not in cached)]
-        decoded = len(cached)  # chains of ``order`` before this one are decompressed or cached
-        for at, chain_id in enumerate(order):
+        for chain_id in [*cached, *(c for c in by_chain if c not in cached)]:
             places = by_chain[chain_id]
             seqs = {p.seq for p, _, _ in places.values()}
-            if at >= decoded:
-                decoded = await self._decode_wave(order, at, by_chain, blobs)
             try:
                 raws = self._cache.raws(chain_id, seqs)
                 if raws is None:
@@ -272,34 +267,6 @@ class PackStore(Backend):
                 pinned += sum(len(r) for r in raws.values())
             self._cache.evict()
         return out
-
-    async def _decode_wave(
-        self, order: list[bytes], at: int, by_chain: dict[bytes, dict[bytes, Place]], blobs: dict[str, bytes]
-    ) -> int:
-        """Decompress the chains of ``order`` from ``at`` on whose raw bytes fit in half the cache
-        (one at least) side by side; returns where the next wave starts. Packs are dropped
-        from ``blobs`` once decompressed; a chain that does not read is left to the caller."""
-        cat = self._cat
-        jobs: list[list[PackInfo]] = []
-        raw = 0
-        end = at
-        while end < len(order):
-            places = by_chain[order[end]]
-            packs = self._cache.to_fetch(cat.chain(order[end]), max(p.seq for p, _, _ in places.values()))
-            size = sum(p.raw_len for p in packs)
-            if jobs and raw + size > self.cache_bytes // 2:
-                break
-            jobs.append(packs)
-            raw += size
-            end += 1
-        lacking = [p.blob for packs in jobs for p in packs if p.blob not in blobs]
-        if lacking:
-            blobs.update(await self.blobs.get_blobs(lacking))
-        self._cache.decompress_many(jobs, blobs)
-        for packs in jobs:
-            for p in packs:
-                blobs.pop(p.blob, None)
-        return end
 
     async def has_objects(self, ids: Collection[bytes]) -> set[bytes]:
         wanted = list(ids)
