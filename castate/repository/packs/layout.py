@@ -30,10 +30,11 @@ from castate.repository.walk import CHUNKS, links
 ID_SIZE = 32
 # Classes from this one on (objects used by saves at least 63 apart) are few bytes that many
 # checkpoints read: their chains are cut at LONG_CHAIN_RAW, so that a restore decompresses
-# less of each (about 2.2x the bytes it needs instead of 3x, for 1.1x the disk: 5,000 saves
-# of the windowed workload, docs/performance.md).
+# less of each. Measured on the windowed workload at 5,000 saves after gc (2.9 MB needed):
+# 1 MiB chains decompressed 9.2 MB, 512 KiB 7.5 MB, 256 KiB 6.7 MB, for 1%, 4% and 8% more
+# SQLite file than gc merging each chain into one pack, as it did before (docs/performance.md).
 LONG_LIVED = 4
-LONG_CHAIN_RAW = 256 << 10
+LONG_CHAIN_RAW = 512 << 10
 UNKNOWN = -1  # no ref reaches the object (young, or kept by the reflog): written in write order
 COMMIT_BATCH = 256  # commits whose trees one round of the walk visits together
 READ_BATCH = 4096  # objects one read asks for
