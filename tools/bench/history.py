@@ -3,6 +3,8 @@
 
     python -m tools.bench.history                                # local and SQLite, 1,000 vs 20,000
     python -m tools.bench.history --saves 500,5000 --systems sqlite --out /tmp/h.json
+    python -m tools.bench.history --systems sqlite --gc --base /tmp/base   # also after `castate gc`,
+                                      # and restored by another checkout's code, alternating
 
 The session keeps the last ``--window`` messages and agent-memory entries (the workload's
 bounded context, ``Workload(window=...)``). Each save is ``save_session`` then a named
@@ -11,6 +13,12 @@ it, restore the checkpoint of the middle save and report their time and peak RSS
 (``VmHWM``). Reported per system: medians with ranges, and the ratio of the long
 history to the short one, which the target wants at most 1.2x, with the peak at most
 2x the state + 48 MB.
+
+``--gc`` then runs a routine gc (``StateManager.gc()`` with its defaults: nothing is
+deleted here, every save has a checkpoint; the pack store regroups its chains) and
+measures the restores again. ``--base DIR`` names a checkout of other code (``git archive
+<commit> | tar -x -C DIR``): its restores of the same stores alternate with this tree's, one
+each in turn, so the two are compared in one run on the same files.
 """
 
 from __future__ import annotations
@@ -21,6 +29,7 @@ import datetime as dt
 import json
 import os
 import resource
+import shutil
 import statistics
 import subprocess
 import sys
@@ -96,13 +105,79 @@ def _peak_rss() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _fresh(url: str, checkpoint: str) -> dict[str, Any]:
+def _fresh(url: str, checkpoint: str, tree: Path = ROOT) -> dict[str, Any]:
+    """One restore in a new process, with the code of ``tree`` (its ``castate`` package comes
+    first on the path: the process runs from there)."""
     out = subprocess.run(
-        [sys.executable, "-m", "tools.bench.history", "--restore", url, checkpoint],
-        cwd=ROOT, check=True, capture_output=True, text=True,
+        [sys.executable, "-c", _RESTORE, str(ROOT), url, checkpoint],
+        cwd=tree, check=True, capture_output=True, text=True,
     )  # fmt: skip
     result: dict[str, Any] = json.loads(out.stdout)
     return result
+
+
+# Runs in ``tree`` (castate from there), with this file's helpers from ROOT.
+_RESTORE = """
+import asyncio, importlib.util, json, sys
+spec = importlib.util.spec_from_file_location("history", sys.argv[1] + "/tools/bench/history.py")
+history = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(history)
+print(json.dumps(asyncio.run(history.restore_once(sys.argv[2], sys.argv[3]))))
+"""
+
+
+def _restores(url: str, checkpoint: str, runs: int, base: Path | None, base_url: str | None = None) -> dict[str, Any]:
+    """``runs`` fresh restores with this tree's code, alternating with ``base``'s (of
+    ``base_url``, the same store unless given)."""
+    _fresh(url, checkpoint)  # warm the page cache: every run below reads the same files
+    if base is not None:
+        _fresh(base_url or url, checkpoint, base)
+    mine: list[dict[str, Any]] = []
+    other: list[dict[str, Any]] = []
+    for _ in range(runs):
+        if base is not None:
+            other.append(_fresh(base_url or url, checkpoint, base))
+        mine.append(_fresh(url, checkpoint))
+    out: dict[str, Any] = {
+        "open_restore_s": _spread([r["seconds"] for r in mine]),
+        "rss_peak_bytes": _spread([r["rss_peak_bytes"] for r in mine]),
+        "restored_state_bytes": mine[0]["state_bytes"],
+    }
+    if other:
+        out["base"] = {
+            "open_restore_s": _spread([r["seconds"] for r in other]),
+            "rss_peak_bytes": _spread([r["rss_peak_bytes"] for r in other]),
+        }
+    return out
+
+
+def _gc_in(tree: Path, url: str) -> dict[str, Any]:
+    """A routine gc of ``url`` in a new process, with the code of ``tree``."""
+    out = subprocess.run(
+        [sys.executable, "-c", _GC, str(ROOT), url], cwd=tree, check=True, capture_output=True, text=True
+    )
+    result: dict[str, Any] = json.loads(out.stdout)
+    return result
+
+
+_GC = _RESTORE.replace("history.restore_once(sys.argv[2], sys.argv[3])", "history.gc_once(sys.argv[2])")
+
+
+async def gc_once(url: str) -> dict[str, Any]:
+    import castate
+
+    sm = castate.StateManager(url)
+    t = time.perf_counter()
+    try:
+        report = await sm.gc()
+    finally:
+        await sm.close()
+    return {
+        "gc_s": time.perf_counter() - t,
+        "deleted": report.deleted,
+        "store_bytes_before": report.store_bytes_before,
+        "store_bytes_after": report.store_bytes_after,
+    }
 
 
 def _spread(xs: list[float]) -> dict[str, float]:
@@ -114,14 +189,23 @@ def measure(system: str, saves: int, args: argparse.Namespace, base: Path) -> di
     url = _url(system, directory)
     print(f"== {system}: {saves} saves", file=sys.stderr, flush=True)
     built = asyncio.run(build(url, saves, args.window, args.seed))
-    _fresh(url, built["checkpoint"])  # warm the page cache: every run below reads the same files
-    runs = [_fresh(url, built["checkpoint"]) for _ in range(args.runs)]
-    return {
-        **built,
-        "open_restore_s": _spread([r["seconds"] for r in runs]),
-        "rss_peak_bytes": _spread([r["rss_peak_bytes"] for r in runs]),
-        "restored_state_bytes": runs[0]["state_bytes"],
-    }
+    base = Path(args.base).resolve() if args.base else None
+    out = {**built, **_restores(url, built["checkpoint"], args.runs, base)}
+    if args.gc:
+        print(f"== {system}: {saves} saves, gc", file=sys.stderr, flush=True)
+        base_url = None
+        if base is not None:  # each code gcs its own copy of the store
+            copy = directory.with_name(directory.name + "-base")
+            shutil.copytree(directory, copy)
+            base_url = _url(system, copy)
+            base_gc = _gc_in(base, base_url)
+        out["after_gc"] = {
+            **_gc_in(ROOT, url),
+            **_restores(url, built["checkpoint"], args.runs, base, base_url),
+        }
+        if base is not None:
+            out["after_gc"]["base"].update(base_gc)
+    return out
 
 
 def table(report: dict[str, Any]) -> str:
@@ -130,23 +214,36 @@ def table(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|",
     ]
     for system, by_saves in report["systems"].items():
-        for saves, r in by_saves.items():
-            o, rss = r["open_restore_s"], r["rss_peak_bytes"]
-            lines.append(
-                f"| {system} | {int(saves):,} | {o['median'] * 1e3:.1f} ({o['min'] * 1e3:.1f}-{o['max'] * 1e3:.1f}) "
-                f"| {r['save_median_s'] * 1e3:.2f} ({r['save_min_s'] * 1e3:.2f}-{r['save_max_s'] * 1e3:.2f}) "
-                f"| {rss['median'] / 1e6:.1f} ({rss['min'] / 1e6:.1f}-{rss['max'] / 1e6:.1f}) |"
-            )
         sizes = sorted(by_saves, key=int)
-        if len(sizes) == 2:
-            a, b = by_saves[sizes[0]], by_saves[sizes[1]]
-            lines.append(
-                f"| {system} | ratio | {b['open_restore_s']['median'] / a['open_restore_s']['median']:.2f}x "
-                f"| {b['save_median_s'] / a['save_median_s']:.2f}x "
-                f"| {b['rss_peak_bytes']['median'] / a['rss_peak_bytes']['median']:.2f}x "
-                f"(limit 2x state + 48 MB: {(2 * b['state_bytes'] + 48e6) / 1e6:.0f} MB) |"
-            )
+        for label, pick in _VARIANTS:
+            rows = {saves: pick(by_saves[saves]) for saves in sizes}
+            if any(r is None for r in rows.values()):
+                continue
+            name = f"{system}{label}"
+            for saves in sizes:
+                r, o, rss = by_saves[saves], rows[saves]["open_restore_s"], rows[saves]["rss_peak_bytes"]
+                lines.append(
+                    f"| {name} | {int(saves):,} | {o['median'] * 1e3:.1f} ({o['min'] * 1e3:.1f}-{o['max'] * 1e3:.1f}) "
+                    f"| {r['save_median_s'] * 1e3:.2f} ({r['save_min_s'] * 1e3:.2f}-{r['save_max_s'] * 1e3:.2f}) "
+                    f"| {rss['median'] / 1e6:.1f} ({rss['min'] / 1e6:.1f}-{rss['max'] / 1e6:.1f}) |"
+                )
+            if len(sizes) == 2:
+                a, b = rows[sizes[0]], rows[sizes[1]]
+                lines.append(
+                    f"| {name} | ratio | {b['open_restore_s']['median'] / a['open_restore_s']['median']:.2f}x "
+                    f"| {by_saves[sizes[1]]['save_median_s'] / by_saves[sizes[0]]['save_median_s']:.2f}x "
+                    f"| {b['rss_peak_bytes']['median'] / a['rss_peak_bytes']['median']:.2f}x "
+                    f"(limit 2x state + 48 MB: {(2 * by_saves[sizes[1]]['state_bytes'] + 48e6) / 1e6:.0f} MB) |"
+                )
     return "\n".join(lines)
+
+
+_VARIANTS: list[tuple[str, Any]] = [
+    ("", lambda r: r),
+    (" (base)", lambda r: r.get("base")),
+    (" after gc", lambda r: r.get("after_gc")),
+    (" after gc (base)", lambda r: (r.get("after_gc") or {}).get("base")),
+]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -157,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", type=int, default=5, help="fresh restoring processes per store")
     ap.add_argument("--dir", help="parent directory for the stores (default: the system temp dir)")
+    ap.add_argument("--gc", action="store_true", help="also restore after a routine gc")
+    ap.add_argument("--base", help="a checkout of other code whose restores alternate with this tree's")
     ap.add_argument("--out")
     ap.add_argument("--restore", nargs=2, help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
@@ -178,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "python": sys.version.split()[0],
             "cpus": os.cpu_count(),
         },
-        "params": {"window": args.window, "seed": args.seed, "runs": args.runs},
+        "params": {"window": args.window, "seed": args.seed, "runs": args.runs, "gc": args.gc, "base": args.base},
         "systems": systems,
     }
     text = table(report)

@@ -48,6 +48,7 @@ from castate.repository.packs.format import (
     make_pack,
     parse_pack_head,
 )
+from castate.repository.packs.layout import LONG_CHAIN_RAW, LONG_LIVED, UNKNOWN, first_use, last_uses, lifetime_class
 from castate.repository.packs.segments import (
     INDEX_PREFIX,
     Segment,
@@ -65,7 +66,8 @@ GC_DONE = 0
 GC_DIRTY = 2
 STALE_EPOCH = b"stale"  # no stored epoch has this value: a commit checking it conflicts and reloads
 SAVE_ATTEMPTS = 4
-CONSOLIDATE_MIN = 16  # packs in a chain before gc merges them into one
+CONSOLIDATE_MIN = 16  # packs in a chain before gc regroups it
+REGROUP_PACK = 128 << 10  # raw bytes per pack of the chains gc regroups by lifetime
 INDEX_AFTER = 16  # index segments (one per save, merged as they go) before a writer merges them
 
 
@@ -356,13 +358,15 @@ class PackStore(Backend):
                 fresh[oid] = frame
         return fresh
 
-    def _build(self, frames: dict[bytes, Any], stream: str) -> list[tuple[PackInfo, bytes, bytes]]:
+    def _build(
+        self, frames: dict[bytes, Any], stream: str, pack_max: int = PACK_MAX_RAW
+    ) -> list[tuple[PackInfo, bytes, bytes]]:
         """(pack, its bytes, its raw bytes) for every pack holding ``frames``, continuing the
-        stream's chain; a save of more than ``PACK_MAX_RAW`` raw bytes is split."""
+        stream's chain; a save of more than ``pack_max`` raw bytes is split."""
         groups: list[list[tuple[bytes, Any]]] = [[]]
         size = 0
         for oid, frame in frames.items():
-            if size and size + len(frame) > PACK_MAX_RAW:
+            if size and size + len(frame) > pack_max:
                 groups.append([])
                 size = 0
             groups[-1].append((oid, frame))
@@ -473,9 +477,10 @@ class PackStore(Backend):
         return await self._exclusively(set(ids), quarantine=True, consolidate=False)
 
     async def maintain(self) -> None:
-        """Merge each chain of at least ``CONSOLIDATE_MIN`` packs into one pack (gc calls this
-        under ``gc_exclusive``): the same objects in far fewer blobs, so opening the store
-        reads fewer pack heads and engines keep fewer rows or keys."""
+        """Regroup the chains of at least ``CONSOLIDATE_MIN`` packs (those saves wrote) by the
+        lifetime of their objects (layout.py; gc calls this under ``gc_exclusive``): a restore
+        then decompresses about what it needs wherever its checkpoint lies in the history,
+        and the same objects sit in far fewer blobs, so engines keep fewer rows or keys."""
         await self._exclusively(set(), quarantine=False, consolidate=True)
 
     async def _exclusively(self, doomed: set[bytes], *, quarantine: bool, consolidate: bool) -> int:
@@ -486,8 +491,9 @@ class PackStore(Backend):
 
     async def _rewrite(self, doomed: set[bytes], *, quarantine: bool, consolidate: bool) -> int:
         """Remove ``doomed`` objects (quarantine: the copies that fail verification): every chain
-        holding one, and with ``consolidate`` every long chain, is replaced by new packs holding
-        the rest of its objects, then deleted, and one index segment then covers every pack.
+        holding one is replaced by new packs holding the rest of its objects, then deleted;
+        with ``consolidate`` the long chains are replaced together, their objects regrouped
+        by lifetime (``_regroup``). One index segment then covers every pack.
         Runs under ``gc_exclusive``."""
         await self._reload()
         cat = self._cat
@@ -516,7 +522,11 @@ class PackStore(Backend):
             # Chains holding only doomed objects first: they free space without writing, so a
             # gc on a full disk frees them before a rewrite fails.
             kept = {pack.chain for pack, oid, _, _ in cat.entries() if pack.chain in chains and oid not in doomed}
-            for chain_id in sorted(chains, key=lambda c: c in kept):
+            # Long chains (those saves wrote) are rewritten together, by the lifetime of their
+            # objects (layout.py); the others each into a chain of its own, as they are.
+            regroup = {c for c in kept if len(cat.members(c)) >= CONSOLIDATE_MIN} if consolidate else set()
+            uses = await self._last_uses() if regroup else ([], {})  # before any pack goes
+            for chain_id in sorted(chains - regroup, key=lambda c: c in kept):
                 packs = cat.chain(chain_id)
                 frames = await self._chain_frames(packs)
                 keep: dict[bytes, Any] = {}
@@ -537,6 +547,8 @@ class PackStore(Backend):
                             await self.blobs.delete_blobs([name for name, _ in written])
                         raise
                 await self.blobs.delete_blobs([p.blob for p in packs])
+            if regroup:
+                await self._regroup(cat, regroup, doomed, *uses)
             await self._reload()
             await self._index_everything()
             done = True
@@ -552,6 +564,65 @@ class PackStore(Backend):
             await self._reload()
         has = self._cat.has
         return sum(1 for oid in present if not has(oid))
+
+    async def _last_uses(self) -> tuple[list[int], dict[bytes, int]]:
+        """The commits the refs name, as their sorted times, and for each object they reach the
+        rank of the newest one reaching it (layout.py)."""
+        refs = await self.blobs.list_refs()
+        return await last_uses(self.get_objects, [v for n, v in refs.items() if not n.startswith(HIDDEN_PREFIX)])
+
+    async def _regroup(
+        self, cat: Catalog, chain_ids: set[bytes], doomed: set[bytes], times: list[int], last: dict[bytes, int]
+    ) -> None:
+        """Rewrite the objects of ``chain_ids`` (but ``doomed``) into new chains, one set of
+        chains per lifetime class (layout.py: ``times`` and ``last`` from ``_last_uses``),
+        each in write order, then delete the old chains. Every new chain is written (with its
+        segment) before any old one is deleted; a failure deletes what this call wrote."""
+        order = sorted(chain_ids, key=lambda c: (cat.chain(c)[0].time_ns, c))
+        long_max = min(self.chain_max, LONG_CHAIN_RAW)
+        groups: dict[int, dict[bytes, bytes]] = {}
+        sizes: dict[int, int] = {}
+        placed: set[bytes] = set()
+        written: list[str] = []
+        try:
+            for chain_id in order:
+                for pack, oid, frame in await self._chain_objects(cat.chain(chain_id)):
+                    if oid in doomed or oid in placed:
+                        continue
+                    placed.add(oid)
+                    use = last.get(oid)
+                    k = UNKNOWN if use is None else lifetime_class(first_use(times, pack.time_ns), use)
+                    group = groups.setdefault(k, {})
+                    if group and sizes[k] + len(frame) > (self.chain_max if k < LONG_LIVED else long_max):
+                        written += await self._put_chain(group, f"gc class {k}")
+                        group.clear()
+                        sizes[k] = 0
+                    group[oid] = bytes(frame)
+                    sizes[k] = sizes.get(k, 0) + len(frame)
+            for k, group in groups.items():
+                if group:
+                    written += await self._put_chain(group, f"gc class {k}")
+        except BaseException:
+            with contextlib.suppress(Exception):  # leave no partial copy behind
+                await self.blobs.delete_blobs(written)
+            raise
+        await self.blobs.delete_blobs([p.blob for c in order for p in cat.chain(c)])
+
+    async def _put_chain(self, frames: dict[bytes, bytes], stream: str) -> list[str]:
+        """Store ``frames`` as a new chain of packs of ``REGROUP_PACK`` raw bytes (a read
+        decompresses a chain only up to the pack it needs), with their segment; returns the
+        blob names."""
+        self._writing.drop(stream)
+        written = self._with_segment(self._build(frames, stream, REGROUP_PACK))
+        self._writing.drop(stream)
+        names = [name for name, _ in written]
+        try:
+            await self.blobs.put_blobs(written)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await self.blobs.delete_blobs(names)
+            raise
+        return names
 
     @staticmethod
     def _doomed_by_chain(cat: Catalog, doomed: set[bytes]) -> dict[bytes, set[bytes]]:
@@ -588,11 +659,19 @@ class PackStore(Backend):
         """Every object of a chain's packs that can be read (a damaged pack ends what can), in
         the chain's order; read from the packs themselves (their own heads), not through the
         index."""
+        out: dict[bytes, Any] = {}
+        for _, oid, frame in await self._chain_objects(packs):
+            out.setdefault(oid, frame)
+        return out
+
+    async def _chain_objects(self, packs: list[PackInfo]) -> list[tuple[PackInfo, bytes, Any]]:
+        """(pack, id, frame) of every object of a chain's packs that can be read, in the
+        chain's order (see ``_chain_frames``)."""
         if not packs:
-            return {}
+            return []
         blobs = await self.blobs.get_blobs([p.blob for p in packs])
         cache = ChainCache(1 << 62)
-        out: dict[bytes, Any] = {}
+        out: list[tuple[PackInfo, bytes, Any]] = []
         for pack in packs:
             data = blobs.get(pack.blob)
             try:
@@ -604,9 +683,7 @@ class PackStore(Backend):
                 entries = head.entries or [(frame_id(raw[o : o + n]), o, n) for o, n in head.spans]
             except (ChainDamage, CorruptionError, UnsupportedFormatError):
                 break
-            for oid, off, length in entries:
-                if oid not in out:
-                    out[oid] = raw[off : off + length]
+            out.extend((pack, oid, raw[off : off + length]) for oid, off, length in entries)
         return out
 
     # -- refs: passed through, without the store's own ----------------------------------------------
