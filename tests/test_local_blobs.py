@@ -127,3 +127,44 @@ async def test_a_new_store_has_the_format_2_layout_and_refuses_a_newer_volume(tm
             await again.get_blobs(["packs/" + "ab" * 32])
     finally:
         await again.close()
+
+
+async def test_a_clean_up_drops_the_place_history_and_keeps_refs_reflog_and_blobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Deletes rewrite a mostly dead volume without gc; the journal then drops the history of
+    blob places (no one reads it), and everything a user sees stays as it was."""
+    import castate
+    from castate.backends.local import blobs
+
+    monkeypatch.setattr(blobs, "CLEAN_MIN", 0)
+    monkeypatch.setattr(blobs, "JOURNAL_MIN", 0)
+    path = tmp_path / "store"
+    async with castate.StateManager(castate.LocalBackend(path)) as sm:
+        for step in range(30):
+            await sm.save_session("s", {"step": step, "text": os.urandom(3000).hex()})
+            await sm.save_session("scratch", {"step": step, "text": os.urandom(3000).hex()})
+            if step % 10 == 0:
+                await sm.create_checkpoint("s", f"cp{step}")
+        await sm.delete_session("scratch")
+        reflog = [(e.old, e.new, e.message) for e in await sm.repository.reflog("sessions/s")]
+        refs = await sm.repository.list_refs()
+        await sm.gc(grace=0)  # deletes scratch's packs: its volume is mostly dead and is rewritten
+    records = journal_records(path)
+    assert records[0].kind == 1  # the leading snapshot a drop of the place history writes
+    assert sum(1 for r in records for n, _, _ in r.changes if n.startswith("\x00")) < 60 * 2  # not one per save
+    async with castate.StateManager(path) as sm:
+        assert [(e.old, e.new, e.message) for e in await sm.repository.reflog("sessions/s")] == reflog
+        assert {
+            k: v for k, v in (await sm.repository.list_refs()).items() if k.startswith(("sessions/", "checkpoints/"))
+        } == {k: v for k, v in refs.items() if k.startswith(("sessions/", "checkpoints/"))}
+        assert (await sm.load_session("s"))["step"] == 29
+        assert (await sm.restore_checkpoint("s@cp0"))["step"] == 0
+        assert (await sm.fsck(full=True)).ok
+
+
+def journal_records(path: Path) -> list:  # type: ignore[type-arg]
+    from castate.backends.local import journal
+
+    data = (path / "refs.journal").read_bytes()
+    return journal.scan(data, journal.HEADER_SIZE)[0]

@@ -59,15 +59,16 @@ from castate.errors import (
 
 STORE_VERSION = 2
 CONFIG = "castate.json"
-VOLUME_MAX = 64 << 20  # a writer starts a new volume past this size
+VOLUME_MAX = 16 << 20  # a writer starts a new volume past this size (it also bounds one clean-up's copy)
 PLACE = "\x00"  # journal names starting with it hold blob places; ref names never do
 RECLAIM_BELOW = 0.5  # gc rewrites a volume whose live records fill less than this share of it
-# Deletes (the pack store's segment merges, gc) rewrite a volume of at least CLEAN_MIN bytes
-# once its live records fill less than CLEAN_BELOW of it: a store that is never gc'ed stays
-# within about 1/CLEAN_BELOW of its live bytes, for about 1/(1 - CLEAN_BELOW) bytes copied per
-# byte freed.
-CLEAN_BELOW = 0.6
+# Deletes (the pack store's segment merges, gc) rewrite a volume taking at least CLEAN_MIN
+# bytes of disk once its live records fill less than CLEAN_BELOW of them: a store that is never
+# gc'ed stays within about 1/CLEAN_BELOW of its live bytes, for about CLEAN_BELOW/(1 -
+# CLEAN_BELOW) bytes copied per byte freed (punched holes free large dead records at once).
+CLEAN_BELOW = 0.75
 CLEAN_MIN = 1 << 20
+JOURNAL_MIN = 256 << 10  # a smaller journal keeps its place history through a clean-up
 T = TypeVar("T")
 
 
@@ -365,7 +366,7 @@ class LocalBackend(BlobBackend):
         candidates = [
             n
             for n in self._volumes.numbers()
-            if usage.get(n, 0) < below * (size := self._volumes.size(n)) and (size >= min_size or not usage.get(n))
+            if usage.get(n, 0) < below * (size := self._volumes.allocated(n)) and (size >= min_size or not usage.get(n))
         ]
         if not candidates:
             return
@@ -400,6 +401,10 @@ class LocalBackend(BlobBackend):
 
         emptied = self._j().apply(plan, "move live blobs out of sparse volumes")
         self._volumes.remove(emptied)
+        # The journal's record of where blobs were is history no one reads (the reflog shows
+        # refs only), and a clean-up just rewrote much of it: rewrite the journal without it.
+        if os.stat(self._j().path).st_size >= JOURNAL_MIN:
+            self._j().drop_history(PLACE)
 
     # -- refs -------------------------------------------------------------------------------
 

@@ -543,6 +543,37 @@ class RefJournal:
             self._rewrite(kept)
             return keep_from
 
+    def drop_history(self, hidden: str) -> int:
+        """Rewrite the journal without the past changes of entries whose names start with
+        ``hidden``: their current values move into the leading snapshot record, and every other
+        change stays, in order, with its time and message. Returns how many records went.
+
+        The local blob store drops the history of its blob places this way (the reflog shows
+        refs only). Readers notice the new generation and replay the new file."""
+        with self.lock.hold(exclusive=True):
+            if self.refresh():
+                self._rewrite(self.records)
+            records = self.records
+            base: dict[str, bytes] = {}
+            if records and records[0].kind == KIND_SNAPSHOT:
+                base = {n: v for n, _, v in records[0].changes if v is not None and not n.startswith(hidden)}
+                records = records[1:]
+            if any(rec.kind == KIND_SNAPSHOT for rec in records):
+                return 0  # only compaction writes one, first: anything else is left as it is
+            base.update((n, v) for n, v in self.refs.items() if n.startswith(hidden))
+            kept = [
+                Record(
+                    KIND_SNAPSHOT, 1, time.time_ns(), "compacted", tuple((n, None, v) for n, v in sorted(base.items()))
+                )
+            ]
+            for rec in records:
+                changes = tuple(c for c in rec.changes if not c[0].startswith(hidden))
+                if changes:
+                    kept.append(Record(rec.kind, len(kept) + 1, rec.time_ns, rec.message, changes))
+            dropped = len(records) + 1 - len(kept)
+            self._rewrite(kept)
+            return dropped
+
     def repair(self, quarantine: Path) -> RefRepairReport:
         """Rebuild a damaged journal from its intact records (under the lock): the damaged file
         is kept in ``quarantine`` first, then replaced. A journal that replays cleanly is left

@@ -308,3 +308,10 @@ class Volumes:
             return os.stat(self.path(number)).st_size
         except FileNotFoundError:
             return 0
+
+    def allocated(self, number: int) -> int:
+        """The disk bytes the volume takes (less than its size where dead records were punched out)."""
+        try:
+            return os.stat(self.path(number)).st_blocks * 512
+        except FileNotFoundError:
+            return 0
