@@ -145,3 +145,18 @@ async def test_a_regrouping_that_fails_part_way_leaves_the_old_chains_and_no_new
     for cp, expected in states.items():
         assert await fresh.restore_checkpoint(cp) == expected
     await fresh.close()
+
+
+async def test_regrouped_chains_are_left_alone_by_the_next_gc_whatever_the_chain_bound() -> None:
+    blobs = MemoryBackend()
+    store = PackStore(blobs, chain_max=4 << 20)
+    await store.open()
+    for n in range(80):  # one chain of 80 packs, 3.2 MB
+        await store.put_objects([castate_obj(f"{n} " + os.urandom(20_000).hex())], stream="s")
+    async with store.gc_exclusive():
+        await store.maintain()
+    once = {i.name for i in await blobs.list_blobs("packs/")}
+    assert len(once) < 16
+    async with store.gc_exclusive():
+        await store.maintain()
+    assert {i.name for i in await blobs.list_blobs("packs/")} == once

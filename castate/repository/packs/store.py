@@ -611,9 +611,12 @@ class PackStore(Backend):
     async def _put_chain(self, frames: dict[bytes, bytes], stream: str) -> list[str]:
         """Store ``frames`` as a new chain of packs of ``REGROUP_PACK`` raw bytes (a read
         decompresses a chain only up to the pack it needs), with their segment; returns the
-        blob names."""
+        blob names. Packs are at least an eighth of ``chain_max``, so that a chain has fewer
+        than ``CONSOLIDATE_MIN`` packs (unless large frames fill them badly) and the next gc
+        leaves it as it is."""
         self._writing.drop(stream)
-        written = self._with_segment(self._build(frames, stream, REGROUP_PACK))
+        pack_max = max(REGROUP_PACK, -(-self.chain_max // (CONSOLIDATE_MIN // 2)))
+        written = self._with_segment(self._build(frames, stream, pack_max))
         self._writing.drop(stream)
         names = [name for name, _ in written]
         try:
