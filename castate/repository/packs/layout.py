@@ -123,7 +123,7 @@ async def _read(get_objects: GetObjects, ids: list[bytes]) -> dict[bytes, Any]:
 
 def _parse(oid: bytes, frame: Any) -> tuple[int, Any] | None:
     try:
-        return decode_frame(oid, frame)  # type: ignore[no-any-return]
+        return decode_frame(oid, frame)
     except (CorruptionError, UnsupportedFormatError):
         return None
 

@@ -578,7 +578,14 @@ class PackStore(Backend):
         chains per lifetime class (layout.py: ``times`` and ``last`` from ``_last_uses``),
         each in write order, then delete the old chains. Every new chain is written (with its
         segment) before any old one is deleted; a failure deletes what this call wrote."""
-        order = sorted(chain_ids, key=lambda c: (cat.chain(c)[0].time_ns, c))
+        # When each pack was written: the backend's stamp (index segment version 3 keeps no time
+        # in its pack rows; a version-2 row's time is the writer's clock).
+        stamped = {i.name[len(PACK_PREFIX) :]: i.time_ns for i in await self.blobs.list_blobs(PACK_PREFIX)}
+
+        def written_ns(pack: PackInfo) -> int:
+            return stamped.get(pack.name) or pack.time_ns
+
+        order = sorted(chain_ids, key=lambda c: (written_ns(cat.chain(c)[0]), c))
         long_max = min(self.chain_max, LONG_CHAIN_RAW)
         groups: dict[int, dict[bytes, bytes]] = {}
         sizes: dict[int, int] = {}
@@ -591,7 +598,7 @@ class PackStore(Backend):
                         continue
                     placed.add(oid)
                     use = last.get(oid)
-                    k = UNKNOWN if use is None else lifetime_class(first_use(times, pack.time_ns), use)
+                    k = UNKNOWN if use is None else lifetime_class(first_use(times, written_ns(pack)), use)
                     group = groups.setdefault(k, {})
                     if group and sizes[k] + len(frame) > (self.chain_max if k < LONG_LIVED else long_max):
                         written += await self._put_chain(group, f"gc class {k}")
