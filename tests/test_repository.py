@@ -212,3 +212,24 @@ async def test_reading_history_decompresses_each_pack_at_most_once(store_path: P
         assert raw > 30 * 40_000
         assert 0 < sum(decompressed) <= raw
         assert (await repo.load("sessions/s"))["doc"].startswith("state 29 ")
+
+
+async def test_a_save_after_a_load_that_found_nothing_does_not_build_on_a_session_created_since(
+    tmp_path: Path,
+) -> None:
+    """A writer that loaded a missing session and then saved used to commit on top of whatever
+    another writer had created meanwhile: the other writer's state was silently replaced."""
+    first = castate.Repository(castate.LocalBackend(tmp_path / "store"))
+    second = castate.Repository(castate.LocalBackend(tmp_path / "store"))
+    try:
+        assert await first.load("sessions/x") is None
+        await second.save("sessions/x", {"by": "second"})
+        with pytest.raises(ConflictError) as caught:
+            await first.save("sessions/x", {"by": "first"})
+        assert caught.value.expected is None
+        assert await second.load("sessions/x") == {"by": "second"}
+        assert await first.load("sessions/x") == {"by": "second"}  # a load shows the new head...
+        await first.save("sessions/x", {"by": "first"})  # ...and a save may then build on it
+    finally:
+        await first.close()
+        await second.close()

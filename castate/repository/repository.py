@@ -53,6 +53,11 @@ class _Head:
     shadow: Shadow | None
 
 
+# Remembered for a ref a load found absent: a save then expects it still absent, so a writer
+# that saw no session cannot silently build on a session another writer created meanwhile.
+_ABSENT = _Head(b"", b"", None)
+
+
 class Repository:
     """Commits, refs and snapshots over one backend."""
 
@@ -168,7 +173,7 @@ class Repository:
         head = self._heads.get(ref)
         if head is not None:
             self._heads.move_to_end(ref)
-            return head
+            return None if head is _ABSENT else head
         cid = await self.backend.get_ref(ref)
         if cid is None:
             return None
@@ -301,7 +306,7 @@ class Repository:
     def known_head(self, ref: str) -> bytes | None:
         """The head this repository last saved or loaded for ``ref`` (no I/O), or None."""
         head = self._heads.get(ref)
-        return head.commit if head is not None else None
+        return head.commit if head is not None and head is not _ABSENT else None
 
     async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
         await self.open()
@@ -371,6 +376,7 @@ class Repository:
         await self.open()
         cid = await self.backend.get_ref(ref)
         if cid is None:
+            self._remember(ref, _ABSENT)
             return None
         commit = await self.read_commit(cid)
         state = await read_state(self.backend, commit.root)
