@@ -94,4 +94,4 @@ def s3_url(moto_server: MotoServer) -> str:
 @pytest.fixture
 def seaweed_url(seaweed_server: SeaweedServer) -> str:
     """A URL of a fresh, empty castate store on the session's SeaweedFS."""
-    return seaweed_server.url(S3_BUCKET, f"t{uuid.uuid4().hex[:12]}") + "&save_window=0.5&gc_lease=5"
+    return seaweed_server.url(S3_BUCKET, f"t{uuid.uuid4().hex[:12]}") + "&save_window=0.3&gc_lease=5"
