@@ -4,14 +4,28 @@ several processes saving one session."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import sys
+import uuid
+from collections.abc import Iterator
+
 import pytest
 
-from castate.backends import Backend
+import castate
+from castate.backends import Backend, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.s3 import S3Backend
+from castate.backends.s3.backend import _Stale
+from castate.backends.s3.groups import LOG_INLINE, Group, group_key
+from castate.errors import BackendUnavailableError, StoreError, StoreNotFoundError
 from castate.repository.packs import PackStore
-from castate.testing import PersistentBlobBackendTests
+from castate.testing import PersistentBlobBackendTests, blob, value
 from tests.backend_conformance import PersistentBackendConformance
+from tests.conftest import S3_BUCKET
+from tests.s3_proxy import S3Proxy
+from tests.test_cli import run
+from tools.servers import MotoServer
 
 
 class TestS3Blobs(PersistentBlobBackendTests):
@@ -38,3 +52,240 @@ class TestS3PackStore(PersistentBackendConformance):
 
     async def reopen(self, backend: Backend, **options: float) -> Backend:
         return PackStore(S3Backend(self.url, **options))  # type: ignore[arg-type]
+
+
+# -- URLs, creation, the open probe ------------------------------------------------------------------
+
+
+def test_s3_urls() -> None:
+    b = castate.open("s3://bucket/team/a?endpoint=http://127.0.0.1:9000&region=eu-west-1&save_window=2")
+    assert isinstance(b, S3Backend)
+    assert (b.loc.bucket, b.loc.prefix, b.loc.endpoint, b.loc.region) == (
+        "bucket",
+        "team/a",
+        "http://127.0.0.1:9000",
+        "eu-west-1",
+    )
+    assert b.save_window == 2
+    assert b.create is None  # castate.open: a write creates the store
+    assert b.location == "s3://bucket/team/a at http://127.0.0.1:9000"
+    assert castate.open("s3://bucket").loc.prefix == ""
+    with pytest.raises(ValueError, match="no credentials"):
+        castate.open("s3://AKIA:secret@bucket/p")
+    with pytest.raises(ValueError, match="unknown S3 URL parameter"):
+        castate.open("s3://bucket/p?endpont=http://x")
+    with pytest.raises(ValueError, match=r"'\.\.' part"):
+        castate.open("s3://bucket/a/../b")
+
+
+async def test_reads_never_create_a_store_and_writes_do(s3_url: str, moto_server: MotoServer) -> None:
+    for create in (None, False):
+        with pytest.raises(StoreNotFoundError, match="no castate store at"):
+            await S3Backend(s3_url, create=create).open()
+    async with castate.StateManager(castate.open(s3_url)) as sm:
+        with pytest.raises(StoreNotFoundError, match="a save creates it"):
+            await sm.list_sessions()
+        await sm.save_session("s", {"v": 1})
+    async with castate.StateManager(castate.open(s3_url, create=False)) as sm:
+        assert [s.session_id for s in await sm.list_sessions()] == ["s"]
+    with pytest.raises(StoreNotFoundError, match="bucket"):
+        await S3Backend(moto_server.url("no-such-bucket", "p")).open()
+
+
+def test_cli_over_s3(s3_url: str) -> None:
+    assert "no castate store at" in run("--store", s3_url, "sessions", code=3)
+    assert "is ready" in run("--store", s3_url, "init")
+    asyncio.run(_save(s3_url))
+    assert [s["session_id"] for s in json.loads(run("--store", s3_url, "sessions", "--json"))] == ["s"]
+
+
+async def _save(url: str) -> None:
+    async with castate.StateManager(url) as sm:
+        await sm.save_session("s", {"v": 1})
+
+
+@pytest.fixture
+def proxy(moto_server: MotoServer) -> Iterator[S3Proxy]:
+    with S3Proxy(moto_server.port) as p:
+        yield p
+
+
+def via(proxy: S3Proxy, url: str) -> str:
+    """The same store, reached through the proxy."""
+    return url.replace(
+        f"endpoint=http://127.0.0.1:{url.split('127.0.0.1:')[1].split('&')[0]}", f"endpoint={proxy.endpoint}"
+    )
+
+
+async def test_a_server_that_ignores_conditional_writes_is_refused(s3_url: str, proxy: S3Proxy) -> None:
+    proxy.mode = "ignore-conditions"  # what s3rver does
+    with pytest.raises(StoreError, match="ignores conditional writes"):
+        await S3Backend(via(proxy, s3_url)).open()
+    with pytest.raises(StoreNotFoundError):  # and nothing was created
+        await S3Backend(s3_url, create=False).open()
+    b = S3Backend(s3_url)  # a store made on a good server: refused through a bad one too
+    await b.open()
+    await b.close()
+    with pytest.raises(StoreError, match="If-None-Match"):
+        await S3Backend(via(proxy, s3_url)).open()
+
+
+# -- lost replies, dead servers -----------------------------------------------------------------------
+
+
+async def test_a_ref_write_whose_reply_was_lost(s3_url: str, proxy: S3Proxy) -> None:
+    b = S3Backend(via(proxy, s3_url))
+    await b.open()
+    try:
+        await b.commit([blob(b"one")], [RefUpdate("sessions/s", value(1), None)], message="one")
+        proxy.mode = "lose-reply"  # the write lands, the reply does not: read back, it is ours
+        await b.commit([blob(b"two")], [RefUpdate("sessions/s", value(2), value(1))], message="two")
+        assert proxy.faults == 1
+        proxy.mode = "drop"  # the write never arrives: the error says it may have
+        with pytest.raises(BackendUnavailableError, match="may have landed"):
+            await b.commit([blob(b"three")], [RefUpdate("sessions/s", value(3), value(2))], message="three")
+        proxy.mode = "pass"
+        assert await b.get_ref("sessions/s") == value(2)
+        assert [e.message for e in await b.reflog("sessions/s")] == ["one", "two"]
+        await b.commit([blob(b"three")], [RefUpdate("sessions/s", value(3), value(2))], message="three")
+        assert await b.get_ref("sessions/s") == value(3)
+    finally:
+        await b.close()
+
+
+async def test_a_stopped_server_is_backend_unavailable() -> None:
+    with MotoServer() as server, pytest.MonkeyPatch.context() as mp:
+        for key, val in server.env().items():
+            mp.setenv(key, val)
+        server.create_bucket("castate-down")
+        b = S3Backend(server.url("castate-down", "p"), timeout=2)
+        await b.open()
+        await b.commit([blob(b"x")], [RefUpdate("sessions/s", value(1), None)])
+        server.stop(kill=True)
+        with pytest.raises(BackendUnavailableError, match="did not answer"):
+            await b.get_refs(["sessions/s"])
+        with pytest.raises(BackendUnavailableError):
+            await b.commit([blob(b"y")], [RefUpdate("sessions/s", value(2), value(1))])
+        await b.close()
+
+
+# -- the layout: requests per save, ABA, the reflog kept small -------------------------------------------
+
+
+async def test_a_save_is_four_requests_and_a_checkpoint_two(s3_url: str) -> None:
+    async with castate.StateManager(s3_url) as sm:
+        await sm.save_session("s", {"step": 0, "text": "x" * 1000})
+        backend = sm.repository._store
+        assert isinstance(backend, S3Backend)
+        before = backend.requests
+        for step in range(1, 11):
+            await sm.save_session("s", {"step": step, "text": "x" * 1000})
+        # root read (gc lock, epoch), pack and index segment PUTs, one conditional PUT of the session
+        assert backend.requests - before == 4 * 10
+        before = backend.requests
+        await sm.create_checkpoint("s", "cp")
+        assert backend.requests - before == 2  # read the session's group, write it
+        assert (await sm.load_session("s"))["step"] == 10
+
+
+async def test_a_ref_group_never_repeats_its_etag(s3_url: str) -> None:
+    a, b = S3Backend(s3_url), S3Backend(s3_url)
+    await a.open()
+    await b.open()
+    try:
+        await a.update_refs([RefUpdate("sessions/s", value(1), None)])
+        first = (await a._load("s:s")).etag
+        await b.update_refs([RefUpdate("sessions/s", value(2), value(1))])
+        await b.update_refs([RefUpdate("sessions/s", value(1), value(2))])  # X -> Y -> X
+        assert (await b._load("s:s")).etag != first  # the generation counter: a new body, a new ETag
+        stale = a._cache[group_key("s:s")]
+        assert stale.etag == first
+        new = stale.successor()
+        new.refs["sessions/s"] = value(9)
+        with pytest.raises(_Stale):  # a writer holding the first ETag cannot win
+            await a._put_group(new, "test")
+    finally:
+        await a.close()
+        await b.close()
+
+
+async def test_the_reflog_spills_out_of_the_group_object(s3_url: str) -> None:
+    b = S3Backend(s3_url)
+    await b.open()
+    try:
+        for i in range(100):
+            await b.update_refs([RefUpdate("sessions/s", value(i + 1), value(i) if i else None)], message=str(i))
+        group = await b._load("s:s")
+        assert len(group.log) <= LOG_INLINE
+        assert len(group.encode()) < 10_000
+        log = await b.reflog("sessions/s")
+        assert [e.message for e in log] == [str(i) for i in range(100)]
+        assert [e.new for e in log] == [value(i + 1) for i in range(100)]
+        cut = log[60].time_ns
+        assert await b.expire_reflog(cut) == sum(1 for e in log if e.time_ns < cut)
+        assert [e.message for e in await b.reflog("sessions/s")] == [e.message for e in log if e.time_ns >= cut]
+        assert await b.get_ref("sessions/s") == value(100)
+    finally:
+        await b.close()
+
+
+# -- gc's lease -----------------------------------------------------------------------------------------
+
+HOLD_GC = """
+import asyncio, sys
+from castate.backends.s3 import S3Backend
+
+async def main():
+    b = S3Backend(sys.argv[1])
+    await b.open()
+    async with b.gc_exclusive():
+        print("held", flush=True)
+        await asyncio.sleep(3600)
+
+asyncio.run(main())
+"""
+
+
+async def test_a_dead_gc_holds_saves_off_for_its_lease_only(moto_server: MotoServer) -> None:
+    url = moto_server.url(S3_BUCKET, f"t{uuid.uuid4().hex[:12]}") + "&save_window=0.2&gc_lease=1.5"
+    b = S3Backend(url)
+    await b.open()
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-c", HOLD_GC, url, stdout=asyncio.subprocess.PIPE)
+    try:
+        assert proc.stdout is not None
+        assert await asyncio.wait_for(proc.stdout.readline(), 60) == b"held\n"
+        save = asyncio.create_task(b.commit([blob(b"x")], [RefUpdate("sessions/s", value(1), None)]))
+        await asyncio.sleep(0.5)
+        assert not save.done()  # a live gc: the save waits
+        proc.kill()  # gc dies holding the lock: its lease stops being renewed
+        await proc.wait()
+        assert await asyncio.wait_for(save, 60) == 1  # taken as dead once unchanged for gc_lease
+        assert await b.get_ref("sessions/s") == value(1)
+        async with b.gc_exclusive():  # and the lock can be taken again
+            pass
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        await b.close()
+
+
+async def test_a_gc_whose_lock_was_taken_over_deletes_nothing(s3_url: str) -> None:
+    gc, other = S3Backend(s3_url), S3Backend(s3_url)
+    await gc.open()
+    await other.open()
+    try:
+        await gc.put_blobs([blob(b"keep")])
+        async with gc.gc_exclusive():
+
+            def steal(new: Group) -> bool:  # what a waiter does once gc's lease has lapsed
+                new.extra["lock"] = {"t": "another gc", "n": 0}
+                return True
+
+            await other._change_root(steal, "test")
+            with pytest.raises(StoreError, match="lost its lock"):
+                await gc.delete_blobs([blob(b"keep")[0]])
+        assert await gc.get_blobs([blob(b"keep")[0]]) == dict([blob(b"keep")])
+    finally:
+        await gc.close()
+        await other.close()
