@@ -16,8 +16,8 @@ import castate
 from castate.backends import Backend, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.s3 import S3Backend
-from castate.backends.s3.backend import _Stale
 from castate.backends.s3.groups import LOG_INLINE, Group, group_key
+from castate.backends.s3.requests import Stale
 from castate.errors import BackendUnavailableError, StoreError, StoreNotFoundError
 from castate.repository.packs import PackStore
 from castate.testing import PersistentBlobBackendTests, blob, value
@@ -202,7 +202,7 @@ async def test_a_ref_group_never_repeats_its_etag(s3_url: str) -> None:
         assert stale.etag == first
         new = stale.successor()
         new.refs["sessions/s"] = value(9)
-        with pytest.raises(_Stale):  # a writer holding the first ETag cannot win
+        with pytest.raises(Stale):  # a writer holding the first ETag cannot win
             await a._put_group(new, "test")
     finally:
         await a.close()

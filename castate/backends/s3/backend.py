@@ -26,6 +26,10 @@ lock did not change for ``gc_lease`` seconds (on the waiter's own clock: no cloc
 compared with another) is taken as dead. What this assumes: a request that left a client
 lands within ``save_window`` or not at all; processes are not paused for longer than that
 between their window check and their write (docs/backends.md).
+
+The parts: ``client`` (URL, obstore clients, errors), ``requests`` (the request plumbing),
+``blobs`` (the blob calls), ``groups`` (the ref group format), ``lease`` (gc's lock), and this
+module (opening, refs, commits, reflog).
 """
 
 from __future__ import annotations
@@ -33,13 +37,11 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
-import functools
 import os
 import random
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping, Sequence
-from datetime import datetime
-from typing import Any, TypeVar
+from collections.abc import Awaitable, Collection, Mapping, Sequence
+from typing import Any
 
 import obstore
 import obstore.exceptions as oe
@@ -47,8 +49,9 @@ import orjson
 from obstore.store import S3Store
 
 from castate.backends.base import ReflogEntry, RefUpdate, _Any, check_ref_name, plan_ref_updates
-from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
-from castate.backends.s3.client import S3Location, first_line, is_missing_bucket, make_store, parse_url, translate
+from castate.backends.blob import BlobBackend
+from castate.backends.s3.blobs import BlobRequests, unique_blobs
+from castate.backends.s3.client import S3Location, first_line, make_store, parse_url
 from castate.backends.s3.groups import (
     LOG_INLINE,
     ROOT,
@@ -62,6 +65,8 @@ from castate.backends.s3.groups import (
     log_row,
     spill_key,
 )
+from castate.backends.s3.lease import GcLease
+from castate.backends.s3.requests import Stale, ns_of, settle
 from castate.errors import (
     BackendUnavailableError,
     ConflictError,
@@ -71,24 +76,17 @@ from castate.errors import (
     UnsupportedFormatError,
 )
 
-T = TypeVar("T")
 STORE_VERSION = 2
 MARKER = "castate.json"
-BLOBS = "blobs/"
 CONCURRENCY = 32  # requests in flight per call
 ATTEMPTS = 64  # conditional writes of one group before a commit gives up
-RANGE_GAP = 256 << 10  # ranges of one blob closer than this are read by one GET
-
-
-class _Stale(Exception):
-    """A conditional write found the object changed (412), or missing (404 on If-Match)."""
 
 
 class _Regate(Exception):
     """A gated commit's window passed before its ref write: read the root again."""
 
 
-class S3Backend(BlobBackend):
+class S3Backend(GcLease, BlobRequests, BlobBackend):
     """A castate store under ``s3://bucket/prefix`` (``?endpoint=...&region=...``).
 
     ``timeout`` bounds each request (seconds); ``lock_timeout`` how long a commit waits for gc
@@ -132,46 +130,6 @@ class S3Backend(BlobBackend):
 
     # -- plumbing -----------------------------------------------------------------------------------
 
-    def _store(self, *, write: bool = False) -> S3Store:
-        store = self._writes if write else self._reads
-        if store is None:
-            raise StoreError(f"store {self.location} is not open")
-        return store
-
-    async def _call(self, what: str, make: Callable[[], Awaitable[T]], *, write: bool = False) -> T:
-        """One request, its obstore errors as castate's (FileNotFoundError and the precondition
-        errors pass through: callers decide what they mean)."""
-        self.requests += 1
-        try:
-            if self._sem is None:
-                return await make()
-            async with self._sem:
-                return await make()
-        except (FileNotFoundError, oe.AlreadyExistsError, oe.PreconditionError, oe.NotModifiedError) as exc:
-            if is_missing_bucket(exc):
-                raise StoreNotFoundError(f"{what}: the bucket of {self.location} does not exist") from None
-            raise
-        except Exception as exc:
-            raise translate(exc, what, self.location, write=write) from None
-
-    async def _get(self, key: str, what: str, etag: str | None = None) -> tuple[bytes, str | None, int] | None:
-        """(bytes, ETag, LastModified ns) of an object, or None when it does not exist.
-        With ``etag``, NotModifiedError when the object still has it."""
-
-        async def run() -> tuple[bytes, str | None, int]:
-            options: Any = {"if_none_match": etag} if etag else None
-            res = await obstore.get_async(self._store(), key, options=options)
-            data = await res.bytes_async()
-            return bytes(data), res.meta["e_tag"], _ns(res.meta["last_modified"])
-
-        try:
-            return await self._call(what, run)
-        except FileNotFoundError:
-            return None
-
-    async def _gather(self, calls: Sequence[Awaitable[T]]) -> list[T]:
-        return list(await asyncio.gather(*calls))
-
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -184,7 +142,7 @@ class S3Backend(BlobBackend):
             await self._init()
         except BaseException:
             self._reads = self._writes = None
-            await _settle()
+            await settle()
             raise
 
     async def _init(self) -> None:
@@ -257,7 +215,7 @@ class S3Backend(BlobBackend):
         if first.get("e_tag") is None:
             raise StoreError(f"{self.location}: the server returns no ETag on PUT; castate needs them for refs")
         # LastModified has one-second resolution: only a clear offset is applied.
-        offset = _ns(head["last_modified"]) - (before + after) // 2
+        offset = ns_of(head["last_modified"]) - (before + after) // 2
         self._offset_ns = offset if abs(offset) > 2_000_000_000 else 0
 
     async def close(self) -> None:
@@ -266,119 +224,12 @@ class S3Backend(BlobBackend):
         self._sem = None
         self._cache.clear()
         if opened:
-            await _settle()
+            await settle()
 
     async def now_ns(self) -> int:
         return time.time_ns() + self._offset_ns
 
     # -- blobs ----------------------------------------------------------------------------------------
-
-    async def get_blobs(self, names: Collection[str]) -> dict[str, bytes]:
-        wanted = list(dict.fromkeys(names))
-        got = await self._gather([self._get(BLOBS + n, "get_blobs") for n in wanted])
-        return {n: g[0] for n, g in zip(wanted, got, strict=True) if g is not None}
-
-    async def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
-        """One GET per run of nearby ranges of a blob (S3 clips a range at the blob's end)."""
-        for name, offset, length in ranges:
-            if offset < 0 or length < 0:
-                raise ValueError(f"bad range ({name!r}, {offset}, {length})")
-        spans: list[tuple[str, int, int, list[int]]] = []  # name, start, end, indexes of ranges
-        by_name: dict[str, list[int]] = {}
-        for i, (name, _, _) in enumerate(ranges):
-            by_name.setdefault(name, []).append(i)
-        for name, idx in by_name.items():
-            idx.sort(key=lambda i: ranges[i][1])
-            for i in idx:
-                _, off, n = ranges[i]
-                if spans and spans[-1][0] == name and off <= spans[-1][2] + RANGE_GAP:
-                    last = spans[-1]
-                    spans[-1] = (name, last[1], max(last[2], off + n), [*last[3], i])
-                else:
-                    spans.append((name, off, off + n, [i]))
-
-        async def read(name: str, start: int, end: int) -> bytes | None:
-            key = BLOBS + name
-            try:
-                if end <= start:  # nothing asked: whether the blob exists is the answer
-                    await self._call("get_ranges", lambda: obstore.head_async(self._store(), key))
-                    return b""
-                return bytes(
-                    await self._call(
-                        "get_ranges", lambda: obstore.get_range_async(self._store(), key, start=start, end=end)
-                    )
-                )
-            except FileNotFoundError:
-                return None
-            except BackendUnavailableError as exc:
-                if "416" in str(exc):  # the span starts at or past the blob's end
-                    return b""
-                raise
-
-        datas = await self._gather([read(name, start, end) for name, start, end, _ in spans])
-        out: list[bytes | None] = [None] * len(ranges)
-        for (_, start, _, idx), data in zip(spans, datas, strict=True):
-            for i in idx:
-                _, off, n = ranges[i]
-                out[i] = None if data is None else data[off - start : off - start + n]
-        missing = {ranges[i][0] for i, part in enumerate(out) if part is None}
-        return [None if ranges[i][0] in missing else part for i, part in enumerate(out)]
-
-    async def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
-        return sorted(
-            (BlobInfo(meta["path"][len(BLOBS) :], meta["size"], _ns(meta["last_modified"]))
-             for meta in await self._list(BLOBS + prefix)),
-            key=lambda i: i.name,
-        )  # fmt: skip
-
-    async def _list(self, prefix: str) -> list[Any]:
-        """Every object whose key starts with ``prefix`` (object_store lists whole path segments:
-        list the segment above and filter)."""
-        base = prefix.rpartition("/")[0]
-
-        async def run() -> list[Any]:
-            return [
-                m
-                for m in await obstore.list(self._store(), base or None).collect_async()
-                if m["path"].startswith(prefix)
-            ]
-
-        return await self._call("list", run)
-
-    async def put_blobs(self, items: Sequence[tuple[str, bytes]]) -> int:
-        unique = _unique(items)
-        if not unique:
-            return 0
-        return sum(await self._gather([self._put_blob(n, d) for n, d in unique.items()]))
-
-    async def _put_blob(self, name: str, data: bytes) -> int:
-        try:
-            await self._call(
-                "put_blobs",
-                lambda: obstore.put_async(self._store(), BLOBS + name, data, mode="create", use_multipart=False),
-            )
-        except (oe.AlreadyExistsError, oe.PreconditionError):
-            return 0  # create-only: the name exists (names are content hashes: same bytes)
-        return 1
-
-    async def delete_blobs(self, names: Collection[str]) -> int:
-        wanted = list(dict.fromkeys(names))
-        if not wanted:
-            return 0
-        await self._fence("delete_blobs")
-
-        async def exists(name: str) -> bool:
-            try:
-                await self._call("delete_blobs", lambda: obstore.head_async(self._store(), BLOBS + name))
-            except FileNotFoundError:
-                return False
-            return True
-
-        found = [n for n, ok in zip(wanted, await self._gather([exists(n) for n in wanted]), strict=True) if ok]
-        for i in range(0, len(found), 1000):
-            keys = [BLOBS + n for n in found[i : i + 1000]]
-            await self._call("delete_blobs", lambda k=keys: obstore.delete_async(self._store(), k))  # type: ignore[misc]
-        return len(found)
 
     # -- ref groups -------------------------------------------------------------------------------------
 
@@ -426,7 +277,7 @@ class S3Backend(BlobBackend):
         return [*sessions, *kv, root]
 
     async def _put_group(self, new: Group, what: str) -> None:
-        """Write ``new`` (a successor) if its object still has ``new.etag``; _Stale otherwise. A
+        """Write ``new`` (a successor) if its object still has ``new.etag``; Stale otherwise. A
         lost reply is resolved by reading the object back: our write id there means it landed."""
         key = group_key(new.name)
         data = new.encode()
@@ -437,7 +288,7 @@ class S3Backend(BlobBackend):
             )
         except (oe.AlreadyExistsError, oe.PreconditionError, FileNotFoundError):
             self._cache.pop(key, None)
-            raise _Stale from None
+            raise Stale from None
         except BackendUnavailableError:
             self._cache.pop(key, None)
             with contextlib.suppress(StoreError):
@@ -494,7 +345,7 @@ class S3Backend(BlobBackend):
         A commit that stores blobs or has checks first reads the root group (the gc lock and
         root checks), then stores its blobs, then moves its refs: no blob is written while gc
         holds the lock. docs/format.md has the protocol."""
-        unique = _unique(blobs)
+        unique = unique_blobs(blobs)
         checks = dict(checks or {})
         for name in checks:
             check_ref_name(name)
@@ -550,12 +401,6 @@ class S3Backend(BlobBackend):
                 stored.cancel()
                 with contextlib.suppress(BaseException):
                     await stored
-
-    def _blocked(self, root: Group) -> bool:
-        lock = root.extra.get("lock")
-        if not lock:
-            return False
-        return lock["t"] != self._gc_token.get() and not self._dead("gc", lock["t"], lock["n"])
 
     async def _apply(
         self,
@@ -614,7 +459,7 @@ class S3Backend(BlobBackend):
             try:
                 await self._put_group(new, "commit")
                 return g, new
-            except _Stale:
+            except Stale:
                 await asyncio.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
                 g, fresh = await self._load(name), True
         raise ConflictError(
@@ -631,7 +476,7 @@ class S3Backend(BlobBackend):
             )
         back = now.successor()
         back.refs, back.log, back.spill = dict(old.refs), list(old.log), old.spill
-        with contextlib.suppress(_Stale):
+        with contextlib.suppress(Stale):
             await self._put_group(back, "commit (undo)")
 
     async def copy_ref(
@@ -692,7 +537,7 @@ class S3Backend(BlobBackend):
                 new.log = [r for r in g.log if int(r[3]) >= before_ns]
                 try:
                     await self._put_group(new, "expire_reflog")
-                except _Stale:
+                except Stale:
                     g = await self._load(g.name)
                     continue
                 dropped += gone
@@ -704,156 +549,6 @@ class S3Backend(BlobBackend):
         return dropped
 
     # -- gc lock: a lease in the root group ---------------------------------------------------------------
-
-    def _dead(self, kind: str, token: str, n: int) -> bool:
-        """A lease holder whose counter this process has seen unchanged for ``gc_lease`` seconds."""
-        now = time.monotonic()
-        seen = self._seen.get((kind, token))
-        if seen is None or seen[0] != n:
-            self._seen[(kind, token)] = (n, now)
-            return False
-        return now - seen[1] > self.gc_lease
-
-    async def _change_root(self, change: Callable[[Group], bool], what: str) -> bool:
-        """Apply ``change`` to the root by compare-and-swap until it lands; ``change`` returns
-        False when there is nothing (more) to do, and so does this."""
-        for _ in range(ATTEMPTS * 4):
-            root = await self._load(ROOT)
-            new = root.successor()
-            if not change(new):
-                return False
-            try:
-                await self._put_group(new, what)
-                return True
-            except _Stale:
-                await asyncio.sleep(random.uniform(0, 0.01))
-        raise StoreError(f"{what}: the root ref group of {self.location} kept changing")
-
-    async def _wait(self, deadline: float, what: str) -> None:
-        if time.monotonic() > deadline:
-            raise StoreError(f"timed out after {self.lock_timeout:.0f}s waiting for {what} on {self.location}")
-        await asyncio.sleep(0.05)
-
-    @contextlib.asynccontextmanager
-    async def gc_exclusive(self) -> AsyncIterator[None]:
-        """Take the lock in the root group, wait for shared holders to leave and for the save
-        window to pass (commits that read the root before the lock landed finish in it), then
-        let gc delete. The lock is renewed while held."""
-        self._store()
-        if self._gc_token.get():
-            raise StoreError(f"gc_exclusive is already held by this task on {self.location}")
-        token = os.urandom(12).hex()
-        deadline = time.monotonic() + self.lock_timeout
-
-        def take(new: Group) -> bool:
-            lock = new.extra.get("lock")
-            if lock and not self._dead("gc", lock["t"], lock["n"]):
-                raise _Busy
-            new.extra["lock"] = {"t": token, "n": 0}
-            return True
-
-        while True:
-            try:
-                await self._change_root(take, "gc_exclusive")
-                break
-            except _Busy:
-                await self._wait(deadline, "another gc")
-        taken = time.monotonic()
-        ctx = self._gc_token.set(token)
-        renew = asyncio.create_task(self._renew("lock", token))
-        try:
-            while True:
-                root = await self._load(ROOT)
-                shared = root.extra.get("shared") or {}
-                dead = {t for t, n in shared.items() if self._dead("shared", t, n)}
-                if dead:
-                    await self._change_root(functools.partial(_drop_shared, tokens=dead), "gc_exclusive")
-                if not set(shared) - dead:
-                    break
-                await self._wait(deadline, "imports")
-            rest = taken + self.save_window * 1.1 - time.monotonic()
-            if rest > 0:
-                await asyncio.sleep(rest)
-            yield
-        finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
-            with contextlib.suppress(ValueError):
-                self._gc_token.reset(ctx)
-
-            def release(new: Group) -> bool:
-                lock = new.extra.get("lock")
-                if not lock or lock["t"] != token:
-                    return False
-                del new.extra["lock"]
-                return True
-
-            with contextlib.suppress(StoreError):  # the lease ends it anyway
-                await self._change_root(release, "gc_exclusive")
-
-    async def _fence(self, what: str) -> None:
-        """gc deletes only while its lock is still its own (a stalled gc whose lease lapsed stops)."""
-        token = self._gc_token.get()
-        if token:
-            lock = (await self._load(ROOT)).extra.get("lock")
-            if not lock or lock["t"] != token:
-                raise StoreError(
-                    f"{what}: gc lost its lock on {self.location} (it stalled past its lease); nothing deleted"
-                )
-
-    async def _renew(self, field: str, token: str) -> None:
-        def bump(new: Group) -> bool:
-            if field == "lock":
-                lock = new.extra.get("lock")
-                if not lock or lock["t"] != token:
-                    return False
-                lock["n"] += 1
-                return True
-            shared = new.extra.get("shared") or {}
-            if token not in shared:
-                return False
-            shared[token] += 1
-            return True
-
-        while True:
-            await asyncio.sleep(self.gc_lease / 4)
-            with contextlib.suppress(StoreError):
-                if not await self._change_root(bump, "renew gc lease"):
-                    return
-
-    @contextlib.asynccontextmanager
-    async def gc_shared(self) -> AsyncIterator[None]:
-        """Join the shared holders in the root group (refused while gc holds the lock); the
-        holding task's commits then skip the gate, since gc waits for them to leave."""
-        self._store()
-        token = os.urandom(12).hex()
-        deadline = time.monotonic() + self.lock_timeout
-
-        def join(new: Group) -> bool:
-            if self._blocked(new):
-                raise _Busy
-            new.extra.setdefault("shared", {})[token] = 0
-            return True
-
-        while True:
-            try:
-                await self._change_root(join, "gc_shared")
-                break
-            except _Busy:
-                await self._wait(deadline, "gc")
-        ctx = self._shared_token.set(token)
-        renew = asyncio.create_task(self._renew("shared", token))
-        try:
-            yield
-        finally:
-            renew.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renew
-            with contextlib.suppress(ValueError):
-                self._shared_token.reset(ctx)
-            with contextlib.suppress(StoreError):
-                await self._change_root(lambda new: _drop_shared(new, {token}), "gc_shared")
 
     # -- reports --------------------------------------------------------------------------------------
 
@@ -881,29 +576,6 @@ class S3Backend(BlobBackend):
         return problems
 
 
-async def _settle() -> None:
-    """Let obstore's runtime threads finish with the Python objects of the last calls.
-
-    A tokio worker drops its references to the asyncio future of a call just after it resolved
-    it, taking the GIL to do so; an interpreter that starts finalizing first (a short script, the
-    CLI) then aborts the process (SIGABRT, about one exit in ten with obstore 0.12 here). A pause
-    of a few switch intervals in the event loop lets those threads take the GIL while it is still
-    valid."""
-    await asyncio.sleep(0.02)
-
-
-class _Busy(Exception):
-    """The lock is held by a live holder: wait."""
-
-
-def _drop_shared(new: Group, tokens: set[str]) -> bool:
-    shared = new.extra.get("shared") or {}
-    if not tokens & set(shared):
-        return False
-    new.extra["shared"] = {t: n for t, n in shared.items() if t not in tokens}
-    return True
-
-
 def group_of_any(refs: Mapping[str, Any], group: str) -> bool:
     return any(group_of(n) == group for n in refs)
 
@@ -912,18 +584,6 @@ def _check_conflict(ref: str, have: bytes | None, want: bytes | None) -> Conflic
     h = "absent" if have is None else have.hex()[:12]
     w = "absent" if want is None else want.hex()[:12]
     return ConflictError(f"ref {ref} is {h}, expected {w}: another writer moved it", ref)
-
-
-def _unique(items: Sequence[tuple[str, bytes]]) -> dict[str, bytes]:
-    out: dict[str, bytes] = {}
-    for name, data in items:
-        check_blob_name(name)
-        out.setdefault(name, data)
-    return out
-
-
-def _ns(when: datetime) -> int:
-    return int(when.timestamp()) * 1_000_000_000 + when.microsecond * 1000
 
 
 __all__ = ["STORE_VERSION", "S3Backend", "first_line"]
