@@ -16,7 +16,7 @@ import castate
 from castate.backends import Backend, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.s3 import S3Backend
-from castate.backends.s3.groups import LOG_INLINE, Group, group_key
+from castate.backends.s3.groups import LOG_INLINE, ROOT, Group, group_key
 from castate.backends.s3.requests import Stale
 from castate.errors import BackendUnavailableError, StoreError, StoreNotFoundError
 from castate.repository.packs import PackStore
@@ -261,6 +261,8 @@ async def test_a_dead_gc_holds_saves_off_for_its_lease_only(moto_server: MotoSer
         await proc.wait()
         assert await asyncio.wait_for(save, 60) == 1  # taken as dead once unchanged for gc_lease
         assert await b.get_ref("sessions/s") == value(1)
+        # the dead holder's lock was removed: were it only stalled, its fence now stops it
+        assert "lock" not in (await b._load(ROOT)).extra
         async with b.gc_exclusive():  # and the lock can be taken again
             pass
     finally:

@@ -370,12 +370,12 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 t0 = time.monotonic()
                 if gated or group_of_any(outer, ROOT):
                     root = await self._load(ROOT)
-                    if gated and self._blocked(root):
+                    if gated and not await self._gate(root):
                         if time.monotonic() > deadline:
                             raise StoreError(
                                 f"commit: timed out after {self.lock_timeout:.0f}s waiting for gc on {self.location}"
                             )
-                        await asyncio.sleep(delay)  # gc holds the lock: nothing written yet but blobs
+                        await asyncio.sleep(delay)  # gc holds the lock: nothing written yet
                         delay = min(delay * 2, 0.2)
                         continue
                 if unique and stored is None:
@@ -476,8 +476,13 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             )
         back = now.successor()
         back.refs, back.log, back.spill = dict(old.refs), list(old.log), old.spill
-        with contextlib.suppress(Stale):
+        try:
             await self._put_group(back, "commit (undo)")
+        except Stale:
+            raise StoreError(
+                f"a commit over several ref groups failed part way on {self.location}, and group "
+                f"{old.name[:60]!r} moved while it was undone: its change stays (see the reflog)"
+            ) from None
 
     async def copy_ref(
         self, source: str, target: str, *, expected: bytes | _Any | None = None, message: str = ""

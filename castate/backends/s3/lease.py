@@ -46,11 +46,24 @@ class GcLease(S3Requests):
     async def _put_group(self, new: Group, what: str) -> None:  # pragma: no cover - S3Backend's
         raise NotImplementedError
 
-    def _blocked(self, root: Group) -> bool:
+    async def _gate(self, root: Group) -> bool:
+        """Whether a save that read ``root`` may go on: no live gc holds the lock. A holder taken
+        as dead is removed from the root first, so that one that was only stalled finds its lock
+        gone at its next fence and deletes nothing."""
         lock = root.extra.get("lock")
-        if not lock:
+        if not lock or lock["t"] == self._gc_token.get():
+            return True
+        if not self._dead("gc", lock["t"], lock["n"]):
             return False
-        return lock["t"] != self._gc_token.get() and not self._dead("gc", lock["t"], lock["n"])
+
+        def drop(new: Group) -> bool:
+            if new.extra.get("lock") != lock:
+                return False  # renewed, released or replaced meanwhile: read again
+            del new.extra["lock"]
+            return True
+
+        await self._change_root(drop, "commit (a dead gc's lock)")
+        return False  # read the root again: it may hold a new lock by now
 
     def _dead(self, kind: str, token: str, n: int) -> bool:
         """A lease holder whose counter this process has seen unchanged for ``gc_lease`` seconds."""
@@ -178,8 +191,11 @@ class GcLease(S3Requests):
         deadline = time.monotonic() + self.lock_timeout
 
         def join(new: Group) -> bool:
-            if self._blocked(new):
-                raise _Busy
+            lock = new.extra.get("lock")
+            if lock and lock["t"] != self._gc_token.get():
+                if not self._dead("gc", lock["t"], lock["n"]):
+                    raise _Busy
+                del new.extra["lock"]  # a dead gc's: it goes (a stalled one then stops at its fence)
             new.extra.setdefault("shared", {})[token] = 0
             return True
 
