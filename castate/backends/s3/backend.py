@@ -78,7 +78,7 @@ from castate.errors import (
 
 STORE_VERSION = 2
 MARKER = "castate.json"
-CONCURRENCY = 32  # requests in flight per call
+CONCURRENCY = 64  # requests in flight per backend object (a restore fetches a chain's packs together)
 ATTEMPTS = 64  # conditional writes of one group before a commit gives up
 
 
