@@ -291,3 +291,58 @@ async def test_a_gc_whose_lock_was_taken_over_deletes_nothing(s3_url: str) -> No
     finally:
         await gc.close()
         await other.close()
+
+
+# -- damage ---------------------------------------------------------------------------------------------
+
+
+def packs_state(tag: str) -> dict[str, object]:
+    return {"tag": tag, "doc": f"{tag} document " * 300, "items": [f"{tag} {i}" for i in range(200)]}
+
+
+async def test_fsck_names_a_damaged_pack_quarantines_it_and_roll_back_heals(
+    s3_url: str, moto_server: MotoServer
+) -> None:
+    """A pack whose bytes changed on the server (written past castate): fsck names the refs it
+    makes unreadable, keeps it aside, and rolling the ref back to its intact save heals."""
+
+    async def pack_names() -> set[str]:
+        b = S3Backend(s3_url)
+        await b.open()
+        try:
+            return {i.name for i in await b.list_blobs("packs/")}
+        finally:
+            await b.close()
+
+    async with castate.StateManager(s3_url) as sm:
+        await sm.save_session("a", packs_state("a1"))
+        await sm.save_session("b", packs_state("b"))
+        first = await pack_names()
+        await sm.save_session("a", packs_state("a2"))
+    victims = await pack_names() - first
+    client = moto_server.client()
+    prefix = s3_url.split("/", 3)[3].split("?")[0]
+    for victim in victims:
+        key = f"{prefix}/blobs/{victim}"
+        data = bytearray(client.get_object(Bucket=S3_BUCKET, Key=key)["Body"].read())
+        data[-3] ^= 0xFF
+        client.put_object(Bucket=S3_BUCKET, Key=key, Body=bytes(data))
+    async with castate.StateManager(s3_url) as sm:
+        report = await sm.fsck()
+        assert not report.ok
+        assert report.quarantined > 0
+        assert set(report.damaged_refs) == {"sessions/a"}
+        (rollback,) = await sm.roll_back_damaged(list(report.damaged_refs))
+        assert rollback.restored is not None
+        assert (await sm.fsck()).ok
+        assert await sm.load_session("a") == packs_state("a1")
+        assert await sm.load_session("b") == packs_state("b")
+        await sm.save_session("a", packs_state("a2"))
+        assert (await sm.fsck()).ok
+    b = S3Backend(s3_url)
+    await b.open()
+    try:
+        kept = {i.name for i in await b.list_blobs("quarantine/")}
+    finally:
+        await b.close()
+    assert {f"quarantine/{v}" for v in victims} <= kept  # each pack as it was found

@@ -25,7 +25,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 
 def free_port() -> int:
@@ -251,16 +251,21 @@ class _S3Server(_Server):
     def url(self, bucket: str, prefix: str = "") -> str:
         return f"s3://{bucket}/{prefix}?endpoint={self.endpoint}&region=us-east-1"
 
-    def create_bucket(self, bucket: str) -> None:
-        import boto3  # moto[server] installs it; tests use it only to make buckets
+    def client(self) -> Any:
+        """A boto3 S3 client of this server (moto[server] installs boto3): tests make buckets
+        with it, and damage objects behind castate's back."""
+        import boto3
 
-        client = boto3.client(
+        return boto3.client(
             "s3",
             endpoint_url=self.endpoint,
             aws_access_key_id=S3_ACCESS_KEY,
             aws_secret_access_key=S3_SECRET_KEY,
             region_name="us-east-1",
         )
+
+    def create_bucket(self, bucket: str) -> None:
+        client = self.client()
         deadline = time.monotonic() + 60
         while True:  # SeaweedFS answers before its volume servers have registered
             try:
