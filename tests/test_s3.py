@@ -172,20 +172,31 @@ async def test_a_stopped_server_is_backend_unavailable() -> None:
 # -- the layout: requests per save, ABA, the reflog kept small -------------------------------------------
 
 
-async def test_a_save_is_four_requests_and_a_checkpoint_two(s3_url: str) -> None:
-    async with castate.StateManager(s3_url) as sm:
+async def test_requests_per_save_and_per_checkpoint(s3_url: str) -> None:
+    url = s3_url.replace("save_window=0.3", "save_window=60")  # no save here outlasts half of it
+    async with castate.StateManager(url) as sm:
         await sm.save_session("s", {"step": 0, "text": "x" * 1000})
         backend = sm.repository._store
         assert isinstance(backend, S3Backend)
         before = backend.requests
         for step in range(1, 11):
             await sm.save_session("s", {"step": step, "text": "x" * 1000})
-        # root read (gc lock, epoch), pack and index segment PUTs, one conditional PUT of the session
-        assert backend.requests - before == 4 * 10
+        # the pack and its index segment (create-only PUTs), one conditional PUT of the session's
+        # refs; the root (gc's lock, the epoch) as read by the save before, within half a window
+        assert backend.requests - before == 3 * 10
         before = backend.requests
         await sm.create_checkpoint("s", "cp")
         assert backend.requests - before == 2  # read the session's group, write it
         assert (await sm.load_session("s"))["step"] == 10
+    other = s3_url.replace("/t", "/u", 1)  # another store: the window is the store's, fixed at creation
+    async with castate.StateManager(other) as sm:  # half a window (0.15 s) passes between saves
+        await sm.save_session("s", {"step": 0, "text": "x" * 1000})
+        backend = sm.repository._store
+        assert isinstance(backend, S3Backend)
+        await asyncio.sleep(0.2)
+        before = backend.requests
+        await sm.save_session("s", {"step": 1, "text": "x" * 1000})
+        assert backend.requests - before == 4  # the root is read again first
 
 
 async def test_a_ref_group_never_repeats_its_etag(s3_url: str) -> None:

@@ -123,6 +123,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         self._offset_ns = 0
         self._cache: dict[str, Group] = {}  # object key -> the group as last read or written
         self._seen: dict[tuple[str, str], tuple[int, float]] = {}  # lease holder -> (counter, first seen)
+        self._root_seen: tuple[Group, float] | None = None  # the root as last read, and when the read was sent
         self._gc_token: contextvars.ContextVar[str] = contextvars.ContextVar(f"castate-s3-gc-{id(self)}", default="")
         self._shared_token: contextvars.ContextVar[str] = contextvars.ContextVar(
             f"castate-s3-shared-{id(self)}", default=""
@@ -237,14 +238,27 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         """The group as stored now (a conditional GET when this process has it cached)."""
         key = group_key(group)
         cached = self._cache.get(key)
+        sent = time.monotonic()
         try:
             found = await self._get(key, "read refs", cached.etag if cached is not None else None)
         except oe.NotModifiedError:
             assert cached is not None
-            return cached
-        g = Group(group) if found is None else Group.decode(group, found[1], found[0], key)
-        self._cache[key] = g
+            g = cached
+        else:
+            g = Group(group) if found is None else Group.decode(group, found[1], found[0], key)
+            self._cache[key] = g
+        if group == ROOT:
+            self._root_seen = (g, sent)
         return g
+
+    def _recent_root(self) -> tuple[Group, float] | None:
+        """The root as read less than half a save window ago, unlocked and not rewritten by this
+        process since: a save may rely on it as on a read of its own (it must still make its ref
+        write within the window of that read, and gc only deletes a window after its lock)."""
+        seen = self._root_seen
+        if seen is None or seen[0] is not self._cache.get(group_key(ROOT)) or "lock" in seen[0].extra:
+            return None
+        return seen if time.monotonic() - seen[1] < self.save_window / 2 else None
 
     async def _load_listed(self, key_prefix: str) -> list[Group]:
         """Every group under ``key_prefix``: one LIST, then a GET of each one whose ETag changed."""
@@ -368,7 +382,10 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             root: Group | None = None
             while True:
                 t0 = time.monotonic()
-                if gated or group_of_any(outer, ROOT):
+                recent = self._recent_root() if gated else None
+                if recent is not None:  # consecutive saves: no root read each time
+                    root, t0 = recent
+                elif gated or group_of_any(outer, ROOT):
                     root = await self._load(ROOT)
                     if gated and not await self._gate(root):
                         if time.monotonic() > deadline:
@@ -384,9 +401,13 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 seen = {g.name: g for g in await self._gather([self._load(g) for g in others])}
                 if root is not None:
                     seen[ROOT] = root
-                for name, want in outer.items():
-                    if seen[group_of(name)].refs.get(name) != want:
-                        raise _check_conflict(name, seen[group_of(name)].refs.get(name), want)
+                failed = [n for n, want in outer.items() if seen[group_of(n)].refs.get(n) != want]
+                if failed and recent is not None and group_of(failed[0]) == ROOT:
+                    self._root_seen = None  # decide on a fresh read, not on the one reused
+                    continue
+                if failed:
+                    name = failed[0]
+                    raise _check_conflict(name, seen[group_of(name)].refs.get(name), outer[name])
                 written = await stored if stored is not None else 0
                 if not order:
                     return written
