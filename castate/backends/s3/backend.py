@@ -1,6 +1,6 @@
 """The S3 blob backend: a castate store in a bucket of any S3-compatible object store.
 
-Keys under the store's prefix (docs/format.md, "S3 layout")::
+Keys under the store's prefix (docs/format.md §4.4)::
 
     castate.json              marker: {"castate": "store", "version": 2, "id", "save_window", "gc_lease"}
     blobs/<name>              one blob (pack, index segment...), written create-only (If-None-Match: *)
@@ -12,8 +12,9 @@ Keys under the store's prefix (docs/format.md, "S3 layout")::
 
 A group object moves by one conditional PUT (If-Match: its ETag; If-None-Match: * when new);
 ``castate.backends.s3.groups`` has its format. A save is ``commit(blobs, updates, checks)``:
-the blobs are PUT create-only while the root group is read (the gc lock, and the
-``castate/epoch`` check), then the session's group is written once. A commit whose refs span
+the root group is read (the gc lock, and the ``castate/epoch`` check; a read less than half a
+save window old that saw no lock is reused), the blobs are PUT create-only in parallel, then
+the session's group is written once. A commit whose refs span
 several groups writes them one by one in key order and undoes the written ones when a later
 one conflicts; a crash in between leaves the groups written so far (each whole, each logged).
 
