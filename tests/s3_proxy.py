@@ -8,6 +8,9 @@
 - ``"lose-reply"``: forward PUTs of ref objects (``/refs/``), then close the connection without
   answering: the write landed, the client cannot know.
 - ``"drop"``: close the connection on PUTs of ref objects without forwarding them.
+- ``"conflict-once"``: answer the next PUT of a ref object with 409 ConditionalRequestConflict
+  (AWS's answer while another conditional write of the key is in progress) without
+  forwarding it, then pass everything.
 
 Only the request line, headers and body are forwarded (moto does not check signatures).
 """
@@ -19,7 +22,12 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Literal
 
-Mode = Literal["pass", "ignore-conditions", "lose-reply", "drop"]
+Mode = Literal["pass", "ignore-conditions", "lose-reply", "drop", "conflict-once"]
+
+CONFLICT = (
+    b'<?xml version="1.0" encoding="UTF-8"?><Error><Code>ConditionalRequestConflict</Code>'
+    b"<Message>A conflicting conditional operation is currently in progress against this resource.</Message></Error>"
+)
 
 
 class S3Proxy:
@@ -44,6 +52,15 @@ class S3Proxy:
                 if proxy.mode == "drop" and ref_put:
                     proxy.faults += 1
                     self.close_connection = True
+                    return
+                if proxy.mode == "conflict-once" and ref_put:
+                    proxy.faults += 1
+                    proxy.mode = "pass"
+                    self.send_response_only(409, "Conflict")
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(CONFLICT)))
+                    self.end_headers()
+                    self.wfile.write(CONFLICT)
                     return
                 conn = http.client.HTTPConnection("127.0.0.1", upstream_port, timeout=30)
                 try:

@@ -149,6 +149,10 @@ async def test_a_ref_write_whose_reply_was_lost(s3_url: str, proxy: S3Proxy) -> 
         assert [e.message for e in await b.reflog("sessions/s")] == ["one", "two"]
         await b.commit([blob(b"three")], [RefUpdate("sessions/s", value(3), value(2))], message="three")
         assert await b.get_ref("sessions/s") == value(3)
+        proxy.mode = "conflict-once"  # 409: not applied, so read the group again and write once more
+        await b.commit([blob(b"four")], [RefUpdate("sessions/s", value(4), value(3))], message="four")
+        assert proxy.faults == 3
+        assert [e.message for e in await b.reflog("sessions/s")] == ["one", "two", "three", "four"]
     finally:
         await b.close()
 

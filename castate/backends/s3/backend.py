@@ -304,8 +304,10 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         except (oe.AlreadyExistsError, oe.PreconditionError, FileNotFoundError):
             self._cache.pop(key, None)
             raise Stale from None
-        except BackendUnavailableError:
+        except BackendUnavailableError as exc:
             self._cache.pop(key, None)
+            if "409 Conflict" in str(exc):  # AWS: a conflicting conditional write was in progress; not applied
+                raise Stale from None
             with contextlib.suppress(StoreError):
                 now = await self._load(new.name)
                 if now.w == new.w:
