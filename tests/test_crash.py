@@ -133,7 +133,16 @@ async def verify(
     sm = manager(str(path), store)
     try:
         report = await sm.fsck(full=True, quarantine=False)
-        assert report.ok, (report.problems[:3], report.stored_corrupt[:3], report.storage)
+        if store == "s3":
+            # S3 has no multi-object write: a writer killed between a save's packs and its index
+            # segment (written last) leaves packs no segment lists. Garbage no ref reaches, which
+            # fsck names as "no index segment lists it"; the next merge of segments lists them.
+            storage = [p for p in report.storage if "no index segment lists it" not in p]
+            assert not report.problems, report.problems[:3]
+            assert not report.stored_corrupt, report.stored_corrupt[:3]
+            assert not storage, storage
+        else:
+            assert report.ok, (report.problems[:3], report.stored_corrupt[:3], report.storage)
         outcomes["most unreferenced objects after a kill"] = max(
             outcomes["most unreferenced objects after a kill"], report.dangling
         )

@@ -1,7 +1,8 @@
 """Blobs as objects: ``blobs/<name>`` under the store's prefix, written create-only.
 
 A PUT carries ``If-None-Match: *``, so a name that exists keeps its bytes and write time
-(blob names are content hashes: the same bytes). Reads of many blobs go out together (at most
+(blob names are content hashes: the same bytes). A batch's last blob is written after the
+others have landed (``put_blobs``). Reads of many blobs go out together (at most
 ``CONCURRENCY`` in flight); ranges of one blob that lie close together are read by one ranged
 GET. Deleting checks each name first (S3's DELETE does not say whether a key existed) and
 then deletes in batches of 1,000 keys (DeleteObjects).
@@ -87,10 +88,16 @@ class BlobRequests(S3Requests):
         )  # fmt: skip
 
     async def put_blobs(self, items: Sequence[tuple[str, bytes]]) -> int:
+        """All blobs but the last in parallel, then the last: S3 has no multi-object write, and
+        the last blob of a batch may describe the others (the pack store puts a save's index
+        segment after its packs). A crash in between must leave packs no segment lists
+        (garbage, found by reading them), never a segment naming packs that are not there."""
         unique = unique_blobs(items)
         if not unique:
             return 0
-        return sum(await self._gather([self._put_blob(n, d) for n, d in unique.items()]))
+        *first, last = unique.items()
+        written = sum(await self._gather([self._put_blob(n, d) for n, d in first])) if first else 0
+        return written + await self._put_blob(*last)
 
     async def _put_blob(self, name: str, data: bytes) -> int:
         try:
