@@ -13,8 +13,8 @@ Keys under the store's prefix (docs/format.md §4.4)::
 A group object moves by one conditional PUT (If-Match: its ETag; If-None-Match: * when new);
 ``castate.backends.s3.groups`` has its format. A save is ``commit(blobs, updates, checks)``:
 the root group is read (the gc lock, and the ``castate/epoch`` check; a read less than half a
-save window old that saw no lock is reused), the blobs are PUT create-only in parallel, then
-the session's group is written once. A commit whose refs span
+save window old that saw no lock is reused), the blobs are PUT create-only (the last, a save's
+index segment, after the others), then the session's group is written once. A commit whose refs span
 several groups writes them one by one in key order and undoes the written ones when a later
 one conflicts; a crash in between leaves the groups written so far (each whole, each logged).
 
