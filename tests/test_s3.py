@@ -9,6 +9,7 @@ import json
 import sys
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -18,7 +19,7 @@ from castate.backends.blob import BlobBackend
 from castate.backends.s3 import S3Backend
 from castate.backends.s3.groups import LOG_INLINE, ROOT, Group, group_key
 from castate.backends.s3.requests import Stale
-from castate.errors import BackendUnavailableError, StoreError, StoreNotFoundError
+from castate.errors import BackendUnavailableError, ConflictError, StoreError, StoreNotFoundError
 from castate.repository.packs import PackStore
 from castate.testing import PersistentBlobBackendTests, blob, value
 from tests.backend_conformance import PersistentBackendConformance
@@ -361,3 +362,29 @@ async def test_fsck_names_a_damaged_pack_quarantines_it_and_roll_back_heals(
     finally:
         await b.close()
     assert {f"quarantine/{v}" for v in victims} <= kept  # each pack as it was found
+
+
+async def test_a_commit_over_two_sessions_undoes_the_first_when_the_second_loses_a_race(s3_url: str) -> None:
+    a, other = S3Backend(s3_url), S3Backend(s3_url)
+    await a.open()
+    await other.open()
+    try:
+        first, second = sorted(["s:x", "s:y"], key=group_key)
+        ref = {"s:x": "sessions/x", "s:y": "sessions/y"}
+        write_group = a._write_group
+
+        async def racing(name: str, *args: Any) -> Any:  # another writer gets in between the two writes
+            if name == second:
+                await other.update_refs([RefUpdate(ref[second], value(9), None)], message="other")
+            return await write_group(name, *args)
+
+        a._write_group = racing  # type: ignore[method-assign]
+        with pytest.raises(ConflictError) as caught:
+            await a.update_refs([RefUpdate("sessions/x", value(1), None), RefUpdate("sessions/y", value(2), None)])
+        assert caught.value.ref == ref[second]
+        assert await other.list_refs("sessions/") == {ref[second]: value(9)}  # the first write was undone
+        assert await other.reflog(ref[first]) == []
+        assert [e.message for e in await other.reflog(ref[second])] == ["other"]
+    finally:
+        await a.close()
+        await other.close()

@@ -327,7 +327,8 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         key = spill_key(new)
         old, new.log = new.log[:-added] if added else new.log, new.log[-added:] if added else []
         data = encode_spill(old, new.spill)
-        await self._call("commit (reflog)", lambda: obstore.put_async(self._store(), key, data, mode="create"))
+        with contextlib.suppress(oe.AlreadyExistsError, oe.PreconditionError):  # a retry after our PUT landed
+            await self._call("commit (reflog)", lambda: obstore.put_async(self._store(), key, data, mode="create"))
         new.spill = key
 
     # -- refs -------------------------------------------------------------------------------------------
@@ -434,6 +435,14 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         message: str,
         window_end: float | None,
     ) -> None:
+        if len(order) > 1:
+            # Several groups are written one by one: check every expectation on fresh reads
+            # first, so that a conflict found now leaves nothing to undo.
+            for g in await self._gather([self._load(name) for name in order]):
+                for ref, want in checks.items():
+                    if group_of(ref) == g.name and g.refs.get(ref) != want:
+                        raise _check_conflict(ref, g.refs.get(ref), want)
+                plan_ref_updates(g.refs, by_group[g.name])
         done: list[tuple[Group, Group]] = []
         try:
             for name in order:
