@@ -388,3 +388,18 @@ async def test_a_commit_over_two_sessions_undoes_the_first_when_the_second_loses
     finally:
         await a.close()
         await other.close()
+
+
+async def test_a_request_the_server_refuses_is_a_store_error(seaweed_url: str) -> None:
+    """SeaweedFS keeps objects as files: a key part over 255 bytes is refused (400 KeyTooLongError).
+    That is no outage (retrying cannot help): StoreError naming the server's answer, and the
+    store goes on. castate's own blob names are under 100 bytes."""
+    b = S3Backend(seaweed_url)
+    await b.open()
+    try:
+        with pytest.raises(StoreError, match="refused the request \\(400 KeyTooLongError\\)") as caught:
+            await b.put_blobs([("a" * 256, b"x")])
+        assert not isinstance(caught.value, BackendUnavailableError)
+        assert await b.put_blobs([blob(b"after")]) == 1
+    finally:
+        await b.close()

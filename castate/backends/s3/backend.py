@@ -52,7 +52,7 @@ from obstore.store import S3Store
 from castate.backends.base import ReflogEntry, RefUpdate, _Any, check_ref_name, plan_ref_updates
 from castate.backends.blob import BlobBackend
 from castate.backends.s3.blobs import BlobRequests, unique_blobs
-from castate.backends.s3.client import S3Location, first_line, make_store, parse_url
+from castate.backends.s3.client import RefusedError, S3Location, first_line, make_store, parse_url
 from castate.backends.s3.groups import (
     LOG_INLINE,
     ROOT,
@@ -304,10 +304,13 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         except (oe.AlreadyExistsError, oe.PreconditionError, FileNotFoundError):
             self._cache.pop(key, None)
             raise Stale from None
-        except BackendUnavailableError as exc:
+        except RefusedError as exc:
             self._cache.pop(key, None)
-            if "409 Conflict" in str(exc):  # AWS: a conflicting conditional write was in progress; not applied
+            if exc.status == 409:  # AWS: a conflicting conditional write was in progress; not applied
                 raise Stale from None
+            raise
+        except BackendUnavailableError:
+            self._cache.pop(key, None)
             with contextlib.suppress(StoreError):
                 now = await self._load(new.name)
                 if now.w == new.w:

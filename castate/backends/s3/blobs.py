@@ -16,8 +16,8 @@ import obstore
 import obstore.exceptions as oe
 
 from castate.backends.blob import BlobInfo, check_blob_name
+from castate.backends.s3.client import RefusedError
 from castate.backends.s3.requests import S3Requests, ns_of
-from castate.errors import BackendUnavailableError
 
 BLOBS = "blobs/"
 RANGE_GAP = 256 << 10  # ranges of one blob closer than this are read by one GET
@@ -66,8 +66,8 @@ class BlobRequests(S3Requests):
                 )
             except FileNotFoundError:
                 return None
-            except BackendUnavailableError as exc:
-                if "416" in str(exc):  # the span starts at or past the blob's end
+            except RefusedError as exc:
+                if exc.status == 416:  # the span starts at or past the blob's end
                     return b""
                 raise
 

@@ -16,6 +16,7 @@ outcome after a lost reply must be read back, not guessed by resending.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -120,6 +121,20 @@ def is_missing_bucket(exc: BaseException) -> bool:
     return isinstance(exc, FileNotFoundError) and "NoSuchBucket" in str(exc)
 
 
+class RefusedError(StoreError):
+    """A request the server answered with a 4xx that castate has no meaning for (``status``)."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def http_status(exc: BaseException) -> int | None:
+    """The HTTP status obstore reports in an error's message, if any."""
+    found = re.search(r"status code: (\d{3})", str(exc))
+    return int(found.group(1)) if found else None
+
+
 def translate(exc: BaseException, what: str, where: str, *, write: bool = False) -> StoreError:
     """castate's error for a failed object-store call. ``write``: a conditional ref write whose
     reply was lost, which may or may not have been applied."""
@@ -128,9 +143,23 @@ def translate(exc: BaseException, what: str, where: str, *, write: bool = False)
     if is_missing_bucket(exc):
         return StoreError(f"{what} on {where}: the bucket does not exist")
     landed = " The write may have landed: reload the refs to see (a ref moves whole or not at all)." if write else ""
+    status = http_status(exc)
+    if status is not None and 400 <= status < 500:  # refused, not unavailable: no retry helps
+        code = re.search(r"<Code>([^<]{1,80})</Code>", str(exc))
+        why = f"{status} {code.group(1)}" if code else str(status)
+        return RefusedError(f"{what} on {where}: the server refused the request ({why})", status)
     if isinstance(exc, oe.BaseError | OSError | TimeoutError | ConnectionError):
         return BackendUnavailableError(f"{what}: {where} did not answer or failed: {first_line(exc)}.{landed}")
     return StoreError(f"{what} on {where}: {first_line(exc)}")
 
 
-__all__ = ["S3Location", "first_line", "is_missing_bucket", "make_store", "parse_url", "translate"]
+__all__ = [
+    "RefusedError",
+    "S3Location",
+    "first_line",
+    "http_status",
+    "is_missing_bucket",
+    "make_store",
+    "parse_url",
+    "translate",
+]
