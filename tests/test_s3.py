@@ -193,6 +193,11 @@ async def test_requests_per_save_and_per_checkpoint(s3_url: str) -> None:
         await sm.create_checkpoint("s", "cp")
         assert backend.requests - before == 2  # read the session's group, write it
         assert (await sm.load_session("s"))["step"] == 10
+        for other in ("t", "u"):
+            await sm.save_session(other, {"step": 0})
+        before = backend.requests
+        assert set(await backend.list_refs("sessions/")) == {"sessions/s", "sessions/t", "sessions/u"}
+        assert backend.requests - before == 1  # one LIST: every group's ETag matches the copy held
     other = s3_url.replace("/t", "/u", 1)  # another store: the window is the store's, fixed at creation
     async with castate.StateManager(other) as sm:  # half a window (0.15 s) passes between saves
         await sm.save_session("s", {"step": 0, "text": "x" * 1000})

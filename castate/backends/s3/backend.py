@@ -130,8 +130,6 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             f"castate-s3-shared-{id(self)}", default=""
         )
 
-    # -- plumbing -----------------------------------------------------------------------------------
-
     # -- lifecycle ----------------------------------------------------------------------------------
 
     async def open(self) -> None:
@@ -199,7 +197,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         try:
             await self._call("open (probe)", lambda: obstore.put_async(store, key, b"2", mode="create"))
             ignored.append("If-None-Match: * (a second create-only PUT succeeded)")
-        except oe.AlreadyExistsError:
+        except (oe.AlreadyExistsError, oe.PreconditionError):
             pass
         try:
             await self._call("open (probe)", lambda: obstore.put_async(store, key, b"3", mode={"e_tag": '"0"'}))
@@ -211,8 +209,8 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         if ignored:
             raise StoreError(
                 f"{self.location}: the server ignores conditional writes ({'; '.join(ignored)}): castate "
-                "cannot move refs safely there. Use a server that honours them (AWS S3, SeaweedFS, MinIO, "
-                "Cloudflare R2...); s3rver is known not to."
+                "cannot move refs safely there. Use a server that honours them (AWS S3 and SeaweedFS do; "
+                "s3rver does not)."
             )
         if first.get("e_tag") is None:
             raise StoreError(f"{self.location}: the server returns no ETag on PUT; castate needs them for refs")
@@ -225,13 +223,12 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         self._reads = self._writes = None
         self._sem = None
         self._cache.clear()
+        self._root_seen = None
         if opened:
             await settle()
 
     async def now_ns(self) -> int:
         return time.time_ns() + self._offset_ns
-
-    # -- blobs ----------------------------------------------------------------------------------------
 
     # -- ref groups -------------------------------------------------------------------------------------
 
