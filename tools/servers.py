@@ -364,7 +364,8 @@ class SeaweedServer(_S3Server):
             "-master.volumeSizeLimitMB=64",
             "-s3",
             f"-s3.config={self.root / 's3.json'}",
-            "-s3.port.iceberg=0",
+            "-s3.port.iceberg=0",  # no fixed-port side servers: two instances (or engineers) at once
+            "-s3.port.lance=0",
             *(f"-{name}={port}" for name, port in self.ports.items()),
         ]
         log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server writes it until stopped
