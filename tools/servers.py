@@ -268,6 +268,10 @@ class _S3Server(_Server):
         client = self.client()
         deadline = time.monotonic() + 60
         while True:  # SeaweedFS answers before its volume servers have registered
+            if self.proc is not None and self.proc.poll() is not None:
+                log = getattr(self, "root", None)
+                tail = (log / "server.log").read_text(errors="replace")[-2000:] if log else ""
+                raise RuntimeError(f"the S3 server exited with {self.proc.returncode}: {tail}")
             try:
                 client.create_bucket(Bucket=bucket)
                 return
@@ -325,21 +329,7 @@ class SeaweedServer(_S3Server):
         self.exe = _venv_binary("weed")
         self.root = Path(tempfile.mkdtemp(prefix="castate-weed-"))
         (self.root / "data").mkdir()
-        self.ports = {
-            name: free_port()
-            for name in (
-                "master.port",
-                "master.port.grpc",
-                "volume.port",
-                "volume.port.grpc",
-                "filer.port",
-                "filer.port.grpc",
-                "s3.port",
-                "s3.port.grpc",
-                "metricsPort",
-            )
-        }
-        self.port = self.ports["s3.port"]
+        self._pick_ports()
         creds = {
             "identities": [
                 {
@@ -351,7 +341,23 @@ class SeaweedServer(_S3Server):
         }
         (self.root / "s3.json").write_text(json.dumps(creds))
 
+    def _pick_ports(self) -> None:
+        names = ("master", "volume", "filer", "s3")
+        self.ports = {f"{n}.port{g}": free_port() for n in names for g in ("", ".grpc")} | {"metricsPort": free_port()}
+        self.port = self.ports["s3.port"]
+
     def start(self) -> Self:
+        for attempt in range(3):
+            try:
+                return self._start()
+            except RuntimeError:
+                if attempt == 2 or self.proc is None:
+                    raise
+                self.stop(kill=True)  # a port taken between choosing it and binding it: choose again
+                self._pick_ports()
+        raise AssertionError("unreachable")
+
+    def _start(self) -> Self:
         cmd = [
             self.exe,
             "server",
