@@ -3,7 +3,8 @@
 ``python -m tests.crash_writer STORE MODE STEPS_JSON [MAX_SAVES]`` where MODE is ``local``,
 ``rotate`` (a new volume every 16 KiB), ``gc`` (local, plus a gc with no grace and no reflog
 every few saves), ``snapshot`` (local, with refs.snapshot rewritten every ~512 bytes of
-journal), ``sqlite`` or ``sqlite-gc`` (packs in ``STORE/store.db``) and
+journal), ``sqlite`` or ``sqlite-gc`` (packs in ``STORE/store.db``),
+``s3`` or ``s3-gc`` (STORE is an ``s3://`` URL) and
 STEPS_JSON maps each session to the step it continues from; with MAX_SAVES it exits after
 that many saves (a crash point that was never reached). It writes a ledger line to stdout, flushed,
 before and after every call, so the test knows what was in flight when the process died
@@ -50,6 +51,8 @@ def state_at(session: str, step: int) -> dict[str, Any]:
 
 
 def manager(path: str, mode: str) -> castate.StateManager:
+    if mode.startswith("s3"):  # packs in an S3 bucket: ``path`` is the store's URL
+        return castate.StateManager(path)
     if mode.startswith("sqlite"):  # packs in an SQLite file inside the directory
         os.makedirs(path, exist_ok=True)
         return castate.StateManager(f"sqlite:///{os.path.join(path, 'store.db')}")
@@ -86,7 +89,7 @@ async def main(path: str, mode: str, steps: dict[str, int], max_saves: int | Non
                 say("cpok", session, step, cp)
             steps[session] = step + 1
             n += 1
-            if mode in ("gc", "sqlite-gc") and n % GC_EVERY == 0:
+            if mode in ("gc", "sqlite-gc", "s3-gc") and n % GC_EVERY == 0:
                 say("gc")
                 await sm.gc(grace=0, reflog_expire=0)
                 say("gcok")

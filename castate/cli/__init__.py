@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--store",
         metavar="PATH",
-        help="the store: a directory, or a URL (sqlite:///file.db, postgresql://..., redis://...); "
+        help="the store: a directory, or a URL (sqlite:///file.db, postgresql://..., redis://..., s3://...); "
         "default: $CASTATE_STORE or ./state",
     )
     p.add_argument("--debug", action="store_true", help="show the traceback of errors")
@@ -353,7 +353,7 @@ CREATING = frozenset(("import", "import-marsys"))
 
 
 def _backend(path: str, *, create: bool) -> Backend | BlobBackend:
-    """The backend a --store value names: a directory, or a store URL (sqlite://, postgresql://, redis://)."""
+    """The backend a --store value names: a directory, or a store URL (sqlite://, postgresql://, redis://, s3://)."""
     try:
         return open_backend(path, create=create)
     except ValueError as exc:  # a malformed URL: bad usage

@@ -1,9 +1,12 @@
-"""Blob-backend calls per save, per checkpoint and per cold restore, on each database backend.
+"""Blob-backend calls per save, per checkpoint and per cold restore, on each database backend
+(and, for S3, the HTTP requests those calls sent).
 
 Each call of a ``BlobBackend`` method is one round trip to the server (PostgreSQL: one
 statement; Redis: one script or pipeline) or one transaction in one worker-thread hop
 (SQLite), so counting the calls the pack store makes counts round trips. Nested calls (a
-default method calling another) count once. Servers are throwaway ones on loopback.
+default method calling another) count once. An S3 call may send several requests (the
+root ref group, blobs, the session's ref group): they are counted too. Servers are
+throwaway ones on loopback.
 
     python -m tools.bench.roundtrips --steps 50
 """
@@ -15,6 +18,7 @@ import asyncio
 import collections
 import contextvars
 import functools
+import os
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -23,7 +27,7 @@ import castate
 from castate.backends.blob import BlobBackend
 from castate.backends.urls import open_backend
 from tools.bench.workload import Workload
-from tools.servers import PostgresServer, RedisServer
+from tools.servers import PostgresServer, RedisServer, SeaweedServer
 
 METHODS = (
     "get_blobs", "get_ranges", "list_blobs", "put_blobs", "delete_blobs", "get_refs", "get_ref",
@@ -38,6 +42,7 @@ class Counter:
     def __init__(self) -> None:
         self.phase = "open"
         self.calls: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        self.http: collections.Counter[str] = collections.Counter()  # S3 requests, by phase
 
     def wrap(self, backend: BlobBackend) -> BlobBackend:
         for name in METHODS:
@@ -49,10 +54,13 @@ class Counter:
                 if depth == 0:
                     self.calls[self.phase][_name] += 1
                 token = _depth.set(depth + 1)
+                sent = getattr(backend, "requests", 0)
                 try:
                     return await _original(*args, **kwargs)
                 finally:
                     _depth.reset(token)
+                    if depth == 0:
+                        self.http[self.phase] += getattr(backend, "requests", 0) - sent
 
             setattr(backend, name, counted)
         return backend
@@ -86,6 +94,10 @@ async def measure(url: str, steps: int) -> dict[str, float]:
         "checkpoint": sum(counter.calls["checkpoint"].values()) / steady,
         "open": sum(counter.calls["open"].values()),
         "cold restore": sum(counter.calls["cold restore"].values()),
+        "http save": counter.http["save"] / steady,
+        "http checkpoint": counter.http["checkpoint"] / steady,
+        "http open": counter.http["open"],
+        "http cold restore": counter.http["cold restore"],
     }
 
 
@@ -95,13 +107,20 @@ async def main(steps: int) -> None:
     print("|---|---|---|---|---|")
     with tempfile.TemporaryDirectory() as tmp:
         rows = [("SQLite", f"sqlite:///{Path(tmp) / 'state.db'}")]
-        with PostgresServer() as pg, RedisServer() as redis:
-            rows += [("PostgreSQL", pg.url), ("Redis", redis.url)]
+        with PostgresServer() as pg, RedisServer() as redis, SeaweedServer() as weed:
+            os.environ.update(weed.env())
+            weed.create_bucket("castate-bench")
+            rows += [("PostgreSQL", pg.url), ("Redis", redis.url), ("S3 (SeaweedFS)", weed.url("castate-bench", "rt"))]
             for name, url in rows:
                 r = await measure(url, steps)
                 print(
                     f"| {name} | {r['save']:.2f} | {r['checkpoint']:.2f} | {r['open']:.0f} | {r['cold restore']:.0f} |"
                 )
+                if name.startswith("S3"):
+                    print(
+                        f"| {name}, HTTP requests | {r['http save']:.2f} | {r['http checkpoint']:.2f} | "
+                        f"{r['http open']:.0f} | {r['http cold restore']:.0f} |"
+                    )
 
 
 if __name__ == "__main__":

@@ -19,6 +19,7 @@ REGISTRY: dict[str, str] = {
     "castate-sqlite": "tools.bench.systems.castate_backends:CastateSQLite",
     "castate-postgres": "tools.bench.systems.castate_backends:CastatePostgres",
     "castate-redis": "tools.bench.systems.castate_backends:CastateRedis",
+    "castate-s3": "tools.bench.systems.castate_backends:CastateS3",
     "naive": "tools.bench.systems.naive:Naive",
     "naive-nofsync": "tools.bench.systems.naive:NaiveNoFsync",
     "marsys": "tools.bench.systems.marsys_peer:Marsys",

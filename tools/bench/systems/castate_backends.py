@@ -1,4 +1,4 @@
-"""castate over its other backends: SQLite, PostgreSQL and Redis, with the same steps as ``castate``.
+"""castate over its other backends: SQLite, PostgreSQL, Redis and S3, with the same steps as ``castate``.
 
 Each step is ``save_session`` then ``create_checkpoint`` through a ``StateManager`` opened on
 a store URL. The PostgreSQL and Redis systems start a throwaway server on loopback
@@ -8,7 +8,9 @@ synchronous_commit on, Redis with ``appendonly yes`` and ``appendfsync always``.
 Bytes: SQLite is measured like the local store (its files after close). For the servers,
 the store's own share of the server is reported in place of a directory walk: PostgreSQL,
 ``pg_total_relation_size`` of the store's tables (heap, TOAST and indexes); Redis,
-``used_memory_dataset`` (its keys in RAM). Both are taken just before close.
+``used_memory_dataset`` (its keys in RAM). Both are taken just before close. S3 (a throwaway
+SeaweedFS on loopback): the bytes of every object under the store's prefix (what S3 bills),
+with the HTTP requests the backend sent in ``requests``.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ from pathlib import Path
 
 import castate
 from tools.bench.systems.castate_sys import CastateSteps
-from tools.servers import PostgresServer, RedisServer
+from tools.servers import PostgresServer, RedisServer, SeaweedServer
 
 
 class _Reopening(CastateSteps):
@@ -107,6 +109,31 @@ class CastateRedis(_Server):
             await r.aclose()
         used = int(info["used_memory_dataset"])
         return {"files": 0, "bytes_apparent": used, "bytes_allocated": used}
+
+    def stop_server(self) -> None:
+        self.server.cleanup()
+
+
+class CastateS3(_Server):
+    name = "castate-s3"
+
+    async def setup(self, directory: Path) -> None:
+        import os
+
+        await super().setup(directory)
+        self.server = SeaweedServer()
+        atexit.register(self.server.cleanup)
+        self.server.start()
+        os.environ.update(self.server.env())  # the test credentials, for this process only
+        self.server.create_bucket("castate-bench")
+        self.url = self.server.url("castate-bench", "bench")
+        self.sm = castate.StateManager(self.url)
+
+    async def measure(self) -> dict[str, int]:
+        assert self.sm is not None
+        s = await self.sm.repository.backend.stats()
+        size = s["store_bytes"]  # every object under the prefix: packs, index segments, refs, reflog
+        return {"files": s["store_objects"], "bytes_apparent": size, "bytes_allocated": size}
 
     def stop_server(self) -> None:
         self.server.cleanup()
