@@ -550,7 +550,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             got = dict(zip(keys, await self._gather([self._get(k, "reflog") for k in keys]), strict=True))
             key: str | None = g.spill
             while key is not None and got.get(key) is not None:
-                rows, prev = decode_spill(got[key][0], key)  # type: ignore[index]
+                rows, prev = decode_spill(got[key][0], key)
                 spills.append((key, rows))
                 key = prev
         rows = [r for _, part in reversed(spills) for r in part] + g.log

@@ -107,7 +107,7 @@ def make_store(loc: S3Location, *, timeout: float, retries: int) -> S3Store:
         config=config,  # type: ignore[arg-type]
         client_options=client,  # type: ignore[arg-type]
         retry_config=retry,  # type: ignore[arg-type]
-        credential_provider=provider,  # type: ignore[arg-type]
+        credential_provider=provider,
     )
 
 

@@ -34,7 +34,8 @@ class WriterChain:
 
     def compress(self, raw: bytes) -> bytes:
         """The body of the chain's next pack: ``raw`` continuing the stream, flushed."""
-        return self.cobj.compress(raw) + self.cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        out: bytes = self.cobj.compress(raw) + self.cobj.flush(zstandard.COMPRESSOBJ_FLUSH_BLOCK)
+        return out
 
     def advance(self, name: str, raw_len: int) -> None:
         self.seq += 1

@@ -131,7 +131,7 @@ def _parse_head(
         raise CorruptFileError(where, f"unknown pack version {version}")
     if fields[3] > MAX_ENTRIES:
         raise CorruptFileError(where, f"pack declares {fields[3]} objects")
-    return fields  # type: ignore[no-any-return]
+    return fields
 
 
 def parse_pack_head(name: str, data: bytes | memoryview, size: int) -> PackInfo:
