@@ -54,7 +54,10 @@ async def test_everything_a_store_creates_is_private(tmp_path: Path, monkeypatch
     found = modes(path)
     assert {"volumes", "locks", "quarantine", "refs.journal", "refs.snapshot", "castate.json"} <= set(found)
     assert any(name.startswith("quarantine/refs.journal.") for name in found)
-    assert len([name for name in found if name.startswith("volumes/") and name.endswith(".vol")]) >= 2
+    # 1 KiB volumes: every save started one, and clean-ups moved the live blobs on to newer ones
+    assert any(
+        name.startswith("volumes/") and name.endswith(".vol") and name != "volumes/00000001.vol" for name in found
+    )
     wrong = {
         name: oct(mode)
         for name, mode in found.items()
