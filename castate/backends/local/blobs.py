@@ -42,9 +42,9 @@ from castate.backends.base import (
 from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.backends.local.files import atomic_write, exposed, make_dirs, store_dir
 from castate.backends.local.journal import Change, RefJournal
-from castate.backends.local.legacy import FormatOneObjects
+from castate.backends.local.legacy import FormatOneObjects, has_format_one_files
 from castate.backends.local.locks import FileLock
-from castate.backends.local.volumes import MAX_BLOB, Place, Volumes, record_size
+from castate.backends.local.volumes import HEADER, MAX_BLOB, Place, Volumes, record_size
 from castate.errors import (
     CastateError,
     ConflictError,
@@ -68,6 +68,7 @@ RECLAIM_BELOW = 0.5  # gc rewrites a volume whose live records fill less than th
 # CLEAN_BELOW) bytes copied per byte freed (punched holes free large dead records at once).
 CLEAN_BELOW = 0.75
 CLEAN_MIN = 1 << 20
+HEADER_SIZE = len(HEADER)
 JOURNAL_MIN = 256 << 10  # a smaller journal keeps its place history through a clean-up
 T = TypeVar("T")
 
@@ -164,7 +165,11 @@ class LocalBackend(BlobBackend):
             self._journal = self._new_journal()
             self._gc_lock = self._new_gc_lock()
             self._journal.refresh()
-            if version == 1:
+            if version == 1 and not has_format_one_files(self.root):
+                # An upgrade that moved every object and died before it marked the store (or a
+                # format-1 store that never held one): finish it.
+                self._mark_format_two()
+            elif version == 1:
                 self._legacy = FormatOneObjects(self.root)
                 self._legacy.scan()
             self._opened = True
@@ -266,28 +271,37 @@ class LocalBackend(BlobBackend):
         stat and a header read when nothing changed)."""
         self._j().refresh()
         refs = self._j().refs
+        self._volumes.keep_open(self._usage.live.keys())  # a volume nothing lives in may be gone soon
         return {n: Place.unpack(refs[PLACE + n]) for n in names if PLACE + n in refs}
 
     def _read(self, reader: Callable[[dict[str, Place]], T], names: Collection[str]) -> T:
-        """``reader`` over the names' places; a volume that vanished (gc moved its blobs) makes
-        the journal replay again and the read start over."""
+        """``reader`` over the names' places, checked against the journal afterwards.
+
+        Another process may delete a blob (its record's magic overwritten, its blocks punched
+        out) or move it (a clean-up) after this one looked its place up: it records that in
+        the journal before it touches the volume. So a read whose places still stand in the
+        journal replayed after it read the bytes it should; otherwise (or when a volume
+        vanished, or a record no longer frames its blob) it reads again at the new places."""
         with self._mutex:
             places = self._places(names)
             for _ in range(8):
                 try:
-                    return reader(places)
+                    out = reader(places)
                 except FileNotFoundError:
                     for place in places.values():
                         self._volumes.forget(place.volume)
+                    places = self._places(names)
+                    continue
                 except CorruptFileError:
-                    # Another process may have deleted the blob (its blocks punched out) or moved
-                    # it since this one replayed the journal: damage only if the places stand.
                     before = places
                     places = self._places(names)
                     if places == before:
-                        raise
+                        raise  # the journal still says so: damage
                     continue
+                before = places
                 places = self._places(names)
+                if places == before:
+                    return out
             return reader(places)
 
     async def get_blobs(self, names: Collection[str]) -> dict[str, bytes]:
@@ -350,31 +364,55 @@ class LocalBackend(BlobBackend):
             gone = self._j().apply(plan, "delete blobs")
             # After the record is durable: a crash before leaves dead bytes, never a hole in a live blob.
             for name, place in gone:
+                self._volumes.kill(place)
                 self._volumes.punch(name, place)
             self._clean(CLEAN_BELOW, CLEAN_MIN)
             return len(gone)
 
     def _clean(self, below: float, min_size: int) -> None:
         """Move the live blobs of every volume of at least ``min_size`` bytes whose live records
-        fill less than ``below`` of it into a new volume (one journal record), then unlink the
-        emptied volumes; volumes with nothing live are unlinked without a copy.
+        fill less than ``below`` of it into new volumes, then unlink the emptied volumes;
+        volumes with nothing live (or shorter than their header: a creator died) are unlinked
+        without a copy. Volumes go a batch at a time, each batch copying at most about one
+        volume's size in one journal record, so memory and the journal lock's hold stay bounded.
 
         Decided under the journal lock: only the newest volume takes appends, so a volume found
-        empty there, and not the newest, stays empty. Writers go on meanwhile (their appends go
-        to the new volume); a reader whose volume vanished replays the journal and reads again."""
+        empty there, and not the newest, stays empty. Writers go on between batches (their
+        appends go to the new volume); a reader whose volume vanished replays the journal and
+        reads again."""
         usage = self._usage.live
         candidates = [
             n
             for n in self._volumes.numbers()
-            if usage.get(n, 0) < below * (size := self._volumes.allocated(n)) and (size >= min_size or not usage.get(n))
+            if self._volumes.size(n) < HEADER_SIZE
+            or (
+                usage.get(n, 0) < below * (size := self._volumes.allocated(n))
+                and (size >= min_size or not usage.get(n))
+            )
         ]
-        if not candidates:
-            return
+        budget = self._volumes.max_size
+        moved_any = False
+        while candidates:
+            batch: list[int] = []
+            total = 0
+            while candidates and (not batch or total + usage.get(candidates[0], 0) <= budget):
+                total += usage.get(candidates[0], 0)
+                batch.append(candidates.pop(0))
+            emptied, moved = self._j().apply(self._clean_plan(set(batch)), "move live blobs out of sparse volumes")
+            self._volumes.remove(emptied)
+            moved_any = moved_any or moved
+        # The journal's record of where blobs were is history no one reads (the reflog shows
+        # refs only), and a clean-up just rewrote much of it: rewrite the journal without it.
+        if moved_any and os.stat(self._j().path).st_size >= JOURNAL_MIN:
+            self._j().drop_history(PLACE)
 
-        def plan(refs: dict[str, bytes]) -> tuple[list[Change], list[int]]:
+    def _clean_plan(
+        self, chosen_volumes: set[int]
+    ) -> Callable[[dict[str, bytes]], tuple[list[Change], tuple[list[int], bool]]]:
+        def plan(refs: dict[str, bytes]) -> tuple[list[Change], tuple[list[int], bool]]:
             numbers = self._volumes.numbers()
             newest = numbers[-1] if numbers else 0
-            chosen = {n for n in candidates if n in numbers}
+            chosen = {n for n in chosen_volumes if n in numbers}
             moving = sorted(
                 ((name, Place.unpack(raw)) for name, raw in refs.items() if name.startswith(PLACE)),
                 key=lambda item: (item[1].volume, item[1].offset),
@@ -391,20 +429,15 @@ class LocalBackend(BlobBackend):
                     kept.add(place.volume)
             emptied = chosen - kept
             if not data:
-                return [], sorted(emptied - {newest})  # the newest may take the next append
+                return [], (sorted(emptied - {newest}), False)  # the newest may take the next append
             new = self._volumes.append(data, time.time_ns(), fresh=True)
             changes: list[Change] = [
                 (name, old.pack(), Place(n.volume, n.offset, n.size, old.time_ns).pack())
                 for (name, old), n in zip(ok, new, strict=True)
             ]
-            return changes, sorted(emptied)
+            return changes, (sorted(emptied), True)
 
-        emptied = self._j().apply(plan, "move live blobs out of sparse volumes")
-        self._volumes.remove(emptied)
-        # The journal's record of where blobs were is history no one reads (the reflog shows
-        # refs only), and a clean-up just rewrote much of it: rewrite the journal without it.
-        if os.stat(self._j().path).st_size >= JOURNAL_MIN:
-            self._j().drop_history(PLACE)
+        return plan
 
     # -- refs -------------------------------------------------------------------------------
 
@@ -585,16 +618,35 @@ class LocalBackend(BlobBackend):
                 self._j().verify()
             except CorruptFileError as exc:
                 out.append(f"ref journal {exc.path}: {exc.reason}")
+            self._j().refresh()
             for name, raw in sorted(self._j().refs.items()):
-                if not name.startswith(PLACE):
-                    continue
-                try:
-                    self._volumes.read(name[1:], Place.unpack(raw), verify=True)
-                except CorruptFileError as exc:
-                    out.append(f"volume {exc.path}: {exc.reason}")
-                except FileNotFoundError:
-                    out.append(f"blob {name[1:]}: its volume {Place.unpack(raw).volume} is missing")
+                if name.startswith(PLACE):
+                    problem = self._check_blob(name, raw)
+                    if problem is not None:
+                        out.append(problem)
             return out
+
+    def _check_blob(self, name: str, raw: bytes) -> str | None:
+        """What is wrong with a live blob's record, or None; a blob another process moved or
+        deleted meanwhile (the journal says so after a replay) is looked at again, not reported."""
+        for _ in range(4):
+            place = Place.unpack(raw)
+            try:
+                self._volumes.read(name[1:], place, verify=True)
+                return None
+            except CorruptFileError as exc:
+                problem = f"volume {exc.path}: {exc.reason}"
+            except FileNotFoundError:
+                self._volumes.forget(place.volume)
+                problem = f"blob {name[1:]}: its volume {place.volume} is missing"
+            self._j().refresh()
+            now = self._j().refs.get(name)
+            if now is None:
+                return None  # deleted meanwhile
+            if now == raw:
+                return problem
+            raw = now
+        return problem
 
     async def repair_refs(self) -> RefRepairReport:
         try:
@@ -671,10 +723,13 @@ class LocalBackend(BlobBackend):
             assert self._legacy is not None
             self._legacy.drop()
             self._legacy = None
-            config = self.root / CONFIG
-            meta = orjson.loads(config.read_bytes())
-            meta["version"] = STORE_VERSION
-            atomic_write(config, orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n", durable=True)
+            self._mark_format_two()
+
+    def _mark_format_two(self) -> None:
+        config = self.root / CONFIG
+        meta = orjson.loads(config.read_bytes())
+        meta["version"] = STORE_VERSION
+        atomic_write(config, orjson.dumps(meta, option=orjson.OPT_INDENT_2) + b"\n", durable=True)
 
 
 def _check_blobs(items: Sequence[tuple[str, bytes]]) -> None:

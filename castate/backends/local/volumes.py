@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import mmap
 import os
 import struct
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from stat import S_ISREG
 
 import blake3
 
@@ -28,6 +30,7 @@ MAGIC = b"CASTVOL\x00"
 VERSION = 1
 HEADER = MAGIC + bytes((VERSION,)) + bytes(7)
 REC_MAGIC = b"CBLB"
+DEAD_MAGIC = b"DEAD"  # written over the magic of a deleted blob's record
 _REC = struct.Struct("<4sHQ32s")  # magic, name length, data length, blake3 of the data
 _PLACE = struct.Struct("<IQQQ4x")  # volume, record offset, data length, write time (ns)
 PLACE_SIZE = _PLACE.size  # 32: a place fits the journal's value slot
@@ -121,6 +124,12 @@ class Volumes:
             os.close(fd)
         self._fds.clear()
 
+    def keep_open(self, numbers: Collection[int]) -> None:
+        """Close the cached descriptors of volumes other than ``numbers`` (those with live
+        blobs): a volume another process emptied and unlinked gives its space back."""
+        for number in [n for n in self._fds if n not in numbers]:
+            self.forget(number)
+
     def forget(self, number: int) -> None:
         """Drop the cached descriptor of a volume gc removed (or that may have been replaced)."""
         fd = self._fds.pop(number, None)
@@ -184,23 +193,26 @@ class Volumes:
         try:
             size = os.fstat(fd).st_size
             when = os.fstat(fd).st_mtime_ns
-            data = os.pread(fd, size, 0) if size else b""
+            if size <= len(HEADER):
+                return []
+            # Mapped, not read: a volume of any size is scanned in the page cache, not in memory.
+            with mmap.mmap(fd, size, access=mmap.ACCESS_READ) as data:
+                return _salvage(data, number, when)
         finally:
             os.close(fd)
-        found: list[tuple[str, Place]] = []
-        pos = data.find(REC_MAGIC, len(HEADER))
-        while pos >= 0:
-            nxt = pos + 1
-            if pos + _REC.size <= len(data):
-                _, nlen, dlen, digest = _REC.unpack_from(data, pos)
-                start = pos + _REC.size + nlen
-                if start + dlen <= len(data):
-                    raw = data[pos + _REC.size : start]
-                    if blake3.blake3(data[start : start + dlen]).digest() == digest and raw.isascii():
-                        found.append((raw.decode("ascii"), Place(number, pos, dlen, when)))
-                        nxt = start + dlen
-            pos = data.find(REC_MAGIC, nxt)
-        return found
+
+    def kill(self, place: Place) -> None:
+        """Overwrite a dead record's magic, after the journal record that removed its place is
+        durable: a repair never finds it again, and a reader that still holds its place gets a
+        frame error (and replays the journal) instead of stale or punched-out bytes."""
+        try:
+            fd = osio.open_fd(self.path(place.volume), os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError:
+            return  # gone with its volume
+        try:
+            os.pwrite(fd, DEAD_MAGIC, place.offset)
+        finally:
+            os.close(fd)
 
     def _pread(self, number: int, size: int, offset: int) -> bytes:
         fd = self._fd(number)
@@ -224,10 +236,11 @@ class Volumes:
         and make them durable; their places, in order."""
         numbers = self.numbers()
         number = numbers[-1] if numbers else 0
-        size = os.stat(self.path(number)).st_size if numbers else 0
-        # A volume shorter than its header lost its creator before it was written: never append
-        # there (gc removes it once a newer volume exists).
-        if not numbers or fresh or size >= self.max_size or size < len(HEADER):
+        st = os.lstat(self.path(number)) if numbers else None
+        # A volume shorter than its header lost its creator before it was written, and anything
+        # but a regular file was put there by someone else: never append there (a clean-up
+        # removes such a volume once a newer one exists).
+        if st is None or fresh or st.st_size >= self.max_size or st.st_size < len(HEADER) or not S_ISREG(st.st_mode):
             number = self._create(number + 1)
         path = self.path(number)
         with naming(path):
@@ -315,3 +328,21 @@ class Volumes:
             return os.stat(self.path(number)).st_blocks * 512
         except FileNotFoundError:
             return 0
+
+
+def _salvage(data: mmap.mmap, number: int, when: int) -> list[tuple[str, Place]]:
+    """The intact records of a mapped volume, found by magic; damaged bytes are skipped."""
+    found: list[tuple[str, Place]] = []
+    pos = data.find(REC_MAGIC, len(HEADER))
+    while pos >= 0:
+        nxt = pos + 1
+        if pos + _REC.size <= len(data):
+            _, nlen, dlen, digest = _REC.unpack_from(data, pos)
+            start = pos + _REC.size + nlen
+            if start + dlen <= len(data):
+                raw = data[pos + _REC.size : start]
+                if blake3.blake3(data[start : start + dlen]).digest() == digest and raw.isascii():
+                    found.append((raw.decode("ascii"), Place(number, pos, dlen, when)))
+                    nxt = start + dlen
+        pos = data.find(REC_MAGIC, nxt)
+    return found
