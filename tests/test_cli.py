@@ -335,6 +335,17 @@ async def _save_and_lose_head(store: Path) -> None:
         await sm.repository.backend.quarantine_objects([commit.root])
 
 
+def plain(value: Any) -> Any:
+    """A fixture's expected state as Python values ({"__bytes__": hex} back to bytes)."""
+    if isinstance(value, dict):
+        if set(value) == {"__bytes__"}:
+            return bytes.fromhex(value["__bytes__"])
+        return {k: plain(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [plain(v) for v in value]
+    return value
+
+
 def test_upgrade_moves_a_format_1_sqlite_store_into_packs(tmp_path: Path) -> None:
     """The fixture was made by castate at 271f407 (format 1): refused, upgraded, then read back whole."""
     fixtures = Path(__file__).parent / "fixtures" / "v1"
@@ -347,15 +358,6 @@ def test_upgrade_moves_a_format_1_sqlite_store_into_packs(tmp_path: Path) -> Non
     assert report["legacy"] == expected["object_rows"]
     assert report["damaged"] == []
     assert "nothing to upgrade" in run("upgrade", store=url)  # type: ignore[arg-type]
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            if set(value) == {"__bytes__"}:
-                return bytes.fromhex(value["__bytes__"])
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        return value
 
     async def read() -> None:
         async with castate.StateManager(url) as sm:
@@ -382,15 +384,6 @@ def test_upgrade_moves_a_format_1_local_store_into_volumes(tmp_path: Path) -> No
     assert not (store / "objects").exists()
     assert json.loads((store / "castate.json").read_text())["version"] == 2
     assert "nothing to upgrade" in run("upgrade", store=store)
-
-    def plain(value: Any) -> Any:
-        if isinstance(value, dict):
-            if set(value) == {"__bytes__"}:
-                return bytes.fromhex(value["__bytes__"])
-            return {k: plain(v) for k, v in value.items()}
-        if isinstance(value, list):
-            return [plain(v) for v in value]
-        return value
 
     async def read() -> None:
         async with castate.StateManager(str(store)) as sm:

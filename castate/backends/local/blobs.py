@@ -137,6 +137,10 @@ class LocalBackend(BlobBackend):
     async def _run(self, fn: Callable[..., T], *args: Any) -> T:
         if not self._opened:
             raise StoreError(f"store {self.location} is not open")
+        return await self._hop(fn, *args)
+
+    async def _hop(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn`` on a worker thread, its OSError as castate's StoreIOError."""
         try:
             return await asyncio.to_thread(fn, *args)
         except CastateError:
@@ -150,12 +154,7 @@ class LocalBackend(BlobBackend):
 
     async def open(self) -> None:
         if not self._opened:
-            try:
-                await asyncio.to_thread(self._open_sync)
-            except CastateError:
-                raise
-            except OSError as exc:
-                raise self._io_error(exc) from exc
+            await self._hop(self._open_sync)
 
     def _open_sync(self) -> None:
         with self._mutex:
@@ -649,12 +648,7 @@ class LocalBackend(BlobBackend):
         return problem
 
     async def repair_refs(self) -> RefRepairReport:
-        try:
-            return await asyncio.to_thread(self._repair_refs)
-        except CastateError:
-            raise
-        except OSError as exc:
-            raise self._io_error(exc) from exc
+        return await self._hop(self._repair_refs)
 
     def _repair_refs(self) -> RefRepairReport:
         """Rebuild a damaged ref journal from its intact records; the store need not open."""
