@@ -38,9 +38,9 @@ import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, TypeVar
 
-from castate.backends.base import ReflogEntry, RefUpdate, _Any, plan_ref_updates
+from castate.backends.base import Durability, ReflogEntry, RefUpdate, _Any, plan_ref_updates
 from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.backends.local.locks import FileLock
 from castate.errors import (
@@ -85,7 +85,6 @@ MIGRATIONS: dict[int, str] = {
     2: BLOBS_TABLE,
 }
 
-Durability = Literal["durable", "relaxed"]
 T = TypeVar("T")
 
 
