@@ -12,21 +12,23 @@ Keys under the store's prefix (docs/format.md §4.4)::
 
 A group object moves by one conditional PUT (If-Match: its ETag; If-None-Match: * when new);
 ``castate.backends.s3.groups`` has its format. A save is ``commit(blobs, updates, checks)``:
-the root group is read (the gc lock, and the ``castate/epoch`` check; a read less than half a
-save window old that saw no lock is reused), the blobs are PUT create-only (the last, a save's
+the root group is read (the gc lock, and the ``castate/epoch`` check; a read less than a
+quarter of a save window old that saw no lock is reused), the blobs are PUT create-only (the last, a save's
 index segment, after the others), then the session's group is written once. A commit whose refs span
 several groups writes them one by one in key order and undoes the written ones when a later
 one conflicts; a crash in between leaves the groups written so far (each whole, each logged).
 
 gc without a lock server: gc takes the lock in the root object (a conditional write), then
-waits ``save_window`` seconds before it deletes anything. A commit that stores blobs or has
-checks reads the root first and makes its ref write within ``save_window`` of that read, or
-reads the root again: so every such commit either landed before gc's lock did plus the
-window, or saw the lock and waits. Holders renew the lock by rewriting it; a holder whose
-lock did not change for ``gc_lease`` seconds (on the waiter's own clock: no clock is
-compared with another) is taken as dead. What this assumes: a request that left a client
-lands within ``save_window`` or not at all; processes are not paused for longer than that
-between their window check and their write (docs/backends.md).
+waits ``2 x save_window`` seconds before it reads refs or deletes anything. A commit that
+stores blobs or has checks reads the root first (at t0) and sends its ref write before
+t0 + ``save_window / 2``, or reads the root again. Such a commit saw no lock, so gc's lock
+landed after t0; its ref write lands by t0 + W/2 + W (a request lands within W), which is
+before gc's wait ends with W/2 to spare for a pause between the check and the send.
+Holders renew the lock by rewriting it; a holder whose lock did not change for
+``gc_lease`` seconds (on the waiter's own clock: no clock is compared with another) is
+taken as dead. What this assumes: a request that left a client
+lands within ``save_window`` or not at all; processes are not paused for longer than
+``save_window / 2`` between their window check and their write (docs/backends.md).
 
 The parts: ``client`` (URL, obstore clients, errors), ``requests`` (the request plumbing),
 ``blobs`` (the blob calls), ``groups`` (the ref group format), ``lease`` (gc's lock), and this
@@ -81,6 +83,11 @@ STORE_VERSION = 2
 MARKER = "castate.json"
 CONCURRENCY = 64  # requests in flight per backend object (a restore fetches a chain's packs together)
 ATTEMPTS = 64  # conditional writes of one group before a commit gives up
+# A gated commit sends its ref write at most this many save windows after its root read; gc
+# waits GC_WAIT windows after its lock (lease.py). A commit that read the root unlocked did so
+# before gc's lock landed, and its write lands within a window of being sent: by
+# (SEND_WITHIN + 1) windows after the read, GC_WAIT - SEND_WITHIN - 1 windows before gc reads.
+SEND_WITHIN = 0.5
 
 
 class _Regate(Exception):
@@ -250,13 +257,13 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         return g
 
     def _recent_root(self) -> tuple[Group, float] | None:
-        """The root as read less than half a save window ago, unlocked and not rewritten by this
-        process since: a save may rely on it as on a read of its own (it must still make its ref
-        write within the window of that read, and gc only deletes a window after its lock)."""
+        """The root as read less than a quarter of a save window ago, unlocked and not rewritten
+        by this process since: a save may rely on it as on a read of its own (it must still send
+        its ref write within half a window of that read; gc waits two windows after its lock)."""
         seen = self._root_seen
         if seen is None or seen[0] is not self._cache.get(group_key(ROOT)) or "lock" in seen[0].extra:
             return None
-        return seen if time.monotonic() - seen[1] < self.save_window / 2 else None
+        return seen if time.monotonic() - seen[1] < self.save_window / 4 else None
 
     async def _load_listed(self, key_prefix: str) -> list[Group]:
         """Every group under ``key_prefix``: one LIST, then a GET of each one whose ETag changed."""
@@ -415,7 +422,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 written = await stored if stored is not None else 0
                 if not order:
                     return written
-                window_end = t0 + self.save_window if gated else None
+                window_end = t0 + self.save_window * SEND_WITHIN if gated else None
                 try:
                     await self._apply(order, by_group, inner, message, window_end)
                 except _Regate:

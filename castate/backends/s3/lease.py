@@ -5,9 +5,11 @@ holders of the shared side (imports, forks, checkpoints with metadata). Both are
 given back by conditional writes of the root object, and renewed by rewriting it with the
 counter one higher every ``gc_lease / 4`` seconds. A waiter that sees a holder's counter
 unchanged for ``gc_lease`` seconds of its own clock takes it as dead: no two clocks are ever
-compared. After taking the lock, gc waits for the shared holders to leave and then for
-``save_window`` seconds, so that every save that read the root before the lock landed has made
-its ref write (a save that is later reads the root again); then it deletes. While it deletes,
+compared. After taking the lock, gc waits for the shared holders to leave and until ``GC_WAIT x
+save_window`` seconds have passed since it took the lock: a save that read the root before the
+lock landed sends its ref write within half a window of that read (else it reads the root
+again) and the write lands within a window, so it has landed with half a window to spare
+(backend.py, ``SEND_WITHIN``); then gc reads refs and deletes. While it deletes,
 each batch first checks that the lock is still its own (``_fence``): a gc that stalled past
 its lease stops instead of deleting under another gc.
 """
@@ -28,6 +30,7 @@ from castate.backends.s3.requests import S3Requests, Stale
 from castate.errors import StoreError
 
 ATTEMPTS = 256  # conditional writes of the root before a lock operation gives up
+GC_WAIT = 2.0  # save windows gc waits after taking its lock (see backend.SEND_WITHIN)
 
 
 class GcLease(S3Requests):
@@ -131,7 +134,7 @@ class GcLease(S3Requests):
                 if not set(shared) - dead:
                     break
                 await self._wait(deadline, "imports")
-            rest = taken + self.save_window * 1.1 - time.monotonic()
+            rest = taken + self.save_window * GC_WAIT - time.monotonic()
             if rest > 0:
                 await asyncio.sleep(rest)
             yield
