@@ -131,6 +131,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         self._offset_ns = 0
         self._cache: dict[str, Group] = {}  # object key -> the group as last read or written
         self._seen: dict[tuple[str, str], tuple[int, float]] = {}  # lease holder -> (counter, first seen)
+        self._held = {}  # token -> a lease this process holds (lease.py)
         self._root_seen: tuple[Group, float] | None = None  # the root as last read, and when the read was sent
         self._gc_token: contextvars.ContextVar[str] = contextvars.ContextVar(f"castate-s3-gc-{id(self)}", default="")
         self._shared_token: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -301,10 +302,14 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         key = group_key(new.name)
         data = new.encode()
         mode: Any = "create" if new.etag is None else {"e_tag": new.etag}
+
+        async def send() -> Any:
+            if what == "commit":
+                self._lease_fresh(what)  # under a lease: the last moment before the write leaves
+            return await obstore.put_async(self._store(write=True), key, data, mode=mode)
+
         try:
-            result = await self._call(
-                what, lambda: obstore.put_async(self._store(write=True), key, data, mode=mode), write=True
-            )
+            result = await self._call(what, send, write=True)
         except (oe.AlreadyExistsError, oe.PreconditionError, FileNotFoundError):
             self._cache.pop(key, None)
             raise Stale from None
@@ -496,6 +501,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             await self._spill(new, len(changes))
             if window_end is not None and time.monotonic() > window_end:
                 raise _Regate
+            await self._fence("commit")  # under gc's lock or the shared side: the lease still holds
             try:
                 await self._put_group(new, "commit")
                 return g, new

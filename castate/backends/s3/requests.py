@@ -55,6 +55,8 @@ class S3Requests:
             if is_missing_bucket(exc):
                 raise StoreNotFoundError(f"{what}: the bucket of {self.location} does not exist") from None
             raise
+        except StoreError:
+            raise  # castate's own (a lease check inside the call)
         except Exception as exc:
             raise translate(exc, what, self.location, write=write) from None
 
