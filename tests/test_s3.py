@@ -25,6 +25,8 @@ from castate.testing import PersistentBlobBackendTests, blob, value
 from tests.backend_conformance import PersistentBackendConformance
 from tests.conftest import S3_BUCKET
 from tests.s3_proxy import S3Proxy
+from tests.s3_rule_proxy import RuleProxy
+from tests.s3_rule_proxy import via as rule_via
 from tests.test_cli import run
 from tools.servers import MotoServer
 
@@ -393,6 +395,43 @@ async def test_a_commit_over_two_sessions_undoes_the_first_when_the_second_loses
     finally:
         await a.close()
         await other.close()
+
+
+async def test_a_multi_group_commit_whose_later_write_is_unknown_keeps_the_earlier(
+    s3_url: str, moto_server: MotoServer
+) -> None:
+    """The second group's PUT lands but its reply is lost and the read-back fails: the first
+    group is not undone (that would leave only the second), and the error says so."""
+    second = max(["s:x", "s:y"], key=group_key)
+    second_key = group_key(second)
+    state = {"armed": False, "lost": False}
+
+    def rule(cmd: str, path: str) -> Any:
+        if state["armed"] and second_key in path:
+            if cmd == "PUT" and not state["lost"]:
+                state["lost"] = True
+                return "lose-reply"  # lands on the server, the client never hears
+            if cmd == "GET" and state["lost"]:
+                return "drop"  # the read-back fails too
+        return "pass"
+
+    with RuleProxy(moto_server.port) as proxy:
+        proxy.rule = rule
+        a = S3Backend(rule_via(proxy, s3_url), timeout=3)
+        await a.open()
+        state["armed"] = True
+        try:
+            with pytest.raises(BackendUnavailableError, match="may be partly applied"):
+                await a.update_refs([RefUpdate("sessions/x", value(1), None), RefUpdate("sessions/y", value(2), None)])
+        finally:
+            state["armed"] = False
+            await a.close()
+    b = S3Backend(s3_url)
+    await b.open()
+    try:
+        assert await b.list_refs("sessions/") == {"sessions/x": value(1), "sessions/y": value(2)}
+    finally:
+        await b.close()
 
 
 async def test_a_request_the_server_refuses_is_a_store_error(seaweed_url: str) -> None:

@@ -16,7 +16,9 @@ the root group is read (the gc lock, and the ``castate/epoch`` check; a read les
 quarter of a save window old that saw no lock is reused), the blobs are PUT create-only (the last, a save's
 index segment, after the others), then the session's group is written once. A commit whose refs span
 several groups writes them one by one in key order and undoes the written ones when a later
-one conflicts; a crash in between leaves the groups written so far (each whole, each logged).
+one conflicts; when a later one's outcome is unknown (a lost reply), or after a crash, the
+groups written so far stay (each whole, each logged) and the error says the commit may be
+partly applied.
 
 gc without a lock server: gc takes the lock in the root object (a conditional write), then
 waits ``2 x save_window`` seconds before it reads refs or deletes anything. A commit that
@@ -456,16 +458,28 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                         raise _check_conflict(ref, g.refs.get(ref), want)
                 plan_ref_updates(g.refs, by_group[g.name])
         done: list[tuple[Group, Group]] = []
-        try:
-            for name in order:
-                mine = {n: v for n, v in checks.items() if group_of(n) == name}
+        for name in order:
+            mine = {n: v for n, v in checks.items() if group_of(n) == name}
+            try:
                 done.append(
                     await self._write_group(name, by_group[name], mine, message, window_end if not done else None)
                 )
-        except BaseException:
-            for old, new in reversed(done):
-                await self._undo(old, new)
-            raise
+            except (ConflictError, RefusedError, _Regate):
+                # this group's write is known not to have landed: put the earlier ones back
+                for old, new in reversed(done):
+                    await self._undo(old, new)
+                raise
+            except Exception as exc:
+                if not done:
+                    raise
+                # The outcome of this write is unknown (a lost reply, an outage): undoing the
+                # earlier groups could leave only the later ones. Leave them and say so.
+                written = ", ".join(repr(new.name[:60]) for _, new in done)
+                raise BackendUnavailableError(
+                    f"a commit over several ref groups on {self.location} may be partly applied: group(s) "
+                    f"{written} were written, and whether group {name[:60]!r} was is unknown ({exc}). Each "
+                    "group moved whole or not at all: reload the refs (and the reflog) to see"
+                ) from exc
 
     async def _write_group(
         self,
