@@ -577,6 +577,11 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             got = dict(zip(keys, await self._gather([self._get(k, "reflog") for k in keys]), strict=True))
             key: str | None = g.spill
             while key is not None and got.get(key) is not None:
+                if len(spills) >= len(keys) or any(key == k for k, _ in spills):  # a damaged chain loops
+                    raise StoreError(
+                        f"reflog of ref group object {group_key(g.name)} is damaged: its spill chain "
+                        f"comes back to {key}"
+                    )
                 rows, prev = decode_spill(got[key][0], key)
                 spills.append((key, rows))
                 key = prev
