@@ -79,6 +79,29 @@ def test_s3_urls() -> None:
         castate.open("s3://bucket/p?endpont=http://x")
     with pytest.raises(ValueError, match=r"'\.\.' part"):
         castate.open("s3://bucket/a/../b")
+    with pytest.raises(ValueError, match="no credentials") as caught:  # location is in every message
+        castate.open("s3://bucket/p?endpoint=http://AKIA:s3cr3t@127.0.0.1:9000")
+    assert "s3cr3t" not in str(caught.value)
+    for url in ("s3://bucket/run#1", "s3://bucket/run?region=r#x"):  # '#' would cut the prefix silently
+        with pytest.raises(ValueError, match="'#'"):
+            castate.open(url)
+    for bad in ("save_window=1e-300", "save_window=0.05", "save_window=nan", "save_window=5&gc_lease=9"):
+        with pytest.raises(ValueError, match=r"save_window|gc_lease"):
+            S3Backend(f"s3://bucket/p?{bad}")
+
+
+async def test_a_save_slower_than_half_its_window_gives_up_after_lock_timeout(moto_server: MotoServer) -> None:
+    url = moto_server.url(S3_BUCKET, f"t{uuid.uuid4().hex[:12]}") + "&save_window=0.1"
+    with RuleProxy(moto_server.port) as proxy:
+        b = S3Backend(rule_via(proxy, url), lock_timeout=1)
+        await b.open()
+        proxy.rule = lambda cmd, path: ("delay", 0.06) if cmd == "GET" else "pass"  # every round > 0.05 s
+        try:
+            with pytest.raises(StoreError, match="longer than half the store's save window"):
+                await asyncio.wait_for(b.commit([blob(b"x")], [RefUpdate("sessions/s", value(1), None)]), 30)
+            assert await b.get_ref("sessions/s") is None
+        finally:
+            await b.close()
 
 
 async def test_reads_never_create_a_store_and_writes_do(s3_url: str, moto_server: MotoServer) -> None:
@@ -180,7 +203,7 @@ async def test_a_stopped_server_is_backend_unavailable() -> None:
 
 
 async def test_requests_per_save_and_per_checkpoint(s3_url: str) -> None:
-    url = s3_url.replace("save_window=0.3", "save_window=60")  # no save here outlasts half of it
+    url = s3_url.replace("save_window=0.3&gc_lease=5", "save_window=60&gc_lease=120")  # no save here outlasts a quarter
     async with castate.StateManager(url) as sm:
         await sm.save_session("s", {"step": 0, "text": "x" * 1000})
         backend = sm.repository._store

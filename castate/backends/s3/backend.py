@@ -122,8 +122,9 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         self.lock_timeout = lock_timeout
         self.save_window = self.loc.options.get("save_window", save_window)
         self.gc_lease = self.loc.options.get("gc_lease", gc_lease)
-        if not 0 < self.save_window <= 3600 or not 0 < self.gc_lease <= 3600:
-            raise ValueError("save_window and gc_lease must be between 0 and 3600 seconds")
+        problem = timing_problem(self.save_window, self.gc_lease)
+        if problem:
+            raise ValueError(problem)
         self.create = create
         self.store_id = ""
         self.requests = 0  # requests sent by this object (for benchmarks)
@@ -191,8 +192,15 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 f"store {self.location} has format version {version}; this castate reads {STORE_VERSION}"
             )
         self.store_id = str(meta.get("id", ""))
-        self.save_window = float(meta.get("save_window", self.save_window))
-        self.gc_lease = float(meta.get("gc_lease", self.gc_lease))
+        try:
+            save_window = float(meta.get("save_window", self.save_window))
+            gc_lease = float(meta.get("gc_lease", self.gc_lease))
+        except (TypeError, ValueError):
+            raise StoreError(f"{self.location}: {MARKER} has a save_window or gc_lease that is no number") from None
+        problem = timing_problem(save_window, gc_lease)
+        if problem:
+            raise StoreError(f"{self.location}: {MARKER}: {problem}")
+        self.save_window, self.gc_lease = save_window, gc_lease
 
     async def _probe(self) -> None:
         """Refuse a server that ignores conditional writes: every ref move relies on them.
@@ -433,6 +441,12 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 try:
                     await self._apply(order, by_group, inner, message, window_end)
                 except _Regate:
+                    if time.monotonic() > deadline:
+                        raise StoreError(
+                            f"commit: gave up after {self.lock_timeout:.0f}s on {self.location}: every attempt "
+                            f"took longer than half the store's save window ({self.save_window:g}s) between its "
+                            "read of the root and its ref write (a slow link or an overloaded process)"
+                        ) from None
                     continue
                 return written
         finally:
@@ -644,6 +658,18 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         except StoreError as exc:
             problems.append(str(exc))
         return problems
+
+
+MIN_SAVE_WINDOW = 0.1  # seconds: shorter than a request's round trip, every save would read again
+
+
+def timing_problem(save_window: float, gc_lease: float) -> str:
+    """Why ``save_window`` and ``gc_lease`` cannot work together, or ""."""
+    if not MIN_SAVE_WINDOW <= save_window <= 3600:
+        return f"save_window must be between {MIN_SAVE_WINDOW} and 3600 seconds (got {save_window:g})"
+    if not 2 * save_window <= gc_lease <= 3600:
+        return f"gc_lease must be between 2 x save_window and 3600 seconds (got {gc_lease:g})"
+    return ""
 
 
 def group_of_any(refs: Mapping[str, Any], group: str) -> bool:
