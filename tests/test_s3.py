@@ -470,3 +470,18 @@ async def test_a_request_the_server_refuses_is_a_store_error(seaweed_url: str) -
         assert await b.put_blobs([blob(b"after")]) == 1
     finally:
         await b.close()
+
+
+async def test_a_store_inside_another_is_refused(moto_server: MotoServer) -> None:
+    """The outer store's gc would take the inner one's objects (under its blobs/) for its own."""
+    base = f"t{uuid.uuid4().hex[:10]}"
+    async with castate.StateManager(moto_server.url(S3_BUCKET, base) + "&save_window=0.2") as sm:
+        await sm.save_session("o", {"v": 1})
+    for inner in (f"{base}/blobs/index", f"{base}/x"):
+        with pytest.raises(StoreError, match=f"inside the castate store at s3://{S3_BUCKET}/{base}:"):
+            await S3Backend(moto_server.url(S3_BUCKET, inner)).open()
+    async with castate.StateManager(moto_server.url(S3_BUCKET, base) + "&save_window=0.2") as sm:
+        assert await sm.load_session("o") == {"v": 1}
+    sibling = S3Backend(moto_server.url(S3_BUCKET, f"{base}x/y"))  # a prefix that only starts alike
+    await sibling.open()
+    await sibling.close()

@@ -42,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import os
 import random
 import time
@@ -156,7 +157,35 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             await settle()
             raise
 
+    async def _outer_store(self) -> str | None:
+        """The prefix of a store this one would lie inside (a marker in a parent prefix), if any:
+        that store's gc would take this one's objects for its own (docs/backends.md)."""
+        parts = self.loc.prefix.split("/") if self.loc.prefix else []
+        if not parts:
+            return None
+        top = make_store(dataclasses.replace(self.loc, prefix=""), timeout=self.timeout, retries=3)
+        parents = ["/".join(parts[:i]) for i in range(len(parts))]
+
+        async def has_marker(parent: str) -> bool:
+            key = f"{parent}/{MARKER}" if parent else MARKER
+            try:
+                await self._call("open", lambda: obstore.head_async(top, key))
+            except FileNotFoundError:
+                return False
+            except StoreError:
+                return False  # e.g. no right to read outside the prefix: nothing to say
+            return True
+
+        found = [p for p, ok in zip(parents, await self._gather([has_marker(p) for p in parents]), strict=True) if ok]
+        return found[-1] if found else None
+
     async def _init(self) -> None:
+        outer = await self._outer_store()
+        if outer is not None:
+            raise StoreError(
+                f"{self.location} lies inside the castate store at s3://{self.loc.bucket}/{outer}: stores "
+                "must not nest (the outer store's gc would delete this one's objects); choose another prefix"
+            )
         found = await self._get(MARKER, "open")
         if found is None:
             if self.create is not True:
