@@ -8,7 +8,7 @@ Keys under the store's prefix (docs/format.md §4.4)::
     refs/s/<hash>             the refs of one session (head and checkpoints) with their reflog
     refs/k/<hash>             one kv ref with its reflog
     reflog/<hash>/<gen>-<id>  reflog entries spilled from a group object (immutable)
-    probe/<random>            written and deleted at open, to test conditional writes
+    probe/<random>            written and deleted before the first write, to test conditional writes
 
 A group object moves by one conditional PUT (If-Match: its ETag; If-None-Match: * when new);
 ``castate.backends.s3.groups`` has its format. A save is ``commit(blobs, updates, checks)``:
@@ -133,6 +133,9 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         self._writes: S3Store | None = None
         self._sem: asyncio.Semaphore | None = None
         self._offset_ns = 0
+        self._probed = False  # conditional writes checked (before this object's first write)
+        self._probe_tried = False
+        self._probe_lock = asyncio.Lock()
         self._cache: dict[str, Group] = {}  # object key -> the group as last read or written
         self._seen: dict[tuple[str, str], tuple[int, float]] = {}  # lease holder -> (counter, first seen)
         self._held = {}  # token -> a lease this process holds (lease.py)
@@ -191,7 +194,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             if self.create is not True:
                 later = " (a save creates it)" if self.create is None else ""
                 raise StoreNotFoundError(f"no castate store at {self.location}{later}")
-            await self._probe()
+            await self._writable()
             marker = {
                 "castate": "store",
                 "version": STORE_VERSION,
@@ -207,8 +210,6 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             found = await self._get(MARKER, "open")
             if found is None:
                 raise StoreError(f"{self.location}: the store marker vanished right after it was written")
-        else:
-            await self._probe()
         try:
             meta = orjson.loads(found[0])
             version = meta["version"]
@@ -230,6 +231,16 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         if problem:
             raise StoreError(f"{self.location}: {MARKER}: {problem}")
         self.save_window, self.gc_lease = save_window, gc_lease
+
+    async def _writable(self) -> None:
+        """Probe the server once, before this object's first write: a store opened only for
+        reading (read-only credentials: ``castate sessions``, the read-only UI) sends no write."""
+        if self._probed:
+            return
+        async with self._probe_lock:
+            if not self._probed:
+                await self._probe()
+                self._probed = True
 
     async def _probe(self) -> None:
         """Refuse a server that ignores conditional writes: every ref move relies on them.
@@ -271,10 +282,17 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         self._sem = None
         self._cache.clear()
         self._root_seen = None
+        self._probed = self._probe_tried = False
         if opened:
             await settle()
 
     async def now_ns(self) -> int:
+        """This machine's clock, moved by the server's offset when the probe found a clear one
+        (tried once here if no write probed yet; a read-only credential keeps this clock)."""
+        if not self._probed and not self._probe_tried and self._reads is not None:
+            self._probe_tried = True
+            with contextlib.suppress(StoreError):
+                await self._writable()
         return time.time_ns() + self._offset_ns
 
     # -- ref groups -------------------------------------------------------------------------------------
@@ -422,6 +440,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             check_ref_name(u.name)
         if not unique and not updates and not checks:
             return 0
+        await self._writable()
         exempt = bool(self._gc_token.get() or self._shared_token.get())
         gated = bool(unique or checks) and not exempt
         by_group: dict[str, list[RefUpdate]] = {}
@@ -593,6 +612,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         """Within one group (a session's checkpoint), one conditional write reads and moves: a ref
         move, so it does not wait for gc. Across groups, the contract's default."""
         check_ref_name(target)
+        await self._writable()
         if group_of(source) != group_of(target):
             return await super().copy_ref(source, target, expected=expected, message=message)
         for _ in range(ATTEMPTS):
@@ -638,6 +658,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         return [entry(r) for r in sorted(rows, key=lambda r: int(r[3]))]
 
     async def expire_reflog(self, before_ns: int) -> int:
+        await self._writable()
         dropped = 0
         for g in await self._all_groups():
             for _ in range(ATTEMPTS):

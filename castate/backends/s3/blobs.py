@@ -98,6 +98,7 @@ class BlobRequests(S3Requests):
         unique = unique_blobs(items)
         if not unique:
             return 0
+        await self._writable()
         *first, last = unique.items()
         written = sum(await self._gather([self._put_blob(n, d) for n, d in first])) if first else 0
         return written + await self._put_blob(*last)
@@ -116,6 +117,7 @@ class BlobRequests(S3Requests):
         wanted = list(dict.fromkeys(names))
         if not wanted:
             return 0
+        await self._writable()
 
         async def exists(name: str) -> bool:
             try:

@@ -123,6 +123,7 @@ class GcLease(S3Requests):
         self._store()
         if self._gc_token.get():
             raise StoreError(f"gc_exclusive is already held by this task on {self.location}")
+        await self._writable()
         token = os.urandom(12).hex()
         deadline = time.monotonic() + self.lock_timeout
 
@@ -240,6 +241,7 @@ class GcLease(S3Requests):
         """Join the shared holders in the root group (refused while gc holds the lock); the
         holding task's commits then skip the gate, since gc waits for them to leave."""
         self._store()
+        await self._writable()
         token = os.urandom(12).hex()
         deadline = time.monotonic() + self.lock_timeout
 
