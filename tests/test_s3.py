@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import castate
 from castate.backends import Backend, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.s3 import S3Backend
+from castate.backends.s3 import backend as s3_backend
 from castate.backends.s3.groups import LOG_INLINE, ROOT, Group, group_key
 from castate.backends.s3.requests import Stale
 from castate.errors import BackendUnavailableError, ConflictError, StoreError, StoreNotFoundError
@@ -493,3 +495,40 @@ async def test_a_store_inside_another_is_refused(moto_server: MotoServer) -> Non
     sibling = S3Backend(moto_server.url(S3_BUCKET, f"{base}x/y"))  # a prefix that only starts alike
     await sibling.open()
     await sibling.close()
+
+
+def _reflog_keys(moto_server: MotoServer, url: str) -> list[str]:
+    prefix = url.split("/", 3)[3].split("?")[0]
+    listed = moto_server.client().list_objects_v2(Bucket=S3_BUCKET, Prefix=f"{prefix}/reflog/")
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+async def test_spills_of_lost_writes_do_not_outlive_the_reflog(
+    s3_url: str, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers race on one session's group: the loser's spill is deleted at once, and
+    expiring everything leaves no reflog object (leftovers past the grace go too)."""
+    a, b = S3Backend(s3_url), S3Backend(s3_url)
+    await a.open()
+    await b.open()
+    try:
+        for i in range(2 * LOG_INLINE):
+            await asyncio.gather(
+                a.update_refs([RefUpdate(f"checkpoints/s/a{i}", value(i), None)], message=f"a{i}"),
+                b.update_refs([RefUpdate(f"checkpoints/s/b{i}", value(i), None)], message=f"b{i}"),
+            )
+        assert len(await a.reflog()) == 4 * LOG_INLINE
+        # a leftover of a writer that died between its spill and its group write
+        prefix = s3_url.split("/", 3)[3].split("?")[0]
+        orphan = f"{prefix}/reflog/{group_key('s:s').rsplit('/', 1)[-1]}/{0:016d}-dead"
+        moto_server.client().put_object(Bucket=S3_BUCKET, Key=orphan, Body=b'{"v": 1, "prev": null, "log": []}')
+        await a.expire_reflog(time.time_ns() + 10**12)
+        assert _reflog_keys(moto_server, s3_url) == [orphan]  # younger than the grace: maybe in flight
+        monkeypatch.setattr(s3_backend, "ORPHAN_GRACE_NS", 0)
+        await a.expire_reflog(time.time_ns() + 10**12)
+        assert _reflog_keys(moto_server, s3_url) == []
+        assert await a.reflog() == []
+        assert len(await a.list_refs("checkpoints/")) == 4 * LOG_INLINE
+    finally:
+        await a.close()
+        await b.close()

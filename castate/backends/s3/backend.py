@@ -91,6 +91,7 @@ ATTEMPTS = 64  # conditional writes of one group before a commit gives up
 # before gc's lock landed, and its write lands within a window of being sent: by
 # (SEND_WITHIN + 1) windows after the read, GC_WAIT - SEND_WITHIN - 1 windows before gc reads.
 SEND_WITHIN = 0.5
+ORPHAN_GRACE_NS = 3600 * 10**9  # a reflog spill on no chain this old is left over, not in flight
 
 
 class _Regate(Exception):
@@ -388,17 +389,26 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         new.etag = etag
         self._cache[key] = new
 
-    async def _spill(self, new: Group, added: int) -> None:
+    async def _spill(self, new: Group, added: int) -> str | None:
         """Keep the group object small: past ``LOG_INLINE`` entries, the entries before the
-        ``added`` ones are stored first as an immutable object the group then points at."""
+        ``added`` ones are stored first as an immutable object the group then points at (its
+        key is returned: the caller deletes it if the group write does not land)."""
         if len(new.log) <= LOG_INLINE or len(new.log) == added:
-            return
+            return None
         key = spill_key(new)
         old, new.log = new.log[:-added] if added else new.log, new.log[-added:] if added else []
         data = encode_spill(old, new.spill)
         with contextlib.suppress(oe.AlreadyExistsError, oe.PreconditionError):  # a retry after our PUT landed
             await self._call("commit (reflog)", lambda: obstore.put_async(self._store(), key, data, mode="create"))
         new.spill = key
+        return key
+
+    async def _drop_spill(self, key: str | None) -> None:
+        """Delete a spill whose group write is known not to have landed (best effort: a spill
+        left behind is on no chain, and ``expire_reflog`` removes it later)."""
+        if key is not None:
+            with contextlib.suppress(StoreError):
+                await self._call("commit (reflog)", lambda: obstore.delete_async(self._store(), key))
 
     # -- refs -------------------------------------------------------------------------------------------
 
@@ -574,16 +584,24 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 else:
                     new.refs[ref] = target
                 new.log.append(log_row(ref, old, target, now, message))
-            await self._spill(new, len(changes))
-            if window_end is not None and time.monotonic() > window_end:
-                raise _Regate
-            await self._fence("commit")  # under gc's lock or the shared side: the lease still holds
+            spilled = await self._spill(new, len(changes))
+            try:
+                if window_end is not None and time.monotonic() > window_end:
+                    raise _Regate
+                await self._fence("commit")  # under gc's lock or the shared side: the lease still holds
+            except (_Regate, StoreError):
+                await self._drop_spill(spilled)  # the group write is not sent: the spill is on no chain
+                raise
             try:
                 await self._put_group(new, "commit")
                 return g, new
             except Stale:
+                await self._drop_spill(spilled)  # this write lost: its spill is on no chain
                 await asyncio.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
                 g, fresh = await self._load(name), True
+            except RefusedError:
+                await self._drop_spill(spilled)
+                raise
         raise ConflictError(
             f"the refs of group {name[:60]!r} kept changing: gave up after {ATTEMPTS} writes", updates[0].name
         )
@@ -660,9 +678,11 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
     async def expire_reflog(self, before_ns: int) -> int:
         await self._writable()
         dropped = 0
+        on_chain: set[str] = set()
         for g in await self._all_groups():
             for _ in range(ATTEMPTS):
                 rows, spills = await self._rows(g)
+                on_chain.update(k for k, _ in spills)
                 gone = sum(1 for r in rows if int(r[3]) < before_ns)
                 if not gone:
                     break
@@ -680,7 +700,22 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 if old:
                     await self._call("expire_reflog", lambda k=old: obstore.delete_async(self._store(), k))  # type: ignore[misc]
                 break
+        await self._drop_orphan_spills(on_chain, before_ns)
         return dropped
+
+    async def _drop_orphan_spills(self, on_chain: set[str], before_ns: int) -> None:
+        """Delete spills on no group's chain (their group write lost a race, or its reply was
+        lost, or the writer died in between) written before ``before_ns`` and more than
+        ``ORPHAN_GRACE_NS`` ago: a younger one may belong to a group write still in flight."""
+        cutoff = min(before_ns, await self.now_ns() - ORPHAN_GRACE_NS)
+        orphans = [
+            m["path"]
+            for m in await self._list("reflog/")
+            if m["path"] not in on_chain and ns_of(m["last_modified"]) < cutoff
+        ]
+        for i in range(0, len(orphans), 1000):
+            keys = orphans[i : i + 1000]
+            await self._call("expire_reflog", lambda k=keys: obstore.delete_async(self._store(), k))  # type: ignore[misc]
 
     # -- gc lock: a lease in the root group ---------------------------------------------------------------
 
