@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import json
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -17,6 +18,7 @@ import castate
 from castate.backends import Backend, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.s3 import S3Backend
+from castate.backends.s3 import backend as s3_backend
 from castate.backends.s3.groups import LOG_INLINE, ROOT, Group, group_key
 from castate.backends.s3.requests import Stale
 from castate.errors import BackendUnavailableError, ConflictError, StoreError, StoreNotFoundError
@@ -25,6 +27,8 @@ from castate.testing import PersistentBlobBackendTests, blob, value
 from tests.backend_conformance import PersistentBackendConformance
 from tests.conftest import S3_BUCKET
 from tests.s3_proxy import S3Proxy
+from tests.s3_rule_proxy import RuleProxy
+from tests.s3_rule_proxy import via as rule_via
 from tests.test_cli import run
 from tools.servers import MotoServer
 
@@ -77,6 +81,29 @@ def test_s3_urls() -> None:
         castate.open("s3://bucket/p?endpont=http://x")
     with pytest.raises(ValueError, match=r"'\.\.' part"):
         castate.open("s3://bucket/a/../b")
+    with pytest.raises(ValueError, match="no credentials") as caught:  # location is in every message
+        castate.open("s3://bucket/p?endpoint=http://AKIA:s3cr3t@127.0.0.1:9000")
+    assert "s3cr3t" not in str(caught.value)
+    for url in ("s3://bucket/run#1", "s3://bucket/run?region=r#x"):  # '#' would cut the prefix silently
+        with pytest.raises(ValueError, match="'#'"):
+            castate.open(url)
+    for bad in ("save_window=1e-300", "save_window=0.05", "save_window=nan", "save_window=5&gc_lease=9"):
+        with pytest.raises(ValueError, match=r"save_window|gc_lease"):
+            S3Backend(f"s3://bucket/p?{bad}")
+
+
+async def test_a_save_slower_than_half_its_window_gives_up_after_lock_timeout(moto_server: MotoServer) -> None:
+    url = moto_server.url(S3_BUCKET, f"t{uuid.uuid4().hex[:12]}") + "&save_window=0.1"
+    with RuleProxy(moto_server.port) as proxy:
+        b = S3Backend(rule_via(proxy, url), lock_timeout=1)
+        await b.open()
+        proxy.rule = lambda cmd, path: ("delay", 0.06) if cmd == "GET" else "pass"  # every round > 0.05 s
+        try:
+            with pytest.raises(StoreError, match="longer than half the store's save window"):
+                await asyncio.wait_for(b.commit([blob(b"x")], [RefUpdate("sessions/s", value(1), None)]), 30)
+            assert await b.get_ref("sessions/s") is None
+        finally:
+            await b.close()
 
 
 async def test_reads_never_create_a_store_and_writes_do(s3_url: str, moto_server: MotoServer) -> None:
@@ -127,8 +154,16 @@ async def test_a_server_that_ignores_conditional_writes_is_refused(s3_url: str, 
     b = S3Backend(s3_url)  # a store made on a good server: refused through a bad one too
     await b.open()
     await b.close()
-    with pytest.raises(StoreError, match="If-None-Match"):
-        await S3Backend(via(proxy, s3_url)).open()
+    bad = S3Backend(via(proxy, s3_url))
+    await bad.open()  # opening for reading sends no write: the probe comes before the first write
+    try:
+        assert await bad.list_refs() == {}
+        with pytest.raises(StoreError, match="If-None-Match"):
+            await bad.update_refs([RefUpdate("sessions/s", value(1), None)])
+        with pytest.raises(StoreError, match="If-None-Match"):
+            await bad.put_blobs([blob(b"x")])
+    finally:
+        await bad.close()
 
 
 # -- lost replies, dead servers -----------------------------------------------------------------------
@@ -178,7 +213,7 @@ async def test_a_stopped_server_is_backend_unavailable() -> None:
 
 
 async def test_requests_per_save_and_per_checkpoint(s3_url: str) -> None:
-    url = s3_url.replace("save_window=0.3", "save_window=60")  # no save here outlasts half of it
+    url = s3_url.replace("save_window=0.3&gc_lease=5", "save_window=60&gc_lease=120")  # no save here outlasts a quarter
     async with castate.StateManager(url) as sm:
         await sm.save_session("s", {"step": 0, "text": "x" * 1000})
         backend = sm.repository._store
@@ -395,6 +430,43 @@ async def test_a_commit_over_two_sessions_undoes_the_first_when_the_second_loses
         await other.close()
 
 
+async def test_a_multi_group_commit_whose_later_write_is_unknown_keeps_the_earlier(
+    s3_url: str, moto_server: MotoServer
+) -> None:
+    """The second group's PUT lands but its reply is lost and the read-back fails: the first
+    group is not undone (that would leave only the second), and the error says so."""
+    second = max(["s:x", "s:y"], key=group_key)
+    second_key = group_key(second)
+    state = {"armed": False, "lost": False}
+
+    def rule(cmd: str, path: str) -> Any:
+        if state["armed"] and second_key in path:
+            if cmd == "PUT" and not state["lost"]:
+                state["lost"] = True
+                return "lose-reply"  # lands on the server, the client never hears
+            if cmd == "GET" and state["lost"]:
+                return "drop"  # the read-back fails too
+        return "pass"
+
+    with RuleProxy(moto_server.port) as proxy:
+        proxy.rule = rule
+        a = S3Backend(rule_via(proxy, s3_url), timeout=3)
+        await a.open()
+        state["armed"] = True
+        try:
+            with pytest.raises(BackendUnavailableError, match="may be partly applied"):
+                await a.update_refs([RefUpdate("sessions/x", value(1), None), RefUpdate("sessions/y", value(2), None)])
+        finally:
+            state["armed"] = False
+            await a.close()
+    b = S3Backend(s3_url)
+    await b.open()
+    try:
+        assert await b.list_refs("sessions/") == {"sessions/x": value(1), "sessions/y": value(2)}
+    finally:
+        await b.close()
+
+
 async def test_a_request_the_server_refuses_is_a_store_error(seaweed_url: str) -> None:
     """SeaweedFS keeps objects as files: a key part over 255 bytes is refused (400 KeyTooLongError).
     That is no outage (retrying cannot help): StoreError naming the server's answer, and the
@@ -407,4 +479,56 @@ async def test_a_request_the_server_refuses_is_a_store_error(seaweed_url: str) -
         assert not isinstance(caught.value, BackendUnavailableError)
         assert await b.put_blobs([blob(b"after")]) == 1
     finally:
+        await b.close()
+
+
+async def test_a_store_inside_another_is_refused(moto_server: MotoServer) -> None:
+    """The outer store's gc would take the inner one's objects (under its blobs/) for its own."""
+    base = f"t{uuid.uuid4().hex[:10]}"
+    async with castate.StateManager(moto_server.url(S3_BUCKET, base) + "&save_window=0.2") as sm:
+        await sm.save_session("o", {"v": 1})
+    for inner in (f"{base}/blobs/index", f"{base}/x"):
+        with pytest.raises(StoreError, match=f"inside the castate store at s3://{S3_BUCKET}/{base}:"):
+            await S3Backend(moto_server.url(S3_BUCKET, inner)).open()
+    async with castate.StateManager(moto_server.url(S3_BUCKET, base) + "&save_window=0.2") as sm:
+        assert await sm.load_session("o") == {"v": 1}
+    sibling = S3Backend(moto_server.url(S3_BUCKET, f"{base}x/y"))  # a prefix that only starts alike
+    await sibling.open()
+    await sibling.close()
+
+
+def _reflog_keys(moto_server: MotoServer, url: str) -> list[str]:
+    prefix = url.split("/", 3)[3].split("?")[0]
+    listed = moto_server.client().list_objects_v2(Bucket=S3_BUCKET, Prefix=f"{prefix}/reflog/")
+    return [o["Key"] for o in listed.get("Contents", [])]
+
+
+async def test_spills_of_lost_writes_do_not_outlive_the_reflog(
+    s3_url: str, moto_server: MotoServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two writers race on one session's group: the loser's spill is deleted at once, and
+    expiring everything leaves no reflog object (leftovers past the grace go too)."""
+    a, b = S3Backend(s3_url), S3Backend(s3_url)
+    await a.open()
+    await b.open()
+    try:
+        for i in range(2 * LOG_INLINE):
+            await asyncio.gather(
+                a.update_refs([RefUpdate(f"checkpoints/s/a{i}", value(i), None)], message=f"a{i}"),
+                b.update_refs([RefUpdate(f"checkpoints/s/b{i}", value(i), None)], message=f"b{i}"),
+            )
+        assert len(await a.reflog()) == 4 * LOG_INLINE
+        # a leftover of a writer that died between its spill and its group write
+        prefix = s3_url.split("/", 3)[3].split("?")[0]
+        orphan = f"{prefix}/reflog/{group_key('s:s').rsplit('/', 1)[-1]}/{0:016d}-dead"
+        moto_server.client().put_object(Bucket=S3_BUCKET, Key=orphan, Body=b'{"v": 1, "prev": null, "log": []}')
+        await a.expire_reflog(time.time_ns() + 10**12)
+        assert _reflog_keys(moto_server, s3_url) == [orphan]  # younger than the grace: maybe in flight
+        monkeypatch.setattr(s3_backend, "ORPHAN_GRACE_NS", 0)
+        await a.expire_reflog(time.time_ns() + 10**12)
+        assert _reflog_keys(moto_server, s3_url) == []
+        assert await a.reflog() == []
+        assert len(await a.list_refs("checkpoints/")) == 4 * LOG_INLINE
+    finally:
+        await a.close()
         await b.close()

@@ -8,25 +8,29 @@ Keys under the store's prefix (docs/format.md §4.4)::
     refs/s/<hash>             the refs of one session (head and checkpoints) with their reflog
     refs/k/<hash>             one kv ref with its reflog
     reflog/<hash>/<gen>-<id>  reflog entries spilled from a group object (immutable)
-    probe/<random>            written and deleted at open, to test conditional writes
+    probe/<random>            written and deleted before the first write, to test conditional writes
 
 A group object moves by one conditional PUT (If-Match: its ETag; If-None-Match: * when new);
 ``castate.backends.s3.groups`` has its format. A save is ``commit(blobs, updates, checks)``:
-the root group is read (the gc lock, and the ``castate/epoch`` check; a read less than half a
-save window old that saw no lock is reused), the blobs are PUT create-only (the last, a save's
+the root group is read (the gc lock, and the ``castate/epoch`` check; a read less than a
+quarter of a save window old that saw no lock is reused), the blobs are PUT create-only (the last, a save's
 index segment, after the others), then the session's group is written once. A commit whose refs span
 several groups writes them one by one in key order and undoes the written ones when a later
-one conflicts; a crash in between leaves the groups written so far (each whole, each logged).
+one conflicts; when a later one's outcome is unknown (a lost reply), or after a crash, the
+groups written so far stay (each whole, each logged) and the error says the commit may be
+partly applied.
 
 gc without a lock server: gc takes the lock in the root object (a conditional write), then
-waits ``save_window`` seconds before it deletes anything. A commit that stores blobs or has
-checks reads the root first and makes its ref write within ``save_window`` of that read, or
-reads the root again: so every such commit either landed before gc's lock did plus the
-window, or saw the lock and waits. Holders renew the lock by rewriting it; a holder whose
-lock did not change for ``gc_lease`` seconds (on the waiter's own clock: no clock is
-compared with another) is taken as dead. What this assumes: a request that left a client
-lands within ``save_window`` or not at all; processes are not paused for longer than that
-between their window check and their write (docs/backends.md).
+waits ``2 x save_window`` seconds before it reads refs or deletes anything. A commit that
+stores blobs or has checks reads the root first (at t0) and sends its ref write before
+t0 + ``save_window / 2``, or reads the root again. Such a commit saw no lock, so gc's lock
+landed after t0; its ref write lands by t0 + W/2 + W (a request lands within W), which is
+before gc's wait ends with W/2 to spare for a pause between the check and the send.
+Holders renew the lock by rewriting it; a holder whose lock did not change for
+``gc_lease`` seconds (on the waiter's own clock: no clock is compared with another) is
+taken as dead. What this assumes: a request that left a client
+lands within ``save_window`` or not at all; processes are not paused for longer than
+``save_window / 2`` between their window check and their write (docs/backends.md).
 
 The parts: ``client`` (URL, obstore clients, errors), ``requests`` (the request plumbing),
 ``blobs`` (the blob calls), ``groups`` (the ref group format), ``lease`` (gc's lock), and this
@@ -38,6 +42,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
 import os
 import random
 import time
@@ -81,6 +86,12 @@ STORE_VERSION = 2
 MARKER = "castate.json"
 CONCURRENCY = 64  # requests in flight per backend object (a restore fetches a chain's packs together)
 ATTEMPTS = 64  # conditional writes of one group before a commit gives up
+# A gated commit sends its ref write at most this many save windows after its root read; gc
+# waits GC_WAIT windows after its lock (lease.py). A commit that read the root unlocked did so
+# before gc's lock landed, and its write lands within a window of being sent: by
+# (SEND_WITHIN + 1) windows after the read, GC_WAIT - SEND_WITHIN - 1 windows before gc reads.
+SEND_WITHIN = 0.5
+ORPHAN_GRACE_NS = 3600 * 10**9  # a reflog spill on no chain this old is left over, not in flight
 
 
 class _Regate(Exception):
@@ -113,8 +124,9 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         self.lock_timeout = lock_timeout
         self.save_window = self.loc.options.get("save_window", save_window)
         self.gc_lease = self.loc.options.get("gc_lease", gc_lease)
-        if not 0 < self.save_window <= 3600 or not 0 < self.gc_lease <= 3600:
-            raise ValueError("save_window and gc_lease must be between 0 and 3600 seconds")
+        problem = timing_problem(self.save_window, self.gc_lease)
+        if problem:
+            raise ValueError(problem)
         self.create = create
         self.store_id = ""
         self.requests = 0  # requests sent by this object (for benchmarks)
@@ -122,8 +134,12 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         self._writes: S3Store | None = None
         self._sem: asyncio.Semaphore | None = None
         self._offset_ns = 0
+        self._probed = False  # conditional writes checked (before this object's first write)
+        self._probe_tried = False
+        self._probe_lock = asyncio.Lock()
         self._cache: dict[str, Group] = {}  # object key -> the group as last read or written
         self._seen: dict[tuple[str, str], tuple[int, float]] = {}  # lease holder -> (counter, first seen)
+        self._held = {}  # token -> a lease this process holds (lease.py)
         self._root_seen: tuple[Group, float] | None = None  # the root as last read, and when the read was sent
         self._gc_token: contextvars.ContextVar[str] = contextvars.ContextVar(f"castate-s3-gc-{id(self)}", default="")
         self._shared_token: contextvars.ContextVar[str] = contextvars.ContextVar(
@@ -145,13 +161,41 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             await settle()
             raise
 
+    async def _outer_store(self) -> str | None:
+        """The prefix of a store this one would lie inside (a marker in a parent prefix), if any:
+        that store's gc would take this one's objects for its own (docs/backends.md)."""
+        parts = self.loc.prefix.split("/") if self.loc.prefix else []
+        if not parts:
+            return None
+        top = make_store(dataclasses.replace(self.loc, prefix=""), timeout=self.timeout, retries=3)
+        parents = ["/".join(parts[:i]) for i in range(len(parts))]
+
+        async def has_marker(parent: str) -> bool:
+            key = f"{parent}/{MARKER}" if parent else MARKER
+            try:
+                await self._call("open", lambda: obstore.head_async(top, key))
+            except FileNotFoundError:
+                return False
+            except StoreError:
+                return False  # e.g. no right to read outside the prefix: nothing to say
+            return True
+
+        found = [p for p, ok in zip(parents, await self._gather([has_marker(p) for p in parents]), strict=True) if ok]
+        return found[-1] if found else None
+
     async def _init(self) -> None:
+        outer = await self._outer_store()
+        if outer is not None:
+            raise StoreError(
+                f"{self.location} lies inside the castate store at s3://{self.loc.bucket}/{outer}: stores "
+                "must not nest (the outer store's gc would delete this one's objects); choose another prefix"
+            )
         found = await self._get(MARKER, "open")
         if found is None:
             if self.create is not True:
                 later = " (a save creates it)" if self.create is None else ""
                 raise StoreNotFoundError(f"no castate store at {self.location}{later}")
-            await self._probe()
+            await self._writable()
             marker = {
                 "castate": "store",
                 "version": STORE_VERSION,
@@ -167,8 +211,6 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             found = await self._get(MARKER, "open")
             if found is None:
                 raise StoreError(f"{self.location}: the store marker vanished right after it was written")
-        else:
-            await self._probe()
         try:
             meta = orjson.loads(found[0])
             version = meta["version"]
@@ -181,8 +223,25 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 f"store {self.location} has format version {version}; this castate reads {STORE_VERSION}"
             )
         self.store_id = str(meta.get("id", ""))
-        self.save_window = float(meta.get("save_window", self.save_window))
-        self.gc_lease = float(meta.get("gc_lease", self.gc_lease))
+        try:
+            save_window = float(meta.get("save_window", self.save_window))
+            gc_lease = float(meta.get("gc_lease", self.gc_lease))
+        except (TypeError, ValueError):
+            raise StoreError(f"{self.location}: {MARKER} has a save_window or gc_lease that is no number") from None
+        problem = timing_problem(save_window, gc_lease)
+        if problem:
+            raise StoreError(f"{self.location}: {MARKER}: {problem}")
+        self.save_window, self.gc_lease = save_window, gc_lease
+
+    async def _writable(self) -> None:
+        """Probe the server once, before this object's first write: a store opened only for
+        reading (read-only credentials: ``castate sessions``, the read-only UI) sends no write."""
+        if self._probed:
+            return
+        async with self._probe_lock:
+            if not self._probed:
+                await self._probe()
+                self._probed = True
 
     async def _probe(self) -> None:
         """Refuse a server that ignores conditional writes: every ref move relies on them.
@@ -224,10 +283,17 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         self._sem = None
         self._cache.clear()
         self._root_seen = None
+        self._probed = self._probe_tried = False
         if opened:
             await settle()
 
     async def now_ns(self) -> int:
+        """This machine's clock, moved by the server's offset when the probe found a clear one
+        (tried once here if no write probed yet; a read-only credential keeps this clock)."""
+        if not self._probed and not self._probe_tried and self._reads is not None:
+            self._probe_tried = True
+            with contextlib.suppress(StoreError):
+                await self._writable()
         return time.time_ns() + self._offset_ns
 
     # -- ref groups -------------------------------------------------------------------------------------
@@ -250,13 +316,13 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         return g
 
     def _recent_root(self) -> tuple[Group, float] | None:
-        """The root as read less than half a save window ago, unlocked and not rewritten by this
-        process since: a save may rely on it as on a read of its own (it must still make its ref
-        write within the window of that read, and gc only deletes a window after its lock)."""
+        """The root as read less than a quarter of a save window ago, unlocked and not rewritten
+        by this process since: a save may rely on it as on a read of its own (it must still send
+        its ref write within half a window of that read; gc waits two windows after its lock)."""
         seen = self._root_seen
         if seen is None or seen[0] is not self._cache.get(group_key(ROOT)) or "lock" in seen[0].extra:
             return None
-        return seen if time.monotonic() - seen[1] < self.save_window / 2 else None
+        return seen if time.monotonic() - seen[1] < self.save_window / 4 else None
 
     async def _load_listed(self, key_prefix: str) -> list[Group]:
         """Every group under ``key_prefix``: one LIST, then a GET of each one whose ETag changed."""
@@ -294,10 +360,14 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         key = group_key(new.name)
         data = new.encode()
         mode: Any = "create" if new.etag is None else {"e_tag": new.etag}
+
+        async def send() -> Any:
+            if what == "commit":
+                self._lease_fresh(what)  # under a lease: the last moment before the write leaves
+            return await obstore.put_async(self._store(write=True), key, data, mode=mode)
+
         try:
-            result = await self._call(
-                what, lambda: obstore.put_async(self._store(write=True), key, data, mode=mode), write=True
-            )
+            result = await self._call(what, send, write=True)
         except (oe.AlreadyExistsError, oe.PreconditionError, FileNotFoundError):
             self._cache.pop(key, None)
             raise Stale from None
@@ -319,17 +389,26 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         new.etag = etag
         self._cache[key] = new
 
-    async def _spill(self, new: Group, added: int) -> None:
+    async def _spill(self, new: Group, added: int) -> str | None:
         """Keep the group object small: past ``LOG_INLINE`` entries, the entries before the
-        ``added`` ones are stored first as an immutable object the group then points at."""
+        ``added`` ones are stored first as an immutable object the group then points at (its
+        key is returned: the caller deletes it if the group write does not land)."""
         if len(new.log) <= LOG_INLINE or len(new.log) == added:
-            return
+            return None
         key = spill_key(new)
         old, new.log = new.log[:-added] if added else new.log, new.log[-added:] if added else []
         data = encode_spill(old, new.spill)
         with contextlib.suppress(oe.AlreadyExistsError, oe.PreconditionError):  # a retry after our PUT landed
             await self._call("commit (reflog)", lambda: obstore.put_async(self._store(), key, data, mode="create"))
         new.spill = key
+        return key
+
+    async def _drop_spill(self, key: str | None) -> None:
+        """Delete a spill whose group write is known not to have landed (best effort: a spill
+        left behind is on no chain, and ``expire_reflog`` removes it later)."""
+        if key is not None:
+            with contextlib.suppress(StoreError):
+                await self._call("commit (reflog)", lambda: obstore.delete_async(self._store(), key))
 
     # -- refs -------------------------------------------------------------------------------------------
 
@@ -371,6 +450,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             check_ref_name(u.name)
         if not unique and not updates and not checks:
             return 0
+        await self._writable()
         exempt = bool(self._gc_token.get() or self._shared_token.get())
         gated = bool(unique or checks) and not exempt
         by_group: dict[str, list[RefUpdate]] = {}
@@ -415,10 +495,16 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 written = await stored if stored is not None else 0
                 if not order:
                     return written
-                window_end = t0 + self.save_window if gated else None
+                window_end = t0 + self.save_window * SEND_WITHIN if gated else None
                 try:
                     await self._apply(order, by_group, inner, message, window_end)
                 except _Regate:
+                    if time.monotonic() > deadline:
+                        raise StoreError(
+                            f"commit: gave up after {self.lock_timeout:.0f}s on {self.location}: every attempt "
+                            f"took longer than half the store's save window ({self.save_window:g}s) between its "
+                            "read of the root and its ref write (a slow link or an overloaded process)"
+                        ) from None
                     continue
                 return written
         finally:
@@ -444,16 +530,28 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                         raise _check_conflict(ref, g.refs.get(ref), want)
                 plan_ref_updates(g.refs, by_group[g.name])
         done: list[tuple[Group, Group]] = []
-        try:
-            for name in order:
-                mine = {n: v for n, v in checks.items() if group_of(n) == name}
+        for name in order:
+            mine = {n: v for n, v in checks.items() if group_of(n) == name}
+            try:
                 done.append(
                     await self._write_group(name, by_group[name], mine, message, window_end if not done else None)
                 )
-        except BaseException:
-            for old, new in reversed(done):
-                await self._undo(old, new)
-            raise
+            except (ConflictError, RefusedError, _Regate):
+                # this group's write is known not to have landed: put the earlier ones back
+                for old, new in reversed(done):
+                    await self._undo(old, new)
+                raise
+            except Exception as exc:
+                if not done:
+                    raise
+                # The outcome of this write is unknown (a lost reply, an outage): undoing the
+                # earlier groups could leave only the later ones. Leave them and say so.
+                written = ", ".join(repr(new.name[:60]) for _, new in done)
+                raise BackendUnavailableError(
+                    f"a commit over several ref groups on {self.location} may be partly applied: group(s) "
+                    f"{written} were written, and whether group {name[:60]!r} was is unknown ({exc}). Each "
+                    "group moved whole or not at all: reload the refs (and the reflog) to see"
+                ) from exc
 
     async def _write_group(
         self,
@@ -486,15 +584,24 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 else:
                     new.refs[ref] = target
                 new.log.append(log_row(ref, old, target, now, message))
-            await self._spill(new, len(changes))
-            if window_end is not None and time.monotonic() > window_end:
-                raise _Regate
+            spilled = await self._spill(new, len(changes))
+            try:
+                if window_end is not None and time.monotonic() > window_end:
+                    raise _Regate
+                await self._fence("commit")  # under gc's lock or the shared side: the lease still holds
+            except (_Regate, StoreError):
+                await self._drop_spill(spilled)  # the group write is not sent: the spill is on no chain
+                raise
             try:
                 await self._put_group(new, "commit")
                 return g, new
             except Stale:
+                await self._drop_spill(spilled)  # this write lost: its spill is on no chain
                 await asyncio.sleep(random.uniform(0, 0.002 * min(attempt, 10)))
                 g, fresh = await self._load(name), True
+            except RefusedError:
+                await self._drop_spill(spilled)
+                raise
         raise ConflictError(
             f"the refs of group {name[:60]!r} kept changing: gave up after {ATTEMPTS} writes", updates[0].name
         )
@@ -523,6 +630,7 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         """Within one group (a session's checkpoint), one conditional write reads and moves: a ref
         move, so it does not wait for gc. Across groups, the contract's default."""
         check_ref_name(target)
+        await self._writable()
         if group_of(source) != group_of(target):
             return await super().copy_ref(source, target, expected=expected, message=message)
         for _ in range(ATTEMPTS):
@@ -550,6 +658,11 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
             got = dict(zip(keys, await self._gather([self._get(k, "reflog") for k in keys]), strict=True))
             key: str | None = g.spill
             while key is not None and got.get(key) is not None:
+                if len(spills) >= len(keys) or any(key == k for k, _ in spills):  # a damaged chain loops
+                    raise StoreError(
+                        f"reflog of ref group object {group_key(g.name)} is damaged: its spill chain "
+                        f"comes back to {key}"
+                    )
                 rows, prev = decode_spill(got[key][0], key)
                 spills.append((key, rows))
                 key = prev
@@ -563,10 +676,13 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         return [entry(r) for r in sorted(rows, key=lambda r: int(r[3]))]
 
     async def expire_reflog(self, before_ns: int) -> int:
+        await self._writable()
         dropped = 0
+        on_chain: set[str] = set()
         for g in await self._all_groups():
             for _ in range(ATTEMPTS):
                 rows, spills = await self._rows(g)
+                on_chain.update(k for k, _ in spills)
                 gone = sum(1 for r in rows if int(r[3]) < before_ns)
                 if not gone:
                     break
@@ -584,7 +700,22 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
                 if old:
                     await self._call("expire_reflog", lambda k=old: obstore.delete_async(self._store(), k))  # type: ignore[misc]
                 break
+        await self._drop_orphan_spills(on_chain, before_ns)
         return dropped
+
+    async def _drop_orphan_spills(self, on_chain: set[str], before_ns: int) -> None:
+        """Delete spills on no group's chain (their group write lost a race, or its reply was
+        lost, or the writer died in between) written before ``before_ns`` and more than
+        ``ORPHAN_GRACE_NS`` ago: a younger one may belong to a group write still in flight."""
+        cutoff = min(before_ns, await self.now_ns() - ORPHAN_GRACE_NS)
+        orphans = [
+            m["path"]
+            for m in await self._list("reflog/")
+            if m["path"] not in on_chain and ns_of(m["last_modified"]) < cutoff
+        ]
+        for i in range(0, len(orphans), 1000):
+            keys = orphans[i : i + 1000]
+            await self._call("expire_reflog", lambda k=keys: obstore.delete_async(self._store(), k))  # type: ignore[misc]
 
     # -- gc lock: a lease in the root group ---------------------------------------------------------------
 
@@ -612,6 +743,18 @@ class S3Backend(GcLease, BlobRequests, BlobBackend):
         except StoreError as exc:
             problems.append(str(exc))
         return problems
+
+
+MIN_SAVE_WINDOW = 0.1  # seconds: shorter than a request's round trip, every save would read again
+
+
+def timing_problem(save_window: float, gc_lease: float) -> str:
+    """Why ``save_window`` and ``gc_lease`` cannot work together, or ""."""
+    if not MIN_SAVE_WINDOW <= save_window <= 3600:
+        return f"save_window must be between {MIN_SAVE_WINDOW} and 3600 seconds (got {save_window:g})"
+    if not 2 * save_window <= gc_lease <= 3600:
+        return f"gc_lease must be between 2 x save_window and 3600 seconds (got {gc_lease:g})"
+    return ""
 
 
 def group_of_any(refs: Mapping[str, Any], group: str) -> bool:

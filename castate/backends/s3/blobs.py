@@ -5,7 +5,7 @@ A PUT carries ``If-None-Match: *``, so a name that exists keeps its bytes and wr
 others have landed (``put_blobs``). Reads of many blobs go out together (at most
 ``CONCURRENCY`` in flight); ranges of one blob that lie close together are read by one ranged
 GET. Deleting checks each name first (S3's DELETE does not say whether a key existed) and
-then deletes in batches of 1,000 keys (DeleteObjects).
+then deletes in batches of 1,000 keys (DeleteObjects), each fenced by gc's lease (lease.py).
 """
 
 from __future__ import annotations
@@ -27,7 +27,10 @@ class BlobRequests(S3Requests):
     """The blob half of the contract."""
 
     async def _fence(self, what: str) -> None:
-        """Called before deleting: the gc lock checks here that gc still holds it."""
+        """Called before each delete batch: the gc lock checks here that gc still holds it."""
+
+    def _lease_fresh(self, what: str) -> None:
+        """Called right before a delete batch is sent: the gc lock checks its lease's age."""
 
     async def get_blobs(self, names: Collection[str]) -> dict[str, bytes]:
         wanted = list(dict.fromkeys(names))
@@ -95,6 +98,7 @@ class BlobRequests(S3Requests):
         unique = unique_blobs(items)
         if not unique:
             return 0
+        await self._writable()
         *first, last = unique.items()
         written = sum(await self._gather([self._put_blob(n, d) for n, d in first])) if first else 0
         return written + await self._put_blob(*last)
@@ -113,7 +117,7 @@ class BlobRequests(S3Requests):
         wanted = list(dict.fromkeys(names))
         if not wanted:
             return 0
-        await self._fence("delete_blobs")
+        await self._writable()
 
         async def exists(name: str) -> bool:
             try:
@@ -125,7 +129,13 @@ class BlobRequests(S3Requests):
         found = [n for n, ok in zip(wanted, await self._gather([exists(n) for n in wanted]), strict=True) if ok]
         for i in range(0, len(found), 1000):
             keys = [BLOBS + n for n in found[i : i + 1000]]
-            await self._call("delete_blobs", lambda k=keys: obstore.delete_async(self._store(), k))  # type: ignore[misc]
+            await self._fence("delete_blobs")  # each batch: a gc whose lock was taken over stops here
+
+            async def send(keys: list[str] = keys) -> None:
+                self._lease_fresh("delete_blobs")  # the last moment before the request leaves
+                await obstore.delete_async(self._store(), keys)
+
+            await self._call("delete_blobs", send)
         return len(found)
 
 

@@ -49,6 +49,8 @@ def parse_url(url: str) -> S3Location:
     parts = urlsplit(url)
     if parts.scheme.lower() != "s3":
         raise ValueError(f"not an s3:// URL: {url[:80]!r}")
+    if "#" in url:  # urlsplit would take the rest as a fragment: s3://b/run#1 and #2 would be one store
+        raise ValueError("bad S3 URL: '#' is not allowed in an s3:// URL (choose a prefix without it)")
     if "@" in parts.netloc:
         raise ValueError(
             "s3:// URLs carry no credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or AWS_PROFILE"
@@ -63,6 +65,11 @@ def parse_url(url: str) -> S3Location:
     options: dict[str, float] = {}
     for key, value in parse_qsl(parts.query, keep_blank_values=True):
         if key == "endpoint":
+            if "@" in urlsplit(value).netloc:  # never echoed: location is in every message
+                raise ValueError(
+                    "the S3 endpoint carries no credentials: set AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY "
+                    "or AWS_PROFILE"
+                )
             endpoint = value
         elif key == "region":
             region = value

@@ -99,20 +99,42 @@ class Group:
 
     @classmethod
     def decode(cls, name: str, etag: str | None, data: bytes, key: str) -> Group:
+        """Every field is checked for its shape here: a damaged object is a StoreError naming
+        it, never a ValueError or TypeError later, wherever its parts are used."""
         try:
             body = orjson.loads(data)
-            if body.get("v") != 1 or body.get("group") != name:
+            if type(body) is not dict or body.get("v") != 1 or body.get("group") != name:
                 raise ValueError("not a castate ref group of this name")
-            extra = {k: body[k] for k in ("lock", "shared") if k in body}
+            gen, w, refs, spill, expired = (
+                body["gen"],
+                body["w"],
+                body["refs"],
+                body.get("spill"),
+                body.get("expired", 0),
+            )
+            if type(gen) is not int or type(w) is not str or type(expired) is not int:
+                raise ValueError("gen, w or expired has the wrong type")
+            if type(refs) is not dict or not all(type(n) is str and type(v) is str for n, v in refs.items()):
+                raise ValueError("refs is not an object of hex strings")
+            if spill is not None and type(spill) is not str:
+                raise ValueError("spill is not a key")
+            lock, shared = body.get("lock"), body.get("shared")
+            if lock is not None and not (
+                type(lock) is dict and type(lock.get("t")) is str and type(lock.get("n")) is int
+            ):
+                raise ValueError("lock is not {t: token, n: counter}")
+            if shared is not None and not (type(shared) is dict and all(type(n) is int for n in shared.values())):
+                raise ValueError("shared is not {token: counter}")
+            extra = {k: body[k] for k in ("lock", "shared") if body.get(k) is not None}
             return cls(
                 name,
                 etag,
-                int(body["gen"]),
-                str(body["w"]),
-                {n: bytes.fromhex(v) for n, v in body["refs"].items()},
-                list(body["log"]),
-                body.get("spill"),
-                int(body.get("expired", 0)),
+                gen,
+                w,
+                {n: bytes.fromhex(v) for n, v in refs.items()},
+                check_rows(body["log"]),
+                spill,
+                expired,
                 extra,
             )
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -153,10 +175,40 @@ def encode_spill(rows: list[list[Any]], prev: str | None) -> bytes:
     return orjson.dumps({"v": 1, "prev": prev, "log": rows})
 
 
+def check_rows(log: Any) -> list[list[Any]]:
+    """``log`` as reflog rows, each checked for its shape (ValueError otherwise)."""
+    if type(log) is not list:
+        raise ValueError("log is not a list")
+    for row in log:
+        if not (
+            type(row) is list
+            and len(row) == 5
+            and type(row[0]) is str
+            and all(part is None or (type(part) is str and _is_hex(part)) for part in row[1:3])
+            and type(row[3]) is int
+            and type(row[4]) is str
+        ):
+            raise ValueError(f"a reflog row is malformed: {str(row)[:80]}")
+    return list(log)
+
+
+def _is_hex(text: str) -> bool:
+    try:
+        bytes.fromhex(text)
+    except ValueError:
+        return False
+    return True
+
+
 def decode_spill(data: bytes, key: str) -> tuple[list[list[Any]], str | None]:
     try:
         body = orjson.loads(data)
-        return list(body["log"]), body.get("prev")
+        if type(body) is not dict:
+            raise ValueError("not an object")
+        prev = body.get("prev")
+        if prev is not None and type(prev) is not str:
+            raise ValueError("prev is not a key")
+        return check_rows(body["log"]), prev
     except (ValueError, KeyError, TypeError) as exc:
         raise StoreError(f"reflog object {key} is damaged: {exc}") from None
 

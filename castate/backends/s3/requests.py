@@ -36,6 +36,9 @@ class S3Requests:
     _writes: S3Store | None
     _sem: asyncio.Semaphore | None
 
+    async def _writable(self) -> None:
+        """Awaited before the first write: ``S3Backend`` probes conditional writes there."""
+
     def _store(self, *, write: bool = False) -> S3Store:
         store = self._writes if write else self._reads
         if store is None:
@@ -55,6 +58,8 @@ class S3Requests:
             if is_missing_bucket(exc):
                 raise StoreNotFoundError(f"{what}: the bucket of {self.location} does not exist") from None
             raise
+        except StoreError:
+            raise  # castate's own (a lease check inside the call)
         except Exception as exc:
             raise translate(exc, what, self.location, write=write) from None
 
