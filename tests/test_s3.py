@@ -26,9 +26,7 @@ from castate.repository.packs import PackStore
 from castate.testing import PersistentBlobBackendTests, blob, value
 from tests.backend_conformance import PersistentBackendConformance
 from tests.conftest import S3_BUCKET
-from tests.s3_proxy import S3Proxy
-from tests.s3_rule_proxy import RuleProxy
-from tests.s3_rule_proxy import via as rule_via
+from tests.s3_proxy import RuleProxy, S3Proxy, via
 from tests.test_cli import run
 from tools.servers import MotoServer
 
@@ -95,7 +93,7 @@ def test_s3_urls() -> None:
 async def test_a_save_slower_than_half_its_window_gives_up_after_lock_timeout(moto_server: MotoServer) -> None:
     url = moto_server.url(S3_BUCKET, f"t{uuid.uuid4().hex[:12]}") + "&save_window=0.1"
     with RuleProxy(moto_server.port) as proxy:
-        b = S3Backend(rule_via(proxy, url), lock_timeout=1)
+        b = S3Backend(via(proxy, url), lock_timeout=1)
         await b.open()
         proxy.rule = lambda cmd, path: ("delay", 0.06) if cmd == "GET" else "pass"  # every round > 0.05 s
         try:
@@ -136,13 +134,6 @@ async def _save(url: str) -> None:
 def proxy(moto_server: MotoServer) -> Iterator[S3Proxy]:
     with S3Proxy(moto_server.port) as p:
         yield p
-
-
-def via(proxy: S3Proxy, url: str) -> str:
-    """The same store, reached through the proxy."""
-    return url.replace(
-        f"endpoint=http://127.0.0.1:{url.split('127.0.0.1:')[1].split('&')[0]}", f"endpoint={proxy.endpoint}"
-    )
 
 
 async def test_a_server_that_ignores_conditional_writes_is_refused(s3_url: str, proxy: S3Proxy) -> None:
@@ -450,7 +441,7 @@ async def test_a_multi_group_commit_whose_later_write_is_unknown_keeps_the_earli
 
     with RuleProxy(moto_server.port) as proxy:
         proxy.rule = rule
-        a = S3Backend(rule_via(proxy, s3_url), timeout=3)
+        a = S3Backend(via(proxy, s3_url), timeout=3)
         await a.open()
         state["armed"] = True
         try:

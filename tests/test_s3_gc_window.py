@@ -16,7 +16,7 @@ from castate.backends import RefUpdate
 from castate.backends.s3 import S3Backend
 from castate.testing import blob, value
 from tests.conftest import S3_BUCKET
-from tests.s3_rule_proxy import RuleProxy, via
+from tests.s3_proxy import RuleProxy, via
 from tools.servers import MotoServer
 
 STATE = {"doc": "shared document " * 500, "items": list(range(300))}
