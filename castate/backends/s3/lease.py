@@ -110,6 +110,17 @@ class GcLease(S3Requests):
                 await asyncio.sleep(random.uniform(0, 0.01))
         raise StoreError(f"{what}: the root ref group of {self.location} kept changing")
 
+    async def _enter(self, change: Callable[[Group], bool], action: str, deadline: float, holder: str) -> float:
+        """Apply ``change`` to the root, waiting while it finds ``holder`` in the way (it raises
+        _Busy) until ``deadline``; the monotonic time the winning write was sent."""
+        while True:
+            sent = time.monotonic()
+            try:
+                await self._change_root(change, action)
+                return sent
+            except _Busy:
+                await self._wait(deadline, holder)
+
     async def _wait(self, deadline: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise StoreError(f"timed out after {self.lock_timeout:.0f}s waiting for {what} on {self.location}")
@@ -134,13 +145,7 @@ class GcLease(S3Requests):
             new.extra["lock"] = {"t": token, "n": 0}
             return True
 
-        while True:
-            sent = time.monotonic()
-            try:
-                await self._change_root(take, "gc_exclusive")
-                break
-            except _Busy:
-                await self._wait(deadline, "another gc")
+        sent = await self._enter(take, "gc_exclusive", deadline, "another gc")
         taken = time.monotonic()
         self._held[token] = _Held(sent)
         ctx = self._gc_token.set(token)
@@ -254,13 +259,7 @@ class GcLease(S3Requests):
             new.extra.setdefault("shared", {})[token] = 0
             return True
 
-        while True:
-            sent = time.monotonic()
-            try:
-                await self._change_root(join, "gc_shared")
-                break
-            except _Busy:
-                await self._wait(deadline, "gc")
+        sent = await self._enter(join, "gc_shared", deadline, "gc")
         self._held[token] = _Held(sent)
         ctx = self._shared_token.set(token)
         renew = asyncio.create_task(self._renew("shared", token))
