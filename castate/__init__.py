@@ -9,7 +9,8 @@ state = await sm.restore_checkpoint(cp)
 Without an event loop: castate.SyncStateManager(...) has the same methods, blocking.
 
 StateManager, FileStorageBackend and castate.open(url) also take store URLs:
-sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0.
+sqlite:///state.db, postgresql://user@host/db, redis://host:6379/0. An encrypted store:
+castate.open(url, key=castate.Passphrase(...)) (docs/security.md).
 """
 
 from castate.backends import Backend, LocalBackend, MemoryBackend
@@ -25,6 +26,7 @@ from castate.errors import (
     CorruptionError,
     CorruptObjectError,
     InvalidKeyError,
+    KeyRequiredError,
     MissingObjectError,
     NotFoundError,
     RegistrationError,
@@ -36,7 +38,9 @@ from castate.errors import (
     UnsupportedFormatError,
     UnsupportedValueError,
     UsageError,
+    WrongKeyError,
 )
+from castate.keys import Passphrase, RawKey, Secret
 from castate.repository import Repository, SaveResult
 from castate.repository.diff import Change, to_patch
 from castate.repository.retention import Policy as RetentionPolicy
@@ -61,16 +65,20 @@ __all__ = [
     "CorruptionError",
     "FileStorageBackend",
     "InvalidKeyError",
+    "KeyRequiredError",
     "LocalBackend",
     "MemoryBackend",
     "MissingObjectError",
     "NotFoundError",
+    "Passphrase",
+    "RawKey",
     "RegistrationError",
     "Repository",
     "RestoreResult",
     "RetentionPolicy",
     "SaveInfo",
     "SaveResult",
+    "Secret",
     "SessionInfo",
     "StateManager",
     "StorageBackend",
@@ -85,6 +93,7 @@ __all__ = [
     "UnsupportedFormatError",
     "UnsupportedValueError",
     "UsageError",
+    "WrongKeyError",
     "register",
     "to_patch",
     "tracked",

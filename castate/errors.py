@@ -109,6 +109,15 @@ class StoreIOError(StoreError, OSError):
         return f"I/O error in the store: {OSError.__str__(self)}"
 
 
+class KeyRequiredError(StoreError):
+    """The store is encrypted and no key was given (``key=``, or ``CASTATE_PASSWORD``,
+    ``CASTATE_KEY`` or ``CASTATE_KEY_FILE`` in the environment)."""
+
+
+class WrongKeyError(StoreError):
+    """The key given opens none of the encrypted store's key slots."""
+
+
 class UnsupportedFormatError(StoreError):
     """The store or an object was written in a format version this castate cannot read."""
 

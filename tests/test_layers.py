@@ -15,6 +15,7 @@ ROOT = Path(castate.__file__).parent
 LAYERS: dict[str, int] = {
     "castate.errors": 0,
     "castate.codec": 1,
+    "castate.keys": 1,  # the secrets users give (passphrase, raw key); the slots that use them are the repository's
     "castate.backends": 2,
     "castate.repository": 3,
     "castate.testing": 3,

@@ -16,6 +16,8 @@ from collections.abc import AsyncIterator, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import ClassVar, Final, Literal
 
+from castate.codec.objects import PLAIN, Ids
+
 
 class _Any:
     """Sentinel type: a ref update that does not check the current value."""
@@ -85,6 +87,8 @@ class Backend(abc.ABC):
     packs_objects: ClassVar[bool] = False
     #: A short description for messages, e.g. the directory or URL.
     location: str = ""
+    #: How this store's object ids are computed (keyed in an encrypted store, known once open).
+    ids: Ids = PLAIN
 
     # -- lifecycle ----------------------------------------------------------------------
 

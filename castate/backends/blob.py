@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from castate.backends.base import ANY, ReflogEntry, RefRepairReport, RefUpdate, _Any
 from castate.errors import ConflictError, NotFoundError
+from castate.keys import Secret
 
 # Blob names are short ASCII paths the pack store makes, such as ``packs/<64 hex digits>``.
 BLOB_NAME = re.compile(r"[a-z0-9][a-z0-9._-]*(/[a-z0-9][a-z0-9._-]*)*")
@@ -58,6 +59,9 @@ class BlobBackend(abc.ABC):
 
     #: A short description for messages: the file, URL or "memory".
     location: str = ""
+    #: The key an encrypted store is opened with (``castate.open(url, key=...)``); the
+    #: repository's pack store reads it, the backend never does.
+    secret: Secret | None = None
 
     # -- lifecycle --------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@ from castate.backends.blob import BlobBackend
 from castate.backends.local import LocalBackend
 from castate.backends.memory import MemoryBackend
 from castate.errors import StoreError
+from castate.keys import Secret
 
 POSTGRES_SCHEMES = ("postgresql", "postgres")
 REDIS_SCHEMES = ("redis", "rediss", "unix")
@@ -36,7 +37,12 @@ def scheme_of(target: str | os.PathLike[str]) -> str:
 
 
 def open_backend(
-    target: str | os.PathLike[str], *, durability: str = "durable", create: bool | None = None, **options: Any
+    target: str | os.PathLike[str],
+    *,
+    durability: str = "durable",
+    create: bool | None = None,
+    key: Secret | None = None,
+    **options: Any,
 ) -> Backend | BlobBackend:
     """The backend for a store URL or a directory path, not yet connected.
 
@@ -50,7 +56,23 @@ def open_backend(
     ``durability`` applies to the stores castate writes to disk itself (local directory,
     SQLite); a server's durability is its own configuration. Other keyword arguments go to
     the backend's constructor (e.g. ``timeout=`` for PostgreSQL and Redis).
+    ``key`` (``castate.Passphrase``, ``castate.RawKey``) opens an encrypted store, or makes a
+    new, empty one encrypted (docs/security.md); without it an encrypted store takes its key
+    from ``CASTATE_PASSWORD``, ``CASTATE_KEY`` or ``CASTATE_KEY_FILE``.
     """
+    backend = _backend(target, durability, create, options)
+    if key is not None:
+        if not isinstance(backend, BlobBackend):
+            raise StoreError(f"store {target} cannot be encrypted")
+        if not isinstance(key, Secret):
+            raise TypeError(f"key must be castate.Passphrase(...) or castate.RawKey(...), not {type(key).__name__}")
+        backend.secret = key
+    return backend
+
+
+def _backend(
+    target: str | os.PathLike[str], durability: str, create: bool | None, options: dict[str, Any]
+) -> Backend | BlobBackend:
     scheme = scheme_of(target)
     local_create = True if create is None else create
     if not scheme:

@@ -60,7 +60,8 @@ from castate.codec.objects import (
     KIND_LIST,
     KIND_STR,
     KIND_TYPED,
-    object_id,
+    PLAIN,
+    Ids,
 )
 from castate.codec.tracking import TrackedDict, TrackedList
 from castate.codec.types import (
@@ -359,8 +360,9 @@ class Encoder:
     Python (those that no shadow let it skip): a measure of a save's work that tests read.
     """
 
-    def __init__(self, default: Default | None = None) -> None:
+    def __init__(self, default: Default | None = None, ids: Ids = PLAIN) -> None:
         self.default = default
+        self._object_id = ids.object_id
         self.objects: dict[bytes, tuple[int, bytes]] = {}
         self.encoded = 0
         self._memo: dict[int, tuple[Any, Entry]] = {}
@@ -369,7 +371,7 @@ class Encoder:
     # -- objects ------------------------------------------------------------------------
 
     def _put(self, kind: int, content: bytes) -> bytes:
-        oid = object_id(kind, content)
+        oid = self._object_id(kind, content)
         if oid not in self.objects:
             self.objects[oid] = (kind, content)
         return oid
@@ -1111,7 +1113,7 @@ class Encoder:
                     continue
                 group = level[s:e]
                 content = encode_index(flavor, group)
-                oid = object_id(KIND_INDEX, content)
+                oid = self._object_id(KIND_INDEX, content)
                 self.objects.setdefault(oid, (KIND_INDEX, content))
                 groups.append((oid, sum(c for _, c in group)))
                 s = e

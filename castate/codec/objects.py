@@ -1,14 +1,18 @@
 """Object kinds, object ids and the frame every stored object travels in.
 
-An object is immutable bytes of one kind, named by ``blake3(kind || content)``. It is
-stored as a *frame*: a 3-byte header (format version, kind, codec) and the content,
-raw or zstd-compressed. Reading a frame always decompresses with a size limit and
-checks the id before any byte of the content is used.
+An object is immutable bytes of one kind, named by ``blake3(kind || content)``, or in an
+encrypted store by blake3 keyed with the store's id key (``Ids``), so an id reveals nothing
+about the content to whoever lacks the key. It is stored as a *frame*: a 3-byte header
+(format version, kind, codec) and the content, raw or zstd-compressed. Reading a frame
+always decompresses with a size limit and checks the id before any byte of the content is
+used.
 """
 
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
+from functools import partial
 
 import blake3
 import zstandard
@@ -74,15 +78,53 @@ def _decompressor() -> zstandard.ZstdDecompressor:
     return d
 
 
+class Ids:
+    """How a store names its objects: plain blake3 (``PLAIN``), or blake3 keyed with an
+    encrypted store's 32-byte id key. Everything that computes or checks an id asks the
+    store's ``Ids``, so one store never mixes the two."""
+
+    __slots__ = ("_h", "key")
+
+    def __init__(self, key: bytes | None = None) -> None:
+        if key is not None and len(key) != 32:
+            raise ValueError("an id key is 32 bytes")
+        self.key = key
+        self._h: Callable[[bytes], blake3.blake3] = blake3.blake3 if key is None else partial(blake3.blake3, key=key)
+
+    @property
+    def keyed(self) -> bool:
+        return self.key is not None
+
+    def object_id(self, kind: int, content: bytes | memoryview) -> bytes:
+        """The 32-byte id of an object: blake3 over the kind byte and the canonical content."""
+        # Hashing one joined buffer measured faster than hashing the prefix, then update(content):
+        # the copy is cheap next to blake3, and update() is slower on buffers of 2 KiB and more.
+        digest: bytes = self._h((_KIND_PREFIX.get(kind) or bytes((kind,))) + content).digest()
+        return digest
+
+    def decode_frame(self, oid: bytes, frame: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+        """Check a frame against its id and return (kind, content). Raises CorruptObjectError."""
+        kind, content = _open_frame(oid, frame)
+        if self._h(_KIND_PREFIX[kind] + content).digest() != oid:
+            raise CorruptObjectError(oid.hex(), "content does not match its id")
+        return kind, content
+
+    def frame_id(self, frame: bytes | memoryview) -> bytes:
+        """The id of the object a frame holds, computed from its content (for stores that keep
+        frames without their ids). Raises CorruptObjectError (naming no id) if it does not parse."""
+        if len(frame) < 3 or frame[0] not in READABLE_VERSIONS or frame[1] not in _KIND_PREFIX:
+            raise CorruptObjectError("?", "not a frame castate reads")
+        kind, content = _open_frame(b"", frame)
+        digest: bytes = self._h(_KIND_PREFIX[kind] + content).digest()
+        return digest
+
+
+PLAIN = Ids()
+
+
 def object_id(kind: int, content: bytes | memoryview) -> bytes:
-    """The 32-byte id of an object: blake3 over the kind byte and the canonical content."""
-    return _hash(_KIND_PREFIX.get(kind) or bytes((kind,)), content)
-
-
-def _hash(prefix: bytes, content: bytes | memoryview) -> bytes:
-    # Hashing one joined buffer measured faster than hashing the prefix, then update(content):
-    # the copy is cheap next to blake3, and update() is slower on buffers of 2 KiB and more.
-    return blake3.blake3(prefix + content).digest()
+    """The plain (unkeyed) id of an object; a store's own ids come from its ``Ids``."""
+    return blake3.blake3((_KIND_PREFIX.get(kind) or bytes((kind,))) + content).digest()
 
 
 def hex_id(oid: bytes) -> str:
@@ -106,9 +148,20 @@ def encode_frame(kind: int, content: bytes, *, compress: bool = True) -> bytes:
 
 
 def decode_frame(oid: bytes, frame: bytes | memoryview) -> tuple[int, bytes | memoryview]:
-    """Check a frame against its id and return (kind, content). Raises CorruptObjectError."""
+    """``PLAIN.decode_frame``: a frame of an unencrypted store, checked against its id."""
+    return PLAIN.decode_frame(oid, frame)
+
+
+def frame_id(frame: bytes | memoryview) -> bytes:
+    """``PLAIN.frame_id``."""
+    return PLAIN.frame_id(frame)
+
+
+def _open_frame(oid: bytes, frame: bytes | memoryview) -> tuple[int, bytes | memoryview]:
+    """(kind, content) of a frame whose header parses, decompressed with a size limit; the
+    caller checks the id."""
     if len(frame) < 3:
-        raise CorruptObjectError(oid.hex(), "frame shorter than its header")
+        raise CorruptObjectError(oid.hex() or "?", "frame shorter than its header")
     version, kind, codec = frame[0], frame[1], frame[2]
     if version not in READABLE_VERSIONS:
         if version > FORMAT_VERSION:
@@ -116,34 +169,14 @@ def decode_frame(oid: bytes, frame: bytes | memoryview) -> tuple[int, bytes | me
                 f"object {oid.hex()} has format version {version}; this castate reads {FORMAT_VERSION}"
             )
         raise CorruptObjectError(oid.hex(), f"unknown format version {version}")
-    prefix = _KIND_PREFIX.get(kind)
-    if prefix is None:
+    if kind not in _KIND_PREFIX:
         raise CorruptObjectError(oid.hex(), f"unknown object kind {kind}")
     payload = memoryview(frame)[3:]
     if codec == CODEC_RAW:
-        content: bytes | memoryview = payload
-    elif codec == CODEC_ZSTD:
-        content = _decompress(oid, payload)
-    else:
-        raise CorruptObjectError(oid.hex(), f"unknown codec {codec}")
-    if blake3.blake3(prefix + content).digest() != oid:  # _hash, inlined: this runs once per object read
-        raise CorruptObjectError(oid.hex(), "content does not match its id")
-    return kind, content
-
-
-def frame_id(frame: bytes | memoryview) -> bytes:
-    """The id of the object a frame holds, computed from its content (for stores that keep
-    frames without their ids). Raises CorruptObjectError (naming no id) if it does not parse."""
-    if len(frame) < 3 or frame[0] not in READABLE_VERSIONS or frame[1] not in _KIND_PREFIX:
-        raise CorruptObjectError("?", "not a frame castate reads")
-    payload = memoryview(frame)[3:]
-    if frame[2] == CODEC_RAW:
-        content: bytes | memoryview = payload
-    elif frame[2] == CODEC_ZSTD:
-        content = _decompress(b"", payload)
-    else:
-        raise CorruptObjectError("?", f"unknown codec {frame[2]}")
-    return blake3.blake3(_KIND_PREFIX[frame[1]] + content).digest()
+        return kind, payload
+    if codec == CODEC_ZSTD:
+        return kind, _decompress(oid, payload)
+    raise CorruptObjectError(oid.hex() or "?", f"unknown codec {codec}")
 
 
 def _decompress(oid: bytes, payload: memoryview) -> bytes:

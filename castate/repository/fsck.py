@@ -14,7 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from castate.backends.base import Backend
-from castate.codec import decode_frame
 from castate.codec.decoder import Content
 from castate.errors import CorruptionError, UnsupportedFormatError
 from castate.repository.stats import logical_sizes, own_size
@@ -100,7 +99,7 @@ async def fsck(
                 if frame is None:
                     continue  # removed meanwhile (gc)
                 try:
-                    kind, content = decode_frame(info.id, frame)
+                    kind, content = backend.ids.decode_frame(info.id, frame)
                     links(info.id, kind, content, deep=True)
                 except (CorruptionError, UnsupportedFormatError) as exc:
                     report.stored_corrupt.append(Problem(info.id, "corrupt", str(exc), None))

@@ -22,10 +22,18 @@ from typing import Any
 from castate.backends.base import ANY, Backend, Durability, ReflogEntry, RefRepairReport, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.urls import open_backend
-from castate.codec import Commit, Shadow, encode_commit, object_id, parse_commit
+from castate.codec import Commit, Shadow, encode_commit, parse_commit
 from castate.codec.encoder import Default
 from castate.codec.objects import KIND_COMMIT, KIND_NAMES
-from castate.errors import ConflictError, CorruptObjectError, MissingObjectError, NotFoundError, StoreNotFoundError
+from castate.errors import (
+    ConflictError,
+    CorruptObjectError,
+    MissingObjectError,
+    NotFoundError,
+    StoreError,
+    StoreNotFoundError,
+)
+from castate.keys import Secret
 from castate.repository.diff import Change, diff_trees
 from castate.repository.packs import PackStore
 from castate.repository.snapshot import encode_state, fetch_objects, frames, read_state
@@ -61,10 +69,15 @@ _ABSENT = _Head(b"", b"", None)
 class Repository:
     """Commits, refs and snapshots over one backend."""
 
-    def __init__(self, backend: Backend | BlobBackend) -> None:
+    def __init__(self, backend: Backend | BlobBackend, *, key: Secret | None = None) -> None:
         # A blob backend keeps objects in format-2 packs; the pack store is what the rest of
-        # the repository reads and writes objects through.
-        self.backend: Backend = PackStore(backend) if isinstance(backend, BlobBackend) else backend
+        # the repository reads and writes objects through (and encrypts them with, given a key).
+        if isinstance(backend, BlobBackend):
+            self.backend: Backend = PackStore(backend, secret=key if key is not None else backend.secret)
+        elif key is not None:
+            raise StoreError(f"store {backend.location} keeps objects in castate's format 1, which has no encryption")
+        else:
+            self.backend = backend
         self._store = backend  # the backend as given: its ``create`` says whether a write may create the store
         self._heads: OrderedDict[str, _Head] = OrderedDict()
         self._commits: OrderedDict[bytes, Commit] = OrderedDict()
@@ -74,11 +87,16 @@ class Repository:
 
     @classmethod
     def at(
-        cls, target: str | os.PathLike[str], *, durability: Durability = "durable", create: bool | None = None
+        cls,
+        target: str | os.PathLike[str],
+        *,
+        durability: Durability = "durable",
+        create: bool | None = None,
+        key: Secret | None = None,
     ) -> Repository:
         """A repository over the store at a URL or directory path (``castate.open``'s backend,
-        whose ``create`` and ``durability`` these are), not yet connected."""
-        return cls(open_backend(target, durability=durability, create=create))
+        whose ``create``, ``durability`` and ``key`` these are), not yet connected."""
+        return cls(open_backend(target, durability=durability, create=create, key=key))
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -201,7 +219,7 @@ class Repository:
         stream: str,
         also: Sequence[str],
     ) -> SaveResult:
-        root, shadow, objects = encode_state(state, head.shadow if head else None, default)
+        root, shadow, objects = encode_state(state, head.shadow if head else None, default, self.backend.ids)
         if head is not None and root == head.root and not extra_updates and not also:
             head.shadow = shadow
             return SaveResult(head.commit, root, False, 0)
@@ -214,7 +232,7 @@ class Repository:
             meta=dict(meta or {}),
         )
         content = encode_commit(commit)
-        cid = object_id(KIND_COMMIT, content)
+        cid = self.backend.ids.object_id(KIND_COMMIT, content)
         compress = not self.backend.packs_objects
         items = frames(objects, compress=compress)
         history = frames({cid: (KIND_COMMIT, content)}, compress=compress)
@@ -243,7 +261,7 @@ class Repository:
         old = await self.read_commit(head)
         commit = Commit(old.root, (head,), old.session, time.time_ns(), name, dict(meta))
         content = encode_commit(commit)
-        cid = object_id(KIND_COMMIT, content)
+        cid = self.backend.ids.object_id(KIND_COMMIT, content)
         history = frames({cid: (KIND_COMMIT, content)}, compress=not self.backend.packs_objects)
         known = self._heads.pop(ref, None)
         await self.backend.commit([], [RefUpdate(ref, cid, head)], message=message, stream=ref, history=history)
@@ -270,7 +288,7 @@ class Repository:
         root = (await self.read_commit(head)).root
         commit = Commit(root, (head,), session, time.time_ns(), name, dict(meta))
         content = encode_commit(commit)
-        cid = object_id(KIND_COMMIT, content)
+        cid = self.backend.ids.object_id(KIND_COMMIT, content)
         history = frames({cid: (KIND_COMMIT, content)}, compress=not self.backend.packs_objects)
         await self.backend.commit([], [RefUpdate(ref, cid, None)], message=message, stream=stream, history=history)
         self._cache_commit(cid, commit)

@@ -6,19 +6,20 @@ from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
 from castate.backends.base import Backend
-from castate.codec import Decoder, Encoder, Shadow, child_ids, decode_frame, encode_frame
+from castate.codec import Decoder, Encoder, Shadow, child_ids, encode_frame
 from castate.codec.decoder import Content
 from castate.codec.encoder import Default
+from castate.codec.objects import PLAIN, Ids
 from castate.errors import MissingObjectError
 
 Fetch = Callable[[list[bytes]], Awaitable[dict[bytes, tuple[int, Content]]]]
 
 
 def encode_state(
-    state: Any, shadow: Shadow | None, default: Default | None
+    state: Any, shadow: Shadow | None, default: Default | None, ids: Ids = PLAIN
 ) -> tuple[bytes, Shadow | None, dict[bytes, tuple[int, bytes]]]:
     """Root id, new shadow and the objects of ``state`` (only those the shadow did not know)."""
-    enc = Encoder(default)
+    enc = Encoder(default, ids)
     root, new_shadow = enc.encode_root(state, shadow)
     return root, new_shadow, enc.objects
 
@@ -36,7 +37,7 @@ async def fetch_objects(backend: Backend, ids: Iterable[bytes]) -> dict[bytes, t
         frame = got.get(oid)
         if frame is None:
             raise MissingObjectError(oid.hex())
-        out[oid] = decode_frame(oid, frame)
+        out[oid] = backend.ids.decode_frame(oid, frame)
     return out
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from castate.backends.base import Backend
-from castate.codec import Decoder, decode_frame
+from castate.codec import Decoder
 from castate.codec.decoder import Content
 from castate.codec.encoder import typed_key
 from castate.codec.nodes import INDEX_DICT, TAG_REF, check_nesting, parse_index, parse_node
@@ -89,7 +89,7 @@ class Loader:
             try:
                 if frame is None:
                     raise MissingObjectError(oid.hex())
-                value = self.cache[oid] = decode_frame(oid, frame)
+                value = self.cache[oid] = self.backend.ids.decode_frame(oid, frame)
             except Exception as exc:
                 for f in futs:
                     if not f.done():

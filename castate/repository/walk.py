@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 from castate.backends.base import Backend
-from castate.codec import child_ids, decode_frame
+from castate.codec import child_ids
 from castate.codec.decoder import Content
 from castate.codec.encoder import MAX_DEPTH
 from castate.codec.nodes import (
@@ -183,7 +183,7 @@ class Walker:
             self.problems[oid] = Problem(oid, "missing", "not in the store", parent)
             return []
         try:
-            kind, content = decode_frame(oid, frame)
+            kind, content = self.backend.ids.decode_frame(oid, frame)
             if kind not in want:
                 raise CorruptObjectError(oid.hex(), f"a {KIND_NAMES[kind]} object where a {_names(want)} belongs")
             if depth >= MAX_DEPTH and kind in (KIND_DICT, KIND_LIST):

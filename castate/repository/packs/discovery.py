@@ -9,7 +9,7 @@ segments do not hold (docs/format.md §6.2, "Opening").
 from __future__ import annotations
 
 from castate.backends.blob import BlobBackend, BlobInfo
-from castate.codec.objects import frame_id
+from castate.codec.objects import PLAIN, Ids
 from castate.errors import CorruptFileError, CorruptionError, UnsupportedFormatError
 from castate.repository.packs.catalog import Catalog
 from castate.repository.packs.chains import ChainCache, ChainDamage
@@ -21,7 +21,7 @@ HEAD_BATCH = 1000  # packs whose heads one range-read call asks for
 LIST_ATTEMPTS = 3
 
 
-async def load_catalog(blobs: BlobBackend) -> Catalog:
+async def load_catalog(blobs: BlobBackend, ids: Ids = PLAIN) -> Catalog:
     """A catalog from the index segments alone (a store without any, from before them or
     new, has its packs listed and read from their heads). A segment deleted between the
     listing and the read was merged into a newer one by another writer: list again."""
@@ -31,7 +31,7 @@ async def load_catalog(blobs: BlobBackend) -> Catalog:
         if await add_segments(blobs, cat, last=attempt + 1 == LIST_ATTEMPTS):
             break
     if not cat.segments:
-        await list_packs(blobs, cat)
+        await list_packs(blobs, cat, ids)
     return cat
 
 
@@ -57,7 +57,7 @@ async def add_segments(blobs: BlobBackend, cat: Catalog, *, last: bool) -> bool:
     return True
 
 
-async def list_packs(blobs: BlobBackend, cat: Catalog) -> list[BlobInfo]:
+async def list_packs(blobs: BlobBackend, cat: Catalog, ids: Ids = PLAIN) -> list[BlobInfo]:
     """List the packs: those the segments already known name and the listing lacks are gone
     (a segment read later may name a pack committed after the listing); segments of saves
     committed meanwhile are read, then the heads of listed packs no segment covers."""
@@ -67,17 +67,17 @@ async def list_packs(blobs: BlobBackend, cat: Catalog) -> list[BlobInfo]:
     cat.mark_listed(listed, among=known)
     if any(not cat.knows(name) for name in listed):
         await add_segments(blobs, cat, last=True)  # a save commits its pack and segment together
-    await read_heads(blobs, cat, infos)
+    await read_heads(blobs, cat, infos, ids)
     return infos
 
 
-async def read_heads(blobs: BlobBackend, cat: Catalog, infos: list[BlobInfo]) -> None:
+async def read_heads(blobs: BlobBackend, cat: Catalog, infos: list[BlobInfo], ids: Ids = PLAIN) -> None:
     new = [i for i in infos if not cat.knows(i.name[len(PACK_PREFIX) :])]
     for start in range(0, len(new), HEAD_BATCH):
-        await _read_head_batch(blobs, cat, new[start : start + HEAD_BATCH])
+        await _read_head_batch(blobs, cat, new[start : start + HEAD_BATCH], ids)
 
 
-async def _read_head_batch(blobs: BlobBackend, cat: Catalog, infos: list[BlobInfo]) -> None:
+async def _read_head_batch(blobs: BlobBackend, cat: Catalog, infos: list[BlobInfo], ids: Ids) -> None:
     orphans: list[PackInfo] = []
     heads = await blobs.get_ranges([(i.name, 0, HEAD_READ) for i in infos])
     more: list[tuple[int, int]] = []
@@ -112,10 +112,10 @@ async def _read_head_batch(blobs: BlobBackend, cat: Catalog, infos: list[BlobInf
         else:
             orphans.append(pack)
     if orphans:
-        await index_from_bytes(blobs, cat, orphans)
+        await index_from_bytes(blobs, cat, orphans, ids)
 
 
-async def index_from_bytes(blobs: BlobBackend, cat: Catalog, orphans: list[PackInfo]) -> None:
+async def index_from_bytes(blobs: BlobBackend, cat: Catalog, orphans: list[PackInfo], ids: Ids = PLAIN) -> None:
     """Packs whose ids only a segment holds, and no readable segment lists (it was damaged or
     deleted): decompress their chains and hash every frame to learn their objects. Slow,
     bounded by a chain at a time; the next merge of segments lists them again."""
@@ -137,7 +137,7 @@ async def index_from_bytes(blobs: BlobBackend, cat: Catalog, orphans: list[PackI
                 cache.decompress([pack], got)
                 raw = (cache.raws(chain_id, {pack.seq}) or {})[pack.seq]
                 if pack.seq in lost:
-                    pack.entries = [(frame_id(raw[o : o + n]), o, n) for o, n in pack.spans]
+                    pack.entries = [(ids.frame_id(raw[o : o + n]), o, n) for o, n in pack.spans]
             except (ChainDamage, CorruptionError) as exc:
                 for rest in lost.values():
                     if not cat.knows(rest.name):

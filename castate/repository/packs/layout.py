@@ -23,7 +23,7 @@ from collections.abc import Awaitable, Callable, Collection, Iterable
 from typing import Any
 
 from castate.codec.nodes import parse_commit
-from castate.codec.objects import KIND_COMMIT, decode_frame
+from castate.codec.objects import KIND_COMMIT, Ids
 from castate.errors import CorruptionError, UnsupportedFormatError
 from castate.repository.walk import CHUNKS, links
 
@@ -49,7 +49,7 @@ def lifetime_class(first: int, last: int) -> int:
     return ((max(last - first, 0) + 1).bit_length() + 1) // 2
 
 
-async def last_uses(get_objects: GetObjects, roots: Iterable[bytes]) -> tuple[list[int], dict[bytes, int]]:
+async def last_uses(get_objects: GetObjects, scheme: Ids, roots: Iterable[bytes]) -> tuple[list[int], dict[bytes, int]]:
     """The commits among ``roots`` (ref targets) sorted by time, as their times, and for every
     object they reach, the rank in that order of the newest commit reaching it.
 
@@ -63,7 +63,7 @@ async def last_uses(get_objects: GetObjects, roots: Iterable[bytes]) -> tuple[li
     for start in range(0, len(ids), READ_BATCH):
         frames = await _read(get_objects, ids[start : start + READ_BATCH])
         for oid, frame in frames.items():
-            parsed = _parse(oid, frame)
+            parsed = _parse(scheme, oid, frame)
             if parsed is not None and parsed[0] == KIND_COMMIT:
                 try:
                     commits.append((parse_commit(oid, parsed[1]).time_ns, oid))
@@ -83,7 +83,7 @@ async def last_uses(get_objects: GetObjects, roots: Iterable[bytes]) -> tuple[li
                 frames = await _read(get_objects, [oid for oid, _ in part])
                 for oid, rank in part:
                     frame = frames.get(oid)
-                    parsed = None if frame is None else _parse(oid, frame)
+                    parsed = None if frame is None else _parse(scheme, oid, frame)
                     if parsed is None:
                         continue
                     try:
@@ -121,9 +121,9 @@ async def _read(get_objects: GetObjects, ids: list[bytes]) -> dict[bytes, Any]:
         return out
 
 
-def _parse(oid: bytes, frame: Any) -> tuple[int, Any] | None:
+def _parse(scheme: Ids, oid: bytes, frame: Any) -> tuple[int, Any] | None:
     try:
-        return decode_frame(oid, frame)
+        return scheme.decode_frame(oid, frame)
     except (CorruptionError, UnsupportedFormatError):
         return None
 

@@ -27,7 +27,7 @@ from typing import Any
 
 from castate.backends.base import ANY, Backend, ObjectInfo, ReflogEntry, RefRepairReport, RefUpdate, _Any
 from castate.backends.blob import BlobBackend
-from castate.codec.objects import decode_frame, frame_id
+from castate.codec.objects import Ids
 from castate.errors import (
     ConflictError,
     CorruptFileError,
@@ -36,6 +36,9 @@ from castate.errors import (
     StoreError,
     UnsupportedFormatError,
 )
+from castate.keys import Secret
+from castate.repository.crypto.sealed import SealedBlobs
+from castate.repository.crypto.slots import StoreKeys, create_keys, read_slots, require_secret, unlock
 from castate.repository.packs.catalog import Catalog, Place
 from castate.repository.packs.chains import ChainCache, ChainDamage, WriterChains
 from castate.repository.packs.discovery import LIST_ATTEMPTS, add_segments, list_packs, load_catalog
@@ -97,10 +100,13 @@ class PackStore(Backend):
         cache_bytes: int = 64 << 20,
         allow_legacy: bool = False,
         index_after: int = INDEX_AFTER,
+        secret: Secret | None = None,
     ) -> None:
         if not 0 < chain_max <= MAX_CHAIN_SETTING:
             raise ValueError(f"chain_max must be between 1 and {MAX_CHAIN_SETTING} bytes")
-        self.blobs = blobs
+        self.blobs = self.raw = blobs
+        self.secret = secret
+        self.keys: StoreKeys | None = None  # an encrypted store's, once open
         self.location = blobs.location
         self.chain_max = chain_max
         self.cache_bytes = cache_bytes
@@ -128,14 +134,42 @@ class PackStore(Backend):
                     f"store {self.location} holds {legacy} objects in castate's format 1; move them into "
                     "format-2 packs once with `castate --store URL upgrade` (docs/cli.md)"
                 )
+        try:
+            await self._unlock()
+        except BaseException:
+            await self.raw.close()
+            raise
         await self._reload()
         self._opened = True
+
+    async def _unlock(self) -> None:
+        """Read the key slots: an encrypted store is read and written through ``SealedBlobs``
+        with its object ids keyed; a new, empty store given a secret becomes encrypted."""
+        slots = await read_slots(self.raw)
+        if slots:
+            secret = require_secret(self.secret, self.location)
+            keys = await asyncio.to_thread(unlock, slots, secret, self.location)
+        elif self.secret is not None:
+            if await self.raw.list_blobs() or await self.raw.list_refs():
+                raise StoreError(
+                    f"store {self.location} is not encrypted, and castate does not encrypt a store in place: "
+                    "export its sessions and import them into a new encrypted store (docs/security.md)"
+                )
+            keys = await create_keys(self.raw, self.secret)
+        else:
+            return
+        self.keys = keys
+        self.ids = keys.ids
+        self.blobs = SealedBlobs(self.raw, keys)
 
     async def close(self) -> None:
         self._writing.clear()
         self._cache.clear()
         self._opened = False
-        await self.blobs.close()
+        try:
+            await self.raw.close()
+        finally:
+            self.blobs = self.raw
 
     # -- the catalog ---------------------------------------------------------------------------
 
@@ -153,11 +187,11 @@ class PackStore(Backend):
             else:
                 async with self.blobs.gc_shared():
                     epoch = await self._finish_dead_gc(await self.blobs.get_ref(EPOCH_REF))
-        cat = await load_catalog(self.blobs)
+        cat = await load_catalog(self.blobs, self.ids)
         if cat.segments and (_IN_GC.get() or (epoch is not None and epoch[:1] == bytes((GC_DIRTY,)))):
             # gc and fsck act on every pack; after a gc that failed, segments may name packs
             # it deleted: a listing tells which are gone.
-            await list_packs(self.blobs, cat)
+            await list_packs(self.blobs, cat, self.ids)
         self._cat = cat
         self._epoch = epoch
         self._writing.clear()
@@ -179,7 +213,7 @@ class PackStore(Backend):
             if self._cat is not cat:
                 return  # a reload swapped in a newer catalog meanwhile
             if await add_segments(self.blobs, cat, last=attempt + 1 == LIST_ATTEMPTS):
-                await list_packs(self.blobs, cat)
+                await list_packs(self.blobs, cat, self.ids)
                 return
 
     async def _epoch_moved(self) -> bool:
@@ -280,7 +314,7 @@ class PackStore(Backend):
         runs on the backend's clock, never a writer's)."""
         await add_segments(self.blobs, self._cat, last=True)
         cat = self._cat
-        infos = await list_packs(self.blobs, cat)
+        infos = await list_packs(self.blobs, cat, self.ids)
         times = {i.name[len(PACK_PREFIX) :]: i.time_ns for i in infos}
         seen: dict[bytes, ObjectInfo] = {}
         for pack, oid, _, length in cat.entries():
@@ -569,7 +603,8 @@ class PackStore(Backend):
         """The commits the refs name, as their sorted times, and for each object they reach the
         rank of the newest one reaching it (layout.py)."""
         refs = await self.blobs.list_refs()
-        return await last_uses(self.get_objects, [v for n, v in refs.items() if not n.startswith(HIDDEN_PREFIX)])
+        roots = [v for n, v in refs.items() if not n.startswith(HIDDEN_PREFIX)]
+        return await last_uses(self.get_objects, self.ids, roots)
 
     async def _regroup(
         self, cat: Catalog, chain_ids: set[bytes], doomed: set[bytes], times: list[int], last: dict[bytes, int]
@@ -656,7 +691,7 @@ class PackStore(Backend):
             frames = await self._chain_frames(self._cat.chain(chain_id))
             for oid in ids:  # a copy in a pack that cannot be read counts as damaged
                 frame = frames.get(oid)
-                copies.setdefault(oid, {})[chain_id] = frame is not None and _verifies(oid, frame)
+                copies.setdefault(oid, {})[chain_id] = frame is not None and _verifies(self.ids, oid, frame)
         spared: dict[bytes, bytes] = {}
         for oid, found in copies.items():
             if not all(found.values()):
@@ -690,7 +725,7 @@ class PackStore(Backend):
                 head = parse_pack_head(pack.name, data, len(data))
                 cache.decompress([pack], blobs)
                 raw = (cache.raws(pack.chain, {pack.seq}) or {})[pack.seq]
-                entries = head.entries or [(frame_id(raw[o : o + n]), o, n) for o, n in head.spans]
+                entries = head.entries or [(self.ids.frame_id(raw[o : o + n]), o, n) for o, n in head.spans]
             except (ChainDamage, CorruptionError, UnsupportedFormatError):
                 break
             out.extend((pack, oid, raw[off : off + length]) for oid, off, length in entries)
@@ -778,9 +813,9 @@ def _corrupt(damage: ChainDamage) -> Exception:
     return CorruptObjectError(damage.oid.hex(), damage.why)
 
 
-def _verifies(oid: bytes, frame: Any) -> bool:
+def _verifies(ids: Ids, oid: bytes, frame: Any) -> bool:
     try:
-        decode_frame(oid, frame)
+        ids.decode_frame(oid, frame)
     except (CorruptionError, UnsupportedFormatError):
         return False
     return True

@@ -1,0 +1,303 @@
+"""The blob backend of an encrypted store: every blob, ref name, ref value and reflog message
+encrypted on its way down, checked and decrypted on its way up.
+
+``SealedBlobs`` wraps any ``BlobBackend``, so encryption is written once for every engine and
+the engines never see a plaintext byte of the state (docs/format.md §7):
+
+- a blob is ``"CSB1" || nonce || AES-256-GCM(data)`` under a key derived from the store's blob
+  key and the blob's name, which is also the associated data: a blob moved to another name
+  does not decrypt;
+- ref names keep their first part (``sessions/``, ``checkpoints/``...) and have every other
+  part encrypted with AES-SIV, deterministic so that lookups and prefix listings still work;
+- reflog messages are AES-SIV too. Ref values are object ids, keyed in an encrypted store
+  (``castate.codec.objects.Ids``): they say nothing of the content, and stay as they are, so
+  every backend's compare-and-swap works on them unchanged.
+
+Anything that does not decrypt is damage: a blob reads as empty (which no pack or index
+segment is, so the pack store reports it as it reports any damaged blob), a ref name raises
+``CorruptFileError`` naming the ref.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import contextlib
+import os
+from collections.abc import AsyncIterator, Collection, Mapping, Sequence
+from typing import Any
+
+import blake3
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
+
+from castate.backends.base import ReflogEntry, RefRepairReport, RefUpdate, _Any
+from castate.backends.blob import BlobBackend, BlobInfo
+from castate.errors import ConflictError, CorruptFileError, NotFoundError
+from castate.repository.crypto.slots import KEYS_PREFIX, StoreKeys
+
+BLOB_MAGIC = b"CSB1"
+NONCE = 12
+TAG = 16
+OVERHEAD = len(BLOB_MAGIC) + NONCE + TAG  # 32 bytes a sealed blob adds
+_NAME_AD = [b"castate ref name"]
+_MESSAGE_AD = [b"castate reflog message"]
+MESSAGE_MARK = "~"
+
+
+def _b64(data: bytes) -> str:
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
+def _unb64(text: str) -> bytes:
+    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+class SealedBlobs(BlobBackend):
+    """Encrypts what goes into ``inner`` with ``keys`` and checks what comes out."""
+
+    def __init__(self, inner: BlobBackend, keys: StoreKeys) -> None:
+        self.inner = inner
+        self.keys = keys
+        self.location = inner.location
+        self._blob_key = keys.blob_key
+        self._siv = AESSIV(keys.name_key)
+        self._names: dict[str, str] = {}  # plaintext ref name -> sealed, for the names in use
+        self._plain: dict[str, str] = {}  # and back
+
+    def __getattr__(self, name: str) -> Any:
+        # Backend-specific attributes (``create``, ``durability``, a local store's root) are the
+        # inner backend's; everything the contract names is defined below.
+        return getattr(self.inner, name)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.inner.open()
+
+    async def close(self) -> None:
+        await self.inner.close()
+
+    # -- blobs ------------------------------------------------------------------------------
+
+    def _aead(self, name: str) -> AESGCM:
+        return AESGCM(blake3.blake3(name.encode("ascii"), key=self._blob_key).digest())
+
+    def seal_blob(self, name: str, data: bytes | memoryview) -> bytes:
+        nonce = os.urandom(NONCE)
+        return BLOB_MAGIC + nonce + self._aead(name).encrypt(nonce, bytes(data), name.encode("ascii"))
+
+    def open_blob(self, name: str, sealed: bytes | memoryview) -> bytes:
+        view = memoryview(sealed)
+        if len(view) < OVERHEAD or view[:4] != BLOB_MAGIC:
+            raise CorruptFileError(name, "not an encrypted castate blob (bad magic or too short)")
+        try:
+            return self._aead(name).decrypt(view[4 : 4 + NONCE], view[4 + NONCE :], name.encode("ascii"))
+        except InvalidTag:
+            raise CorruptFileError(name, "does not decrypt under this store's key: damaged or replaced") from None
+
+    @staticmethod
+    def _check_name(name: str) -> None:
+        if name.startswith(KEYS_PREFIX):
+            raise ValueError(f"blob {name} is a key slot: the key functions write those")
+
+    async def get_blobs(self, names: Collection[str]) -> dict[str, bytes]:
+        """The decrypted blobs; one that does not decrypt comes back empty, so the pack store
+        finds it damaged as it finds damage in any store (``CorruptObjectError`` naming the
+        first object it makes unreadable) while the other blobs of the call still read."""
+        got = await self.inner.get_blobs(names)
+        out: dict[str, bytes] = {}
+        for name, data in got.items():
+            try:
+                out[name] = self.open_blob(name, data)
+            except CorruptFileError:
+                out[name] = b""
+        return out
+
+    async def get_ranges(self, ranges: Sequence[tuple[str, int, int]]) -> list[bytes | None]:
+        # An AEAD checks a whole message: read each blob whole once (only the heads of packs
+        # no index segment covers are read by range, which is rare).
+        whole = await self.get_blobs({name for name, _, _ in ranges})
+        out: list[bytes | None] = []
+        for name, off, n in ranges:
+            data = whole.get(name)
+            out.append(None if data is None else data[off : off + n])
+        return out
+
+    async def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
+        infos = await self.inner.list_blobs(prefix)
+        return [
+            BlobInfo(i.name, max(i.size - OVERHEAD, 0), i.time_ns) for i in infos if not i.name.startswith(KEYS_PREFIX)
+        ]
+
+    async def put_blobs(self, items: Sequence[tuple[str, bytes]]) -> int:
+        for name, _ in items:
+            self._check_name(name)
+        return await self.inner.put_blobs([(name, self.seal_blob(name, data)) for name, data in items])
+
+    async def delete_blobs(self, names: Collection[str]) -> int:
+        for name in names:
+            self._check_name(name)
+        return await self.inner.delete_blobs(names)
+
+    # -- ref names, values and messages --------------------------------------------------------
+
+    def seal_name(self, name: str) -> str:
+        sealed = self._names.get(name)
+        if sealed is None:
+            ns, sep, rest = name.partition("/")
+            if not sep:
+                raise ValueError(f"bad ref name {name[:80]!r}: castate's refs have a first part")
+            sealed = ns + "/" + "/".join(self._seal_part(part) for part in rest.split("/"))
+            self._remember(name, sealed)
+        return sealed
+
+    def _seal_part(self, part: str) -> str:
+        return _b64(self._siv.encrypt(part.encode("utf-8"), _NAME_AD))
+
+    def open_name(self, sealed: str) -> str:
+        name = self._plain.get(sealed)
+        if name is None:
+            ns, sep, rest = sealed.partition("/")
+            try:
+                if not sep:
+                    raise ValueError
+                parts = [self._siv.decrypt(_unb64(p), _NAME_AD).decode("utf-8") for p in rest.split("/")]
+            except (ValueError, InvalidTag, binascii.Error, UnicodeDecodeError):
+                why = "its name does not decrypt under this store's key"
+                raise CorruptFileError(f"ref {sealed[:120]}", why) from None
+            name = ns + "/" + "/".join(parts)
+            self._remember(name, sealed)
+        return name
+
+    def _remember(self, name: str, sealed: str) -> None:
+        if len(self._names) >= 1 << 16:  # a cache, not a record: bounded
+            self._names.clear()
+            self._plain.clear()
+        self._names[name] = sealed
+        self._plain[sealed] = name
+
+    def seal_message(self, message: str) -> str:
+        if not message:
+            return ""
+        return MESSAGE_MARK + _b64(self._siv.encrypt(message.encode("utf-8"), _MESSAGE_AD))
+
+    def open_message(self, sealed: str) -> str:
+        if not sealed:
+            return ""
+        try:
+            if not sealed.startswith(MESSAGE_MARK):
+                raise ValueError
+            return self._siv.decrypt(_unb64(sealed[1:]), _MESSAGE_AD).decode("utf-8")
+        except (ValueError, InvalidTag, binascii.Error, UnicodeDecodeError):
+            return f"(a message that does not decrypt: {sealed[:40]!r})"
+
+    def _open_entry(self, entry: ReflogEntry) -> ReflogEntry:
+        return ReflogEntry(
+            self.open_name(entry.name), entry.old, entry.new, entry.time_ns, self.open_message(entry.message)
+        )
+
+    def _conflict(self, exc: ConflictError) -> ConflictError:
+        """The inner backend's conflict, told with the plaintext ref name."""
+        ref = exc.ref
+        if ref is None:
+            return exc
+        try:
+            plain = self.open_name(ref)
+        except CorruptFileError:
+            return exc
+        out = ConflictError(str(exc).replace(ref, plain), plain)
+        out.__cause__ = exc.__cause__
+        return out
+
+    # -- refs -------------------------------------------------------------------------------
+
+    async def get_refs(self, names: Collection[str]) -> dict[str, bytes]:
+        sealed = {self.seal_name(n): n for n in names}
+        got = await self.inner.get_refs(list(sealed))
+        return {sealed[s]: v for s, v in got.items()}
+
+    async def list_refs(self, prefix: str = "") -> dict[str, bytes]:
+        ns, sep, rest = prefix.partition("/")
+        if not sep:
+            inner_prefix, wanted = "", prefix
+        else:
+            *whole, last = rest.split("/")
+            inner_prefix = ns + "/" + "".join(self._seal_part(p) + "/" for p in whole)
+            wanted = prefix if last else ""
+        got = await self.inner.list_refs(inner_prefix)
+        out: dict[str, bytes] = {}
+        for s, v in got.items():
+            name = self.open_name(s)
+            if name.startswith(wanted):
+                out[name] = v
+        return out
+
+    async def commit(
+        self,
+        blobs: Sequence[tuple[str, bytes]],
+        updates: Sequence[RefUpdate],
+        *,
+        message: str = "",
+        checks: Mapping[str, bytes | None] | None = None,
+    ) -> int:
+        for name, _ in blobs:
+            self._check_name(name)
+        sealed_blobs = [(name, self.seal_blob(name, data)) for name, data in blobs]
+        sealed_updates = [RefUpdate(self.seal_name(u.name), u.new, u.expected) for u in updates]
+        sealed_checks = None if checks is None else {self.seal_name(n): v for n, v in checks.items()}
+        try:
+            return await self.inner.commit(
+                sealed_blobs, sealed_updates, message=self.seal_message(message), checks=sealed_checks
+            )
+        except ConflictError as exc:
+            raise self._conflict(exc) from exc.__cause__
+
+    async def reflog(self, name: str | None = None) -> list[ReflogEntry]:
+        entries = await self.inner.reflog(None if name is None else self.seal_name(name))
+        return [self._open_entry(e) for e in entries]
+
+    async def expire_reflog(self, before_ns: int) -> int:
+        return await self.inner.expire_reflog(before_ns)
+
+    async def copy_ref(
+        self, source: str, target: str, *, expected: bytes | _Any | None = None, message: str = ""
+    ) -> bytes:
+        try:
+            return await self.inner.copy_ref(
+                self.seal_name(source), self.seal_name(target), expected=expected, message=self.seal_message(message)
+            )
+        except NotFoundError:
+            raise NotFoundError(f"no ref {source}") from None
+        except ConflictError as exc:
+            raise self._conflict(exc) from exc.__cause__
+
+    # -- maintenance ------------------------------------------------------------------------
+
+    @contextlib.asynccontextmanager
+    async def gc_exclusive(self) -> AsyncIterator[None]:
+        async with self.inner.gc_exclusive():
+            yield
+
+    @contextlib.asynccontextmanager
+    async def gc_shared(self) -> AsyncIterator[None]:
+        async with self.inner.gc_shared():
+            yield
+
+    async def now_ns(self) -> int:
+        return await self.inner.now_ns()
+
+    async def reclaim(self) -> None:
+        await self.inner.reclaim()
+
+    async def check_storage(self) -> list[str]:
+        return await self.inner.check_storage()
+
+    async def repair_refs(self) -> RefRepairReport:
+        return await self.inner.repair_refs()
+
+    async def stats(self) -> dict[str, int]:
+        return await self.inner.stats()
+
+
+__all__ = ["OVERHEAD", "SealedBlobs"]
