@@ -34,7 +34,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from castate.backends.base import ReflogEntry, RefRepairReport, RefUpdate, _Any
 from castate.backends.blob import BlobBackend, BlobInfo
 from castate.errors import ConflictError, CorruptFileError, NotFoundError
-from castate.repository.crypto.slots import KEYS_PREFIX, StoreKeys
+from castate.repository.crypto.slots import KEYS_PREFIX, MARKER_REF, StoreKeys
 
 BLOB_MAGIC = b"CSB1"
 NONCE = 12
@@ -228,6 +228,8 @@ class SealedBlobs(BlobBackend):
         got = await self.inner.list_refs(inner_prefix)
         out: dict[str, bytes] = {}
         for s, v in got.items():
+            if s == MARKER_REF:
+                continue
             name = self.open_name(s)
             if name.startswith(wanted):
                 out[name] = v
@@ -255,7 +257,7 @@ class SealedBlobs(BlobBackend):
 
     async def reflog(self, name: str | None = None) -> list[ReflogEntry]:
         entries = await self.inner.reflog(None if name is None else self.seal_name(name))
-        return [self._open_entry(e) for e in entries]
+        return [self._open_entry(e) for e in entries if e.name != MARKER_REF]
 
     async def expire_reflog(self, before_ns: int) -> int:
         return await self.inner.expire_reflog(before_ns)

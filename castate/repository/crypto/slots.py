@@ -19,12 +19,17 @@ from typing import Any
 
 import blake3
 
+from castate.backends.base import RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.codec.objects import Ids
 from castate.errors import ConflictError, CorruptFileError, KeyRequiredError, StoreError, UsageError, WrongKeyError
 from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, MASTER_SIZE, Secret, secret_from_env
 
 KEYS_PREFIX = "keys/"
+# The ref that says a store is encrypted, and with which master key: its value is the store
+# id of every valid slot. Made by compare-and-swap from absent, so of two processes making one
+# store encrypted at once exactly one wins. Stored as it is (not sealed): it is read first.
+MARKER_REF = "castate/encrypted"
 SLOT_VERSION = 1
 CIPHER = "castate-enc-1"  # AES-256-GCM blobs, AES-SIV ref names and values, keyed blake3 ids
 MAX_SLOT_BYTES = 4096  # a slot is a few hundred bytes; a larger blob is not read
@@ -47,7 +52,7 @@ class KeySlot:
     """One key slot as stored: what ``castate key list`` shows, and the fields a secret reads."""
 
     id: str  # 16 hex digits: the blob is keys/<id>
-    store: str  # the store's id (32 hex digits), the same in every slot of one store
+    store: str  # the store's id (64 hex digits), the same in every slot of one store
     kind: str
     label: str
     created: str  # ISO 8601 UTC
@@ -92,7 +97,7 @@ def parse_slot(name: str, data: bytes) -> KeySlot:
     sid, store = body.get("id"), body.get("store")
     if not (isinstance(sid, str) and _is_hex(sid, 16) and name == KEYS_PREFIX + sid):
         raise CorruptFileError(where, "key slot id does not match its name")
-    if not (isinstance(store, str) and _is_hex(store, 32)):
+    if not (isinstance(store, str) and _is_hex(store, 64)):
         raise CorruptFileError(where, "key slot has no store id")
     meta = {k: body.pop(k, "") for k in ("castate_key_slot", "cipher", "id", "store", "kind", "label", "created")}
     return KeySlot(sid, store, str(meta["kind"]), str(meta["label"]), str(meta["created"]), body)
@@ -121,9 +126,15 @@ class StoreKeys:
 
 
 async def read_slots(blobs: BlobBackend) -> list[KeySlot]:
-    """Every key slot of a store (none: the store is not encrypted)."""
+    """Every key slot of a store (none: the store is not encrypted). Slots of another store id
+    than the marker's are the leftovers of an initialisation that lost a race, and are skipped;
+    a marker without any slot of its id is damage (the store cannot be opened, nor written as
+    a plain one)."""
+    marker = await blobs.get_ref(MARKER_REF)
     infos = await blobs.list_blobs(KEYS_PREFIX)
     if not infos:
+        if marker is not None:
+            raise CorruptFileError(KEYS_PREFIX, f"store {blobs.location} is encrypted but has no key slot left")
         return []
     if len(infos) > MAX_SLOTS:
         raise CorruptFileError(KEYS_PREFIX, f"{len(infos)} key slots (castate reads at most {MAX_SLOTS})")
@@ -132,10 +143,15 @@ async def read_slots(blobs: BlobBackend) -> list[KeySlot]:
         raise CorruptFileError(big[0], "key slot larger than any castate writes")
     got = await blobs.get_blobs([i.name for i in infos])
     slots = [parse_slot(name, data) for name, data in sorted(got.items())]
+    if marker is not None:
+        slots = [s for s in slots if s.store == marker.hex()]
+        if not slots:
+            raise CorruptFileError(KEYS_PREFIX, f"store {blobs.location} is encrypted but has no key slot of its id")
+        return slots
     stores = {s.store for s in slots}
     if len(stores) > 1:
-        raise CorruptFileError(KEYS_PREFIX, f"key slots of {len(stores)} different stores")
-    return slots
+        raise CorruptFileError(KEYS_PREFIX, f"key slots of {len(stores)} different stores, and no marker ref")
+    return slots  # an initialisation that stopped before its marker: finish_init completes it
 
 
 def unlock(slots: list[KeySlot], secret: Secret, location: str) -> StoreKeys:
@@ -169,6 +185,37 @@ def require_secret(secret: Secret | None, location: str) -> Secret:
     return found
 
 
+async def open_keys(blobs: BlobBackend, secret: Secret | None) -> StoreKeys | None:
+    """The keys of an encrypted store (``secret``, else the environment's, opens a slot), or
+    None for a plain store. A new, empty store given ``secret`` becomes encrypted; a plain store
+    holding anything, given one, is refused (castate does not encrypt a store in place)."""
+    for _ in range(3):
+        slots = await read_slots(blobs)
+        if slots:
+            keys = await asyncio.to_thread(unlock, slots, require_secret(secret, blobs.location), blobs.location)
+            if await blobs.get_ref(MARKER_REF) is None:  # an initialisation that stopped before its marker
+                try:
+                    await blobs.commit((), [RefUpdate(MARKER_REF, bytes.fromhex(keys.store), None)])
+                except ConflictError:
+                    continue  # another initialiser's marker won: read the slots of its id
+            return keys
+        if secret is None:
+            return None
+        held, refs = await blobs.list_blobs(), await blobs.list_refs()
+        if any(i.name.startswith(KEYS_PREFIX) for i in held) or MARKER_REF in refs:
+            continue  # another process is making it encrypted right now
+        if held or refs:
+            raise StoreError(
+                f"store {blobs.location} is not encrypted, and castate does not encrypt a store in place: "
+                "export its sessions and import them into a new encrypted store (docs/security.md)"
+            )
+        try:
+            return await create_keys(blobs, secret)
+        except ConflictError:
+            continue  # another process made it encrypted at the same time: open its slots
+    raise ConflictError(f"store {blobs.location} kept changing while its keys were read")
+
+
 def _new_slot(secret: Secret, master: bytes, store: str, label: str) -> KeySlot:
     sid = os.urandom(8).hex()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
@@ -177,20 +224,23 @@ def _new_slot(secret: Secret, master: bytes, store: str, label: str) -> KeySlot:
 
 
 async def create_keys(blobs: BlobBackend, secret: Secret, *, label: str = "") -> StoreKeys:
-    """Make a new store encrypted: a fresh master key and its first slot. Refuses a store that
-    holds anything; when two processes initialise one store at once, the slot whose store id
-    sorts first wins and the other process's slot is removed (it gets ConflictError)."""
+    """Make a new store encrypted: a fresh master key, its first slot, then the marker ref by
+    compare-and-swap from absent. When two processes initialise one store at once, one marker
+    wins; the loser removes its slot and gets ConflictError (its caller reads the slots again)."""
     master = os.urandom(MASTER_SIZE)
-    store = os.urandom(16).hex()
-    slot = await asyncio.to_thread(_new_slot, secret, master, store, label or "first key")
+    store = os.urandom(32)
+    slot = await asyncio.to_thread(_new_slot, secret, master, store.hex(), label or "first key")
     await blobs.put_blobs([(slot.blob, slot.encode())])
-    infos = await blobs.list_blobs(KEYS_PREFIX)
-    got = await blobs.get_blobs([i.name for i in infos if i.size <= MAX_SLOT_BYTES])
-    others = sorted({parse_slot(n, d).store for n, d in got.items()} - {store})
-    if others and others[0] < store:
-        await blobs.delete_blobs([slot.blob])
-        raise ConflictError(f"store {blobs.location} was made encrypted by another process at the same time", None)
-    return StoreKeys.derive(master, store, slot.id)
+    try:
+        await blobs.commit((), [RefUpdate(MARKER_REF, store, None)], message="castate: store encrypted")
+    except ConflictError:
+        # Another process may have read this slot before the marker existed and set the marker
+        # to its store id itself (open_keys finishing an interrupted initialisation): then the
+        # slot is the store's, and stays.
+        if await blobs.get_ref(MARKER_REF) != store:
+            await blobs.delete_blobs([slot.blob])
+            raise ConflictError(f"store {blobs.location} was made encrypted by another process at the same time") from None
+    return StoreKeys.derive(master, store.hex(), slot.id)
 
 
 async def add_slot(blobs: BlobBackend, opener: Secret, secret: Secret, *, label: str = "") -> KeySlot:
@@ -225,6 +275,7 @@ __all__ = [
     "StoreKeys",
     "add_slot",
     "create_keys",
+    "open_keys",
     "read_slots",
     "remove_slot",
     "require_secret",

@@ -38,7 +38,7 @@ from castate.errors import (
 )
 from castate.keys import Secret
 from castate.repository.crypto.sealed import SealedBlobs
-from castate.repository.crypto.slots import StoreKeys, create_keys, read_slots, require_secret, unlock
+from castate.repository.crypto.slots import StoreKeys, open_keys
 from castate.repository.packs.catalog import Catalog, Place
 from castate.repository.packs.chains import ChainCache, ChainDamage, WriterChains
 from castate.repository.packs.discovery import LIST_ATTEMPTS, add_segments, list_packs, load_catalog
@@ -145,18 +145,8 @@ class PackStore(Backend):
     async def _unlock(self) -> None:
         """Read the key slots: an encrypted store is read and written through ``SealedBlobs``
         with its object ids keyed; a new, empty store given a secret becomes encrypted."""
-        slots = await read_slots(self.raw)
-        if slots:
-            secret = require_secret(self.secret, self.location)
-            keys = await asyncio.to_thread(unlock, slots, secret, self.location)
-        elif self.secret is not None:
-            if await self.raw.list_blobs() or await self.raw.list_refs():
-                raise StoreError(
-                    f"store {self.location} is not encrypted, and castate does not encrypt a store in place: "
-                    "export its sessions and import them into a new encrypted store (docs/security.md)"
-                )
-            keys = await create_keys(self.raw, self.secret)
-        else:
+        keys = await open_keys(self.raw, self.secret)
+        if keys is None:
             return
         self.keys = keys
         self.ids = keys.ids
