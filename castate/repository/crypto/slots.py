@@ -239,7 +239,8 @@ async def create_keys(blobs: BlobBackend, secret: Secret, *, label: str = "") ->
         # slot is the store's, and stays.
         if await blobs.get_ref(MARKER_REF) != store:
             await blobs.delete_blobs([slot.blob])
-            raise ConflictError(f"store {blobs.location} was made encrypted by another process at the same time") from None
+            why = "was made encrypted by another process at the same time"
+            raise ConflictError(f"store {blobs.location} {why}") from None
     return StoreKeys.derive(master, store.hex(), slot.id)
 
 
