@@ -38,7 +38,7 @@ from castate.errors import (
 )
 from castate.keys import Secret
 from castate.repository.crypto.sealed import SealedBlobs
-from castate.repository.crypto.slots import StoreKeys, open_keys
+from castate.repository.crypto.slots import MARKER_REF, StoreKeys, open_keys
 from castate.repository.packs.catalog import Catalog, Place
 from castate.repository.packs.chains import ChainCache, ChainDamage, WriterChains
 from castate.repository.packs.discovery import LIST_ATTEMPTS, add_segments, list_packs, load_catalog
@@ -334,7 +334,7 @@ class PackStore(Backend):
         all_items = [*items, *history]
         if not all_items:
             if updates:
-                await self.blobs.commit((), updates, message=message)
+                await self._plain_commit((), updates, message=message, checks={})
             return 0
         async with self._lock:
             for _ in range(SAVE_ATTEMPTS):
@@ -343,12 +343,7 @@ class PackStore(Backend):
                 cat = self._cat
                 blobs, segment, absorbed, unindexed = self._save_blobs(packs)
                 try:
-                    await self.blobs.commit(
-                        blobs,
-                        updates,
-                        message=message,
-                        checks={EPOCH_REF: self._epoch},
-                    )
+                    await self._plain_commit(blobs, updates, message=message, checks={EPOCH_REF: self._epoch})
                 except ConflictError as exc:
                     self._writing.drop(stream)
                     if exc.ref != EPOCH_REF:
@@ -372,6 +367,29 @@ class PackStore(Backend):
                         cat.add_segment(segment)
                 return len(fresh)
         raise ConflictError(f"gc ran during {SAVE_ATTEMPTS} attempts to save", EPOCH_REF)
+
+    async def _plain_commit(
+        self,
+        blobs: Sequence[tuple[str, bytes]],
+        updates: Sequence[RefUpdate],
+        *,
+        message: str,
+        checks: dict[str, bytes | None],
+    ) -> None:
+        """The backend's commit; on a store this process opened plain, it also checks that no
+        other process has made the store encrypted since (its marker ref is still absent), so a
+        process opened before that never writes plaintext beside sealed blobs."""
+        if self.keys is None:
+            checks = {**checks, MARKER_REF: None}
+        try:
+            await self.blobs.commit(blobs, updates, message=message, checks=checks)
+        except ConflictError as exc:
+            if exc.ref == MARKER_REF and self.keys is None:
+                raise StoreError(
+                    f"store {self.location} was made encrypted after this process opened it: open it again, "
+                    "with its key; nothing was written"
+                ) from None
+            raise
 
     def _missing(self, items: Sequence[tuple[bytes, bytes]]) -> dict[bytes, bytes | memoryview]:
         """The objects of ``items`` the catalog does not list as stored, each once."""
@@ -731,7 +749,7 @@ class PackStore(Backend):
         return {n: v for n, v in refs.items() if not n.startswith(HIDDEN_PREFIX)}
 
     async def update_refs(self, updates: Sequence[RefUpdate], *, message: str = "") -> None:
-        await self.blobs.commit((), updates, message=message)
+        await self._plain_commit((), updates, message=message, checks={})
 
     async def copy_ref(
         self, source: str, target: str, *, expected: bytes | _Any | None = None, message: str = ""
