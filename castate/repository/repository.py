@@ -75,7 +75,10 @@ class Repository:
         if isinstance(backend, BlobBackend):
             self.backend: Backend = PackStore(backend, secret=key if key is not None else backend.secret)
         elif key is not None:
-            raise StoreError(f"store {backend.location} keeps objects in castate's format 1, which has no encryption")
+            raise StoreError(
+                f"key= needs a blob backend (a store URL, a path or a castate.backends.blob.BlobBackend), "
+                f"not a {type(backend).__name__}: only those are encrypted"
+            )
         else:
             self.backend = backend
         self._store = backend  # the backend as given: its ``create`` says whether a write may create the store
