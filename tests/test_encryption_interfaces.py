@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import pytest
+from langchain_core.runnables import RunnableConfig
 from langgraph.checkpoint.base import CheckpointMetadata
 from langgraph.checkpoint.conformance.test_utils import generate_checkpoint
 
@@ -82,7 +83,7 @@ async def test_file_storage_backend_takes_the_key_from_the_environment(
 
 def test_castate_saver_key(tmp_path: Path) -> None:
     root = tmp_path / "store"
-    config = {"configurable": {"thread_id": MARKER, "checkpoint_ns": ""}}
+    config: RunnableConfig = {"configurable": {"thread_id": MARKER, "checkpoint_ns": ""}}
     checkpoint = generate_checkpoint(channel_values={"messages": [MARKER] * 5}, channel_versions={"messages": 1})
     metadata: CheckpointMetadata = {"source": "loop", "step": 1, "parents": {}}
     with CastateSaver(root, key=KEY) as saver:
