@@ -188,7 +188,9 @@ def test_key_add_list_remove(store: Path, tmp_path: Path) -> None:
     # the slot that opened the store is not removed by mistake
     refused = run("--key-file", str(key), "key", "remove", added["slot"][:6], store=store, code=2)
     assert "opened the store" in refused
-    run("key", "remove", added["slot"][:6], store=store, env=pw())
+    assert json.loads(run("key", "remove", added["slot"][:6], "--json", store=store, env=pw())) == {
+        "removed": added["slot"]
+    }
     assert "opens none" in run("--key-file", str(key), "sessions", store=store, code=3)
     last = run("key", "remove", slots(store)[0]["slot"], "--force", store=store, env=pw(), code=2)
     assert "only key slot" in last

@@ -310,7 +310,12 @@ async def _key_remove(sm: StateManager, args: argparse.Namespace, out: Output) -
         await remove_slot(store.raw, args.slot)  # refuses an unknown, ambiguous or last slot
     except UsageError as exc:
         raise UsageError(f"{exc} (`castate key list` shows the slots)") from None
-    out.line(f"Removed key slot {matches[0]} from {args.store_path}; its passphrase or key opens the store no more.")
+    if args.json:
+        out.json({"removed": matches[0]})
+    else:
+        out.line(
+            f"Removed key slot {matches[0]} from {args.store_path}; its passphrase or key opens the store no more."
+        )
     return EXIT_OK
 
 
