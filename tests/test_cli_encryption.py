@@ -47,7 +47,7 @@ def state(step: int) -> dict[str, Any]:
     return {"who": MARKER, "step": step, "messages": [f"{MARKER} message {i}" for i in range(10 * step)]}
 
 
-async def fill(store: Path, secret: castate.Secret) -> None:
+async def fill(store: Path | str, secret: castate.Secret) -> None:
     async with castate.StateManager(open_backend(store, key=secret)) as sm:
         for step in (1, 2):
             await sm.save_session("run-1", state(step))
@@ -89,16 +89,21 @@ def test_init_encrypt_with_a_passphrase_from_the_environment(tmp_path: Path) -> 
     assert run("sessions", "--json", store=path, env=pw()) == "[]\n"
 
 
-def test_init_encrypt_with_a_key_file_then_every_command_takes_it(tmp_path: Path) -> None:
-    path, key = tmp_path / "new", key_file(tmp_path, "store.key")
-    run("init", "--encrypt", "--key-file", str(key), store=path)
-    asyncio.run(fill(path, RawKey.from_file(key)))
-    assert [s["session_id"] for s in json.loads(run("--key-file", str(key), "sessions", "--json", store=path))] == [
-        "run-1"
-    ]
+@pytest.mark.parametrize("kind", ["directory", "sqlite", "postgres", "redis"])
+def test_init_encrypt_with_a_key_file_then_every_command_takes_it(
+    kind: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> None:
+    urls = {"directory": str(tmp_path / "new"), "sqlite": f"sqlite:///{tmp_path}/new.db"}
+    url = urls[kind] if kind in urls else request.getfixturevalue(f"{kind}_url")
+    key = key_file(tmp_path, "store.key")
+    run("--store", url, "init", "--encrypt", "--key-file", str(key))
+    asyncio.run(fill(url, RawKey.from_file(key)))
+    listed = json.loads(run("--store", url, "--key-file", str(key), "sessions", "--json"))
+    assert [s["session_id"] for s in listed] == ["run-1"]
     # --key-file after the command, and CASTATE_KEY_FILE, work the same
-    assert json.loads(run("show", "run-1", "--key-file", str(key), store=path)) == state(2)
-    assert json.loads(run("show", "run-1~1", store=path, env={"CASTATE_KEY_FILE": str(key)})) == state(1)
+    assert json.loads(run("--store", url, "show", "run-1", "--key-file", str(key))) == state(2)
+    assert json.loads(run("--store", url, "show", "run-1~1", env={"CASTATE_KEY_FILE": str(key)})) == state(1)
+    assert "no key was given" in run("--store", url, "sessions", code=3)
 
 
 def test_init_encrypt_refuses_without_a_key_and_on_a_store_with_data(tmp_path: Path) -> None:
