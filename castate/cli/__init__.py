@@ -1,7 +1,9 @@
 """The ``castate`` command: inspect, roll back, fork and clean up a castate store from a shell.
 
 ``castate [--store PATH] COMMAND ...``; the store is ``--store``, else ``$CASTATE_STORE``,
-else ``./state``. docs/cli.md lists every command. Exit codes: 0 ok, 1 fsck found
+else ``./state``. An encrypted store's key comes from ``--key-file PATH``, the environment
+(``CASTATE_PASSWORD``, ``CASTATE_KEY``, ``CASTATE_KEY_FILE``) or a passphrase prompt on a
+terminal (castate/cli/encryption.py). docs/cli.md lists every command. Exit codes: 0 ok, 1 fsck found
 damage, 2 bad usage (bad arguments, unknown names), 3 the command failed, 130 interrupted.
 """
 
@@ -19,6 +21,7 @@ from castate.backends.base import Backend
 from castate.backends.blob import BlobBackend
 from castate.backends.urls import open_backend, scheme_of
 from castate.cli import commands as c
+from castate.cli import encryption
 from castate.cli.output import Output, printable
 from castate.codec.types import unregistered_as_dicts
 from castate.errors import (
@@ -27,11 +30,13 @@ from castate.errors import (
     ConflictError,
     CorruptionError,
     InvalidKeyError,
+    KeyRequiredError,
     NotFoundError,
     StoreError,
     StoreIOError,
     UnsupportedFormatError,
     UsageError,
+    WrongKeyError,
 )
 from castate.repository.packs.upgrade import upgrade_store
 from castate.sessions.manager import StateManager
@@ -48,6 +53,7 @@ Command = Callable[[StateManager, argparse.Namespace, Output], Awaitable[int]]
 
 EPILOG = """exit codes: 0 ok, 1 fsck found damage, 2 bad usage or unknown name, 3 the command failed
 store: --store PATH, else $CASTATE_STORE, else ./state
+encrypted store: --key-file PATH, else $CASTATE_PASSWORD, $CASTATE_KEY or $CASTATE_KEY_FILE, else a prompt
 examples:
   castate sessions
   castate diff run-1/before_api run-1
@@ -77,6 +83,12 @@ def _parser() -> argparse.ArgumentParser:
         help="the store: a directory, or a URL (sqlite:///file.db, postgresql://..., redis://..., s3://...); "
         "default: $CASTATE_STORE or ./state",
     )
+    p.add_argument(
+        "--key-file",
+        metavar="PATH",
+        help="the raw key of an encrypted store, in a file (else $CASTATE_PASSWORD, $CASTATE_KEY, "
+        "$CASTATE_KEY_FILE, or a passphrase prompt on a terminal)",
+    )
     p.add_argument("--debug", action="store_true", help="show the traceback of errors")
     p.add_argument("--version", action="version", version=f"castate {_version()}")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", required=True)
@@ -85,11 +97,16 @@ def _parser() -> argparse.ArgumentParser:
     common = _Parser(add_help=False)
     common.add_argument("--store", metavar="PATH", default=argparse.SUPPRESS, help="the store (as before the command)")
     common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show the traceback of errors")
+    # The key options: every command but `key add` and `key change`, whose --key-file is the NEW key.
+    keyed = _Parser(add_help=False, parents=[common])
+    keyed.add_argument(
+        "--key-file", metavar="PATH", default=argparse.SUPPRESS, help="the raw key of an encrypted store, in a file"
+    )
 
     def add(name: str, help_: str, example: str, fn: Command | None, *, json: bool = True) -> argparse.ArgumentParser:
         sp = sub.add_parser(
             name,
-            parents=[common],
+            parents=[keyed],
             help=help_,
             description=help_[0].upper() + help_[1:] + ".",
             epilog=f"example:\n  {example}",
@@ -100,7 +117,12 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="print JSON for scripts")
         return sp
 
-    add("init", "create an empty store", "castate --store ./state init", None, json=False)
+    sp = add("init", "create an empty store", "castate --store ./state init --encrypt", None, json=False)
+    sp.add_argument(
+        "--encrypt",
+        action="store_true",
+        help="make it encrypted: the passphrase from $CASTATE_PASSWORD or typed twice, or a raw key (--key-file)",
+    )
     add(
         "upgrade",
         "move a format-1 database store's objects into format-2 packs",
@@ -292,6 +314,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("source", metavar="DIR", help="the MARSYS base_path")
     sp.add_argument("--no-overwrite", action="store_true", help="skip keys the store holds with other content")
 
+    _key_parser(add, common)
+
     sp = add(
         "ui",
         "serve a local web page to explore the store (needs castate[ui])",
@@ -310,6 +334,60 @@ def _parser() -> argparse.ArgumentParser:
         "--allow-remote", action="store_true", help="allow an address other than loopback (the page has no login)"
     )
     return p
+
+
+def _key_parser(add: Callable[..., argparse.ArgumentParser], common: argparse.ArgumentParser) -> None:
+    """``castate key list|add|remove|change``: an encrypted store's key slots."""
+    sp = add(
+        "key",
+        "list, add, remove or change the passphrases and keys of an encrypted store",
+        "CASTATE_NEW_PASSWORD=... castate key add --label laptop",
+        encryption.cmd_key,
+        json=False,
+    )
+    ops = sp.add_subparsers(dest="key_command", metavar="ACTION", required=True)
+
+    def op(name: str, help_: str, example: str, parent: argparse.ArgumentParser) -> argparse.ArgumentParser:
+        action = ops.add_parser(
+            name,
+            parents=[parent],
+            help=help_,
+            description=help_[0].upper() + help_[1:] + ".",
+            epilog=f"example:\n  {example}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+        )
+        action.add_argument("--json", action="store_true", help="print JSON for scripts")
+        return action
+
+    opening = _Parser(add_help=False, parents=[common])
+    opening.add_argument(
+        "--key-file", metavar="PATH", default=argparse.SUPPRESS, help="the raw key that opens the store, in a file"
+    )
+    op("list", "list the key slots (* marks the one whose key opened the store)", "castate key list", opening)
+    for name, help_, example in (
+        (
+            "add",
+            "add a key slot for a new passphrase (typed twice, or $CASTATE_NEW_PASSWORD) or raw key (--key-file)",
+            "castate --key-file old.key key add --key-file new.key --label ci",
+        ),
+        (
+            "change",
+            "add a slot for a new passphrase or key, then remove the slot that opened the store",
+            "CASTATE_PASSWORD=old CASTATE_NEW_PASSWORD=new castate key change",
+        ),
+    ):
+        action = op(name, help_, example, common)
+        action.add_argument(
+            "--key-file",
+            dest="new_key_file",
+            metavar="PATH",
+            help="the NEW raw key, in a file (the key that opens the store goes before the command: "
+            "castate --key-file OLD key ...)",
+        )
+        action.add_argument("--label", metavar="L", help="a note shown by `castate key list`")
+    action = op("remove", "remove a key slot (never the last one)", "castate key remove 3fa9c1d2", opening)
+    action.add_argument("slot", metavar="SLOT", help="the slot id, or a unique prefix of it")
+    action.add_argument("--force", action="store_true", help="remove the slot whose key opened the store now too")
 
 
 def _full(sp: argparse.ArgumentParser) -> None:
@@ -360,7 +438,15 @@ def _backend(path: str, *, create: bool) -> Backend | BlobBackend:
         raise UsageError(f"--store: {exc}") from None
 
 
+def _make(path: str, create: bool) -> Backend | BlobBackend:
+    return _backend(path, create=create)
+
+
 async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
+    if args.encrypt:
+        return await encryption.init_encrypted(path, args, _make, out)
+    if getattr(args, "key_file", None) is not None:
+        raise UsageError("init --key-file makes an encrypted store only with --encrypt")
     if scheme_of(path):
         backend = _backend(path, create=True)
         await backend.open()  # creates or migrates the database schema
@@ -372,7 +458,8 @@ async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
     await backend.open()
     await backend.close()
     if existed:
-        out.line(f"{path} is already a castate store.")
+        encrypted = bool(await encryption.peek_slots(_backend(path, create=False)))
+        out.line(f"{path} is already {'an encrypted' if encrypted else 'a'} castate store.")
     else:
         out.line(f"Created an empty castate store at {path}.")
     return c.EXIT_OK
@@ -412,11 +499,13 @@ async def _run(args: argparse.Namespace, out: Output) -> int:
         if ui is None:
             return c.EXIT_FAILED
         func = ui
-    sm = StateManager(_backend(path, create=args.command in CREATING))
-    try:
-        if args.command == "fsck" and args.repair_refs:  # before opening: a damaged journal stops that
+
+    async def repair(sm: StateManager) -> None:  # before opening: a damaged journal stops that
+        if args.command == "fsck" and args.repair_refs:
             args.ref_repair = await sm.repair_refs()
-        await sm.repository.open()
+
+    sm = await encryption.open_manager(path, args, _make, create=args.command in CREATING, before_open=repair)
+    try:
         return int(await func(sm, args, out))
     finally:
         await sm.close()
@@ -444,6 +533,12 @@ _HINTS: list[tuple[type[BaseException], str, int]] = [
     (AlreadyExistsError, "", c.EXIT_USAGE),  # the message says what to do
     (ConflictError, "another process changed it meanwhile; look again and retry", c.EXIT_FAILED),
     (UnsupportedFormatError, "upgrade castate to read this store", c.EXIT_FAILED),
+    (KeyRequiredError, "", c.EXIT_FAILED),  # the message says where a key comes from
+    (
+        WrongKeyError,
+        "check the passphrase or key: $CASTATE_PASSWORD, $CASTATE_KEY, $CASTATE_KEY_FILE or --key-file",
+        c.EXIT_FAILED,
+    ),
     (CorruptionError, "run `castate fsck` to find and quarantine the damage", c.EXIT_FAILED),
     (StoreIOError, "the store's disk failed; free space or fix it and retry: what was stored is intact", c.EXIT_FAILED),
     (StoreError, "check --store (or $CASTATE_STORE)", c.EXIT_FAILED),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from castate.backends.base import ReflogEntry, RefRepairReport
+from castate.cli.encryption import encryption_facts
 from castate.cli.output import (
     Column,
     Output,
@@ -686,6 +687,7 @@ def _print_repair(r: RefRepairReport, out: Output) -> None:
 
 async def cmd_stats(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     s = await sm.stats(top=args.top)
+    encrypted, slots = await encryption_facts(sm)
     if args.json:
         out.json(
             {
@@ -700,6 +702,8 @@ async def cmd_stats(sm: StateManager, args: argparse.Namespace, out: Output) -> 
                 "logical_bytes": s.logical_bytes,
                 "dedup_ratio": round(s.dedup_ratio, 3),
                 "backend": s.backend,
+                "encrypted": encrypted,
+                "key_slots": slots,
                 "largest_sessions": [
                     {
                         "session_id": x.session,
@@ -723,6 +727,7 @@ async def cmd_stats(sm: StateManager, args: argparse.Namespace, out: Output) -> 
             ("bytes on disk", human_bytes(s.disk_bytes)),
             ("logical bytes", f"{human_bytes(s.logical_bytes)} (every head and checkpoint as a full copy)"),
             ("dedup ratio", f"{s.dedup_ratio:.1f}x"),
+            ("encrypted", f"yes ({plural(slots, 'key slot')})" if encrypted else "no"),
         ],
     )
     if s.largest:
@@ -822,6 +827,7 @@ async def cmd_doctor(sm: StateManager, args: argparse.Namespace, out: Output) ->
     stats = await sm.stats(top=0)
     runs = await read_runs(repo)
     reflog = await repo.reflog()
+    encrypted, _ = await encryption_facts(sm)
     last = {
         op: next((r for r in reversed(runs) if r.get("op") == op and (op != "fsck" or r.get("full"))), None)
         for op in ("gc", "fsck")
@@ -841,6 +847,7 @@ async def cmd_doctor(sm: StateManager, args: argparse.Namespace, out: Output) ->
                 "sessions": stats.sessions,
                 "checkpoints": stats.checkpoints,
                 "disk_bytes": stats.disk_bytes,
+                "encrypted": encrypted,
                 "refs_checked": report.refs,
                 "damaged_refs": sorted(report.damaged_refs),
                 "problems": len(report.problems) + len(report.storage),
@@ -853,7 +860,7 @@ async def cmd_doctor(sm: StateManager, args: argparse.Namespace, out: Output) ->
         return EXIT_OK if report.ok else EXIT_DAMAGE
     out.line(
         f"Store {args.store_path}: {plural(stats.sessions, 'session')}, {plural(stats.checkpoints, 'checkpoint')}, "
-        f"{human_bytes(stats.disk_bytes)} on disk."
+        f"{human_bytes(stats.disk_bytes)} on disk{', encrypted' if encrypted else ''}."
     )
     if report.ok:
         out.line(f"Data: every ref leads to complete, intact data ({plural(report.refs, 'ref')} checked).", "green")

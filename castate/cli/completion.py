@@ -29,9 +29,10 @@ def bash(parser: argparse.ArgumentParser) -> str:
 _castate() {{
   local cur=${{COMP_WORDS[COMP_CWORD]}} prev=${{COMP_WORDS[COMP_CWORD-1]}} cmd="" i opts
   if [[ $prev == --store ]]; then COMPREPLY=($(compgen -d -- "$cur")); return; fi
+  if [[ $prev == --key-file ]]; then COMPREPLY=($(compgen -f -- "$cur")); return; fi
   for ((i = 1; i < COMP_CWORD; i++)); do
     case ${{COMP_WORDS[i]}} in
-      --store) ((i++)) ;;
+      --store|--key-file) ((i++)) ;;
       -*) ;;
       *) cmd=${{COMP_WORDS[i]}}; break ;;
     esac

@@ -32,6 +32,7 @@ from castate.backends.blob import BlobBackend
 from castate.backends.local import LocalBackend
 from castate.compat.json_bytes import bytes_state, json_state, render
 from castate.errors import ConflictError, InvalidKeyError, KeyNotFoundError, UnsupportedValueError
+from castate.keys import Secret
 from castate.repository import Repository
 from castate.repository.refs import check_name, encode_part, kv_ref
 from castate.sessions.storage import FileStorageBackend
@@ -82,10 +83,13 @@ class MarsysJsonStorage(FileStorageBackend):
     but castate cannot hold (NaN, infinities, ints beyond 64 bits, strings with lone
     surrogates) raise ``UnsupportedValueError`` before anything is written.
     ``MarsysStorageBackend`` is this class with MARSYS's own ABC as a base as well.
+    ``key`` opens an encrypted store, as ``FileStorageBackend``'s does.
     """
 
-    def __init__(self, base_path: str | os.PathLike[str], *, durability: Durability = "durable") -> None:
-        FileStorageBackend.__init__(self, base_path, durability=durability)
+    def __init__(
+        self, base_path: str | os.PathLike[str], *, durability: Durability = "durable", key: Secret | None = None
+    ) -> None:
+        FileStorageBackend.__init__(self, base_path, durability=durability, key=key)
 
     async def save(self, key: str, data: dict[str, Any]) -> None:
         await self.save_json(key, marsys_json(data))
@@ -154,6 +158,9 @@ class MarsysBytesBackend:
     ``delete`` is idempotent; absolute keys and keys with ``..`` raise ``ValueError``.
     ``expire_older_than`` removes refs only: the bytes go at the next gc, and not at all
     while another ref shares them. ``clock`` (epoch seconds) stamps writes and judges ages.
+    ``key`` (``castate.Passphrase``, ``castate.RawKey``) opens an encrypted store or makes a
+    new, empty one encrypted; without it the key comes from ``CASTATE_PASSWORD``,
+    ``CASTATE_KEY`` or ``CASTATE_KEY_FILE`` when the store is encrypted.
     """
 
     def __init__(
@@ -162,9 +169,10 @@ class MarsysBytesBackend:
         *,
         durability: Durability = "durable",
         clock: Callable[[], float] = time.time,
+        key: Secret | None = None,
     ) -> None:
         backend = root if isinstance(root, Backend | BlobBackend) else LocalBackend(root, durability=durability)
-        self.repository = Repository(backend)
+        self.repository = Repository(backend, key=key)
         self._clock = clock
         self._entry = _storage_entry_type()
 

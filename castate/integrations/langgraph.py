@@ -67,6 +67,7 @@ from castate.backends.base import ANY, Backend, RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.backends.urls import open_backend
 from castate.errors import ConflictError, InvalidKeyError, StoreError
+from castate.keys import Secret
 from castate.repository import Commit, Repository
 from castate.repository.refs import check_name, encode_part
 
@@ -283,25 +284,36 @@ class CastateSaver(BaseCheckpointSaver[str]):
     missing); ``CastateSaver("sqlite:///state.db")`` (or ``postgresql://``, ``redis://``)
     opens the store the URL names, as ``castate.open`` does. Use it as a context manager
     (``with`` or ``async with``), or call ``close()``, to release the store.
+
+    ``key`` (``castate.Passphrase``, ``castate.RawKey``) opens an encrypted store, or makes a
+    new, empty one encrypted (use it instead of LangGraph's ``EncryptedSerializer``: the
+    store encrypts below its deduplication); without it an encrypted store takes its key
+    from ``CASTATE_PASSWORD``, ``CASTATE_KEY`` or ``CASTATE_KEY_FILE``.
     """
 
     def __init__(
-        self, store: Backend | BlobBackend | str | os.PathLike[str], *, serde: SerializerProtocol | None = None
+        self,
+        store: Backend | BlobBackend | str | os.PathLike[str],
+        *,
+        serde: SerializerProtocol | None = None,
+        key: Secret | None = None,
     ) -> None:
         super().__init__(serde=serde)
         backend = store if isinstance(store, Backend | BlobBackend) else open_backend(store, create=True)
-        self._store = _Store(Repository(backend))
+        self._store = _Store(Repository(backend, key=key))
         self._loop = _LoopThread()
         self._closed = False
         self._cache: OrderedDict[tuple[str, str, str, str], tuple[Any, dict[str, Any]]] = OrderedDict()
         self._cache_lock = threading.Lock()
 
     @classmethod
-    def from_conn_string(cls, conn_string: str, *, serde: SerializerProtocol | None = None) -> CastateSaver:
+    def from_conn_string(
+        cls, conn_string: str, *, serde: SerializerProtocol | None = None, key: Secret | None = None
+    ) -> CastateSaver:
         """A saver on the store ``conn_string`` names (a URL or a directory), as the other
         savers' ``from_conn_string``: ``with CastateSaver.from_conn_string(url) as saver:``
         (or ``async with``) closes it at the end."""
-        return cls(conn_string, serde=serde)
+        return cls(conn_string, serde=serde, key=key)
 
     # -- lifecycle ------------------------------------------------------------------------------
 

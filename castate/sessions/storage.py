@@ -13,6 +13,7 @@ import os
 from typing import Any
 
 from castate.errors import UnsupportedValueError
+from castate.keys import Secret
 from castate.repository import Default, Durability, Repository
 from castate.repository.refs import KV, encode_part, key_of_ref, kv_ref
 
@@ -49,6 +50,10 @@ class FileStorageBackend(StorageBackend):
 
     ``default`` converts values outside castate's value domain (like ``json.dumps``'s
     ``default``); without it such values raise UnsupportedValueError naming their path.
+
+    ``key`` (``castate.Passphrase``, ``castate.RawKey``) opens an encrypted store, or makes a
+    new, empty one encrypted; without it an encrypted store takes its key from
+    ``CASTATE_PASSWORD``, ``CASTATE_KEY`` or ``CASTATE_KEY_FILE`` (docs/security.md).
     """
 
     def __init__(
@@ -57,10 +62,11 @@ class FileStorageBackend(StorageBackend):
         *,
         durability: Durability = "durable",
         default: Default | None = None,
+        key: Secret | None = None,
     ) -> None:
         self.base_path = base_path
         self.default = default
-        self.repository = Repository.at(base_path, durability=durability)
+        self.repository = Repository.at(base_path, durability=durability, key=key)
 
     async def save(self, key: str, data: dict[str, Any]) -> None:
         ref = kv_ref(key)

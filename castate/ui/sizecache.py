@@ -4,7 +4,8 @@ Measuring a 10,000-save history walks every object it ever reached (seconds); wh
 found is kept here, in one file per store in the user's cache directory
 (``$XDG_CACHE_HOME/castate/ui``, else ``~/.cache/castate/ui``; ``CASTATE_UI_CACHE`` names
 another directory, or ``off``), never in or next to the store: the UI is read-only and may
-serve a store it must not write to, and a URL store has no directory at all. The file's
+serve a store it must not write to, and a URL store has no directory at all. An encrypted
+store has no cache file: its sizes would be written in the clear. The file's
 name is a hash of the backend's kind, the store's id (``castate.json`` or the database's
 meta) and its location, so a store's URL (which may hold a password) is never written.
 
@@ -169,6 +170,10 @@ class SizeCache:
     def for_backend(cls, backend: Backend, directory: Path | None = None) -> SizeCache | None:
         """The cache of ``backend``'s store in ``directory`` (default ``cache_dir()``), or None
         when there is nowhere to keep it."""
+        if getattr(backend, "keys", None) is not None:
+            # An encrypted store: the sizes of its saves are not written outside it, in the
+            # clear (they are measured again at each start).
+            return None
         directory = directory if directory is not None else cache_dir()
         key = store_key(backend)
         if directory is None or key is None:
