@@ -14,7 +14,7 @@ castate.open(url, key=castate.Passphrase(...)) (docs/security.md).
 """
 
 from castate.backends import Backend, LocalBackend, MemoryBackend
-from castate.backends.urls import open_backend as open  # noqa: F401 - public as castate.open, kept out of __all__
+from castate.backends.urls import open_backend
 from castate.codec.tracking import TrackedDict, TrackedList, tracked
 from castate.codec.types import register, unregistered_as_dicts
 from castate.errors import (
@@ -50,6 +50,9 @@ from castate.sessions.storage import FileStorageBackend, StorageBackend
 from castate.sessions.sync import SyncStateManager
 
 __version__ = "0.1.0"
+
+# Public as castate.open (an assignment, so type checkers see it exported), kept out of __all__.
+open = open_backend
 
 __all__ = [
     "AlreadyExistsError",

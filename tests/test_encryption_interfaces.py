@@ -114,3 +114,18 @@ async def test_marsys_bytes_backend_key(tmp_path: Path) -> None:
     assert encrypted_and_hidden(root)
     async with MarsysBytesBackend(root, key=KEY) as store:
         assert await store.read(f"{MARKER}/snapshot.json") == payload
+
+
+def test_state_managers_take_a_key_with_a_path(tmp_path: Path) -> None:
+    key = castate.RawKey(b"k" * 32)
+    with castate.SyncStateManager(str(tmp_path / "s"), key=key) as sm:
+        sm.save_session("confidential-run", {"secret": "plaintext-marker"})
+    data = b"".join(p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file())
+    assert b"plaintext-marker" not in data
+    assert b"confidential-run" not in data
+    with pytest.raises(castate.KeyRequiredError), castate.SyncStateManager(str(tmp_path / "s")) as sm:
+        sm.load_session("confidential-run")
+    with castate.SyncStateManager(str(tmp_path / "s"), key=key) as sm:
+        assert sm.load_session("confidential-run") == {"secret": "plaintext-marker"}
+    with pytest.raises(TypeError, match="key= goes with a path"):
+        castate.StateManager(castate.MemoryBackend(), key=key)

@@ -31,6 +31,7 @@ from castate.errors import (
     MissingObjectError,
     NotFoundError,
 )
+from castate.keys import Secret
 from castate.repository import Backend, BlobBackend, Default, RefRepairReport, Repository
 from castate.repository import refs as names
 from castate.repository.bundle import BundleProgress, BundleReport, export_session, import_bundle
@@ -148,11 +149,14 @@ class StateManager:
         *,
         default: Default | None = None,
         auto_checkpoint: AutoCheckpoint | None = None,
+        key: Secret | None = None,
     ) -> None:
         if storage_backend is None:
             storage_backend = "./state"
         if isinstance(storage_backend, str | os.PathLike):
-            storage_backend = FileStorageBackend(storage_backend, default=default)
+            storage_backend = FileStorageBackend(storage_backend, default=default, key=key)
+        elif key is not None:
+            raise TypeError("key= goes with a path or URL; a store object takes it where it is made (castate.open)")
         self.storage = storage_backend
         self.default = default
         # The one storage strategy, chosen here: commits and refs on a castate repository, or

@@ -29,6 +29,7 @@ from collections.abc import Callable, Coroutine, Iterator
 from concurrent.futures import Future
 from typing import Any, Concatenate, ParamSpec, TypeVar, cast
 
+from castate.keys import Secret
 from castate.repository import Backend, BlobBackend, Default
 from castate.sessions.auto import AutoCheckpoint
 from castate.sessions.manager import RESTORE_INTO_SESSION_DEPRECATED, RestoreResult, StateManager
@@ -74,6 +75,7 @@ class SyncStateManager:
         *,
         default: Default | None = None,
         auto_checkpoint: AutoCheckpoint | None = None,
+        key: Secret | None = None,
     ) -> None:
         self._loop = asyncio.new_event_loop()
         self._thread = threading.Thread(target=self._loop.run_forever, name="castate-sync", daemon=True)
@@ -82,7 +84,7 @@ class SyncStateManager:
         self._finalizer = weakref.finalize(self, _stop, self._loop, self._thread)
 
         async def make() -> StateManager:  # built on its loop, where its locks and tasks live
-            return StateManager(storage_backend, default=default, auto_checkpoint=auto_checkpoint)
+            return StateManager(storage_backend, default=default, auto_checkpoint=auto_checkpoint, key=key)
 
         try:
             self._sm = self._submit(make()).result()
