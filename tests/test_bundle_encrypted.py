@@ -205,9 +205,14 @@ async def test_keys_of_an_encrypted_bundle(tmp_path: Path, monkeypatch: pytest.M
         monkeypatch.setenv("CASTATE_BUNDLE_PASSWORD", SOURCE_PW)
         await dst.import_session(bundle)  # the environment's bundle key
         assert await dst.load_session("run") == {"v": 1}
+    monkeypatch.delenv("CASTATE_BUNDLE_PASSWORD")
+    async with open_store(tmp_path / "dst2", "plain") as dst:
+        monkeypatch.setenv("CASTATE_PASSWORD", SOURCE_PW)  # the store key variables are tried last
+        await dst.import_session(bundle)
+        assert await dst.load_session("run") == {"v": 1}
+        monkeypatch.delenv("CASTATE_PASSWORD")
     async with open_store(tmp_path / "other", "encrypted-other") as dst:
-        monkeypatch.delenv("CASTATE_BUNDLE_PASSWORD")
-        with pytest.raises(KeyRequiredError, match="the destination store's key does not open it"):
+        with pytest.raises(KeyRequiredError, match="the key of the store it goes into does not open it"):
             await dst.import_session(bundle)
 
 

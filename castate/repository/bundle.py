@@ -11,6 +11,12 @@ while holding the shared side of the gc lock, so objects it found present cannot
 before the refs point at them. A bundle holds each object once: a repeated record is
 refused at once. What an import holds in memory is counted decompressed (a record of a few
 bytes can stand for 64 MiB), so it stays within one write batch plus one object.
+
+An encrypted store's bundle is that same stream sealed in records (``bundle_crypto``, §5.1),
+opened by the store's own keys. Its object ids are keyed by the source store, so an import
+into a store that names objects otherwise (plain, or another key) writes every object
+again under the destination's ids (``rekey``); the objects that hold ids wait, encrypted in
+a temporary file, until the bundle has passed every check, then go in children first.
 """
 
 from __future__ import annotations
@@ -262,8 +268,9 @@ async def import_bundle(
 
     A bundle exported from an encrypted store opens with that store's key: ``key``, else
     ``CASTATE_BUNDLE_PASSWORD``, ``CASTATE_BUNDLE_KEY`` or ``CASTATE_BUNDLE_KEY_FILE``, else
-    this store's own key (KeyRequiredError when none opens it, WrongKeyError when ``key``
-    does not). Objects are written under this store's ids and encryption: a bundle whose ids
+    this store's own key or ``CASTATE_PASSWORD``/``CASTATE_KEY``/``CASTATE_KEY_FILE``
+    (KeyRequiredError when none opens it, WrongKeyError when ``key`` or the bundle variables
+    do not). Objects are written under this store's ids and encryption: a bundle whose ids
     were made another way (plain, or keyed by another store) is translated (``rekey``)."""
     await repo.open(create=True)
     source = Path(path)
@@ -289,9 +296,9 @@ async def _open_source(f: Any, size: int, source: Path, key: Secret | None, back
         raise _bad(source, "bad key header length")
     raw = await _read_exact(f, mlen, source)
     store, slots, salt = parse_key_header(raw, str(source))
-    fallback = None
-    if isinstance(backend, PackStore) and backend.keys is not None:
-        fallback = backend.secret if backend.secret is not None else secret_from_env()
+    # Without a bundle key, the store's own key: it opens bundles of this store, and of any
+    # store that shares its passphrase.
+    fallback = (backend.secret if isinstance(backend, PackStore) else None) or secret_from_env()
     secret = key if key is not None else bundle_secret_from_env()
     master, keys = await open_bundle(slots, secret, fallback, str(source), store)
     opener = Opener(f, head + raw, master, salt, size, str(source))

@@ -173,8 +173,8 @@ async def open_bundle(
     slots: list[KeySlot], secret: Secret | None, fallback: Secret | None, path: str, store: str
 ) -> tuple[bytes, StoreKeys]:
     """The master key of the bundle's store and the keys derived from it. ``secret`` is the
-    bundle key given (a wrong one is WrongKeyError); without one, ``fallback`` (the
-    destination store's key, which opens bundles of that store) is tried."""
+    bundle key given (a wrong one is WrongKeyError); without one, ``fallback`` (the key of
+    the store the bundle goes into, which opens bundles of that store) is tried."""
     where = f"bundle {path}"
     if secret is not None:
         got = await asyncio.to_thread(_unwrap, slots, secret, None)
@@ -187,7 +187,7 @@ async def open_bundle(
             raise KeyRequiredError(
                 f"{where} is encrypted (store {store}): give its store's key (key=castate.Passphrase(...) or "
                 f"castate.RawKey(...), or set {ENV_BUNDLE_PASSWORD}, {ENV_BUNDLE_KEY} or {ENV_BUNDLE_KEY_FILE})"
-                + ("; the destination store's key does not open it" if fallback is not None else "")
+                + ("; the key of the store it goes into does not open it" if fallback is not None else "")
             )
     slot, master = got
     return master, StoreKeys.derive(master, slot.store, slot.id)
