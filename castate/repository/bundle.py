@@ -272,11 +272,11 @@ async def import_bundle(
     (KeyRequiredError when none opens it, WrongKeyError when ``key`` or the bundle variables
     do not). Objects are written under this store's ids and encryption: a bundle whose ids
     were made another way (plain, or keyed by another store) is translated (``rekey``)."""
-    await repo.open(create=True)
     source = Path(path)
     size = (await aiofiles.os.stat(source)).st_size
     async with aiofiles.open(source, "rb") as f:
         reader, ids, stream_size = await _open_source(f, size, source, key, repo.backend)
+        await repo.open(create=True)  # after the bundle's key opened it: a wrong key creates no store
         report = await _Import(repo, source, reader, stream_size, ids, session_id, progress).run()
     report.bytes = size
     return report
@@ -298,8 +298,10 @@ async def _open_source(f: Any, size: int, source: Path, key: Secret | None, back
     store, slots, salt = parse_key_header(raw, str(source))
     # Without a bundle key, the store's own key: it opens bundles of this store, and of any
     # store that shares its passphrase.
-    fallback = (backend.secret if isinstance(backend, PackStore) else None) or secret_from_env()
     secret = key if key is not None else bundle_secret_from_env()
+    fallback = None
+    if secret is None:
+        fallback = (backend.secret if isinstance(backend, PackStore) else None) or secret_from_env()
     master, keys = await open_bundle(slots, secret, fallback, str(source), store)
     opener = Opener(f, head + raw, master, salt, size, str(source))
     return opener, keys.ids, opener.size

@@ -180,7 +180,9 @@ async def open_bundle(
         got = await asyncio.to_thread(_unwrap, slots, secret, None)
         if got is None:
             kinds = ", ".join(sorted({s.kind for s in slots}))
-            raise WrongKeyError(f"the key given opens none of the {len(slots)} key slots of {where} (kinds: {kinds})")
+            raise WrongKeyError(
+                f"the bundle key given opens none of the {len(slots)} key slots of {where} (kinds: {kinds})"
+            )
     else:
         got = await asyncio.to_thread(_unwrap, slots, fallback, None) if fallback is not None else None
         if got is None:
