@@ -6,6 +6,7 @@ checkpoints, metadata, chunked values, long lists and typed values."""
 
 from __future__ import annotations
 
+import json
 import random
 import tracemalloc
 from collections.abc import AsyncIterator
@@ -21,7 +22,7 @@ from castate.codec import Commit, Decoder, Encoder, encode_commit, parse_commit
 from castate.codec.objects import KIND_BYTES, KIND_COMMIT, KIND_DICT, KIND_NAMES, PLAIN, Ids
 from castate.errors import CorruptFileError, KeyRequiredError, WrongKeyError
 from castate.keys import Passphrase, RawKey
-from castate.repository.bundle import WRITE_BATCH, import_bundle
+from castate.repository.bundle import HEADER, MAGIC, WRITE_BATCH, import_bundle
 from castate.repository.bundle_crypto import RECORD, TAG
 from castate.repository.crypto.slots import add_slot
 from castate.repository.packs.store import PackStore
@@ -288,6 +289,50 @@ async def test_a_damaged_encrypted_bundle_is_refused_and_the_store_works_on(
         await dst.gc(grace=0, reflog_expire=0)
         assert (await dst.fsck(full=True)).ok
         assert await dst.load_session("mine") == {"kept": True}
+
+
+@pytest.mark.parametrize(
+    ("change", "error"),
+    [
+        ("too many slots", "65 key slots"),
+        ("no slots", "no key slots"),
+        ("another store's slot", "key slots of another store"),
+        ("bad salt", "bad salt"),
+        ("not json", "unreadable key header"),
+    ],
+)
+async def test_a_hostile_key_header_is_refused_before_any_key_is_tried(tmp_path: Path, change: str, error: str) -> None:
+    bundle = tmp_path / "run.castate"
+    async with open_store(tmp_path / "src", "encrypted") as sm:
+        await sm.save_session("run", {"v": 1})
+        await sm.export_session("run", bundle)
+    data = bundle.read_bytes()
+    end = 20 + int.from_bytes(data[16:20], "little")
+    header = json.loads(data[20:end])
+    if change == "too many slots":
+        header["slots"] = header["slots"] * 65
+    elif change == "no slots":
+        header["slots"] = []
+    elif change == "another store's slot":
+        header["slots"].append({**header["slots"][0], "store": "0" * 32})
+    elif change == "bad salt":
+        header["salt"] = "AAAA"
+    raw = b"{" if change == "not json" else json.dumps(header).encode()
+    bundle.write_bytes(HEADER.pack(MAGIC, 2, len(raw)) + raw + data[end:])
+    async with open_store(tmp_path / "dst", "plain") as dst:
+        with pytest.raises(CorruptFileError, match=error):
+            await import_bundle(dst.repository, bundle, key=WrongUnwrap())
+        assert await dst.repository.list_refs() == {}
+
+
+class WrongUnwrap(Passphrase):
+    """A key that fails the test when any slot is tried with it."""
+
+    def __init__(self) -> None:
+        super().__init__("never used", n=1024)
+
+    def unwrap(self, fields: Any, aad: bytes, where: str) -> bytes:
+        raise AssertionError("a slot was tried")
 
 
 async def test_an_undamaged_big_bundle_imports(tmp_path: Path, big_bundle: Path) -> None:

@@ -26,7 +26,15 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from castate.errors import CorruptFileError, KeyRequiredError, UnsupportedFormatError, WrongKeyError
 from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, MASTER_SIZE, Secret, secret_from_env
-from castate.repository.crypto.slots import KEYS_PREFIX, KeySlot, StoreKeys, parse_slot, read_slots, require_secret
+from castate.repository.crypto.slots import (
+    KEYS_PREFIX,
+    MAX_SLOTS,
+    KeySlot,
+    StoreKeys,
+    parse_slot,
+    read_slots,
+    require_secret,
+)
 from castate.repository.packs.store import PackStore
 
 ENCRYPTED_VERSION = 2  # the version byte of an encrypted bundle's outer header
@@ -152,6 +160,8 @@ def parse_key_header(raw: bytes, path: str) -> tuple[str, list[KeySlot], bytes]:
         store, salt_text, listed = body["store"], body["salt"], body["slots"]
         if not isinstance(store, str) or not isinstance(listed, list) or not listed:
             raise ValueError("no store id or no key slots")
+        if len(listed) > MAX_SLOTS:  # each may cost a reader a KDF run
+            raise ValueError(f"{len(listed)} key slots (castate reads at most {MAX_SLOTS})")
         salt = base64.b64decode(salt_text, validate=True)
         if len(salt) != SALT:
             raise ValueError("bad salt")
