@@ -24,7 +24,7 @@ import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from castate.errors import CorruptFileError, KeyRequiredError, UnsupportedFormatError, WrongKeyError
+from castate.errors import CorruptFileError, KeyRequiredError, StoreError, UnsupportedFormatError, WrongKeyError
 from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, MASTER_SIZE, Secret, secret_from_env
 from castate.repository.crypto.slots import (
     KEYS_PREFIX,
@@ -95,11 +95,15 @@ def _unwrap(slots: list[KeySlot], secret: Secret, first: str | None) -> tuple[Ke
 async def source_keys(store: PackStore) -> tuple[list[KeySlot], bytes]:
     """The key slots of an open encrypted store and its master key, opened again with the
     store's secret (the slot it opened with first; one more run of its KDF)."""
-    assert store.keys is not None
+    keys = store.keys
+    if keys is None:
+        raise StoreError(f"store {store.location} is not encrypted (or not open)")
     slots = await read_slots(store.raw)
     secret = require_secret(store.secret, store.location)
-    got = await asyncio.to_thread(_unwrap, slots, secret, store.keys.slot)
-    if got is None or got[0].store != store.keys.store:
+    got = await asyncio.to_thread(_unwrap, slots, secret, keys.slot)
+    # The master key must be the one the store's data is under: the bundle's ids are checked
+    # with the id key derived from it.
+    if got is None or StoreKeys.derive(got[1], keys.store, keys.slot).ids.key != keys.ids.key:
         raise WrongKeyError(f"the key of store {store.location} no longer opens its key slots")
     return slots, got[1]
 
