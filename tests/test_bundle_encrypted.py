@@ -230,6 +230,18 @@ async def test_a_key_added_to_the_store_before_export_opens_the_bundle(tmp_path:
         assert await dst.load_session("run") == {"v": 2}
 
 
+async def test_the_cli_moves_a_session_out_of_an_encrypted_store_with_the_bundle_variables(tmp_path: Path) -> None:
+    from tests.test_cli import run
+
+    async with open_store(tmp_path / "src", "encrypted") as sm:
+        await sm.save_session("run", {"v": [1, 2, 3]})
+    bundle = tmp_path / "run.castate"
+    run("export", "run", str(bundle), store=tmp_path / "src", env={"CASTATE_PASSWORD": SOURCE_PW})
+    assert b"sessions/" not in bundle.read_bytes()
+    run("import", str(bundle), store=tmp_path / "dst", env={"CASTATE_BUNDLE_PASSWORD": SOURCE_PW})
+    assert json.loads(run("show", "run", store=tmp_path / "dst")) == {"v": [1, 2, 3]}
+
+
 @pytest.fixture
 async def big_bundle(tmp_path: Path) -> Path:
     """An encrypted bundle of several records (incompressible values)."""
