@@ -11,6 +11,12 @@ while holding the shared side of the gc lock, so objects it found present cannot
 before the refs point at them. A bundle holds each object once: a repeated record is
 refused at once. What an import holds in memory is counted decompressed (a record of a few
 bytes can stand for 64 MiB), so it stays within one write batch plus one object.
+
+An encrypted store's bundle is that same stream sealed in records (``bundle_crypto``, §5.1),
+opened by the store's own keys. Its object ids are keyed by the source store, so an import
+into a store that names objects otherwise (plain, or another key) writes every object
+again under the destination's ids (``rekey``); the objects that hold ids wait, encrypted in
+a temporary file, until the bundle has passed every check, then go in children first.
 """
 
 from __future__ import annotations
@@ -32,10 +38,10 @@ import orjson
 import zstandard
 
 from castate.backends.base import Backend, RefUpdate
-from castate.codec import decode_frame, encode_frame
+from castate.codec import encode_frame
 from castate.codec.decoder import Content
 from castate.codec.encoder import MAX_DEPTH
-from castate.codec.objects import ID_SIZE, KIND_COMMIT, KIND_DICT, KIND_LIST, KIND_NAMES
+from castate.codec.objects import ID_SIZE, KIND_COMMIT, KIND_DICT, KIND_LIST, KIND_NAMES, PLAIN, Ids
 from castate.errors import (
     AlreadyExistsError,
     ConflictError,
@@ -44,7 +50,20 @@ from castate.errors import (
     NotFoundError,
     UnsupportedFormatError,
 )
+from castate.keys import Secret, secret_from_env
 from castate.repository import refs as names
+from castate.repository.bundle_crypto import (
+    ENCRYPTED_VERSION,
+    MAX_KEY_HEADER,
+    Opener,
+    Sealer,
+    bundle_secret_from_env,
+    open_bundle,
+    parse_key_header,
+    source_keys,
+)
+from castate.repository.packs.store import PackStore
+from castate.repository.rekey import Spill, postorder, references, rewrite, same_ids
 from castate.repository.repository import Repository
 from castate.repository.walk import Problem, Walker, links
 
@@ -85,6 +104,11 @@ async def export_session(
     refs.update(await backend.list_refs(names.checkpoint_prefix(session_id)))
     if not refs:
         raise NotFoundError(f"no session {session_id!r} to export")
+    sealer: Sealer | None = None
+    if isinstance(backend, PackStore) and backend.keys is not None:
+        # An encrypted store's bundle is encrypted too, openable by the store's own keys.
+        slots, master = await source_keys(backend)
+        sealer = Sealer(slots, master, lambda raw: HEADER.pack(MAGIC, ENCRYPTED_VERSION, len(raw)) + raw)
     target = Path(path)
     manifest = orjson.dumps(
         {
@@ -104,10 +128,16 @@ async def export_session(
     try:
         async with aiofiles.open(tmp, "wb", opener=_private) as f:
 
+            async def emit(data: bytes) -> None:
+                if sealer is not None:
+                    data = sealer.feed(data)
+                if data:
+                    await f.write(data)
+
             async def write(data: bytes) -> None:
                 if data:
                     hasher.update(data)
-                    await f.write(data)
+                    await emit(data)
 
             def visit(oid: bytes, kind: int, frame: bytes | memoryview, content: Content) -> None:
                 records.append(RECORD.pack(oid, len(frame)))
@@ -118,6 +148,8 @@ async def export_session(
                 records.clear()
                 await write(data)
 
+            if sealer is not None:
+                await f.write(sealer.start)
             await write(HEADER.pack(MAGIC, VERSION, len(manifest)) + manifest)
             walker = Walker(
                 backend,
@@ -134,8 +166,9 @@ async def export_session(
                 )
             await write(compressor.flush())
             report.objects = walker.visited
-            trailer = TRAILER.pack(TRAILER_MAGIC, walker.visited, hasher.digest())
-            await f.write(trailer)
+            await emit(TRAILER.pack(TRAILER_MAGIC, walker.visited, hasher.digest()))
+            if sealer is not None:
+                await f.write(sealer.finish())
             await f.flush()
             await asyncio.to_thread(os.fsync, f.fileno())
         await aiofiles.os.replace(tmp, target)
@@ -226,25 +259,101 @@ async def import_bundle(
     path: str | os.PathLike[str],
     *,
     session_id: str | None = None,
+    key: Secret | None = None,
     progress: BundleProgress | None = None,
 ) -> BundleReport:
     """Import a bundle; ``session_id`` imports it under another session id. ConflictError
     when the session (or one of its checkpoints) exists already: nothing is replaced.
-    Like a save, it creates a store that does not exist yet (``Repository.open``)."""
-    await repo.open(create=True)
-    backend = repo.backend
+    Like a save, it creates a store that does not exist yet (``Repository.open``).
+
+    A bundle exported from an encrypted store opens with that store's key: ``key``, else
+    ``CASTATE_BUNDLE_PASSWORD``, ``CASTATE_BUNDLE_KEY`` or ``CASTATE_BUNDLE_KEY_FILE``, else
+    this store's own key or ``CASTATE_PASSWORD``/``CASTATE_KEY``/``CASTATE_KEY_FILE``
+    (KeyRequiredError when none opens it, WrongKeyError when ``key`` or the bundle variables
+    do not). Objects are written under this store's ids and encryption: a bundle whose ids
+    were made another way (plain, or keyed by another store) is translated (``rekey``)."""
     source = Path(path)
     size = (await aiofiles.os.stat(source)).st_size
     async with aiofiles.open(source, "rb") as f:
-        head = await _read_exact(f, HEADER.size, source)
+        reader, ids, stream_size = await _open_source(f, size, source, key, repo.backend)
+        await repo.open(create=True)  # after the bundle's key opened it: a wrong key creates no store
+        report = await _Import(repo, source, reader, stream_size, ids, session_id, progress).run()
+    report.bytes = size
+    return report
+
+
+async def _open_source(f: Any, size: int, source: Path, key: Secret | None, backend: Backend) -> tuple[Any, Ids, int]:
+    """What reads the plain bundle stream from ``f`` (the file itself, or the records of an
+    encrypted bundle opened), the ids its objects are named by, and the stream's length."""
+    head = await _read_exact(f, HEADER.size, source)
+    magic, version, mlen = HEADER.unpack(head)
+    if magic != MAGIC:
+        raise _bad(source, "no bundle header")
+    if version != ENCRYPTED_VERSION:
+        await f.seek(0)
+        return f, PLAIN, size
+    if mlen > MAX_KEY_HEADER or HEADER.size + mlen > size:
+        raise _bad(source, "bad key header length")
+    raw = await _read_exact(f, mlen, source)
+    store, slots, salt = parse_key_header(raw, str(source))
+    # Without a bundle key, the store's own key: it opens bundles of this store, and of any
+    # store that shares its passphrase.
+    secret = key if key is not None else bundle_secret_from_env()
+    fallback = None
+    if secret is None:
+        fallback = (backend.secret if isinstance(backend, PackStore) else None) or secret_from_env()
+    master, keys = await open_bundle(slots, secret, fallback, str(source), store)
+    opener = Opener(f, head + raw, master, salt, size, str(source))
+    return opener, keys.ids, opener.size
+
+
+class _Import:
+    """One import: reads the plain bundle stream from ``reader``, verifies each object against
+    the bundle's ``ids`` and writes it under the store's. When the two differ, an object
+    without ids in it is written at once under its new id; one that holds ids waits in a
+    ``Spill`` until the bundle has passed every check, then the waiting objects are written
+    children first (``rekey.postorder``), each with its children's new ids (``rekey.rewrite``)."""
+
+    def __init__(
+        self,
+        repo: Repository,
+        source: Path,
+        reader: Any,
+        size: int,
+        ids: Ids,
+        session_id: str | None,
+        progress: BundleProgress | None,
+    ) -> None:
+        self.repo = repo
+        self.backend = repo.backend
+        self.source = source
+        self.reader = reader
+        self.size = size
+        self.ids = ids
+        self.session_id = session_id
+        self.progress = progress
+        self.translate = not same_ids(ids, self.backend.ids)
+        self.compress = not self.backend.packs_objects
+        self.seen: set[bytes] = set()
+        self.kinds: dict[bytes, int] = {}
+        self.edges: dict[bytes, list[tuple[bytes, frozenset[int]]]] = {}  # object -> children, kinds allowed there
+        self.pending: list[tuple[bytes, bytes]] = []
+        self.pending_bytes = 0
+        self.new: dict[bytes, bytes] = {}  # translating: bundle id -> id in this store
+        self.waiting: dict[bytes, list[bytes]] = {}  # translating: spilled object -> the ids it holds
+        self.report = BundleReport(str(source), "")
+
+    async def run(self) -> BundleReport:
+        source = self.source
+        head = await _read_exact(self.reader, HEADER.size, source)
         magic, version, mlen = HEADER.unpack(head)
         if magic != MAGIC:
             raise _bad(source, "no bundle header")
         if version > VERSION:
             raise UnsupportedFormatError(f"{source} is a version {version} bundle; this castate reads up to {VERSION}")
-        if mlen > MAX_MANIFEST or HEADER.size + mlen + TRAILER.size > size:
+        if mlen > MAX_MANIFEST or HEADER.size + mlen + TRAILER.size > self.size:
             raise _bad(source, "bad manifest length")
-        raw_manifest = await _read_exact(f, mlen, source)
+        raw_manifest = await _read_exact(self.reader, mlen, source)
         hasher = blake3.blake3(head)
         hasher.update(raw_manifest)
         try:
@@ -253,114 +362,156 @@ async def import_bundle(
             bundle_refs = {str(k): bytes.fromhex(v) for k, v in manifest["refs"].items()}
         except (orjson.JSONDecodeError, KeyError, TypeError, ValueError, AttributeError):
             raise _bad(source, "unreadable manifest") from None
-        if session_id is not None:
-            names.check_name(session_id, "session id")
-        new_refs = {_rename(r, old_session, session_id, source): c for r, c in bundle_refs.items()}
+        if self.session_id is not None:
+            names.check_name(self.session_id, "session id")
+        new_refs = {_rename(r, old_session, self.session_id, source): c for r, c in bundle_refs.items()}
         if any(len(c) != ID_SIZE for c in new_refs.values()):
             raise _bad(source, "bad commit id in the manifest")
-        report = BundleReport(str(source), session_id or old_session, {n: c.hex() for n, c in sorted(new_refs.items())})
+        report = self.report
+        report.session = self.session_id or old_session
+        report.refs = {n: c.hex() for n, c in sorted(new_refs.items())}
+        spill = Spill() if self.translate else None
+        try:
+            async with self.backend.gc_shared():
+                await self._objects(hasher, HEADER.size + mlen, spill)
+                report.objects = len(self.seen)
+                for name, cid in new_refs.items():
+                    if self.kinds.get(cid) != KIND_COMMIT:
+                        raise _bad(source, f"ref {name} does not point at a commit in the bundle")
+                await self._check_links(new_refs)
+                if spill is not None:
+                    await self._write_waiting(spill)
+                    new_refs = {name: self.new[cid] for name, cid in new_refs.items()}
+                    report.refs = {n: c.hex() for n, c in sorted(new_refs.items())}
+                try:
+                    await self.repo.update_refs(
+                        [RefUpdate(n, c, None) for n, c in sorted(new_refs.items())],
+                        message=f"import {source.name}"[:200],
+                    )
+                except ConflictError:
+                    raise AlreadyExistsError(
+                        f"session {report.session!r} (or one of its checkpoints) already exists in this store: "
+                        "import it under another id (--session NEW) or remove it first (castate rm)",
+                        names.session_ref(report.session) if report.session else None,
+                    ) from None
+        finally:
+            if spill is not None:
+                spill.close()
+        return report
 
-        body_left = size - HEADER.size - mlen - TRAILER.size
-        done = HEADER.size + mlen
-        seen: set[bytes] = set()
-        kinds: dict[bytes, int] = {}
-        edges: dict[bytes, list[tuple[bytes, frozenset[int]]]] = {}  # object -> children, kinds allowed there
-        pending: list[tuple[bytes, bytes]] = []
-        pending_bytes = 0
+    async def _store(self) -> None:
+        if self.pending:
+            have = await self.backend.has_objects([oid for oid, _ in self.pending])
+            new = [(oid, fr) for oid, fr in self.pending if oid not in have]
+            if new:
+                self.report.written += await self.backend.put_objects(new, stream=f"import {self.report.session}")
+            self.pending.clear()
+            self.pending_bytes = 0
+
+    async def _add(self, oid: bytes, kind: int, content: Content) -> None:
+        stored = encode_frame(kind, bytes(content), compress=self.compress)
+        self.pending.append((oid, stored))
+        # Counted as held, decompressed where the backend wants raw frames: a record of a few
+        # bytes can stand for a 64 MiB object. Memory stays within one batch plus one object.
+        self.pending_bytes += len(stored)
+        if self.pending_bytes >= WRITE_BATCH:
+            await self._store()
+
+    async def _objects(self, hasher: Any, done: int, spill: Spill | None) -> None:
+        """Read, verify and write (or spill) every object record, then check the trailer."""
+        source = self.source
+        body_left = self.size - done - TRAILER.size
         buf = bytearray()
         decomp = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW).decompressobj()
-        compress = not backend.packs_objects
+        while body_left > 0:
+            chunk = await self.reader.read(min(READ_SIZE, body_left))
+            if not chunk:
+                raise _bad(source, "the file ends early")
+            body_left -= len(chunk)
+            done += len(chunk)
+            hasher.update(chunk)
+            view = memoryview(chunk)
+            # Slices, not the whole chunk: zstd can expand 1 KiB into 32 MiB, and a crafted
+            # bundle must not make an import allocate 32,768 times its size at once.
+            for start in range(0, len(view), SLICE):
+                try:
+                    buf += decomp.decompress(view[start : start + SLICE])
+                except zstandard.ZstdError as exc:
+                    raise _bad(source, f"zstd: {exc}") from None
+                off = 0
+                while len(buf) - off >= RECORD.size:
+                    oid, n = RECORD.unpack_from(buf, off)
+                    if n > MAX_FRAME:
+                        raise _bad(source, f"object {oid.hex()} claims {n} bytes")
+                    if len(buf) - off - RECORD.size < n:
+                        break
+                    if oid in self.seen:  # before any work: a repeated record costs nothing to refuse
+                        raise _bad(source, f"object {oid.hex()} appears twice (a bundle holds each object once)")
+                    frame = bytes(buf[off + RECORD.size : off + RECORD.size + n])
+                    off += RECORD.size + n
+                    kind, content = self.ids.decode_frame(oid, frame)  # CorruptObjectError names it
+                    children = links(oid, kind, content, deep=True)
+                    if children:
+                        self.edges[oid] = children
+                    self.seen.add(oid)
+                    self.kinds[oid] = kind
+                    if spill is None:
+                        await self._add(oid, kind, content)
+                        continue
+                    held = references(oid, kind, content)
+                    if held:  # written once its children have their new ids
+                        self.waiting[oid] = held
+                        await spill.put(oid, frame)
+                    else:
+                        self.new[oid] = new = self.backend.ids.object_id(kind, content)
+                        await self._add(new, kind, content)
+                    del frame, content
+                if off:
+                    del buf[:off]
+            if self.progress is not None:
+                self.progress(done, self.size)
+        if buf or not decomp.eof or decomp.unused_data:
+            raise _bad(source, "the object stream is incomplete or has trailing bytes")
+        magic, count, digest = TRAILER.unpack(await _read_exact(self.reader, TRAILER.size, source))
+        if magic != TRAILER_MAGIC or digest != hasher.digest():
+            raise _bad(source, "the trailer does not match the contents")
+        if count != len(self.seen):
+            raise _bad(source, f"the trailer counts {count} objects, the stream holds {len(self.seen)}")
+        await self._store()
 
-        async def store() -> None:
-            nonlocal pending_bytes
-            if pending:
-                have = await backend.has_objects([oid for oid, _ in pending])
-                new = [(oid, fr) for oid, fr in pending if oid not in have]
-                if new:
-                    report.written += await backend.put_objects(new, stream=f"import {report.session}")
-                pending.clear()
-                pending_bytes = 0
+    async def _check_links(self, refs: dict[str, bytes]) -> None:
+        """Every object pointed at is in the bundle or the store (in the bundle only, when
+        translating: the store names objects otherwise), and the tree obeys the reader's rules."""
+        outside = list({c for cs in self.edges.values() for c, _ in cs} - self.seen)
+        if outside:
+            present = set() if self.translate else await self.backend.has_objects(outside)
+            if len(present) != len(outside):
+                lost = next(o for o in outside if o not in present)
+                where = "in the bundle" if self.translate else "neither in the bundle nor the store"
+                raise _bad(self.source, f"object {lost.hex()} is referenced but {where}")
+        problem = await _check_tree(self.backend, set(refs.values()), self.kinds, self.edges)
+        if problem is not None:
+            raise _bad(self.source, f"object {problem.id.hex()} breaks the rules of a stored state: {problem.detail}")
 
-        async with backend.gc_shared():
-            while body_left > 0:
-                chunk = await f.read(min(READ_SIZE, body_left))
-                if not chunk:
-                    raise _bad(source, "the file ends early")
-                body_left -= len(chunk)
-                done += len(chunk)
-                hasher.update(chunk)
-                view = memoryview(chunk)
-                # Slices, not the whole chunk: zstd can expand 1 KiB into 32 MiB, and a crafted
-                # bundle must not make an import allocate 32,768 times its size at once.
-                for start in range(0, len(view), SLICE):
-                    try:
-                        buf += decomp.decompress(view[start : start + SLICE])
-                    except zstandard.ZstdError as exc:
-                        raise _bad(source, f"zstd: {exc}") from None
-                    off = 0
-                    while len(buf) - off >= RECORD.size:
-                        oid, n = RECORD.unpack_from(buf, off)
-                        if n > MAX_FRAME:
-                            raise _bad(source, f"object {oid.hex()} claims {n} bytes")
-                        if len(buf) - off - RECORD.size < n:
-                            break
-                        if oid in seen:  # before any work: a repeated record costs nothing to refuse
-                            raise _bad(source, f"object {oid.hex()} appears twice (a bundle holds each object once)")
-                        frame = bytes(buf[off + RECORD.size : off + RECORD.size + n])
-                        off += RECORD.size + n
-                        kind, content = decode_frame(oid, frame)  # CorruptObjectError names it
-                        children = links(oid, kind, content, deep=True)
-                        if children:
-                            edges[oid] = children
-                        seen.add(oid)
-                        kinds[oid] = kind
-                        stored = encode_frame(kind, bytes(content), compress=compress)
-                        del frame, content
-                        pending.append((oid, stored))
-                        # Counted as held, decompressed where the backend wants raw frames: a
-                        # record of a few bytes can stand for a 64 MiB object. Memory stays
-                        # within one batch plus one object.
-                        pending_bytes += len(stored)
-                        if pending_bytes >= WRITE_BATCH:
-                            await store()
-                    if off:
-                        del buf[:off]
-                if progress is not None:
-                    progress(done, size)
-            if buf or not decomp.eof or decomp.unused_data:
-                raise _bad(source, "the object stream is incomplete or has trailing bytes")
-            magic, count, digest = TRAILER.unpack(await _read_exact(f, TRAILER.size, source))
-            if magic != TRAILER_MAGIC or digest != hasher.digest():
-                raise _bad(source, "the trailer does not match the contents")
-            if count != len(seen):
-                raise _bad(source, f"the trailer counts {count} objects, the stream holds {len(seen)}")
-            await store()
-            report.objects = len(seen)
-            for name, cid in new_refs.items():
-                if kinds.get(cid) != KIND_COMMIT:
-                    raise _bad(source, f"ref {name} does not point at a commit in the bundle")
-            outside = list({c for cs in edges.values() for c, _ in cs} - seen)
-            if outside:
-                present = await backend.has_objects(outside)
-                if len(present) != len(outside):
-                    lost = next(o for o in outside if o not in present)
-                    raise _bad(source, f"object {lost.hex()} is referenced but neither in the bundle nor the store")
-            problem = await _check_tree(backend, set(new_refs.values()), kinds, edges)
-            if problem is not None:
-                raise _bad(source, f"object {problem.id.hex()} breaks the rules of a stored state: {problem.detail}")
-            try:
-                await repo.update_refs(
-                    [RefUpdate(n, c, None) for n, c in sorted(new_refs.items())],
-                    message=f"import {source.name}"[:200],
-                )
-            except ConflictError:
-                raise AlreadyExistsError(
-                    f"session {report.session!r} (or one of its checkpoints) already exists in this store: "
-                    "import it under another id (--session NEW) or remove it first (castate rm)",
-                    names.session_ref(report.session) if report.session else None,
-                ) from None
-    report.bytes = size
-    return report
+    async def _write_waiting(self, spill: Spill) -> None:
+        """Write the spilled objects children first, each with its children's new ids."""
+        await spill.flush()
+        order = postorder(self.waiting)
+        self.waiting.clear()
+        i = 0
+        while i < len(order):
+            j, held = i, 0
+            while j < len(order) and (j == i or held + spill.size(order[j]) <= WRITE_BATCH):
+                held += spill.size(order[j])
+                j += 1
+            part = order[i:j]
+            for oid, frame in zip(part, await spill.get_many(part), strict=True):
+                kind, content = self.ids.decode_frame(oid, frame)
+                content = rewrite(oid, kind, content, self.new)
+                self.new[oid] = new = self.backend.ids.object_id(kind, content)
+                await self._add(new, kind, content)
+            i = j
+        await self._store()
 
 
 __all__ = ["BundleReport", "export_session", "import_bundle"]
