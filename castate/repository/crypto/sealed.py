@@ -24,6 +24,7 @@ import base64
 import binascii
 import contextlib
 import os
+import urllib.parse
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
@@ -31,8 +32,8 @@ import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 
-from castate.backends.base import ReflogEntry, RefRepairReport, RefUpdate, _Any
-from castate.backends.blob import BlobBackend, BlobInfo
+from castate.backends.base import MAX_REF_NAME, ReflogEntry, RefRepairReport, RefUpdate, _Any, check_ref_name
+from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.errors import ConflictError, CorruptFileError, NotFoundError
 from castate.repository.crypto.slots import KEYS_PREFIX, StoreKeys
 
@@ -51,6 +52,29 @@ def _b64(data: bytes) -> str:
 
 def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+
+
+# A ref name part as AES-SIV's plaintext. The repository percent-encodes user strings
+# (castate.repository.refs), which triples the length of non-ASCII text; a part that is the
+# canonical percent-encoding of some bytes is encrypted as those bytes, so an encrypted name
+# stays within the engines' limits (a 1 KiB session id: 1.4 KiB encrypted, not 4 KiB).
+_RAW, _QUOTED = b"\x00", b"\x01"
+
+
+def _pack_part(part: str) -> bytes:
+    data = urllib.parse.unquote_to_bytes(part)
+    if data != part.encode("ascii") and urllib.parse.quote(data, safe="") == part:
+        return _QUOTED + data
+    return _RAW + part.encode("ascii")
+
+
+def _unpack_part(data: bytes) -> str:
+    kind, body = data[:1], data[1:]
+    if kind == _QUOTED:
+        return urllib.parse.quote(body, safe="")
+    if kind == _RAW:
+        return body.decode("ascii")
+    raise ValueError("not a sealed ref name part")
 
 
 class SealedBlobs(BlobBackend):
@@ -98,6 +122,7 @@ class SealedBlobs(BlobBackend):
 
     @staticmethod
     def _check_name(name: str) -> None:
+        check_blob_name(name)  # before the name is the AEAD's associated data (it must be ASCII)
         if name.startswith(KEYS_PREFIX):
             raise ValueError(f"blob {name} is a key slot: the key functions write those")
 
@@ -143,30 +168,43 @@ class SealedBlobs(BlobBackend):
     # -- ref names, values and messages --------------------------------------------------------
 
     def seal_name(self, name: str) -> str:
+        """The name the inner backend keeps: the first part as it is (``sessions``,
+        ``checkpoints``...), every other part encrypted; a name of one part is encrypted whole.
+        ValueError for a name the contract refuses, or one too long once encrypted."""
         sealed = self._names.get(name)
         if sealed is None:
+            check_ref_name(name)
             ns, sep, rest = name.partition("/")
-            if not sep:
-                raise ValueError(f"bad ref name {name[:80]!r}: castate's refs have a first part")
-            sealed = ns + "/" + "/".join(self._seal_part(part) for part in rest.split("/"))
+            if sep:
+                sealed = ns + "/" + "/".join(self._seal_part(part) for part in rest.split("/"))
+            else:
+                sealed = self._seal_part(name)
+            if len(sealed) > MAX_REF_NAME:
+                raise ValueError(
+                    f"bad ref name {name[:80]!r}: {len(name)} characters, {len(sealed)} once encrypted; "
+                    f"an encrypted store holds names of at most {MAX_REF_NAME} characters encrypted"
+                )
             self._remember(name, sealed)
         return sealed
 
     def _seal_part(self, part: str) -> str:
-        return _b64(self._siv.encrypt(part.encode("utf-8"), _NAME_AD))
+        return _b64(self._siv.encrypt(_pack_part(part), _NAME_AD))
+
+    def _open_part(self, sealed: str) -> str:
+        return _unpack_part(self._siv.decrypt(_unb64(sealed), _NAME_AD))
 
     def open_name(self, sealed: str) -> str:
         name = self._plain.get(sealed)
         if name is None:
             ns, sep, rest = sealed.partition("/")
             try:
-                if not sep:
-                    raise ValueError
-                parts = [self._siv.decrypt(_unb64(p), _NAME_AD).decode("utf-8") for p in rest.split("/")]
+                if sep:
+                    name = ns + "/" + "/".join(self._open_part(p) for p in rest.split("/"))
+                else:
+                    name = self._open_part(sealed)
             except (ValueError, InvalidTag, binascii.Error, UnicodeDecodeError):
                 why = "its name does not decrypt under this store's key"
                 raise CorruptFileError(f"ref {sealed[:120]}", why) from None
-            name = ns + "/" + "/".join(parts)
             self._remember(name, sealed)
         return name
 
@@ -206,7 +244,13 @@ class SealedBlobs(BlobBackend):
             plain = self.open_name(ref)
         except CorruptFileError:
             return exc
-        out = ConflictError(str(exc).replace(ref, plain), plain)
+        out = type(exc)(
+            str(exc).replace(ref, plain),
+            plain,
+            session_id=exc.session_id,
+            expected=exc.expected,
+            current=exc.current,
+        )
         out.__cause__ = exc.__cause__
         return out
 
@@ -297,7 +341,15 @@ class SealedBlobs(BlobBackend):
         return await self.inner.repair_refs()
 
     async def stats(self) -> dict[str, int]:
-        return await self.inner.stats()
+        """The inner backend's figures, its blobs counted as ``list_blobs`` lists them: key
+        slots left out, and sizes without the bytes sealing adds."""
+        out = dict(await self.inner.stats())
+        if "blobs" in out and "blob_bytes" in out:
+            slots = await self.inner.list_blobs(KEYS_PREFIX)
+            out["blobs"] = max(out["blobs"] - len(slots), 0)
+            sealed = out["blob_bytes"] - sum(i.size for i in slots)
+            out["blob_bytes"] = max(sealed - OVERHEAD * out["blobs"], 0)
+        return out
 
 
 __all__ = ["OVERHEAD", "SealedBlobs"]
