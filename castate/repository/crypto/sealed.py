@@ -35,9 +35,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from castate.backends.base import MAX_REF_NAME, ReflogEntry, RefRepairReport, RefUpdate, _Any, check_ref_name
 from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.errors import ConflictError, CorruptFileError, NotFoundError
-from castate.repository.crypto.slots import KEYS_PREFIX, StoreKeys
+from castate.repository.crypto.slots import KEYS_PREFIX, SEALED_MAGIC, StoreKeys
 
-BLOB_MAGIC = b"CSB1"
+BLOB_MAGIC = SEALED_MAGIC
 NONCE = 12
 TAG = 16
 OVERHEAD = len(BLOB_MAGIC) + NONCE + TAG  # 32 bytes a sealed blob adds

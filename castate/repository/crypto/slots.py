@@ -29,6 +29,9 @@ SLOT_VERSION = 1
 CIPHER = "castate-enc-1"  # AES-256-GCM blobs, AES-SIV ref names and values, keyed blake3 ids
 MAX_SLOT_BYTES = 4096  # a slot is a few hundred bytes; a larger blob is not read
 MAX_SLOTS = 64
+FIRST_SLOT = "0" * 16  # the first slot's id: one name, so racing initialisations write one
+
+SEALED_MAGIC = b"CSB1"  # what every sealed blob starts with (sealed.py)
 
 _CONTEXT = "castate 2026-12-05 "  # blake3 derive_key contexts: globally unique, hard-coded
 
@@ -124,6 +127,7 @@ async def read_slots(blobs: BlobBackend) -> list[KeySlot]:
     """Every key slot of a store (none: the store is not encrypted)."""
     infos = await blobs.list_blobs(KEYS_PREFIX)
     if not infos:
+        await _check_not_sealed(blobs)
         return []
     if len(infos) > MAX_SLOTS:
         raise CorruptFileError(KEYS_PREFIX, f"{len(infos)} key slots (castate reads at most {MAX_SLOTS})")
@@ -136,6 +140,24 @@ async def read_slots(blobs: BlobBackend) -> list[KeySlot]:
     if len(stores) > 1:
         raise CorruptFileError(KEYS_PREFIX, f"key slots of {len(stores)} different stores")
     return slots
+
+
+async def _check_not_sealed(blobs: BlobBackend) -> None:
+    """A store without key slots whose blobs are sealed lost its slots (deleted by hand, or
+    not copied with the rest): say so, instead of reading it as a plain store whose every
+    pack is damaged and whose session names are ciphertext. One index segment's (or, in a
+    store without any, one pack's) first bytes tell."""
+    for prefix in ("index/", "packs/"):
+        infos = await blobs.list_blobs(prefix)
+        if infos:
+            (head,) = await blobs.get_ranges([(infos[0].name, 0, len(SEALED_MAGIC))])
+            if head == SEALED_MAGIC:
+                raise CorruptFileError(
+                    KEYS_PREFIX,
+                    f"store {blobs.location} is encrypted ({infos[0].name} is sealed) but has no key slots: they "
+                    "were deleted or not copied, and without one no key opens the store; restore keys/ from a backup",
+                )
+            return
 
 
 def unlock(slots: list[KeySlot], secret: Secret, location: str) -> StoreKeys:
@@ -169,28 +191,34 @@ def require_secret(secret: Secret | None, location: str) -> Secret:
     return found
 
 
-def _new_slot(secret: Secret, master: bytes, store: str, label: str) -> KeySlot:
-    sid = os.urandom(8).hex()
+def _new_slot(secret: Secret, master: bytes, store: str, label: str, sid: str = "") -> KeySlot:
+    sid = sid or os.urandom(8).hex()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     draft = KeySlot(sid, store, secret.kind, label, created, {})
     return KeySlot(sid, store, secret.kind, label, created, secret.wrap(master, draft.aad()))
 
 
 async def create_keys(blobs: BlobBackend, secret: Secret, *, label: str = "") -> StoreKeys:
-    """Make a new store encrypted: a fresh master key and its first slot. Refuses a store that
-    holds anything; when two processes initialise one store at once, the slot whose store id
-    sorts first wins and the other process's slot is removed (it gets ConflictError)."""
+    """Make a new store encrypted: a fresh master key and its first slot.
+
+    The first slot has a fixed name and blobs are create-only, so when several processes
+    initialise one store at once exactly one slot, and one master key, is written: the others
+    open the winner's slot with their secret (the same passphrase works on), or get
+    ConflictError when their secret does not open it."""
     master = os.urandom(MASTER_SIZE)
     store = os.urandom(16).hex()
-    slot = await asyncio.to_thread(_new_slot, secret, master, store, label or "first key")
-    await blobs.put_blobs([(slot.blob, slot.encode())])
-    infos = await blobs.list_blobs(KEYS_PREFIX)
-    got = await blobs.get_blobs([i.name for i in infos if i.size <= MAX_SLOT_BYTES])
-    others = sorted({parse_slot(n, d).store for n, d in got.items()} - {store})
-    if others and others[0] < store:
-        await blobs.delete_blobs([slot.blob])
-        raise ConflictError(f"store {blobs.location} was made encrypted by another process at the same time", None)
-    return StoreKeys.derive(master, store, slot.id)
+    slot = await asyncio.to_thread(_new_slot, secret, master, store, label or "first key", FIRST_SLOT)
+    if await blobs.put_blobs([(slot.blob, slot.encode())]):
+        return StoreKeys.derive(master, store, slot.id)
+    # Another process was first (or this one was, and its reply got lost): open what is there.
+    slots = await read_slots(blobs)
+    try:
+        return await asyncio.to_thread(unlock, slots, secret, blobs.location)
+    except WrongKeyError:
+        raise ConflictError(
+            f"store {blobs.location} was made encrypted by another process at the same time, with another key",
+            None,
+        ) from None
 
 
 async def add_slot(blobs: BlobBackend, opener: Secret, secret: Secret, *, label: str = "") -> KeySlot:
