@@ -177,7 +177,8 @@ def _open(slots: list[KeySlot], secret: Secret, location: str) -> tuple[KeySlot,
         return slot, master
     kinds = sorted({s.kind for s in slots})
     raise WrongKeyError(
-        f"the key given opens none of the {len(slots)} key slots of store {location} (kinds: {', '.join(kinds)})"
+        f"the key given opens none of the {len(slots)} key slots of store {location} (kinds: {', '.join(kinds)}): "
+        "a wrong key, or, if it is the right one, its slot is damaged"
     )
 
 
