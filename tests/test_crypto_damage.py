@@ -10,9 +10,10 @@ from __future__ import annotations
 import random
 import sqlite3
 from collections import Counter
+from collections.abc import Awaitable
 from contextlib import closing
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytest
 
@@ -30,6 +31,7 @@ from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, RawKey
 from castate.repository.packs import PackStore
 
 KEY = RawKey("d4" * 32)
+T = TypeVar("T")
 
 
 @pytest.fixture(autouse=True)
@@ -111,6 +113,13 @@ async def read_back(path: Path, cp: str) -> tuple[Any, Any]:
         await sm.close()
 
 
+async def attempt(call: Awaitable[T]) -> T | CastateError:
+    try:
+        return await call
+    except CastateError as exc:
+        return exc
+
+
 async def fsck(path: Path) -> castate.CastateError | Any:
     sm = manager(path)
     try:
@@ -143,15 +152,15 @@ async def test_every_damage_to_every_encrypted_blob_is_named(tmp_path: Path) -> 
         for label, content in damages(data, rng):
             put_row(path, blob, content)
             try:
-                try:
-                    head, old = await read_back(path, cp)
-                except CastateError as exc:
-                    assert named(exc, blob, objects.get(blob, set())), f"{blob} {label}: {exc!r}"
-                    outcomes[f"{kind} {label}: {type(exc).__name__}"] += 1
+                read = await attempt(read_back(path, cp))
+                if isinstance(read, CastateError):
+                    assert named(read, blob, objects.get(blob, set())), f"{blob} {label}: {read!r}"
+                    outcomes[f"{kind} {label}: {type(read).__name__}"] += 1
                     report = await fsck(path)
                     if not isinstance(report, CastateError):
                         assert not report.ok, f"fsck missed {blob} {label}"
                 else:
+                    head, old = read
                     assert head == expected, f"wrong data after {blob} {label}"
                     assert old == expected
                     outcomes[f"{kind} {label}: intact"] += 1
