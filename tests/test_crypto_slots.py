@@ -7,11 +7,13 @@ import asyncio
 import json
 import subprocess
 import sys
+from collections.abc import Collection
 from pathlib import Path
 
 import pytest
 
 import castate
+from castate.backends.blob import BlobInfo
 from castate.backends.local import LocalBackend
 from castate.backends.memory import MemoryBackend
 from castate.errors import (
@@ -272,6 +274,30 @@ async def test_an_encrypted_store_whose_slots_are_gone(tmp_path: Path) -> None:
             async with castate.StateManager(castate.open(path, key=key)) as sm:
                 await sm.load_session("s")
         assert caught.value.path == KEYS_PREFIX
+
+
+class Yielding(MemoryBackend):
+    """A memory store whose calls let other tasks run, as a server's round trips do."""
+
+    async def list_blobs(self, prefix: str = "") -> list[BlobInfo]:
+        await asyncio.sleep(0)
+        return await super().list_blobs(prefix)
+
+    async def delete_blobs(self, names: Collection[str]) -> int:
+        await asyncio.sleep(0)
+        return await super().delete_blobs(names)
+
+
+async def test_racing_removals_never_remove_the_last_slot() -> None:
+    blobs = Yielding()
+    keys = await create_keys(blobs, PW)
+    other = await add_slot(blobs, PW, KEY)
+    results = await asyncio.gather(remove_slot(blobs, FIRST_SLOT), remove_slot(blobs, other.id), return_exceptions=True)
+    assert any(isinstance(r, UsageError) for r in results), results  # both saw two slots: one was put back
+    slots = await read_slots(blobs)
+    assert len(slots) == 1
+    opener = PW if slots[0].id == FIRST_SLOT else KEY
+    assert same_keys(unlock(slots, opener, "m"), keys)
 
 
 # -- racing initialisations ------------------------------------------------------------------------

@@ -245,7 +245,17 @@ async def remove_slot(blobs: BlobBackend, slot_id: str) -> None:
         raise UsageError(f"key slot {slot_id!r} {why}")
     if len(slots) == 1:
         raise UsageError("that is the store's only key slot: add another first (without one, the data is lost)")
-    await blobs.delete_blobs([KEYS_PREFIX + matches[0]])
+    doomed = KEYS_PREFIX + matches[0]
+    kept = await blobs.get_blobs([doomed])
+    await blobs.delete_blobs([doomed])
+    # Two processes removing the last two slots at once both saw another slot: the one that
+    # finds none left after its delete puts its slot back (blobs are written again after a
+    # delete), so one slot always survives; a reader in between is told the slots are gone.
+    if doomed in kept and not await blobs.list_blobs(KEYS_PREFIX):
+        await blobs.put_blobs([(doomed, kept[doomed])])
+        raise UsageError(
+            f"key slot {matches[0]} was kept: another process removed the store's other key slots at the same time"
+        )
 
 
 __all__ = [
