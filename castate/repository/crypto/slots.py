@@ -259,7 +259,9 @@ async def remove_slot(blobs: BlobBackend, slot_id: str) -> None:
 
 
 __all__ = [
+    "FIRST_SLOT",
     "KEYS_PREFIX",
+    "SEALED_MAGIC",
     "KeySlot",
     "StoreKeys",
     "add_slot",
