@@ -3,17 +3,20 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 
 from castate.backends.base import RefUpdate
+from castate.backends.local import LocalBackend
 from castate.backends.memory import MemoryBackend
 from castate.errors import AlreadyExistsError, ConflictError, CorruptFileError
 from castate.repository import refs as names
 from castate.repository.crypto.sealed import OVERHEAD, SealedBlobs
 from castate.repository.crypto.slots import KEYS_PREFIX, StoreKeys
 from castate.testing import value
+from tests.journal_support import record_offsets
 
 
 def keys(master: bytes | None = None) -> StoreKeys:
@@ -216,3 +219,25 @@ async def test_names_the_contract_refuses_are_refused_before_sealing(pair: tuple
             await sealed.put_blobs([(bad, b"x")])
     assert await inner.list_refs() == {}
     assert await inner.list_blobs() == []
+
+
+async def test_a_ref_repair_reports_plaintext_names(tmp_path: Path) -> None:
+    """The local store's journal repair names the refs a lost record moved: through SealedBlobs
+    those are the names the user gave, not ciphertext."""
+    k = keys()
+    sealed = SealedBlobs(LocalBackend(tmp_path / "s"), k)
+    await sealed.open()
+    try:
+        for i in range(12):
+            name = f"sessions/r{i % 3}"
+            await sealed.update_refs([RefUpdate(name, value(i), await sealed.get_ref(name))], message=f"m{i}")
+    finally:
+        await sealed.close()
+    journal = tmp_path / "s" / "refs.journal"
+    offsets = record_offsets(journal)
+    data = bytearray(journal.read_bytes())
+    data[offsets[-1] + 30] ^= 0xFF  # the last record (r2's last move) is lost
+    journal.write_bytes(bytes(data))
+    report = await SealedBlobs(LocalBackend(tmp_path / "s"), k).repair_refs()
+    assert report.damaged
+    assert report.maybe_lost == ["sessions/r2"]

@@ -23,6 +23,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import os
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
@@ -338,7 +339,20 @@ class SealedBlobs(BlobBackend):
         return await self.inner.check_storage()
 
     async def repair_refs(self) -> RefRepairReport:
-        return await self.inner.repair_refs()
+        """The inner backend's repair, its ref names told in plaintext (a name guessed from
+        damaged bytes that does not decrypt stays as it was found)."""
+        report = await self.inner.repair_refs()
+        return dataclasses.replace(
+            report,
+            inferred={self._readable(n): v for n, v in report.inferred.items()},
+            maybe_lost=[self._readable(n) for n in report.maybe_lost],
+        )
+
+    def _readable(self, sealed: str) -> str:
+        try:
+            return self.open_name(sealed)
+        except CorruptFileError:
+            return sealed
 
     async def stats(self) -> dict[str, int]:
         """The inner backend's figures, its blobs counted as ``list_blobs`` lists them: key
