@@ -222,11 +222,11 @@ class SealedBlobs(BlobBackend):
         return MESSAGE_MARK + _b64(self._siv.encrypt(message.encode("utf-8"), _MESSAGE_AD))
 
     def open_message(self, sealed: str) -> str:
-        if not sealed:
-            return ""
+        if not sealed.startswith(MESSAGE_MARK):
+            # Empty, or written by the inner backend itself (the local store's journal repair
+            # records "repair: change(s) of a lost record"): castate's own words, not state.
+            return sealed
         try:
-            if not sealed.startswith(MESSAGE_MARK):
-                raise ValueError
             return self._siv.decrypt(_unb64(sealed[1:]), _MESSAGE_AD).decode("utf-8")
         except (ValueError, InvalidTag, binascii.Error, UnicodeDecodeError):
             return f"(a message that does not decrypt: {sealed[:40]!r})"
