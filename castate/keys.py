@@ -12,6 +12,7 @@ import abc
 import base64
 import hashlib
 import os
+import unicodedata
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -30,8 +31,11 @@ SCRYPT_N = 1 << 17
 SCRYPT_R = 8
 SCRYPT_P = 1
 MIN_SCRYPT_N = 1 << 10  # what a caller may ask for (tests); a passphrase cheaper than this is too cheap to guess
-MAX_SCRYPT_N = 1 << 20  # what a slot may ask of a reader: a hostile slot cannot ask for more memory
-MAX_SCRYPT_MEM = 1 << 30
+MAX_SCRYPT_N = 1 << 19  # the most a caller may ask for: 512 MiB with r = 8
+# What a slot may ask of a reader, so a hostile slot cannot make an open take much more memory
+# or time than a real one: 4x the default's memory, and 4x its work (n x r x p).
+MAX_SCRYPT_MEM = 512 << 20
+MAX_SCRYPT_WORK = 4 * SCRYPT_N * SCRYPT_R * SCRYPT_P
 
 # Environment variables a store's key comes from when no key is given in code.
 ENV_PASSWORD = "CASTATE_PASSWORD"
@@ -50,6 +54,13 @@ def _unb64(text: object, what: str, where: str) -> bytes:
         return base64.b64decode(text, validate=True)
     except ValueError:
         raise CorruptFileError(where, f"{what} is not base64") from None
+
+
+def _is_text(data: bytes) -> bool:
+    try:
+        return data.decode("utf-8").strip().isprintable()
+    except UnicodeDecodeError:
+        return False
 
 
 class Secret(abc.ABC):
@@ -96,14 +107,19 @@ class Passphrase(Secret):
             raise UsageError("a passphrase is a non-empty str")
         if n < MIN_SCRYPT_N or n > MAX_SCRYPT_N or n & (n - 1):
             raise UsageError(f"scrypt's n is a power of two from {MIN_SCRYPT_N} to {MAX_SCRYPT_N}")
-        self._text = text.encode("utf-8")
+        # One passphrase, however it was typed: a decomposed "é" (e + U+0301) is the composed one.
+        self._text = unicodedata.normalize("NFC", text).encode("utf-8")
         self._n = n
 
     def __repr__(self) -> str:
         return "Passphrase(***)"
 
+    def __reduce__(self) -> Any:
+        raise TypeError("a Passphrase is not pickled: it would write the passphrase out")
+
     def _kek(self, salt: bytes, n: int, r: int, p: int) -> bytes:
-        return hashlib.scrypt(self._text, salt=salt, n=n, r=r, p=p, maxmem=MAX_SCRYPT_MEM, dklen=32)
+        # scrypt needs 128 * n * r bytes and a little more; the cap is checked before (unwrap).
+        return hashlib.scrypt(self._text, salt=salt, n=n, r=r, p=p, maxmem=MAX_SCRYPT_MEM + (64 << 20), dklen=32)
 
     def wrap(self, master: bytes, aad: bytes) -> dict[str, Any]:
         salt = os.urandom(16)
@@ -117,9 +133,13 @@ class Passphrase(Secret):
         n, r, p = kdf.get("n"), kdf.get("r"), kdf.get("p")
         if not (isinstance(n, int) and isinstance(r, int) and isinstance(p, int)):
             raise CorruptFileError(where, "scrypt parameters are not integers")
-        sane = 2 <= n <= MAX_SCRYPT_N and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
-        if not sane or 128 * n * r > MAX_SCRYPT_MEM:
-            raise CorruptFileError(where, f"scrypt parameters n={n} r={r} p={p} are outside what castate reads")
+        sane = n >= 2 and n & (n - 1) == 0 and 1 <= r <= 32 and 1 <= p <= 16
+        if not sane or 128 * n * r > MAX_SCRYPT_MEM or n * r * p > MAX_SCRYPT_WORK:
+            raise CorruptFileError(
+                where,
+                f"scrypt parameters n={n} r={r} p={p} ask more than castate spends on an open "
+                f"({MAX_SCRYPT_MEM >> 20} MiB, {MAX_SCRYPT_WORK // (SCRYPT_N * SCRYPT_R)}x the default work)",
+            )
         salt = _unb64(kdf.get("salt"), "salt", where)
         return _open_master(self._kek(salt, n, r, p), fields, aad, where)
 
@@ -131,14 +151,20 @@ class RawKey(Secret):
     kind = "key"
 
     def __init__(self, material: bytes | str) -> None:
+        # A key given as text (an environment variable, a text file) loses the whitespace around
+        # it, a trailing newline above all; binary bytes are the key as they are.
         data = material.encode("utf-8") if isinstance(material, str) else bytes(material)
-        data = data.strip()
+        if _is_text(data):
+            data = data.strip()
         if len(data) < 16:
             raise UsageError("a raw key is at least 16 bytes (32 random bytes, or 64 hex digits, is right)")
         self._material = data
 
     def __repr__(self) -> str:
         return "RawKey(***)"
+
+    def __reduce__(self) -> Any:
+        raise TypeError("a RawKey is not pickled: it would write the key out")
 
     @classmethod
     def from_file(cls, path: str | os.PathLike[str]) -> RawKey:

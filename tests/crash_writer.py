@@ -5,7 +5,8 @@
 every few saves), ``snapshot`` (local, with refs.snapshot rewritten every ~512 bytes of
 journal), ``sqlite`` or ``sqlite-gc`` (packs in ``STORE/store.db``),
 ``s3`` or ``s3-gc`` (STORE is an ``s3://`` URL) and
-STEPS_JSON maps each session to the step it continues from; with MAX_SAVES it exits after
+With ``CASTATE_KEY`` (or ``CASTATE_PASSWORD``) set, the writer makes its store encrypted
+(tests/encrypted_support.py). STEPS_JSON maps each session to the step it continues from; with MAX_SAVES it exits after
 that many saves (a crash point that was never reached). It writes a ledger line to stdout, flushed,
 before and after every call, so the test knows what was in flight when the process died
 and what castate had promised (a call that returned):
@@ -28,6 +29,7 @@ from typing import Any
 import orjson
 
 import castate
+from castate.keys import secret_from_env
 
 SESSIONS = ("alpha", "beta")
 GC_EVERY = 5
@@ -51,18 +53,20 @@ def state_at(session: str, step: int) -> dict[str, Any]:
 
 
 def manager(path: str, mode: str) -> castate.StateManager:
+    key = secret_from_env()  # an encrypted store's key: it makes a new store encrypted
     if mode.startswith("s3"):  # packs in an S3 bucket: ``path`` is the store's URL
-        return castate.StateManager(path)
+        return castate.StateManager(castate.Repository.at(path, key=key) if key else path)
     if mode.startswith("sqlite"):  # packs in an SQLite file inside the directory
         os.makedirs(path, exist_ok=True)
-        return castate.StateManager(f"sqlite:///{os.path.join(path, 'store.db')}")
+        url = f"sqlite:///{os.path.join(path, 'store.db')}"
+        return castate.StateManager(castate.Repository.at(url, key=key) if key else url)
     if mode == "snapshot":  # refs.snapshot rewritten every ~512 bytes of journal
         from castate.backends.local import journal
 
         journal.SNAPSHOT_MIN_TAIL = 512
     # "rotate": a new volume every few saves, so kills land while one is created
     backend = castate.LocalBackend(path, volume_size=16 << 10 if mode == "rotate" else 64 << 20)
-    return castate.StateManager(castate.Repository(backend))
+    return castate.StateManager(castate.Repository(backend, key=key))
 
 
 def say(*parts: object) -> None:

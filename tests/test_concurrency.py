@@ -6,7 +6,8 @@ surface as ConflictError, never as a silent overwrite: the session's reflog must
 the saves the writers were told succeeded, in one unbroken chain in which every save adds one
 to the counter of the save before it (no update lost), and every checkpoint holds a state
 some writer saved. Writers of their own sessions never conflict. tests/test_gc_concurrency.py
-covers gc beside writers that also forget and remove sessions.
+covers gc beside writers that also forget and remove sessions. The local store runs it
+encrypted too, SQLite and S3 with CASTATE_FULL=1 (tests/encrypted_support.py).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ import castate
 from castate.backends.urls import open_backend
 from castate.repository import refs as names
 from tests.concurrent_writer import state_of
-from tests.full_run import CONCURRENCY_SECONDS
+from tests.encrypted_support import env_key, is_encrypted, use_encryption
+from tests.full_run import CONCURRENCY_SECONDS, FULL
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = CONCURRENCY_SECONDS  # 4 s; 30 s with CASTATE_FULL=1
@@ -33,17 +35,24 @@ WRITERS = [("shared", 0), ("shared", 1), ("shared", 2), ("own-3", 3), ("own-4", 
 WRITERS_S3 = [("shared", 0), ("shared", 1), ("shared", 2), ("shared", 3), ("own-4", 4)]
 
 
-@pytest.mark.parametrize("kind", ["local", "sqlite", "s3"])
+# (backend, encrypted): the encrypted cases beyond the local store run with CASTATE_FULL=1.
+CASES = [("local", False), ("sqlite", False), ("s3", False), ("local", True)]
+CASES += [("sqlite", True), ("s3", True)] if FULL else []
+
+
+@pytest.mark.parametrize(("kind", "encrypted"), CASES, ids=[k + ("-encrypted" if e else "") for k, e in CASES])
 async def test_racing_writers_lose_no_update_and_gc_runs_beside_them(
-    tmp_path: Path, kind: str, request: pytest.FixtureRequest
+    tmp_path: Path, kind: str, encrypted: bool, request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    use_encryption(monkeypatch, encrypted)  # CASTATE_KEY: the writers open the store with it
     writers = WRITERS_S3 if kind == "s3" else WRITERS
     if kind == "s3":  # SeaweedFS: conditional PUTs decide the races, a lease in an object holds gc
         store = request.getfixturevalue("seaweed_url")
     else:
         store = str(tmp_path / "state") if kind == "local" else f"sqlite:///{tmp_path / 'state.db'}"
-    async with castate.StateManager(open_backend(store)) as sm:
+    async with castate.StateManager(open_backend(store, key=env_key())) as sm:
         await sm.save_session("bootstrap", {"ok": True})
+    assert await is_encrypted(store) == encrypted
     logs = [tmp_path / f"writer-{w}.json" for _, w in writers]
     procs = [
         subprocess.Popen(

@@ -1,4 +1,7 @@
-"""Damaged store files: reads raise castate's errors naming what is damaged, never wrong data."""
+"""Damaged store files: reads raise castate's errors naming what is damaged, never wrong data.
+
+The tests that damage every file run on an encrypted store too (tests/encrypted_support.py);
+tests/test_crypto_damage.py damages an encrypted store's blobs below the backend's own checks."""
 
 from __future__ import annotations
 
@@ -21,6 +24,7 @@ from castate.errors import (
     NotFoundError,
     UnsupportedFormatError,
 )
+from tests.encrypted_support import ENCRYPTION, env_key, is_encrypted, use_encryption
 
 T = TypeVar("T")
 
@@ -39,7 +43,7 @@ def backend(path: Path) -> castate.LocalBackend:
 
 
 async def build_store(path: Path) -> tuple[dict[str, Any], str]:
-    sm = castate.StateManager(castate.Repository(backend(path)))
+    sm = castate.StateManager(castate.Repository(backend(path), key=env_key()))  # CASTATE_KEY: encrypted
     for step in range(1, 6):
         await sm.save_session("s", make_state(step))
         cp = await sm.create_checkpoint("s", f"step{step}")
@@ -59,9 +63,14 @@ def store_files(path: Path) -> list[Path]:
     return sorted(p for p in path.rglob("*") if p.is_file() and p.parent.name != "locks")
 
 
-async def test_flipped_bytes_never_return_wrong_data(tmp_path: Path) -> None:
+@ENCRYPTION
+async def test_flipped_bytes_never_return_wrong_data(
+    tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_encryption(monkeypatch, encrypted)
     path = tmp_path / "store"
     expected, cp = await build_store(path)
+    assert await is_encrypted(path) == encrypted
     pristine = {p: p.read_bytes() for p in store_files(path)}
     rng = random.Random(1234)
     outcomes = {"intact": 0, "error": 0}
@@ -98,7 +107,11 @@ def records(volume: Path) -> list[tuple[int, str, int]]:
     return out
 
 
-async def test_damaged_pack_data_names_the_object(tmp_path: Path) -> None:
+@ENCRYPTION
+async def test_damaged_pack_data_names_the_object(
+    tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_encryption(monkeypatch, encrypted)
     path = tmp_path / "store"
     await build_store(path)
     volume = sorted((path / "volumes").glob("*.vol"))[0]
@@ -220,9 +233,14 @@ def names_the_damage(exc: CastateError, file: Path, ids_in_file: set[str]) -> bo
     return file.name in str(exc)
 
 
-async def test_truncated_emptied_or_deleted_files_are_named_never_misread(tmp_path: Path) -> None:
+@ENCRYPTION
+async def test_truncated_emptied_or_deleted_files_are_named_never_misread(
+    tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_encryption(monkeypatch, encrypted)
     path = tmp_path / "store"
     expected, cp = await build_store(path)
+    assert await is_encrypted(path) == encrypted
     async with castate.StateManager(castate.Repository(backend(path))) as sm:
         history = {e.new for e in await sm.repository.reflog() if e.new}
     stored = await object_ids(path)

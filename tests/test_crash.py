@@ -13,6 +13,8 @@ whose save was in flight; every acknowledged save is in the reflog; the store ta
 saves. ``CASTATE_CRASH_TRIALS`` sets the number of random trials (6; 300 with
 ``CASTATE_FULL=1``, see tests/full_run.py); the chosen points run ``max(1, trials // 25)``
 rounds with varied skip counts. docs/reliability.md gives the figures of the full run.
+Each runs on an encrypted store too (``encrypted``, tests/encrypted_support.py): the random
+kills of the local and SQLite writers by default, the chosen points and S3 with CASTATE_FULL=1.
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import orjson
+import pytest
 
 from castate.backends.local.crashpoints import POINTS
 from castate.repository import refs as names
 from tests.conftest import S3_BUCKET
 from tests.crash_writer import SESSIONS, manager, state_at
+from tests.encrypted_support import ENCRYPTION, ENCRYPTION_FULL, is_encrypted, use_encryption
 from tests.full_run import CRASH_TRIALS
 from tools.servers import SeaweedServer
 
@@ -180,7 +184,11 @@ async def verify(
         await sm.close()
 
 
-async def test_random_kills_lose_nothing_promised(tmp_path: Path) -> None:
+@ENCRYPTION
+async def test_random_kills_lose_nothing_promised(
+    tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_encryption(monkeypatch, encrypted)
     rng = random.Random(20261127)
     outcomes: Counter[str] = Counter()
     started = time.monotonic()
@@ -195,10 +203,15 @@ async def test_random_kills_lose_nothing_promised(tmp_path: Path) -> None:
         outcomes[f"killed during {ledger.last or 'start'}"] += 1
         await verify(path, ledger, outcomes)
     print(f"\n{TRIALS} random kills in {time.monotonic() - started:.1f}s: {dict(sorted(outcomes.items()))}")
+    assert await is_encrypted(path) == encrypted
     assert sum(v for k, v in outcomes.items() if k.startswith("killed")) == TRIALS
 
 
-async def test_kills_at_chosen_points_lose_nothing_promised(tmp_path: Path) -> None:
+@ENCRYPTION_FULL
+async def test_kills_at_chosen_points_lose_nothing_promised(
+    tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_encryption(monkeypatch, encrypted)
     rng = random.Random(7)
     outcomes: Counter[str] = Counter()
     started = time.monotonic()
@@ -217,10 +230,15 @@ async def test_kills_at_chosen_points_lose_nothing_promised(tmp_path: Path) -> N
         f"{dict(reached)}; {dict(sorted(outcomes.items()))}"
     )
     assert set(reached) == set(POINTS)  # every point was reached and survived
+    assert await is_encrypted(path) == encrypted
 
 
-async def test_random_kills_of_a_format_2_writer_lose_nothing_promised(tmp_path: Path) -> None:
+@ENCRYPTION
+async def test_random_kills_of_a_format_2_writer_lose_nothing_promised(
+    tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same trials over format-2 packs in SQLite: a save is one transaction, gc rewrites chains."""
+    use_encryption(monkeypatch, encrypted)
     rng = random.Random(20261205)
     outcomes: Counter[str] = Counter()
     ledger = Ledger()
@@ -234,12 +252,17 @@ async def test_random_kills_of_a_format_2_writer_lose_nothing_promised(tmp_path:
         outcomes[f"killed during {ledger.last or 'start'}"] += 1
         await verify(path, ledger, outcomes, store="sqlite")
     print(f"\n{TRIALS} random kills of a format-2 writer: {dict(sorted(outcomes.items()))}")
+    assert await is_encrypted(f"sqlite:///{path / 'store.db'}") == encrypted
     assert sum(v for k, v in outcomes.items() if k.startswith("killed")) == TRIALS
 
 
-async def test_random_kills_of_an_s3_writer_lose_nothing_promised(seaweed_server: SeaweedServer) -> None:
+@ENCRYPTION_FULL
+async def test_random_kills_of_an_s3_writer_lose_nothing_promised(
+    seaweed_server: SeaweedServer, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The same trials over the S3 backend on SeaweedFS: a save is a root read, blob PUTs and one
     conditional PUT of the session's ref object; a writer killed in gc leaves its lease behind."""
+    use_encryption(monkeypatch, encrypted)
     rng = random.Random(20261206)
     outcomes: Counter[str] = Counter()
     ledger = Ledger()
@@ -251,6 +274,7 @@ async def test_random_kills_of_an_s3_writer_lose_nothing_promised(seaweed_server
         outcomes[f"killed during {ledger.last or 'start'}"] += 1
         await verify(url, ledger, outcomes, store="s3")
     print(f"\n{S3_TRIALS} random kills of an S3 writer: {dict(sorted(outcomes.items()))}")
+    assert await is_encrypted(url) == encrypted
 
 
 def test_an_unknown_crash_point_is_refused() -> None:

@@ -5,7 +5,8 @@ Each race is forced, not hoped for: a repository whose hook runs inside the call
 runs gc with no grace and no reflog. Where the call holds gc's shared lock as it must, that
 gc cannot get its exclusive lock: it gives up after the short lock timeout of its store,
 and the checkpoint stays whole. Without the lock, gc collects the tree and the checkpoint
-(or fork) names a state that cannot be read.
+(or fork) names a state that cannot be read. The forced races run on encrypted stores too
+(tests/encrypted_support.py).
 """
 
 from __future__ import annotations
@@ -26,14 +27,18 @@ from castate.backends.sqlite import SQLiteBackend
 from castate.codec import Commit
 from castate.errors import MissingObjectError, StoreError
 from castate.repository import refs as names
+from tests.encrypted_support import ENCRYPTION, env_key, is_encrypted, use_encryption
 
 LOCK_TIMEOUT = 1.0  # seconds gc waits for its lock in the forced races before giving up
 
 
 def open_backend(kind: str, path: Path, lock_timeout: float = 60.0) -> Backend | BlobBackend:
     if kind == "local":
-        return castate.LocalBackend(path / "state", lock_timeout=lock_timeout)
-    return SQLiteBackend(path / "state.db", lock_timeout=lock_timeout)
+        backend: BlobBackend = castate.LocalBackend(path / "state", lock_timeout=lock_timeout)
+    else:
+        backend = SQLiteBackend(path / "state.db", lock_timeout=lock_timeout)
+    backend.secret = env_key()  # CASTATE_KEY: the store is made encrypted
+    return backend
 
 
 def state(tag: str) -> dict[str, Any]:
@@ -78,11 +83,17 @@ async def seed(kind: str, path: Path, session: str) -> str:
     async with castate.StateManager(open_backend(kind, path)) as sm:
         head = await sm.save_session(session, state("older"))
     assert head is not None
+    store = path / "state" if kind == "local" else f"sqlite:///{path / 'state.db'}"
+    assert await is_encrypted(store) == (env_key() is not None)
     return head
 
 
+@ENCRYPTION
 @pytest.mark.parametrize("kind", ["local", "sqlite"])
-async def test_a_checkpoint_with_metadata_keeps_its_state_when_gc_runs_during_it(kind: str, tmp_path: Path) -> None:
+async def test_a_checkpoint_with_metadata_keeps_its_state_when_gc_runs_during_it(
+    kind: str, tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_encryption(monkeypatch, encrypted)
     head = await seed(kind, tmp_path, "s")
     repo = HookedRepository(open_backend(kind, tmp_path))
     outcome: list[str] = []
@@ -99,10 +110,12 @@ async def test_a_checkpoint_with_metadata_keeps_its_state_when_gc_runs_during_it
         assert (await sm.fsck(full=True)).ok
 
 
+@ENCRYPTION
 @pytest.mark.parametrize("kind", ["local", "sqlite"])
 async def test_an_automatic_checkpoint_keeps_its_state_when_gc_runs_before_its_ref_moves(
-    kind: str, tmp_path: Path
+    kind: str, tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    use_encryption(monkeypatch, encrypted)
     await seed(kind, tmp_path, "s")
     repo = HookedRepository(open_backend(kind, tmp_path))
     outcome: list[str] = []
@@ -163,11 +176,15 @@ async def test_an_automatic_checkpoint_refuses_a_commit_another_writer_left_part
         assert await sm.list_checkpoints("s") == []
 
 
+@ENCRYPTION
 @pytest.mark.parametrize("kind", ["local", "sqlite"])
-async def test_a_commit_inside_gc_shared_does_not_queue_behind_a_waiting_gc(kind: str, tmp_path: Path) -> None:
+async def test_a_commit_inside_gc_shared_does_not_queue_behind_a_waiting_gc(
+    kind: str, tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A task that holds gc's shared lock (an import, a checkpoint) and then saves must not
     ask for the lock again: a gc waiting for the exclusive side holds the turnstile, so the
     second request would wait for gc, which waits for the first: stuck until the timeout."""
+    use_encryption(monkeypatch, encrypted)
     await seed(kind, tmp_path, "s")
     turnstile = tmp_path / "state" / "locks" / "gc.turnstile" if kind == "local" else tmp_path / "state.db-gcturn"
     async with castate.Repository(open_backend(kind, tmp_path, LOCK_TIMEOUT)) as repo:

@@ -5,6 +5,7 @@ The faults are injected at the local backend's OS seam (``castate/backends/local
 a dry run records every call one save-and-checkpoint makes, then each call in turn fails
 with each fault that call can meet: ENOSPC and EIO, a failed fsync, a short write followed
 by ENOSPC (a disk filling up mid-write), or a short write alone (which castate must finish).
+Every fault is injected into an encrypted store too (tests/encrypted_support.py).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ import pytest
 import castate
 from castate.backends.local import osio
 from castate.errors import StoreError, StoreIOError
+from tests.encrypted_support import ENCRYPTION, env_key, is_encrypted, use_encryption
 
 SEAM = ("open_fd", "write", "fsync", "fdatasync", "replace", "link", "unlink", "mkdir")
 FAULTS: dict[str, list[str]] = {
@@ -97,7 +99,7 @@ class Seam:
 
 
 def manager(path: Path) -> castate.StateManager:
-    return castate.StateManager(castate.Repository(castate.LocalBackend(path)))
+    return castate.StateManager(castate.Repository(castate.LocalBackend(path), key=env_key()))  # CASTATE_KEY
 
 
 async def make_base(path: Path, torn_journal: bool) -> str:
@@ -131,13 +133,18 @@ async def check_store(path: Path, cp: str, head: dict[str, Any], checkpoints: se
         assert {c.name for c in await sm.list_checkpoints("s")} == checkpoints
 
 
+@ENCRYPTION
 @pytest.mark.parametrize("torn_journal", [False, True], ids=["local", "local-torn-journal"])
-async def test_every_fault_at_every_step(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torn_journal: bool) -> None:
+async def test_every_fault_at_every_step(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, torn_journal: bool, encrypted: bool
+) -> None:
+    use_encryption(monkeypatch, encrypted)
     # Commit ids hold the commit time; a fixed clock makes every run write the same objects,
     # so every run makes the same calls.
     monkeypatch.setattr(time, "time_ns", lambda: 1_800_000_000_000_000_000)
     template = tmp_path / "template"
     cp = await make_base(template, torn_journal)
+    assert await is_encrypted(template) == encrypted
     seam = Seam(monkeypatch)
 
     # Dry run: the calls one save and one checkpoint make.

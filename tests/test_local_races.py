@@ -1,7 +1,9 @@
 """The local store under a second process: deletes and clean-ups racing reads, repairs after
 deletes, crashes while a volume is created, hostile volume files, an interrupted upgrade.
 
-Found by a review of the store as it landed; each test failed before its fix."""
+Found by a review of the store as it landed; each test failed before its fix. The repair
+test runs on an encrypted store too (tests/encrypted_support.py); the others race below the
+encryption, in the local blob layer itself."""
 
 from __future__ import annotations
 
@@ -13,9 +15,12 @@ import sys
 import tracemalloc
 from pathlib import Path
 
+import pytest
+
 import castate
 from castate.backends.local import LocalBackend
 from castate.backends.local.volumes import HEADER
+from tests.encrypted_support import ENCRYPTION, env_key, is_encrypted, use_encryption
 
 ROOT = Path(__file__).resolve().parents[1]
 FIX = Path(__file__).parent / "fixtures" / "v1"
@@ -91,11 +96,17 @@ def damage_last_record_crc(journal: Path) -> None:
     journal.write_bytes(bytes(b))
 
 
-async def test_save_after_repair_resurrecting_old_segment(tmp_path: Path) -> None:
+@ENCRYPTION
+async def test_save_after_repair_resurrecting_old_segment(
+    tmp_path: Path, encrypted: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    use_encryption(monkeypatch, encrypted)  # CASTATE_KEY: later opens read it
     path = tmp_path / "store"
     big = os.urandom(150_000).hex()
     keep_big = os.urandom(400_000)
-    async with castate.StateManager(castate.LocalBackend(path)) as sm:
+    first = castate.LocalBackend(path)
+    first.secret = env_key()  # the store is made encrypted
+    async with castate.StateManager(first) as sm:
         await sm.save_session("keep", {"blob": keep_big.hex()})
         await sm.save_session("doomed", {"big": big})
         for i in range(6):
@@ -125,6 +136,7 @@ async def test_save_after_repair_resurrecting_old_segment(tmp_path: Path) -> Non
         assert await sm.load_session("keep") == {"blob": keep_big.hex(), "i": 5}  # the lost save's record went
         rep = await sm.fsck(full=True)
         assert rep.ok, rep
+    assert await is_encrypted(path) == encrypted
 
 
 async def _list(path: Path):

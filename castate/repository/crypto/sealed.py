@@ -23,7 +23,9 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import dataclasses
 import os
+import urllib.parse
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
 
@@ -31,12 +33,12 @@ import blake3
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 
-from castate.backends.base import ReflogEntry, RefRepairReport, RefUpdate, _Any
-from castate.backends.blob import BlobBackend, BlobInfo
+from castate.backends.base import MAX_REF_NAME, ReflogEntry, RefRepairReport, RefUpdate, _Any, check_ref_name
+from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.errors import ConflictError, CorruptFileError, NotFoundError
-from castate.repository.crypto.slots import KEYS_PREFIX, MARKER_REF, StoreKeys
+from castate.repository.crypto.slots import KEYS_PREFIX, MARKER_REF, SEALED_MAGIC, StoreKeys
 
-BLOB_MAGIC = b"CSB1"
+BLOB_MAGIC = SEALED_MAGIC
 NONCE = 12
 TAG = 16
 OVERHEAD = len(BLOB_MAGIC) + NONCE + TAG  # 32 bytes a sealed blob adds
@@ -53,6 +55,29 @@ def _unb64(text: str) -> bytes:
     return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
 
 
+# A ref name part as AES-SIV's plaintext. The repository percent-encodes user strings
+# (castate.repository.refs), which triples the length of non-ASCII text; a part that is the
+# canonical percent-encoding of some bytes is encrypted as those bytes, so an encrypted name
+# stays within the engines' limits (a 1 KiB session id: 1.4 KiB encrypted, not 4 KiB).
+_RAW, _QUOTED = b"\x00", b"\x01"
+
+
+def _pack_part(part: str) -> bytes:
+    data = urllib.parse.unquote_to_bytes(part)
+    if data != part.encode("ascii") and urllib.parse.quote(data, safe="") == part:
+        return _QUOTED + data
+    return _RAW + part.encode("ascii")
+
+
+def _unpack_part(data: bytes) -> str:
+    kind, body = data[:1], data[1:]
+    if kind == _QUOTED:
+        return urllib.parse.quote(body, safe="")
+    if kind == _RAW:
+        return body.decode("ascii")
+    raise ValueError("not a sealed ref name part")
+
+
 class SealedBlobs(BlobBackend):
     """Encrypts what goes into ``inner`` with ``keys`` and checks what comes out."""
 
@@ -64,6 +89,7 @@ class SealedBlobs(BlobBackend):
         self._siv = AESSIV(keys.name_key)
         self._names: dict[str, str] = {}  # plaintext ref name -> sealed, for the names in use
         self._plain: dict[str, str] = {}  # and back
+        self.foreign: set[str] = set()  # listed ref names that do not decrypt (see _listed)
 
     def __getattr__(self, name: str) -> Any:
         # Backend-specific attributes (``create``, ``durability``, a local store's root) are the
@@ -98,6 +124,7 @@ class SealedBlobs(BlobBackend):
 
     @staticmethod
     def _check_name(name: str) -> None:
+        check_blob_name(name)  # before the name is the AEAD's associated data (it must be ASCII)
         if name.startswith(KEYS_PREFIX):
             raise ValueError(f"blob {name} is a key slot: the key functions write those")
 
@@ -143,30 +170,43 @@ class SealedBlobs(BlobBackend):
     # -- ref names, values and messages --------------------------------------------------------
 
     def seal_name(self, name: str) -> str:
+        """The name the inner backend keeps: the first part as it is (``sessions``,
+        ``checkpoints``...), every other part encrypted; a name of one part is encrypted whole.
+        ValueError for a name the contract refuses, or one too long once encrypted."""
         sealed = self._names.get(name)
         if sealed is None:
+            check_ref_name(name)
             ns, sep, rest = name.partition("/")
-            if not sep:
-                raise ValueError(f"bad ref name {name[:80]!r}: castate's refs have a first part")
-            sealed = ns + "/" + "/".join(self._seal_part(part) for part in rest.split("/"))
+            if sep:
+                sealed = ns + "/" + "/".join(self._seal_part(part) for part in rest.split("/"))
+            else:
+                sealed = self._seal_part(name)
+            if len(sealed) > MAX_REF_NAME:
+                raise ValueError(
+                    f"bad ref name {name[:80]!r}: {len(name)} characters, {len(sealed)} once encrypted; "
+                    f"an encrypted store holds names of at most {MAX_REF_NAME} characters encrypted"
+                )
             self._remember(name, sealed)
         return sealed
 
     def _seal_part(self, part: str) -> str:
-        return _b64(self._siv.encrypt(part.encode("utf-8"), _NAME_AD))
+        return _b64(self._siv.encrypt(_pack_part(part), _NAME_AD))
+
+    def _open_part(self, sealed: str) -> str:
+        return _unpack_part(self._siv.decrypt(_unb64(sealed), _NAME_AD))
 
     def open_name(self, sealed: str) -> str:
         name = self._plain.get(sealed)
         if name is None:
             ns, sep, rest = sealed.partition("/")
             try:
-                if not sep:
-                    raise ValueError
-                parts = [self._siv.decrypt(_unb64(p), _NAME_AD).decode("utf-8") for p in rest.split("/")]
+                if sep:
+                    name = ns + "/" + "/".join(self._open_part(p) for p in rest.split("/"))
+                else:
+                    name = self._open_part(sealed)
             except (ValueError, InvalidTag, binascii.Error, UnicodeDecodeError):
                 why = "its name does not decrypt under this store's key"
                 raise CorruptFileError(f"ref {sealed[:120]}", why) from None
-            name = ns + "/" + "/".join(parts)
             self._remember(name, sealed)
         return name
 
@@ -183,19 +223,14 @@ class SealedBlobs(BlobBackend):
         return MESSAGE_MARK + _b64(self._siv.encrypt(message.encode("utf-8"), _MESSAGE_AD))
 
     def open_message(self, sealed: str) -> str:
-        if not sealed:
-            return ""
+        if not sealed.startswith(MESSAGE_MARK):
+            # Empty, or written by the inner backend itself (the local store's journal repair
+            # records "repair: change(s) of a lost record"): castate's own words, not state.
+            return sealed
         try:
-            if not sealed.startswith(MESSAGE_MARK):
-                raise ValueError
             return self._siv.decrypt(_unb64(sealed[1:]), _MESSAGE_AD).decode("utf-8")
         except (ValueError, InvalidTag, binascii.Error, UnicodeDecodeError):
             return f"(a message that does not decrypt: {sealed[:40]!r})"
-
-    def _open_entry(self, entry: ReflogEntry) -> ReflogEntry:
-        return ReflogEntry(
-            self.open_name(entry.name), entry.old, entry.new, entry.time_ns, self.open_message(entry.message)
-        )
 
     def _conflict(self, exc: ConflictError) -> ConflictError:
         """The inner backend's conflict, told with the plaintext ref name."""
@@ -206,7 +241,13 @@ class SealedBlobs(BlobBackend):
             plain = self.open_name(ref)
         except CorruptFileError:
             return exc
-        out = ConflictError(str(exc).replace(ref, plain), plain)
+        out = type(exc)(
+            str(exc).replace(ref, plain),
+            plain,
+            session_id=exc.session_id,
+            expected=exc.expected,
+            current=exc.current,
+        )
         out.__cause__ = exc.__cause__
         return out
 
@@ -228,12 +269,23 @@ class SealedBlobs(BlobBackend):
         got = await self.inner.list_refs(inner_prefix)
         out: dict[str, bytes] = {}
         for s, v in got.items():
-            if s == MARKER_REF:
-                continue
-            name = self.open_name(s)
-            if name.startswith(wanted):
+            name = self._listed(s)
+            if name is not None and name.startswith(wanted):
                 out[name] = v
         return out
+
+    def _listed(self, sealed: str) -> str | None:
+        """A listed ref's name, or None for the marker and for a name that does not decrypt
+        (written by something else than this store's castate: it is kept aside for
+        ``check_storage`` to report, so one such ref never hides every session)."""
+        if sealed == MARKER_REF:
+            return None
+        try:
+            return self.open_name(sealed)
+        except CorruptFileError:
+            if len(self.foreign) < 1000:
+                self.foreign.add(sealed)
+            return None
 
     async def commit(
         self,
@@ -257,7 +309,12 @@ class SealedBlobs(BlobBackend):
 
     async def reflog(self, name: str | None = None) -> list[ReflogEntry]:
         entries = await self.inner.reflog(None if name is None else self.seal_name(name))
-        return [self._open_entry(e) for e in entries if e.name != MARKER_REF]
+        out: list[ReflogEntry] = []
+        for e in entries:
+            plain = self._listed(e.name)
+            if plain is not None:
+                out.append(ReflogEntry(plain, e.old, e.new, e.time_ns, self.open_message(e.message)))
+        return out
 
     async def expire_reflog(self, before_ns: int) -> int:
         return await self.inner.expire_reflog(before_ns)
@@ -293,13 +350,42 @@ class SealedBlobs(BlobBackend):
         await self.inner.reclaim()
 
     async def check_storage(self) -> list[str]:
-        return await self.inner.check_storage()
+        problems = await self.inner.check_storage()
+        await self.list_refs()  # brings every ref name past _listed
+        for sealed in sorted(self.foreign):
+            if sealed in await self.inner.get_refs([sealed]):
+                problems.append(
+                    f"ref {sealed[:120]}: its name does not decrypt under this store's key (not written by "
+                    "castate with this key); it is left out of every listing"
+                )
+        return problems
 
     async def repair_refs(self) -> RefRepairReport:
-        return await self.inner.repair_refs()
+        """The inner backend's repair, its ref names told in plaintext (a name guessed from
+        damaged bytes that does not decrypt stays as it was found)."""
+        report = await self.inner.repair_refs()
+        return dataclasses.replace(
+            report,
+            inferred={self._readable(n): v for n, v in report.inferred.items()},
+            maybe_lost=[self._readable(n) for n in report.maybe_lost],
+        )
+
+    def _readable(self, sealed: str) -> str:
+        try:
+            return self.open_name(sealed)
+        except CorruptFileError:
+            return sealed
 
     async def stats(self) -> dict[str, int]:
-        return await self.inner.stats()
+        """The inner backend's figures, its blobs counted as ``list_blobs`` lists them: key
+        slots left out, and sizes without the bytes sealing adds."""
+        out = dict(await self.inner.stats())
+        if "blobs" in out and "blob_bytes" in out:
+            slots = await self.inner.list_blobs(KEYS_PREFIX)
+            out["blobs"] = max(out["blobs"] - len(slots), 0)
+            sealed = out["blob_bytes"] - sum(i.size for i in slots)
+            out["blob_bytes"] = max(sealed - OVERHEAD * out["blobs"], 0)
+        return out
 
 
 __all__ = ["OVERHEAD", "SealedBlobs"]

@@ -14,7 +14,7 @@ import base64
 import json
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import blake3
@@ -26,14 +26,18 @@ from castate.errors import ConflictError, CorruptFileError, KeyRequiredError, St
 from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, MASTER_SIZE, Secret, secret_from_env
 
 KEYS_PREFIX = "keys/"
-# The ref that says a store is encrypted, and with which master key: its value is the store
-# id of every valid slot. Made by compare-and-swap from absent, so of two processes making one
-# store encrypted at once exactly one wins. Stored as it is (not sealed): it is read first.
-MARKER_REF = "castate/encrypted"
 SLOT_VERSION = 1
 CIPHER = "castate-enc-1"  # AES-256-GCM blobs, AES-SIV ref names and values, keyed blake3 ids
 MAX_SLOT_BYTES = 4096  # a slot is a few hundred bytes; a larger blob is not read
 MAX_SLOTS = 64
+FIRST_SLOT = "0" * 16  # the first slot's id: one name, so racing initialisations write one
+# The ref that says a store is encrypted (its value: ``marker_value`` of the store id). Every
+# commit of a process that opened the store plain checks it is absent (PackStore), so such a
+# process never writes plaintext beside sealed blobs; a store with it and no slot is damage.
+# Stored as it is, not sealed: it is read before the keys are known.
+MARKER_REF = "castate/encrypted"
+
+SEALED_MAGIC = b"CSB1"  # what every sealed blob starts with (sealed.py)
 
 _CONTEXT = "castate 2026-12-05 "  # blake3 derive_key contexts: globally unique, hard-coded
 
@@ -52,7 +56,7 @@ class KeySlot:
     """One key slot as stored: what ``castate key list`` shows, and the fields a secret reads."""
 
     id: str  # 16 hex digits: the blob is keys/<id>
-    store: str  # the store's id (64 hex digits), the same in every slot of one store
+    store: str  # the store's id (32 hex digits), the same in every slot of one store
     kind: str
     label: str
     created: str  # ISO 8601 UTC
@@ -97,7 +101,7 @@ def parse_slot(name: str, data: bytes) -> KeySlot:
     sid, store = body.get("id"), body.get("store")
     if not (isinstance(sid, str) and _is_hex(sid, 16) and name == KEYS_PREFIX + sid):
         raise CorruptFileError(where, "key slot id does not match its name")
-    if not (isinstance(store, str) and _is_hex(store, 64)):
+    if not (isinstance(store, str) and _is_hex(store, 32)):
         raise CorruptFileError(where, "key slot has no store id")
     meta = {k: body.pop(k, "") for k in ("castate_key_slot", "cipher", "id", "store", "kind", "label", "created")}
     return KeySlot(sid, store, str(meta["kind"]), str(meta["label"]), str(meta["created"]), body)
@@ -113,45 +117,103 @@ class StoreKeys:
 
     store: str
     slot: str  # the slot that opened it
-    ids: Ids  # keyed blake3 object ids
-    blob_key: bytes  # AES-256-GCM, per blob name (sealed.py)
-    name_key: bytes  # AES-SIV (64 bytes): ref names, values, reflog messages
+    ids: Ids = field(repr=False)  # keyed blake3 object ids
+    blob_key: bytes = field(repr=False)  # AES-256-GCM, per blob name (sealed.py)
+    name_key: bytes = field(repr=False)  # AES-SIV (64 bytes): ref names, reflog messages
+    bundle_key: bytes = field(repr=False)  # the root of each exported bundle's key (bundle_crypto.py)
 
     @classmethod
     def derive(cls, master: bytes, store: str, slot: str) -> StoreKeys:
         def sub(what: str, n: int = 32) -> bytes:
             return blake3.blake3(master, derive_key_context=_CONTEXT + what).digest(length=n)
 
-        return cls(store, slot, Ids(sub("object ids")), sub("blob encryption"), sub("ref names and values", 64))
+        return cls(
+            store,
+            slot,
+            Ids(sub("object ids")),
+            sub("blob encryption"),
+            sub("ref names and values", 64),
+            sub("bundle encryption"),
+        )
+
+
+def marker_value(store: str) -> bytes:
+    """The 32-byte value of ``MARKER_REF`` for a store id."""
+    return blake3.blake3(b"castate encrypted store " + store.encode("ascii")).digest()
 
 
 async def read_slots(blobs: BlobBackend) -> list[KeySlot]:
-    """Every key slot of a store (none: the store is not encrypted). Slots of another store id
-    than the marker's are the leftovers of an initialisation that lost a race, and are skipped;
-    a marker without any slot of its id is damage (the store cannot be opened, nor written as
-    a plain one)."""
-    marker = await blobs.get_ref(MARKER_REF)
-    infos = await blobs.list_blobs(KEYS_PREFIX)
-    if not infos:
-        if marker is not None:
-            raise CorruptFileError(KEYS_PREFIX, f"store {blobs.location} is encrypted but has no key slot left")
-        return []
-    if len(infos) > MAX_SLOTS:
-        raise CorruptFileError(KEYS_PREFIX, f"{len(infos)} key slots (castate reads at most {MAX_SLOTS})")
-    big = [i.name for i in infos if i.size > MAX_SLOT_BYTES]
-    if big:
-        raise CorruptFileError(big[0], "key slot larger than any castate writes")
-    got = await blobs.get_blobs([i.name for i in infos])
-    slots = [parse_slot(name, data) for name, data in sorted(got.items())]
-    if marker is not None:
-        slots = [s for s in slots if s.store == marker.hex()]
-        if not slots:
-            raise CorruptFileError(KEYS_PREFIX, f"store {blobs.location} is encrypted but has no key slot of its id")
+    """The key slots of a store (none: the store is not encrypted).
+
+    A slot that cannot be used (too large, not JSON, of another store) is skipped, so one bad
+    slot never locks out the good ones; ``CorruptFileError`` only when the store is encrypted
+    (its marker ref, or sealed blobs) and no slot is usable."""
+    slots, bad = await _slots(blobs)
+    if slots:
         return slots
+    marker = await blobs.get_ref(MARKER_REF)
+    if bad:
+        name, why = next(iter(bad.items()))
+        raise CorruptFileError(name, f"no usable key slot in store {blobs.location}: {why}")
+    if marker is not None:
+        raise CorruptFileError(
+            KEYS_PREFIX,
+            f"store {blobs.location} is encrypted but has no key slot left: without one no key opens it; "
+            "restore keys/ from a backup",
+        )
+    await _check_not_sealed(blobs)
+    return []
+
+
+async def _slots(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str]]:
+    """The usable slots (the first ``MAX_SLOTS`` by name, of the marker's store id), and why
+    each other one was skipped."""
+    infos = sorted(await blobs.list_blobs(KEYS_PREFIX), key=lambda i: i.name)
+    bad: dict[str, str] = {
+        i.name: f"one of {len(infos)} key slots (castate reads {MAX_SLOTS})" for i in infos[MAX_SLOTS:]
+    }
+    infos = infos[:MAX_SLOTS]
+    for i in infos:
+        if i.size > MAX_SLOT_BYTES:
+            bad[i.name] = "key slot larger than any castate writes"
+    if not infos:
+        return [], bad
+    got = await blobs.get_blobs([i.name for i in infos if i.name not in bad])
+    slots: list[KeySlot] = []
+    for name, data in sorted(got.items()):
+        try:
+            slots.append(parse_slot(name, data))
+        except CorruptFileError as exc:
+            bad[name] = exc.reason
+    marker = await blobs.get_ref(MARKER_REF) if slots else None
+    if marker is not None:
+        ours = [s for s in slots if marker_value(s.store) == marker]
+        bad.update({s.blob: "key slot of another store" for s in slots if s not in ours})
+        return ours, bad
     stores = {s.store for s in slots}
-    if len(stores) > 1:
-        raise CorruptFileError(KEYS_PREFIX, f"key slots of {len(stores)} different stores, and no marker ref")
-    return slots  # an initialisation that stopped before its marker: finish_init completes it
+    if len(stores) > 1:  # no marker to tell which: the first slot's store (the initialiser's)
+        first = slots[0].store
+        bad.update({s.blob: "key slot of another store" for s in slots if s.store != first})
+        slots = [s for s in slots if s.store == first]
+    return slots, bad
+
+
+async def _check_not_sealed(blobs: BlobBackend) -> None:
+    """A store without key slots whose blobs are sealed lost its slots (deleted by hand, or
+    not copied with the rest): say so, instead of reading it as a plain store whose every
+    pack is damaged and whose session names are ciphertext. One index segment's (or, in a
+    store without any, one pack's) first bytes tell."""
+    for prefix in ("index/", "packs/"):
+        infos = await blobs.list_blobs(prefix)
+        if infos:
+            (head,) = await blobs.get_ranges([(infos[0].name, 0, len(SEALED_MAGIC))])
+            if head == SEALED_MAGIC:
+                raise CorruptFileError(
+                    KEYS_PREFIX,
+                    f"store {blobs.location} is encrypted ({infos[0].name} is sealed) but has no key slots: they "
+                    "were deleted or not copied, and without one no key opens the store; restore keys/ from a backup",
+                )
+            return
 
 
 def unlock(slots: list[KeySlot], secret: Secret, location: str) -> StoreKeys:
@@ -161,17 +223,24 @@ def unlock(slots: list[KeySlot], secret: Secret, location: str) -> StoreKeys:
 
 
 def _open(slots: list[KeySlot], secret: Secret, location: str) -> tuple[KeySlot, bytes]:
+    refused: list[str] = []
     for slot in slots:
         try:
             master = secret.unwrap(slot.fields, slot.aad(), slot.blob)
         except WrongKeyError:
             continue
+        except CorruptFileError as exc:  # hostile or damaged parameters: try the next slot
+            refused.append(f"{slot.blob}: {exc.reason}")
+            continue
         if len(master) != MASTER_SIZE:
-            raise CorruptFileError(slot.blob, "key slot holds a master key of the wrong size")
+            refused.append(f"{slot.blob}: a master key of the wrong size")
+            continue
         return slot, master
     kinds = sorted({s.kind for s in slots})
+    detail = f"; {len(refused)} refused as damaged ({refused[0]})" if refused else ""
     raise WrongKeyError(
-        f"the key given opens none of the {len(slots)} key slots of store {location} (kinds: {', '.join(kinds)})"
+        f"the key given opens none of the {len(slots)} key slots of store {location} (kinds: {', '.join(kinds)}"
+        f"{detail}): a wrong key, or, if it is the right one, its slot is damaged"
     )
 
 
@@ -185,63 +254,84 @@ def require_secret(secret: Secret | None, location: str) -> Secret:
     return found
 
 
-async def open_keys(blobs: BlobBackend, secret: Secret | None) -> StoreKeys | None:
-    """The keys of an encrypted store (``secret``, else the environment's, opens a slot), or
-    None for a plain store. A new, empty store given ``secret`` becomes encrypted; a plain store
-    holding anything, given one, is refused (castate does not encrypt a store in place)."""
-    for _ in range(3):
-        slots = await read_slots(blobs)
-        if slots:
-            keys = await asyncio.to_thread(unlock, slots, require_secret(secret, blobs.location), blobs.location)
-            if await blobs.get_ref(MARKER_REF) is None:  # an initialisation that stopped before its marker
-                try:
-                    await blobs.commit((), [RefUpdate(MARKER_REF, bytes.fromhex(keys.store), None)])
-                except ConflictError:
-                    continue  # another initialiser's marker won: read the slots of its id
-            return keys
-        if secret is None:
-            return None
-        held, refs = await blobs.list_blobs(), await blobs.list_refs()
-        if any(i.name.startswith(KEYS_PREFIX) for i in held) or MARKER_REF in refs:
-            continue  # another process is making it encrypted right now
-        if held or refs:
-            raise StoreError(
-                f"store {blobs.location} is not encrypted, and castate does not encrypt a store in place: "
-                "export its sessions and import them into a new encrypted store (docs/security.md)"
-            )
-        try:
-            return await create_keys(blobs, secret)
-        except ConflictError:
-            continue  # another process made it encrypted at the same time: open its slots
-    raise ConflictError(f"store {blobs.location} kept changing while its keys were read")
-
-
-def _new_slot(secret: Secret, master: bytes, store: str, label: str) -> KeySlot:
-    sid = os.urandom(8).hex()
+def _new_slot(secret: Secret, master: bytes, store: str, label: str, sid: str = "") -> KeySlot:
+    sid = sid or os.urandom(8).hex()
     created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     draft = KeySlot(sid, store, secret.kind, label, created, {})
     return KeySlot(sid, store, secret.kind, label, created, secret.wrap(master, draft.aad()))
 
 
 async def create_keys(blobs: BlobBackend, secret: Secret, *, label: str = "") -> StoreKeys:
-    """Make a new store encrypted: a fresh master key, its first slot, then the marker ref by
-    compare-and-swap from absent. When two processes initialise one store at once, one marker
-    wins; the loser removes its slot and gets ConflictError (its caller reads the slots again)."""
+    """Make a new store encrypted: a fresh master key and its first slot.
+
+    The first slot has a fixed name and blobs are create-only, so when several processes
+    initialise one store at once exactly one slot, and one master key, is written: the others
+    open the winner's slot with their secret (the same passphrase works on), or get
+    ConflictError when their secret does not open it."""
     master = os.urandom(MASTER_SIZE)
-    store = os.urandom(32)
-    slot = await asyncio.to_thread(_new_slot, secret, master, store.hex(), label or "first key")
-    await blobs.put_blobs([(slot.blob, slot.encode())])
+    store = os.urandom(16).hex()
+    slot = await asyncio.to_thread(_new_slot, secret, master, store, label or "first key", FIRST_SLOT)
+    if await blobs.put_blobs([(slot.blob, slot.encode())]):
+        keys = StoreKeys.derive(master, store, slot.id)
+        await ensure_marker(blobs, keys)
+        return keys
+    # Another process was first (or this one was, and its reply got lost): open what is there.
+    slots = await read_slots(blobs)
     try:
-        await blobs.commit((), [RefUpdate(MARKER_REF, store, None)], message="castate: store encrypted")
+        keys = await asyncio.to_thread(unlock, slots, secret, blobs.location)
+        await ensure_marker(blobs, keys)
+        return keys
+    except WrongKeyError:
+        raise ConflictError(
+            f"store {blobs.location} was made encrypted by another process at the same time, with another key",
+            None,
+        ) from None
+
+
+async def ensure_marker(blobs: BlobBackend, keys: StoreKeys) -> None:
+    """Create the marker ref of an encrypted store if it is missing (a new store, or one whose
+    initialiser stopped between its slot and its marker)."""
+    want = marker_value(keys.store)
+    if await blobs.get_ref(MARKER_REF) == want:
+        return
+    try:
+        await blobs.commit((), [RefUpdate(MARKER_REF, want, None)], message="castate: store encrypted")
     except ConflictError:
-        # Another process may have read this slot before the marker existed and set the marker
-        # to its store id itself (open_keys finishing an interrupted initialisation): then the
-        # slot is the store's, and stays.
-        if await blobs.get_ref(MARKER_REF) != store:
-            await blobs.delete_blobs([slot.blob])
-            why = "was made encrypted by another process at the same time"
-            raise ConflictError(f"store {blobs.location} {why}") from None
-    return StoreKeys.derive(master, store.hex(), slot.id)
+        if await blobs.get_ref(MARKER_REF) != want:
+            raise CorruptFileError(f"ref {MARKER_REF}", "names another store than the key slots") from None
+
+
+async def open_keys(blobs: BlobBackend, secret: Secret | None) -> StoreKeys | None:
+    """The keys of an encrypted store, or None for a plain one.
+
+    ``secret``, else the environment's (``castate.keys.secret_from_env``), opens a slot. A new,
+    empty store given either becomes encrypted. A plain store that holds anything is refused
+    when ``secret`` was given (castate does not encrypt a store in place), and opened plain when
+    the key only comes from the environment (it may be meant for other stores)."""
+    chosen = secret if secret is not None else secret_from_env()
+    for _ in range(3):
+        slots = await read_slots(blobs)
+        if slots:
+            keys = await asyncio.to_thread(unlock, slots, require_secret(chosen, blobs.location), blobs.location)
+            await ensure_marker(blobs, keys)
+            return keys
+        if chosen is None:
+            return None
+        held, refs = await blobs.list_blobs(), await blobs.list_refs()
+        if any(i.name.startswith(KEYS_PREFIX) for i in held) or MARKER_REF in refs:
+            continue  # another process is making it encrypted right now
+        if held or refs:
+            if secret is None:
+                return None
+            raise StoreError(
+                f"store {blobs.location} is not encrypted, and castate does not encrypt a store in place: "
+                "export its sessions and import them into a new encrypted store (docs/security.md)"
+            )
+        try:
+            return await create_keys(blobs, secret if secret is not None else chosen)
+        except ConflictError:
+            continue  # another process made it encrypted with another key: its slots say so
+    raise ConflictError(f"store {blobs.location} kept changing while its keys were read")
 
 
 async def add_slot(blobs: BlobBackend, opener: Secret, secret: Secret, *, label: str = "") -> KeySlot:
@@ -267,15 +357,30 @@ async def remove_slot(blobs: BlobBackend, slot_id: str) -> None:
         raise UsageError(f"key slot {slot_id!r} {why}")
     if len(slots) == 1:
         raise UsageError("that is the store's only key slot: add another first (without one, the data is lost)")
-    await blobs.delete_blobs([KEYS_PREFIX + matches[0]])
+    doomed = KEYS_PREFIX + matches[0]
+    kept = await blobs.get_blobs([doomed])
+    await blobs.delete_blobs([doomed])
+    # Two processes removing the last two slots at once both saw another slot: the one that
+    # finds none left after its delete puts its slot back (blobs are written again after a
+    # delete), so one slot always survives; a reader in between is told the slots are gone.
+    if doomed in kept and not await blobs.list_blobs(KEYS_PREFIX):
+        await blobs.put_blobs([(doomed, kept[doomed])])
+        raise UsageError(
+            f"key slot {matches[0]} was kept: another process removed the store's other key slots at the same time"
+        )
 
 
 __all__ = [
+    "FIRST_SLOT",
     "KEYS_PREFIX",
+    "MARKER_REF",
+    "SEALED_MAGIC",
     "KeySlot",
     "StoreKeys",
     "add_slot",
     "create_keys",
+    "ensure_marker",
+    "marker_value",
     "open_keys",
     "read_slots",
     "remove_slot",
