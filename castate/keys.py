@@ -137,11 +137,17 @@ class Passphrase(Secret):
         if not sane or 128 * n * r > MAX_SCRYPT_MEM or n * r * p > MAX_SCRYPT_WORK:
             raise CorruptFileError(
                 where,
-                f"scrypt parameters n={n} r={r} p={p} ask more than castate spends on an open "
-                f"({MAX_SCRYPT_MEM >> 20} MiB, {MAX_SCRYPT_WORK // (SCRYPT_N * SCRYPT_R)}x the default work)",
+                f"scrypt parameters n={n} r={r} p={p} are outside what castate reads (at most "
+                f"{MAX_SCRYPT_MEM >> 20} MiB and {MAX_SCRYPT_WORK // (SCRYPT_N * SCRYPT_R)}x the default work)",
             )
         salt = _unb64(kdf.get("salt"), "salt", where)
-        return _open_master(self._kek(salt, n, r, p), fields, aad, where)
+        try:
+            kek = self._kek(salt, n, r, p)
+        except ValueError as exc:  # parameters OpenSSL's scrypt refuses (n >= 2**(16 r), ...)
+            raise CorruptFileError(
+                where, f"scrypt parameters n={n} r={r} p={p} are outside what castate reads: {exc}"
+            ) from None
+        return _open_master(kek, fields, aad, where)
 
 
 class RawKey(Secret):

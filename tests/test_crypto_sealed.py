@@ -173,11 +173,19 @@ async def test_reflog_names_and_messages_decrypt(pair: tuple[SealedBlobs, Memory
     assert sealed.open_message("repair: change(s) of a lost record") == "repair: change(s) of a lost record"
 
 
-async def test_a_ref_name_that_does_not_decrypt_is_corrupt(pair: tuple[SealedBlobs, MemoryBackend]) -> None:
+async def test_a_ref_name_that_does_not_decrypt_is_left_out_and_reported(
+    pair: tuple[SealedBlobs, MemoryBackend],
+) -> None:
+    """A ref someone wrote without the key never hides the store's own refs from a listing;
+    check_storage (fsck) names it."""
     sealed, inner = pair
+    await sealed.update_refs([RefUpdate("sessions/mine", value(2), None)])
     await inner.update_refs([RefUpdate("sessions/not-sealed", value(1), None)])
-    with pytest.raises(CorruptFileError, match=r"sessions/not-sealed.*does not decrypt"):
-        await sealed.list_refs()
+    assert await sealed.list_refs() == {"sessions/mine": value(2)}
+    assert [e.name for e in await sealed.reflog()] == ["sessions/mine"]
+    (problem,) = await sealed.check_storage()
+    assert "sessions/not-sealed" in problem
+    assert "does not decrypt" in problem
     other = SealedBlobs(inner, keys())
     await inner.update_refs([RefUpdate("kv/x", value(1), None)])
     with pytest.raises(CorruptFileError):

@@ -535,3 +535,20 @@ async def test_a_read_of_chains_cached_and_not_does_not_lose_the_cached_ones_mid
         await store.put_objects([item], stream="s")  # a chain each; the cache keeps the last three
     got = await store._read([oid for oid, _ in items])  # one pass (get_objects would retry once)
     assert {k: bytes(v) for k, v in got.items()} == dict(items)
+
+
+async def test_a_process_that_opened_a_plain_empty_store_cannot_write_after_another_encrypts_it(tmp_path: Path) -> None:
+    plain = castate.Repository.at(str(tmp_path / "s"))
+    await plain.open(create=True)
+    enc = castate.Repository.at(str(tmp_path / "s"), key=castate.RawKey(b"k" * 32))
+    await enc.open(create=True)
+    await enc.save("sessions/a", {"x": 1})
+    with pytest.raises(castate.StoreError, match="made encrypted after this process opened it"):
+        await plain.save("sessions/b", {"secret": "plaintext"})
+    with pytest.raises(castate.StoreError, match="made encrypted"):
+        await plain.backend.update_refs([RefUpdate("sessions/c", bytes(32), None)])
+    assert list(await enc.list_refs("sessions/")) == ["sessions/a"]
+    data = b"".join(p.read_bytes() for p in (tmp_path / "s").rglob("*") if p.is_file())
+    assert b"plaintext" not in data
+    await plain.close()
+    await enc.close()

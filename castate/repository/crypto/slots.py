@@ -158,8 +158,8 @@ async def read_slots(blobs: BlobBackend) -> list[KeySlot]:
     if marker is not None:
         raise CorruptFileError(
             KEYS_PREFIX,
-            f"store {blobs.location} is encrypted but has no key slot left: without one no key opens it; "
-            "restore keys/ from a backup",
+            f"store {blobs.location} is encrypted (its marker ref says so) but has no key slots left: "
+            "without one no key opens it; restore keys/ from a backup",
         )
     await _check_not_sealed(blobs)
     return []
@@ -223,21 +223,23 @@ def unlock(slots: list[KeySlot], secret: Secret, location: str) -> StoreKeys:
 
 
 def _open(slots: list[KeySlot], secret: Secret, location: str) -> tuple[KeySlot, bytes]:
-    refused: list[str] = []
+    refused: list[CorruptFileError] = []
     for slot in slots:
         try:
             master = secret.unwrap(slot.fields, slot.aad(), slot.blob)
         except WrongKeyError:
             continue
         except CorruptFileError as exc:  # hostile or damaged parameters: try the next slot
-            refused.append(f"{slot.blob}: {exc.reason}")
+            refused.append(exc)
             continue
         if len(master) != MASTER_SIZE:
-            refused.append(f"{slot.blob}: a master key of the wrong size")
+            refused.append(CorruptFileError(slot.blob, "key slot holds a master key of the wrong size"))
             continue
         return slot, master
+    if refused and len(refused) == len(slots):
+        raise refused[0]  # not one slot could even be tried: damage, named
     kinds = sorted({s.kind for s in slots})
-    detail = f"; {len(refused)} refused as damaged ({refused[0]})" if refused else ""
+    detail = f"; {len(refused)} refused as damaged ({refused[0].path}: {refused[0].reason})" if refused else ""
     raise WrongKeyError(
         f"the key given opens none of the {len(slots)} key slots of store {location} (kinds: {', '.join(kinds)}"
         f"{detail}): a wrong key, or, if it is the right one, its slot is damaged"
