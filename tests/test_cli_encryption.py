@@ -303,3 +303,34 @@ def test_ui_serves_an_encrypted_store_with_the_key_from_the_environment(
     assert not cache.exists() or not any(cache.iterdir())  # no sizes of an encrypted store in the clear
     monkeypatch.delenv("CASTATE_PASSWORD")
     assert "no key was given" in run("ui", "--port", "0", store=store, code=3)
+
+
+def test_import_takes_the_source_stores_key_from_a_bundle_key_file(store: Path, tmp_path: Path) -> None:
+    """A session moves from one encrypted store to another with another key: the bundle stays
+    encrypted on the way, and the import re-encrypts it under the destination's key."""
+    source_key = key_file(tmp_path, "source.key")
+    run("key", "add", "--key-file", str(source_key), store=store, env=pw())  # the bundle carries the slots
+    bundle = tmp_path / "run-1.castate"
+    run("export", "run-1", str(bundle), store=store, env=pw())
+    assert MARKER.encode() not in bundle.read_bytes()
+    dest = tmp_path / "dest"
+    dest_key = key_file(tmp_path, "dest.key")
+    asyncio.run(fill(dest, RawKey.from_file(dest_key)))
+    # the destination's own key does not open a bundle of another store
+    said = run("--key-file", str(dest_key), "import", str(bundle), "--session", "moved", store=dest, code=3)
+    assert "CASTATE_BUNDLE" in said
+    run(
+        "--key-file",
+        str(dest_key),
+        "import",
+        str(bundle),
+        "--session",
+        "moved",
+        "--bundle-key-file",
+        str(source_key),
+        store=dest,
+    )
+    shown = run("--key-file", str(dest_key), "show", "moved", store=dest)
+    assert MARKER in shown
+    data = b"".join(p.read_bytes() for p in dest.rglob("*") if p.is_file())
+    assert MARKER.encode() not in data

@@ -304,6 +304,12 @@ def _parser() -> argparse.ArgumentParser:
     )
     sp.add_argument("file", metavar="FILE")
     sp.add_argument("--session", metavar="S", help="import under this session id instead of the bundle's")
+    sp.add_argument(
+        "--bundle-key-file",
+        metavar="PATH",
+        help="the raw key of the store an encrypted bundle came from (else $CASTATE_BUNDLE_PASSWORD, "
+        "$CASTATE_BUNDLE_KEY, $CASTATE_BUNDLE_KEY_FILE, or this store's own key)",
+    )
 
     sp = add(
         "import-marsys",

@@ -24,6 +24,7 @@ from castate.cli.output import (
 )
 from castate.display import iso_time, to_json
 from castate.errors import InvalidKeyError, NotFoundError, UsageError
+from castate.keys import RawKey
 from castate.repository import refs as names
 from castate.repository.diff import to_patch
 from castate.repository.health import read_runs
@@ -767,8 +768,9 @@ async def cmd_export(sm: StateManager, args: argparse.Namespace, out: Output) ->
 
 async def cmd_import(sm: StateManager, args: argparse.Namespace, out: Output) -> int:
     with out.progress("import") as update:
+        bundle_key = None if args.bundle_key_file is None else RawKey.from_file(args.bundle_key_file)
         report = await sm.import_session(
-            Path(args.file), session_id=args.session, progress=lambda n, t: update("bytes", n, t)
+            Path(args.file), session_id=args.session, progress=lambda n, t: update("bytes", n, t), key=bundle_key
         )
     if args.json:
         out.json(

@@ -107,8 +107,8 @@ async def export_session(
     sealer: Sealer | None = None
     if isinstance(backend, PackStore) and backend.keys is not None:
         # An encrypted store's bundle is encrypted too, openable by the store's own keys.
-        slots, master = await source_keys(backend)
-        sealer = Sealer(slots, master, lambda raw: HEADER.pack(MAGIC, ENCRYPTED_VERSION, len(raw)) + raw)
+        slots, bundle_key = await source_keys(backend)
+        sealer = Sealer(slots, bundle_key, lambda raw: HEADER.pack(MAGIC, ENCRYPTED_VERSION, len(raw)) + raw)
     target = Path(path)
     manifest = orjson.dumps(
         {
@@ -302,8 +302,8 @@ async def _open_source(f: Any, size: int, source: Path, key: Secret | None, back
     fallback = None
     if secret is None:
         fallback = (backend.secret if isinstance(backend, PackStore) else None) or secret_from_env()
-    master, keys = await open_bundle(slots, secret, fallback, str(source), store)
-    opener = Opener(f, head + raw, master, salt, size, str(source))
+    keys = await open_bundle(slots, secret, fallback, str(source), store)
+    opener = Opener(f, head + raw, keys.bundle_key, salt, size, str(source))
     return opener, keys.ids, opener.size
 
 

@@ -33,7 +33,6 @@ from castate.repository.crypto.slots import (
     StoreKeys,
     parse_slot,
     read_slots,
-    require_secret,
 )
 from castate.repository.packs.store import PackStore
 
@@ -67,8 +66,9 @@ def bundle_secret_from_env(environ: Mapping[str, str] | None = None) -> Secret |
     )
 
 
-def _file_key(master: bytes, salt: bytes) -> bytes:
-    bundle_key = blake3.blake3(master, derive_key_context=CONTEXT).digest()
+def _file_key(bundle_key: bytes, salt: bytes) -> bytes:
+    """This file's key: the salt, hashed with the store's bundle key (``StoreKeys.bundle_key``,
+    blake3 of the master key under the context ``CONTEXT``)."""
     return blake3.blake3(salt, key=bundle_key).digest()
 
 
@@ -93,19 +93,11 @@ def _unwrap(slots: list[KeySlot], secret: Secret, first: str | None) -> tuple[Ke
 
 
 async def source_keys(store: PackStore) -> tuple[list[KeySlot], bytes]:
-    """The key slots of an open encrypted store and its master key, opened again with the
-    store's secret (the slot it opened with first; one more run of its KDF)."""
+    """The key slots of an open encrypted store and its bundle key (no KDF runs again)."""
     keys = store.keys
     if keys is None:
         raise StoreError(f"store {store.location} is not encrypted (or not open)")
-    slots = await read_slots(store.raw)
-    secret = require_secret(store.secret, store.location)
-    got = await asyncio.to_thread(_unwrap, slots, secret, keys.slot)
-    # The master key must be the one the store's data is under: the bundle's ids are checked
-    # with the id key derived from it.
-    if got is None or StoreKeys.derive(got[1], keys.store, keys.slot).ids.key != keys.ids.key:
-        raise WrongKeyError(f"the key of store {store.location} no longer opens its key slots")
-    return slots, got[1]
+    return await read_slots(store.raw), keys.bundle_key
 
 
 class Sealer:
@@ -113,7 +105,7 @@ class Sealer:
     bytes (header and key header), ``feed`` returns the records completed so far and
     ``finish`` the last record (always one, possibly holding no plaintext)."""
 
-    def __init__(self, slots: list[KeySlot], master: bytes, head: Callable[[bytes], bytes]) -> None:
+    def __init__(self, slots: list[KeySlot], bundle_key: bytes, head: Callable[[bytes], bytes]) -> None:
         salt = os.urandom(SALT)
         body = {
             "castate": "bundle",
@@ -125,7 +117,7 @@ class Sealer:
         raw = json.dumps(body, sort_keys=True, separators=(",", ":")).encode("utf-8")
         self.start = head(raw)  # the outer header, then the key header
         self._digest = blake3.blake3(self.start).digest()
-        self._aead = AESGCM(_file_key(master, salt))
+        self._aead = AESGCM(_file_key(bundle_key, salt))
         self._pending = bytearray()
         self._index = 0
 
@@ -185,8 +177,8 @@ def parse_key_header(raw: bytes, path: str) -> tuple[str, list[KeySlot], bytes]:
 
 async def open_bundle(
     slots: list[KeySlot], secret: Secret | None, fallback: Secret | None, path: str, store: str
-) -> tuple[bytes, StoreKeys]:
-    """The master key of the bundle's store and the keys derived from it. ``secret`` is the
+) -> StoreKeys:
+    """The keys of the bundle's store, derived from its master key. ``secret`` is the
     bundle key given (a wrong one is WrongKeyError); without one, ``fallback`` (the key of
     the store the bundle goes into, which opens bundles of that store) is tried."""
     where = f"bundle {path}"
@@ -206,7 +198,7 @@ async def open_bundle(
                 + ("; the key of the store it goes into does not open it" if fallback is not None else "")
             )
     slot, master = got
-    return master, StoreKeys.derive(master, slot.store, slot.id)
+    return StoreKeys.derive(master, slot.store, slot.id)
 
 
 class Opener:
@@ -214,11 +206,11 @@ class Opener:
     key header), one record in memory at a time; ``size`` is the plaintext's length. A record
     that does not open is CorruptFileError naming the file and the record."""
 
-    def __init__(self, f: Any, start: bytes, master: bytes, salt: bytes, file_size: int, path: str) -> None:
+    def __init__(self, f: Any, start: bytes, bundle_key: bytes, salt: bytes, file_size: int, path: str) -> None:
         self._f = f
         self._path = path
         self._digest = blake3.blake3(start).digest()
-        self._aead = AESGCM(_file_key(master, salt))
+        self._aead = AESGCM(_file_key(bundle_key, salt))
         body = file_size - len(start)
         self._records = body // (RECORD + TAG) + 1
         last = body % (RECORD + TAG)
