@@ -38,6 +38,7 @@ from castate.errors import (
     UsageError,
     WrongKeyError,
 )
+from castate.keys import secret_from_env
 from castate.repository.packs.upgrade import upgrade_store
 from castate.sessions.manager import StateManager
 
@@ -468,6 +469,8 @@ async def _run_init(path: str, args: argparse.Namespace, out: Output) -> int:
         out.line(f"{path} is already {'an encrypted' if encrypted else 'a'} castate store.")
     else:
         out.line(f"Created an empty castate store at {path}.")
+        if secret_from_env() is not None:
+            out.line("A key is set in the environment: the store becomes encrypted with it at its first use.")
     return c.EXIT_OK
 
 
