@@ -25,6 +25,7 @@ import binascii
 import contextlib
 import dataclasses
 import os
+import struct
 import urllib.parse
 from collections.abc import AsyncIterator, Collection, Mapping, Sequence
 from typing import Any
@@ -60,6 +61,7 @@ def _unb64(text: str) -> bytes:
 # canonical percent-encoding of some bytes is encrypted as those bytes, so an encrypted name
 # stays within the engines' limits (a 1 KiB session id: 1.4 KiB encrypted, not 4 KiB).
 _RAW, _QUOTED = b"\x00", b"\x01"
+_U16 = struct.Struct("<H")
 
 
 def _pack_part(part: str) -> bytes:
@@ -76,6 +78,35 @@ def _unpack_part(data: bytes) -> str:
     if kind == _RAW:
         return body.decode("ascii")
     raise ValueError("not a sealed ref name part")
+
+
+def _pack_unit(parts: list[str]) -> bytes:
+    """Several parts of a name, encrypted as one unit: each packed part behind its u16 length."""
+    return b"".join(_U16.pack(len(packed)) + packed for packed in map(_pack_part, parts))
+
+
+def _unpack_unit(data: bytes) -> list[str]:
+    parts: list[str] = []
+    off = 0
+    while off < len(data):
+        if off + 2 > len(data):
+            raise ValueError("truncated ref name unit")
+        (n,) = _U16.unpack_from(data, off)
+        off += 2
+        if off + n > len(data):
+            raise ValueError("truncated ref name unit")
+        parts.append(_unpack_part(data[off : off + n]))
+        off += n
+    if not parts:
+        raise ValueError("empty ref name unit")
+    return parts
+
+
+def _units(parts: list[str]) -> list[list[str]]:
+    """How the parts after a name's first are encrypted: the second part (a session, a thread:
+    what listings go by) on its own, and everything after it as one unit. Each unit costs a
+    16-byte tag, so fewer units keep names short."""
+    return [parts[:1], parts[1:]] if len(parts) > 1 else [parts]
 
 
 class SealedBlobs(BlobBackend):
@@ -178,9 +209,9 @@ class SealedBlobs(BlobBackend):
             check_ref_name(name)
             ns, sep, rest = name.partition("/")
             if sep:
-                sealed = ns + "/" + "/".join(self._seal_part(part) for part in rest.split("/"))
+                sealed = ns + "/" + "/".join(self._seal_unit(unit) for unit in _units(rest.split("/")))
             else:
-                sealed = self._seal_part(name)
+                sealed = self._seal_unit([name])
             if len(sealed) > MAX_REF_NAME:
                 raise ValueError(
                     f"bad ref name {name[:80]!r}: {len(name)} characters, {len(sealed)} once encrypted; "
@@ -189,21 +220,22 @@ class SealedBlobs(BlobBackend):
             self._remember(name, sealed)
         return sealed
 
-    def _seal_part(self, part: str) -> str:
-        return _b64(self._siv.encrypt(_pack_part(part), _NAME_AD))
+    def _seal_unit(self, parts: list[str]) -> str:
+        return _b64(self._siv.encrypt(_pack_unit(parts), _NAME_AD))
 
-    def _open_part(self, sealed: str) -> str:
-        return _unpack_part(self._siv.decrypt(_unb64(sealed), _NAME_AD))
+    def _open_unit(self, sealed: str) -> list[str]:
+        return _unpack_unit(self._siv.decrypt(_unb64(sealed), _NAME_AD))
 
     def open_name(self, sealed: str) -> str:
         name = self._plain.get(sealed)
         if name is None:
             ns, sep, rest = sealed.partition("/")
             try:
-                if sep:
-                    name = ns + "/" + "/".join(self._open_part(p) for p in rest.split("/"))
-                else:
-                    name = self._open_part(sealed)
+                units = [self._open_unit(u) for u in rest.split("/")] if sep else [self._open_unit(sealed)]
+                if sep and (len(units) > 2 or (len(units) == 2 and len(units[0]) != 1)):
+                    raise ValueError("not the units castate makes")
+                joined = "/".join(part for unit in units for part in unit)
+                name = ns + "/" + joined if sep else joined
             except (ValueError, InvalidTag, binascii.Error, UnicodeDecodeError):
                 why = "its name does not decrypt under this store's key"
                 raise CorruptFileError(f"ref {sealed[:120]}", why) from None
@@ -263,9 +295,11 @@ class SealedBlobs(BlobBackend):
         if not sep:
             inner_prefix, wanted = "", prefix
         else:
+            # Listed under the deepest whole unit the prefix names (the namespace, or the
+            # namespace and the second part), filtered past it.
             *whole, last = rest.split("/")
-            inner_prefix = ns + "/" + "".join(self._seal_part(p) + "/" for p in whole)
-            wanted = prefix if last else ""
+            inner_prefix = ns + "/" + (self._seal_unit(whole[:1]) + "/" if whole else "")
+            wanted = "" if len(whole) <= 1 and not last else prefix
         got = await self.inner.list_refs(inner_prefix)
         out: dict[str, bytes] = {}
         for s, v in got.items():
