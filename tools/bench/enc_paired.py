@@ -12,7 +12,13 @@ step, and each save's ratio is taken against its partner of the same step. Then 
 ``steps // 2`` checkpoint is restored ``--restores`` times from each, alternating, cold (a new
 StateManager, so opening and unlocking the store is included) and warm. Wall and process CPU
 times are both kept; the report gives the median of the per-pair ratios with their
-interquartile range, and each side's medians.
+interquartile range, and each side's medians, and (local and SQLite) the bytes of both stores.
+
+An encrypted store's object ids are keyed with a key derived from its random master key, and
+ids decide how large lists and dicts are cut into nodes: its objects differ from a plain
+store's, by a few percent either way from store to store, and so do its save time and bytes.
+``--same-ids`` (a bench-only patch of ``PackStore._unlock``) keys the ids of both stores with
+one fixed key, so the two hold the same objects and the ratios are the sealing alone.
 """
 
 from __future__ import annotations
@@ -30,10 +36,20 @@ from typing import Any
 import orjson
 
 import castate
+from castate.codec.objects import Ids
+from castate.repository.packs import store as packstore
+from tools.bench.systems.base import walk_disk
 from tools.bench.systems.castate_enc import key
 from tools.bench.workload import Workload
 
 SESSION = "bench"
+SAME_ID_KEY = bytes(range(32))  # --same-ids: both stores' object ids keyed with this
+_ORIG_UNLOCK = packstore.PackStore._unlock
+
+
+async def _same_ids_unlock(self: packstore.PackStore) -> None:
+    await _ORIG_UNLOCK(self)
+    self.ids = Ids(SAME_ID_KEY)
 
 
 def _target(backend: str, root: Path) -> tuple[str, Callable[[], None]]:
@@ -124,6 +140,13 @@ async def run_backend(backend: str, args: argparse.Namespace, base: Path) -> dic
             await side.sm.close()
         stop_plain()
         stop_enc()
+    disk: dict[str, Any] = {}
+    if backend in ("local", "sqlite"):
+        disk = {
+            "plain": walk_disk(base / f"{backend}-plain"),
+            "encrypted": walk_disk(base / f"{backend}-enc"),
+        }
+        disk["ratio_allocated"] = disk["encrypted"]["bytes_allocated"] / disk["plain"]["bytes_allocated"]
 
     def ratios(a: list[float], b: list[float]) -> list[float]:
         return [e / p for p, e in zip(a, b, strict=True) if p > 0]
@@ -142,7 +165,7 @@ async def run_backend(backend: str, args: argparse.Namespace, base: Path) -> dic
                 "ratio_of_medians": statistics.median(e) / statistics.median(p),
                 "paired_ratio": _quartiles(ratios(p, e)),
             }
-    return {"metrics": out, "save": save, "restore": restore}
+    return {"metrics": out, "disk": disk, "save": save, "restore": restore}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -151,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--restores", type=int, default=15)
     ap.add_argument("--backends", default="local,sqlite")
+    ap.add_argument("--same-ids", action="store_true", help="key both stores' object ids with one fixed key")
     ap.add_argument("--dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args(argv)
@@ -160,18 +184,28 @@ def main(argv: list[str] | None = None) -> int:
         "| backend | metric | plain ms | encrypted ms | paired ratio median (IQR) |",
         "|---|---|---|---|---|",
     ]
+    if args.same_ids:
+        packstore.PackStore._unlock = _same_ids_unlock  # type: ignore[method-assign]
     try:
         for backend in args.backends.split(","):
+            first = len(lines)
             r = asyncio.run(run_backend(backend, args, base))
             report["backends"][backend] = r
+            if r["disk"]:
+                d = r["disk"]
+                lines.append(
+                    f"| {backend} | disk MB (alloc) | {d['plain']['bytes_allocated'] / 1e6:.3f} "
+                    f"| {d['encrypted']['bytes_allocated'] / 1e6:.3f} | {d['ratio_allocated']:.3f} |"
+                )
             for name, m in r["metrics"].items():
                 q = m["paired_ratio"]
                 lines.append(
                     f"| {backend} | {name} | {m['plain_ms']:.2f} | {m['encrypted_ms']:.2f} "
                     f"| {q['median']:.3f} ({q['q1']:.3f}-{q['q3']:.3f}) |"
                 )
-            print("\n".join(lines[-8:]), flush=True)
+            print("\n".join(lines[first:]), flush=True)
     finally:
+        packstore.PackStore._unlock = _ORIG_UNLOCK  # type: ignore[method-assign]
         shutil.rmtree(base, ignore_errors=True)
     report["table"] = "\n".join(lines)
     print()
