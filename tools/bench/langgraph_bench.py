@@ -31,6 +31,11 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[2]
 SYSTEMS = ("castate", "castate-relaxed", "sqlite", "memory")
+# Encryption (issue 21): LangGraph's EncryptedSerializer (AES-EAX of every serialized value,
+# pycryptodome) on castate and on SqliteSaver, against castate's own encrypted store.
+ENC_SYSTEMS = ("castate-enc", "castate-encserde", "sqlite-encserde")
+LANGGRAPH_AES_KEY = b"castate-bench-aes-key-32-bytes!!"  # 32 bytes: AES-256; a bench key, not a secret
+KiB = 1024
 MB = 1e6
 
 
@@ -47,24 +52,41 @@ def _disk(path: Path) -> dict[str, int]:
 
 def _open(name: str, store: Path) -> tuple[Any, Callable[[], None]]:
     """The checkpointer of system ``name`` on a fresh directory, and how to close it."""
-    if name in ("castate", "castate-relaxed"):
+    if name in ("castate", "castate-relaxed", "castate-encserde"):
         from castate import LocalBackend
         from castate.integrations.langgraph import CastateSaver
 
-        durability = "durable" if name == "castate" else "relaxed"
-        saver = CastateSaver(LocalBackend(store / "castate", durability=durability))
+        durability = "relaxed" if name == "castate-relaxed" else "durable"
+        serde = _encrypted_serde() if name == "castate-encserde" else None
+        saver = CastateSaver(LocalBackend(store / "castate", durability=durability), serde=serde)
         return saver, saver.close
-    if name == "sqlite":
+    if name == "castate-enc":
+        import castate
+        from castate.integrations.langgraph import CastateSaver
+        from tools.bench.systems.castate_enc import key
+
+        # castate's own encryption: a store created with a key (a RawKey: no scrypt at open)
+        saver = CastateSaver(castate.open(str(store / "castate"), durability="durable", create=True, key=key()))
+        return saver, saver.close
+    if name in ("sqlite", "sqlite-encserde"):
         from langgraph.checkpoint.sqlite import SqliteSaver
 
         store.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(store / "checkpoints.sqlite", check_same_thread=False)
-        return SqliteSaver(conn), conn.close
+        serde = _encrypted_serde() if name == "sqlite-encserde" else None
+        return SqliteSaver(conn, serde=serde), conn.close
     if name == "memory":
         from langgraph.checkpoint.memory import InMemorySaver
 
         return InMemorySaver(), lambda: None
-    raise SystemExit(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
+    raise SystemExit(f"unknown system {name!r}; known: {', '.join(SYSTEMS + ENC_SYSTEMS)}")
+
+
+def _encrypted_serde() -> Any:
+    """LangGraph's EncryptedSerializer as its docs set it up (AES in EAX mode, pycryptodome)."""
+    from langgraph.checkpoint.serde.encrypted import EncryptedSerializer
+
+    return EncryptedSerializer.from_pycryptodome_aes(key=LANGGRAPH_AES_KEY)
 
 
 def _timed(saver: Any, method: str, sink: list[float]) -> None:
@@ -91,9 +113,11 @@ def child(name: str, turns: int, words: int, durability: str, store: Path) -> di
     _timed(saver, "put_writes", writes)
     graph = build(saver)
     config = run_config("bench")
+    c = time.process_time()
     t = time.perf_counter()
     out = graph.invoke(start(turns, words=words), config, durability=durability)
     run_s = time.perf_counter() - t
+    run_cpu_s = time.process_time() - c  # all threads: less moved by other load than the wall time
     steps = len(puts)
 
     t = time.perf_counter()
@@ -113,6 +137,8 @@ def child(name: str, turns: int, words: int, durability: str, store: Path) -> di
         "messages": len(out["messages"]),
         "run_s": run_s,
         "step_ms": run_s / steps * 1e3,
+        "turn_ms": run_s / turns * 1e3,
+        "cpu_step_ms": run_cpu_s / steps * 1e3,
         "put_ms": sum(puts) / len(puts) * 1e3,
         "put_last10_ms": sum(puts[-10:]) / len(puts[-10:]) * 1e3,
         "put_writes_ms": (sum(writes) / len(writes) * 1e3) if writes else 0.0,
@@ -148,16 +174,20 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def _table(results: list[dict[str, Any]], full_copy: int) -> str:
     peer = next((r for r in results if r["system"] == "sqlite" and "error" not in r), None)
+    plain = next((r for r in results if r["system"] == "castate" and "error" not in r), None)
 
-    def ratio(r: dict[str, Any], key: Callable[[dict[str, Any]], float]) -> str:
-        if peer is None or not key(peer):
+    def ratio(r: dict[str, Any], key: Callable[[dict[str, Any]], float], against: Any = peer) -> str:
+        if against is None or not key(against):
             return "-"
-        return f"{key(r) / key(peer):.2f}x"
+        return f"{key(r) / key(against):.2f}x"
+
+    def disk(x: dict[str, Any]) -> float:
+        return float(x["disk"]["allocated"])
 
     rows = [
-        "| system | disk MB (alloc) | vs sqlite | disk / final state | step ms | vs sqlite "
-        "| saver ms/step | put ms (last 10) | history s | ok |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| system | disk MB (alloc) | disk KiB | vs sqlite | vs castate | disk / final state | step ms | vs sqlite "
+        "| turn ms | cpu ms/step | saver ms/step | put ms (last 10) | latest ms | history s | ok |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "error" in r:
@@ -165,9 +195,11 @@ def _table(results: list[dict[str, Any]], full_copy: int) -> str:
             continue
         alloc = r["disk"]["allocated"]
         rows.append(
-            f"| {r['system']} | {alloc / MB:.2f} | {ratio(r, lambda x: x['disk']['allocated'])} "
+            f"| {r['system']} | {alloc / MB:.2f} | {alloc / KiB:,.0f} | {ratio(r, disk)} | {ratio(r, disk, plain)} "
             f"| {alloc / full_copy:.1f}x | {r['step_ms']:.2f} | {ratio(r, lambda x: x['step_ms'])} "
-            f"| {r['saver_ms_per_step']:.2f} | {r['put_last10_ms']:.2f} | {r['history_s']:.2f} | {r['ok']} |"
+            f"| {r.get('turn_ms', 0.0):.2f} | {r.get('cpu_step_ms', 0.0):.2f} "
+            f"| {r['saver_ms_per_step']:.2f} | {r['put_last10_ms']:.2f} "
+            f"| {r['latest_ms']:.1f} | {r['history_s']:.2f} | {r['ok']} |"
         )
     return "\n".join(rows)
 

@@ -101,15 +101,18 @@ async def _child(
         w.state = castate.tracked(w.state)
     mid = max(1, steps // 2)
     times: list[float] = []
+    cpu_times: list[float] = []  # process CPU time of each checkpoint (all threads): less moved by other load
     floors: list[float] = []
     await system.setup(store)
     handle = expected = expected_json = None
     t_run = time.perf_counter()
     for n in range(1, steps + 1):
         w.step()
+        c = time.process_time()
         t = time.perf_counter()
         h = await system.checkpoint(w.state, n)
         times.append(time.perf_counter() - t)
+        cpu_times.append(time.process_time() - c)
         if n == mid:
             handle = h
             expected_json = orjson.dumps(w.state)
@@ -124,14 +127,18 @@ async def _child(
 
     cold_times: list[float] = []
     restore_times: list[float] = []
+    cold_cpu: list[float] = []
+    warm_cpu: list[float] = []
     equal = key_order = True
     for n in range(COLD_RESTORES + RESTORES):
         cold = n < COLD_RESTORES
         if cold:
             await system.reopen()  # no in-process cache survives, as in a new process
+        c = time.process_time()
         t = time.perf_counter()
         restored = await system.restore(handle)
         (cold_times if cold else restore_times).append(time.perf_counter() - t)
+        (cold_cpu if cold else warm_cpu).append(time.process_time() - c)
         equal = equal and _same_state(restored, expected)
         key_order = key_order and orjson.dumps(restored) == expected_json
         del restored
@@ -156,6 +163,7 @@ async def _child(
         "checkpoint_last_mean_s": statistics.fmean(last),
         "checkpoint_max_s": max(times),
         "checkpoint_times_s": times,
+        "checkpoint_cpu_times_s": cpu_times,
         "floor_last_s": floors,
         "floor_mean_s": statistics.fmean(floors),
         "floor_median_s": statistics.median(floors),
@@ -165,6 +173,8 @@ async def _child(
         "restore_median_s": statistics.median(restore_times),
         "restore_cold_times_s": cold_times,
         "restore_cold_s": statistics.median(cold_times),
+        "restore_cpu_times_s": warm_cpu,
+        "restore_cold_cpu_times_s": cold_cpu,
         "rss_start_bytes": rss_start,
         "rss_baseline_bytes": rss_baseline,
         "rss_peak_bytes": rss_peak,
