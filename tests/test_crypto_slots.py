@@ -277,22 +277,26 @@ async def test_a_slot_copied_from_another_store_does_not_open() -> None:
         unlock([moved], PW, "m")
 
 
-async def test_an_encrypted_store_whose_slots_are_gone(tmp_path: Path) -> None:
+@pytest.mark.parametrize("segments", [True, False], ids=["with-index-segments", "packs-only"])
+async def test_an_encrypted_store_whose_slots_are_gone(tmp_path: Path, segments: bool) -> None:
     """Every slot deleted: the master key is lost. Opening says so clearly, never reads sealed
-    bytes as a plain store's."""
+    bytes as a plain store's (told by an index segment, or in a store without any, a pack)."""
     path = tmp_path / "s"
     async with castate.StateManager(castate.open(path, key=PW)) as sm:
-        await sm.save_session("s", {"secret": "x" * 100})
+        for i in range(3):
+            await sm.save_session(f"s{i}", {"secret": "x" * 100, "i": i})
     b = LocalBackend(path)
     await b.open()
     try:
-        await b.delete_blobs([i.name for i in await b.list_blobs(KEYS_PREFIX)])
+        doomed = await b.list_blobs(KEYS_PREFIX) + ([] if segments else await b.list_blobs("index/"))
+        await b.delete_blobs([i.name for i in doomed])
+        assert bool(await b.list_blobs("index/")) == segments
     finally:
         await b.close()
     for key in (None, PW):
         with pytest.raises(CorruptFileError, match=r"encrypted .* but has no key slots") as caught:
             async with castate.StateManager(castate.open(path, key=key)) as sm:
-                await sm.load_session("s")
+                await sm.load_session("s0")
         assert caught.value.path == KEYS_PREFIX
 
 

@@ -201,19 +201,25 @@ async def _slots(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str]]:
 async def _check_not_sealed(blobs: BlobBackend) -> None:
     """A store without key slots whose blobs are sealed lost its slots (deleted by hand, or
     not copied with the rest): say so, instead of reading it as a plain store whose every
-    pack is damaged and whose session names are ciphertext. One index segment's (or, in a
-    store without any, one pack's) first bytes tell."""
-    for prefix in ("index/", "packs/"):
-        infos = await blobs.list_blobs(prefix)
-        if infos:
-            (head,) = await blobs.get_ranges([(infos[0].name, 0, len(SEALED_MAGIC))])
-            if head == SEALED_MAGIC:
-                raise CorruptFileError(
-                    KEYS_PREFIX,
-                    f"store {blobs.location} is encrypted ({infos[0].name} is sealed) but has no key slots: they "
-                    "were deleted or not copied, and without one no key opens the store; restore keys/ from a backup",
-                )
-            return
+    pack is damaged and whose session names are ciphertext. The first bytes of its smallest
+    index segment tell (read whole: opening reads the segments anyway, never pack heads by
+    range), or in a store without any, of its smallest pack (whose head opening reads)."""
+    head: bytes | None = None
+    segments = await blobs.list_blobs("index/")
+    if segments:
+        name = min(segments, key=lambda i: i.size).name
+        head = (await blobs.get_blobs([name])).get(name, b"")[: len(SEALED_MAGIC)]
+    else:
+        packs = await blobs.list_blobs("packs/")
+        if packs:
+            name = min(packs, key=lambda i: i.size).name
+            (head,) = await blobs.get_ranges([(name, 0, len(SEALED_MAGIC))])
+    if head == SEALED_MAGIC:
+        raise CorruptFileError(
+            KEYS_PREFIX,
+            f"store {blobs.location} is encrypted ({name} is sealed) but has no key slots: they were deleted "
+            "or not copied, and without one no key opens the store; restore keys/ from a backup",
+        )
 
 
 def unlock(slots: list[KeySlot], secret: Secret, location: str) -> StoreKeys:
