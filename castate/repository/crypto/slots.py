@@ -161,7 +161,6 @@ async def read_slots(blobs: BlobBackend) -> list[KeySlot]:
             f"store {blobs.location} is encrypted (its marker ref says so) but has no key slots left: "
             "without one no key opens it; restore keys/ from a backup",
         )
-    await _check_not_sealed(blobs)
     return []
 
 
@@ -196,30 +195,6 @@ async def _slots(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str]]:
         bad.update({s.blob: "key slot of another store" for s in slots if s.store != first})
         slots = [s for s in slots if s.store == first]
     return slots, bad
-
-
-async def _check_not_sealed(blobs: BlobBackend) -> None:
-    """A store without key slots whose blobs are sealed lost its slots (deleted by hand, or
-    not copied with the rest): say so, instead of reading it as a plain store whose every
-    pack is damaged and whose session names are ciphertext. The first bytes of its smallest
-    index segment tell (read whole: opening reads the segments anyway, never pack heads by
-    range), or in a store without any, of its smallest pack (whose head opening reads)."""
-    head: bytes | None = None
-    segments = await blobs.list_blobs("index/")
-    if segments:
-        name = min(segments, key=lambda i: i.size).name
-        head = (await blobs.get_blobs([name])).get(name, b"")[: len(SEALED_MAGIC)]
-    else:
-        packs = await blobs.list_blobs("packs/")
-        if packs:
-            name = min(packs, key=lambda i: i.size).name
-            (head,) = await blobs.get_ranges([(name, 0, len(SEALED_MAGIC))])
-    if head == SEALED_MAGIC:
-        raise CorruptFileError(
-            KEYS_PREFIX,
-            f"store {blobs.location} is encrypted ({name} is sealed) but has no key slots: they were deleted "
-            "or not copied, and without one no key opens the store; restore keys/ from a backup",
-        )
 
 
 def unlock(slots: list[KeySlot], secret: Secret, location: str) -> StoreKeys:
