@@ -376,10 +376,12 @@ class PackStore(Backend):
         message: str,
         checks: dict[str, bytes | None],
     ) -> None:
-        """The backend's commit; on a store this process opened plain, it also checks that no
-        other process has made the store encrypted since (its marker ref is still absent), so a
-        process opened before that never writes plaintext beside sealed blobs."""
-        if self.keys is None:
+        """The backend's commit; one that stores blobs, on a store this process opened plain,
+        also checks that no other process has made the store encrypted since (its marker ref is
+        still absent), so a process opened before that never writes plaintext objects beside
+        sealed blobs. (A commit of ref moves alone has no checks, so it never waits for gc: a
+        ref such a process moves there after is left out of listings and reported by fsck.)"""
+        if self.keys is None and blobs:
             checks = {**checks, MARKER_REF: None}
         try:
             await self.blobs.commit(blobs, updates, message=message, checks=checks)
