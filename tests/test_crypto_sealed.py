@@ -251,3 +251,35 @@ async def test_a_ref_repair_reports_plaintext_names(tmp_path: Path) -> None:
     report = await SealedBlobs(LocalBackend(tmp_path / "s"), k).repair_refs()
     assert report.damaged
     assert report.maybe_lost == ["sessions/r2"]
+
+
+async def test_names_seal_in_two_units_and_uuids_as_their_bytes(pair: tuple[SealedBlobs, MemoryBackend]) -> None:
+    """After the namespace, the second part is one unit and the rest another (one 16-byte tag
+    each); a part that is a canonical UUID (LangGraph's checkpoint and task ids, with or
+    without a leading ~) is sealed as its 16 bytes. Every form comes back exactly."""
+    sealed, inner = pair
+    cp = "1f0d2e2a-3b4c-6d5e-8f9a-0b1c2d3e4f5a"
+    task = "~" + "0b1c2d3e-4f5a-4b4c-8d5e-1f0d2e2a3b4c"
+    odd = ["1F0D2E2A-3B4C-6D5E-8F9A-0B1C2D3E4F5A", "~~" + cp, cp + "x", "%7E" + cp]
+    names_ = [f"langgraph/thread-7/~/{cp}", f"langgraph/thread-7/~/{cp}/{task}", *(f"kv/k/{o}" for o in odd)]
+    for n, name in enumerate(names_):
+        await sealed.update_refs([RefUpdate(name, value(n), None)])
+    assert await sealed.list_refs() == {name: value(n) for n, name in enumerate(names_)}
+    stored = sorted(await inner.list_refs("langgraph/"))
+    assert all(s.count("/") == 2 for s in stored)  # namespace, thread, one unit for the rest
+    plain_len = len(f"~/{cp}/{task}")
+    assert len(stored[1].split("/")[2]) < plain_len  # the two UUIDs take 34 bytes, not 74
+    threads = {n: v for n, v in (await sealed.list_refs()).items() if n.startswith("langgraph/")}
+    assert await sealed.list_refs("langgraph/thread-7/~/") == threads
+
+
+async def test_castates_own_fixed_messages_stay_plain_every_other_is_sealed(
+    pair: tuple[SealedBlobs, MemoryBackend],
+) -> None:
+    sealed, inner = pair
+    await sealed.update_refs([RefUpdate("langgraph/t/~/x", value(1), None)], message="langgraph put")
+    await sealed.update_refs([RefUpdate("sessions/s", value(2), None)], message="save secret-session")
+    raw = [e.message for e in await inner.reflog()]
+    assert raw[0] == "langgraph put"
+    assert "secret" not in raw[1]
+    assert [e.message for e in await sealed.reflog()] == ["langgraph put", "save secret-session"]
