@@ -10,7 +10,6 @@ key derivation mode (``StoreKeys``).
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import os
 import time
@@ -40,15 +39,6 @@ MARKER_REF = "castate/encrypted"
 SEALED_MAGIC = b"CSB1"  # what every sealed blob starts with (sealed.py)
 
 _CONTEXT = "castate 2026-12-05 "  # blake3 derive_key contexts: globally unique, hard-coded
-
-
-def _unb64(text: object, what: str, where: str) -> bytes:
-    if not isinstance(text, str):
-        raise CorruptFileError(where, f"{what} is not a string")
-    try:
-        return base64.b64decode(text, validate=True)
-    except ValueError:
-        raise CorruptFileError(where, f"{what} is not base64") from None
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,45 +70,28 @@ class _KeyedReopen:
     """Mixed into the URL systems: every StateManager opens the URL with the bench key."""
 
     url: str
+    sm: castate.StateManager | None
 
     def manager(self) -> castate.StateManager:
         return castate.StateManager(castate.open(self.url, create=True, key=key()))
+
+    async def setup(self, directory: Path) -> None:
+        await super().setup(directory)  # type: ignore[misc]  # the URL system this is mixed into
+        self.sm = self.manager()
+
+    async def reopen(self) -> None:
+        assert self.sm is not None
+        await self.sm.close()
+        self.sm = self.manager()
 
 
 class CastateSQLiteEnc(_KeyedReopen, CastateSQLite):
     name = "castate-sqlite-enc"
 
-    async def setup(self, directory: Path) -> None:
-        await super().setup(directory)
-        self.sm = self.manager()
-
-    async def reopen(self) -> None:
-        assert self.sm is not None
-        await self.sm.close()
-        self.sm = self.manager()
-
 
 class CastatePostgresEnc(_KeyedReopen, CastatePostgres):
     name = "castate-postgres-enc"
 
-    async def setup(self, directory: Path) -> None:
-        await super().setup(directory)
-        self.sm = self.manager()
-
-    async def reopen(self) -> None:
-        assert self.sm is not None
-        await self.sm.close()
-        self.sm = self.manager()
-
 
 class CastateRedisEnc(_KeyedReopen, CastateRedis):
     name = "castate-redis-enc"
-
-    async def setup(self, directory: Path) -> None:
-        await super().setup(directory)
-        self.sm = self.manager()
-
-    async def reopen(self) -> None:
-        assert self.sm is not None
-        await self.sm.close()
-        self.sm = self.manager()
