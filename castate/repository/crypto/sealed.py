@@ -1,5 +1,5 @@
-"""The blob backend of an encrypted store: every blob, ref name, ref value and reflog message
-encrypted on its way down, checked and decrypted on its way up.
+"""The blob backend of an encrypted store: every blob, ref name and reflog message encrypted
+on its way down, checked and decrypted on its way up.
 
 ``SealedBlobs`` wraps any ``BlobBackend``, so encryption is written once for every engine and
 the engines never see a plaintext byte of the state (docs/format.md §7):
@@ -7,15 +7,16 @@ the engines never see a plaintext byte of the state (docs/format.md §7):
 - a blob is ``"CSB1" || nonce || AES-256-GCM(data)`` under a key derived from the store's blob
   key and the blob's name, which is also the associated data: a blob moved to another name
   does not decrypt;
-- ref names keep their first part (``sessions/``, ``checkpoints/``...) and have every other
-  part encrypted with AES-SIV, deterministic so that lookups and prefix listings still work;
-- reflog messages are AES-SIV too. Ref values are object ids, keyed in an encrypted store
-  (``castate.codec.objects.Ids``): they say nothing of the content, and stay as they are, so
-  every backend's compare-and-swap works on them unchanged.
+- ref names keep their first part (``sessions/``, ``checkpoints/``...); the rest is sealed
+  with AES-SIV in at most two units (the second part, then everything after it), which is
+  deterministic, so lookups, compare-and-swap and listings still work on every engine;
+- reflog messages are AES-SIV too, but castate's own fixed ones. Ref values are object ids,
+  keyed in an encrypted store (``castate.codec.objects.Ids``): they say nothing of the
+  content and stay as they are.
 
-Anything that does not decrypt is damage: a blob reads as empty (which no pack or index
-segment is, so the pack store reports it as it reports any damaged blob), a ref name raises
-``CorruptFileError`` naming the ref.
+What does not decrypt is damage: a blob reads as empty (which no pack or index segment is,
+so the pack store reports it as it reports any damaged blob); a ref name is left out of
+listings and reported by ``check_storage``.
 """
 
 from __future__ import annotations
@@ -225,8 +226,9 @@ class SealedBlobs(BlobBackend):
 
     def seal_name(self, name: str) -> str:
         """The name the inner backend keeps: the first part as it is (``sessions``,
-        ``checkpoints``...), every other part encrypted; a name of one part is encrypted whole.
-        ValueError for a name the contract refuses, or one too long once encrypted."""
+        ``checkpoints``...), the rest sealed in at most two units (``_units``); a name of one
+        part is sealed whole. ValueError for a name the contract refuses, or one too long once
+        encrypted."""
         sealed = self._names.get(name)
         if sealed is None:
             check_ref_name(name)
