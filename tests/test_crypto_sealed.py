@@ -267,8 +267,9 @@ async def test_names_seal_in_two_units_and_uuids_as_their_bytes(pair: tuple[Seal
     assert await sealed.list_refs() == {name: value(n) for n, name in enumerate(names_)}
     stored = sorted(await inner.list_refs("langgraph/"))
     assert all(s.count("/") == 2 for s in stored)  # namespace, thread, one unit for the rest
-    plain_len = len(f"~/{cp}/{task}")
-    assert len(stored[1].split("/")[2]) < plain_len  # the two UUIDs take 34 bytes, not 74
+    packed = sealed.seal_name(names_[1]).split("/")[2]
+    unpacked = sealed.seal_name(names_[1].upper().replace("LANGGRAPH/THREAD-7", "langgraph/thread-7")).split("/")[2]
+    assert len(unpacked) - len(packed) >= 50  # the two UUIDs take 32 bytes, not 72: 40 bytes, 53 characters
     threads = {n: v for n, v in (await sealed.list_refs()).items() if n.startswith("langgraph/")}
     assert await sealed.list_refs("langgraph/thread-7/~/") == threads
 

@@ -458,3 +458,58 @@ async def test_a_marker_without_slots_is_damage_never_a_plain_store() -> None:
     repo = castate.Repository(blobs)
     with pytest.raises(CorruptFileError):
         await repo.open()
+
+
+async def test_a_plain_save_that_lands_while_a_store_is_made_encrypted_undoes_the_encryption(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slot and the marker are one commit, so no plain save lands between them; one that
+    lands after the emptiness check and before that commit makes the encryption undo itself:
+    the store stays plain, with the plain writer's data, and the encrypting open fails."""
+    from castate.repository.crypto import slots as slots_mod
+
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    plain = castate.StateManager(castate.open(url, create=True))
+    await plain.repository.open(create=True)
+    real = slots_mod._new_slot
+
+    def late(*args: object, **kwargs: object) -> KeySlot:
+        asyncio.run_coroutine_threadsafe(plain.save_session("keyless", {"v": "plain data"}), loop).result()
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    loop = asyncio.get_running_loop()
+    monkeypatch.setattr(slots_mod, "_new_slot", late)
+    with pytest.raises(StoreError, match="stays plain"):
+        async with castate.StateManager(castate.open(url, key=PW)) as enc:
+            await enc.save_session("alice", {"v": 1})
+    monkeypatch.setattr(slots_mod, "_new_slot", real)
+    assert await plain.load_session("keyless") == {"v": "plain data"}
+    await plain.save_session("keyless", {"v": "still plain"})  # no marker left behind
+    await plain.close()
+    blobs = castate.open(url)
+    await blobs.open()
+    try:
+        assert await read_slots(blobs) == []  # type: ignore[arg-type]
+    finally:
+        await blobs.close()
+
+
+async def test_removals_racing_on_sqlite_take_turns_under_the_gc_lock(tmp_path: Path) -> None:
+    """On a backend whose gc lock excludes (every engine but memory), two removals of a
+    two-slot store run one after the other: the second sees the only slot left, and refuses."""
+    url = f"sqlite:///{tmp_path / 's.db'}"
+    async with castate.StateManager(castate.open(url, key=PW)) as sm:
+        await sm.save_session("s", {"v": 1})
+    blobs = castate.open(url)
+    await blobs.open()
+    try:
+        other = await add_slot(blobs, PW, KEY)  # type: ignore[arg-type]
+        results = await asyncio.gather(
+            remove_slot(blobs, FIRST_SLOT),  # type: ignore[arg-type]
+            remove_slot(blobs, other.id),  # type: ignore[arg-type]
+            return_exceptions=True,
+        )
+        assert sum(isinstance(r, UsageError) for r in results) == 1, results
+        assert len(await read_slots(blobs)) == 1  # type: ignore[arg-type]
+    finally:
+        await blobs.close()

@@ -325,8 +325,14 @@ async def _key_change(sm: StateManager, args: argparse.Namespace, out: Output) -
     old = next((s for s in await read_slots(store.raw) if s.id == opened), None)
     label = args.label if args.label is not None else (old.label if old is not None else "")
     slot = await add_slot(store.raw, _opener(args), secret, label=label)
-    # The new slot is written before the old one goes: a failure in between leaves both keys working.
-    await remove_slot(store.raw, opened)
+    # The new slot is written before the old one goes: a crash in between leaves both keys
+    # working. A removal that fails (another change took the old slot first) takes the new
+    # slot away again, so a change reported as failed leaves no key behind.
+    try:
+        await remove_slot(store.raw, opened)
+    except (UsageError, StoreError):
+        await remove_slot(store.raw, slot.id)
+        raise
     if args.json:
         out.json({"slot": slot.id, "kind": slot.kind, "label": slot.label, "removed": opened})
     else:

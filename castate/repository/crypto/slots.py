@@ -235,25 +235,59 @@ def _new_slot(secret: Secret, master: bytes, store: str, label: str, sid: str = 
 
 
 async def create_keys(blobs: BlobBackend, secret: Secret, *, label: str = "") -> StoreKeys:
-    """Make a new store encrypted: a fresh master key and its first slot.
+    """Make a new, empty store encrypted: a fresh master key, its first slot and the marker
+    ref, in one commit (a process that opened the store plain checks the marker in its saves,
+    so none lands between the two).
 
-    The first slot has a fixed name and blobs are create-only, so when several processes
-    initialise one store at once exactly one slot, and one master key, is written: the others
-    open the winner's slot with their secret (the same passphrase works on), or get
-    ConflictError when their secret does not open it."""
+    The first slot has a fixed name and the marker moves only from absent, so when several
+    processes initialise one store at once exactly one master key is written: the others open
+    the winner's slot with their secret (the same passphrase works on), or get ConflictError
+    when it does not open it. If a plain writer's data landed while the store was checked
+    empty, the encryption is undone and StoreError raised: the store stays plain, with it."""
     master = os.urandom(MASTER_SIZE)
     store = os.urandom(16).hex()
     slot = await asyncio.to_thread(_new_slot, secret, master, store, label or "first key", FIRST_SLOT)
-    if await blobs.put_blobs([(slot.blob, slot.encode())]):
-        keys = StoreKeys.derive(master, store, slot.id)
-        await ensure_marker(blobs, keys)
-        return keys
-    # Another process was first (or this one was, and its reply got lost): open what is there.
+    mine = marker_value(store)
+    try:
+        written = await blobs.commit(
+            [(slot.blob, slot.encode())], [RefUpdate(MARKER_REF, mine, None)], message="castate: store encrypted"
+        )
+    except ConflictError:
+        return await _open_winner(blobs, secret)  # another process's marker came first
+    if not written:
+        # The first slot's name was taken by an initialisation that stopped before its marker:
+        # point the marker at that slot's store instead, and open it.
+        for theirs in await _parsed(blobs):
+            if theirs.id == FIRST_SLOT:
+                await blobs.commit((), [RefUpdate(MARKER_REF, marker_value(theirs.store), mine)])
+        return await _open_winner(blobs, secret)
+    held = [i for i in await blobs.list_blobs() if not i.name.startswith(KEYS_PREFIX)]
+    refs = [n for n in await blobs.list_refs() if n != MARKER_REF]
+    if held or refs:
+        await blobs.commit((), [RefUpdate(MARKER_REF, None, mine)], message="castate: encryption undone")
+        await blobs.delete_blobs([slot.blob])
+        raise StoreError(
+            f"store {blobs.location} received data from a plain writer while it was made encrypted; "
+            "it stays plain (castate does not encrypt a store in place)"
+        )
+    return StoreKeys.derive(master, store, slot.id)
+
+
+async def _parsed(blobs: BlobBackend) -> list[KeySlot]:
+    infos = [i for i in await blobs.list_blobs(KEYS_PREFIX) if i.size <= MAX_SLOT_BYTES]
+    out = []
+    for name, data in (await blobs.get_blobs([i.name for i in infos])).items():
+        try:
+            out.append(parse_slot(name, data))
+        except CorruptFileError:
+            continue
+    return out
+
+
+async def _open_winner(blobs: BlobBackend, secret: Secret) -> StoreKeys:
     slots = await read_slots(blobs)
     try:
-        keys = await asyncio.to_thread(unlock, slots, secret, blobs.location)
-        await ensure_marker(blobs, keys)
-        return keys
+        return await asyncio.to_thread(unlock, slots, secret, blobs.location)
     except WrongKeyError:
         raise ConflictError(
             f"store {blobs.location} was made encrypted by another process at the same time, with another key",
@@ -321,26 +355,28 @@ async def add_slot(blobs: BlobBackend, opener: Secret, secret: Secret, *, label:
 
 
 async def remove_slot(blobs: BlobBackend, slot_id: str) -> None:
-    """Remove one slot; the last one never goes (the data would be lost with it)."""
-    slots = await read_slots(blobs)
-    ids = [s.id for s in slots]
-    matches = [s for s in ids if s.startswith(slot_id)] if slot_id else []
-    if len(matches) != 1:
-        why = "is ambiguous" if matches else f"is not in store {blobs.location}"
-        raise UsageError(f"key slot {slot_id!r} {why}")
-    if len(slots) == 1:
-        raise UsageError("that is the store's only key slot: add another first (without one, the data is lost)")
-    doomed = KEYS_PREFIX + matches[0]
-    kept = await blobs.get_blobs([doomed])
-    await blobs.delete_blobs([doomed])
-    # Two processes removing the last two slots at once both saw another slot: the one that
-    # finds none left after its delete puts its slot back (blobs are written again after a
-    # delete), so one slot always survives; a reader in between is told the slots are gone.
-    if doomed in kept and not await blobs.list_blobs(KEYS_PREFIX):
-        await blobs.put_blobs([(doomed, kept[doomed])])
-        raise UsageError(
-            f"key slot {matches[0]} was kept: another process removed the store's other key slots at the same time"
-        )
+    """Remove one slot; the last one never goes (the data would be lost with it). Removals
+    take the backend's exclusive gc lock, so two of them in two processes never both see the
+    other's slot as the one that stays, and a removal killed midway leaves one."""
+    async with blobs.gc_exclusive():
+        slots = await read_slots(blobs)
+        ids = [s.id for s in slots]
+        matches = [s for s in ids if s.startswith(slot_id)] if slot_id else []
+        if len(matches) != 1:
+            why = "is ambiguous" if matches else f"is not in store {blobs.location}"
+            raise UsageError(f"key slot {slot_id!r} {why}")
+        if len(slots) == 1:
+            raise UsageError("that is the store's only key slot: add another first (without one, the data is lost)")
+        doomed = KEYS_PREFIX + matches[0]
+        kept = await blobs.get_blobs([doomed])
+        await blobs.delete_blobs([doomed])
+        # A backend whose gc lock excludes nothing (memory, one process): two removals of the
+        # last two slots both saw another slot; the one that finds none left puts its own back.
+        if doomed in kept and not await blobs.list_blobs(KEYS_PREFIX):
+            await blobs.put_blobs([(doomed, kept[doomed])])
+            raise UsageError(
+                f"key slot {matches[0]} was kept: another removal took the store's other key slots at the same time"
+            )
 
 
 __all__ = [
