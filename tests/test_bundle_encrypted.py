@@ -20,7 +20,7 @@ from hypothesis import strategies as st
 import castate
 from castate.codec import Commit, Decoder, Encoder, encode_commit, parse_commit
 from castate.codec.objects import KIND_BYTES, KIND_COMMIT, KIND_DICT, KIND_NAMES, PLAIN, Ids
-from castate.errors import CorruptFileError, KeyRequiredError, WrongKeyError
+from castate.errors import CorruptFileError, KeyRequiredError, UsageError, WrongKeyError
 from castate.keys import Passphrase, RawKey
 from castate.repository.bundle import HEADER, MAGIC, WRITE_BATCH, import_bundle
 from castate.repository.bundle_crypto import RECORD, TAG
@@ -33,6 +33,7 @@ from tests.test_bundle_hostile import bundle, commit, node, obj
 
 SOURCE_PW = "source passphrase"
 OTHER_KEY = "k" * 32
+MARKER = "plaintext-marker-5e1f"
 
 
 def source_key() -> Passphrase:
@@ -137,7 +138,9 @@ async def test_round_trip_between_plain_and_encrypted_stores(
         src_view = await view(src, "run", cps)
     assert same(src_view["head"], state(4))
     async with open_store(tmp_path / "dst", destination) as dst:
-        got = await import_bundle(dst.repository, bundle, key=source_key() if source == "encrypted" else None)
+        got = await import_bundle(
+            dst.repository, bundle, key=source_key() if source == "encrypted" else None, plain=True
+        )
         assert got.objects == out.objects
         assert got.written == out.objects
         translated = (source, destination) != ("plain", "plain")
@@ -154,7 +157,11 @@ async def test_round_trip_between_plain_and_encrypted_stores(
         assert (await dst.fsck(full=True)).ok
         # The same bundle again, under another id: every object is there already.
         again = await import_bundle(
-            dst.repository, bundle, session_id="run copy", key=source_key() if source == "encrypted" else None
+            dst.repository,
+            bundle,
+            session_id="run copy",
+            key=source_key() if source == "encrypted" else None,
+            plain=True,
         )
         assert again.written == 0
         assert again.refs == {n.replace("run", "run%20copy", 1): c for n, c in got.refs.items()}
@@ -199,17 +206,17 @@ async def test_keys_of_an_encrypted_bundle(tmp_path: Path, monkeypatch: pytest.M
         with pytest.raises(KeyRequiredError, match="CASTATE_BUNDLE_PASSWORD"):
             await dst.import_session(bundle)
         with pytest.raises(WrongKeyError, match="opens none of the 1 key slots"):
-            await import_bundle(dst.repository, bundle, key=Passphrase("not it", n=1024))
+            await import_bundle(dst.repository, bundle, key=Passphrase("not it", n=1024), plain=True)
         with pytest.raises(WrongKeyError):
-            await import_bundle(dst.repository, bundle, key=RawKey(OTHER_KEY))
+            await import_bundle(dst.repository, bundle, key=RawKey(OTHER_KEY), plain=True)
         assert await dst.repository.list_refs() == {}
         monkeypatch.setenv("CASTATE_BUNDLE_PASSWORD", SOURCE_PW)
-        await dst.import_session(bundle)  # the environment's bundle key
+        await dst.import_session(bundle, plain=True)  # the environment's bundle key
         assert await dst.load_session("run") == {"v": 1}
     monkeypatch.delenv("CASTATE_BUNDLE_PASSWORD")
     async with open_store(tmp_path / "dst2", "plain") as dst:
         monkeypatch.setenv("CASTATE_PASSWORD", SOURCE_PW)  # the store key variables are tried last
-        await dst.import_session(bundle)
+        await dst.import_session(bundle, plain=True)
         assert await dst.load_session("run") == {"v": 1}
         monkeypatch.delenv("CASTATE_PASSWORD")
     async with open_store(tmp_path / "other", "encrypted-other") as dst:
@@ -226,7 +233,7 @@ async def test_a_key_added_to_the_store_before_export_opens_the_bundle(tmp_path:
         await add_slot(store.raw, source_key(), RawKey(OTHER_KEY), label="ci")
         await sm.export_session("run", bundle)
     async with open_store(tmp_path / "dst", "plain") as dst:
-        await import_bundle(dst.repository, bundle, key=RawKey(OTHER_KEY))
+        await import_bundle(dst.repository, bundle, key=RawKey(OTHER_KEY), plain=True)
         assert await dst.load_session("run") == {"v": 2}
 
 
@@ -238,7 +245,7 @@ async def test_the_cli_moves_a_session_out_of_an_encrypted_store_with_the_bundle
     bundle = tmp_path / "run.castate"
     run("export", "run", str(bundle), store=tmp_path / "src", env={"CASTATE_PASSWORD": SOURCE_PW})
     assert b"sessions/" not in bundle.read_bytes()
-    run("import", str(bundle), store=tmp_path / "dst", env={"CASTATE_BUNDLE_PASSWORD": SOURCE_PW})
+    run("import", str(bundle), "--plain", store=tmp_path / "dst", env={"CASTATE_BUNDLE_PASSWORD": SOURCE_PW})
     assert json.loads(run("show", "run", store=tmp_path / "dst")) == {"v": [1, 2, 3]}
 
 
@@ -296,7 +303,7 @@ async def test_a_damaged_encrypted_bundle_is_refused_and_the_store_works_on(
     async with open_store(tmp_path / "dst", "encrypted-other") as dst:
         await dst.save_session("mine", {"kept": True})
         with pytest.raises(CorruptFileError, match=str(big_bundle.name)):
-            await import_bundle(dst.repository, big_bundle, key=source_key())
+            await import_bundle(dst.repository, big_bundle, key=source_key(), plain=True)
         assert set(await dst.repository.list_refs()) == {"sessions/mine"}
         await dst.gc(grace=0, reflog_expire=0)
         assert (await dst.fsck(full=True)).ok
@@ -333,7 +340,7 @@ async def test_a_hostile_key_header_is_refused_before_any_key_is_tried(tmp_path:
     bundle.write_bytes(HEADER.pack(MAGIC, 2, len(raw)) + raw + data[end:])
     async with open_store(tmp_path / "dst", "plain") as dst:
         with pytest.raises(CorruptFileError, match=error):
-            await import_bundle(dst.repository, bundle, key=WrongUnwrap())
+            await import_bundle(dst.repository, bundle, key=WrongUnwrap(), plain=True)
         assert await dst.repository.list_refs() == {}
 
 
@@ -349,7 +356,7 @@ class WrongUnwrap(Passphrase):
 
 async def test_an_undamaged_big_bundle_imports(tmp_path: Path, big_bundle: Path) -> None:
     async with open_store(tmp_path / "dst", "plain") as dst:
-        await import_bundle(dst.repository, big_bundle, key=source_key())
+        await import_bundle(dst.repository, big_bundle, key=source_key(), plain=True)
         got = await dst.load_session("run")
         assert got is not None
         assert got["noise"] == random.Random(7).randbytes(3 * RECORD)
@@ -434,3 +441,33 @@ def test_translated_objects_hold_the_same_state_and_translate_back(value: dict[s
     back, out3 = translate({o: (kinds2[o], c) for o, c in out2.items()}, PLAIN)
     assert back[new2[new[head]]] == head
     assert out3 == {oid: content for oid, (_, content) in plain.items()}
+
+
+async def test_an_encrypted_bundle_goes_into_a_new_plain_store_only_when_asked(tmp_path: Path) -> None:
+    """An encrypted bundle imported into an empty plain store would land decrypted on disk:
+    refused, unless the import asks for a plain copy; a store given a key is made encrypted."""
+    async with open_store(tmp_path / "src", "encrypted") as sm:
+        await sm.save_session("run", {"v": MARKER})
+        await sm.export_session("run", tmp_path / "run.castate")
+    bundle = tmp_path / "run.castate"
+    async with castate.StateManager(castate.open(tmp_path / "dst")) as dst:
+        with pytest.raises(UsageError, match="plain copy"):
+            await import_bundle(dst.repository, bundle, key=source_key())
+        assert await dst.list_sessions() == []
+        await import_bundle(dst.repository, bundle, key=source_key(), plain=True)
+        assert await dst.load_session("run") == {"v": MARKER}
+    async with castate.StateManager(castate.open(tmp_path / "enc", key=RawKey(OTHER_KEY))) as enc:
+        await import_bundle(enc.repository, bundle, key=source_key())
+        assert await enc.load_session("run") == {"v": MARKER}
+    data = b"".join(p.read_bytes() for p in (tmp_path / "enc").rglob("*") if p.is_file())
+    assert MARKER.encode() not in data
+
+
+async def test_a_bundle_key_given_for_a_plain_bundle_is_refused(tmp_path: Path) -> None:
+    """Whoever gives a bundle key expects the envelope's authenticity; a plain file has none."""
+    async with open_store(tmp_path / "src", "plain") as sm:
+        await sm.save_session("run", {"v": 1})
+        await sm.export_session("run", tmp_path / "run.castate")
+    async with castate.StateManager(castate.open(tmp_path / "dst")) as dst:
+        with pytest.raises(UsageError, match="not encrypted, but a bundle key was given"):
+            await import_bundle(dst.repository, tmp_path / "run.castate", key=source_key())

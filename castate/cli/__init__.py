@@ -311,6 +311,11 @@ def _parser() -> argparse.ArgumentParser:
         help="the raw key of the store an encrypted bundle came from (else $CASTATE_BUNDLE_PASSWORD, "
         "$CASTATE_BUNDLE_KEY, $CASTATE_BUNDLE_KEY_FILE, or this store's own key)",
     )
+    sp.add_argument(
+        "--plain",
+        action="store_true",
+        help="let an encrypted bundle go into an empty plain store, decrypted (else that is refused)",
+    )
 
     sp = add(
         "import-marsys",

@@ -770,7 +770,11 @@ async def cmd_import(sm: StateManager, args: argparse.Namespace, out: Output) ->
     with out.progress("import") as update:
         bundle_key = None if args.bundle_key_file is None else RawKey.from_file(args.bundle_key_file)
         report = await sm.import_session(
-            Path(args.file), session_id=args.session, progress=lambda n, t: update("bytes", n, t), key=bundle_key
+            Path(args.file),
+            session_id=args.session,
+            progress=lambda n, t: update("bytes", n, t),
+            key=bundle_key,
+            plain=args.plain,
         )
     if args.json:
         out.json(

@@ -49,6 +49,7 @@ from castate.errors import (
     CorruptionError,
     NotFoundError,
     UnsupportedFormatError,
+    UsageError,
 )
 from castate.keys import Secret, secret_from_env
 from castate.repository import refs as names
@@ -261,6 +262,7 @@ async def import_bundle(
     session_id: str | None = None,
     key: Secret | None = None,
     progress: BundleProgress | None = None,
+    plain: bool = False,
 ) -> BundleReport:
     """Import a bundle; ``session_id`` imports it under another session id. ConflictError
     when the session (or one of its checkpoints) exists already: nothing is replaced.
@@ -271,12 +273,20 @@ async def import_bundle(
     this store's own key or ``CASTATE_PASSWORD``/``CASTATE_KEY``/``CASTATE_KEY_FILE``
     (KeyRequiredError when none opens it, WrongKeyError when ``key`` or the bundle variables
     do not). Objects are written under this store's ids and encryption: a bundle whose ids
-    were made another way (plain, or keyed by another store) is translated (``rekey``)."""
+    were made another way (plain, or keyed by another store) is translated (``rekey``). An
+    encrypted bundle goes into an empty plain store only with ``plain`` (it would be written
+    decrypted); give the store a key instead and it is made encrypted."""
     source = Path(path)
     size = (await aiofiles.os.stat(source)).st_size
     async with aiofiles.open(source, "rb") as f:
         reader, ids, stream_size = await _open_source(f, size, source, key, repo.backend)
         await repo.open(create=True)  # after the bundle's key opened it: a wrong key creates no store
+        if ids.keyed and not plain and not repo.backend.ids.keyed and not await repo.list_refs():
+            raise UsageError(
+                f"bundle {source} is encrypted and store {repo.backend.location} is empty and not encrypted: "
+                "give the store a key (key=, CASTATE_PASSWORD, --key-file) and it is made encrypted, or "
+                "ask for a plain copy (plain=True, castate import --plain)"
+            )
         report = await _Import(repo, source, reader, stream_size, ids, session_id, progress).run()
     report.bytes = size
     return report
@@ -290,6 +300,8 @@ async def _open_source(f: Any, size: int, source: Path, key: Secret | None, back
     if magic != MAGIC:
         raise _bad(source, "no bundle header")
     if version != ENCRYPTED_VERSION:
+        if key is not None:  # whoever gave a key expects the envelope's authenticity: a plain file has none
+            raise UsageError(f"bundle {source} is not encrypted, but a bundle key was given")
         await f.seek(0)
         return f, PLAIN, size
     if mlen > MAX_KEY_HEADER or HEADER.size + mlen > size:
@@ -341,6 +353,7 @@ class _Import:
         self.pending_bytes = 0
         self.new: dict[bytes, bytes] = {}  # translating: bundle id -> id in this store
         self.waiting: dict[bytes, list[bytes]] = {}  # translating: spilled object -> the ids it holds
+        self.parents: set[bytes] = set()  # translating: the parents the bundle's commits name
         self.report = BundleReport(str(source), "")
 
     async def run(self) -> BundleReport:
@@ -459,6 +472,8 @@ class _Import:
                         await self._add(oid, kind, content)
                         continue
                     held = references(oid, kind, content)
+                    if kind == KIND_COMMIT:
+                        self.parents.update(held[1:])
                     if held:  # written once its children have their new ids
                         self.waiting[oid] = held
                         await spill.put(oid, frame)
@@ -487,8 +502,19 @@ class _Import:
             present = set() if self.translate else await self.backend.has_objects(outside)
             if len(present) != len(outside):
                 lost = next(o for o in outside if o not in present)
-                where = "in the bundle" if self.translate else "neither in the bundle nor the store"
+                where = "not in the bundle" if self.translate else "neither in the bundle nor the store"
                 raise _bad(self.source, f"object {lost.hex()} is referenced but {where}")
+        if self.translate:
+            # A parent outside the bundle keeps its id, of the other store's scheme: it names
+            # nothing here, unless the bundle was made to name this store's commits (ids are
+            # readable in the files without the key), which would graft another history.
+            grafted = await self.backend.has_objects(self.parents - self.seen)
+            if grafted:
+                raise _bad(
+                    self.source,
+                    f"a commit names {min(grafted).hex()} as its parent, an object of this store the bundle does "
+                    "not hold: a bundle from another store cannot point into this one",
+                )
         problem = await _check_tree(self.backend, set(refs.values()), self.kinds, self.edges)
         if problem is not None:
             raise _bad(self.source, f"object {problem.id.hex()} breaks the rules of a stored state: {problem.detail}")

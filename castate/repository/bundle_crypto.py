@@ -147,7 +147,7 @@ def parse_key_header(raw: bytes, path: str) -> tuple[str, list[KeySlot], bytes]:
     """(source store id, its key slots, salt) from an encrypted bundle's key header."""
     try:
         body = json.loads(raw)
-        if not isinstance(body, dict) or body.get("castate") != "bundle":
+        if not isinstance(body, dict) or body.get("castate") != "bundle" or "cipher" not in body:
             raise ValueError("not a bundle key header")
         if body.get("cipher") != CIPHER:
             raise UnsupportedFormatError(

@@ -578,12 +578,16 @@ class StateManager:
         session_id: str | None = None,
         progress: BundleProgress | None = None,
         key: Secret | None = None,
+        plain: bool = False,
     ) -> BundleReport:
         """Import a bundle (optionally under another session id); writes only missing objects.
         A bundle of an encrypted store opens with ``key`` (its store's key), else
         ``CASTATE_BUNDLE_PASSWORD`` / ``CASTATE_BUNDLE_KEY`` / ``CASTATE_BUNDLE_KEY_FILE``, else
-        this store's own key; it is written re-encrypted under this store's keys."""
-        return await import_bundle(self.repository, path, session_id=session_id, progress=progress, key=key)
+        this store's own key; it is written re-encrypted under this store's keys (into an empty
+        plain store only with ``plain``: it would be written decrypted)."""
+        return await import_bundle(
+            self.repository, path, session_id=session_id, progress=progress, key=key, plain=plain
+        )
 
 
 def _commit_id(value: str | bytes) -> bytes:
