@@ -19,7 +19,7 @@ from hypothesis import strategies as st
 
 import castate
 from castate.codec import Commit, Decoder, Encoder, encode_commit, parse_commit
-from castate.codec.objects import KIND_BYTES, KIND_COMMIT, KIND_DICT, KIND_NAMES, PLAIN, Ids
+from castate.codec.objects import KIND_BYTES, KIND_COMMIT, KIND_DICT, KIND_NAMES, KIND_STR, PLAIN, Ids
 from castate.errors import CorruptFileError, KeyRequiredError, UsageError, WrongKeyError
 from castate.keys import Passphrase, RawKey
 from castate.repository.bundle import HEADER, MAGIC, WRITE_BATCH, import_bundle
@@ -471,3 +471,18 @@ async def test_a_bundle_key_given_for_a_plain_bundle_is_refused(tmp_path: Path) 
     async with castate.StateManager(castate.open(tmp_path / "dst")) as dst:
         with pytest.raises(UsageError, match="not encrypted, but a bundle key was given"):
             await import_bundle(dst.repository, tmp_path / "run.castate", key=source_key())
+
+
+async def test_a_translated_bundle_cannot_graft_this_stores_history(tmp_path: Path) -> None:
+    """Ref values (commit ids) are readable in an encrypted store's files without the key. A
+    plain bundle whose commit names one of them as its parent would, once translated, run the
+    imported session's history into another session's: it is refused, and nothing moves."""
+    async with open_store(tmp_path / "dst", "encrypted-other") as dst:
+        await dst.save_session("bob", {"secret": "bob's state"})
+        bob = bytes.fromhex((await dst.list_sessions())[0].head or "")
+        root = obj(KIND_STR, b"mallory")
+        forged = obj(KIND_COMMIT, encode_commit(Commit(root[0], (bob,), "s", 1, None, {})))
+        path = bundle(tmp_path / "graft.castate", [root, forged], forged[0])
+        with pytest.raises(CorruptFileError, match="cannot point into this one"):
+            await import_bundle(dst.repository, path, session_id="alice")
+        assert [s.session_id for s in await dst.list_sessions()] == ["bob"]
