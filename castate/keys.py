@@ -36,6 +36,9 @@ MAX_SCRYPT_N = 1 << 19  # the most a caller may ask for: 512 MiB with r = 8
 # or time than a real one: 4x the default's memory, and 4x its work (n x r x p).
 MAX_SCRYPT_MEM = 512 << 20
 MAX_SCRYPT_WORK = 4 * SCRYPT_N * SCRYPT_R * SCRYPT_P
+# What one open (of a store or a bundle) spends on key derivation over every slot it tries:
+# 16 default-cost passphrase slots, so 64 hostile slots at the cap cannot cost minutes.
+MAX_OPEN_WORK = 16 * SCRYPT_N * SCRYPT_R * SCRYPT_P
 
 # Environment variables a store's key comes from when no key is given in code.
 ENV_PASSWORD = "CASTATE_PASSWORD"
@@ -78,6 +81,28 @@ class Secret(abc.ABC):
     @abc.abstractmethod
     def unwrap(self, fields: Mapping[str, Any], aad: bytes, where: str) -> bytes:
         """The master key from a slot's fields; WrongKeyError if this secret is not its own."""
+
+    def work(self, fields: Mapping[str, Any]) -> int:
+        """The key derivation work ``unwrap`` would do on these fields (scrypt's n x r x p; 0 for
+        a cheap one), so an open can bound what hostile slots make it spend."""
+        return 0
+
+
+class WorkBudget:
+    """What one open may still spend on key derivation (``MAX_OPEN_WORK``)."""
+
+    def __init__(self, total: int = MAX_OPEN_WORK) -> None:
+        self.left = total
+
+    def take(self, secret: Secret, fields: Mapping[str, Any]) -> bool:
+        """Whether ``secret`` may try the slot with these fields (and if so, its work is spent)."""
+        work = secret.work(fields)
+        if work > MAX_SCRYPT_WORK:
+            return True  # more than one slot may ask: unwrap refuses it before any work
+        if work > self.left:
+            return False
+        self.left -= work
+        return True
 
 
 def _seal_master(kek: bytes, master: bytes, aad: bytes) -> dict[str, Any]:
@@ -125,6 +150,13 @@ class Passphrase(Secret):
         salt = os.urandom(16)
         kdf = {"name": "scrypt", "n": self._n, "r": SCRYPT_R, "p": SCRYPT_P, "salt": _b64(salt)}
         return {"kdf": kdf, **_seal_master(self._kek(salt, self._n, SCRYPT_R, SCRYPT_P), master, aad)}
+
+    def work(self, fields: Mapping[str, Any]) -> int:
+        kdf = fields.get("kdf")
+        if not isinstance(kdf, dict) or kdf.get("name") != "scrypt":
+            return 0
+        n, r, p = kdf.get("n"), kdf.get("r"), kdf.get("p")
+        return n * r * p if isinstance(n, int) and isinstance(r, int) and isinstance(p, int) else 0
 
     def unwrap(self, fields: Mapping[str, Any], aad: bytes, where: str) -> bytes:
         kdf = fields.get("kdf")
@@ -207,4 +239,4 @@ def secret_from_env(environ: Mapping[str, str] | None = None) -> Secret | None:
     return None
 
 
-__all__ = ["ENV_KEY", "ENV_KEY_FILE", "ENV_PASSWORD", "Passphrase", "RawKey", "Secret", "secret_from_env"]
+__all__ = ["ENV_KEY", "ENV_KEY_FILE", "ENV_PASSWORD", "Passphrase", "RawKey", "Secret", "WorkBudget", "secret_from_env"]

@@ -513,3 +513,22 @@ async def test_removals_racing_on_sqlite_take_turns_under_the_gc_lock(tmp_path: 
         assert len(await read_slots(blobs)) == 1  # type: ignore[arg-type]
     finally:
         await blobs.close()
+
+
+async def test_fsck_names_a_skipped_slot_and_an_open_bounds_its_key_derivation() -> None:
+    """A damaged slot is skipped at open, and check_storage (fsck) says so; a header of many
+    costly passphrase slots makes an open try only what ``MAX_OPEN_WORK`` allows."""
+    from castate.keys import MAX_OPEN_WORK, WorkBudget
+    from castate.repository.crypto.sealed import SealedBlobs
+
+    blobs = MemoryBackend()
+    keys = await create_keys(blobs, PW)
+    await blobs.put_blobs([("keys/1111111111111111", b"not json")])
+    (problem,) = await SealedBlobs(blobs, keys).check_storage()
+    assert "keys/1111111111111111" in problem
+    assert "skipped" in problem
+    costly = {"kdf": {"name": "scrypt", "n": 1 << 19, "r": 8, "p": 1}}
+    budget = WorkBudget()
+    tried = sum(budget.take(Passphrase("x", n=1024), costly) for _ in range(64))
+    assert tried == MAX_OPEN_WORK // ((1 << 19) * 8)
+    assert tried < 64

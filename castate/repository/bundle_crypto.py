@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from castate.errors import CorruptFileError, KeyRequiredError, StoreError, UnsupportedFormatError, WrongKeyError
-from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, MASTER_SIZE, Secret, secret_from_env
+from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, MASTER_SIZE, Secret, WorkBudget, secret_from_env
 from castate.repository.crypto.slots import (
     KEYS_PREFIX,
     MAX_SLOTS,
@@ -78,7 +78,10 @@ def _ad(header_digest: bytes, index: int, final: bool) -> bytes:
 
 def _unwrap(slots: list[KeySlot], secret: Secret, first: str | None) -> tuple[KeySlot, bytes] | None:
     """The slot ``secret`` opens and the master key in it (``first``, a slot id, tried first)."""
+    budget = WorkBudget()
     for slot in sorted(slots, key=lambda s: s.id != first):
+        if not budget.take(secret, slot.fields):
+            continue  # a header of many costly slots cannot make an import derive keys for minutes
         try:
             master = secret.unwrap(slot.fields, slot.aad(), slot.blob)
         except WrongKeyError:

@@ -40,7 +40,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from castate.backends.base import MAX_REF_NAME, ReflogEntry, RefRepairReport, RefUpdate, _Any, check_ref_name
 from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.errors import ConflictError, CorruptFileError, NotFoundError
-from castate.repository.crypto.slots import KEYS_PREFIX, MARKER_REF, SEALED_MAGIC, StoreKeys
+from castate.repository.crypto.slots import KEYS_PREFIX, MARKER_REF, SEALED_MAGIC, StoreKeys, skipped_slots
 
 BLOB_MAGIC = SEALED_MAGIC
 NONCE = 12
@@ -412,6 +412,9 @@ class SealedBlobs(BlobBackend):
 
     async def check_storage(self) -> list[str]:
         problems = await self.inner.check_storage()
+        problems += [
+            f"key slot {name}: skipped ({why})" for name, why in sorted((await skipped_slots(self.inner)).items())
+        ]
         await self.list_refs()  # brings every ref name past _listed
         for sealed in sorted(self.foreign):
             if sealed in await self.inner.get_refs([sealed]):

@@ -22,7 +22,7 @@ from castate.backends.base import RefUpdate
 from castate.backends.blob import BlobBackend
 from castate.codec.objects import Ids
 from castate.errors import ConflictError, CorruptFileError, KeyRequiredError, StoreError, UsageError, WrongKeyError
-from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, MASTER_SIZE, Secret, secret_from_env
+from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, MASTER_SIZE, Secret, WorkBudget, secret_from_env
 
 KEYS_PREFIX = "keys/"
 SLOT_VERSION = 1
@@ -154,6 +154,12 @@ async def read_slots(blobs: BlobBackend) -> list[KeySlot]:
     return []
 
 
+async def skipped_slots(blobs: BlobBackend) -> dict[str, str]:
+    """The key slots a reader skips (damaged, too large, of another store, past the first 64),
+    each with why: fsck reports them, as their owners would otherwise only see WrongKeyError."""
+    return (await _slots(blobs))[1]
+
+
 async def _slots(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str]]:
     """The usable slots (the first ``MAX_SLOTS`` by name, of the marker's store id), and why
     each other one was skipped."""
@@ -195,7 +201,11 @@ def unlock(slots: list[KeySlot], secret: Secret, location: str) -> StoreKeys:
 
 def _open(slots: list[KeySlot], secret: Secret, location: str) -> tuple[KeySlot, bytes]:
     refused: list[CorruptFileError] = []
+    budget = WorkBudget()
     for slot in slots:
+        if not budget.take(secret, slot.fields):
+            refused.append(CorruptFileError(slot.blob, "not tried: the slots before it used up an open's work"))
+            continue
         try:
             master = secret.unwrap(slot.fields, slot.aad(), slot.blob)
         except WrongKeyError:
@@ -394,5 +404,6 @@ __all__ = [
     "read_slots",
     "remove_slot",
     "require_secret",
+    "skipped_slots",
     "unlock",
 ]
