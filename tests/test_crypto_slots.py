@@ -532,3 +532,13 @@ async def test_fsck_names_a_skipped_slot_and_an_open_bounds_its_key_derivation()
     tried = sum(budget.take(Passphrase("x", n=1024), costly) for _ in range(64))
     assert tried == MAX_OPEN_WORK // ((1 << 19) * 8)
     assert tried < 64
+
+
+async def test_a_skipped_slot_can_be_removed() -> None:
+    blobs = MemoryBackend()
+    await create_keys(blobs, PW)
+    await blobs.put_blobs([("keys/1111111111111111", b"not json")])
+    await remove_slot(blobs, "1111")
+    assert [i.name for i in await blobs.list_blobs(KEYS_PREFIX)] == [KEYS_PREFIX + FIRST_SLOT]
+    with pytest.raises(UsageError, match="only key slot"):
+        await remove_slot(blobs, FIRST_SLOT)

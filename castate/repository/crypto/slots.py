@@ -365,16 +365,21 @@ async def add_slot(blobs: BlobBackend, opener: Secret, secret: Secret, *, label:
 
 
 async def remove_slot(blobs: BlobBackend, slot_id: str) -> None:
-    """Remove one slot; the last one never goes (the data would be lost with it). Removals
+    """Remove one slot (a skipped one, damaged or foreign, too); the last usable one never goes
+    (the data would be lost with it). Removals
     take the backend's exclusive gc lock, so two of them in two processes never both see the
     other's slot as the one that stays, and a removal killed midway leaves one."""
     async with blobs.gc_exclusive():
         slots = await read_slots(blobs)
-        ids = [s.id for s in slots]
+        skipped = [name[len(KEYS_PREFIX) :] for name in await skipped_slots(blobs)]
+        ids = [s.id for s in slots] + skipped
         matches = [s for s in ids if s.startswith(slot_id)] if slot_id else []
         if len(matches) != 1:
             why = "is ambiguous" if matches else f"is not in store {blobs.location}"
             raise UsageError(f"key slot {slot_id!r} {why}")
+        if matches[0] in skipped:  # a damaged or foreign slot opens nothing: it goes freely
+            await blobs.delete_blobs([KEYS_PREFIX + matches[0]])
+            return
         if len(slots) == 1:
             raise UsageError("that is the store's only key slot: add another first (without one, the data is lost)")
         doomed = KEYS_PREFIX + matches[0]
