@@ -138,10 +138,9 @@ async def read_slots(blobs: BlobBackend) -> list[KeySlot]:
     A slot that cannot be used (too large, not JSON, of another store) is skipped, so one bad
     slot never locks out the good ones; ``CorruptFileError`` only when the store is encrypted
     (its marker ref, or sealed blobs) and no slot is usable."""
-    slots, bad = await _slots(blobs)
+    slots, bad, marker = await _slots(blobs)
     if slots:
         return slots
-    marker = await blobs.get_ref(MARKER_REF)
     if bad:
         name, why = next(iter(bad.items()))
         raise CorruptFileError(name, f"no usable key slot in store {blobs.location}: {why}")
@@ -160,9 +159,11 @@ async def skipped_slots(blobs: BlobBackend) -> dict[str, str]:
     return (await _slots(blobs))[1]
 
 
-async def _slots(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str]]:
-    """The usable slots (the first ``MAX_SLOTS`` by name, of the marker's store id), and why
-    each other one was skipped."""
+async def _slots(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str], bytes | None]:
+    """The usable slots (the first ``MAX_SLOTS`` by name, of the marker's store id), why each
+    other one was skipped, and the marker. The marker is read first: a slot is committed with
+    its marker or before it, so a listing after a marker it saw holds that marker's slot."""
+    marker = await blobs.get_ref(MARKER_REF)
     infos = sorted(await blobs.list_blobs(KEYS_PREFIX), key=lambda i: i.name)
     bad: dict[str, str] = {
         i.name: f"one of {len(infos)} key slots (castate reads {MAX_SLOTS})" for i in infos[MAX_SLOTS:]
@@ -172,7 +173,7 @@ async def _slots(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str]]:
         if i.size > MAX_SLOT_BYTES:
             bad[i.name] = "key slot larger than any castate writes"
     if not infos:
-        return [], bad
+        return [], bad, marker
     got = await blobs.get_blobs([i.name for i in infos if i.name not in bad])
     slots: list[KeySlot] = []
     for name, data in sorted(got.items()):
@@ -180,17 +181,16 @@ async def _slots(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str]]:
             slots.append(parse_slot(name, data))
         except CorruptFileError as exc:
             bad[name] = exc.reason
-    marker = await blobs.get_ref(MARKER_REF) if slots else None
     if marker is not None:
         ours = [s for s in slots if marker_value(s.store) == marker]
         bad.update({s.blob: "key slot of another store" for s in slots if s not in ours})
-        return ours, bad
+        return ours, bad, marker
     stores = {s.store for s in slots}
     if len(stores) > 1:  # no marker to tell which: the first slot's store (the initialiser's)
         first = slots[0].store
         bad.update({s.blob: "key slot of another store" for s in slots if s.store != first})
         slots = [s for s in slots if s.store == first]
-    return slots, bad
+    return slots, bad, marker
 
 
 def unlock(slots: list[KeySlot], secret: Secret, location: str) -> StoreKeys:
