@@ -25,7 +25,7 @@ from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from castate.errors import CorruptFileError, KeyRequiredError, StoreError, UnsupportedFormatError, WrongKeyError
-from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, MASTER_SIZE, Secret, WorkBudget, secret_from_env
+from castate.keys import ENV_KEY, ENV_KEY_FILE, ENV_PASSWORD, Secret, secret_from_env
 from castate.repository.crypto.slots import (
     KEYS_PREFIX,
     MAX_SLOTS,
@@ -33,12 +33,12 @@ from castate.repository.crypto.slots import (
     StoreKeys,
     parse_slot,
     read_slots,
+    unlock,
 )
 from castate.repository.packs.store import PackStore
 
 ENCRYPTED_VERSION = 2  # the version byte of an encrypted bundle's outer header
 CIPHER = "castate-bundle-1"  # AES-256-GCM records of 1 MiB, keys as below
-CONTEXT = "castate 2026-12-05 bundle encryption"  # blake3 derive_key context (unique, hard-coded)
 RECORD = 1 << 20  # plaintext bytes of every record but the last, which holds 0 to RECORD - 1
 TAG = 16
 SALT = 32
@@ -68,7 +68,7 @@ def bundle_secret_from_env(environ: Mapping[str, str] | None = None) -> Secret |
 
 def _file_key(bundle_key: bytes, salt: bytes) -> bytes:
     """This file's key: the salt, hashed with the store's bundle key (``StoreKeys.bundle_key``,
-    blake3 of the master key under the context ``CONTEXT``)."""
+    derived from the master key: docs/format.md §7.1)."""
     return blake3.blake3(salt, key=bundle_key).digest()
 
 
@@ -76,20 +76,13 @@ def _ad(header_digest: bytes, index: int, final: bool) -> bytes:
     return header_digest + _AD_TAIL.pack(index, 1 if final else 0)
 
 
-def _unwrap(slots: list[KeySlot], secret: Secret, first: str | None) -> tuple[KeySlot, bytes] | None:
-    """The slot ``secret`` opens and the master key in it (``first``, a slot id, tried first)."""
-    budget = WorkBudget()
-    for slot in sorted(slots, key=lambda s: s.id != first):
-        if not budget.take(secret, slot.fields):
-            continue  # a header of many costly slots cannot make an import derive keys for minutes
-        try:
-            master = secret.unwrap(slot.fields, slot.aad(), slot.blob)
-        except WrongKeyError:
-            continue
-        if len(master) != MASTER_SIZE:
-            raise CorruptFileError(slot.blob, "key slot holds a master key of the wrong size")
-        return slot, master
-    return None
+def _unlock(slots: list[KeySlot], secret: Secret) -> StoreKeys | None:
+    """The keys of the bundle's store if ``secret`` opens one of its slots (the store's own
+    search: hostile slots skipped, key derivation bounded), else None."""
+    try:
+        return unlock(slots, secret, "the bundle")
+    except WrongKeyError:
+        return None
 
 
 # -- export ------------------------------------------------------------------------------
@@ -186,22 +179,21 @@ async def open_bundle(
     the store the bundle goes into, which opens bundles of that store) is tried."""
     where = f"bundle {path}"
     if secret is not None:
-        got = await asyncio.to_thread(_unwrap, slots, secret, None)
+        got = await asyncio.to_thread(_unlock, slots, secret)
         if got is None:
             kinds = ", ".join(sorted({s.kind for s in slots}))
             raise WrongKeyError(
                 f"the bundle key given opens none of the {len(slots)} key slots of {where} (kinds: {kinds})"
             )
     else:
-        got = await asyncio.to_thread(_unwrap, slots, fallback, None) if fallback is not None else None
+        got = await asyncio.to_thread(_unlock, slots, fallback) if fallback is not None else None
         if got is None:
             raise KeyRequiredError(
                 f"{where} is encrypted (store {store}): give its store's key (key=castate.Passphrase(...) or "
                 f"castate.RawKey(...), or set {ENV_BUNDLE_PASSWORD}, {ENV_BUNDLE_KEY} or {ENV_BUNDLE_KEY_FILE})"
                 + ("; the key of the store it goes into does not open it" if fallback is not None else "")
             )
-    slot, master = got
-    return StoreKeys.derive(master, slot.store, slot.id)
+    return got
 
 
 class Opener:

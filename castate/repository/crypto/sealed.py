@@ -40,9 +40,9 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from castate.backends.base import MAX_REF_NAME, ReflogEntry, RefRepairReport, RefUpdate, _Any, check_ref_name
 from castate.backends.blob import BlobBackend, BlobInfo, check_blob_name
 from castate.errors import ConflictError, CorruptFileError, NotFoundError
-from castate.repository.crypto.slots import KEYS_PREFIX, MARKER_REF, SEALED_MAGIC, StoreKeys, skipped_slots
+from castate.repository.crypto.slots import KEYS_PREFIX, MARKER_REF, StoreKeys, skipped_slots
 
-BLOB_MAGIC = SEALED_MAGIC
+BLOB_MAGIC = b"CSB1"  # what every sealed blob starts with
 NONCE = 12
 TAG = 16
 OVERHEAD = len(BLOB_MAGIC) + NONCE + TAG  # 32 bytes a sealed blob adds

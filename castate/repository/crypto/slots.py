@@ -36,8 +36,6 @@ FIRST_SLOT = "0" * 16  # the first slot's id: one name, so racing initialisation
 # Stored as it is, not sealed: it is read before the keys are known.
 MARKER_REF = "castate/encrypted"
 
-SEALED_MAGIC = b"CSB1"  # what every sealed blob starts with (sealed.py)
-
 _CONTEXT = "castate 2026-12-05 "  # blake3 derive_key contexts: globally unique, hard-coded
 
 
@@ -164,23 +162,7 @@ async def _slots(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str], byt
     other one was skipped, and the marker. The marker is read first: a slot is committed with
     its marker or before it, so a listing after a marker it saw holds that marker's slot."""
     marker = await blobs.get_ref(MARKER_REF)
-    infos = sorted(await blobs.list_blobs(KEYS_PREFIX), key=lambda i: i.name)
-    bad: dict[str, str] = {
-        i.name: f"one of {len(infos)} key slots (castate reads {MAX_SLOTS})" for i in infos[MAX_SLOTS:]
-    }
-    infos = infos[:MAX_SLOTS]
-    for i in infos:
-        if i.size > MAX_SLOT_BYTES:
-            bad[i.name] = "key slot larger than any castate writes"
-    if not infos:
-        return [], bad, marker
-    got = await blobs.get_blobs([i.name for i in infos if i.name not in bad])
-    slots: list[KeySlot] = []
-    for name, data in sorted(got.items()):
-        try:
-            slots.append(parse_slot(name, data))
-        except CorruptFileError as exc:
-            bad[name] = exc.reason
+    slots, bad = await _read_all(blobs)
     if marker is not None:
         ours = [s for s in slots if marker_value(s.store) == marker]
         bad.update({s.blob: "key slot of another store" for s in slots if s not in ours})
@@ -191,6 +173,24 @@ async def _slots(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str], byt
         bad.update({s.blob: "key slot of another store" for s in slots if s.store != first})
         slots = [s for s in slots if s.store == first]
     return slots, bad, marker
+
+
+async def _read_all(blobs: BlobBackend) -> tuple[list[KeySlot], dict[str, str]]:
+    """Every slot that parses (the first ``MAX_SLOTS`` by name), and why each other was skipped."""
+    infos = sorted(await blobs.list_blobs(KEYS_PREFIX), key=lambda i: i.name)
+    over = f"one of {len(infos)} key slots (castate reads {MAX_SLOTS})"
+    bad = {i.name: over for i in infos[MAX_SLOTS:]}
+    bad.update(
+        {i.name: "key slot larger than any castate writes" for i in infos[:MAX_SLOTS] if i.size > MAX_SLOT_BYTES}
+    )
+    wanted = [i.name for i in infos[:MAX_SLOTS] if i.name not in bad]
+    slots: list[KeySlot] = []
+    for name, data in sorted((await blobs.get_blobs(wanted) if wanted else {}).items()):
+        try:
+            slots.append(parse_slot(name, data))
+        except CorruptFileError as exc:
+            bad[name] = exc.reason
+    return slots, bad
 
 
 def unlock(slots: list[KeySlot], secret: Secret, location: str) -> StoreKeys:
@@ -267,7 +267,7 @@ async def create_keys(blobs: BlobBackend, secret: Secret, *, label: str = "") ->
     if not written:
         # The first slot's name was taken by an initialisation that stopped before its marker:
         # point the marker at that slot's store instead, and open it.
-        for theirs in await _parsed(blobs):
+        for theirs in (await _read_all(blobs))[0]:
             if theirs.id == FIRST_SLOT:
                 await blobs.commit((), [RefUpdate(MARKER_REF, marker_value(theirs.store), mine)])
         return await _open_winner(blobs, secret)
@@ -281,17 +281,6 @@ async def create_keys(blobs: BlobBackend, secret: Secret, *, label: str = "") ->
             "it stays plain (castate does not encrypt a store in place)"
         )
     return StoreKeys.derive(master, store, slot.id)
-
-
-async def _parsed(blobs: BlobBackend) -> list[KeySlot]:
-    infos = [i for i in await blobs.list_blobs(KEYS_PREFIX) if i.size <= MAX_SLOT_BYTES]
-    out = []
-    for name, data in (await blobs.get_blobs([i.name for i in infos])).items():
-        try:
-            out.append(parse_slot(name, data))
-        except CorruptFileError:
-            continue
-    return out
 
 
 async def _open_winner(blobs: BlobBackend, secret: Secret) -> StoreKeys:
@@ -398,7 +387,6 @@ __all__ = [
     "FIRST_SLOT",
     "KEYS_PREFIX",
     "MARKER_REF",
-    "SEALED_MAGIC",
     "KeySlot",
     "StoreKeys",
     "add_slot",
